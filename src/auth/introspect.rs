@@ -1,0 +1,97 @@
+//! Opaque tokens: RFC 7662 introspection, tollgate authenticating with HTTP Basic.
+//! Results are cached per issuer + SHA-256 of the token (never the token itself), for
+//! `cache_ttl` but never past the token's `exp`; inactive answers are cached briefly;
+//! concurrent requests with the same token make one call.
+
+use std::time::Duration;
+
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Request};
+
+use super::jwt::Refusal;
+use crate::body::full;
+use crate::error::DenyReason;
+use crate::secret::Secret;
+use crate::upstream::{fetch, HttpClient};
+
+/// How long an "inactive" answer is remembered (bounded by `cache_ttl`).
+pub const INACTIVE_TTL: Duration = Duration::from_secs(10);
+const MAX_INTROSPECTION_BYTES: usize = 256 * 1024;
+
+pub struct Introspection {
+    pub url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub cache_ttl: Duration,
+    pub timeout: Duration,
+    pub client: HttpClient,
+    /// `Basic base64(urlencode(id):urlencode(secret))`, marked sensitive.
+    authorization: HeaderValue,
+}
+
+/// Why introspection gave no identity.
+#[derive(Debug, Clone)]
+pub enum IntrospectError {
+    /// The token is refused (inactive, expired, wrong audience...).
+    Refused(Refusal),
+    /// The endpoint could not answer; not cached.
+    Unavailable(String),
+}
+
+impl Introspection {
+    pub fn new(
+        url: String,
+        client_id: String,
+        client_secret: Secret,
+        cache_ttl: Duration,
+        timeout: Duration,
+        client: HttpClient,
+    ) -> Self {
+        let authorization = crate::credentials::basic_header(&client_id, client_secret.expose());
+        Introspection {
+            url,
+            client_id,
+            client_secret,
+            cache_ttl,
+            timeout,
+            client,
+            authorization,
+        }
+    }
+
+    /// Asks the endpoint about `token`. Returns the response's claims when active.
+    pub async fn introspect(
+        &self,
+        token: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, IntrospectError> {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("token", token)
+            .append_pair("token_type_hint", "access_token")
+            .finish();
+        let req = Request::post(&self.url)
+            .header(AUTHORIZATION, self.authorization.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json")
+            .body(full(body))
+            .map_err(|e| IntrospectError::Unavailable(e.to_string()))?;
+        let (status, _, bytes) = fetch(&self.client, req, self.timeout, MAX_INTROSPECTION_BYTES)
+            .await
+            .map_err(|e| IntrospectError::Unavailable(format!("introspection endpoint: {e}")))?;
+        if !status.is_success() {
+            return Err(IntrospectError::Unavailable(format!(
+                "introspection endpoint answered {status}"
+            )));
+        }
+        let doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes)
+            .map_err(|_| {
+                IntrospectError::Unavailable("introspection endpoint returned invalid JSON".into())
+            })?;
+        if doc.get("active") != Some(&serde_json::Value::Bool(true)) {
+            return Err(IntrospectError::Refused(Refusal::new(
+                DenyReason::TokenInactive,
+                "token is not active (introspection)",
+            )));
+        }
+        Ok(doc)
+    }
+}

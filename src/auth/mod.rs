@@ -1,0 +1,458 @@
+//! Step 7 of the request path: authentication.
+//!
+//! `Authorization: Bearer` -> which issuer -> verified-token cache -> JWKS signature
+//! check or RFC 7662 introspection -> an [`Identity`]. Every refusal carries SPEC's
+//! reason code. A JWT goes to the JWT issuer whose `issuer` equals its `iss`; anything
+//! else goes to the route's introspection issuers.
+
+pub mod introspect;
+pub mod jwks;
+pub mod jwt;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use jsonwebtoken::Algorithm;
+use sha2::{Digest, Sha256};
+
+use self::introspect::{IntrospectError, Introspection, INACTIVE_TTL};
+use self::jwks::KeyStore;
+use self::jwt::{Jws, Refusal};
+use crate::cache::FlightCache;
+use crate::error::{DenyReason, GatewayError};
+use crate::policy::Identity;
+
+/// A compiled `issuers[]` entry (or the token service, named `local`).
+pub struct Issuer {
+    pub name: Arc<str>,
+    pub issuer: String,
+    pub kind: IssuerKind,
+    pub audiences: Vec<String>,
+    pub skip_audience_check: bool,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: Duration,
+    pub scope_claims: Vec<String>,
+    pub client_claims: Vec<String>,
+    /// Distinguishes cache entries of differently configured issuers.
+    pub fingerprint: [u8; 32],
+}
+
+pub enum IssuerKind {
+    Jwt(Arc<KeyStore>),
+    Introspection(Introspection),
+}
+
+impl Issuer {
+    pub fn is_jwt(&self) -> bool {
+        matches!(self.kind, IssuerKind::Jwt(_))
+    }
+}
+
+/// Result of introspection, as cached.
+pub type IntrospectResult = Result<Arc<Identity>, IntrospectError>;
+
+/// Caches that outlive a request (and a reload); flushed by `POST /admin/caches/flush`.
+pub struct AuthCaches {
+    pub verified: FlightCache<[u8; 32], Arc<Identity>>,
+    pub introspection: FlightCache<[u8; 32], IntrospectResult>,
+}
+
+impl Default for AuthCaches {
+    fn default() -> Self {
+        AuthCaches {
+            verified: FlightCache::new(100_000),
+            introspection: FlightCache::new(100_000),
+        }
+    }
+}
+
+/// Decision steps for `tollgate explain`; free when disabled.
+#[derive(Default)]
+pub struct Trace {
+    pub enabled: bool,
+    pub lines: Vec<String>,
+}
+
+impl Trace {
+    pub fn note(&mut self, f: impl FnOnce() -> String) {
+        if self.enabled {
+            self.lines.push(f());
+        }
+    }
+}
+
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The Bearer token, if the request carries one (scheme case-insensitive).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let t = rest.trim();
+    (!t.is_empty()).then_some(t)
+}
+
+fn cache_key(issuer: &Issuer, token: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(issuer.fingerprint);
+    h.update(token.as_bytes());
+    h.finalize().into()
+}
+
+fn unauthorized(r: Refusal) -> GatewayError {
+    GatewayError::Unauthorized {
+        reason: r.reason,
+        description: r.description,
+    }
+}
+
+/// Authenticates `token` against the allowed `issuers` (already resolved for the route).
+pub async fn authenticate(
+    issuers: &[&Arc<Issuer>],
+    caches: &AuthCaches,
+    token: &str,
+    trace: &mut Trace,
+) -> Result<Arc<Identity>, GatewayError> {
+    if token.len() > jwt::MAX_TOKEN_LEN {
+        return Err(unauthorized(Refusal::new(
+            DenyReason::TokenMalformed,
+            "token is too long",
+        )));
+    }
+    let introspectors: Vec<&Arc<Issuer>> =
+        issuers.iter().copied().filter(|i| !i.is_jwt()).collect();
+    if jwt::looks_like_jwt(token) {
+        let jws = jwt::parse(token).map_err(unauthorized)?;
+        let iss = jws
+            .claims
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned();
+        trace.note(|| {
+            format!(
+                "token: JWT, alg {}, kid {}, iss \"{iss}\"",
+                jws.alg_name,
+                jws.kid.as_deref().unwrap_or("-")
+            )
+        });
+        let mut first_err = None;
+        for issuer in issuers.iter().filter(|i| i.is_jwt() && i.issuer == iss) {
+            trace.note(|| format!("issuer: {} (iss matches)", issuer.name));
+            let key = cache_key(issuer, token);
+            if let Some(id) = caches.verified.get(&key) {
+                trace.note(|| "verified-token cache: hit".into());
+                return Ok(id);
+            }
+            match verify_jwt(issuer, &jws, trace).await {
+                Ok((id, ttl)) => {
+                    let id = Arc::new(id);
+                    caches.verified.insert(key, id.clone(), ttl);
+                    return Ok(id);
+                }
+                Err(r) => {
+                    trace.note(|| {
+                        format!(
+                            "issuer {}: refused: {} ({})",
+                            issuer.name,
+                            r.description,
+                            r.reason.as_str()
+                        )
+                    });
+                    first_err.get_or_insert(r);
+                }
+            }
+        }
+        if let Some(r) = first_err {
+            return Err(unauthorized(r));
+        }
+        if introspectors.is_empty() {
+            let names: Vec<&str> = issuers.iter().map(|i| &*i.name).collect();
+            return Err(unauthorized(Refusal::new(
+                DenyReason::IssuerNotAccepted,
+                format!(
+                    "issuer \"{iss}\" not accepted on this route (accepted issuers: {})",
+                    names.join(", ")
+                ),
+            )));
+        }
+        trace.note(|| "no JWT issuer matches iss; trying introspection".into());
+    } else {
+        trace.note(|| "token: opaque (not a JWT)".into());
+        if introspectors.is_empty() {
+            return Err(unauthorized(Refusal::new(
+                DenyReason::TokenMalformed,
+                "token is not a JWT and this route has no introspection issuer",
+            )));
+        }
+    }
+    let mut last = None;
+    for issuer in introspectors {
+        let IssuerKind::Introspection(intro) = &issuer.kind else {
+            continue;
+        };
+        let key = cache_key(issuer, token);
+        let res = caches
+            .introspection
+            .get_or_fetch(&key, || async {
+                let r = introspect_identity(issuer, intro, token).await;
+                let ttl = match &r {
+                    Ok((_, ttl)) => *ttl,
+                    Err(IntrospectError::Refused(_)) => INACTIVE_TTL.min(intro.cache_ttl),
+                    Err(IntrospectError::Unavailable(_)) => Duration::ZERO,
+                };
+                (r.map(|(id, _)| Arc::new(id)), ttl)
+            })
+            .await;
+        match res {
+            Ok(id) => {
+                // A cached "allow" never outlives the token.
+                if id.expires_at != 0
+                    && (id.expires_at as i64) + issuer.leeway.as_secs() as i64 <= now_secs()
+                {
+                    caches.introspection.remove(&key);
+                    last = Some(unauthorized(Refusal::new(
+                        DenyReason::TokenExpired,
+                        "token expired",
+                    )));
+                    continue;
+                }
+                trace.note(|| format!("issuer {}: introspection says active", issuer.name));
+                return Ok(id);
+            }
+            Err(IntrospectError::Refused(r)) => {
+                trace.note(|| {
+                    format!(
+                        "issuer {}: introspection refused: {}",
+                        issuer.name, r.description
+                    )
+                });
+                last = Some(unauthorized(r));
+            }
+            Err(IntrospectError::Unavailable(e)) => {
+                tracing::warn!(issuer = %issuer.name, error = %e, "introspection failed");
+                trace.note(|| format!("issuer {}: introspection unavailable: {e}", issuer.name));
+                last.get_or_insert(GatewayError::BadGateway(format!(
+                    "token introspection at issuer {} failed",
+                    issuer.name
+                )));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        unauthorized(Refusal::new(
+            DenyReason::TokenInactive,
+            "token is not active",
+        ))
+    }))
+}
+
+async fn introspect_identity(
+    issuer: &Issuer,
+    intro: &Introspection,
+    token: &str,
+) -> Result<(Identity, Duration), IntrospectError> {
+    let claims = intro.introspect(token).await?;
+    let now = now_secs();
+    let refused = IntrospectError::Refused;
+    let (id, until) = check_claims(issuer, &claims, now, false).map_err(refused)?;
+    let ttl = match until {
+        Some(u) => Duration::from_secs((u - now).max(0) as u64).min(intro.cache_ttl),
+        None => intro.cache_ttl,
+    };
+    Ok((id, ttl))
+}
+
+/// Verifies a JWS against one issuer. Returns the identity and how long it may be cached.
+pub async fn verify_jwt(
+    issuer: &Issuer,
+    jws: &Jws<'_>,
+    trace: &mut Trace,
+) -> Result<(Identity, Duration), Refusal> {
+    let IssuerKind::Jwt(store) = &issuer.kind else {
+        return Err(Refusal::new(
+            DenyReason::IssuerNotAccepted,
+            "issuer does not verify JWTs",
+        ));
+    };
+    let alg = jwt::asymmetric_alg(&jws.alg_name)?;
+    if !issuer.algorithms.contains(&alg) {
+        return Err(Refusal::new(
+            DenyReason::AlgorithmNotAllowed,
+            format!(
+                "alg {} not allowed for issuer {}",
+                jws.alg_name, issuer.name
+            ),
+        ));
+    }
+    let want = jwt::key_kind_for(alg)
+        .ok_or_else(|| Refusal::new(DenyReason::AlgorithmNotAllowed, "unsupported alg"))?;
+    let mut keys = store.keys();
+    let candidates: Vec<Arc<jwks::Key>> = loop {
+        let found: Vec<Arc<jwks::Key>> = match &jws.kid {
+            Some(kid) => keys.by_kid.get(kid).cloned().into_iter().collect(),
+            None => keys
+                .all
+                .iter()
+                .filter(|k| k.kind == want)
+                .cloned()
+                .collect(),
+        };
+        if !found.is_empty() {
+            break found;
+        }
+        if store.refetch_for_unknown_kid().await {
+            trace.note(|| "unknown kid: key set refetched".into());
+            keys = store.keys();
+            continue;
+        }
+        return Err(Refusal::new(
+            DenyReason::KidUnknown,
+            match &jws.kid {
+                Some(kid) => format!("key \"{kid}\" unknown for issuer {}", issuer.name),
+                None => format!("no {} key known for issuer {}", jws.alg_name, issuer.name),
+            },
+        ));
+    };
+    let mut verified = false;
+    for key in &candidates {
+        if key.kind != want || key.alg.is_some_and(|a| a != alg) {
+            if jws.kid.is_some() {
+                return Err(Refusal::new(
+                    DenyReason::AlgorithmNotAllowed,
+                    format!(
+                        "alg {} does not match the type of key \"{}\"",
+                        jws.alg_name,
+                        jws.kid.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
+            continue;
+        }
+        if jsonwebtoken::crypto::verify(
+            jws.signature,
+            jws.signing_input.as_bytes(),
+            &key.decoding,
+            alg,
+        )
+        .unwrap_or(false)
+        {
+            verified = true;
+            break;
+        }
+    }
+    if !verified {
+        return Err(Refusal::new(
+            DenyReason::SignatureInvalid,
+            "signature does not verify",
+        ));
+    }
+    trace.note(|| format!("signature: valid ({})", jws.alg_name));
+    let now = now_secs();
+    let (id, until) = check_claims(issuer, &jws.claims, now, true)?;
+    trace.note(|| "claims: iss, aud, exp, nbf accepted".into());
+    let until = until.unwrap_or(now);
+    let ttl = Duration::from_secs((until - now).clamp(0, 86_400) as u64);
+    Ok((id, ttl))
+}
+
+/// Checks `exp` (required for JWTs), `nbf`, `iss` and `aud`, then reads the identity.
+/// Returns the identity and until when (unix seconds, leeway included) it holds.
+pub fn check_claims(
+    issuer: &Issuer,
+    claims: &serde_json::Map<String, serde_json::Value>,
+    now: i64,
+    exp_required: bool,
+) -> Result<(Identity, Option<i64>), Refusal> {
+    let leeway = issuer.leeway.as_secs() as i64;
+    let exp = jwt::numeric_claim(claims, "exp")?;
+    if exp.is_none() && exp_required {
+        return Err(Refusal::new(
+            DenyReason::TokenMalformed,
+            "token has no exp claim",
+        ));
+    }
+    if let Some(exp) = exp {
+        if now > exp + leeway {
+            return Err(Refusal::new(
+                DenyReason::TokenExpired,
+                format!("token expired {} ago", jwt::ago(now - exp)),
+            ));
+        }
+    }
+    if let Some(nbf) = jwt::numeric_claim(claims, "nbf")? {
+        if nbf > now + leeway {
+            return Err(Refusal::new(
+                DenyReason::TokenNotYetValid,
+                format!("token not valid for another {}", jwt::ago(nbf - now)),
+            ));
+        }
+    }
+    match claims.get("iss").and_then(|v| v.as_str()) {
+        Some(iss) if iss == issuer.issuer => {}
+        Some(iss) => {
+            return Err(Refusal::new(
+                DenyReason::IssuerNotAccepted,
+                format!("issuer \"{iss}\" not accepted"),
+            ))
+        }
+        None if exp_required => {
+            return Err(Refusal::new(
+                DenyReason::IssuerNotAccepted,
+                "token has no iss claim",
+            ))
+        }
+        None => {}
+    }
+    if !issuer.skip_audience_check && !issuer.audiences.is_empty() {
+        let auds: Vec<&str> = match claims.get("aud") {
+            Some(serde_json::Value::String(s)) => vec![s.as_str()],
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
+            _ => Vec::new(),
+        };
+        if auds.is_empty() {
+            return Err(Refusal::new(
+                DenyReason::AudienceNotAccepted,
+                "token has no aud claim",
+            ));
+        }
+        if !auds.iter().any(|a| issuer.audiences.iter().any(|x| x == a)) {
+            let shown: Vec<String> = auds.iter().take(5).map(|a| format!("\"{}\"", a)).collect();
+            return Err(Refusal::new(
+                DenyReason::AudienceNotAccepted,
+                format!("audience {} not accepted", shown.join(", ")),
+            ));
+        }
+    }
+    let scopes = issuer
+        .scope_claims
+        .iter()
+        .find_map(|c| jwt::claim(claims, c))
+        .map(jwt::scopes_of)
+        .unwrap_or_default();
+    let client_id = issuer
+        .client_claims
+        .iter()
+        .find_map(|c| jwt::claim(claims, c).and_then(|v| v.as_str()))
+        .map(str::to_owned);
+    let subject = claims
+        .get("sub")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    let identity = Identity {
+        issuer: issuer.name.clone(),
+        subject,
+        client_id,
+        scopes,
+        expires_at: exp.unwrap_or(0).max(0) as u64,
+    };
+    Ok((identity, exp.map(|e| e + leeway)))
+}

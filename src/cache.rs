@@ -1,0 +1,136 @@
+//! The one cache discipline (SPEC "Keys, introspection results and upstream tokens
+//! share one cache discipline"): entries expire, and one fetch is in flight per key —
+//! concurrent callers for the same key wait for it instead of fetching again.
+
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+pub struct FlightCache<K, V> {
+    entries: DashMap<K, (V, Instant)>,
+    flights: DashMap<K, Arc<tokio::sync::Mutex<()>>>,
+    max_entries: usize,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> FlightCache<K, V> {
+    pub fn new(max_entries: usize) -> Self {
+        FlightCache {
+            entries: DashMap::new(),
+            flights: DashMap::new(),
+            max_entries,
+        }
+    }
+
+    pub fn get(&self, key: &K) -> Option<V> {
+        let e = self.entries.get(key)?;
+        if e.1 > Instant::now() {
+            Some(e.0.clone())
+        } else {
+            drop(e);
+            self.entries.remove_if(key, |_, v| v.1 <= Instant::now());
+            None
+        }
+    }
+
+    pub fn insert(&self, key: K, value: V, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        if self.entries.len() >= self.max_entries {
+            let now = Instant::now();
+            self.entries.retain(|_, v| v.1 > now);
+            if self.entries.len() >= self.max_entries {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(key, (value, Instant::now() + ttl));
+    }
+
+    pub fn remove(&self, key: &K) {
+        self.entries.remove(key);
+    }
+
+    /// Drops every entry; returns how many there were.
+    pub fn clear(&self) -> usize {
+        let n = self.entries.len();
+        self.entries.clear();
+        n
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The cached value, or the result of `fetch` — run once for all concurrent callers
+    /// of the same key. `fetch` returns the value and how long it may be cached
+    /// (`Duration::ZERO`: not cached, e.g. an error).
+    pub async fn get_or_fetch<F, Fut>(&self, key: &K, fetch: F) -> V
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = (V, Duration)>,
+    {
+        if let Some(v) = self.get(key) {
+            return v;
+        }
+        let lock = self.flights.entry(key.clone()).or_default().clone();
+        let _guard = lock.lock().await;
+        // Someone else may have fetched while we waited.
+        if let Some(v) = self.get(key) {
+            return v;
+        }
+        let (v, ttl) = fetch().await;
+        self.insert(key.clone(), v.clone(), ttl);
+        self.flights
+            .remove_if(key, |_, l| Arc::strong_count(l) <= 2);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    // Behaviour: 40 concurrent callers of one key make one fetch.
+    #[tokio::test]
+    async fn single_flight() {
+        let cache: Arc<FlightCache<String, u32>> = Arc::new(FlightCache::new(100));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..40 {
+            let (cache, calls) = (cache.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_fetch(&"k".to_string(), || async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        (7, Duration::from_secs(60))
+                    })
+                    .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 7);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn expiry_and_bound() {
+        let c: FlightCache<u32, u32> = FlightCache::new(2);
+        c.insert(1, 1, Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(c.get(&1), None);
+        c.insert(2, 2, Duration::from_secs(10));
+        c.insert(3, 3, Duration::from_secs(10));
+        c.insert(4, 4, Duration::from_secs(10));
+        assert!(c.len() <= 2);
+    }
+}

@@ -1,0 +1,279 @@
+//! `gateway.yaml` in three stages: [`model`] (serde, as written) -> checks collecting
+//! every problem with `file:line:col` and key path ([`validate`], [`source`]) ->
+//! [`compile`] into the runtime model. [`load`] runs the three.
+
+pub mod compile;
+pub mod model;
+pub mod source;
+pub mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+pub use compile::Registry;
+use source::PosIndex;
+use validate::{Problem, Problems};
+
+use crate::runtime::Runtime;
+
+/// Every problem found in a config file, each with its location.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: String,
+    /// (line, col, path, message), in file order.
+    pub problems: Vec<Located>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Located {
+    pub line: usize,
+    pub column: usize,
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}:{}: {}", self.line, self.column, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{} {}: {}",
+                self.line, self.column, self.path, self.message
+            )
+        }
+    }
+}
+
+impl ConfigError {
+    fn single(file: &str, line: usize, column: usize, message: String) -> ConfigError {
+        ConfigError {
+            file: file.to_owned(),
+            problems: vec![Located {
+                line,
+                column,
+                path: String::new(),
+                message,
+            }],
+        }
+    }
+
+    /// One line per problem: `gateway.yaml:41:9 routes[2].upstream: unknown upstream "x"`.
+    pub fn lines(&self) -> Vec<String> {
+        self.problems
+            .iter()
+            .map(|p| format!("{}:{}", self.file, p))
+            .collect()
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.lines().join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every key tollgate knows, for "did you mean" hints on unknown keys.
+const KNOWN_KEYS: &[&str] = &[
+    "server",
+    "listen",
+    "tls",
+    "cert",
+    "key",
+    "client_ca",
+    "sni",
+    "hosts",
+    "redirect_listen",
+    "admin_listen",
+    "limits",
+    "max_header_bytes",
+    "max_body_bytes",
+    "header_read_timeout",
+    "request_timeout",
+    "max_connections",
+    "issuers",
+    "name",
+    "issuer",
+    "jwks_uri",
+    "discovery",
+    "audiences",
+    "algorithms",
+    "leeway",
+    "scope_claims",
+    "client_claims",
+    "skip_audience_check",
+    "introspection",
+    "url",
+    "client_id",
+    "client_secret",
+    "cache_ttl",
+    "jwks_refresh",
+    "fetch_timeout",
+    "token_service",
+    "path",
+    "audience",
+    "signing_key",
+    "token_ttl",
+    "clients",
+    "id",
+    "secret",
+    "secret_hash",
+    "scopes",
+    "upstreams",
+    "ca",
+    "connect_timeout",
+    "timeout",
+    "auth",
+    "type",
+    "token_url",
+    "scope",
+    "client_auth",
+    "request_format",
+    "extra_params",
+    "username",
+    "password",
+    "routes",
+    "path_prefix",
+    "upstream",
+    "permissions",
+    "methods",
+    "cors",
+    "allow_origins",
+    "allow_methods",
+    "allow_headers",
+    "expose_headers",
+    "allow_credentials",
+    "max_age",
+    "body_credentials",
+];
+
+fn ignored_path(p: &serde_ignored::Path) -> String {
+    use serde_ignored::Path as P;
+    match p {
+        P::Root => String::new(),
+        P::Seq { parent, index } => source::join_index(&ignored_path(parent), *index),
+        P::Map { parent, key } => source::join_key(&ignored_path(parent), key),
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            ignored_path(parent)
+        }
+    }
+}
+
+fn error_path(p: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment as S;
+    let mut out = String::new();
+    for seg in p.iter() {
+        match seg {
+            S::Seq { index } => out = source::join_index(&out, *index),
+            S::Map { key } => out = source::join_key(&out, key),
+            S::Enum { .. } | S::Unknown => {}
+        }
+    }
+    out
+}
+
+/// Reads, checks and compiles a config file. Relative paths inside it are relative to
+/// its folder.
+pub fn load(path: &Path, reg: &Registry) -> Result<Runtime, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::single(&file, 1, 1, format!("cannot read config file: {e}")))?;
+    let mut rt = load_str(&text, &file, path.parent().unwrap_or(Path::new(".")), reg)?;
+    rt.hash = hex(&Sha256::digest(text.as_bytes()));
+    rt.path = path.to_path_buf();
+    Ok(rt)
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn load_str(
+    text: &str,
+    file: &str,
+    base: &Path,
+    reg: &Registry,
+) -> Result<Runtime, ConfigError> {
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+        let (l, c) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
+        ConfigError::single(file, l, c, format!("YAML syntax error: {e}"))
+    })?;
+    if value.is_null() {
+        return Err(ConfigError::single(
+            file,
+            1,
+            1,
+            "config file is empty".into(),
+        ));
+    }
+    let index = PosIndex::build(text);
+    let mut problems = Problems::default();
+    for (path, msg) in source::curly_quote_problems(&value) {
+        problems.add(path, msg);
+    }
+    let base_dir: PathBuf = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base.to_path_buf()
+    };
+    for (path, msg) in source::substitute(&mut value, &base_dir) {
+        problems.add(path, msg);
+    }
+    let mut unknown = Vec::new();
+    let mut on_unknown = |p: serde_ignored::Path| unknown.push(ignored_path(&p));
+    let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
+    let model: Result<model::ConfigModel, _> = serde_path_to_error::deserialize(de);
+    for u in unknown {
+        let key = u.rsplit(['.', '[']).next().unwrap_or("").to_owned();
+        problems.unknown_key(u, validate::suggest(&key, KNOWN_KEYS));
+    }
+    let rt = match model {
+        Ok(m) => compile::compile(&m, &base_dir, reg, &mut problems),
+        Err(e) => {
+            let path = error_path(e.path());
+            let msg = e.inner().to_string();
+            // serde_yaml appends its own (often wrong, post-substitution) location.
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+            problems.add(path, msg);
+            None
+        }
+    };
+    match rt {
+        Some(rt) if problems.is_empty() => Ok(rt),
+        _ => Err(locate(file, &index, problems.0)),
+    }
+}
+
+fn locate(file: &str, index: &PosIndex, problems: Vec<Problem>) -> ConfigError {
+    let mut out: Vec<Located> = problems
+        .into_iter()
+        .map(|p| {
+            let pos = if p.at_key {
+                index.key_pos(&p.path)
+            } else {
+                index.value_pos(&p.path)
+            };
+            let pos = pos.unwrap_or(source::Pos { line: 1, col: 1 });
+            Located {
+                line: pos.line,
+                column: pos.col,
+                path: p.path,
+                message: p.message,
+            }
+        })
+        .collect();
+    out.sort_by_key(|p| (p.line, p.column));
+    out.dedup_by(|a, b| a.path == b.path && a.message == b.message);
+    ConfigError {
+        file: file.to_owned(),
+        problems: out,
+    }
+}

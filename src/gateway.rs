@@ -1,0 +1,236 @@
+//! The running gateway: the current [`Runtime`] behind an `ArcSwap`, plus everything
+//! that outlives a reload (caches, key stores, HTTP clients, metrics, reload status).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::auth::{AuthCaches, IssuerKind};
+use crate::config::{self, ConfigError, Registry};
+use crate::credentials::TokenCache;
+use crate::metrics::{Metrics, ScrapeExtras};
+use crate::runtime::Runtime;
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    pub version: u64,
+    pub config_hash: String,
+    pub loaded_at: Option<String>,
+    pub last_reload_at: Option<String>,
+    pub last_reload_trigger: Option<String>,
+    pub last_reload_ok: Option<bool>,
+    pub last_reload_errors: Vec<String>,
+}
+
+pub struct Gateway {
+    pub runtime: ArcSwap<Runtime>,
+    pub config_path: PathBuf,
+    pub registry: Registry,
+    pub metrics: Metrics,
+    pub auth_caches: AuthCaches,
+    pub tokens: TokenCache,
+    pub status: Mutex<ReloadStatus>,
+    pub listeners_up: AtomicBool,
+    next_version: AtomicU64,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+impl Gateway {
+    /// Loads the config for the first time. Starts nothing yet.
+    pub fn load(path: PathBuf) -> Result<Arc<Gateway>, ConfigError> {
+        let registry = Registry::default();
+        let mut rt = config::load(&path, &registry)?;
+        rt.version = 1;
+        let status = ReloadStatus {
+            version: 1,
+            config_hash: rt.hash.clone(),
+            loaded_at: Some(rfc3339(rt.loaded_at)),
+            ..Default::default()
+        };
+        Ok(Arc::new(Gateway {
+            runtime: ArcSwap::from_pointee(rt),
+            config_path: path,
+            registry,
+            metrics: Metrics::default(),
+            auth_caches: AuthCaches::default(),
+            tokens: TokenCache::default(),
+            status: Mutex::new(status),
+            listeners_up: AtomicBool::new(false),
+            next_version: AtomicU64::new(2),
+            reload_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    pub fn current(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Starts background work for the current runtime (issuer key refreshers).
+    pub fn start_background(&self) {
+        for issuer in &self.current().issuers {
+            if let IssuerKind::Jwt(store) = &issuer.kind {
+                store.start();
+            }
+        }
+    }
+
+    /// Ready: config loaded, listeners up, every issuer's first key fetch finished.
+    pub fn ready(&self) -> bool {
+        self.listeners_up.load(Ordering::Acquire)
+            && self.current().issuers.iter().all(|i| match &i.kind {
+                IssuerKind::Jwt(s) => s.first_fetch_done(),
+                IssuerKind::Introspection(_) => true,
+            })
+    }
+
+    /// Reloads the config file. The new config is compiled completely before it
+    /// replaces the old one; on any problem the old one keeps serving.
+    pub async fn reload(self: &Arc<Self>, trigger: &str) -> Result<u64, ConfigError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let gw = self.clone();
+        let result =
+            tokio::task::spawn_blocking(move || config::load(&gw.config_path, &gw.registry))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(ConfigError {
+                        file: String::new(),
+                        problems: vec![config::Located {
+                            line: 1,
+                            column: 1,
+                            path: String::new(),
+                            message: format!("reload task failed: {e}"),
+                        }],
+                    })
+                });
+        let now = SystemTime::now();
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.last_reload_at = Some(rfc3339(now));
+        status.last_reload_trigger = Some(trigger.to_owned());
+        match result {
+            Ok(mut rt) => {
+                let old = self.current();
+                if rt.server.listen != old.server.listen
+                    || rt.server.admin_listen != old.server.admin_listen
+                    || rt.server.redirect_listen != old.server.redirect_listen
+                {
+                    tracing::warn!(
+                        "listen addresses changed in the config; they apply after a restart"
+                    );
+                }
+                rt.version = self.next_version.fetch_add(1, Ordering::Relaxed);
+                let version = rt.version;
+                status.version = version;
+                status.config_hash = rt.hash.clone();
+                status.loaded_at = Some(rfc3339(rt.loaded_at));
+                status.last_reload_ok = Some(true);
+                status.last_reload_errors.clear();
+                let rt = Arc::new(rt);
+                self.runtime.store(rt.clone());
+                self.forget_unused(&rt);
+                self.start_background();
+                self.metrics.reload(true);
+                tracing::info!(version, trigger, "config reloaded");
+                Ok(version)
+            }
+            Err(e) => {
+                status.last_reload_ok = Some(false);
+                status.last_reload_errors = e.lines();
+                self.metrics.reload(false);
+                tracing::error!(
+                    trigger,
+                    problems = e.problems.len(),
+                    "config reload rejected; the previous config keeps serving"
+                );
+                for line in e.lines() {
+                    tracing::error!("{line}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Key stores no issuer uses any more are dropped (their refreshers stop).
+    fn forget_unused(&self, rt: &Runtime) {
+        let live: Vec<*const crate::auth::jwks::KeyStore> = rt
+            .issuers
+            .iter()
+            .filter_map(|i| match &i.kind {
+                IssuerKind::Jwt(s) => Some(Arc::as_ptr(s)),
+                _ => None,
+            })
+            .collect();
+        self.registry
+            .key_stores
+            .retain(|_, s| live.contains(&Arc::as_ptr(s)));
+    }
+
+    /// `POST /admin/caches/flush`: upstream tokens, introspection results and
+    /// verified-token results. JWKS key sets are kept.
+    pub fn flush_caches(&self) -> serde_json::Value {
+        let upstream_tokens = self.tokens.clear();
+        let introspection = self.auth_caches.introspection.clear();
+        let verified = self.auth_caches.verified.clear();
+        tracing::info!(upstream_tokens, introspection, verified, "caches flushed");
+        serde_json::json!({
+            "flushed": {
+                "upstream_tokens": upstream_tokens,
+                "introspection_results": introspection,
+                "verified_tokens": verified,
+            },
+            "kept": ["jwks"],
+        })
+    }
+
+    pub fn scrape_extras(&self) -> ScrapeExtras {
+        let rt = self.current();
+        let jwks_fetches = rt
+            .issuers
+            .iter()
+            .filter_map(|i| match &i.kind {
+                IssuerKind::Jwt(s) => Some((
+                    i.name.to_string(),
+                    s.fetches_ok.load(Ordering::Relaxed),
+                    s.fetches_failed.load(Ordering::Relaxed),
+                )),
+                _ => None,
+            })
+            .collect();
+        ScrapeExtras {
+            jwks_fetches,
+            cache_sizes: vec![
+                ("verified_tokens", self.auth_caches.verified.len()),
+                ("introspection", self.auth_caches.introspection.len()),
+                ("upstream_tokens", self.tokens.tokens.len()),
+            ],
+            config_version: rt.version,
+        }
+    }
+}

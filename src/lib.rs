@@ -1,0 +1,119 @@
+//! tollgate: an OAuth2-aware reverse-proxy API gateway.
+//!
+//! Read `stack.rs` first: it lists the request path in order and names the module
+//! for each step. [`start`] binds the listeners for a loaded [`Gateway`].
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod cache;
+pub mod config;
+pub mod cors;
+pub mod credentials;
+pub mod error;
+pub mod explain;
+pub mod gateway;
+pub mod listener;
+pub mod logging;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod route;
+pub mod runtime;
+pub mod secret;
+pub mod stack;
+pub mod tls;
+pub mod token_service;
+pub mod upstream;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::watch as tokio_watch;
+use tokio::task::JoinHandle;
+
+pub use gateway::Gateway;
+
+/// A started gateway: the addresses it listens on and a way to stop it.
+pub struct Running {
+    pub gateway: Arc<Gateway>,
+    pub public: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub redirect: Option<SocketAddr>,
+    shutdown: tokio_watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (up to `request_timeout`).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Binds every listener, starts issuer key fetches and the config watcher.
+pub async fn start(gw: Arc<Gateway>) -> std::io::Result<Running> {
+    let rt = gw.current();
+    let (tx, rx) = tokio_watch::channel(false);
+    let mut tasks = Vec::new();
+    let public = listener::bind(rt.server.listen).await?;
+    let public_addr = public.local_addr()?;
+    let admin = match rt.server.admin_listen {
+        Some(a) => Some(listener::bind(a).await?),
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+    let redirect = match rt.server.redirect_listen {
+        Some(a) => Some(listener::bind(a).await?),
+        None => None,
+    };
+    let redirect_addr = redirect.as_ref().map(|l| l.local_addr()).transpose()?;
+
+    gw.start_background();
+    tasks.push(tokio::spawn(listener::serve_public(
+        gw.clone(),
+        public,
+        rx.clone(),
+    )));
+    if let Some(l) = admin {
+        let g = gw.clone();
+        tasks.push(tokio::spawn(listener::serve(
+            gw.clone(),
+            l,
+            false,
+            rx.clone(),
+            move |_i, req| admin::handle(g.clone(), req),
+        )));
+    }
+    if let Some(l) = redirect {
+        tasks.push(tokio::spawn(listener::serve_redirect(
+            gw.clone(),
+            l,
+            rx.clone(),
+        )));
+    }
+    watch::spawn(gw.clone(), rx.clone());
+    gw.listeners_up.store(true, Ordering::Release);
+    tracing::info!(
+        public = %public_addr,
+        admin = %admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        redirect = %redirect_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        tls = rt.server.tls.is_some(),
+        routes = rt.routes.len(),
+        "tollgate listening"
+    );
+    Ok(Running {
+        gateway: gw,
+        public: public_addr,
+        admin: admin_addr,
+        redirect: redirect_addr,
+        shutdown: tx,
+        tasks,
+    })
+}

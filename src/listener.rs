@@ -1,0 +1,206 @@
+//! Step 1 of the request path: accepting connections.
+//!
+//! Plain listeners speak HTTP/1.1 and h2c (prior knowledge); TLS listeners negotiate
+//! h2 or http/1.1 by ALPN (rustls, optional client certificates). The connection limit,
+//! the header size cap and the header read timeout are enforced here. On shutdown the
+//! accept loops stop and in-flight requests get `request_timeout` to finish.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::Body;
+use crate::gateway::Gateway;
+use crate::stack::{self, ConnInfo};
+
+/// The HTTP settings every listener shares.
+pub fn http_builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
+    let limits = gw.current().server.limits.clone();
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        // Heads a little over the limit still parse, so that the gateway can answer
+        // SPEC's JSON 431; far larger ones are cut off by hyper itself.
+        .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024))
+        .max_headers(512);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32 * 2)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    b
+}
+
+/// Accepts on `listener` until `shutdown` flips, serving each connection with `svc`.
+pub async fn serve<F, Fut>(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    tls: bool,
+    mut shutdown: watch::Receiver<bool>,
+    svc: F,
+) where
+    F: Fn(ConnInfo, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let builder = Arc::new(http_builder(&gw));
+    let graceful = GracefulShutdown::new();
+    let max_conn = gw.current().server.limits.max_connections;
+    let permits = Arc::new(Semaphore::new(max_conn));
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let (stream, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gw2 = gw.clone();
+        let builder = builder.clone();
+        let svc = svc.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            gw2.metrics.open_connections.fetch_add(1, Ordering::Relaxed);
+            gw2.metrics
+                .connections_total
+                .fetch_add(1, Ordering::Relaxed);
+            let tls_cfg = if tls {
+                gw2.current().server.tls.clone()
+            } else {
+                None
+            };
+            let info = ConnInfo {
+                remote,
+                tls: tls_cfg.is_some(),
+            };
+            let service = service_fn(move |req| {
+                let svc = svc.clone();
+                async move { Ok::<_, Infallible>(svc(info, req).await) }
+            });
+            match tls_cfg {
+                Some(cfg) => {
+                    let handshake = TlsAcceptor::from(cfg).accept(stream);
+                    let timeout = gw2.current().server.limits.header_read_timeout;
+                    match tokio::time::timeout(timeout, handshake).await {
+                        Ok(Ok(s)) => {
+                            let conn = builder.serve_connection(TokioIo::new(s), service);
+                            let _ = watcher.watch(conn.into_owned()).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(remote = %remote, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(remote = %remote, "TLS handshake timed out"),
+                    }
+                }
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+            }
+            gw2.metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let grace = gw.current().server.limits.request_timeout;
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections were still busy after {grace:?}; closing them");
+    }
+}
+
+/// The public listener.
+pub async fn serve_public(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) {
+    let tls = gw.current().server.tls.is_some();
+    let g = gw.clone();
+    serve(gw, listener, tls, shutdown, move |info, req| {
+        stack::handle(g.clone(), info, req)
+    })
+    .await
+}
+
+/// `redirect_listen`: answers 308 to `https://{host}{path}` (the TLS listener's port).
+pub async fn serve_redirect(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) {
+    let port = gw.current().server.listen.port();
+    serve(
+        gw,
+        listener,
+        false,
+        shutdown,
+        move |_info, req| async move { redirect(port, &req) },
+    )
+    .await
+}
+
+fn redirect<B>(port: u16, req: &Request<B>) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(crate::route::normalize_host)
+        .unwrap_or_default();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let port = if port == 443 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    let location = format!("https://{host}{port}{pq}");
+    let mut resp = Response::new(crate::body::empty());
+    *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    match http::HeaderValue::from_str(&location) {
+        Ok(v) if !host.is_empty() => {
+            resp.headers_mut().insert(http::header::LOCATION, v);
+        }
+        _ => *resp.status_mut() = http::StatusCode::BAD_REQUEST,
+    }
+    resp
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}

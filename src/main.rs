@@ -1,0 +1,242 @@
+//! The `tollgate` command: run | validate | explain | hash-secret.
+#![forbid(unsafe_code)]
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tollgate::logging::{self, LogFormat};
+use tollgate::Gateway;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "OAuth2-aware reverse-proxy API gateway"
+)]
+struct Cli {
+    /// Config file.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_CONFIG",
+        default_value = "gateway.yaml"
+    )]
+    config: PathBuf,
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Run,
+    /// Check the config; exit 0 with a summary, or 1 with every problem.
+    Validate,
+    /// Print the decision trace a request would get; exit 0 allowed, 1 denied.
+    Explain {
+        /// The Bearer token to check.
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Host header, for routes with `hosts`.
+        #[arg(long)]
+        host: Option<String>,
+        /// The request path, e.g. /v2/analytics/data
+        url_path: String,
+    },
+    /// Read a client secret on stdin, print an argon2id hash for `secret_hash`.
+    HashSecret,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.config, cli.log_format),
+        Command::Validate => validate(&cli.config),
+        Command::Explain {
+            token,
+            method,
+            host,
+            url_path,
+        } => explain(&cli.config, token, &method, host, &url_path),
+        Command::HashSecret => hash_secret(),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if let Some(n) = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        b.worker_threads(n);
+    }
+    b.build().expect("tokio runtime")
+}
+
+fn run(config: PathBuf, format: LogFormat) -> ExitCode {
+    logging::init(format);
+    let gw = match Gateway::load(config) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!(
+                "tollgate: refusing to start, the config has {} problem(s):",
+                e.problems.len()
+            );
+            for line in e.lines() {
+                eprintln!("{line}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    runtime().block_on(async move {
+        let running = match tollgate::start(gw.clone()).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("tollgate: cannot listen: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        wait_for_signals(&gw).await;
+        tracing::info!("shutting down: no new connections, waiting for requests in flight");
+        running.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(unix)]
+async fn wait_for_signals(gw: &std::sync::Arc<Gateway>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                let _ = gw.reload("SIGHUP").await;
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signals(_gw: &std::sync::Arc<Gateway>) {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn validate(config: &std::path::Path) -> ExitCode {
+    let reg = tollgate::config::Registry::default();
+    match tollgate::config::load(config, &reg) {
+        Ok(rt) => {
+            let tls = if rt.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            println!(
+                "{}: OK — {} route(s), {} upstream(s), {} issuer(s), token service {}, listen {tls}://{}",
+                config.display(),
+                rt.routes.len(),
+                rt.upstreams.len(),
+                rt.issuers.len(),
+                if rt.token_service.is_some() { "on" } else { "off" },
+                rt.server.listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for line in e.lines() {
+                println!("{line}");
+            }
+            eprintln!("{}: {} problem(s)", config.display(), e.problems.len());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn explain(
+    config: &std::path::Path,
+    token: Option<String>,
+    method: &str,
+    host: Option<String>,
+    path: &str,
+) -> ExitCode {
+    logging::init(LogFormat::Text);
+    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+        eprintln!("tollgate: invalid method {method}");
+        return ExitCode::from(2);
+    };
+    let res = runtime().block_on(tollgate::explain::explain(
+        config,
+        token.as_deref(),
+        &method,
+        path,
+        host.as_deref(),
+    ));
+    match res {
+        Ok(x) => {
+            for l in &x.lines {
+                println!("{l}");
+            }
+            if x.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("tollgate: the config has problems:");
+            for line in e.lines() {
+                eprintln!("{line}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn hash_secret() -> ExitCode {
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        eprintln!("tollgate: cannot read stdin");
+        return ExitCode::from(1);
+    }
+    let secret = line
+        .strip_suffix('\n')
+        .map(|s| s.strip_suffix('\r').unwrap_or(s))
+        .unwrap_or(&line);
+    if secret.is_empty() {
+        eprintln!("tollgate: empty secret");
+        return ExitCode::from(1);
+    }
+    match tollgate::token_service::hash_secret(secret) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Step 10 of the request path: forwarding.
+//!
+//! Rewrites the URI to the upstream (its base path + the normalised path + the query),
+//! cleans the headers (hop-by-hop, those named in `Connection`, inbound `X-Auth-*`),
+//! adds `X-Forwarded-*`, `X-Request-Id` and the verified identity, and streams the body
+//! both ways. The request body is counted while it streams: past `max_body_bytes` the
+//! stream fails and the exchange is answered 413.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
+
+use crate::body::{Body, BoxError};
+use crate::error::GatewayError;
+use crate::policy::Identity;
+use crate::upstream::{send, Upstream, UpstreamFailure};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_AUTH_CLIENT_ID: HeaderName = HeaderName::from_static("x-auth-client-id");
+static X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
+static X_AUTH_SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including every header named in `Connection`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for n in named {
+        h.remove(n.as_str());
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+pin_project! {
+    /// Counts the request body as it streams and fails it past the limit.
+    pub struct LimitedBody<B> {
+        #[pin]
+        inner: B,
+        seen: u64,
+        limit: u64,
+        exceeded: Arc<AtomicBool>,
+    }
+}
+
+impl<B> LimitedBody<B> {
+    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+        LimitedBody {
+            inner,
+            seen: 0,
+            limit,
+            exceeded,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit")]
+pub struct BodyTooLarge;
+
+impl<B> HttpBody for LimitedBody<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    *this.seen += d.len() as u64;
+                    if *this.seen > *this.limit {
+                        this.exceeded.store(true, Ordering::Release);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the forwarding step needs to know about the exchange.
+pub struct ForwardContext<'a> {
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub client_addr: SocketAddr,
+    pub tls: bool,
+    pub original_host: Option<HeaderValue>,
+    pub request_id: &'a HeaderValue,
+    pub identity: Option<&'a Identity>,
+    /// `Authorization` to send instead of the inbound one (upstream credentials).
+    pub authorization: Option<HeaderValue>,
+    pub body_exceeded: Arc<AtomicBool>,
+    pub max_body: u64,
+}
+
+pub fn upstream_uri(up: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
+    let mut pq =
+        String::with_capacity(up.base_path.len() + path.len() + 1 + query.map_or(0, str::len));
+    pq.push_str(&up.base_path);
+    pq.push_str(path);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    Uri::builder()
+        .scheme(up.scheme.clone())
+        .authority(up.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded".into()))
+}
+
+pub fn prepare_headers(h: &mut HeaderMap, up: &Upstream, cx: &ForwardContext<'_>) {
+    strip_hop_by_hop(h);
+    let inbound_auth: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-auth-"))
+        .cloned()
+        .collect();
+    for k in inbound_auth {
+        h.remove(k);
+    }
+    let ip = cx.client_addr.ip().to_string();
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    h.remove(&X_FORWARDED_FOR);
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    h.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if cx.tls { "https" } else { "http" }),
+    );
+    match &cx.original_host {
+        Some(host) => {
+            h.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        None => {
+            h.remove(&X_FORWARDED_HOST);
+        }
+    }
+    h.insert(header::HOST, up.host.clone());
+    h.insert(X_REQUEST_ID.clone(), cx.request_id.clone());
+    if let Some(id) = cx.identity {
+        if let Some(v) = id
+            .client_id
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            h.insert(X_AUTH_CLIENT_ID.clone(), v);
+        }
+        if let Some(v) = id
+            .subject
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            h.insert(X_AUTH_SUBJECT.clone(), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&id.scopes.join(" ")) {
+            h.insert(X_AUTH_SCOPES.clone(), v);
+        }
+    }
+    if let Some(a) = &cx.authorization {
+        h.insert(header::AUTHORIZATION, a.clone());
+    }
+}
+
+/// Forwards the request and returns the upstream's response, streaming.
+pub async fn forward<B>(
+    up: &Upstream,
+    req: Request<B>,
+    cx: ForwardContext<'_>,
+) -> Result<Response<Body>, GatewayError>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    parts.uri = upstream_uri(up, cx.path, cx.query)?;
+    parts.version = Version::HTTP_11;
+    prepare_headers(&mut parts.headers, up, &cx);
+    let body = LimitedBody::new(body, cx.max_body, cx.body_exceeded.clone()).boxed_unsync();
+    let out = Request::from_parts(parts, body);
+    match send(&up.client, out, up.timeout).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+            Ok(Response::from_parts(parts, body))
+        }
+        Err(_) if cx.body_exceeded.load(Ordering::Acquire) => {
+            Err(GatewayError::PayloadTooLarge(cx.max_body))
+        }
+        Err(UpstreamFailure::Timeout) => Err(GatewayError::GatewayTimeout(format!(
+            "upstream {} did not answer within {:?}",
+            up.name, up.timeout
+        ))),
+        Err(UpstreamFailure::Connect(d)) => {
+            tracing::warn!(upstream = %up.name, error = %d, "upstream connect failed");
+            Err(GatewayError::BadGateway(format!(
+                "upstream {} is unreachable ({d})",
+                up.name
+            )))
+        }
+        Err(UpstreamFailure::Broken(d)) => {
+            tracing::warn!(upstream = %up.name, error = %d, "upstream exchange failed");
+            Err(GatewayError::BadGateway(format!(
+                "upstream {} closed or reset the connection",
+                up.name
+            )))
+        }
+    }
+}

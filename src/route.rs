@@ -1,0 +1,358 @@
+//! Step 3 of the request path: normalise the path, then find the route.
+//!
+//! Normalisation happens once, before any matching, and the upstream receives the
+//! normalised path: what tollgate checked is what the backend reads. Route lookup is a
+//! hash lookup per path segment (longest prefix first), so it costs the same with ten
+//! routes or ten thousand.
+
+use std::collections::HashMap;
+
+/// Why a path was refused (400 `invalid_request`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadPath(pub &'static str);
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Normalises a request path (no query):
+/// - percent-encoded unreserved characters are decoded, other escapes kept with
+///   upper-case hex; an escape for `/`, `\` or NUL, or a malformed escape -> 400;
+/// - repeated `/` collapse; `.` segments vanish; `..` removes the previous segment,
+///   and one that would climb above `/` -> 400;
+/// - a `.` or `..` segment spelled with escapes (`%2e%2e`) or hidden behind a `;`
+///   parameter (`..;/`) -> 400: backends disagree on those, so nobody gets them;
+/// - a trailing `/` is kept (it is the backend's business), a literal `\` -> 400.
+pub fn normalize_path(raw: &str) -> Result<String, BadPath> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(BadPath("path must start with /"));
+    }
+    let mut segments: Vec<String> = Vec::new();
+    let mut trailing_slash = false;
+    for raw_seg in raw[1..].split('/') {
+        trailing_slash = false;
+        if raw_seg.is_empty() {
+            trailing_slash = true;
+            continue;
+        }
+        let mut seg = String::with_capacity(raw_seg.len());
+        let mut escaped_dot = false;
+        let sb = raw_seg.as_bytes();
+        let mut i = 0;
+        while i < sb.len() {
+            let b = sb[i];
+            match b {
+                b'%' => {
+                    let (Some(h), Some(l)) = (
+                        sb.get(i + 1).copied().and_then(hex_val),
+                        sb.get(i + 2).copied().and_then(hex_val),
+                    ) else {
+                        return Err(BadPath("malformed percent-encoding in path"));
+                    };
+                    let v = h * 16 + l;
+                    match v {
+                        b'/' | b'\\' => return Err(BadPath("encoded slash in path")),
+                        0 => return Err(BadPath("NUL in path")),
+                        _ if is_unreserved(v) => {
+                            if v == b'.' {
+                                escaped_dot = true;
+                            }
+                            seg.push(v as char);
+                        }
+                        _ => {
+                            seg.push('%');
+                            seg.push(char::from(b"0123456789ABCDEF"[(v >> 4) as usize]));
+                            seg.push(char::from(b"0123456789ABCDEF"[(v & 15) as usize]));
+                        }
+                    }
+                    i += 3;
+                }
+                b'\\' => return Err(BadPath("backslash in path")),
+                0 => return Err(BadPath("NUL in path")),
+                _ if b < 0x20 || b == 0x7f => return Err(BadPath("control character in path")),
+                _ => {
+                    // Multi-byte UTF-8 arrives here byte by byte; copy the char whole.
+                    let ch_len = utf8_len(b);
+                    seg.push_str(&raw_seg[i..i + ch_len]);
+                    i += ch_len;
+                    continue;
+                }
+            }
+        }
+        let bare = seg.split(';').next().unwrap_or("");
+        let dotty = bare == "." || bare == "..";
+        if dotty && (escaped_dot || bare.len() != seg.len()) {
+            return Err(BadPath("disguised dot-segment in path"));
+        }
+        match seg.as_str() {
+            "." => trailing_slash = true,
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(BadPath("path climbs above /"));
+                }
+                trailing_slash = true;
+            }
+            _ => segments.push(seg),
+        }
+    }
+    let mut out = String::with_capacity(raw.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xC0..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF7 => 4,
+        _ => 1,
+    }
+}
+
+/// Host for routing: port removed, lower case, trailing dot removed.
+pub fn normalize_host(host: &str) -> String {
+    let h = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        match rest.find(']') {
+            Some(end) => &host[..end + 2],
+            None => host,
+        }
+    } else {
+        match host.rfind(':') {
+            Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+            _ => host,
+        }
+    };
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// A compiled route's position in `Runtime::routes`.
+pub type RouteId = usize;
+
+/// Longest `path_prefix` on a segment boundary, one hash lookup per segment.
+#[derive(Debug, Default)]
+pub struct PrefixTable {
+    // Key: prefix without trailing slash ("" for "/").
+    map: HashMap<String, RouteId>,
+}
+
+impl PrefixTable {
+    /// Returns false when the prefix is already present.
+    pub fn insert(&mut self, prefix: &str, id: RouteId) -> bool {
+        let key = prefix_key(prefix);
+        if self.map.contains_key(&key) {
+            return false;
+        }
+        self.map.insert(key, id);
+        true
+    }
+
+    pub fn lookup(&self, path: &str) -> Option<RouteId> {
+        if self.map.is_empty() {
+            return None;
+        }
+        let mut candidate = path.strip_suffix('/').unwrap_or(path);
+        loop {
+            if let Some(id) = self.map.get(candidate) {
+                return Some(*id);
+            }
+            if candidate.is_empty() {
+                return None;
+            }
+            let cut = candidate.rfind('/').unwrap_or(0);
+            candidate = &candidate[..cut];
+        }
+    }
+}
+
+pub fn prefix_key(prefix: &str) -> String {
+    prefix.trim_end_matches('/').to_owned()
+}
+
+/// Routes by host class, then longest prefix: exact host beats `*.` wildcard beats
+/// routes without `hosts`.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<String, PrefixTable>,
+    /// (suffix including the leading dot, table), longest suffix first.
+    wildcard: Vec<(String, PrefixTable)>,
+    any: PrefixTable,
+}
+
+/// Where a route's `hosts` entry puts it.
+pub enum HostPattern {
+    Exact(String),
+    Wildcard(String),
+}
+
+impl HostPattern {
+    pub fn parse(s: &str) -> HostPattern {
+        let s = s.trim_end_matches('.').to_ascii_lowercase();
+        match s.strip_prefix('*') {
+            Some(suffix) => HostPattern::Wildcard(suffix.to_owned()),
+            None => HostPattern::Exact(s),
+        }
+    }
+}
+
+impl RouteTable {
+    /// Returns false when the same host + prefix is already taken.
+    pub fn insert(&mut self, hosts: &[HostPattern], prefix: &str, id: RouteId) -> bool {
+        if hosts.is_empty() {
+            return self.any.insert(prefix, id);
+        }
+        let mut ok = true;
+        for h in hosts {
+            ok &= match h {
+                HostPattern::Exact(host) => self
+                    .exact
+                    .entry(host.clone())
+                    .or_default()
+                    .insert(prefix, id),
+                HostPattern::Wildcard(suffix) => {
+                    let pos = self.wildcard.iter().position(|(s, _)| s == suffix);
+                    let idx = match pos {
+                        Some(i) => i,
+                        None => {
+                            self.wildcard.push((suffix.clone(), PrefixTable::default()));
+                            self.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                            self.wildcard
+                                .iter()
+                                .position(|(s, _)| s == suffix)
+                                .unwrap_or(0)
+                        }
+                    };
+                    self.wildcard[idx].1.insert(prefix, id)
+                }
+            };
+        }
+        ok
+    }
+
+    /// `host` must already be normalised (see [`normalize_host`]).
+    pub fn lookup(&self, host: &str, path: &str) -> Option<RouteId> {
+        if let Some(t) = self.exact.get(host) {
+            if let Some(id) = t.lookup(path) {
+                return Some(id);
+            }
+        }
+        for (suffix, t) in &self.wildcard {
+            if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
+                if let Some(id) = t.lookup(path) {
+                    return Some(id);
+                }
+            }
+        }
+        self.any.lookup(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(p: &str) -> Result<String, BadPath> {
+        normalize_path(p)
+    }
+
+    // Behaviour: SPEC "Paths are normalised before any matching".
+    #[test]
+    fn normalisation_rules() {
+        assert_eq!(n("/").unwrap(), "/");
+        assert_eq!(n("/a//b///c").unwrap(), "/a/b/c");
+        assert_eq!(n("/a/./b/../c").unwrap(), "/a/c");
+        assert_eq!(n("/a/b/").unwrap(), "/a/b/");
+        assert_eq!(n("/a/b/.").unwrap(), "/a/b/");
+        assert_eq!(n("/a/b/..").unwrap(), "/a/");
+        assert_eq!(n("/%61%62c").unwrap(), "/abc");
+        assert_eq!(n("/a%7e%2D").unwrap(), "/a~-");
+        assert_eq!(n("/a%20b%3f").unwrap(), "/a%20b%3F");
+        assert_eq!(n("/a%25%32%66").unwrap(), "/a%252f", "no double decoding");
+        assert_eq!(n("/file%2ejson").unwrap(), "/file.json");
+        assert_eq!(n("/caf\u{e9}").unwrap(), "/caf\u{e9}");
+    }
+
+    #[test]
+    fn tricks_are_refused() {
+        for p in [
+            "/a%2fb",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "/a%00",
+            "/%2e%2e/x",
+            "/a/%2E%2e/x",
+            "/a/.%2e/x",
+            "/a/..;/x",
+            "/a/.;x/y",
+            "/..",
+            "/a/../../b",
+            "/a%zz",
+            "/a%4",
+            "relative",
+            "",
+        ] {
+            assert!(n(p).is_err(), "{p:?} must be refused");
+        }
+    }
+
+    // Behaviour: normalisation is idempotent.
+    #[test]
+    fn idempotent() {
+        for p in ["/a//b/./c/../d/", "/x%20y%3a", "/%41/b/.."] {
+            let once = n(p).unwrap();
+            assert_eq!(n(&once).unwrap(), once);
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(normalize_host("API.Company.com:8443"), "api.company.com");
+        assert_eq!(normalize_host("api.company.com."), "api.company.com");
+        assert_eq!(normalize_host("[::1]:80"), "[::1]");
+        assert_eq!(normalize_host("[::1]"), "[::1]");
+    }
+
+    // Behaviour: longest prefix on a segment boundary; exact > wildcard > any host.
+    #[test]
+    fn longest_prefix_on_segment_boundary() {
+        let mut t = RouteTable::default();
+        assert!(t.insert(&[], "/", 0));
+        assert!(t.insert(&[], "/v2/analytics", 1));
+        assert!(t.insert(&[], "/v2/analytics/data/", 2));
+        assert!(!t.insert(&[], "/v2/analytics/", 9), "duplicate prefix");
+        assert_eq!(t.lookup("h", "/v2/analytics"), Some(1));
+        assert_eq!(t.lookup("h", "/v2/analytics/"), Some(1));
+        assert_eq!(t.lookup("h", "/v2/analytics/x"), Some(1));
+        assert_eq!(t.lookup("h", "/v2/analyticsx"), Some(0));
+        assert_eq!(t.lookup("h", "/v2/analytics/data"), Some(2));
+        assert_eq!(t.lookup("h", "/v2/analytics/data/1"), Some(2));
+        assert_eq!(t.lookup("h", "/other"), Some(0));
+
+        let mut t = RouteTable::default();
+        t.insert(&[], "/api", 0);
+        t.insert(&[HostPattern::parse("*.company.com")], "/", 1);
+        t.insert(&[HostPattern::parse("api.company.com")], "/", 2);
+        assert_eq!(t.lookup("api.company.com", "/api/x"), Some(2));
+        assert_eq!(t.lookup("bi.company.com", "/api/x"), Some(1));
+        assert_eq!(t.lookup("company.com", "/api/x"), Some(0));
+        assert_eq!(t.lookup("evilcompany.com", "/api/x"), Some(0));
+        assert_eq!(t.lookup("evilcompany.com", "/nope"), None);
+    }
+}

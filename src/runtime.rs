@@ -1,0 +1,83 @@
+//! The compiled, typed model a request reads: built by `config::compile`, published
+//! behind an `ArcSwap` in [`crate::gateway::Gateway`], and loaded once per request so
+//! that a reload never changes the rules under a request in flight. Nothing here is a
+//! string waiting to be parsed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::auth::Issuer;
+use crate::cors::Cors;
+use crate::policy::{Permissions, RouteAuth};
+use crate::route::RouteTable;
+use crate::token_service::TokenService;
+use crate::upstream::Upstream;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 16_384,
+            max_body_bytes: 10_485_760,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
+pub struct Server {
+    pub listen: SocketAddr,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub redirect_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub limits: Limits,
+}
+
+/// How `body_credentials` rewrites a token request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyCredentials {
+    Basic,
+}
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub path_prefix: String,
+    pub upstream: Option<Arc<Upstream>>,
+    pub auth: RouteAuth,
+    pub permissions: Option<Permissions>,
+    pub cors: Option<Cors>,
+    pub body_credentials: Option<BodyCredentials>,
+}
+
+pub struct Runtime {
+    pub version: u64,
+    /// SHA-256 of the file as read, hex.
+    pub hash: String,
+    pub loaded_at: SystemTime,
+    pub path: PathBuf,
+    pub server: Server,
+    pub routes: Vec<Arc<Route>>,
+    pub table: RouteTable,
+    pub issuers: Vec<Arc<Issuer>>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub token_service: Option<Arc<TokenService>>,
+    /// The config as loaded, secrets redacted (`GET /admin/config`).
+    pub redacted: serde_json::Value,
+}
+
+impl Runtime {
+    pub fn issuer(&self, name: &str) -> Option<&Arc<Issuer>> {
+        self.issuers.iter().find(|i| &*i.name == name)
+    }
+}

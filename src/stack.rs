@@ -1,0 +1,274 @@
+//! The request path, in order. This is the one place the steps are composed; each
+//! step lives in its own module and says where it sits.
+//!
+//!  1. accept, TLS, header size and read timeout ........ `listener`
+//!  2. request id, access-log record, duration timer ..... here
+//!  3. normalise the path, match the route (400 / 404) ... `route`
+//!  4. CORS: answer preflights, remember the origin ...... `cors`
+//!  5. endpoints tollgate serves itself .................. `token_service`
+//!  6. `body_credentials` rewrite ........................ `credentials::body`
+//!  7. authenticate the Bearer token ..................... `auth`
+//!  8. authorise: clients, scopes, permissions ........... `policy`
+//!  9. upstream credentials .............................. `credentials`
+//! 10. forward, streaming ................................ `proxy`
+//! 11. on the way out: error -> JSON, CORS headers, metrics, one access-log line
+//!
+//! The runtime model is loaded once (step 3) and carried along, so a reload never
+//! changes the rules under a request in flight.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use rand::Rng;
+
+use crate::auth::{self, Trace};
+use crate::body::Body;
+use crate::cors::{Cors, CorsGrant};
+use crate::credentials::UpstreamAuth;
+use crate::error::{DenyReason, GatewayError};
+use crate::gateway::Gateway;
+use crate::policy::{self, Identity, RouteAuth};
+use crate::proxy::{self, ForwardContext, X_REQUEST_ID};
+use crate::route::{normalize_host, normalize_path};
+use crate::runtime::{Route, Runtime};
+
+/// Facts about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub tls: bool,
+}
+
+/// What the way out needs to know about the exchange.
+#[derive(Default)]
+struct Exchange {
+    route: Option<Arc<Route>>,
+    cors: Option<CorsGrant>,
+    identity: Option<Arc<Identity>>,
+    permission: Option<String>,
+}
+
+/// `X-Request-Id` kept when sane (1-128 of `[A-Za-z0-9._:-]`), else generated.
+pub fn request_id<B>(req: &Request<B>) -> HeaderValue {
+    if let Some(v) = req.headers().get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+        {
+            return v.clone();
+        }
+    }
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill(&mut bytes);
+    let s: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("0"))
+}
+
+fn head_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    req.method().as_str().len()
+        + uri
+        + 12
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+}
+
+/// Steps 2-11 for one request.
+pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let rt = gw.current();
+    let rid = request_id(&req);
+    let method = req.method().clone();
+    let raw_path = req.uri().path().to_owned();
+    let mut ex = Exchange::default();
+    let timeout = rt.server.limits.request_timeout;
+    let result =
+        match tokio::time::timeout(timeout, serve(&gw, &rt, conn, req, &rid, &mut ex)).await {
+            Ok(r) => r,
+            Err(_) => Err(GatewayError::GatewayTimeout(format!(
+                "request did not complete within {timeout:?}"
+            ))),
+        };
+    let rid_str = rid.to_str().unwrap_or("");
+    let route_name: Arc<str> = ex
+        .route
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_else(|| Arc::from("none"));
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(reason) = e.deny_reason() {
+                gw.metrics.denied(&route_name, reason);
+                tracing::info!(
+                    target: "tollgate::auth",
+                    request_id = rid_str,
+                    route = &*route_name,
+                    method = %method,
+                    path = %raw_path,
+                    permission = ex.permission.as_deref().unwrap_or("-"),
+                    client = ex.identity.as_ref().and_then(|i| i.client_id.as_deref()).unwrap_or("-"),
+                    reason = reason.as_str(),
+                    status = e.status().as_u16(),
+                    "denied: {e}"
+                );
+            }
+            e.to_response(rid_str)
+        }
+    };
+    // Step 11: on the way out.
+    if let Some(cors) = ex.route.as_ref().and_then(|r| r.cors.as_ref()) {
+        cors.apply(resp.headers_mut(), ex.cors.as_ref());
+    }
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), rid.clone());
+    let elapsed = start.elapsed();
+    let status = resp.status().as_u16();
+    gw.metrics.request(&route_name, status, elapsed);
+    tracing::info!(
+        target: "tollgate::access",
+        request_id = rid_str,
+        route = &*route_name,
+        method = %method,
+        path = %raw_path,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        upstream = ex.route.as_ref().and_then(|r| r.upstream.as_ref()).map(|u| &*u.name).unwrap_or("-"),
+        client = ex.identity.as_ref().and_then(|i| i.client_id.as_deref()).unwrap_or("-"),
+        remote = %conn.remote.ip(),
+        "access"
+    );
+    resp
+}
+
+async fn serve(
+    gw: &Arc<Gateway>,
+    rt: &Arc<Runtime>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+    rid: &HeaderValue,
+    ex: &mut Exchange,
+) -> Result<Response<Body>, GatewayError> {
+    let limits = &rt.server.limits;
+    // Step 1 leftovers that hyper cannot express: SPEC's JSON 431 and smuggling guards.
+    if head_size(&req) > limits.max_header_bytes {
+        return Err(GatewayError::HeaderTooLarge);
+    }
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(GatewayError::BadRequest(
+            "both Content-Length and Transfer-Encoding present".into(),
+        ));
+    }
+    if h.get_all(header::HOST).iter().count() > 1 {
+        return Err(GatewayError::BadRequest("more than one Host header".into()));
+    }
+    if let Some(cl) = h.get(header::CONTENT_LENGTH) {
+        match cl.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
+            Some(n) if n > limits.max_body_bytes => {
+                return Err(GatewayError::PayloadTooLarge(limits.max_body_bytes))
+            }
+            Some(_) => {}
+            None => return Err(GatewayError::BadRequest("invalid Content-Length".into())),
+        }
+    }
+
+    // Step 3: normalise, then route.
+    let path = normalize_path(req.uri().path())
+        .map_err(|e| GatewayError::BadRequest(format!("invalid path: {}", e.0)))?;
+    let host_value = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let host = host_value
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .map(normalize_host)
+        .unwrap_or_default();
+    let Some(route_id) = rt.table.lookup(&host, &path) else {
+        return Err(GatewayError::NotFound);
+    };
+    let route = rt.routes[route_id].clone();
+    ex.route = Some(route.clone());
+
+    // Step 4: CORS.
+    if let Some(cors) = &route.cors {
+        ex.cors = cors.check(&req);
+        if Cors::is_preflight(&req) {
+            return Ok(cors.preflight(&req, ex.cors.as_ref()));
+        }
+    }
+
+    // Steps 7-8: authenticate and authorise.
+    if let RouteAuth::Bearer(rule) = &route.auth {
+        let Some(token) = auth::bearer(req.headers()) else {
+            return Err(GatewayError::Unauthorized {
+                reason: DenyReason::TokenMissing,
+                description: "no Bearer token in the Authorization header".into(),
+            });
+        };
+        let issuers: Vec<&Arc<auth::Issuer>> = rule
+            .issuers
+            .iter()
+            .filter_map(|i| rt.issuers.get(*i))
+            .collect();
+        let id =
+            auth::authenticate(&issuers, &gw.auth_caches, token, &mut Trace::default()).await?;
+        ex.identity = Some(id.clone());
+        let verdict = policy::authorize(rule, route.permissions.as_ref(), req.method(), &path, &id);
+        ex.permission = verdict.permission.map(|p| p.path.clone());
+        verdict.result?;
+    }
+
+    let Some(upstream) = route.upstream.clone() else {
+        return Err(GatewayError::NotFound);
+    };
+
+    // Step 9: upstream credentials.
+    let authorization = match &upstream.auth {
+        None => None,
+        Some(UpstreamAuth::Basic(v)) => Some(v.clone()),
+        Some(UpstreamAuth::OAuth2(src)) => match gw.tokens.authorization(src, &gw.metrics).await {
+            Ok(v) => Some(v),
+            Err(_) => {
+                return Err(GatewayError::BadGateway(format!(
+                    "could not get a token for upstream {} from its token endpoint",
+                    upstream.name
+                )))
+            }
+        },
+    };
+
+    // Step 10: forward.
+    let query = req.uri().query().map(str::to_owned);
+    let cx = ForwardContext {
+        path: &path,
+        query: query.as_deref(),
+        client_addr: conn.remote,
+        tls: conn.tls,
+        original_host: host_value,
+        request_id: rid,
+        identity: ex.identity.as_deref(),
+        authorization,
+        body_exceeded: Arc::new(AtomicBool::new(false)),
+        max_body: limits.max_body_bytes,
+    };
+    let resp = proxy::forward(&upstream, req, cx).await?;
+    if resp.status() == http::StatusCode::UNAUTHORIZED {
+        if let Some(UpstreamAuth::OAuth2(src)) = &upstream.auth {
+            tracing::info!(upstream = %upstream.name, "upstream answered 401; dropping its cached token");
+            gw.tokens.invalidate(src);
+        }
+    }
+    Ok(resp)
+}
