@@ -114,6 +114,14 @@ pub async fn explain(
                 i.name,
                 store.keys().all.len()
             ));
+            let generated = reg
+                .generated_key
+                .lock()
+                .map(|g| g.is_some())
+                .unwrap_or(false);
+            if &*i.name == "local" && generated {
+                out.push("note: token_service has no signing_key, so this run generated its own key; tokens from a running tollgate only verify here when signing_key is set".into());
+            }
         }
     }
     let caches = auth::AuthCaches::default();

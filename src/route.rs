@@ -231,7 +231,7 @@ impl RouteTable {
                         Some(i) => i,
                         None => {
                             self.wildcard.push((suffix.clone(), PrefixTable::default()));
-                            self.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                            self.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
                             self.wildcard
                                 .iter()
                                 .position(|(s, _)| s == suffix)

@@ -44,10 +44,10 @@ pub struct Server {
     pub limits: Limits,
 }
 
-/// How `body_credentials` rewrites a token request.
+/// `body_credentials: basic` on a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyCredentials {
-    Basic,
+pub struct BodyCredentials {
+    pub grant_type_to_query: bool,
 }
 
 pub struct Route {

@@ -23,13 +23,14 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use rand::Rng;
 
 use crate::auth::{self, Trace};
 use crate::body::Body;
 use crate::cors::{Cors, CorsGrant};
-use crate::credentials::UpstreamAuth;
+use crate::credentials::{self, UpstreamAuth};
 use crate::error::{DenyReason, GatewayError};
 use crate::gateway::Gateway;
 use crate::policy::{self, Identity, RouteAuth};
@@ -185,6 +186,14 @@ async fn serve(
     // Step 3: normalise, then route.
     let path = normalize_path(req.uri().path())
         .map_err(|e| GatewayError::BadRequest(format!("invalid path: {}", e.0)))?;
+
+    // Step 5: endpoints tollgate serves itself.
+    if let Some(ts) = &rt.token_service {
+        if ts.serves(&path) {
+            return ts.handle(req, &path, &gw.metrics).await;
+        }
+    }
+
     let host_value = req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()
             .authority()
@@ -208,6 +217,44 @@ async fn serve(
             return Ok(cors.preflight(&req, ex.cors.as_ref()));
         }
     }
+
+    // Step 6: body credentials -> Authorization: Basic (bounded read).
+    let mut query = req.uri().query().map(str::to_owned);
+    let req: Request<Body> = match route.body_credentials {
+        None => req.map(|b| {
+            b.map_err(|e| Box::new(e) as crate::body::BoxError)
+                .boxed_unsync()
+        }),
+        Some(bc) => {
+            let (mut parts, body) = req.into_parts();
+            let bytes = http_body_util::Limited::new(body, limits.max_body_bytes as usize)
+                .collect()
+                .await
+                .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+                    Ok(_) => GatewayError::PayloadTooLarge(limits.max_body_bytes),
+                    Err(_) => GatewayError::BadRequest("could not read the request body".into()),
+                })?
+                .to_bytes();
+            let bytes =
+                match credentials::body::rewrite(&parts.headers, &bytes, bc.grant_type_to_query)? {
+                    None => bytes,
+                    Some((rest, auth, grant)) => {
+                        credentials::body::apply_headers(&mut parts.headers, auth, rest.len());
+                        if let Some(g) = grant {
+                            let pair = form_urlencoded::Serializer::new(String::new())
+                                .append_pair("grant_type", &g)
+                                .finish();
+                            query = Some(match query.take() {
+                                Some(q) if !q.is_empty() => format!("{q}&{pair}"),
+                                _ => pair,
+                            });
+                        }
+                        rest
+                    }
+                };
+            Request::from_parts(parts, crate::body::full(bytes))
+        }
+    };
 
     // Steps 7-8: authenticate and authorise.
     if let RouteAuth::Bearer(rule) = &route.auth {
@@ -250,7 +297,6 @@ async fn serve(
     };
 
     // Step 10: forward.
-    let query = req.uri().query().map(str::to_owned);
     let cx = ForwardContext {
         path: &path,
         query: query.as_deref(),

@@ -117,11 +117,11 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, Strin
             roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
         }
     }
-    let mut cfg = ClientConfig::builder_with_provider(provider())
+    let cfg = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // ALPN is set by the connector (http/1.1).
     Ok(Arc::new(cfg))
 }

@@ -205,6 +205,9 @@ impl KeyStore {
 
     /// Fetches now unless another fetch finished while we waited for the flight.
     pub async fn refresh(&self) {
+        if matches!(self.source, KeySource::Static) {
+            return;
+        }
         let seen = self.generation.load(Ordering::Acquire);
         let _guard = self.flight.lock().await;
         if self.generation.load(Ordering::Acquire) != seen {

@@ -40,7 +40,7 @@ pub struct Issuer {
 
 pub enum IssuerKind {
     Jwt(Arc<KeyStore>),
-    Introspection(Introspection),
+    Introspection(Box<Introspection>),
 }
 
 impl Issuer {

@@ -25,6 +25,8 @@ use crate::policy::{AuthRule, Permission, Permissions, RouteAuth};
 use crate::route::{normalize_path, HostPattern, RouteTable};
 use crate::runtime::{BodyCredentials, Limits, Route, Runtime, Server};
 use crate::tls;
+use crate::token_service::keys::SigningKey;
+use crate::token_service::{ClientSecret, TokenService, LOCAL_LEEWAY};
 use crate::upstream::{build_client, HttpClient, Upstream};
 
 /// What compiling may reuse from the running gateway: key stores (so JWKS caches
@@ -33,6 +35,9 @@ use crate::upstream::{build_client, HttpClient, Upstream};
 pub struct Registry {
     pub key_stores: dashmap::DashMap<String, Arc<KeyStore>>,
     pub clients: dashmap::DashMap<String, HttpClient>,
+    /// The token service key generated when `signing_key` is absent, kept across
+    /// reloads so that tokens already issued stay valid.
+    pub generated_key: std::sync::Mutex<Option<Arc<SigningKey>>>,
 }
 
 impl Registry {
@@ -70,7 +75,14 @@ pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
 
 pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -> Option<Runtime> {
     let server = compile_server(m.server.as_ref(), base, p);
-    let issuers = compile_issuers(&m.issuers, m.token_service.is_some(), base, reg, p);
+    let mut issuers = compile_issuers(&m.issuers, m.token_service.is_some(), base, reg, p);
+    let token_service = m
+        .token_service
+        .as_ref()
+        .and_then(|t| compile_token_service(t, base, reg, p));
+    if let Some(ts) = &token_service {
+        issuers.push(local_issuer(ts));
+    }
     let upstreams = compile_upstreams(&m.upstreams, base, reg, p);
     let (routes, table) = compile_routes(
         &m.routes,
@@ -79,11 +91,20 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         m.token_service.is_some(),
         p,
     );
-    if m.token_service.is_some() {
-        p.add(
-            "token_service",
-            "the token service is not available in this build yet",
-        );
+    if let (Some(ts), Some(s)) = (&token_service, &server) {
+        if let Some(id) = table.lookup("", &ts.path) {
+            let r = &routes[id];
+            if r.path_prefix.trim_end_matches('/') == ts.path.trim_end_matches('/') {
+                p.add(
+                    "token_service.path",
+                    format!(
+                        "route \"{}\" has the same path; the token service answers it first",
+                        r.name
+                    ),
+                );
+            }
+        }
+        let _ = s;
     }
     let server = server?;
     if !p.is_empty() {
@@ -99,8 +120,182 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         table,
         issuers,
         upstreams,
-        token_service: None,
+        token_service,
         redacted: serde_json::to_value(m).unwrap_or_default(),
+    })
+}
+
+fn compile_token_service(
+    t: &TokenServiceModel,
+    base: &Path,
+    reg: &Registry,
+    p: &mut Problems,
+) -> Option<Arc<TokenService>> {
+    let path = t.path.clone().unwrap_or_else(|| "/oauth2/token".to_owned());
+    if !path.starts_with('/') || normalize_path(&path).ok().as_deref() != Some(path.as_str()) {
+        p.add(
+            "token_service.path",
+            format!("path \"{path}\" must be a normalised absolute path like /oauth2/token"),
+        );
+    }
+    if t.issuer.trim().is_empty() {
+        p.add("token_service.issuer", "must not be empty");
+    }
+    if t.audience.trim().is_empty() {
+        p.add("token_service.audience", "must not be empty");
+    }
+    if t.create_signing_key && t.signing_key.is_none() {
+        p.add(
+            "token_service.create_signing_key",
+            "needs signing_key: the file to create",
+        );
+    }
+    let ttl = v::duration(
+        p,
+        "token_service.token_ttl",
+        t.token_ttl.as_ref(),
+        Duration::from_secs(3600),
+    );
+    let key = match &t.signing_key {
+        Some(file) => {
+            let f = resolve_path(base, file);
+            if t.create_signing_key && !f.exists() {
+                if let Err(e) = create_key_file(&f) {
+                    p.add("token_service.signing_key", e);
+                }
+            }
+            match std::fs::read(&f)
+                .map_err(|e| format!("cannot read {}: {e}", f.display()))
+                .and_then(|d| SigningKey::from_pem(&d))
+            {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    p.add("token_service.signing_key", e);
+                    None
+                }
+            }
+        }
+        None => {
+            let mut g = reg.generated_key.lock().unwrap_or_else(|e| e.into_inner());
+            if g.is_none() {
+                match SigningKey::generate_es256() {
+                    Ok(k) => {
+                        tracing::warn!(kid = %k.kid, "token_service.signing_key is not set: generated an EC P-256 key for this process; tokens will not survive a restart and replicas will not accept each other's tokens");
+                        *g = Some(Arc::new(k));
+                    }
+                    Err(e) => p.add("token_service", e),
+                }
+            }
+            g.clone()
+        }
+    };
+    let mut clients = HashMap::new();
+    for (i, c) in t.clients.iter().enumerate() {
+        let cp = format!("token_service.clients[{i}]");
+        if !v::token_word(p, &format!("{cp}.id"), &c.id, "client id") {
+            continue;
+        }
+        let secret = match (&c.secret, &c.secret_hash) {
+            (Some(s), None) if !s.is_empty() => Some(ClientSecret::Plain(s.clone())),
+            (None, Some(h)) => match argon2::password_hash::PasswordHash::new(h.expose()) {
+                Ok(ph) if ph.algorithm.as_str().starts_with("argon2") => {
+                    Some(ClientSecret::Hash(h.clone()))
+                }
+                _ => {
+                    p.add(
+                        format!("{cp}.secret_hash"),
+                        "not an argon2 PHC string (make one with `tollgate hash-secret`)",
+                    );
+                    None
+                }
+            },
+            (Some(_), Some(_)) => {
+                p.add(cp.clone(), "give either secret or secret_hash, not both");
+                None
+            }
+            _ => {
+                p.add(
+                    cp.clone(),
+                    "a client needs a non-empty secret or secret_hash",
+                );
+                None
+            }
+        };
+        if c.scopes.is_empty() {
+            p.add(
+                format!("{cp}.scopes"),
+                "register at least one scope for the client",
+            );
+        }
+        for (j, s) in c.scopes.iter().enumerate() {
+            v::token_word(p, &format!("{cp}.scopes[{j}]"), s, "scope");
+        }
+        if let Some(secret) = secret {
+            let client = crate::token_service::Client {
+                id: c.id.clone(),
+                secret,
+                scopes: c.scopes.clone(),
+            };
+            if clients.insert(c.id.clone(), client).is_some() {
+                p.add(
+                    format!("{cp}.id"),
+                    format!("duplicate client id \"{}\"", c.id),
+                );
+            }
+        }
+    }
+    Some(Arc::new(TokenService {
+        path,
+        issuer: t.issuer.clone(),
+        audience: t.audience.clone(),
+        ttl,
+        key: key?,
+        clients,
+    }))
+}
+
+/// Writes a new EC P-256 key, readable by the owner only.
+fn create_key_file(f: &Path) -> Result<(), String> {
+    let pem = SigningKey::generate_es256_pem()?;
+    if let Some(dir) = f.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    let mut file = opts
+        .open(f)
+        .map_err(|e| format!("cannot create {}: {e}", f.display()))?;
+    file.write_all(&pem)
+        .map_err(|e| format!("cannot write {}: {e}", f.display()))?;
+    tracing::warn!(path = %f.display(), "created a new token service signing key");
+    Ok(())
+}
+
+/// The token service as the issuer `local`: verified in-process, no HTTP round trip.
+fn local_issuer(ts: &TokenService) -> Arc<Issuer> {
+    let store = Arc::new(KeyStore::with_static_keys(
+        "local".into(),
+        ts.issuer.clone(),
+        ts.key.key_set(),
+    ));
+    Arc::new(Issuer {
+        name: "local".into(),
+        issuer: ts.issuer.clone(),
+        kind: IssuerKind::Jwt(store),
+        audiences: vec![ts.audience.clone()],
+        skip_audience_check: false,
+        algorithms: vec![ts.key.alg],
+        leeway: LOCAL_LEEWAY,
+        scope_claims: vec!["scope".into()],
+        client_claims: vec!["client_id".into()],
+        fingerprint: fingerprint(&["local", &ts.issuer, &ts.audience, &ts.key.kid]),
     })
 }
 
@@ -196,7 +391,7 @@ fn compile_tls(t: &TlsModel, base: &Path, p: &mut Problems) -> Option<Arc<rustls
             }
         }
     }
-    wildcard.sort_by(|a: &(String, _), b| b.0.len().cmp(&a.0.len()));
+    wildcard.sort_by_key(|w: &(String, _)| std::cmp::Reverse(w.0.len()));
     let resolver = tls::SniResolver {
         default: default?,
         exact,
@@ -366,14 +561,14 @@ fn compile_issuers(
             );
             let client = reg.client(p, &ipath, None, fetch_timeout);
             match (url, client) {
-                (Some(u), Some(c)) => IssuerKind::Introspection(Introspection::new(
+                (Some(u), Some(c)) => IssuerKind::Introspection(Box::new(Introspection::new(
                     u.to_string(),
                     intro.client_id.clone(),
                     intro.client_secret.clone(),
                     ttl,
                     fetch_timeout,
                     c,
-                )),
+                ))),
                 _ => continue,
             }
         } else {
@@ -813,7 +1008,9 @@ fn compile_routes(
             .and_then(|c| compile_cors(c, &format!("{path}.cors"), p));
         let body_credentials = match m.body_credentials.as_deref() {
             None => None,
-            Some("basic") => Some(BodyCredentials::Basic),
+            Some("basic") => Some(BodyCredentials {
+                grant_type_to_query: m.grant_type_to_query.unwrap_or(false),
+            }),
             Some(o) => {
                 p.add(
                     format!("{path}.body_credentials"),
@@ -822,6 +1019,12 @@ fn compile_routes(
                 None
             }
         };
+        if m.grant_type_to_query.is_some() && body_credentials.is_none() {
+            p.add(
+                format!("{path}.grant_type_to_query"),
+                "only applies together with body_credentials: basic",
+            );
+        }
         let hosts: Vec<HostPattern> = m
             .hosts
             .iter()

@@ -118,6 +118,7 @@ const KNOWN_KEYS: &[&str] = &[
     "path",
     "audience",
     "signing_key",
+    "create_signing_key",
     "token_ttl",
     "clients",
     "id",
@@ -227,29 +228,99 @@ pub fn load_str(
     for (path, msg) in source::substitute(&mut value, &base_dir) {
         problems.add(path, msg);
     }
-    let mut unknown = Vec::new();
-    let mut on_unknown = |p: serde_ignored::Path| unknown.push(ignored_path(&p));
-    let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
-    let model: Result<model::ConfigModel, _> = serde_path_to_error::deserialize(de);
+    // serde stops at the first type error; to still report every problem, the
+    // offending key is removed and deserialisation tried again (a bounded number of
+    // times). Semantic checks then run on what is left.
+    let mut unknown: Vec<String> = Vec::new();
+    let mut model = None;
+    for _ in 0..32 {
+        let mut seen = Vec::new();
+        let mut on_unknown = |p: serde_ignored::Path| seen.push(ignored_path(&p));
+        let de = serde_ignored::Deserializer::new(value.clone(), &mut on_unknown);
+        let result: Result<model::ConfigModel, _> = serde_path_to_error::deserialize(de);
+        unknown.extend(seen);
+        match result {
+            Ok(m) => {
+                model = Some(m);
+                break;
+            }
+            Err(e) => {
+                let path = error_path(e.path());
+                let msg = e.inner().to_string();
+                // serde_yaml appends its own (post-substitution) location; ours is better.
+                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+                problems.add(path.clone(), msg);
+                if !remove_map_entry(&mut value, &path) {
+                    break;
+                }
+            }
+        }
+    }
+    unknown.sort();
+    unknown.dedup();
     for u in unknown {
         let key = u.rsplit(['.', '[']).next().unwrap_or("").to_owned();
         problems.unknown_key(u, validate::suggest(&key, KNOWN_KEYS));
     }
-    let rt = match model {
-        Ok(m) => compile::compile(&m, &base_dir, reg, &mut problems),
-        Err(e) => {
-            let path = error_path(e.path());
-            let msg = e.inner().to_string();
-            // serde_yaml appends its own (often wrong, post-substitution) location.
-            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
-            problems.add(path, msg);
-            None
-        }
-    };
+    let rt = model.and_then(|m| compile::compile(&m, &base_dir, reg, &mut problems));
     match rt {
         Some(rt) if problems.is_empty() => Ok(rt),
         _ => Err(locate(file, &index, problems.0)),
     }
+}
+
+/// Removes the mapping entry at `path` (`a.b[2].c`). Sequence elements are never removed
+/// (that would shift the indexes later problems are reported with).
+fn remove_map_entry(value: &mut serde_yaml::Value, path: &str) -> bool {
+    let Some(dot) = path.rfind('.') else {
+        return match value.as_mapping_mut() {
+            Some(m) if !path.is_empty() && !path.contains('[') => m.remove(path).is_some(),
+            _ => false,
+        };
+    };
+    let (parent, key) = (&path[..dot], &path[dot + 1..]);
+    if key.contains('[') {
+        return false;
+    }
+    let mut cur = value;
+    for part in split_path(parent) {
+        cur = match part {
+            Ok(k) => match cur.get_mut(k) {
+                Some(v) => v,
+                None => return false,
+            },
+            Err(i) => match cur.get_mut(i) {
+                Some(v) => v,
+                None => return false,
+            },
+        };
+    }
+    cur.as_mapping_mut()
+        .is_some_and(|m| m.remove(key).is_some())
+}
+
+/// `a.b[2].c` -> [Ok("a"), Ok("b"), Err(2), Ok("c")]
+fn split_path(p: &str) -> Vec<Result<&str, usize>> {
+    let mut out = Vec::new();
+    for part in p.split('.') {
+        let mut rest = part;
+        if let Some(i) = rest.find('[') {
+            if i > 0 {
+                out.push(Ok(&rest[..i]));
+            }
+            rest = &rest[i..];
+            while let Some(r) = rest.strip_prefix('[') {
+                let end = r.find(']').unwrap_or(r.len());
+                if let Ok(n) = r[..end].parse() {
+                    out.push(Err(n));
+                }
+                rest = r.get(end + 1..).unwrap_or("");
+            }
+        } else if !rest.is_empty() {
+            out.push(Ok(rest));
+        }
+    }
+    out
 }
 
 fn locate(file: &str, index: &PosIndex, problems: Vec<Problem>) -> ConfigError {

@@ -93,6 +93,9 @@ pub struct TokenServiceModel {
     pub issuer: String,
     pub audience: String,
     pub signing_key: Option<String>,
+    /// Create `signing_key` (EC P-256) when the file does not exist yet.
+    #[serde(default)]
+    pub create_signing_key: bool,
     pub token_ttl: Option<String>,
     #[serde(default)]
     pub clients: Vec<ClientModel>,
@@ -102,7 +105,7 @@ pub struct TokenServiceModel {
 pub struct ClientModel {
     pub id: String,
     pub secret: Option<Secret>,
-    pub secret_hash: Option<String>,
+    pub secret_hash: Option<Secret>,
     #[serde(default)]
     pub scopes: Vec<String>,
 }
@@ -145,6 +148,9 @@ pub struct RouteModel {
     pub permissions: Option<Vec<PermissionModel>>,
     pub cors: Option<CorsModel>,
     pub body_credentials: Option<String>,
+    /// With body_credentials: move `grant_type` from the body to the query string
+    /// (SAP Cloud Integration's token URL wants it there).
+    pub grant_type_to_query: Option<bool>,
 }
 
 /// `auth: none`, or a block. Written by hand (not `untagged`) so that unknown keys

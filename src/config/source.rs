@@ -177,17 +177,11 @@ fn walk(
 ) {
     use serde_yaml::Value;
     match value {
-        Value::String(s) => {
-            if s.contains("${") {
-                match expand(s, base) {
-                    Ok(new) => {
-                        // A plain `${env:PORT}` standing where a number is expected.
-                        *value = retype(new);
-                    }
-                    Err(msg) => problems.push((path, msg)),
-                }
-            }
-        }
+        // A plain `${env:PORT}` standing where a number is expected is retyped.
+        Value::String(s) if s.contains("${") => match expand(s, base) {
+            Ok(new) => *value = retype(new),
+            Err(msg) => problems.push((path, msg)),
+        },
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 walk(item, join_index(&path, i), base, problems);

@@ -185,6 +185,12 @@ pub fn token_word(p: &mut Problems, path: &str, s: &str, what: &str) -> bool {
 
 /// Keys whose misspelling we can name ("did you mean").
 pub fn suggest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    if let Some(c) = candidates
+        .iter()
+        .find(|c| c.len() >= 2 && (key.starts_with(*c) || c.starts_with(key)))
+    {
+        return Some(c);
+    }
     candidates
         .iter()
         .map(|c| (edit_distance(key, c), *c))

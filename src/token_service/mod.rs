@@ -1,6 +1,61 @@
-//! Step 5 of the request path: the OAuth2 client_credentials token service.
+//! Step 5 of the request path: endpoints tollgate serves itself — the OAuth2
+//! client_credentials token endpoint (`token_service.path`), its keys at
+//! `/.well-known/jwks.json` and RFC 8414 metadata at
+//! `/.well-known/oauth-authorization-server`.
+//!
+//! Clients authenticate with `Authorization: Basic` (client_secret_basic, id and secret
+//! form-urlencoded before base64) or `client_id`/`client_secret` in a form or JSON body
+//! (client_secret_post), never both. Secrets are compared in constant time, or checked
+//! against argon2id hashes. Tokens are RFC 9068 JWTs (`typ: at+jwt`); the token service
+//! is also the issuer `local`, verified in-process.
 
-pub struct TokenService {}
+pub mod keys;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use rand::Rng;
+
+use self::keys::SigningKey;
+use crate::body::{full, Body};
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::secret::{constant_time_eq, Secret};
+
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+/// Leeway for tokens of the token service (same clock).
+pub const LOCAL_LEEWAY: Duration = Duration::from_secs(5);
+const MAX_TOKEN_REQUEST: usize = 64 * 1024;
+
+pub enum ClientSecret {
+    Plain(Secret),
+    /// An argon2id PHC string.
+    Hash(Secret),
+}
+
+pub struct Client {
+    pub id: String,
+    pub secret: ClientSecret,
+    pub scopes: Vec<String>,
+}
+
+pub struct TokenService {
+    pub path: String,
+    pub issuer: String,
+    pub audience: String,
+    pub ttl: Duration,
+    pub key: Arc<SigningKey>,
+    pub clients: HashMap<String, Client>,
+}
 
 /// An argon2id PHC string for `secret_hash`.
 pub fn hash_secret(secret: &str) -> Result<String, String> {
@@ -10,4 +65,315 @@ pub fn hash_secret(secret: &str) -> Result<String, String> {
         .hash_password(secret.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
+}
+
+fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Parameters of a token request, from a form or JSON body.
+pub fn parse_params(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Vec<(String, String)>, GatewayError> {
+    let ct = content_type
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
+    if ct == "application/json" || ct.ends_with("+json") {
+        let v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
+            .map_err(|_| GatewayError::BadRequest("request body is not a JSON object".into()))?;
+        v.into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => Ok((k, s)),
+                serde_json::Value::Number(n) => Ok((k, n.to_string())),
+                _ => Err(GatewayError::BadRequest(format!(
+                    "parameter {k} must be a string"
+                ))),
+            })
+            .collect()
+    } else if ct == "application/x-www-form-urlencoded" || ct.is_empty() {
+        Ok(form_urlencoded::parse(body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect())
+    } else {
+        Err(GatewayError::BadRequest(format!("unsupported content type {ct}: use application/x-www-form-urlencoded or application/json")))
+    }
+}
+
+/// `Authorization: Basic` -> (id, secret), each form-urldecoded (RFC 6749 §2.3.1).
+pub fn parse_basic(v: &HeaderValue) -> Result<Option<(String, String)>, GatewayError> {
+    let Ok(s) = v.to_str() else {
+        return Err(GatewayError::BadRequest(
+            "invalid Authorization header".into(),
+        ));
+    };
+    let Some((scheme, rest)) = s.split_once(' ') else {
+        return Ok(None);
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(None);
+    }
+    let raw = STANDARD
+        .decode(rest.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| GatewayError::InvalidClient("malformed Basic credentials".into()))?;
+    let (id, secret) = raw
+        .split_once(':')
+        .ok_or_else(|| GatewayError::InvalidClient("malformed Basic credentials".into()))?;
+    let dec = |s: &str| -> String {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Ok(Some((dec(id), dec(secret))))
+}
+
+impl TokenService {
+    /// Whether `path` is one of the token service's own endpoints.
+    pub fn serves(&self, path: &str) -> bool {
+        path == self.path || path == JWKS_PATH || path.starts_with(METADATA_PATH)
+    }
+
+    pub async fn handle(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        path: &str,
+        metrics: &Metrics,
+    ) -> Result<Response<Body>, GatewayError> {
+        if path == JWKS_PATH {
+            return Ok(json_response(StatusCode::OK, self.key.jwks()));
+        }
+        if path.starts_with(METADATA_PATH) {
+            return Ok(json_response(StatusCode::OK, self.metadata()));
+        }
+        if req.method() != Method::POST {
+            return Err(GatewayError::MethodNotAllowed(format!(
+                "the token endpoint takes POST, not {}",
+                req.method()
+            )));
+        }
+        let (parts, body) = req.into_parts();
+        let body = http_body_util::Limited::new(body, MAX_TOKEN_REQUEST)
+            .collect()
+            .await
+            .map_err(|_| GatewayError::PayloadTooLarge(MAX_TOKEN_REQUEST as u64))?
+            .to_bytes();
+        let ct = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let mut params = parse_params(ct, &body)?;
+        if let Some(q) = parts.uri.query() {
+            for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+                if k == "grant_type" {
+                    params.push((k.into_owned(), v.into_owned()));
+                }
+            }
+        }
+        let mut one = HashMap::new();
+        for (k, v) in &params {
+            if one.insert(k.as_str(), v.as_str()).is_some() {
+                return Err(GatewayError::BadRequest(format!(
+                    "parameter {k} is given more than once"
+                )));
+            }
+        }
+        let basic = match parts.headers.get(AUTHORIZATION) {
+            Some(v) => parse_basic(v)?,
+            None => None,
+        };
+        let body_creds = (
+            one.get("client_id").copied(),
+            one.get("client_secret").copied(),
+        );
+        let (id, secret) = match (basic, body_creds) {
+            (Some(_), (_, Some(_))) => {
+                return Err(GatewayError::BadRequest(
+                    "client credentials in both the Authorization header and the body; use one"
+                        .into(),
+                ))
+            }
+            (Some((id, secret)), (body_id, None)) => {
+                if body_id.is_some_and(|b| b != id) {
+                    return Err(GatewayError::BadRequest(
+                        "client_id in the body differs from the Authorization header".into(),
+                    ));
+                }
+                (id, secret)
+            }
+            (None, (Some(id), Some(secret))) => (id.to_owned(), secret.to_owned()),
+            (None, (Some(id), None)) => {
+                metrics.client_auth_failure("no_secret");
+                tracing::warn!(target: "tollgate::token", client_id = id, reason = "no_secret", "client authentication failed");
+                return Err(GatewayError::InvalidClient(
+                    "client authentication failed: no client_secret".into(),
+                ));
+            }
+            (None, (None, Some(_))) => {
+                return Err(GatewayError::BadRequest(
+                    "client_secret without client_id".into(),
+                ))
+            }
+            (None, (None, None)) => {
+                metrics.client_auth_failure("no_credentials");
+                return Err(GatewayError::InvalidClient(
+                    "client authentication required (HTTP Basic or client_id/client_secret)".into(),
+                ));
+            }
+        };
+        match one.get("grant_type").copied() {
+            Some("client_credentials") => {}
+            None => return Err(GatewayError::BadRequest("grant_type is required".into())),
+            Some(g) => {
+                return Err(GatewayError::OAuth {
+                    code: "unsupported_grant_type",
+                    description: format!("grant_type {g} is not supported; use client_credentials"),
+                })
+            }
+        }
+        let client = self.authenticate(&id, &secret, metrics)?;
+        let scopes = self.grant_scopes(client, one.get("scope").copied())?;
+        self.issue(client, &scopes, metrics)
+    }
+
+    fn authenticate(
+        &self,
+        id: &str,
+        secret: &str,
+        metrics: &Metrics,
+    ) -> Result<&Client, GatewayError> {
+        let failed = |reason: &'static str| {
+            metrics.client_auth_failure(reason);
+            tracing::warn!(target: "tollgate::token", client_id = id, reason, "client authentication failed");
+            GatewayError::InvalidClient("client authentication failed".into())
+        };
+        let Some(client) = self.clients.get(id) else {
+            // Spend comparable time so that unknown ids cannot be told from bad secrets.
+            let _ = constant_time_eq(secret.as_bytes(), b"tollgate-unknown-client-padding");
+            return Err(failed("unknown_client"));
+        };
+        let ok = match &client.secret {
+            ClientSecret::Plain(s) => s.matches(secret),
+            ClientSecret::Hash(h) => PasswordHash::new(h.expose())
+                .map(|p| {
+                    argon2::Argon2::default()
+                        .verify_password(secret.as_bytes(), &p)
+                        .is_ok()
+                })
+                .unwrap_or(false),
+        };
+        if ok {
+            Ok(client)
+        } else {
+            Err(failed("bad_secret"))
+        }
+    }
+
+    fn grant_scopes(
+        &self,
+        client: &Client,
+        requested: Option<&str>,
+    ) -> Result<Vec<String>, GatewayError> {
+        let words: Vec<&str> = requested
+            .map(|s| s.split_whitespace().collect())
+            .unwrap_or_default();
+        if words.is_empty() {
+            return Ok(client.scopes.clone());
+        }
+        let mut out: Vec<String> = Vec::new();
+        for w in words {
+            if !client.scopes.iter().any(|s| s == w) {
+                return Err(GatewayError::OAuth {
+                    code: "invalid_scope",
+                    description: format!(
+                        "scope {w} exceeds the scopes registered for client {}",
+                        client.id
+                    ),
+                });
+            }
+            if !out.iter().any(|s| s == w) {
+                out.push(w.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    fn issue(
+        &self,
+        client: &Client,
+        scopes: &[String],
+        metrics: &Metrics,
+    ) -> Result<Response<Body>, GatewayError> {
+        let now = crate::auth::now_secs();
+        let mut jti = [0u8; 16];
+        rand::thread_rng().fill(&mut jti);
+        let scope = scopes.join(" ");
+        let claims = serde_json::json!({
+            "iss": self.issuer,
+            "sub": client.id,
+            "client_id": client.id,
+            "aud": self.audience,
+            "scope": scope,
+            "iat": now,
+            "exp": now + self.ttl.as_secs() as i64,
+            "jti": crate::config::hex(&jti),
+        });
+        let token = self.key.sign("at+jwt", &claims).map_err(|e| {
+            tracing::error!(error = %e, "signing failed");
+            GatewayError::ServiceUnavailable("token signing failed".into())
+        })?;
+        metrics
+            .tokens_issued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(target: "tollgate::token", client_id = %client.id, scope = %scope, "token issued");
+        let mut r = json_response(
+            StatusCode::OK,
+            serde_json::json!({
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_in": self.ttl.as_secs(),
+                "scope": scope,
+            }),
+        );
+        r.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r.headers_mut()
+            .insert(PRAGMA, HeaderValue::from_static("no-cache"));
+        Ok(r)
+    }
+
+    /// RFC 8414 authorization server metadata.
+    pub fn metadata(&self) -> serde_json::Value {
+        let base = self.issuer.trim_end_matches('/');
+        let mut scopes: Vec<&str> = self
+            .clients
+            .values()
+            .flat_map(|c| c.scopes.iter().map(String::as_str))
+            .collect();
+        scopes.sort_unstable();
+        scopes.dedup();
+        serde_json::json!({
+            "issuer": self.issuer,
+            "token_endpoint": format!("{base}{}", self.path),
+            "jwks_uri": format!("{base}{JWKS_PATH}"),
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "response_types_supported": ["token"],
+            "scopes_supported": scopes,
+            "access_token_signing_alg_values_supported": [format!("{:?}", self.key.alg)],
+        })
+    }
 }

@@ -1,0 +1,189 @@
+//! Signing keys for tokens tollgate issues: loaded from PEM (EC P-256/P-384, RSA,
+//! Ed25519) or generated (EC P-256), each with its public JWK and a stable `kid`
+//! (the RFC 7638 thumbprint), so restarts with the same key keep earlier tokens valid.
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ring::rand::SystemRandom;
+use ring::signature::{self, KeyPair};
+use rustls::pki_types::PrivateKeyDer;
+use sha2::{Digest, Sha256};
+
+use crate::auth::jwks::KeySet;
+
+pub struct SigningKey {
+    pub alg: Algorithm,
+    pub kid: String,
+    encoding: EncodingKey,
+    /// The public JWK, with `kid`, `alg` and `use: sig`.
+    pub jwk: serde_json::Value,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+fn b64(b: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+/// RFC 7638: SHA-256 over the required members in lexicographic order.
+fn thumbprint(members: &[(&str, &str)]) -> String {
+    let body: Vec<String> = members
+        .iter()
+        .map(|(k, v)| format!("\"{k}\":\"{v}\""))
+        .collect();
+    b64(&Sha256::digest(
+        format!("{{{}}}", body.join(",")).as_bytes(),
+    ))
+}
+
+fn pem(label: &str, der: &[u8]) -> Vec<u8> {
+    let b = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out.into_bytes()
+}
+
+impl SigningKey {
+    /// A fresh EC P-256 key (ES256).
+    pub fn generate_es256() -> Result<SigningKey, String> {
+        Self::from_pem(&Self::generate_es256_pem()?)
+    }
+
+    /// A fresh EC P-256 key as a PKCS#8 PEM file.
+    pub fn generate_es256_pem() -> Result<Vec<u8>, String> {
+        let rng = SystemRandom::new();
+        let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .map_err(|_| "key generation failed".to_owned())?;
+        Ok(pem("PRIVATE KEY", pkcs8.as_ref()))
+    }
+
+    /// PKCS#8 (`PRIVATE KEY`: EC P-256/P-384, RSA, Ed25519) or PKCS#1 (`RSA PRIVATE KEY`).
+    pub fn from_pem(data: &[u8]) -> Result<SigningKey, String> {
+        let key = rustls_pemfile::private_key(&mut &data[..])
+            .map_err(|e| format!("invalid PEM: {e}"))?
+            .ok_or("no private key found in the PEM file")?;
+        let rng = SystemRandom::new();
+        match key {
+            PrivateKeyDer::Pkcs8(der) => {
+                let der = der.secret_pkcs8_der();
+                for (alg, curve, ring_alg) in [
+                    (Algorithm::ES256, "P-256", &signature::ECDSA_P256_SHA256_FIXED_SIGNING),
+                    (Algorithm::ES384, "P-384", &signature::ECDSA_P384_SHA384_FIXED_SIGNING),
+                ] {
+                    if let Ok(kp) = signature::EcdsaKeyPair::from_pkcs8(ring_alg, der, &rng) {
+                        let point = kp.public_key().as_ref();
+                        let n = (point.len() - 1) / 2;
+                        let (x, y) = (b64(&point[1..1 + n]), b64(&point[1 + n..]));
+                        let kid = thumbprint(&[("crv", curve), ("kty", "EC"), ("x", &x), ("y", &y)]);
+                        let encoding = EncodingKey::from_ec_pem(data).map_err(|e| e.to_string())?;
+                        let jwk = serde_json::json!({"kty": "EC", "crv": curve, "x": x, "y": y, "kid": kid, "alg": format!("{alg:?}"), "use": "sig"});
+                        return Ok(SigningKey { alg, kid, encoding, jwk });
+                    }
+                }
+                if let Ok(kp) = signature::RsaKeyPair::from_pkcs8(der) {
+                    return Self::rsa(&kp, EncodingKey::from_rsa_pem(data).map_err(|e| e.to_string())?);
+                }
+                if let Ok(kp) = signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
+                    let x = b64(kp.public_key().as_ref());
+                    let kid = thumbprint(&[("crv", "Ed25519"), ("kty", "OKP"), ("x", &x)]);
+                    let encoding = EncodingKey::from_ed_pem(data).map_err(|e| e.to_string())?;
+                    let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"});
+                    return Ok(SigningKey { alg: Algorithm::EdDSA, kid, encoding, jwk });
+                }
+                Err("unsupported key: use EC P-256 (recommended), EC P-384, RSA (2048+ bits) or Ed25519".into())
+            }
+            PrivateKeyDer::Pkcs1(der) => {
+                let kp = signature::RsaKeyPair::from_der(der.secret_pkcs1_der()).map_err(|e| format!("invalid RSA key: {e}"))?;
+                Self::rsa(&kp, EncodingKey::from_rsa_pem(data).map_err(|e| e.to_string())?)
+            }
+            PrivateKeyDer::Sec1(_) => Err(
+                "SEC1 \"EC PRIVATE KEY\" files are not supported; convert with: openssl pkcs8 -topk8 -nocrypt -in key.pem -out key-pkcs8.pem".into(),
+            ),
+            _ => Err("unsupported private key format".into()),
+        }
+    }
+
+    fn rsa(kp: &signature::RsaKeyPair, encoding: EncodingKey) -> Result<SigningKey, String> {
+        if kp.public().modulus_len() < 256 {
+            return Err("RSA keys must be at least 2048 bits".into());
+        }
+        let c = signature::RsaPublicKeyComponents::<Vec<u8>>::from(kp.public());
+        let (n, e) = (b64(&c.n), b64(&c.e));
+        let kid = thumbprint(&[("e", &e), ("kty", "RSA"), ("n", &n)]);
+        let jwk = serde_json::json!({"kty": "RSA", "n": n, "e": e, "kid": kid, "alg": "RS256", "use": "sig"});
+        Ok(SigningKey {
+            alg: Algorithm::RS256,
+            kid,
+            encoding,
+            jwk,
+        })
+    }
+
+    /// A compact JWS over `claims` with this key's `alg` and `kid`.
+    pub fn sign(&self, typ: &str, claims: &serde_json::Value) -> Result<String, String> {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some(typ.to_owned());
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| e.to_string())
+    }
+
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({ "keys": [self.jwk.clone()] })
+    }
+
+    /// The public half, for verifying in-process.
+    pub fn key_set(&self) -> KeySet {
+        let set: JwkSet =
+            serde_json::from_value(self.jwks()).unwrap_or(JwkSet { keys: Vec::new() });
+        KeySet::from_jwks(&set).0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Behaviour: every supported key type signs tokens its own JWK verifies; kid is stable.
+    #[test]
+    fn keys_round_trip() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/");
+        for f in [
+            "ec256.pem",
+            "ec384.pem",
+            "rsa-a.pem",
+            "rsa-pkcs1.pem",
+            "ed25519.pem",
+        ] {
+            let data = std::fs::read(format!("{dir}{f}")).unwrap();
+            let k = SigningKey::from_pem(&data).unwrap_or_else(|e| panic!("{f}: {e}"));
+            let again = SigningKey::from_pem(&data).unwrap();
+            assert_eq!(k.kid, again.kid, "{f}: kid must be stable");
+            let t = k.sign("at+jwt", &serde_json::json!({"sub": "x"})).unwrap();
+            let ks = k.key_set();
+            let key = ks.by_kid.get(&k.kid).expect("kid in set");
+            let (input, sig) = t.rsplit_once('.').unwrap();
+            assert!(
+                jsonwebtoken::crypto::verify(sig, input.as_bytes(), &key.decoding, k.alg).unwrap(),
+                "{f}"
+            );
+        }
+        let g = SigningKey::generate_es256().unwrap();
+        assert_eq!(g.alg, Algorithm::ES256);
+    }
+}

@@ -1,0 +1,190 @@
+//! The `tollgate` binary: validate, run, SIGTERM, hash-secret.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    c.env_remove("TOLLGATE_CONFIG").env("RUST_LOG", "info");
+    c
+}
+
+fn write(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let p = dir.path().join("gateway.yaml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const VALID: &str = r#"server:
+  listen: "127.0.0.1:0"
+upstreams:
+  - name: bi
+    url: "http://127.0.0.1:9000"
+routes:
+  - name: api
+    path_prefix: /api
+    upstream: bi
+    auth: none
+"#;
+
+// Behaviour: validate exits 0 with a one-line summary for a valid file.
+#[test]
+fn validate_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, VALID);
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains("1 route(s)"));
+}
+
+// Behaviour: validate reports EVERY problem with file:line:col and key path, exit 1.
+#[test]
+fn validate_reports_every_problem_with_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "server:\n  listen: \"127.0.0.1:0\"\n  limits:\n    request_timeout: 30\nupstreams:\n  - name: bi\n    url: \"http://127.0.0.1:9000\"\n    timout: 5s\n  - name: cpi\n    url: \"http://127.0.0.1:9001\"\n    auth:\n      type: basic\n      username: u\n      password: \"${env:TOLLGATE_TEST_SURELY_UNSET}\"\nroutes:\n  - name: analytics\n    path_prefix: /v2/analytics\n    upstream: bi-backend\n    auth:\n      scopes: [\u{201C}analytics.read\u{201D}]\n";
+    let p = write(&dir, text);
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let f = p.display().to_string();
+    let expect = [
+        format!("{f}:4:22 server.limits.request_timeout: "),
+        format!("{f}:8:5 upstreams[0].timout: unknown key \"timout\" (did you mean \"timeout\"?)"),
+        format!("{f}:14:17 upstreams[1].auth.password: environment variable TOLLGATE_TEST_SURELY_UNSET is not set"),
+        format!("{f}:18:15 routes[0].upstream: unknown upstream \"bi-backend\" (did you mean \"bi\"?)"),
+        format!("{f}:20:16 routes[0].auth.scopes[0]: value is wrapped in curly quotes"),
+    ];
+    for e in &expect {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(e.as_str())),
+            "missing {e:?} in:\n{stdout}"
+        );
+    }
+    // Also: no issuers configured, so the auth block can never pass.
+    assert!(
+        stdout.contains("routes[0].auth: no issuers are configured"),
+        "{stdout}"
+    );
+}
+
+// Behaviour: run refuses to start on an invalid file and says why.
+#[test]
+fn run_refuses_invalid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, &VALID.replace("upstream: bi", "upstream: nope"));
+    let out = bin().args(["run", "--config"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("routes[0].upstream: unknown upstream \"nope\""),
+        "{stderr}"
+    );
+}
+
+/// Starts the binary and returns (child, public address) from its startup log line.
+pub fn start_binary(config: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
+    let mut child = bin()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(i) = line.find("public=") {
+                    let addr = line[i + 7..].split_whitespace().next().unwrap().to_owned();
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("tollgate did not start");
+    (child, addr)
+}
+
+// Behaviour: SIGTERM stops accepting, lets the in-flight request finish, exits 0.
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests() {
+    let up = spawn_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, &VALID.replace("http://127.0.0.1:9000", &up.url()));
+    let (mut child, addr) = start_binary(&p, &["run"]);
+    let url = format!("http://{addr}/api/slow/1500");
+    let inflight =
+        tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let t = Instant::now();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert_eq!(
+        inflight.await.unwrap().unwrap(),
+        200,
+        "in-flight request must complete"
+    );
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        tokio::net::TcpStream::connect(&addr).await.is_err(),
+        "still accepting after exit"
+    );
+}
+
+// Behaviour: hash-secret reads one line and prints an argon2id PHC string that verifies.
+#[test]
+fn hash_secret_prints_argon2id() {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    let mut child = bin()
+        .arg("hash-secret")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cr:et with spaces\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let h = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(h.starts_with("$argon2id$"), "{h}");
+    let parsed = PasswordHash::new(&h).unwrap();
+    assert!(argon2::Argon2::default()
+        .verify_password(b"s3cr:et with spaces", &parsed)
+        .is_ok());
+    assert!(argon2::Argon2::default()
+        .verify_password(b"s3cr:et with spaces\n", &parsed)
+        .is_err());
+}

@@ -1,0 +1,7 @@
+//! Integration tests: real sockets on 127.0.0.1:0, real upstreams and identity
+//! providers, real HTTP clients. One test binary (faster to link).
+
+mod auth;
+mod cli;
+mod common;
+mod proxy;

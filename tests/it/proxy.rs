@@ -1,0 +1,532 @@
+//! Issue 2: forwarding, errors, headers, limits, protocols.
+
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn basic_yaml(up: &Upstream, extra_server: &str, extra_upstream: &str) -> String {
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+{extra_server}
+upstreams:
+  - name: bi
+    url: "{}"
+{extra_upstream}
+  - name: dead
+    url: "http://127.0.0.1:9"
+    connect_timeout: 500ms
+routes:
+  - name: api
+    path_prefix: /api
+    upstream: bi
+    auth: none
+  - name: dead
+    path_prefix: /dead
+    upstream: dead
+    auth: none
+"#,
+        up.url()
+    )
+}
+
+// Behaviour: method, path, query and body reach the upstream; the response comes back.
+#[tokio::test]
+async fn forwards_method_path_query_body() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let r = client()
+        .put(gw.url("/api/items/7?x=1&y=a%20b"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.method, "PUT");
+    assert_eq!(seen.uri, "/api/items/7?x=1&y=a%20b");
+    assert_eq!(&seen.body[..], b"hello");
+    assert_eq!(
+        seen.header("host"),
+        Some(up.addr.unwrap().to_string().as_str())
+    );
+    gw.stop().await;
+}
+
+// Behaviour: no route -> 404 JSON with request_id; the id is echoed in X-Request-Id.
+#[tokio::test]
+async fn unknown_path_is_404_json() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let r = client().get(gw.url("/apix")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body = json_of(r).await;
+    assert_eq!(body["error"], "not_found");
+    assert_eq!(body["request_id"], rid.as_str());
+    assert!(body["error_description"].is_string());
+    assert_eq!(up.count(), 0);
+    gw.stop().await;
+}
+
+// Behaviour: X-Forwarded-*, request ids kept when sane, generated otherwise.
+#[tokio::test]
+async fn forwarded_headers_and_request_ids() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let r = client()
+        .get(gw.url("/api/x"))
+        .header("x-request-id", "abc-123.Z:9")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("host", "bi-api.company.com:8443")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123.Z:9");
+    let s = up.last();
+    assert_eq!(s.header("x-request-id"), Some("abc-123.Z:9"));
+    assert_eq!(s.header("x-forwarded-for"), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(s.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        s.header("x-forwarded-host"),
+        Some("bi-api.company.com:8443")
+    );
+
+    for bad in ["has space", "semi;colon", &"x".repeat(129)] {
+        let r = client()
+            .get(gw.url("/api/x"))
+            .header("x-request-id", bad)
+            .send()
+            .await
+            .unwrap();
+        let got = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_ne!(got, bad);
+        assert!(!got.is_empty() && got.len() <= 128);
+        assert_eq!(up.last().header("x-request-id"), Some(got.as_str()));
+    }
+    gw.stop().await;
+}
+
+// Behaviour: hop-by-hop headers (also those named in Connection) and inbound X-Auth-*
+// are removed in both directions.
+#[tokio::test]
+async fn hop_by_hop_and_x_auth_are_stripped() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let r = client()
+        .get(gw.url("/api/x"))
+        .header("connection", "keep-alive, x-secret-hop")
+        .header("x-secret-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("te", "trailers")
+        .header("x-auth-client-id", "forged")
+        .header("X-Auth-Scopes", "admin")
+        .header("x-other", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().get("x-upstream-hop").is_none(),
+        "Connection-named response header must go"
+    );
+    let s = up.last();
+    for h in [
+        "x-secret-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "x-auth-client-id",
+        "x-auth-scopes",
+    ] {
+        assert!(s.header(h).is_none(), "{h} must not reach the upstream");
+    }
+    assert_eq!(s.header("x-other"), Some("kept"));
+    gw.stop().await;
+}
+
+// Behaviour: unreachable upstream -> 502 bad_gateway.
+#[tokio::test]
+async fn unreachable_upstream_is_502() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let r = client().get(gw.url("/dead/x")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let b = json_of(r).await;
+    assert_eq!(b["error"], "bad_gateway");
+    assert!(b["error_description"].as_str().unwrap().contains("dead"));
+    gw.stop().await;
+}
+
+// Behaviour: an upstream slower than `timeout` -> 504 within about that time.
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(&up, "", "    timeout: 300ms")).await;
+    let t = Instant::now();
+    let r = client().get(gw.url("/api/slow/3000")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(json_of(r).await["error"], "gateway_timeout");
+    assert!(t.elapsed() < Duration::from_millis(2500));
+    gw.stop().await;
+}
+
+// Behaviour: request_timeout bounds the whole exchange -> 504.
+#[tokio::test]
+async fn request_timeout_is_504() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(
+        &up,
+        "  limits:\n    request_timeout: 400ms",
+        "",
+    ))
+    .await;
+    let r = client().get(gw.url("/api/slow/3000")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    gw.stop().await;
+}
+
+// Behaviour: an 8 MiB body streams to the upstream intact.
+#[tokio::test]
+async fn large_body_streams() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let body: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let r = client()
+        .post(gw.url("/api/upload"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["body_len"], 8 * 1024 * 1024);
+    assert_eq!(up.last().body.as_ref(), &body[..]);
+    gw.stop().await;
+}
+
+// Behaviour: bodies over max_body_bytes -> 413, by Content-Length and while streaming.
+#[tokio::test]
+async fn body_limit_is_413() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(&up, "  limits:\n    max_body_bytes: 1000", "")).await;
+    let r = client()
+        .post(gw.url("/api/x"))
+        .body(vec![b'a'; 1001])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(json_of(r).await["error"], "payload_too_large");
+    assert_eq!(up.count(), 0);
+    // Chunked: no Content-Length, counted while streaming.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..10).map(|_| Ok(vec![b'b'; 500])).collect();
+    let stream = futures_util::stream::iter(chunks);
+    let r = client()
+        .post(gw.url("/api/x"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let ok = client()
+        .post(gw.url("/api/x"))
+        .body(vec![b'a'; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    gw.stop().await;
+}
+
+// Behaviour: a request head over max_header_bytes -> 431 JSON.
+#[tokio::test]
+async fn header_limit_is_431() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(
+        &up,
+        "  limits:\n    max_header_bytes: 2048",
+        "",
+    ))
+    .await;
+    let r = client()
+        .get(gw.url("/api/x"))
+        .header("x-big", "a".repeat(3000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    assert_eq!(json_of(r).await["error"], "request_header_too_large");
+    // Far larger heads are refused by the HTTP layer itself, still with 431.
+    let r = client()
+        .get(gw.url("/api/x"))
+        .header("x-big", "a".repeat(60_000))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 431);
+    }
+    assert_eq!(up.count(), 0);
+    gw.stop().await;
+}
+
+// Behaviour: Content-Length + Transfer-Encoding together. hyper applies RFC 9112 §6.3:
+// Transfer-Encoding wins, Content-Length is dropped before the gateway sees the request,
+// and the connection is closed after the response — so the upstream never receives both
+// headers and nothing pipelined behind the body is ever read.
+#[tokio::test]
+async fn cl_te_smuggling_is_neutralised() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let req = b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let t = Instant::now();
+    let out = raw(gw.addr, req, Duration::from_secs(5)).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "connection must be closed after the response"
+    );
+    assert_eq!(
+        out.matches("HTTP/1.1 ").count(),
+        1,
+        "exactly one response: {out}"
+    );
+    let seen = up.seen.lock().unwrap().clone();
+    assert!(
+        !seen.iter().any(|s| s.uri.contains("smuggled")),
+        "smuggled request reached the upstream"
+    );
+    for s in &seen {
+        assert!(!(s.header("content-length").is_some() && s.header("transfer-encoding").is_some()));
+        assert!(s.body.is_empty());
+    }
+    gw.stop().await;
+}
+
+// Behaviour: a head trickled slower than header_read_timeout is cut off.
+#[tokio::test]
+async fn trickled_head_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(
+        &up,
+        "  limits:\n    header_read_timeout: 500ms",
+        "",
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let t = Instant::now();
+    s.write_all(b"GET /api/x HTTP/1.1\r\n").await.unwrap();
+    let mut closed = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.write_all(b"X-A: b\r\n").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+            if n == 0 || buf.starts_with(b"HTTP/1.1 408") {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "connection still open");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "cut off after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(up.count(), 0);
+    gw.stop().await;
+}
+
+// Behaviour: paths are normalised before routing and forwarded normalised; tricks -> 400.
+#[tokio::test]
+async fn path_normalisation() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let out = raw(
+        gw.addr,
+        b"GET /other/../api//a/./b%7e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(up.last().uri, "/api/a/b~");
+    for p in ["/api/a%2fb", "/api/%2e%2e/x", "/api/a%00", "/api/..;/x"] {
+        let out = raw(
+            gw.addr,
+            format!("GET {p} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{p}: {out}");
+        assert!(out.contains("invalid_request"));
+    }
+    gw.stop().await;
+}
+
+// Behaviour: plain listeners speak h2c with prior knowledge.
+#[tokio::test]
+async fn h2c_prior_knowledge() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = c.get(gw.url("/api/h2")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().uri, "/api/h2");
+    gw.stop().await;
+}
+
+fn tls_client(alpn_h2: bool, identity: bool) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(fixture("ca.pem")).unwrap()).unwrap();
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(ca)
+        .use_rustls_tls();
+    if !alpn_h2 {
+        b = b.http1_only();
+    }
+    if identity {
+        let mut pem = std::fs::read(fixture("client.pem")).unwrap();
+        pem.extend(std::fs::read(fixture("client-key.pem")).unwrap());
+        b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
+    }
+    b.build().unwrap()
+}
+
+fn tls_yaml(up: &Upstream, mtls: bool) -> String {
+    let f = |n: &str| fixture(n).display().to_string();
+    let ca = if mtls {
+        format!("    client_ca: {}\n", f("ca.pem"))
+    } else {
+        String::new()
+    };
+    basic_yaml(
+        up,
+        &format!(
+            "  tls:\n    cert: {}\n    key: {}\n{ca}",
+            f("server.pem"),
+            f("server-key.pem")
+        ),
+        "",
+    )
+}
+
+// Behaviour: TLS listener negotiates h2 and http/1.1 by ALPN; X-Forwarded-Proto is https.
+#[tokio::test]
+async fn tls_listener_with_alpn() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&tls_yaml(&up, false)).await;
+    let url = format!("https://localhost:{}/api/tls", gw.addr.port());
+    let r = tls_client(true, false).get(&url).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().header("x-forwarded-proto"), Some("https"));
+    let r = tls_client(false, false).get(&url).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    gw.stop().await;
+}
+
+// Behaviour: with client_ca, a client without a certificate is refused; with one, served.
+#[tokio::test]
+async fn mtls_requires_client_certificate() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&tls_yaml(&up, true)).await;
+    let url = format!("https://localhost:{}/api/tls", gw.addr.port());
+    assert!(tls_client(true, false).get(&url).send().await.is_err());
+    let r = tls_client(true, true).get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    gw.stop().await;
+}
+
+// Behaviour: https upstreams are verified against `ca`.
+#[tokio::test]
+async fn https_upstream_with_custom_ca() {
+    let up = spawn_upstream().await;
+    // A TLS tollgate in front of the echo upstream plays the https backend.
+    let backend = spawn_gateway(&tls_yaml(&up, false)).await;
+    let yaml = format!(
+        "server:\n  listen: \"127.0.0.1:0\"\nupstreams:\n  - name: secure\n    url: \"https://localhost:{}\"\n    ca: {}\n  - name: untrusted\n    url: \"https://localhost:{}\"\nroutes:\n  - name: a\n    path_prefix: /api\n    upstream: secure\n    auth: none\n  - name: b\n    path_prefix: /bad\n    upstream: untrusted\n    auth: none\n",
+        backend.addr.port(),
+        fixture("ca.pem").display(),
+        backend.addr.port()
+    );
+    let gw = spawn_gateway(&yaml).await;
+    let r = client()
+        .get(gw.url("/api/through-tls"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().uri, "/api/through-tls");
+    let r = client().get(gw.url("/bad/x")).send().await.unwrap();
+    assert_eq!(r.status(), 502, "unknown CA must not be trusted");
+    gw.stop().await;
+    backend.stop().await;
+}
+
+// Behaviour: admin listener answers /healthz and /readyz; the public one does not.
+#[tokio::test]
+async fn health_and_readiness() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    assert_eq!(
+        client()
+            .get(gw.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(gw.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(gw.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let m = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for fam in [
+        "tollgate_requests_total",
+        "tollgate_request_duration_seconds",
+        "tollgate_auth_denied_total",
+        "tollgate_upstream_token_fetches_total",
+        "tollgate_config_reloads_total",
+    ] {
+        assert!(
+            m.contains(&format!("# TYPE {fam} ")),
+            "{fam} missing from /metrics"
+        );
+    }
+    gw.stop().await;
+}
