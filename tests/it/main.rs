@@ -4,4 +4,7 @@
 mod auth;
 mod cli;
 mod common;
+mod ops;
 mod proxy;
+mod token_service;
+mod upstream_cors;

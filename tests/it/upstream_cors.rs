@@ -1,0 +1,4 @@
+//! Issue 5: upstream credentials (basic, oauth2 client_credentials) and CORS.
+
+#[allow(unused_imports)]
+use crate::common::*;
