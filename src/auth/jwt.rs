@@ -79,6 +79,8 @@ pub fn parse(token: &str) -> Result<Jws<'_>, Refusal> {
         Some(Value::String(a)) => a.clone(),
         _ => return Err(malformed("token header has no alg")),
     };
+    // `none` and HMAC are refused before anything else is looked at.
+    asymmetric_alg(&alg_name)?;
     for named_key in ["jku", "x5u", "jwk", "x5c"] {
         if header.contains_key(named_key) {
             return Err(malformed(&format!(
@@ -262,6 +264,11 @@ mod tests {
             b64("{}")
         );
         assert_eq!(parse(&t).unwrap_err().reason, DenyReason::TokenMalformed);
+        let t = format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64("{}"));
+        assert_eq!(
+            parse(&t).unwrap_err().reason,
+            DenyReason::AlgorithmNotAllowed
+        );
         let t = format!("{}.{}.", b64(r#"{"alg":"RS256"}"#), b64("{}"));
         assert_eq!(parse(&t).unwrap_err().reason, DenyReason::SignatureInvalid);
         assert!(parse("garbage").is_err());
