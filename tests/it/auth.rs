@@ -868,7 +868,7 @@ async fn introspection() {
 }
 
 /// Runs the binary with the config and collects stderr lines.
-fn start_with_logs(
+pub fn start_with_logs(
     config: &std::path::Path,
 ) -> (std::process::Child, String, Arc<Mutex<Vec<String>>>) {
     let mut child = crate::cli::bin()
