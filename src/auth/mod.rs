@@ -35,7 +35,7 @@ pub struct Issuer {
     pub scope_claims: Vec<String>,
     pub client_claims: Vec<String>,
     /// Distinguishes cache entries of differently configured issuers.
-    pub fingerprint: [u8; 32],
+    pub fingerprint: Fingerprint,
 }
 
 pub enum IssuerKind {
@@ -52,9 +52,12 @@ impl Issuer {
 /// Result of introspection, as cached.
 pub type IntrospectResult = Result<Arc<Identity>, IntrospectError>;
 
+pub type Fingerprint = [u8; 32];
+
 /// Caches that outlive a request (and a reload); flushed by `POST /admin/caches/flush`.
 pub struct AuthCaches {
-    pub verified: FlightCache<[u8; 32], Arc<Identity>>,
+    /// SHA-256 of the token -> (fingerprint of the issuer that verified it, identity).
+    pub verified: FlightCache<[u8; 32], (Fingerprint, Arc<Identity>)>,
     pub introspection: FlightCache<[u8; 32], IntrospectResult>,
 }
 
@@ -127,6 +130,15 @@ pub async fn authenticate(
             "token is too long",
         )));
     }
+    // The hot path: a token verified before, by an issuer this route accepts, costs one
+    // hash and one map lookup. Entries expire no later than the token (plus leeway).
+    let token_hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    if let Some((fp, id)) = caches.verified.get(&token_hash) {
+        if let Some(issuer) = issuers.iter().find(|i| i.fingerprint == fp) {
+            trace.note(|| format!("verified-token cache: hit (issuer {})", issuer.name));
+            return Ok(id);
+        }
+    }
     let introspectors: Vec<&Arc<Issuer>> =
         issuers.iter().copied().filter(|i| !i.is_jwt()).collect();
     if jwt::looks_like_jwt(token) {
@@ -147,15 +159,12 @@ pub async fn authenticate(
         let mut first_err = None;
         for issuer in issuers.iter().filter(|i| i.is_jwt() && i.issuer == iss) {
             trace.note(|| format!("issuer: {} (iss matches)", issuer.name));
-            let key = cache_key(issuer, token);
-            if let Some(id) = caches.verified.get(&key) {
-                trace.note(|| "verified-token cache: hit".into());
-                return Ok(id);
-            }
             match verify_jwt(issuer, &jws, trace).await {
                 Ok((id, ttl)) => {
                     let id = Arc::new(id);
-                    caches.verified.insert(key, id.clone(), ttl);
+                    caches
+                        .verified
+                        .insert(token_hash, (issuer.fingerprint, id.clone()), ttl);
                     return Ok(id);
                 }
                 Err(r) => {

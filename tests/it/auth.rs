@@ -586,6 +586,9 @@ async fn per_route_issuers() {
             .status(),
         200
     );
+    // Now cached as verified by issuer b: still refused where only a is accepted.
+    let (s, _, _, _) = refusal(call(&gw, reqwest::Method::GET, "/a/x", Some(&tb)).await).await;
+    assert_eq!(s, 401);
     assert!(denied(&metrics(&gw).await, "issuer_not_accepted"));
     gw.stop().await;
 }
