@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod common;
+mod oidc_e2e;
 mod ops;
 mod proxy;
 mod token_service;
