@@ -124,6 +124,10 @@ pub struct Cors {
 pub struct CorsGrant {
     /// The value for `Access-Control-Allow-Origin`.
     allow_origin: HeaderValue,
+    /// The request is a preflight: its answer is tollgate's own (`preflight`), never an
+    /// upstream's, and already carries the preflight-only headers (Allow-Methods,
+    /// Allow-Headers, Max-Age) that `apply` must keep.
+    preflight: bool,
 }
 
 impl Cors {
@@ -169,7 +173,10 @@ impl Cors {
         } else {
             origin.clone()
         };
-        Some(CorsGrant { allow_origin })
+        Some(CorsGrant {
+            allow_origin,
+            preflight: Cors::is_preflight(req),
+        })
     }
 
     pub fn is_preflight<B>(req: &Request<B>) -> bool {
@@ -212,22 +219,29 @@ impl Cors {
         resp
     }
 
-    /// Headers for an actual (non-preflight) response. Any `Access-Control-*` the
-    /// upstream set is replaced: on a route with `cors`, tollgate owns CORS.
+    /// Headers for whatever response goes out (step 11). On an actual response any
+    /// `Access-Control-*` the upstream set is replaced: on a route with `cors`, tollgate
+    /// owns CORS. On the answer to a preflight (never forwarded, so nothing in it came
+    /// from upstream) the headers `preflight` added are kept.
     pub fn apply(&self, h: &mut HeaderMap, grant: Option<&CorsGrant>) {
-        let upstream_cors: Vec<HeaderName> = h
-            .keys()
-            .filter(|k| k.as_str().starts_with("access-control-"))
-            .cloned()
-            .collect();
-        for k in upstream_cors {
-            h.remove(k);
+        let preflight = grant.is_some_and(|g| g.preflight);
+        if !preflight {
+            let upstream_cors: Vec<HeaderName> = h
+                .keys()
+                .filter(|k| k.as_str().starts_with("access-control-"))
+                .cloned()
+                .collect();
+            for k in upstream_cors {
+                h.remove(k);
+            }
         }
         add_vary(h, "Origin");
         if let Some(g) = grant {
             self.apply_common(h, g);
-            if let Some(v) = &self.expose_headers {
-                h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+            if !preflight {
+                if let Some(v) = &self.expose_headers {
+                    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+                }
             }
         }
     }
@@ -287,5 +301,60 @@ mod tests {
         assert!(OriginPattern::parse("https://a.com/path").is_err());
         assert!(OriginPattern::parse("https://a.*.com").is_err());
         assert!(OriginPattern::parse("cx.company.com").is_err());
+    }
+
+    // Behaviour: the way out (`apply`) keeps what `preflight` answered, but replaces
+    // whatever CORS headers an upstream set on an actual response.
+    #[test]
+    fn apply_keeps_preflight_headers_and_replaces_upstream_ones() {
+        let cors = Cors::new(
+            vec![OriginPattern::parse("https://cx.company.com").unwrap()],
+            &["GET".to_owned()],
+            &["Authorization".to_owned()],
+            &["X-Request-Id".to_owned()],
+            true,
+            Some(Duration::from_secs(600)),
+        )
+        .unwrap();
+        let pre = Request::options("/x")
+            .header(header::ORIGIN, "https://cx.company.com")
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+            .body(())
+            .unwrap();
+        let g = cors.check(&pre);
+        let mut resp = cors.preflight(&pre, g.as_ref());
+        cors.apply(resp.headers_mut(), g.as_ref());
+        let h = resp.headers();
+        assert_eq!(
+            h[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://cx.company.com"
+        );
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_METHODS], "GET");
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_HEADERS], "Authorization");
+        assert_eq!(h[header::ACCESS_CONTROL_MAX_AGE], "600");
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+        assert!(!h.contains_key(header::ACCESS_CONTROL_EXPOSE_HEADERS));
+
+        let get = Request::get("/x")
+            .header(header::ORIGIN, "https://cx.company.com")
+            .body(())
+            .unwrap();
+        let g = cors.check(&get);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("DELETE"),
+        );
+        cors.apply(&mut h, g.as_ref());
+        assert_eq!(
+            h[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://cx.company.com"
+        );
+        assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_METHODS));
+        assert_eq!(h[header::ACCESS_CONTROL_EXPOSE_HEADERS], "X-Request-Id");
     }
 }

@@ -120,6 +120,10 @@ impl Default for TokenCache {
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+/// Longest lifetime believed from a token endpoint's `expires_in`: a longer (or absurd,
+/// e.g. 2^64-1) value is treated as this, so the token is refreshed at least daily and
+/// no expiry computation can overflow.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl TokenCache {
     /// The `Authorization` header for this source, fetching when needed.
@@ -153,6 +157,15 @@ impl TokenCache {
     /// The upstream said 401: the token is no good any more.
     pub fn invalidate(&self, src: &OAuth2Source) {
         self.tokens.remove(&src.cache_key);
+    }
+
+    /// The upstream said 401 to a request sent with `used`: drop the cached token only if
+    /// it is still that one. A request that started with an older token must not throw
+    /// away the fresh token another request fetched in the meantime.
+    pub fn invalidate_if_current(&self, src: &OAuth2Source, used: &HeaderValue) {
+        if matches!(self.tokens.get(&src.cache_key), Some(Ok(v)) if v == used) {
+            self.tokens.remove(&src.cache_key);
+        }
     }
 
     pub fn clear(&self) -> usize {
@@ -233,7 +246,10 @@ async fn fetch_token(src: &OAuth2Source) -> Result<(HeaderValue, Duration), Stri
         "token endpoint returned a token that is not a valid header value".to_owned()
     })?;
     value.set_sensitive(true);
-    Ok((value, Duration::from_secs(expires_in)))
+    Ok((
+        value,
+        Duration::from_secs(expires_in).min(MAX_TOKEN_LIFETIME),
+    ))
 }
 
 #[cfg(test)]
@@ -248,5 +264,36 @@ mod tests {
         let raw = String::from_utf8(STANDARD.decode(b64).unwrap()).unwrap();
         assert_eq!(raw, "my+client:p%40ss%3Aw%2Frd%2B%25");
         assert!(v.is_sensitive());
+    }
+
+    // Behaviour: a 401 for an older token leaves a newer cached token alone.
+    #[test]
+    fn invalidate_if_current_only_drops_the_token_used() {
+        let src = OAuth2Source {
+            upstream: "bi".into(),
+            token_url: "http://127.0.0.1:9/token".into(),
+            client_id: "gw".into(),
+            client_secret: Secret::new("s"),
+            scope: None,
+            audience: None,
+            client_auth: ClientAuth::Basic,
+            format: RequestFormat::Form,
+            extra_params: BTreeMap::new(),
+            client: crate::upstream::build_client(
+                crate::tls::client_config(None).unwrap(),
+                Duration::from_secs(1),
+            ),
+            timeout: Duration::from_secs(1),
+            cache_key: [7; 32],
+        };
+        let cache = TokenCache::default();
+        let new = HeaderValue::from_static("Bearer new");
+        cache
+            .tokens
+            .insert(src.cache_key, Ok(new.clone()), Duration::from_secs(60));
+        cache.invalidate_if_current(&src, &HeaderValue::from_static("Bearer old"));
+        assert_eq!(cache.tokens.get(&src.cache_key), Some(Ok(new.clone())));
+        cache.invalidate_if_current(&src, &new);
+        assert_eq!(cache.tokens.get(&src.cache_key), None);
     }
 }

@@ -1,4 +1,1389 @@
 //! Issue 5: upstream credentials (basic, oauth2 client_credentials) and CORS.
 
-#[allow(unused_imports)]
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use reqwest::Method;
+use serde_json::json;
+
 use crate::common::*;
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// The client secret used by the oauth2 upstreams: reserved characters on purpose.
+const SECRET: &str = "p@ss:w/rd";
+/// A client id with a space, which RFC 6749 §2.3.1 form-encodes as `+`.
+const CLIENT_ID: &str = "gw client";
+
+/// A gateway with one oauth2 upstream `name` (extra keys of its `auth` block in
+/// `auth_extra`, indented by 6) behind route `/api` with `auth: none`.
+fn oauth_yaml(up: &Upstream, name: &str, token_url: &str, auth_extra: &str) -> String {
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+upstreams:
+  - name: {name}
+    url: "{}"
+    auth:
+      type: oauth2_client_credentials
+      token_url: "{token_url}"
+      client_id: "{CLIENT_ID}"
+      client_secret: "{SECRET}"
+      scope: "analytics.read"
+{auth_extra}
+routes:
+  - name: api
+    path_prefix: /api
+    upstream: {name}
+    auth: none
+"#,
+        up.url()
+    )
+}
+
+fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    r.headers().get(name).map(|v| v.to_str().unwrap())
+}
+
+fn form_fields(body: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(body.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn field<'a>(fields: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    let mut it = fields.iter().filter(|(n, _)| n == k);
+    let v = it.next().map(|(_, v)| v.as_str());
+    assert!(it.next().is_none(), "field {k} sent more than once");
+    v
+}
+
+fn token_requests(idp: &Idp) -> Vec<TokenRequest> {
+    idp.token_requests.lock().unwrap().clone()
+}
+
+/// The value of one exact series (`name{labels}`) in Prometheus text, if present.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+async fn metrics_text(gw: &Gw) -> String {
+    let r = client().get(gw.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+async fn flush(gw: &Gw) -> serde_json::Value {
+    let r = client()
+        .post(gw.admin_url("/admin/caches/flush"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    json_of(r).await
+}
+
+/// A token endpoint that answers after `delay`, counting hits:
+/// `{"access_token": "slow-token-N", ...}`.
+async fn spawn_slow_token_endpoint(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let addr = serve(move |_req| {
+        let h = h.clone();
+        async move {
+            let n = h.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(delay).await;
+            json_resp(
+                200,
+                json!({"access_token": format!("slow-token-{n}"), "token_type": "Bearer", "expires_in": 3600}),
+            )
+        }
+    })
+    .await;
+    (addr, hits)
+}
+
+// ---------------------------------------------------------------------------
+// Upstream credentials: basic
+// ---------------------------------------------------------------------------
+
+// Behaviour: `auth: {type: basic}` sends `Authorization: Basic base64(user:pass)` (RFC 7617,
+// not form-encoded) upstream and replaces the inbound Authorization; an upstream without
+// `auth` gets the inbound Authorization passed on.
+#[tokio::test]
+async fn basic_upstream_auth_replaces_inbound_authorization() {
+    let up = spawn_upstream().await;
+    let plain = spawn_upstream().await;
+    let gw = spawn_gateway(&format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+upstreams:
+  - name: reports
+    url: "{}"
+    auth:
+      type: basic
+      username: report-user
+      password: "pa:ss w/rd"
+  - name: plain
+    url: "{}"
+routes:
+  - name: reports
+    path_prefix: /reports
+    upstream: reports
+    auth: none
+  - name: plain
+    path_prefix: /plain
+    upstream: plain
+    auth: none
+"#,
+        up.url(),
+        plain.url()
+    ))
+    .await;
+    let expected = format!("Basic {}", STANDARD.encode("report-user:pa:ss w/rd"));
+
+    // Without an inbound Authorization.
+    let r = client().get(gw.url("/reports/q")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().header("authorization"), Some(expected.as_str()));
+
+    // With one: replaced, never passed on, and only one Authorization goes upstream.
+    let r = client()
+        .get(gw.url("/reports/q"))
+        .header("authorization", "Bearer inbound-token-xyz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    assert_eq!(
+        seen.headers.get("authorization"),
+        Some(&vec![expected.clone()])
+    );
+    assert!(!format!("{:?}", seen.headers).contains("inbound-token-xyz"));
+    assert_eq!(up.count(), 2);
+
+    // Contrast: no upstream `auth` -> the inbound Authorization is passed on.
+    let r = client()
+        .get(gw.url("/plain/q"))
+        .header("authorization", "Bearer inbound-token-xyz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        plain.last().header("authorization"),
+        Some("Bearer inbound-token-xyz")
+    );
+    gw.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Upstream credentials: oauth2 client_credentials
+// ---------------------------------------------------------------------------
+
+// Behaviour: on a route that verifies the caller's JWT, the upstream gets the token
+// tollgate fetched (`Bearer upstream-token-N`), never the caller's; the token is cached.
+#[tokio::test]
+async fn oauth2_token_replaces_inbound_bearer() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+issuers:
+{}
+upstreams:
+  - name: bi
+    url: "{}"
+    auth:
+      type: oauth2_client_credentials
+      token_url: "{}"
+      client_id: gw
+      client_secret: "{SECRET}"
+      scope: "analytics.read"
+routes:
+  - name: api
+    path_prefix: /api
+    upstream: bi
+    auth:
+      issuers: [corp]
+      scopes: [analytics.read]
+"#,
+        issuer_yaml(&idp, "corp", ""),
+        up.url(),
+        idp.url("/token")
+    ))
+    .await;
+    let inbound = idp.token(json!({}));
+    for i in 0..3 {
+        let r = client()
+            .get(gw.url("/api/data"))
+            .bearer_auth(&inbound)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        let seen = up.last();
+        assert_eq!(
+            seen.headers.get("authorization"),
+            Some(&vec!["Bearer upstream-token-1".to_owned()]),
+            "request {i}"
+        );
+        assert!(
+            !format!("{:?}", seen.headers).contains(&inbound),
+            "the caller's token reached the upstream"
+        );
+        // The verified identity still goes along.
+        assert_eq!(seen.header("x-auth-client-id"), Some("sap-cx-dashboard"));
+    }
+    assert_eq!(idp.token_hits.load(Ordering::SeqCst), 1, "token is cached");
+    gw.stop().await;
+}
+
+// Behaviour: `client_auth: basic` (the default) authenticates with
+// `Basic base64(urlencode(id):urlencode(secret))` (RFC 6749 §2.3.1) and a form body with
+// grant_type and scope only; the upstream's inbound Authorization is replaced.
+#[tokio::test]
+async fn oauth2_client_auth_basic_form() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&oauth_yaml(
+        &up,
+        "bi",
+        &idp.url("/token"),
+        "      client_auth: basic",
+    ))
+    .await;
+    let r = client()
+        .get(gw.url("/api/x"))
+        .header("authorization", "Basic aW5ib3VuZDpzZWNyZXQ=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.last().headers.get("authorization"),
+        Some(&vec!["Bearer upstream-token-1".to_owned()])
+    );
+
+    let reqs = token_requests(&idp);
+    assert_eq!(reqs.len(), 1);
+    let (auth, ctype, body) = &reqs[0];
+    let expected = format!("Basic {}", STANDARD.encode("gw+client:p%40ss%3Aw%2Frd"));
+    assert_eq!(auth.as_deref(), Some(expected.as_str()));
+    assert_eq!(ctype.as_deref(), Some("application/x-www-form-urlencoded"));
+    let f = form_fields(body);
+    assert_eq!(field(&f, "grant_type"), Some("client_credentials"));
+    assert_eq!(field(&f, "scope"), Some("analytics.read"));
+    assert_eq!(field(&f, "client_id"), None);
+    assert_eq!(field(&f, "client_secret"), None);
+    assert!(!body.contains("p@ss") && !body.contains("p%40ss"));
+    gw.stop().await;
+}
+
+// Behaviour: `client_auth: body` sends client_id/client_secret as form fields and no
+// Authorization header at all.
+#[tokio::test]
+async fn oauth2_client_auth_body_form() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&oauth_yaml(
+        &up,
+        "bi",
+        &idp.url("/token"),
+        "      client_auth: body",
+    ))
+    .await;
+    let r = client().get(gw.url("/api/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.last().header("authorization"),
+        Some("Bearer upstream-token-1")
+    );
+    let reqs = token_requests(&idp);
+    assert_eq!(reqs.len(), 1);
+    let (auth, ctype, body) = &reqs[0];
+    assert_eq!(auth, &None, "client_auth: body must not send Authorization");
+    assert_eq!(ctype.as_deref(), Some("application/x-www-form-urlencoded"));
+    let f = form_fields(body);
+    assert_eq!(field(&f, "grant_type"), Some("client_credentials"));
+    assert_eq!(field(&f, "scope"), Some("analytics.read"));
+    assert_eq!(field(&f, "client_id"), Some(CLIENT_ID));
+    assert_eq!(field(&f, "client_secret"), Some(SECRET));
+    gw.stop().await;
+}
+
+// Behaviour: `request_format: json` sends a JSON object with grant_type, scope and the
+// `extra_params`; with `client_auth: body` the credentials are JSON fields too.
+#[tokio::test]
+async fn oauth2_json_request_format_with_extra_params() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+upstreams:
+  - name: learning
+    url: "{up}"
+    auth:
+      type: oauth2_client_credentials
+      token_url: "{tok}"
+      client_id: "{CLIENT_ID}"
+      client_secret: "{SECRET}"
+      scope: "analytics.read"
+      request_format: json
+      extra_params:
+        resource_type: learning_public_api
+        tenant: acme
+  - name: learning-body
+    url: "{up}"
+    auth:
+      type: oauth2_client_credentials
+      token_url: "{tok}"
+      client_id: "{CLIENT_ID}"
+      client_secret: "{SECRET}"
+      client_auth: body
+      request_format: json
+      extra_params:
+        resource_type: learning_public_api
+routes:
+  - name: basic-json
+    path_prefix: /a
+    upstream: learning
+    auth: none
+  - name: body-json
+    path_prefix: /b
+    upstream: learning-body
+    auth: none
+"#,
+        up = up.url(),
+        tok = idp.url("/token"),
+    ))
+    .await;
+    let r = client().get(gw.url("/a/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.last().header("authorization"),
+        Some("Bearer upstream-token-1")
+    );
+    let r = client().get(gw.url("/b/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.last().header("authorization"),
+        Some("Bearer upstream-token-2")
+    );
+
+    let reqs = token_requests(&idp);
+    assert_eq!(reqs.len(), 2);
+
+    let (auth, ctype, body) = &reqs[0];
+    let expected = format!("Basic {}", STANDARD.encode("gw+client:p%40ss%3Aw%2Frd"));
+    assert_eq!(auth.as_deref(), Some(expected.as_str()));
+    assert_eq!(ctype.as_deref(), Some("application/json"));
+    let v: serde_json::Value = serde_json::from_str(body).expect("token request body is JSON");
+    assert_eq!(
+        v,
+        json!({
+            "grant_type": "client_credentials",
+            "scope": "analytics.read",
+            "resource_type": "learning_public_api",
+            "tenant": "acme",
+        })
+    );
+
+    let (auth, ctype, body) = &reqs[1];
+    assert_eq!(auth, &None);
+    assert_eq!(ctype.as_deref(), Some("application/json"));
+    let v: serde_json::Value = serde_json::from_str(body).expect("token request body is JSON");
+    assert_eq!(
+        v,
+        json!({
+            "grant_type": "client_credentials",
+            "resource_type": "learning_public_api",
+            "client_id": CLIENT_ID,
+            "client_secret": SECRET,
+        })
+    );
+    gw.stop().await;
+}
+
+// Behaviour: two upstreams with the same token URL, client and scope do not share a
+// cached token (cache keys include the upstream).
+#[tokio::test]
+async fn oauth2_tokens_are_not_shared_across_upstreams() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let auth = format!(
+        "    auth:\n      type: oauth2_client_credentials\n      token_url: \"{}\"\n      client_id: gw\n      client_secret: s\n      scope: analytics.read\n",
+        idp.url("/token")
+    );
+    let gw = spawn_gateway(&format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+upstreams:
+  - name: one
+    url: "{u}"
+{auth}  - name: two
+    url: "{u}"
+{auth}routes:
+  - name: one
+    path_prefix: /one
+    upstream: one
+    auth: none
+  - name: two
+    path_prefix: /two
+    upstream: two
+    auth: none
+"#,
+        u = up.url()
+    ))
+    .await;
+    for (path, token) in [
+        ("/one/x", "Bearer upstream-token-1"),
+        ("/two/x", "Bearer upstream-token-2"),
+        ("/one/y", "Bearer upstream-token-1"),
+        ("/two/y", "Bearer upstream-token-2"),
+    ] {
+        let r = client().get(gw.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(up.last().header("authorization"), Some(token), "{path}");
+    }
+    assert_eq!(idp.token_hits.load(Ordering::SeqCst), 2);
+    gw.stop().await;
+}
+
+// Behaviour: 40 concurrent requests while the token endpoint is slow cause exactly one
+// token fetch; every request waits for it and goes upstream with that token.
+#[tokio::test]
+async fn oauth2_single_flight_under_concurrency() {
+    let up = spawn_upstream().await;
+    let (addr, hits) = spawn_slow_token_endpoint(Duration::from_millis(300)).await;
+    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &format!("http://{addr}/token"), "")).await;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let url = gw.url(&format!("/api/req/{i}"));
+        set.spawn(async move { client().get(url).send().await.unwrap().status() });
+    }
+    let mut n = 0;
+    while let Some(status) = set.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+        n += 1;
+    }
+    assert_eq!(n, 40);
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "exactly one token fetch");
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 40);
+    for s in &seen {
+        assert_eq!(s.header("authorization"), Some("Bearer slow-token-1"));
+    }
+    gw.stop().await;
+}
+
+// Behaviour: a token is refreshed when less than min(60 s, half its lifetime) remains:
+// with expires_in 4 s it is reused at first, and replaced after 2 s — while the old one
+// would still be valid.
+#[tokio::test]
+async fn oauth2_refresh_before_expiry() {
+    let idp = spawn_idp().await;
+    idp.token_expires_in.store(4, Ordering::SeqCst);
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &idp.url("/token"), "")).await;
+    let t0 = Instant::now();
+    let r = client().get(gw.url("/api/1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.last().header("authorization"),
+        Some("Bearer upstream-token-1")
+    );
+    let r = client().get(gw.url("/api/2")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        t0.elapsed() < Duration::from_millis(1800),
+        "test machine too slow to judge the refresh window"
+    );
+    assert_eq!(
+        up.last().header("authorization"),
+        Some("Bearer upstream-token-1"),
+        "a token with 4 s lifetime is reused in its first 2 s"
+    );
+    assert_eq!(idp.token_hits.load(Ordering::SeqCst), 1);
+
+    // 2.3 s after the first fetch: 1.7 s of the 4 s lifetime remain (< half) -> refreshed.
+    tokio::time::sleep(Duration::from_millis(2300).saturating_sub(t0.elapsed())).await;
+    let r = client().get(gw.url("/api/3")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.last().header("authorization"),
+        Some("Bearer upstream-token-2")
+    );
+    assert_eq!(idp.token_hits.load(Ordering::SeqCst), 2);
+    gw.stop().await;
+}
+
+// Behaviour: an absurd `expires_in` from the token endpoint (u64::MAX) does not crash the
+// request; the token is used and cached.
+#[tokio::test]
+async fn oauth2_huge_expires_in_is_survived() {
+    let idp = spawn_idp().await;
+    idp.token_expires_in.store(u64::MAX, Ordering::SeqCst);
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &idp.url("/token"), "")).await;
+    for i in 0..2 {
+        let r = client().get(gw.url("/api/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(
+            up.last().header("authorization"),
+            Some("Bearer upstream-token-1")
+        );
+    }
+    assert_eq!(idp.token_hits.load(Ordering::SeqCst), 1);
+    gw.stop().await;
+}
+
+// Behaviour: `POST /admin/caches/flush` drops the cached upstream token (the next request
+// fetches a new one), says what it dropped, and keeps JWKS; it does not exist on the
+// public listener.
+#[tokio::test]
+async fn oauth2_flush_drops_cached_token() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &idp.url("/token"), "")).await;
+    for _ in 0..2 {
+        let r = client().get(gw.url("/api/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(idp.token_hits.load(Ordering::SeqCst), 1);
+
+    // Not on the public listener.
+    let r = client()
+        .post(gw.url("/admin/caches/flush"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = client().get(gw.url("/api/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(idp.token_hits.load(Ordering::SeqCst), 1);
+
+    let body = flush(&gw).await;
+    assert_eq!(body["flushed"]["upstream_tokens"], 1, "{body}");
+    assert!(
+        body["flushed"]["introspection_results"].is_number(),
+        "{body}"
+    );
+    assert!(body["flushed"]["verified_tokens"].is_number(), "{body}");
+    assert!(
+        body["kept"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|x| x == "jwks")),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("upstream-token"));
+
+    let r = client().get(gw.url("/api/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(idp.token_hits.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        up.last().header("authorization"),
+        Some("Bearer upstream-token-2")
+    );
+
+    // A second flush right away has the new token to drop, a third nothing.
+    assert_eq!(flush(&gw).await["flushed"]["upstream_tokens"], 1);
+    assert_eq!(flush(&gw).await["flushed"]["upstream_tokens"], 0);
+    gw.stop().await;
+}
+
+// Behaviour: a 401 from the upstream drops the cached token, so the next request fetches
+// a new one; other statuses (200, 403) keep it. The 401 itself is passed to the client.
+#[tokio::test]
+async fn oauth2_upstream_401_invalidates_token() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &idp.url("/token"), "")).await;
+    let r = client().get(gw.url("/api/ok")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client()
+        .get(gw.url("/api/status/403"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        idp.token_hits.load(Ordering::SeqCst),
+        1,
+        "403 keeps the token"
+    );
+
+    let r = client()
+        .get(gw.url("/api/status/401"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        up.last().header("authorization"),
+        Some("Bearer upstream-token-1")
+    );
+    assert_eq!(idp.token_hits.load(Ordering::SeqCst), 1);
+
+    let r = client().get(gw.url("/api/ok")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(idp.token_hits.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        up.last().header("authorization"),
+        Some("Bearer upstream-token-2")
+    );
+    let r = client().get(gw.url("/api/ok")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        idp.token_hits.load(Ordering::SeqCst),
+        2,
+        "200 keeps the token"
+    );
+    gw.stop().await;
+}
+
+// Behaviour: a failing token endpoint gives 502 `bad_gateway` naming the upstream, the
+// request never reaches the upstream, the failure is backed off (a burst does not hammer
+// the endpoint), and once the endpoint recovers the next fetch after the back-off works.
+#[tokio::test]
+async fn oauth2_token_failure_is_502_and_backed_off() {
+    let idp = spawn_idp().await;
+    idp.token_fail.store(true, Ordering::SeqCst);
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&oauth_yaml(&up, "bi-warehouse", &idp.url("/token"), "")).await;
+
+    let t0 = Instant::now();
+    let r = client().get(gw.url("/api/x")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(header(&r, "content-type"), Some("application/json"));
+    let rid = header(&r, "x-request-id").unwrap().to_owned();
+    let body = json_of(r).await;
+    assert_eq!(body["error"], "bad_gateway");
+    assert_eq!(body["request_id"], rid.as_str());
+    let desc = body["error_description"].as_str().unwrap();
+    assert!(desc.contains("bi-warehouse"), "{desc}");
+    assert!(!desc.contains(SECRET), "{desc}");
+    assert_eq!(idp.token_hits.load(Ordering::SeqCst), 1);
+
+    // A burst of 30 concurrent requests.
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let url = gw.url("/api/burst");
+        set.spawn(async move { client().get(url).send().await.unwrap().status() });
+    }
+    while let Some(s) = set.join_next().await {
+        assert_eq!(s.unwrap(), 502);
+    }
+    let elapsed = t0.elapsed();
+    let hits = idp.token_hits.load(Ordering::SeqCst);
+    if elapsed < Duration::from_millis(450) {
+        // Everything happened inside the first 0.5 s back-off window.
+        assert_eq!(hits, 1, "burst hammered the token endpoint");
+    } else {
+        // A slow machine may cross a back-off window or two (0.5 s, then 1 s, 2 s, ...).
+        assert!(
+            hits <= 3,
+            "burst hammered the token endpoint: {hits} fetches"
+        );
+    }
+    assert_eq!(
+        up.count(),
+        0,
+        "nothing may reach the upstream without a token"
+    );
+
+    // Recovery: after the back-off, exactly one more fetch, which succeeds.
+    idp.token_fail.store(false, Ordering::SeqCst);
+    let hits_before = idp.token_hits.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ok = false;
+    for _ in 0..50 {
+        let r = client().get(gw.url("/api/x")).send().await.unwrap();
+        if r.status() == 200 {
+            ok = true;
+            break;
+        }
+        assert_eq!(r.status(), 502);
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ok, "no recovery after the token endpoint came back");
+    assert_eq!(idp.token_hits.load(Ordering::SeqCst), hits_before + 1);
+    assert_eq!(
+        up.last().header("authorization"),
+        Some(format!("Bearer upstream-token-{}", hits_before + 1).as_str())
+    );
+    gw.stop().await;
+}
+
+// Behaviour: `tollgate_upstream_token_fetches_total{upstream,result}` is exported from
+// startup and counts successes and failures per upstream.
+#[tokio::test]
+async fn oauth2_fetch_metrics() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &idp.url("/token"), "")).await;
+    let ok = r#"tollgate_upstream_token_fetches_total{upstream="bi",result="success"}"#;
+    let failed = r#"tollgate_upstream_token_fetches_total{upstream="bi",result="failure"}"#;
+
+    let text = metrics_text(&gw).await;
+    assert!(
+        text.contains("# TYPE tollgate_upstream_token_fetches_total counter"),
+        "{text}"
+    );
+    assert_eq!(metric(&text, ok).unwrap_or(0.0), 0.0);
+
+    for _ in 0..3 {
+        let r = client().get(gw.url("/api/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let text = metrics_text(&gw).await;
+    assert_eq!(metric(&text, ok), Some(1.0), "{text}");
+    assert_eq!(metric(&text, failed).unwrap_or(0.0), 0.0, "{text}");
+
+    idp.token_fail.store(true, Ordering::SeqCst);
+    flush(&gw).await;
+    let r = client().get(gw.url("/api/x")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let text = metrics_text(&gw).await;
+    assert_eq!(metric(&text, ok), Some(1.0), "{text}");
+    assert_eq!(metric(&text, failed), Some(1.0), "{text}");
+    assert!(!text.contains("upstream-token"), "a token in /metrics");
+    gw.stop().await;
+}
+
+// Behaviour: `GET /admin/config` shows the config with every secret as `[redacted]`: the
+// client secret (also when it comes from `${file:...}`), a basic password, and never the
+// fetched upstream token.
+#[tokio::test]
+async fn admin_config_redacts_upstream_secrets() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("bi-secret");
+    std::fs::write(&secret_file, "file-S3CRET-mark\n").unwrap();
+    let gw = spawn_gateway(&format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+upstreams:
+  - name: bi
+    url: "{up}"
+    auth:
+      type: oauth2_client_credentials
+      token_url: "{tok}"
+      client_id: gw-visible-id
+      client_secret: "${{file:{file}}}"
+      client_auth: body
+  - name: legacy
+    url: "{up}"
+    auth:
+      type: basic
+      username: legacy-user
+      password: "basic-PASS-mark"
+routes:
+  - name: api
+    path_prefix: /api
+    upstream: bi
+    auth: none
+  - name: legacy
+    path_prefix: /legacy
+    upstream: legacy
+    auth: none
+"#,
+        up = up.url(),
+        tok = idp.url("/token"),
+        file = secret_file.display(),
+    ))
+    .await;
+    let r = client().get(gw.url("/api/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client().get(gw.url("/legacy/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The file's secret really is the one in use (one trailing newline removed).
+    let (_, _, body) = token_requests(&idp).remove(0);
+    assert_eq!(
+        field(&form_fields(&body), "client_secret"),
+        Some("file-S3CRET-mark")
+    );
+
+    let r = client()
+        .get(gw.admin_url("/admin/config"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("gw-visible-id"),
+        "not the running config: {text}"
+    );
+    assert!(text.contains("legacy-user"), "{text}");
+    assert!(text.contains("[redacted]"), "{text}");
+    for leak in [
+        "S3CRET",
+        "PASS-mark",
+        "upstream-token",
+        &STANDARD.encode("legacy-user:basic-PASS-mark"),
+    ] {
+        assert!(!text.contains(leak), "{leak} in /admin/config: {text}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ups = v["config"]["upstreams"].as_array().expect("upstreams");
+    assert_eq!(ups[0]["auth"]["client_secret"], "[redacted]");
+    assert_eq!(ups[1]["auth"]["password"], "[redacted]");
+
+    for path in ["/admin/status", "/metrics"] {
+        let text = client()
+            .get(gw.admin_url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for leak in ["S3CRET", "PASS-mark", "upstream-token"] {
+            assert!(!text.contains(leak), "{leak} in {path}");
+        }
+    }
+    gw.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// CORS
+// ---------------------------------------------------------------------------
+
+const CX: &str = "https://cx.company.com";
+
+fn cors_yaml(idp: &Idp, up: &Upstream) -> String {
+    let cors = r#"    cors:
+      allow_origins: ["https://dash.partner.io", "https://*.company.com"]
+      allow_methods: [GET, POST]
+      allow_headers: [Authorization, Content-Type]
+      expose_headers: [X-Request-Id]
+      allow_credentials: true
+      max_age: 10m
+"#;
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+issuers:
+{}
+upstreams:
+  - name: bi
+    url: "{}"
+  - name: dead
+    url: "http://127.0.0.1:9"
+    connect_timeout: 500ms
+routes:
+  - name: api
+    path_prefix: /api
+    upstream: bi
+    auth:
+      issuers: [corp]
+      scopes: [analytics.read]
+{cors}  - name: dead
+    path_prefix: /dead
+    upstream: dead
+    auth:
+      issuers: [corp]
+      scopes: [analytics.read]
+{cors}  - name: nocors
+    path_prefix: /nocors
+    upstream: bi
+    auth: none
+"#,
+        issuer_yaml(idp, "corp", ""),
+        up.url()
+    )
+}
+
+fn varies_on_origin(r: &reqwest::Response) -> bool {
+    r.headers()
+        .get_all("vary")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("origin"))
+}
+
+fn allow_headers_present(r: &reqwest::Response) -> Vec<String> {
+    r.headers()
+        .keys()
+        .filter(|k| k.as_str().starts_with("access-control-allow-"))
+        .map(|k| k.as_str().to_owned())
+        .collect()
+}
+
+/// An actual (non-preflight) response to an allowed origin on the credentialed route.
+fn assert_cors_granted(r: &reqwest::Response, origin: &str, what: &str) {
+    assert_eq!(
+        header(r, "access-control-allow-origin"),
+        Some(origin),
+        "{what}"
+    );
+    assert_eq!(
+        header(r, "access-control-allow-credentials"),
+        Some("true"),
+        "{what}"
+    );
+    assert_eq!(
+        header(r, "access-control-expose-headers"),
+        Some("X-Request-Id"),
+        "{what}"
+    );
+    assert!(varies_on_origin(r), "{what}: no Vary: Origin");
+    assert_eq!(
+        r.headers()
+            .get_all("access-control-allow-origin")
+            .iter()
+            .count(),
+        1,
+        "{what}"
+    );
+}
+
+fn assert_no_cors_grant(r: &reqwest::Response, what: &str) {
+    let present = allow_headers_present(r);
+    assert!(present.is_empty(), "{what}: {present:?}");
+    assert!(
+        header(r, "access-control-expose-headers").is_none(),
+        "{what}"
+    );
+}
+
+async fn preflight(gw: &Gw, path: &str, origin: &str) -> reqwest::Response {
+    client()
+        .request(Method::OPTIONS, gw.url(path))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .unwrap()
+}
+
+// Behaviour: a preflight is answered by tollgate — 204, empty body, no token needed, never
+// forwarded — with Allow-Origin (the origin itself), Allow-Methods, Allow-Headers,
+// Max-Age, Allow-Credentials and `Vary: Origin`.
+#[tokio::test]
+async fn cors_preflight_answered_without_token() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&cors_yaml(&idp, &up)).await;
+    for origin in [CX, "https://dash.partner.io", "https://a.b.company.com"] {
+        let r = preflight(&gw, "/api/v1/data", origin).await;
+        assert_eq!(r.status(), 204, "{origin}");
+        assert_eq!(header(&r, "access-control-allow-origin"), Some(origin));
+        let methods = header(&r, "access-control-allow-methods").unwrap();
+        let methods: Vec<&str> = methods.split(',').map(str::trim).collect();
+        assert!(
+            methods.contains(&"GET") && methods.contains(&"POST"),
+            "{methods:?}"
+        );
+        assert!(!methods.contains(&"DELETE"), "{methods:?}");
+        let headers = header(&r, "access-control-allow-headers")
+            .unwrap()
+            .to_ascii_lowercase();
+        let headers: Vec<&str> = headers.split(',').map(str::trim).collect();
+        assert!(
+            headers.contains(&"authorization") && headers.contains(&"content-type"),
+            "{headers:?}"
+        );
+        assert_eq!(header(&r, "access-control-max-age"), Some("600"));
+        assert_eq!(header(&r, "access-control-allow-credentials"), Some("true"));
+        assert!(varies_on_origin(&r), "{origin}: no Vary: Origin");
+        assert!(header(&r, "www-authenticate").is_none());
+        assert!(header(&r, "x-request-id").is_some());
+        assert!(r.bytes().await.unwrap().is_empty(), "{origin}: body");
+    }
+    // A preflight for a path under the route that the upstream would 404 on: still ours.
+    let r = preflight(&gw, "/api", CX).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(up.count(), 0, "a preflight was forwarded");
+    gw.stop().await;
+}
+
+// Behaviour: `https://*.company.com` matches subdomains on a dot boundary only, exact
+// origins match exactly; a preflight from anything else gets no `Access-Control-Allow-*`
+// header, is still not forwarded and still needs no token.
+#[tokio::test]
+async fn cors_origin_matching() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&cors_yaml(&idp, &up)).await;
+    for origin in [
+        CX,
+        "https://CX.Company.com",
+        "https://a.b.company.com",
+        "https://dash.partner.io",
+    ] {
+        let r = preflight(&gw, "/api/x", origin).await;
+        assert_eq!(r.status(), 204, "{origin}");
+        assert_eq!(
+            header(&r, "access-control-allow-origin"),
+            Some(origin),
+            "{origin} must be allowed"
+        );
+    }
+    for origin in [
+        "https://evilcompany.com",
+        "https://company.com.evil.io",
+        "http://a.company.com",
+        "https://company.com",
+        "https://a.company.com:8443",
+        "https://sub.dash.partner.io",
+        "https://dash.partner.io.evil.io",
+        "http://dash.partner.io",
+        "null",
+    ] {
+        let r = preflight(&gw, "/api/x", origin).await;
+        assert!(
+            r.status() == 200 || r.status() == 204,
+            "{origin}: {}",
+            r.status()
+        );
+        assert_no_cors_grant(&r, origin);
+        assert!(header(&r, "access-control-max-age").is_none(), "{origin}");
+        assert!(varies_on_origin(&r), "{origin}: no Vary: Origin");
+        assert!(r.bytes().await.unwrap().is_empty(), "{origin}: body");
+    }
+    assert_eq!(up.count(), 0, "a preflight was forwarded");
+    gw.stop().await;
+}
+
+// Behaviour: every response to an allowed origin — 200, 401 without a token, 403 for a
+// missing scope, 502 for a dead upstream, an upstream's own error — carries the CORS
+// headers and `Vary: Origin`; disallowed origins get no `Access-Control-Allow-*` at all.
+#[tokio::test]
+async fn cors_headers_on_every_response() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&cors_yaml(&idp, &up)).await;
+    let good = idp.token(json!({}));
+    let no_scope = idp.token(json!({"scope": "other.scope"}));
+
+    for origin in [CX, "https://dash.partner.io"] {
+        // 200
+        let r = client()
+            .get(gw.url("/api/data"))
+            .header("origin", origin)
+            .bearer_auth(&good)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{origin}");
+        assert_cors_granted(&r, origin, "200");
+        assert_eq!(up.last().header("origin"), Some(origin));
+
+        // 401, no token
+        let r = client()
+            .get(gw.url("/api/data"))
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert_cors_granted(&r, origin, "401");
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            Some("Bearer realm=\"tollgate\"")
+        );
+        assert_eq!(json_of(r).await["error"], "invalid_token");
+
+        // 401, bad token
+        let r = client()
+            .get(gw.url("/api/data"))
+            .header("origin", origin)
+            .bearer_auth("not.a.jwt")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert_cors_granted(&r, origin, "401 bad token");
+
+        // 403, scope missing
+        let r = client()
+            .get(gw.url("/api/data"))
+            .header("origin", origin)
+            .bearer_auth(&no_scope)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        assert_cors_granted(&r, origin, "403");
+        assert_eq!(json_of(r).await["error"], "insufficient_scope");
+
+        // 502, upstream unreachable
+        let r = client()
+            .get(gw.url("/dead/data"))
+            .header("origin", origin)
+            .bearer_auth(&good)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        assert_cors_granted(&r, origin, "502");
+        assert_eq!(json_of(r).await["error"], "bad_gateway");
+
+        // The upstream's own 500.
+        let r = client()
+            .get(gw.url("/api/status/500"))
+            .header("origin", origin)
+            .bearer_auth(&good)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 500);
+        assert_cors_granted(&r, origin, "upstream 500");
+
+        // OPTIONS without Access-Control-Request-Method is not a preflight: it needs a token.
+        let r = client()
+            .request(Method::OPTIONS, gw.url("/api/data"))
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert_cors_granted(&r, origin, "plain OPTIONS");
+    }
+
+    for origin in [
+        "https://evilcompany.com",
+        "https://company.com.evil.io",
+        "http://a.company.com",
+    ] {
+        let r = client()
+            .get(gw.url("/api/data"))
+            .header("origin", origin)
+            .bearer_auth(&good)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{origin}");
+        assert_no_cors_grant(&r, origin);
+        assert!(varies_on_origin(&r), "{origin}: no Vary: Origin");
+        let r = client()
+            .get(gw.url("/api/data"))
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{origin}");
+        assert_no_cors_grant(&r, origin);
+        let r = client()
+            .get(gw.url("/dead/data"))
+            .header("origin", origin)
+            .bearer_auth(&good)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502, "{origin}");
+        assert_no_cors_grant(&r, origin);
+    }
+
+    // No Origin at all: a plain API call, no grant.
+    let r = client()
+        .get(gw.url("/api/data"))
+        .bearer_auth(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_no_cors_grant(&r, "no Origin");
+
+    // A route without `cors` adds nothing, and an OPTIONS preflight there is forwarded.
+    let before = up.count();
+    let r = preflight(&gw, "/nocors/x", CX).await;
+    assert_no_cors_grant(&r, "route without cors");
+    assert_eq!(up.count(), before + 1);
+    assert_eq!(up.last().method, "OPTIONS");
+    gw.stop().await;
+}
+
+// Behaviour: `allow_origins: ["*"]` without credentials answers
+// `Access-Control-Allow-Origin: *` (and no Allow-Credentials), on preflights and on
+// responses, errors included.
+#[tokio::test]
+async fn cors_wildcard_without_credentials() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+issuers:
+{}
+upstreams:
+  - name: bi
+    url: "{}"
+routes:
+  - name: public
+    path_prefix: /pub
+    upstream: bi
+    auth:
+      issuers: [corp]
+    cors:
+      allow_origins: ["*"]
+"#,
+        issuer_yaml(&idp, "corp", ""),
+        up.url()
+    ))
+    .await;
+    let r = preflight(&gw, "/pub/x", "https://anywhere.example").await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "access-control-allow-origin"), Some("*"));
+    assert!(header(&r, "access-control-allow-credentials").is_none());
+    assert!(header(&r, "access-control-allow-methods").is_some());
+    // allow_headers unset: the requested headers are reflected.
+    assert_eq!(
+        header(&r, "access-control-allow-headers"),
+        Some("authorization, content-type")
+    );
+    assert_eq!(up.count(), 0);
+
+    let good = idp.token(json!({}));
+    let r = client()
+        .get(gw.url("/pub/x"))
+        .header("origin", "https://anywhere.example")
+        .bearer_auth(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "access-control-allow-origin"), Some("*"));
+    assert!(header(&r, "access-control-allow-credentials").is_none());
+
+    let r = client()
+        .get(gw.url("/pub/x"))
+        .header("origin", "https://anywhere.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(header(&r, "access-control-allow-origin"), Some("*"));
+    gw.stop().await;
+}
+
+fn load_err(yaml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    match tollgate::Gateway::load(path) {
+        Ok(_) => panic!("config accepted:\n{yaml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+// Behaviour: `"*"` together with `allow_credentials: true` is a validation error naming
+// the key; so are malformed origin patterns.
+#[tokio::test]
+async fn cors_validation_errors() {
+    let up = spawn_upstream().await;
+    let yaml = |origins: &str, creds: bool| {
+        format!(
+            r#"
+server:
+  listen: "127.0.0.1:0"
+upstreams:
+  - name: bi
+    url: "{}"
+routes:
+  - name: api
+    path_prefix: /api
+    upstream: bi
+    auth: none
+    cors:
+      allow_origins: {origins}
+      allow_credentials: {creds}
+"#,
+            up.url()
+        )
+    };
+    let e = load_err(&yaml(r#"["https://cx.company.com", "*"]"#, true));
+    assert!(e.contains("routes[0].cors.allow_origins[1]"), "{e}");
+    assert!(e.contains("allow_credentials"), "{e}");
+
+    for bad in [
+        r#"["https://a.*.com"]"#,
+        r#"["cx.company.com"]"#,
+        r#"["https://cx.company.com/app"]"#,
+        "[]",
+    ] {
+        let e = load_err(&yaml(bad, false));
+        assert!(e.contains("routes[0].cors.allow_origins"), "{bad}: {e}");
+    }
+
+    // The same config without credentials is fine.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, yaml(r#"["*"]"#, false)).unwrap();
+    assert!(tollgate::Gateway::load(path).is_ok());
+}
+
+// Behaviour: limit errors found before routing — 413 for a declared Content-Length over
+// `max_body_bytes`, 431 for a head over `max_header_bytes` — on a path whose route has
+// `cors` still carry the CORS headers for an allowed origin (SPEC: every response to an
+// allowed origin, errors included), so the page can read why it failed.
+// Fails today: src/stack.rs answers both before the route (and so its `cors`) is known.
+#[tokio::test]
+#[ignore = "bug in src/stack.rs: 413/431 are answered before routing, without CORS headers"]
+async fn cors_headers_on_limit_errors() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let yaml = cors_yaml(&idp, &up).replace(
+        "  listen: \"127.0.0.1:0\"\n",
+        "  listen: \"127.0.0.1:0\"\n  limits:\n    max_body_bytes: 1000\n    max_header_bytes: 4096\n",
+    );
+    let gw = spawn_gateway(&yaml).await;
+    let good = idp.token(json!({}));
+
+    let r = client()
+        .get(gw.url("/api/data"))
+        .header("origin", CX)
+        .bearer_auth(&good)
+        .header("x-filler", "f".repeat(6000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    assert_cors_granted(&r, CX, "431");
+
+    let r = client()
+        .post(gw.url("/api/upload"))
+        .header("origin", CX)
+        .bearer_auth(&good)
+        .body(vec![b'x'; 5000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_cors_granted(&r, CX, "413");
+    assert_eq!(up.count(), 0);
+    gw.stop().await;
+}
