@@ -2,11 +2,12 @@
 //! that outlives a reload (caches, key stores, HTTP clients, metrics, reload status).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
 
 use crate::auth::{AuthCaches, IssuerKind};
 use crate::config::{self, ConfigError, Registry};
@@ -34,6 +35,11 @@ pub struct Gateway {
     pub tokens: TokenCache,
     pub status: Mutex<ReloadStatus>,
     pub listeners_up: AtomicBool,
+    /// The port the public listener is bound to (the configured one may be 0).
+    pub public_port: AtomicU16,
+    /// SHA-256 of the file content of the last load or reload attempt, successful or
+    /// not: the watcher reloads when the file differs from it.
+    last_attempt_hash: Mutex<String>,
     next_version: AtomicU64,
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -69,6 +75,7 @@ impl Gateway {
         let registry = Registry::default();
         let mut rt = config::load(&path, &registry)?;
         rt.version = 1;
+        let rt_hash = rt.hash.clone();
         let status = ReloadStatus {
             version: 1,
             config_hash: rt.hash.clone(),
@@ -84,6 +91,8 @@ impl Gateway {
             tokens: TokenCache::default(),
             status: Mutex::new(status),
             listeners_up: AtomicBool::new(false),
+            public_port: AtomicU16::new(0),
+            last_attempt_hash: Mutex::new(rt_hash),
             next_version: AtomicU64::new(2),
             reload_lock: tokio::sync::Mutex::new(()),
         }))
@@ -91,6 +100,14 @@ impl Gateway {
 
     pub fn current(&self) -> Arc<Runtime> {
         self.runtime.load_full()
+    }
+
+    /// SHA-256 (hex) of the file content the last load or reload attempt read.
+    pub fn last_attempt_hash(&self) -> String {
+        self.last_attempt_hash
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Starts background work for the current runtime (issuer key refreshers).
@@ -116,20 +133,51 @@ impl Gateway {
     pub async fn reload(self: &Arc<Self>, trigger: &str) -> Result<u64, ConfigError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let gw = self.clone();
-        let result =
-            tokio::task::spawn_blocking(move || config::load(&gw.config_path, &gw.registry))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(ConfigError {
-                        file: String::new(),
-                        problems: vec![config::Located {
-                            line: 1,
-                            column: 1,
-                            path: String::new(),
-                            message: format!("reload task failed: {e}"),
-                        }],
-                    })
+        let file = self.config_path.display().to_string();
+        let result = tokio::task::spawn_blocking(move || {
+            // Remember what was tried, valid or not, so that the watcher reports an
+            // invalid file once and retries as soon as it changes again.
+            if let Ok(bytes) = std::fs::read(&gw.config_path) {
+                *gw.last_attempt_hash
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = config::hex(&Sha256::digest(&bytes));
+            }
+            config::load(&gw.config_path, &gw.registry)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ConfigError {
+                file: file.clone(),
+                problems: vec![config::Located {
+                    line: 1,
+                    column: 1,
+                    path: String::new(),
+                    message: format!("reload task failed: {e}"),
+                }],
+            })
+        })
+        .and_then(|rt| {
+            // The listener's protocol is fixed when it is bound: turning TLS on or off
+            // would make it speak the wrong one to every client.
+            let old = self.current();
+            if rt.server.tls.is_some() != old.server.tls.is_some() {
+                let (line, column) = tls_key_position(&rt.path);
+                return Err(ConfigError {
+                    file: file.clone(),
+                    problems: vec![config::Located {
+                        line,
+                        column,
+                        path: "server.tls".into(),
+                        message: if rt.server.tls.is_some() {
+                            "TLS cannot be turned on by a reload; restart tollgate".into()
+                        } else {
+                            "TLS cannot be turned off by a reload; restart tollgate".into()
+                        },
+                    }],
                 });
+            }
+            Ok(rt)
+        });
         let now = SystemTime::now();
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.last_reload_at = Some(rfc3339(now));
@@ -145,10 +193,23 @@ impl Gateway {
                         "listen addresses changed in the config; they apply after a restart"
                     );
                 }
+                if rt.server.limits.max_connections != old.server.limits.max_connections {
+                    tracing::warn!(
+                        "server.limits.max_connections changed in the config; it applies after a restart"
+                    );
+                }
                 rt.version = self.next_version.fetch_add(1, Ordering::Relaxed);
                 let version = rt.version;
                 status.version = version;
                 status.config_hash = rt.hash.clone();
+                // Exactly the text that was compiled (the file may have changed since
+                // it was hashed above).
+                rt.hash.clone_into(
+                    &mut self
+                        .last_attempt_hash
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()),
+                );
                 status.loaded_at = Some(rfc3339(rt.loaded_at));
                 status.last_reload_ok = Some(true);
                 status.last_reload_errors.clear();
@@ -233,4 +294,17 @@ impl Gateway {
             config_version: rt.version,
         }
     }
+}
+
+/// Where `tls:` (else `server:`) sits in the file, 1-based, for a located error.
+fn tls_key_position(path: &std::path::Path) -> (usize, usize) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let find = |key: &str| {
+        text.lines().enumerate().find_map(|(i, l)| {
+            let t = l.trim_start();
+            (t == key || t.starts_with(&format!("{key} ")) || t.starts_with(&format!("{key}#")))
+                .then(|| (i + 1, l.len() - t.len() + 1))
+        })
+    };
+    find("tls:").or_else(|| find("server:")).unwrap_or((1, 1))
 }

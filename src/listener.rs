@@ -57,7 +57,6 @@ pub async fn serve<F, Fut>(
     F: Fn(ConnInfo, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let builder = Arc::new(http_builder(&gw));
     let graceful = GracefulShutdown::new();
     let max_conn = gw.current().server.limits.max_connections;
     let permits = Arc::new(Semaphore::new(max_conn));
@@ -79,7 +78,9 @@ pub async fn serve<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let gw2 = gw.clone();
-        let builder = builder.clone();
+        // Built per connection from the config now serving, so that reloaded limits
+        // (header size, header read timeout) apply to new connections.
+        let builder = http_builder(&gw);
         let svc = svc.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -141,6 +142,9 @@ pub async fn serve_public(
     shutdown: watch::Receiver<bool>,
 ) {
     let tls = gw.current().server.tls.is_some();
+    if let Ok(a) = listener.local_addr() {
+        gw.public_port.store(a.port(), Ordering::Release);
+    }
     let g = gw.clone();
     serve(gw, listener, tls, shutdown, move |info, req| {
         stack::handle(g.clone(), info, req)
@@ -154,14 +158,15 @@ pub async fn serve_redirect(
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
 ) {
-    let port = gw.current().server.listen.port();
-    serve(
-        gw,
-        listener,
-        false,
-        shutdown,
-        move |_info, req| async move { redirect(port, &req) },
-    )
+    let g = gw.clone();
+    serve(gw, listener, false, shutdown, move |_info, req| {
+        // The port the TLS listener is really bound to (`listen` may say port 0).
+        let port = match g.public_port.load(Ordering::Acquire) {
+            0 => g.current().server.listen.port(),
+            p => p,
+        };
+        async move { redirect(port, &req) }
+    })
     .await
 }
 

@@ -2,7 +2,9 @@
 //! `notify`), which also sees the Kubernetes ConfigMap swap (`..data` renamed to a new
 //! folder under a symlinked `gateway.yaml`); a 1 s poll of the file's content hash backs
 //! it up on file systems that do not report events. A change is applied when the
-//! content differs from what was last tried, so an invalid edit is reported once.
+//! content differs from what the last reload attempt (file, SIGHUP or admin) read, so
+//! an invalid edit is reported once and a file already reloaded by hand is not
+//! reloaded again.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,13 +47,13 @@ pub fn spawn(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
     };
     tokio::spawn(async move {
         let _keep = watcher;
-        let mut last_tried = gw.current().hash.clone();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = rx.recv() => {
                     // Let a burst of events (editor save, ConfigMap swap) settle.
-                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    tokio::time::sleep(SETTLE).await;
                     while rx.try_recv().is_ok() {}
                 }
                 _ = tick.tick() => {}
@@ -60,12 +62,21 @@ pub fn spawn(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
             let Some(now) = content_hash(&path) else {
                 continue;
             };
-            if now != last_tried && now != gw.current().hash {
-                last_tried = now;
-                let _ = gw.reload("file").await;
-            } else if now == gw.current().hash {
-                last_tried = now;
+            // Compared with the last attempt (by any trigger), not with what is serving:
+            // an invalid file is reported once, and restoring the serving text after an
+            // invalid edit is applied (and clears the error in /admin/status).
+            if now == gw.last_attempt_hash() {
+                continue;
             }
+            // A change seen by the poll may be a write in progress: apply it once it
+            // has stopped changing.
+            tokio::time::sleep(SETTLE).await;
+            if content_hash(&path).as_ref() != Some(&now) {
+                continue;
+            }
+            let _ = gw.reload("file").await;
         }
     });
 }
+
+const SETTLE: Duration = Duration::from_millis(150);
