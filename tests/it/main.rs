@@ -2,6 +2,7 @@
 //! providers, real HTTP clients. One test binary (faster to link).
 
 mod auth;
+mod browser_cors;
 mod cli;
 mod common;
 mod oidc_e2e;

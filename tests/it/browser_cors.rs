@@ -1,0 +1,290 @@
+//! CORS in a real browser: Debian's chromium, driven by playwright-core through
+//! `tests/e2e/browser/cors.mjs`, calls tollgate with `fetch()` from a page on another
+//! origin. Needs `/usr/bin/chromium` (apt-get install chromium) and
+//! `npm ci --prefix tests/e2e/browser`; fails, naming what to install, when they are missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// Bound on one browser run (cors.mjs bounds itself at 90 s).
+const RUN_TIMEOUT: Duration = Duration::from_secs(150);
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/browser")
+}
+
+/// Fails (never skips) with what to install when the browser toolchain is missing.
+fn require_browser_toolchain() {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: this test needs Debian's chromium \
+         (apt-get update && apt-get install -y chromium)"
+    );
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(
+        node.as_ref().is_ok_and(|o| o.status.success()),
+        "`node` is not runnable ({node:?}): this test needs Node.js >= 20 \
+         (apt-get install -y nodejs npm)"
+    );
+    assert!(
+        browser_dir()
+            .join("node_modules/playwright-core/package.json")
+            .exists(),
+        "tests/e2e/browser/node_modules is missing playwright-core: \
+         run `npm ci --prefix tests/e2e/browser` (never `npx playwright install`)"
+    );
+}
+
+/// Kills the process group of the `node` we started (node, and the chromium it launched)
+/// by its PID when the test ends, however it ends.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0)])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn cors_gateway_yaml(idp: &Idp, up: &Upstream, allowed_origin: &str) -> String {
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+issuers:
+{}
+upstreams:
+  - name: bi
+    url: "{}"
+routes:
+  - name: api
+    path_prefix: /api
+    upstream: bi
+    auth:
+      issuers: [corp]
+      scopes: [analytics.read]
+    cors:
+      allow_origins: ["{allowed_origin}"]
+      allow_methods: [GET, POST]
+      allow_headers: [Authorization, Content-Type]
+      expose_headers: [X-Request-Id]
+      allow_credentials: true
+      max_age: 10m
+"#,
+        issuer_yaml(idp, "corp", ""),
+        up.url()
+    )
+}
+
+enum Run {
+    Done(Value),
+    /// cors.mjs could not listen on the port we picked (taken meanwhile): pick another.
+    PortTaken,
+}
+
+async fn run_cors_mjs(api: &str, allowed_port: u16, token: &str) -> Run {
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg("cors.mjs")
+        .args(["--api", api, "--allowed-port", &allowed_port.to_string()])
+        .args(["--chromium", CHROMIUM])
+        .env("TOLLGATE_TOKEN", token)
+        .current_dir(browser_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = cmd.spawn().expect("spawn node");
+    let _guard = GroupGuard(child.id().expect("node pid"));
+    let out = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("cors.mjs did not finish within {RUN_TIMEOUT:?}"))
+        .expect("wait for node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(3) {
+        return Run::PortTaken;
+    }
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "cors.mjs printed no JSON ({}):\n{stdout}\n{stderr}",
+                out.status
+            )
+        });
+    let v: Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("cors.mjs output is not JSON ({e}): {line}\n{stderr}"));
+    // The script's own verdict must agree with its exit status; the details are
+    // asserted below, independently.
+    assert_eq!(
+        out.status.success(),
+        v["ok"] == json!(true),
+        "exit status {} vs {v}\n{stderr}",
+        out.status
+    );
+    Run::Done(v)
+}
+
+// Behaviour (SPEC "Request behaviour", CORS): from a page on an allowed origin, a
+// fetch() with `Authorization: Bearer` is preflighted; tollgate answers the preflight
+// without a token and never forwards it, the real request's JSON (and the exposed
+// X-Request-Id) is readable by the page, and so are 401 error bodies. From origins not in
+// allow_origins — another port, or the same port under another host name — Chromium
+// blocks the call (TypeError) and nothing reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_cors_chromium() {
+    require_browser_toolchain();
+    let idp = spawn_idp().await;
+    let token = idp.token(json!({}));
+
+    let mut attempt = 0;
+    let (v, up, allowed_origin, gw) = loop {
+        attempt += 1;
+        let up = spawn_upstream().await;
+        let port = free_port();
+        let allowed_origin = format!("http://127.0.0.1:{port}");
+        let gw = spawn_gateway(&cors_gateway_yaml(&idp, &up, &allowed_origin)).await;
+        let api = gw.url("/api/data?via=browser");
+        match run_cors_mjs(&api, port, &token).await {
+            Run::Done(v) => break (v, up, allowed_origin, gw),
+            Run::PortTaken if attempt < 3 => gw.stop().await,
+            Run::PortTaken => panic!("127.0.0.1:{port} taken, three times in a row"),
+        }
+    };
+    let ctx = serde_json::to_string_pretty(&v).unwrap();
+    let r = &v["results"];
+    assert_eq!(v["allowed_origin"], json!(allowed_origin), "{ctx}");
+    assert!(
+        v["failures"].as_array().is_some_and(Vec::is_empty),
+        "cors.mjs failures: {ctx}"
+    );
+
+    // 1. Allowed origin, valid token: 200, the page reads the upstream's JSON echo.
+    for (name, method) in [
+        ("allowed_valid", "GET"),
+        ("allowed_valid_credentials", "GET"),
+        ("allowed_post", "POST"),
+    ] {
+        let x = &r[name];
+        assert_eq!(x["fetched"], json!(true), "{name}: {ctx}");
+        assert_eq!(x["status"], json!(200), "{name}: {ctx}");
+        assert_eq!(x["json"]["method"], json!(method), "{name}: {ctx}");
+        assert_eq!(
+            x["json"]["uri"],
+            json!("/api/data?via=browser"),
+            "{name}: {ctx}"
+        );
+        assert_eq!(
+            x["json"]["headers"]["authorization"],
+            json!([format!("Bearer {token}")]),
+            "{name}: {ctx}"
+        );
+        assert_eq!(
+            x["json"]["headers"]["origin"],
+            json!([allowed_origin]),
+            "{name}: {ctx}"
+        );
+        assert!(
+            x["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+            "{name}: X-Request-Id not readable by the page: {ctx}"
+        );
+    }
+
+    // 2. Allowed origin, bad or no token: the page reads the 401 JSON body.
+    for name in ["allowed_bad_token", "allowed_no_token"] {
+        let x = &r[name];
+        assert_eq!(
+            x["fetched"],
+            json!(true),
+            "{name}: the page could not read the error response: {ctx}"
+        );
+        assert_eq!(x["status"], json!(401), "{name}: {ctx}");
+        assert_eq!(x["json"]["error"], json!("invalid_token"), "{name}: {ctx}");
+        assert!(
+            x["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+            "{name}: X-Request-Id not readable on an error: {ctx}"
+        );
+    }
+
+    // The preflights Chromium sent from the allowed origin were answered 200/204 by
+    // tollgate (no token was sent with them: browsers never do).
+    let preflights: Vec<&Value> = v["preflights"]
+        .as_array()
+        .expect("preflights")
+        .iter()
+        .filter(|p| p["page_origin"] == json!(allowed_origin))
+        .collect();
+    assert!(!preflights.is_empty(), "no preflight observed: {ctx}");
+    for p in &preflights {
+        assert_eq!(p["method"], json!("OPTIONS"), "{ctx}");
+        assert!(
+            p["status"] == json!(204) || p["status"] == json!(200),
+            "preflight: {p}\n{ctx}"
+        );
+    }
+
+    // 3. Foreign origins: the browser blocks the call — fetch rejects with TypeError,
+    //    and Chromium names a CORS error for that origin.
+    let foreign = v["foreign_origins"].as_array().expect("foreign_origins");
+    assert_eq!(foreign.len(), 2, "{ctx}");
+    for (i, origin) in foreign.iter().enumerate() {
+        assert_ne!(origin, &json!(allowed_origin));
+        let x = &r[format!("foreign_{i}")];
+        assert_eq!(&x["origin"], origin, "{ctx}");
+        assert_eq!(
+            x["fetched"],
+            json!(false),
+            "{origin}: page read a response: {ctx}"
+        );
+        assert_eq!(x["error_name"], json!("TypeError"), "{origin}: {ctx}");
+        assert!(
+            v["cors_errors"]
+                .as_array()
+                .expect("cors_errors")
+                .iter()
+                .any(|c| &c["page_origin"] == origin),
+            "{origin}: no CORS error reported by Chromium: {ctx}"
+        );
+    }
+    assert!(
+        !v["cors_errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["page_origin"] == json!(allowed_origin)),
+        "CORS error on the allowed origin: {ctx}"
+    );
+
+    // 4. The upstream saw exactly the three authorised requests: no OPTIONS, nothing
+    //    from the foreign origins, nothing for the rejected tokens.
+    let seen = up.seen.lock().unwrap().clone();
+    let methods: Vec<&str> = seen.iter().map(|s| s.method.as_str()).collect();
+    assert!(
+        !methods.contains(&"OPTIONS"),
+        "a preflight was forwarded upstream: {methods:?}"
+    );
+    assert_eq!(methods, ["GET", "GET", "POST"], "{ctx}");
+    for s in &seen {
+        assert_eq!(s.header("origin"), Some(allowed_origin.as_str()), "{s:?}");
+    }
+    gw.stop().await;
+}
