@@ -46,7 +46,11 @@ impl<K: Hash + Eq + Clone, V: Clone> FlightCache<K, V> {
                 self.entries.clear();
             }
         }
-        self.entries.insert(key, (value, Instant::now() + ttl));
+        let now = Instant::now();
+        let until = now
+            .checked_add(ttl)
+            .unwrap_or(now + Duration::from_secs(365 * 86_400));
+        self.entries.insert(key, (value, until));
     }
 
     pub fn remove(&self, key: &K) {

@@ -15,6 +15,8 @@ pub fn init(format: LogFormat) {
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A closed stderr must never take the gateway down.
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Json => b.json().flatten_event(true).try_init(),

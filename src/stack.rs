@@ -72,6 +72,23 @@ pub fn request_id<B>(req: &Request<B>) -> HeaderValue {
     HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("0"))
 }
 
+/// 431 for heads over `max_header_bytes`, 413 for a declared body over `max_body_bytes`.
+fn check_limits<B>(req: &Request<B>, limits: &crate::runtime::Limits) -> Result<(), GatewayError> {
+    if head_size(req) > limits.max_header_bytes {
+        return Err(GatewayError::HeaderTooLarge);
+    }
+    if let Some(cl) = req.headers().get(header::CONTENT_LENGTH) {
+        match cl.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
+            Some(n) if n > limits.max_body_bytes => {
+                return Err(GatewayError::PayloadTooLarge(limits.max_body_bytes))
+            }
+            Some(_) => {}
+            None => return Err(GatewayError::BadRequest("invalid Content-Length".into())),
+        }
+    }
+    Ok(())
+}
+
 fn head_size<B>(req: &Request<B>) -> usize {
     let uri = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
     req.method().as_str().len()
@@ -160,10 +177,8 @@ async fn serve(
     ex: &mut Exchange,
 ) -> Result<Response<Body>, GatewayError> {
     let limits = &rt.server.limits;
-    // Step 1 leftovers that hyper cannot express: SPEC's JSON 431 and smuggling guards.
-    if head_size(&req) > limits.max_header_bytes {
-        return Err(GatewayError::HeaderTooLarge);
-    }
+    // Step 1 leftovers that hyper cannot express: smuggling guards here; SPEC's JSON
+    // 431/413 once the route is known, so that they carry CORS headers.
     let h = req.headers();
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
         return Err(GatewayError::BadRequest(
@@ -173,15 +188,6 @@ async fn serve(
     if h.get_all(header::HOST).iter().count() > 1 {
         return Err(GatewayError::BadRequest("more than one Host header".into()));
     }
-    if let Some(cl) = h.get(header::CONTENT_LENGTH) {
-        match cl.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
-            Some(n) if n > limits.max_body_bytes => {
-                return Err(GatewayError::PayloadTooLarge(limits.max_body_bytes))
-            }
-            Some(_) => {}
-            None => return Err(GatewayError::BadRequest("invalid Content-Length".into())),
-        }
-    }
 
     // Step 3: normalise, then route.
     let path = normalize_path(req.uri().path())
@@ -190,6 +196,7 @@ async fn serve(
     // Step 5: endpoints tollgate serves itself.
     if let Some(ts) = &rt.token_service {
         if ts.serves(&path) {
+            check_limits(&req, limits)?;
             return ts.handle(req, &path, &gw.metrics).await;
         }
     }
@@ -217,6 +224,7 @@ async fn serve(
             return Ok(cors.preflight(&req, ex.cors.as_ref()));
         }
     }
+    check_limits(&req, limits)?;
 
     // Step 6: body credentials -> Authorization: Basic (bounded read).
     let mut query = req.uri().query().map(str::to_owned);
@@ -297,6 +305,7 @@ async fn serve(
     };
 
     // Step 10: forward.
+    let used_authorization = authorization.clone();
     let cx = ForwardContext {
         path: &path,
         query: query.as_deref(),
@@ -313,7 +322,9 @@ async fn serve(
     if resp.status() == http::StatusCode::UNAUTHORIZED {
         if let Some(UpstreamAuth::OAuth2(src)) = &upstream.auth {
             tracing::info!(upstream = %upstream.name, "upstream answered 401; dropping its cached token");
-            gw.tokens.invalidate(src);
+            if let Some(used) = &used_authorization {
+                gw.tokens.invalidate_if_current(src, used);
+            }
         }
     }
     Ok(resp)

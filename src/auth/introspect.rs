@@ -77,6 +77,23 @@ impl Introspection {
         let (status, _, bytes) = fetch(&self.client, req, self.timeout, MAX_INTROSPECTION_BYTES)
             .await
             .map_err(|e| IntrospectError::Unavailable(format!("introspection endpoint: {e}")))?;
+        if status == http::StatusCode::BAD_REQUEST {
+            // Some providers answer 400 instead of {"active": false} for tokens they do
+            // not know or will not introspect (RFC 7662 §2.3 allows only `active:false`,
+            // but oidc-provider, for one, says `unsupported_token_type` for JWTs). That is
+            // a refusal of the token, not an outage.
+            let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
+            if let Some(code @ ("unsupported_token_type" | "invalid_token" | "invalid_request")) =
+                code.as_deref()
+            {
+                return Err(IntrospectError::Refused(Refusal::new(
+                    DenyReason::TokenInactive,
+                    format!("token is not active (introspection answered {code})"),
+                )));
+            }
+        }
         if !status.is_success() {
             return Err(IntrospectError::Unavailable(format!(
                 "introspection endpoint answered {status}"

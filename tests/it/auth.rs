@@ -848,6 +848,27 @@ async fn introspection() {
         .status(),
         401
     );
+    // A 400 `unsupported_token_type` is a refusal (401); an outage is 502, never a pass.
+    assert_eq!(
+        call(
+            &gw,
+            reqwest::Method::GET,
+            "/v2/analytics/metadata",
+            Some("answer-400")
+        )
+        .await
+        .status(),
+        401
+    );
+    let r = call(
+        &gw,
+        reqwest::Method::GET,
+        "/v2/analytics/metadata",
+        Some("answer-500"),
+    )
+    .await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(json_of(r).await["error"], "bad_gateway");
     // Flushing drops cached results.
     let hits = idp.introspect_hits.load(Ordering::SeqCst);
     client()

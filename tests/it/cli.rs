@@ -188,3 +188,58 @@ fn hash_secret_prints_argon2id() {
         .verify_password(b"s3cr:et with spaces\n", &parsed)
         .is_err());
 }
+
+// Behaviour: `tollgate --config FILE` alone serves; TOLLGATE_CONFIG names the file;
+// --log-format json writes one JSON object per line.
+#[tokio::test]
+async fn bare_config_env_config_and_json_logs() {
+    let up = spawn_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, &VALID.replace("http://127.0.0.1:9000", &up.url()));
+    let (mut child, addr) = start_binary(&p, &[]);
+    assert_eq!(
+        client()
+            .get(format!("http://{addr}/api/bare"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let mut child = bin()
+        .env("TOLLGATE_CONFIG", &p)
+        .args(["run", "--log-format", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep draining stderr for the life of the process.
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if l.contains("tollgate listening") {
+                let _ = tx.send(l);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("listening line");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    assert_eq!(v["level"], "INFO");
+    assert!(v["public"].as_str().unwrap().starts_with("127.0.0.1:"));
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -320,6 +320,18 @@ pub async fn spawn_idp() -> Idp {
                         .get(&token)
                         .cloned()
                         .unwrap_or(serde_json::json!({"active": false}));
+                    let v = match token.as_str() {
+                        "answer-400" => {
+                            return json_resp(
+                                400,
+                                serde_json::json!({"error": "unsupported_token_type"}),
+                            )
+                        }
+                        "answer-500" => {
+                            return json_resp(500, serde_json::json!({"error": "server_error"}))
+                        }
+                        _ => v,
+                    };
                     json_resp(200, v)
                 }
                 "/token" => {

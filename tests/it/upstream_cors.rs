@@ -1352,7 +1352,6 @@ routes:
 // allowed origin, errors included), so the page can read why it failed.
 // Fails today: src/stack.rs answers both before the route (and so its `cors`) is known.
 #[tokio::test]
-#[ignore = "bug in src/stack.rs: 413/431 are answered before routing, without CORS headers"]
 async fn cors_headers_on_limit_errors() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
