@@ -9,8 +9,11 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::auth;
 use crate::body::{full, Body};
+use crate::error::{DenyReason, GatewayError};
 use crate::gateway::Gateway;
+use crate::policy::{self, AuthRule};
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     let mut r = Response::new(full(Bytes::from(v.to_string())));
@@ -20,8 +23,45 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     r
 }
 
+/// `server.admin_auth`: the same Bearer gates as a route (issuers, scopes, clients).
+async fn authorize(
+    gw: &Gateway,
+    rule: &AuthRule,
+    req: &Request<Incoming>,
+) -> Result<(), GatewayError> {
+    let Some(token) = auth::bearer(req.headers()) else {
+        return Err(GatewayError::Unauthorized {
+            reason: DenyReason::TokenMissing,
+            description: "the admin API needs a Bearer token".into(),
+        });
+    };
+    let rt = gw.current();
+    let issuers: Vec<&Arc<auth::Issuer>> = rule
+        .issuers
+        .iter()
+        .filter_map(|i| rt.issuers.get(*i))
+        .collect();
+    let id = auth::authenticate(
+        &issuers,
+        &gw.auth_caches,
+        token,
+        &mut auth::Trace::default(),
+    )
+    .await?;
+    policy::authorize(rule, None, req.method(), req.uri().path(), &id).result
+}
+
 pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
+    if !matches!(path, "/healthz" | "/readyz") {
+        if let Some(rule) = gw.current().server.admin_auth.clone() {
+            if let Err(e) = authorize(&gw, &rule, &req).await {
+                let rid = crate::stack::request_id(&req);
+                tracing::warn!(target: "tollgate::admin", path, reason = e.deny_reason().map(|r| r.as_str()).unwrap_or("-"), "admin request denied: {e}");
+                return e.to_response(rid.to_str().unwrap_or(""));
+            }
+        }
+    }
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/healthz") => {
             json(StatusCode::OK, serde_json::json!({"status": "ok"}))

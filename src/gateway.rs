@@ -284,8 +284,20 @@ impl Gateway {
                 _ => None,
             })
             .collect();
+        let introspections = rt
+            .issuers
+            .iter()
+            .filter_map(|i| match &i.kind {
+                IssuerKind::Introspection(x) => Some((
+                    i.name.to_string(),
+                    [0, 1, 2].map(|k| x.calls[k].load(Ordering::Relaxed)),
+                )),
+                _ => None,
+            })
+            .collect();
         ScrapeExtras {
             jwks_fetches,
+            introspections,
             cache_sizes: vec![
                 ("verified_tokens", self.auth_caches.verified.len()),
                 ("introspection", self.auth_caches.introspection.len()),

@@ -49,6 +49,8 @@ fn inc<K: std::hash::Hash + Eq>(map: &DashMap<K, AtomicU64>, k: K) {
 /// Extra gauges read at scrape time (cache sizes, key fetch counts).
 pub struct ScrapeExtras {
     pub jwks_fetches: Vec<(String, u64, u64)>,
+    /// (issuer, active, inactive, failed)
+    pub introspections: Vec<(String, [u64; 3])>,
     pub cache_sizes: Vec<(&'static str, usize)>,
     pub config_version: u64,
 }
@@ -222,6 +224,22 @@ impl Metrics {
             "tollgate_config_reloads_total{{result=\"failure\"}} {}",
             self.reload_failure.load(Ordering::Relaxed)
         );
+
+        header(
+            &mut o,
+            "tollgate_introspection_requests_total",
+            "counter",
+            "RFC 7662 introspection calls, by issuer and result (active, inactive, failure).",
+        );
+        for (issuer, counts) in &extras.introspections {
+            let i = esc(issuer);
+            for (result, n) in ["active", "inactive", "failure"].iter().zip(counts) {
+                let _ = writeln!(
+                    o,
+                    "tollgate_introspection_requests_total{{issuer=\"{i}\",result=\"{result}\"}} {n}"
+                );
+            }
+        }
 
         header(
             &mut o,

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::auth::Issuer;
 use crate::cors::Cors;
-use crate::policy::{Permissions, RouteAuth};
+use crate::policy::{AuthRule, Permissions, RouteAuth};
 use crate::route::RouteTable;
 use crate::token_service::TokenService;
 use crate::upstream::Upstream;
@@ -41,6 +41,8 @@ pub struct Server {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub redirect_listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    /// Bearer protection of the admin API (all but /healthz and /readyz).
+    pub admin_auth: Option<AuthRule>,
     pub limits: Limits,
 }
 

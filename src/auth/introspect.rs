@@ -3,6 +3,7 @@
 //! `cache_ttl` but never past the token's `exp`; inactive answers are cached briefly;
 //! concurrent requests with the same token make one call.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
@@ -27,6 +28,8 @@ pub struct Introspection {
     pub client: HttpClient,
     /// `Basic base64(urlencode(id):urlencode(secret))`, marked sensitive.
     authorization: HeaderValue,
+    /// Calls by result: active, inactive/refused, failed (for /metrics).
+    pub calls: [AtomicU64; 3],
 }
 
 /// Why introspection gave no identity.
@@ -56,11 +59,27 @@ impl Introspection {
             timeout,
             client,
             authorization,
+            calls: Default::default(),
         }
     }
 
-    /// Asks the endpoint about `token`. Returns the response's claims when active.
+    /// Asks the endpoint about `token`, counting the outcome.
     pub async fn introspect(
+        &self,
+        token: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, IntrospectError> {
+        let r = self.call(token).await;
+        let slot = match &r {
+            Ok(_) => 0,
+            Err(IntrospectError::Refused(_)) => 1,
+            Err(IntrospectError::Unavailable(_)) => 2,
+        };
+        self.calls[slot].fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    /// Asks the endpoint about `token`. Returns the response's claims when active.
+    async fn call(
         &self,
         token: &str,
     ) -> Result<serde_json::Map<String, serde_json::Value>, IntrospectError> {

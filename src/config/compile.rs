@@ -106,7 +106,19 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         }
         let _ = s;
     }
-    let server = server?;
+    let mut server = server?;
+    if let Some(b) = m.server.as_ref().and_then(|s| s.admin_auth.as_ref()) {
+        if server.admin_listen.is_none() {
+            p.add("server.admin_auth", "admin_auth needs admin_listen");
+        }
+        server.admin_auth = Some(compile_auth_rule(
+            b,
+            &issuers,
+            m.token_service.is_some(),
+            "server.admin_auth",
+            p,
+        ));
+    }
     if !p.is_empty() {
         return None;
     }
@@ -360,6 +372,7 @@ fn compile_server(s: Option<&ServerModel>, base: &Path, p: &mut Problems) -> Opt
         tls,
         redirect_listen,
         admin_listen,
+        admin_auth: None,
         limits,
     })
 }

@@ -90,6 +90,7 @@ const KNOWN_KEYS: &[&str] = &[
     "hosts",
     "redirect_listen",
     "admin_listen",
+    "admin_auth",
     "limits",
     "max_header_bytes",
     "max_body_bytes",

@@ -30,6 +30,8 @@ pub struct ServerModel {
     pub tls: Option<TlsModel>,
     pub redirect_listen: Option<String>,
     pub admin_listen: Option<String>,
+    /// Optional Bearer protection of the admin API (all but /healthz and /readyz).
+    pub admin_auth: Option<AuthBlockModel>,
     #[serde(default)]
     pub limits: LimitsModel,
 }

@@ -869,6 +869,17 @@ async fn introspection() {
     .await;
     assert_eq!(r.status(), 502);
     assert_eq!(json_of(r).await["error"], "bad_gateway");
+    let m = metrics(&gw).await;
+    let count = |result: &str| -> u64 {
+        let prefix = format!(
+            "tollgate_introspection_requests_total{{issuer=\"opaque\",result=\"{result}\"}} "
+        );
+        m.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} missing:\n{m}"))
+    };
+    assert!(count("active") >= 2 && count("inactive") >= 2 && count("failure") >= 1);
     // Flushing drops cached results.
     let hits = idp.introspect_hits.load(Ordering::SeqCst);
     client()

@@ -1605,3 +1605,117 @@ async fn reloaded_limits_apply() {
     assert_eq!(r.status(), 200);
     gw.stop().await;
 }
+
+// Behaviour: `server.admin_auth` protects the admin API with the route gates (issuers,
+// scopes); /healthz and /readyz stay open for probes.
+#[tokio::test]
+async fn admin_api_bearer_protection() {
+    let up = spawn_upstream().await;
+    let yaml = format!(
+        r#"server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+  admin_auth:
+    issuers: [local]
+    scopes: [tollgate.admin]
+token_service:
+  issuer: "https://gw.example"
+  audience: "tollgate-admin"
+  clients:
+    - id: ops-bot
+      secret: "ops-secret"
+      scopes: [tollgate.admin, other]
+upstreams:
+  - name: bi
+    url: "{}"
+routes:
+  - name: api
+    path_prefix: /api
+    upstream: bi
+    auth: none
+"#,
+        up.url()
+    );
+    let gw = spawn_gateway(&yaml).await;
+    let token = |scope: &'static str| {
+        let url = gw.url("/oauth2/token");
+        async move {
+            let r = client()
+                .post(url)
+                .basic_auth("ops-bot", Some("ops-secret"))
+                .form(&[("grant_type", "client_credentials"), ("scope", scope)])
+                .send()
+                .await
+                .unwrap();
+            json_of(r).await["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(
+        client()
+            .get(gw.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(gw.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = client()
+        .get(gw.admin_url("/admin/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"tollgate\"");
+    let weak = token("other").await;
+    let r = client()
+        .post(gw.admin_url("/admin/reload"))
+        .bearer_auth(&weak)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(json_of(r).await["error"], "insufficient_scope");
+    let strong = token("tollgate.admin").await;
+    assert_eq!(
+        client()
+            .get(gw.admin_url("/admin/status"))
+            .bearer_auth(&strong)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(gw.admin_url("/metrics"))
+            .bearer_auth(&strong)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    gw.stop().await;
+}
