@@ -70,16 +70,23 @@ pin_project! {
         seen: u64,
         limit: u64,
         exceeded: Arc<AtomicBool>,
+        client_error: Arc<AtomicBool>,
     }
 }
 
 impl<B> LimitedBody<B> {
-    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        inner: B,
+        limit: u64,
+        exceeded: Arc<AtomicBool>,
+        client_error: Arc<AtomicBool>,
+    ) -> Self {
         LimitedBody {
             inner,
             seen: 0,
             limit,
             exceeded,
+            client_error,
         }
     }
 }
@@ -112,7 +119,11 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                // The client's body is broken (bad chunk framing, reset): its fault.
+                this.client_error.store(true, Ordering::Release);
+                Poll::Ready(Some(Err(e.into())))
+            }
             other => other.map(|o| o.map(|r| r.map_err(Into::into))),
         }
     }
@@ -229,7 +240,14 @@ where
     parts.uri = upstream_uri(up, cx.path, cx.query)?;
     parts.version = Version::HTTP_11;
     prepare_headers(&mut parts.headers, up, &cx);
-    let body = LimitedBody::new(body, cx.max_body, cx.body_exceeded.clone()).boxed_unsync();
+    let client_error = Arc::new(AtomicBool::new(false));
+    let body = LimitedBody::new(
+        body,
+        cx.max_body,
+        cx.body_exceeded.clone(),
+        client_error.clone(),
+    )
+    .boxed_unsync();
     let out = Request::from_parts(parts, body);
     match send(&up.client, out, up.timeout).await {
         Ok(resp) => {
@@ -241,6 +259,9 @@ where
         Err(_) if cx.body_exceeded.load(Ordering::Acquire) => {
             Err(GatewayError::PayloadTooLarge(cx.max_body))
         }
+        Err(_) if client_error.load(Ordering::Acquire) => Err(GatewayError::BadRequest(
+            "the request body could not be read (malformed chunked encoding or a reset)".into(),
+        )),
         Err(UpstreamFailure::Timeout) => Err(GatewayError::GatewayTimeout(format!(
             "upstream {} did not answer within {:?}",
             up.name, up.timeout

@@ -5,6 +5,7 @@ mod auth;
 mod browser_cors;
 mod cli;
 mod common;
+mod hostile;
 mod oidc_e2e;
 mod ops;
 mod proxy;
