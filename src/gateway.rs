@@ -75,7 +75,7 @@ impl Gateway {
         let registry = Registry::default();
         let mut rt = config::load(&path, &registry)?;
         rt.version = 1;
-        let rt_hash = rt.hash.clone();
+        let rt_hash = config::inputs_hash(&rt.hash, &rt.files);
         let status = ReloadStatus {
             version: 1,
             config_hash: rt.hash.clone(),
@@ -140,7 +140,8 @@ impl Gateway {
             if let Ok(bytes) = std::fs::read(&gw.config_path) {
                 *gw.last_attempt_hash
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = config::hex(&Sha256::digest(&bytes));
+                    .unwrap_or_else(|e| e.into_inner()) =
+                    config::inputs_hash(&config::hex(&Sha256::digest(&bytes)), &gw.current().files);
             }
             config::load(&gw.config_path, &gw.registry)
         })
@@ -204,12 +205,10 @@ impl Gateway {
                 status.config_hash = rt.hash.clone();
                 // Exactly the text that was compiled (the file may have changed since
                 // it was hashed above).
-                rt.hash.clone_into(
-                    &mut self
-                        .last_attempt_hash
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()),
-                );
+                *self
+                    .last_attempt_hash
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = config::inputs_hash(&rt.hash, &rt.files);
                 status.loaded_at = Some(rfc3339(rt.loaded_at));
                 status.last_reload_ok = Some(true);
                 status.last_reload_errors.clear();

@@ -152,7 +152,9 @@ pub async fn serve_public(
     .await
 }
 
-/// `redirect_listen`: answers 308 to `https://{host}{path}` (the TLS listener's port).
+/// `redirect_listen`: answers 308 to `https://{host}{path}` — the port the clients use
+/// for HTTPS is not the listener's own behind a load balancer, so none is added unless
+/// `redirect_https_port` names one.
 pub async fn serve_redirect(
     gw: Arc<Gateway>,
     listener: TcpListener,
@@ -160,17 +162,13 @@ pub async fn serve_redirect(
 ) {
     let g = gw.clone();
     serve(gw, listener, false, shutdown, move |_info, req| {
-        // The port the TLS listener is really bound to (`listen` may say port 0).
-        let port = match g.public_port.load(Ordering::Acquire) {
-            0 => g.current().server.listen.port(),
-            p => p,
-        };
+        let port = g.current().server.redirect_https_port;
         async move { redirect(port, &req) }
     })
     .await
 }
 
-fn redirect<B>(port: u16, req: &Request<B>) -> Response<Body> {
+fn redirect<B>(port: Option<u16>, req: &Request<B>) -> Response<Body> {
     let host = req
         .headers()
         .get(http::header::HOST)
@@ -182,10 +180,9 @@ fn redirect<B>(port: u16, req: &Request<B>) -> Response<Body> {
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let port = if port == 443 {
-        String::new()
-    } else {
-        format!(":{port}")
+    let port = match port {
+        None | Some(443) => String::new(),
+        Some(p) => format!(":{p}"),
     };
     let location = format!("https://{host}{port}{pq}");
     let mut resp = Response::new(crate::body::empty());
@@ -208,4 +205,29 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Behaviour: SPEC's redirect is https://{host}{path}; a port only when configured.
+    #[test]
+    fn redirect_location() {
+        let req = Request::get("/a/b?c=1")
+            .header("host", "API.example.com:8080")
+            .body(())
+            .unwrap();
+        let loc = |port| {
+            redirect(port, &req).headers()[http::header::LOCATION]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(loc(None), "https://api.example.com/a/b?c=1");
+        assert_eq!(loc(Some(443)), "https://api.example.com/a/b?c=1");
+        assert_eq!(loc(Some(8443)), "https://api.example.com:8443/a/b?c=1");
+        let no_host = Request::get("/").body(()).unwrap();
+        assert_eq!(redirect(None, &no_host).status(), 400);
+    }
 }

@@ -40,6 +40,7 @@ pub struct Server {
     pub listen: SocketAddr,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub redirect_listen: Option<SocketAddr>,
+    pub redirect_https_port: Option<u16>,
     pub admin_listen: Option<SocketAddr>,
     /// Bearer protection of the admin API (all but /healthz and /readyz).
     pub admin_auth: Option<AuthRule>,
@@ -74,6 +75,9 @@ pub struct Runtime {
     pub issuers: Vec<Arc<Issuer>>,
     pub upstreams: Vec<Arc<Upstream>>,
     pub token_service: Option<Arc<TokenService>>,
+    /// Files the config depends on besides itself (certificates, keys, CAs,
+    /// `${file:}` references): a change to any of them reloads the config.
+    pub files: Vec<PathBuf>,
     /// The config as loaded, secrets redacted (`GET /admin/config`).
     pub redacted: serde_json::Value,
 }

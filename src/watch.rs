@@ -59,7 +59,12 @@ pub fn spawn(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let Some(now) = content_hash(&path) else {
+            // The config text and every file it refers to (certificates rotated by
+            // cert-manager, keys, `${file:}` secrets).
+            let inputs = |gw: &Gateway| {
+                content_hash(&path).map(|h| crate::config::inputs_hash(&h, &gw.current().files))
+            };
+            let Some(now) = inputs(&gw) else {
                 continue;
             };
             // Compared with the last attempt (by any trigger), not with what is serving:
@@ -71,7 +76,7 @@ pub fn spawn(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
             // A change seen by the poll may be a write in progress: apply it once it
             // has stopped changing.
             tokio::time::sleep(SETTLE).await;
-            if content_hash(&path).as_ref() != Some(&now) {
+            if inputs(&gw).as_ref() != Some(&now) {
                 continue;
             }
             let _ = gw.reload("file").await;

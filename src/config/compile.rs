@@ -133,6 +133,7 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         issuers,
         upstreams,
         token_service,
+        files: model_files(m, base),
         redacted: serde_json::to_value(m).unwrap_or_default(),
     })
 }
@@ -311,6 +312,25 @@ fn local_issuer(ts: &TokenService) -> Arc<Issuer> {
     })
 }
 
+/// Files named by the model (TLS material, CAs, the signing key).
+fn model_files(m: &ConfigModel, base: &Path) -> Vec<std::path::PathBuf> {
+    let mut f: Vec<&str> = Vec::new();
+    if let Some(t) = m.server.as_ref().and_then(|s| s.tls.as_ref()) {
+        f.extend([t.cert.as_str(), t.key.as_str()]);
+        f.extend(t.client_ca.as_deref());
+        for s in &t.sni {
+            f.extend([s.cert.as_str(), s.key.as_str()]);
+        }
+    }
+    f.extend(m.upstreams.iter().filter_map(|u| u.ca.as_deref()));
+    f.extend(
+        m.token_service
+            .as_ref()
+            .and_then(|t| t.signing_key.as_deref()),
+    );
+    f.into_iter().map(|p| resolve_path(base, p)).collect()
+}
+
 fn compile_server(s: Option<&ServerModel>, base: &Path, p: &mut Problems) -> Option<Server> {
     let Some(s) = s else {
         p.add(
@@ -373,6 +393,7 @@ fn compile_server(s: Option<&ServerModel>, base: &Path, p: &mut Problems) -> Opt
         redirect_listen,
         admin_listen,
         admin_auth: None,
+        redirect_https_port: s.redirect_https_port,
         limits,
     })
 }

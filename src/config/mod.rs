@@ -89,6 +89,7 @@ const KNOWN_KEYS: &[&str] = &[
     "sni",
     "hosts",
     "redirect_listen",
+    "redirect_https_port",
     "admin_listen",
     "admin_auth",
     "limits",
@@ -191,6 +192,21 @@ pub fn load(path: &Path, reg: &Registry) -> Result<Runtime, ConfigError> {
     Ok(rt)
 }
 
+/// Identity of everything a config was built from: the config text's hash and the
+/// content of every file it refers to (missing files count too).
+pub fn inputs_hash(config_hash: &str, files: &[PathBuf]) -> String {
+    let mut h = Sha256::new();
+    h.update(config_hash.as_bytes());
+    for f in files {
+        h.update(f.as_os_str().as_encoded_bytes());
+        match std::fs::read(f) {
+            Ok(b) => h.update(Sha256::digest(&b)),
+            Err(_) => h.update(b"missing"),
+        }
+    }
+    hex(&h.finalize())
+}
+
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -226,8 +242,12 @@ pub fn load_str(
     } else {
         base.to_path_buf()
     };
-    for (path, msg) in source::substitute(&mut value, &base_dir) {
-        problems.add(path, msg);
+    let file_refs = source::file_references(&value, &base_dir);
+    let substitution_problems = source::substitute(&mut value, &base_dir);
+    // A value that could not be substituted is reported once, not again by the checks
+    // that then see the raw `${...}` text.
+    for (path, msg) in &substitution_problems {
+        problems.add(path.clone(), msg.clone());
     }
     // serde stops at the first type error; to still report every problem, the
     // offending key is removed and deserialisation tried again (a bounded number of
@@ -264,8 +284,21 @@ pub fn load_str(
         problems.unknown_key(u, validate::suggest(&key, KNOWN_KEYS));
     }
     let rt = model.and_then(|m| compile::compile(&m, &base_dir, reg, &mut problems));
+    problems.0.retain(|p| {
+        substitution_problems
+            .iter()
+            .all(|(path, _)| *path != p.path)
+            || substitution_problems
+                .iter()
+                .any(|(path, msg)| *path == p.path && *msg == p.message)
+    });
     match rt {
-        Some(rt) if problems.is_empty() => Ok(rt),
+        Some(mut rt) if problems.is_empty() => {
+            rt.files.extend(file_refs);
+            rt.files.sort();
+            rt.files.dedup();
+            Ok(rt)
+        }
         _ => Err(locate(file, &index, problems.0)),
     }
 }

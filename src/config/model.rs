@@ -29,6 +29,8 @@ pub struct ServerModel {
     pub listen: Option<String>,
     pub tls: Option<TlsModel>,
     pub redirect_listen: Option<String>,
+    /// The HTTPS port clients use, when it is not 443 (added to redirects).
+    pub redirect_https_port: Option<u16>,
     pub admin_listen: Option<String>,
     /// Optional Bearer protection of the admin API (all but /healthz and /readyz).
     pub admin_auth: Option<AuthBlockModel>,

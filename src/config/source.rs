@@ -272,6 +272,31 @@ fn expand(s: &str, base: &Path) -> Result<String, String> {
     Ok(out)
 }
 
+/// Every `${file:PATH}` the document refers to (so that a change to one reloads).
+pub fn file_references(value: &serde_yaml::Value, base: &Path) -> Vec<PathBuf> {
+    use serde_yaml::Value;
+    let mut out = Vec::new();
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) => {
+                let mut rest = s.as_str();
+                while let Some(i) = rest.find("${file:") {
+                    let body = &rest[i + 7..];
+                    let Some(end) = body.find('}') else { break };
+                    out.push(resolve_path(base, &body[..end]));
+                    rest = &body[end..];
+                }
+            }
+            Value::Sequence(items) => stack.extend(items.iter()),
+            Value::Mapping(m) => stack.extend(m.values()),
+            Value::Tagged(t) => stack.push(&t.value),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Relative paths in the config are relative to the config file's folder.
 pub fn resolve_path(base: &Path, p: &str) -> PathBuf {
     let path = Path::new(p);

@@ -1368,8 +1368,9 @@ async fn sni_picks_the_certificate() {
     gw.stop().await;
 }
 
-// Behaviour: `redirect_listen` answers 308 to https://{host}{path} on the TLS
-// listener's port, query kept; following it reaches the route.
+// Behaviour: `redirect_listen` answers 308 to https://{host}{path} (SPEC: no port, the
+// clients' HTTPS port is 443 behind a load balancer), query kept; `redirect_https_port`
+// adds a port; following it reaches the route.
 #[tokio::test]
 async fn redirect_listener_answers_308() {
     let up = spawn_upstream().await;
@@ -1400,13 +1401,7 @@ async fn redirect_listener_answers_308() {
         .unwrap();
     assert_eq!(r.status(), 308);
     let loc = r.headers()["location"].to_str().unwrap().to_owned();
-    assert_eq!(
-        loc,
-        format!(
-            "https://api.company.com:{}/api/items?x=1&y=2",
-            gw.addr.port()
-        )
-    );
+    assert_eq!(loc, "https://api.company.com/api/items?x=1&y=2");
     assert_eq!(up.count(), 0, "the redirect listener never proxies");
     let r = no_follow
         .post(format!("http://{redirect}/other"))
@@ -1420,7 +1415,12 @@ async fn redirect_listener_answers_308() {
         .unwrap()
         .ends_with("/other"));
 
-    // Following the Location reaches the TLS listener.
+    // Following the Location (on the TLS listener's real port) reaches the route.
+    let loc = loc.replacen(
+        "api.company.com",
+        &format!("api.company.com:{}", gw.addr.port()),
+        1,
+    );
     let r = ca_client(gw.addr, &["api.company.com"])
         .get(&loc)
         .send()
@@ -1718,4 +1718,59 @@ routes:
         401
     );
     gw.stop().await;
+}
+
+// Behaviour: a certificate rotated underneath (cert-manager renewing the Secret, in a
+// folder other than the config's) is picked up without any reload command; the same
+// for a `${file:}` secret.
+#[tokio::test]
+async fn rotated_files_reload_by_themselves() {
+    let up = spawn_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::copy(fixture("server.pem"), certs.join("tls.pem")).unwrap();
+    std::fs::copy(fixture("server-key.pem"), certs.join("tls-key.pem")).unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        tls_yaml(&up, "certs/tls.pem", "certs/tls-key.pem", "", ""),
+    )
+    .unwrap();
+    let running = tollgate::start(tollgate::Gateway::load(cfg.clone()).unwrap())
+        .await
+        .unwrap();
+    let addr = running.public;
+    assert_eq!(
+        served_cert(addr, "api.company.com").await,
+        der_of(&fixture("server.pem"))
+    );
+    // Rotate: write the new pair via temp files + rename, as kubelet does.
+    std::fs::copy(fixture("sni-key.pem"), certs.join("k.tmp")).unwrap();
+    std::fs::copy(fixture("sni.pem"), certs.join("c.tmp")).unwrap();
+    std::fs::rename(certs.join("k.tmp"), certs.join("tls-key.pem")).unwrap();
+    std::fs::rename(certs.join("c.tmp"), certs.join("tls.pem")).unwrap();
+    let mut rotated = false;
+    for _ in 0..50 {
+        if served_cert(addr, "api.company.com").await == der_of(&fixture("sni.pem")) {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        rotated,
+        "the rotated certificate was not picked up within 5 s"
+    );
+    let status: serde_json::Value = client()
+        .get(format!("http://{}/admin/status", running.admin.unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["last_reload"]["trigger"], "file");
+    assert_eq!(status["last_reload"]["success"], true);
+    running.shutdown().await;
 }
