@@ -1,8 +1,6 @@
 //! Issue 3: inbound Bearer auth — issuers, JWKS, introspection, scopes, clients,
 //! permissions, denial logs, explain.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -902,33 +900,12 @@ async fn introspection() {
     gw.stop().await;
 }
 
-/// Runs the binary with the config and collects stderr lines.
+/// Runs the binary with the config; returns (child, public address, stderr lines).
 pub fn start_with_logs(
     config: &std::path::Path,
 ) -> (std::process::Child, String, Arc<Mutex<Vec<String>>>) {
-    let mut child = crate::cli::bin()
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let l2 = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("public=") {
-                let _ = tx.send(line[i + 7..].split_whitespace().next().unwrap().to_owned());
-            }
-            l2.lock().unwrap().push(line);
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("tollgate did not start");
-    (child, addr, lines)
+    let b = spawn_binary(config, &["run"]);
+    (b.child, b.public, b.logs)
 }
 
 // Behaviour: every denial is logged once with request id, route, permission, client and

@@ -94,34 +94,10 @@ fn run_refuses_invalid_config() {
     );
 }
 
-/// Starts the binary and returns (child, public address) from its startup log line.
+/// Starts the binary and returns (child, public address).
 pub fn start_binary(config: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
-    let mut child = bin()
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(i) = line.find("public=") {
-                    let addr = line[i + 7..].split_whitespace().next().unwrap().to_owned();
-                    let _ = tx.send(addr);
-                    sent = true;
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("tollgate did not start");
-    (child, addr)
+    let b = spawn_binary(config, args);
+    (b.child, b.public)
 }
 
 // Behaviour: SIGTERM stops accepting, lets the in-flight request finish, exits 0.

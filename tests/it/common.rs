@@ -455,3 +455,59 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// The real `tollgate` binary, started on a config; stderr is drained for its whole
+/// life (into `logs`), and the listening addresses are read from the startup line.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub public: String,
+    pub admin: Option<String>,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn spawn_binary(config: &std::path::Path, args: &[&str]) -> Binary {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .env_remove("TOLLGATE_CONFIG")
+        .env("RUST_LOG", "info")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(p) = line.find("public=") {
+                let word = |i: usize| line[i..].split_whitespace().next().unwrap_or("").to_owned();
+                let admin = line
+                    .find("admin=")
+                    .map(|a| word(a + 6))
+                    .filter(|a| a != "-");
+                let _ = tx.send((word(p + 7), admin));
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok((public, admin)) => Binary {
+            child,
+            public,
+            admin,
+            logs,
+        },
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "tollgate did not start:\n{}",
+                logs.lock().unwrap().join("\n")
+            );
+        }
+    }
+}

@@ -1,9 +1,8 @@
 //! Issue 6: live reload, admin API, metrics, host/SNI routing.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -347,40 +346,10 @@ async fn configmap_symlink_swap_is_applied() {
 
 // ---------------------------------------------------------------- SIGHUP, POST /admin/reload
 
-/// Starts the real binary; returns (child, public address, admin address) from its
-/// startup log line.
+/// Starts the real binary; returns (child, public address, admin address).
 fn start_binary_with_admin(config: &Path) -> (std::process::Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .env_remove("TOLLGATE_CONFIG")
-        .env("RUST_LOG", "info")
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let (Some(p), Some(a)) = (line.find("public="), line.find("admin=")) {
-                    let word = |i: usize| line[i..].split_whitespace().next().unwrap().to_owned();
-                    let _ = tx.send((word(p + 7), word(a + 6)));
-                    sent = true;
-                }
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok((public, admin)) => (child, public, admin),
-        Err(_) => {
-            let _ = child.kill();
-            panic!("tollgate did not start");
-        }
-    }
+    let b = spawn_binary(config, &["run"]);
+    (b.child, b.public, b.admin.expect("admin listener"))
 }
 
 /// Kills the child we started (by its pid) when the test ends, even on panic.
