@@ -52,16 +52,18 @@ P = dict(
 
 # Targets. The issue's own targets were not available to the author of this harness;
 # these are the defaults it checks (edit here). Ratios are tollgate / peer, same run.
+# The targets of issue 7 (ratios measured side by side in one run).
 TARGETS = {
-    "plain_vs_haproxy": 0.80,       # plain proxy req/s >= 0.8x HAProxy
-    "jwt_vs_haproxy": 1.00,         # cached RS256 + scope >= HAProxy jwt_verify (which verifies every time)
-    "jwt_vs_plain": 0.85,           # auth on a hot token costs <= 15% of plain throughput
-    "miss_vs_haproxy": 0.80,        # every token new: >= 0.8x HAProxy
-    "upload_vs_haproxy": 0.80,      # 1 MiB POST streamed
-    "h2_vs_haproxy": 0.80,          # h2c, 64 conns x 10 streams
-    "idle_kib_per_conn": 64.0,      # RSS growth per idle keep-alive connection
-    "routes_10k_within": 0.05,      # 10k routes within 5% of 10 routes
-    "reload_10k_seconds": 2.0,      # POST /admin/reload of the 10k-route config
+    "plain_vs_haproxy": 0.90,       # plain proxy (auth: none) req/s >= 0.9x HAProxy plain
+    "jwt_vs_haproxy": 2.00,         # RS256 + scope, 1000 distinct valid tokens cycling: >= 2.0x HAProxy jwt_verify
+    "jwt_vs_plain": 0.85,           # (extra) auth on a hot token costs <= 15% of plain throughput
+    "miss_vs_haproxy": 1.00,        # every token distinct (cache misses): >= 1.0x HAProxy
+    "p99_vs_haproxy": 1.00,         # p99 latency at 64 connections no worse than HAProxy's (plain and JWT)
+    "upload_vs_haproxy": 1.00,      # 1 MiB POST streamed to an upstream reading the whole body: >= HAProxy
+    "h2_vs_haproxy": 0.80,          # HTTP/2 (h2load, 64 conns x 10 streams): >= 0.8x HAProxy
+    "idle_kib_per_conn": 20.0,      # 10,000 idle keep-alive connections: under 20 KiB per connection
+    "routes_10k_within": 0.05,      # 10k routes with permissions within 5% of a 10-route config
+    "reload_10k_seconds": 0.10,     # a reload of the 10k-route config compiles in under 100 ms
 }
 
 PIDS = []          # every process we started (Popen), stopped by PID
