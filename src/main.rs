@@ -88,7 +88,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn run(config: PathBuf, format: LogFormat) -> ExitCode {
-    logging::init(format);
+    let _log_guard = logging::init(format);
     let gw = match Gateway::load(config) {
         Ok(g) => g,
         Err(e) => {
@@ -182,7 +182,7 @@ fn explain(
     host: Option<String>,
     path: &str,
 ) -> ExitCode {
-    logging::init(LogFormat::Text);
+    let _log_guard = logging::init(LogFormat::Text);
     let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
         eprintln!("tollgate: invalid method {method}");
         return ExitCode::from(2);

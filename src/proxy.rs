@@ -46,6 +46,12 @@ const HOP_BY_HOP: [&str; 9] = [
 
 /// Removes hop-by-hop headers, including every header named in `Connection`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if !h.contains_key(header::CONNECTION) {
+        for n in HOP_BY_HOP {
+            h.remove(n);
+        }
+        return;
+    }
     let named: Vec<String> = h
         .get_all(header::CONNECTION)
         .iter()

@@ -68,8 +68,7 @@ pub fn request_id<B>(req: &Request<B>) -> HeaderValue {
     }
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill(&mut bytes);
-    let s: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("0"))
+    HeaderValue::from_str(&crate::config::hex(&bytes)).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// 431 for heads over `max_header_bytes`, 413 for a declared body over `max_body_bytes`.
