@@ -275,7 +275,12 @@ pub fn load_str(
                 let path = error_path(e.path());
                 let msg = e.inner().to_string();
                 // serde_yaml appends its own (post-substitution) location; ours is better.
-                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+                let mut msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+                // serde quotes the offending value; never for a secret.
+                let key = path.rsplit('.').next().unwrap_or("");
+                if key.contains("secret") || key.contains("password") {
+                    msg = "invalid value (expected a string; the value is not shown)".into();
+                }
                 problems.add(path.clone(), msg);
                 if !remove_map_entry(&mut value, &path) {
                     break;
@@ -386,5 +391,22 @@ fn locate(file: &str, index: &PosIndex, problems: Vec<Problem>) -> ConfigError {
     ConfigError {
         file: file.to_owned(),
         problems: out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Behaviour: a wrongly typed secret is reported without its value.
+    #[test]
+    fn secret_values_are_not_echoed() {
+        let yaml = "server:\n  listen: \"127.0.0.1:0\"\nupstreams:\n  - name: u\n    url: \"http://127.0.0.1:1\"\n    auth:\n      type: basic\n      username: a\n      password: 987654321\n";
+        let e = load_str(yaml, "g.yaml", Path::new("."), &Registry::default())
+            .err()
+            .unwrap();
+        let text = e.to_string();
+        assert!(text.contains("upstreams[0].auth.password"), "{text}");
+        assert!(!text.contains("987654321"), "{text}");
     }
 }
