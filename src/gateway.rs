@@ -2,7 +2,7 @@
 //! that outlives a reload (caches, key stores, HTTP clients, metrics, reload status).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -35,8 +35,6 @@ pub struct Gateway {
     pub tokens: TokenCache,
     pub status: Mutex<ReloadStatus>,
     pub listeners_up: AtomicBool,
-    /// The port the public listener is bound to (the configured one may be 0).
-    pub public_port: AtomicU16,
     /// SHA-256 of the file content of the last load or reload attempt, successful or
     /// not: the watcher reloads when the file differs from it.
     last_attempt_hash: Mutex<String>,
@@ -91,7 +89,6 @@ impl Gateway {
             tokens: TokenCache::default(),
             status: Mutex::new(status),
             listeners_up: AtomicBool::new(false),
-            public_port: AtomicU16::new(0),
             last_attempt_hash: Mutex::new(rt_hash),
             next_version: AtomicU64::new(2),
             reload_lock: tokio::sync::Mutex::new(()),

@@ -142,9 +142,6 @@ pub async fn serve_public(
     shutdown: watch::Receiver<bool>,
 ) {
     let tls = gw.current().server.tls.is_some();
-    if let Ok(a) = listener.local_addr() {
-        gw.public_port.store(a.port(), Ordering::Release);
-    }
     let g = gw.clone();
     serve(gw, listener, tls, shutdown, move |info, req| {
         stack::handle(g.clone(), info, req)

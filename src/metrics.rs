@@ -33,7 +33,6 @@ pub struct Metrics {
     reload_failure: AtomicU64,
     pub open_connections: AtomicI64,
     pub connections_total: AtomicU64,
-    pub body_credential_rewrites: AtomicU64,
     pub client_auth_failures: DashMap<&'static str, AtomicU64>,
     pub tokens_issued: AtomicU64,
 }

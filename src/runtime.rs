@@ -83,6 +83,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// An issuer by its `name` (`local` for the token service).
     pub fn issuer(&self, name: &str) -> Option<&Arc<Issuer>> {
         self.issuers.iter().find(|i| &*i.name == name)
     }

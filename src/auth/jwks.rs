@@ -12,7 +12,6 @@ use arc_swap::ArcSwap;
 use http::Request;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use tokio::sync::Notify;
 
 use super::jwt::KeyKind;
 use crate::body::empty;
@@ -110,7 +109,6 @@ pub struct KeyStore {
     generation: AtomicU64,
     last_kid_refetch: Mutex<Option<Instant>>,
     first_done: AtomicBool,
-    first_notify: Notify,
     pub fetches_ok: AtomicU64,
     pub fetches_failed: AtomicU64,
     refresher_started: AtomicBool,
@@ -138,7 +136,6 @@ impl KeyStore {
             generation: AtomicU64::new(0),
             last_kid_refetch: Mutex::new(None),
             first_done: AtomicBool::new(false),
-            first_notify: Notify::new(),
             fetches_ok: AtomicU64::new(0),
             fetches_failed: AtomicU64::new(0),
             refresher_started: AtomicBool::new(false),
@@ -165,16 +162,6 @@ impl KeyStore {
 
     pub fn first_fetch_done(&self) -> bool {
         self.first_done.load(Ordering::Acquire)
-    }
-
-    pub async fn wait_first_fetch(&self) {
-        loop {
-            let notified = self.first_notify.notified();
-            if self.first_fetch_done() {
-                return;
-            }
-            notified.await;
-        }
     }
 
     /// Starts the background refresher once; it ends when the store is dropped.
@@ -226,9 +213,7 @@ impl KeyStore {
             }
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
-        if !self.first_done.swap(true, Ordering::AcqRel) {
-            self.first_notify.notify_waiters();
-        }
+        self.first_done.store(true, Ordering::Release);
     }
 
     /// On an unknown `kid`: refetch, at most once per [`UNKNOWN_KID_REFETCH`].

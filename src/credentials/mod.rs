@@ -154,11 +154,6 @@ impl TokenCache {
             .await
     }
 
-    /// The upstream said 401: the token is no good any more.
-    pub fn invalidate(&self, src: &OAuth2Source) {
-        self.tokens.remove(&src.cache_key);
-    }
-
     /// The upstream said 401 to a request sent with `used`: drop the cached token only if
     /// it is still that one. A request that started with an older token must not throw
     /// away the fresh token another request fetched in the meantime.
