@@ -1,0 +1,1 @@
+//! Fault injection: misbehaving upstreams and identity providers.
