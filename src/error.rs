@@ -100,6 +100,9 @@ pub enum GatewayError {
     GatewayTimeout(String),
     #[error("{0}")]
     ServiceUnavailable(String),
+    /// Load shedding: more requests in flight than `max_concurrent_requests`.
+    #[error("tollgate is handling its limit of {0} requests at once; retry shortly")]
+    Overloaded(usize),
     /// Token service: 401 `invalid_client` with `WWW-Authenticate: Basic`.
     #[error("{0}")]
     InvalidClient(String),
@@ -128,7 +131,9 @@ impl GatewayError {
             GatewayError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             GatewayError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::ServiceUnavailable(_) | GatewayError::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -145,7 +150,9 @@ impl GatewayError {
             GatewayError::PayloadTooLarge(_) => "payload_too_large",
             GatewayError::BadGateway(_) => "bad_gateway",
             GatewayError::GatewayTimeout(_) => "gateway_timeout",
-            GatewayError::ServiceUnavailable(_) => "service_unavailable",
+            GatewayError::ServiceUnavailable(_) | GatewayError::Overloaded(_) => {
+                "service_unavailable"
+            }
             GatewayError::InvalidClient(_) => "invalid_client",
             GatewayError::OAuth { code, .. } => code,
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
@@ -200,6 +207,9 @@ impl GatewayError {
             if let Ok(v) = HeaderValue::from_str(&v) {
                 h.insert(WWW_AUTHENTICATE, v);
             }
+        }
+        if let GatewayError::Overloaded(_) = self {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if matches!(
             self,

@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
@@ -60,9 +60,10 @@ pub async fn serve<F, Fut>(
     let graceful = GracefulShutdown::new();
     let max_conn = gw.current().server.limits.max_connections;
     let permits = Arc::new(Semaphore::new(max_conn));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        let slot = tokio::select! {
+            s = slot(&permits, &refusals) => s,
             _ = shutdown.changed() => break,
         };
         let (stream, remote) = tokio::select! {
@@ -77,6 +78,22 @@ pub async fn serve<F, Fut>(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        let permit = match slot {
+            Slot::Serve(p) => p,
+            Slot::Refuse(r) => {
+                gw.metrics
+                    .connections_refused_total
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(remote = %remote, max_connections = max_conn, "connection limit reached; refusing");
+                tokio::spawn(async move {
+                    if !tls {
+                        refuse(stream, max_conn).await;
+                    }
+                    drop(r);
+                });
+                continue;
+            }
+        };
         let gw2 = gw.clone();
         // Built per connection from the config now serving, so that reloaded limits
         // (header size, header read timeout) apply to new connections.
@@ -133,6 +150,59 @@ pub async fn serve<F, Fut>(
     {
         tracing::warn!("some connections were still busy after {grace:?}; closing them");
     }
+}
+
+/// Connections being refused at once when `max_connections` are open; beyond these,
+/// new connections wait in the kernel's accept backlog.
+const REFUSALS_AT_ONCE: usize = 64;
+
+enum Slot {
+    Serve(OwnedSemaphorePermit),
+    Refuse(OwnedSemaphorePermit),
+}
+
+/// A connection slot, or when all `max_connections` are taken, a refusal slot.
+async fn slot(permits: &Arc<Semaphore>, refusals: &Arc<Semaphore>) -> Slot {
+    if let Ok(p) = permits.clone().try_acquire_owned() {
+        return Slot::Serve(p);
+    }
+    if let Ok(r) = refusals.clone().try_acquire_owned() {
+        return Slot::Refuse(r);
+    }
+    tokio::select! {
+        Ok(p) = permits.clone().acquire_owned() => Slot::Serve(p),
+        Ok(r) = refusals.clone().acquire_owned() => Slot::Refuse(r),
+    }
+}
+
+/// Over `max_connections` (plain HTTP/1): a quick SPEC-shaped 503 and close, rather than
+/// leaving the client in the backlog until it times out. What the client already sent
+/// is read first (briefly) so that closing does not reset the answer away.
+async fn refuse(mut stream: tokio::net::TcpStream, limit: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let brief = Duration::from_millis(200);
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(brief, stream.read(&mut buf)).await;
+    let mut id = [0u8; 16];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut id);
+    let body = format!(
+        "{{\"error\":\"service_unavailable\",\"error_description\":\"tollgate has its limit of {limit} connections open; retry shortly\",\"request_id\":\"{}\"}}",
+        crate::config::hex(&id)
+    );
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncache-control: no-store\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(brief, async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+    let _ = tokio::time::timeout(brief, async {
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// The public listener.

@@ -4,7 +4,7 @@
 //! few atomics per request. Label values are bounded: route names, never raw paths.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,12 @@ pub struct Metrics {
     reload_success: AtomicU64,
     reload_failure: AtomicU64,
     pub open_connections: AtomicI64,
+    /// Requests on the public listener being handled now (load shedding counts these).
+    pub in_flight: AtomicUsize,
+    /// Requests answered 503 because `max_concurrent_requests` were in flight.
+    pub shed_total: AtomicU64,
+    /// Connections closed at once because `max_connections` were open.
+    pub connections_refused_total: AtomicU64,
     pub connections_total: AtomicU64,
     pub client_auth_failures: DashMap<&'static str, AtomicU64>,
     pub tokens_issued: AtomicU64,
@@ -305,6 +311,39 @@ impl Metrics {
             o,
             "tollgate_open_connections {}",
             self.open_connections.load(Ordering::Relaxed)
+        );
+        header(
+            &mut o,
+            "tollgate_requests_in_flight",
+            "gauge",
+            "Requests on the public listener being handled now.",
+        );
+        let _ = writeln!(
+            o,
+            "tollgate_requests_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
+        header(
+            &mut o,
+            "tollgate_requests_shed_total",
+            "counter",
+            "Requests answered 503 because limits.max_concurrent_requests were in flight.",
+        );
+        let _ = writeln!(
+            o,
+            "tollgate_requests_shed_total {}",
+            self.shed_total.load(Ordering::Relaxed)
+        );
+        header(
+            &mut o,
+            "tollgate_connections_refused_total",
+            "counter",
+            "Connections answered 503 and closed because limits.max_connections were open.",
+        );
+        let _ = writeln!(
+            o,
+            "tollgate_connections_refused_total {}",
+            self.connections_refused_total.load(Ordering::Relaxed)
         );
         header(
             &mut o,

@@ -22,6 +22,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
     pub max_connections: usize,
+    /// Requests in flight at once (public listener); over it: 503 at once.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for Limits {
@@ -32,6 +34,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            max_concurrent_requests: 10_000,
         }
     }
 }

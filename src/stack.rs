@@ -2,7 +2,8 @@
 //! step lives in its own module and says where it sits.
 //!
 //!  1. accept, TLS, header size and read timeout ........ `listener`
-//!  2. request id, access-log record, duration timer ..... here
+//!  2. request id, access-log record, duration timer,
+//!     load shedding (`max_concurrent_requests`) ......... here
 //!  3. normalise the path, match the route (400 / 404) ... `route`
 //!  4. CORS: answer preflights, remember the origin ...... `cors`
 //!  5. endpoints tollgate serves itself .................. `token_service`
@@ -17,7 +18,7 @@
 //! changes the rules under a request in flight.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -100,6 +101,28 @@ fn head_size<B>(req: &Request<B>) -> usize {
             .sum::<usize>()
 }
 
+/// One request counted against `max_concurrent_requests` while it is handled.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    /// Counts the request in; `None` (and not counted) when `limit` are in flight
+    /// already: shed it rather than queue it.
+    fn enter(count: &'a AtomicUsize, limit: usize) -> Option<Self> {
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        if before >= limit {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(InFlight(count))
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Steps 2-11 for one request.
 pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
@@ -109,19 +132,30 @@ pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) ->
     let raw_path = req.uri().path().to_owned();
     let mut ex = Exchange::default();
     let timeout = rt.server.limits.request_timeout;
-    let result =
-        match tokio::time::timeout(timeout, serve(&gw, &rt, conn, req, &rid, &mut ex)).await {
-            Ok(r) => r,
-            Err(_) => Err(GatewayError::GatewayTimeout(format!(
-                "request did not complete within {timeout:?}"
-            ))),
-        };
+    let limit = rt.server.limits.max_concurrent_requests;
+    let in_flight = InFlight::enter(&gw.metrics.in_flight, limit);
+    if in_flight.is_none() {
+        gw.metrics.shed_total.fetch_add(1, Ordering::Relaxed);
+    }
+    let shed = in_flight.is_none().then_some(limit);
+    let result = match tokio::time::timeout(
+        timeout,
+        serve(&gw, &rt, conn, req, &rid, &mut ex, shed),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(GatewayError::GatewayTimeout(format!(
+            "request did not complete within {timeout:?}"
+        ))),
+    };
     let rid_str = rid.to_str().unwrap_or("");
     let route_name: Arc<str> = ex
         .route
         .as_ref()
         .map(|r| r.name.clone())
         .unwrap_or_else(|| Arc::from("none"));
+    drop(in_flight);
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -174,6 +208,7 @@ async fn serve(
     req: Request<Incoming>,
     rid: &HeaderValue,
     ex: &mut Exchange,
+    shed: Option<usize>,
 ) -> Result<Response<Body>, GatewayError> {
     let limits = &rt.server.limits;
     // Step 1 leftovers that hyper cannot express: smuggling guards here; SPEC's JSON
@@ -195,6 +230,9 @@ async fn serve(
     // Step 5: endpoints tollgate serves itself.
     if let Some(ts) = &rt.token_service {
         if ts.serves(&path) {
+            if let Some(limit) = shed {
+                return Err(GatewayError::Overloaded(limit));
+            }
             check_limits(&req, limits)?;
             return ts.handle(req, &path, &gw.metrics).await;
         }
@@ -222,6 +260,10 @@ async fn serve(
         if Cors::is_preflight(&req) {
             return Ok(cors.preflight(&req, ex.cors.as_ref()));
         }
+    }
+    // Shed once the route is known, so that the 503 carries CORS headers.
+    if let Some(limit) = shed {
+        return Err(GatewayError::Overloaded(limit));
     }
     check_limits(&req, limits)?;
 

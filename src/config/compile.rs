@@ -378,6 +378,10 @@ fn compile_server(s: Option<&ServerModel>, base: &Path, p: &mut Problems) -> Opt
             .max_connections
             .map(|n| n as usize)
             .unwrap_or(d.max_connections),
+        max_concurrent_requests: l
+            .max_concurrent_requests
+            .map(|n| n as usize)
+            .unwrap_or(d.max_concurrent_requests),
     };
     if limits.max_header_bytes < 1024 {
         p.add("server.limits.max_header_bytes", "must be at least 1024");
@@ -385,6 +389,12 @@ fn compile_server(s: Option<&ServerModel>, base: &Path, p: &mut Problems) -> Opt
     }
     if limits.max_connections == 0 {
         p.add("server.limits.max_connections", "must be at least 1");
+    }
+    if limits.max_concurrent_requests == 0 {
+        p.add(
+            "server.limits.max_concurrent_requests",
+            "must be at least 1",
+        );
     }
     let tls = s.tls.as_ref().and_then(|t| compile_tls(t, base, p));
     Some(Server {

@@ -98,6 +98,7 @@ const KNOWN_KEYS: &[&str] = &[
     "header_read_timeout",
     "request_timeout",
     "max_connections",
+    "max_concurrent_requests",
     "issuers",
     "name",
     "issuer",

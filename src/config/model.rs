@@ -61,6 +61,8 @@ pub struct LimitsModel {
     pub header_read_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub max_connections: Option<u64>,
+    /// Requests being handled at once; more are answered 503 at once (load shedding).
+    pub max_concurrent_requests: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

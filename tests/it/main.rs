@@ -9,6 +9,7 @@ mod faults;
 mod hostile;
 mod oidc_e2e;
 mod ops;
+mod overload;
 mod props;
 mod proxy;
 mod token_service;

@@ -1,0 +1,322 @@
+//! Issue 8, overload: load shedding at `max_concurrent_requests` (a quick 503, never an
+//! unbounded queue), `max_connections` enforced, memory flat under a flood.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Response;
+use tokio::sync::Semaphore;
+
+use crate::common::*;
+
+/// An upstream whose `/hold` requests wait until the test adds permits to `gate`;
+/// everything else answers 200 at once.
+async fn holding_upstream() -> (String, Arc<Semaphore>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let g = gate.clone();
+    let addr = serve(move |req: hyper::Request<hyper::body::Incoming>| {
+        let g = g.clone();
+        async move {
+            if req.uri().path().starts_with("/hold") {
+                g.acquire().await.unwrap().forget();
+            }
+            Response::new(Full::new(Bytes::from_static(b"ok")))
+        }
+    })
+    .await;
+    (format!("http://{addr}"), gate)
+}
+
+fn config(upstream: &str, limits: &str) -> String {
+    format!(
+        r#"server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+  limits:
+{limits}
+upstreams:
+  - name: bi
+    url: "{upstream}"
+routes:
+  - name: open
+    path_prefix: /
+    upstream: bi
+    auth: none
+    cors:
+      allow_origins: ["https://dash.example.com"]
+"#
+    )
+}
+
+async fn metric(gw: &Gw, name: &str) -> f64 {
+    let text = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+// Behaviour: with max_concurrent_requests in flight, the next request is answered 503
+// `service_unavailable` at once (JSON, Retry-After, CORS headers), counted in metrics;
+// once the held requests finish, requests are served again.
+#[tokio::test]
+async fn requests_over_the_limit_are_shed_with_503() {
+    let (up, gate) = holding_upstream().await;
+    let gw = spawn_gateway(&config(&up, "    max_concurrent_requests: 2")).await;
+    let c = client();
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let c = c.clone();
+            let url = gw.url("/hold");
+            tokio::spawn(async move { c.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    // Wait until both are in flight.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&gw, "tollgate_requests_in_flight").await < 2.0 {
+        assert!(Instant::now() < deadline, "held requests never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let started = Instant::now();
+    let r = c
+        .get(gw.url("/other"))
+        .header("origin", "https://dash.example.com")
+        .send()
+        .await
+        .unwrap();
+    // Bounded, not timed: a shed request never waits for the held ones (they wait forever).
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://dash.example.com"
+    );
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body = json_of(r).await;
+    assert_eq!(body["error"], "service_unavailable");
+    assert_eq!(body["request_id"], rid.as_str());
+    assert!(body["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("limit of 2 requests"));
+    assert_eq!(metric(&gw, "tollgate_requests_shed_total").await, 1.0);
+
+    gate.add_permits(2);
+    for h in held {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    assert_eq!(metric(&gw, "tollgate_requests_in_flight").await, 0.0);
+    let r = c.get(gw.url("/other")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    gw.stop().await;
+}
+
+// Behaviour: the limit is read per request, so a reload that raises it applies at once.
+#[tokio::test]
+async fn a_reload_changes_the_request_limit() {
+    let (up, gate) = holding_upstream().await;
+    let gw = spawn_gateway(&config(&up, "    max_concurrent_requests: 1")).await;
+    let c = client();
+    let url = gw.url("/hold");
+    let c1 = c.clone();
+    let held = tokio::spawn(async move { c1.get(url).send().await.unwrap().status() });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&gw, "tollgate_requests_in_flight").await < 1.0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 503);
+
+    std::fs::write(
+        gw.config_path(),
+        config(&up, "    max_concurrent_requests: 5"),
+    )
+    .unwrap();
+    let r = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    gate.add_permits(1);
+    assert_eq!(held.await.unwrap(), 200);
+    gw.stop().await;
+}
+
+// Behaviour: zero is refused by validation (it would shed everything).
+#[tokio::test]
+async fn zero_concurrent_requests_is_a_validation_error() {
+    let yaml = config("http://127.0.0.1:9", "    max_concurrent_requests: 0");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let err = tollgate::Gateway::load(path)
+        .err()
+        .expect("must be rejected");
+    assert!(
+        err.to_string()
+            .contains("server.limits.max_concurrent_requests"),
+        "{err}"
+    );
+}
+
+// Behaviour: with max_connections open, a new connection gets a quick 503 and is closed;
+// once a connection closes, new connections are served again.
+#[tokio::test]
+async fn connections_over_max_connections_get_503_and_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, _gate) = holding_upstream().await;
+    let gw = spawn_gateway(&config(&up, "    max_connections: 2")).await;
+    let req = b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n";
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(req).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        open.push(s); // kept alive, idle
+    }
+    let started = Instant::now();
+    let answer = raw(gw.addr, req, Duration::from_secs(5)).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "not closed");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("\"error\":\"service_unavailable\""),
+        "{answer}"
+    );
+    assert!(answer.contains("connections open"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"));
+
+    drop(open.pop());
+    // The freed slot is taken by the next connection (after the gateway notices the close).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = raw(
+            gw.addr,
+            b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused: f64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("tollgate_connections_refused_total ")?
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    assert!(refused >= 1.0, "{m}");
+    gw.stop().await;
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+// Behaviour: a flood far over the limit is shed, not queued: every request is answered
+// (200 or 503), and the real binary's memory after the flood stays near where it was
+// after a warm-up flood of the same size (no queue growing with the overload).
+#[tokio::test]
+async fn a_flood_is_shed_and_memory_stays_flat() {
+    let (up, gate) = holding_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &path,
+        config(
+            &up,
+            "    max_concurrent_requests: 20\n    max_connections: 4000",
+        ),
+    )
+    .unwrap();
+    let mut bin = spawn_binary(&path, &["run"]);
+    let pid = bin.child.id();
+    let base = format!("http://{}", bin.public);
+
+    async fn flood(base: &str, gate: &Semaphore, n: usize) -> (usize, usize) {
+        let c = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap();
+        // 20 held requests fill the limit; the rest must be shed while they are held.
+        let held: Vec<_> = (0..20)
+            .map(|_| {
+                let c = c.clone();
+                let url = format!("{base}/hold");
+                tokio::spawn(async move { c.get(url).send().await.map(|r| r.status().as_u16()) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sem = Arc::new(Semaphore::new(64));
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let c = c.clone();
+                let url = format!("{base}/x");
+                let sem = sem.clone();
+                tokio::spawn(async move {
+                    let _p = sem.acquire().await.unwrap();
+                    c.get(url).send().await.map(|r| r.status().as_u16())
+                })
+            })
+            .collect();
+        let (mut ok, mut shed) = (0, 0);
+        for t in tasks {
+            match tokio::time::timeout(Duration::from_secs(30), t).await {
+                Ok(Ok(Ok(200))) => ok += 1,
+                Ok(Ok(Ok(503))) => shed += 1,
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+        gate.add_permits(20);
+        for h in held {
+            assert_eq!(h.await.unwrap().unwrap(), 200);
+        }
+        (ok, shed)
+    }
+
+    let (_, shed_warm) = flood(&base, &gate, 3000).await;
+    assert!(shed_warm > 0);
+    let after_warmup = rss_kib(pid);
+    let (ok, shed) = flood(&base, &gate, 3000).await;
+    let after = rss_kib(pid);
+    assert_eq!(ok + shed, 3000);
+    assert!(
+        shed > 2000,
+        "only {shed} of 3000 shed while the limit was full"
+    );
+    assert!(
+        after <= after_warmup + after_warmup / 5 + 2048,
+        "RSS grew from {after_warmup} KiB to {after} KiB over one flood"
+    );
+    let _ = bin.child.kill();
+    let _ = bin.child.wait();
+}
