@@ -157,6 +157,7 @@ fn identity() -> Identity {
         client_id: Some("bench-client".into()),
         scopes: vec!["analytics.read".into(), "dashboard.access".into()],
         expires_at: 0,
+        ..Identity::default()
     }
 }
 

@@ -6,6 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc instead of glibc malloc: glibc's malloc/free were ~13% of the proxy's CPU
+/// profile (bench/ANALYSIS.md), and mimalloc returns freed memory to the OS.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tollgate::logging::{self, LogFormat};
 use tollgate::Gateway;
 

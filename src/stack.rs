@@ -185,19 +185,26 @@ pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) ->
     let elapsed = start.elapsed();
     let status = resp.status().as_u16();
     gw.metrics.request(&route_name, status, elapsed);
-    tracing::info!(
-        target: "tollgate::access",
-        request_id = rid_str,
-        route = &*route_name,
-        method = %method,
-        path = %raw_path,
+    crate::logging::access(&crate::logging::Access {
+        request_id: rid_str,
+        route: &route_name,
+        method: method.as_str(),
+        path: &raw_path,
         status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        upstream = ex.route.as_ref().and_then(|r| r.upstream.as_ref()).map(|u| &*u.name).unwrap_or("-"),
-        client = ex.identity.as_ref().and_then(|i| i.client_id.as_deref()).unwrap_or("-"),
-        remote = %conn.remote.ip(),
-        "access"
-    );
+        duration: elapsed,
+        upstream: ex
+            .route
+            .as_ref()
+            .and_then(|r| r.upstream.as_ref())
+            .map(|u| &*u.name)
+            .unwrap_or("-"),
+        client: ex
+            .identity
+            .as_ref()
+            .and_then(|i| i.client_id.as_deref())
+            .unwrap_or("-"),
+        remote: conn.remote.ip(),
+    });
     resp
 }
 

@@ -462,6 +462,7 @@ pub fn check_claims(
         client_id,
         scopes,
         expires_at: exp.unwrap_or(0).max(0) as u64,
+        ..Identity::default()
     };
     Ok((identity, exp.map(|e| e + leeway)))
 }
