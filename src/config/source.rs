@@ -314,7 +314,7 @@ pub fn curly_quote_problems(value: &serde_yaml::Value) -> Vec<(String, String)> 
     out
 }
 
-const CURLY: [char; 6] = [
+pub const CURLY: [char; 6] = [
     '\u{201C}', '\u{201D}', '\u{2018}', '\u{2019}', '\u{201E}', '\u{00AB}',
 ];
 
