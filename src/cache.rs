@@ -40,10 +40,22 @@ impl<K: Hash + Eq + Clone, V: Clone> FlightCache<K, V> {
             return;
         }
         if self.entries.len() >= self.max_entries {
+            // Full: drop the expired entries, then if need be an arbitrary eighth (hash
+            // order), so that the O(n) sweep runs at most once per max/8 inserts and a
+            // full cache never turns into an empty one (a burst of misses).
             let now = Instant::now();
             self.entries.retain(|_, v| v.1 > now);
-            if self.entries.len() >= self.max_entries {
-                self.entries.clear();
+            let keep = self.max_entries - (self.max_entries / 8).max(1);
+            let len = self.entries.len();
+            if len > keep {
+                let mut excess = len - keep;
+                self.entries.retain(|_, _| {
+                    if excess == 0 {
+                        return true;
+                    }
+                    excess -= 1;
+                    false
+                });
             }
         }
         let now = Instant::now();
@@ -136,5 +148,24 @@ mod tests {
         c.insert(3, 3, Duration::from_secs(10));
         c.insert(4, 4, Duration::from_secs(10));
         assert!(c.len() <= 2);
+    }
+
+    // Behaviour: a full cache of live entries sheds an eighth, never everything: the
+    // newest entry and most of the others stay.
+    #[test]
+    fn full_cache_evicts_an_eighth() {
+        let c: FlightCache<u32, u32> = FlightCache::new(64);
+        for i in 0..64 {
+            c.insert(i, i, Duration::from_secs(60));
+        }
+        assert_eq!(c.len(), 64);
+        c.insert(1000, 1, Duration::from_secs(60));
+        assert_eq!(c.len(), 64 - 8 + 1);
+        assert_eq!(c.get(&1000), Some(1));
+        for i in 0..10_000 {
+            c.insert(2000 + i, i, Duration::from_secs(60));
+            assert!(c.len() <= 64);
+        }
+        assert!(c.len() > 48);
     }
 }
