@@ -4,13 +4,17 @@
 //! cleans the headers (hop-by-hop, those named in `Connection`, inbound `X-Auth-*`),
 //! adds `X-Forwarded-*`, `X-Request-Id` and the verified identity, and streams the body
 //! both ways. The request body is counted while it streams: past `max_body_bytes` the
-//! stream fails and the exchange is answered 413.
+//! stream fails and the exchange is answered 413. The upstream's `timeout` bounds the
+//! wait for its response head (504) and every pause in its response body (after the
+//! head a 504 is too late: the body is cut off, like nginx's `proxy_read_timeout`).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -143,6 +147,78 @@ where
     }
 }
 
+pin_project! {
+    /// The upstream's response body, cut off when no frame arrives for `idle`: an
+    /// upstream that sends its head and then stalls must not hold the client, and a
+    /// connection on each side, forever. A body that keeps flowing is never cut.
+    pub struct IdleTimeoutBody<B> {
+        #[pin]
+        inner: B,
+        idle: Duration,
+        last_frame: tokio::time::Instant,
+        #[pin]
+        timer: tokio::time::Sleep,
+        upstream: Arc<str>,
+    }
+}
+
+impl<B> IdleTimeoutBody<B> {
+    pub fn new(inner: B, idle: Duration, upstream: Arc<str>) -> Self {
+        let now = tokio::time::Instant::now();
+        IdleTimeoutBody {
+            inner,
+            idle,
+            last_frame: now,
+            timer: tokio::time::sleep_until(now + idle),
+            upstream,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent no response data for {0:?}")]
+pub struct UpstreamStalled(Duration);
+
+impl<B> HttpBody for IdleTimeoutBody<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if let Poll::Ready(r) = this.inner.poll_frame(cx) {
+            // Re-arming the timer lazily (below) keeps a flowing body at one clock read
+            // per frame.
+            *this.last_frame = tokio::time::Instant::now();
+            return Poll::Ready(r.map(|r| r.map_err(Into::into)));
+        }
+        loop {
+            std::task::ready!(this.timer.as_mut().poll(cx));
+            let due = *this.last_frame + *this.idle;
+            if tokio::time::Instant::now() >= due {
+                tracing::warn!(upstream = %this.upstream, idle = ?this.idle,
+                    "upstream response body stalled; cutting it off");
+                return Poll::Ready(Some(Err(Box::new(UpstreamStalled(*this.idle)))));
+            }
+            this.timer.as_mut().reset(due);
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// What the forwarding step needs to know about the exchange.
 pub struct ForwardContext<'a> {
     pub path: &'a str,
@@ -259,7 +335,7 @@ where
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+            let body = IdleTimeoutBody::new(body, up.timeout, up.name.clone()).boxed_unsync();
             Ok(Response::from_parts(parts, body))
         }
         Err(_) if cx.body_exceeded.load(Ordering::Acquire) => {
