@@ -2,7 +2,8 @@
 //!
 //! Lines are handed to a writer thread (`tracing-appender`), so the request path never
 //! waits on the stderr write itself; the queue is lossless (it applies back-pressure
-//! rather than dropping access or denial lines when it fills up).
+//! rather than dropping access or denial lines when it fills up). It writes lines in
+//! batches: whatever is queued is written with one `write(2)`, then flushed.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
@@ -25,7 +26,12 @@ pub fn init(format: LogFormat) -> WorkerGuard {
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(64 * 1024)
-        .finish(std::io::stderr());
+        // The writer thread drains every queued line, then flushes: one write(2) per
+        // batch instead of one per line.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let _ = ACCESS_SINK.set((writer.clone(), format));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)

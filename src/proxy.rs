@@ -32,42 +32,39 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_AUTH_CLIENT_ID: HeaderName = HeaderName::from_static("x-auth-client-id");
-static X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
-static X_AUTH_SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
 
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, including every header named in `Connection`.
+/// One pass over the names when there are none (the usual case).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if !h.contains_key(header::CONNECTION) {
-        for n in HOP_BY_HOP {
-            h.remove(n);
-        }
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
     }
-    let named: Vec<String> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
-    for n in named {
-        h.remove(n.as_str());
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<String> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for n in named {
+            h.remove(n.as_str());
+        }
     }
-    for n in HOP_BY_HOP {
+    for n in &HOP_BY_HOP {
         h.remove(n);
     }
 }
@@ -253,13 +250,15 @@ pub fn upstream_uri(up: &Upstream, path: &str, query: Option<&str>) -> Result<Ur
 
 pub fn prepare_headers(h: &mut HeaderMap, up: &Upstream, cx: &ForwardContext<'_>) {
     strip_hop_by_hop(h);
-    let inbound_auth: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-auth-"))
-        .cloned()
-        .collect();
-    for k in inbound_auth {
-        h.remove(k);
+    if h.keys().any(|k| k.as_str().starts_with("x-auth-")) {
+        let inbound_auth: Vec<HeaderName> = h
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-auth-"))
+            .cloned()
+            .collect();
+        for k in inbound_auth {
+            h.remove(k);
+        }
     }
     let ip = cx.client_addr.ip().to_string();
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -285,22 +284,8 @@ pub fn prepare_headers(h: &mut HeaderMap, up: &Upstream, cx: &ForwardContext<'_>
     h.insert(header::HOST, up.host.clone());
     h.insert(X_REQUEST_ID.clone(), cx.request_id.clone());
     if let Some(id) = cx.identity {
-        if let Some(v) = id
-            .client_id
-            .as_deref()
-            .and_then(|c| HeaderValue::from_str(c).ok())
-        {
-            h.insert(X_AUTH_CLIENT_ID.clone(), v);
-        }
-        if let Some(v) = id
-            .subject
-            .as_deref()
-            .and_then(|c| HeaderValue::from_str(c).ok())
-        {
-            h.insert(X_AUTH_SUBJECT.clone(), v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&id.scopes.join(" ")) {
-            h.insert(X_AUTH_SCOPES.clone(), v);
+        for (name, value) in id.forward_headers() {
+            h.insert(name.clone(), value.clone());
         }
     }
     if let Some(a) = &cx.authorization {

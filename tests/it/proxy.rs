@@ -531,42 +531,7 @@ async fn health_and_readiness() {
     gw.stop().await;
 }
 
-// Behaviour: max_connections — further connections wait until one closes.
-#[tokio::test]
-async fn max_connections_is_enforced() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = spawn_upstream().await;
-    let gw = spawn_gateway(&basic_yaml(&up, "  limits:\n    max_connections: 2", "")).await;
-    let req = b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n";
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        s.write_all(req).await.unwrap();
-        let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-        held.push(s);
-    }
-    let mut third = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    third.write_all(req).await.unwrap();
-    let mut buf = [0u8; 64];
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf))
-            .await
-            .is_err(),
-        "a third connection must not be served while two are open"
-    );
-    drop(held.pop());
-    let n = tokio::time::timeout(Duration::from_secs(3), third.read(&mut buf))
-        .await
-        .expect("served once a slot frees")
-        .unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-    gw.stop().await;
-}
+// max_connections (a quick 503 and close over the limit): tests/it/overload.rs.
 
 // Behaviour: a path in the upstream URL is prepended to the (normalised) request path.
 #[tokio::test]
