@@ -30,7 +30,9 @@ fn is_unreserved(b: u8) -> bool {
 /// - repeated `/` collapse; `.` segments vanish; `..` removes the previous segment,
 ///   and one that would climb above `/` -> 400;
 /// - a `.` or `..` segment spelled with escapes (`%2e%2e`) or hidden behind a `;`
-///   parameter (`..;/`) -> 400: backends disagree on those, so nobody gets them;
+///   parameter (`..;/`, `..%3B/`), or a segment that is only parameters (`/;x/`, which
+///   backends that drop parameters read as no segment at all) -> 400: backends
+///   disagree on those, so nobody gets them;
 /// - a trailing `/` is kept (it is the backend's business), a literal `\` -> 400.
 pub fn normalize_path(raw: &str) -> Result<String, BadPath> {
     let bytes = raw.as_bytes();
@@ -89,10 +91,21 @@ pub fn normalize_path(raw: &str) -> Result<String, BadPath> {
                 }
             }
         }
-        let bare = seg.split(';').next().unwrap_or("");
+        // The segment's name as a backend that drops `;` parameters reads it (some
+        // decode `%3B` first, so that counts as `;` too).
+        let name_len = [seg.find(';'), seg.find("%3B")]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(seg.len());
+        let bare = &seg[..name_len];
         let dotty = bare == "." || bare == "..";
         if dotty && (escaped_dot || bare.len() != seg.len()) {
             return Err(BadPath("disguised dot-segment in path"));
+        }
+        if bare.is_empty() {
+            // `/a/;x/b` is `/a/b` to such a backend, while `*` would match `;x`.
+            return Err(BadPath("path segment with parameters but no name"));
         }
         match seg.as_str() {
             "." => trailing_slash = true,
@@ -310,6 +323,28 @@ mod tests {
         ] {
             assert!(n(p).is_err(), "{p:?} must be refused");
         }
+    }
+
+    // Behaviour: a segment that is only `;` parameters, or a dot-segment hidden behind
+    // an escaped `;`, is refused: a backend that drops parameters would read
+    // `/reports/;x/rows` as `/reports/rows`, which `/reports/*/rows` must not reach.
+    // Found by the `path_perm` fuzz target.
+    #[test]
+    fn parameter_only_segments_are_refused() {
+        for p in [
+            "/v2/analytics/reports/;x/rows",
+            "/a/;/b",
+            "/;x",
+            "/a/%3bx/b",
+            "/a/%3B/b",
+            "/a/..%3B/b",
+            "/a/.%3bx/b",
+        ] {
+            assert!(n(p).is_err(), "{p:?} must be refused");
+        }
+        assert_eq!(n("/a;x/b").unwrap(), "/a;x/b");
+        assert_eq!(n("/data;jsessionid=1").unwrap(), "/data;jsessionid=1");
+        assert_eq!(n("/a%3Bb").unwrap(), "/a%3Bb");
     }
 
     // Behaviour: normalisation is idempotent.
