@@ -32,6 +32,12 @@ impl OriginPattern {
         if s == "*" {
             return Ok(OriginPattern::Any);
         }
+        if !s.is_ascii() {
+            // Browsers send internationalised hosts in punycode; this could never match.
+            return Err(format!(
+                "origin \"{s}\" is not ASCII: write the host in punycode (xn--...)"
+            ));
+        }
         let lower = s.to_ascii_lowercase();
         let Some((scheme, rest)) = lower.split_once("://") else {
             return Err(format!("origin \"{s}\" must look like https://host[:port]"));
@@ -301,6 +307,20 @@ mod tests {
         assert!(OriginPattern::parse("https://a.com/path").is_err());
         assert!(OriginPattern::parse("https://a.*.com").is_err());
         assert!(OriginPattern::parse("cx.company.com").is_err());
+    }
+
+    // Behaviour: a pattern with non-ASCII characters is a config error, not an origin
+    // that silently never matches (`Origin` is ASCII: browsers send punycode). Found by
+    // the `cors` fuzz target.
+    #[test]
+    fn non_ascii_patterns_are_refused() {
+        assert!(OriginPattern::parse("https://y\u{49c}om").is_err());
+        assert!(OriginPattern::parse("https://b\u{fc}cher.example").is_err());
+        assert!(OriginPattern::parse("https://*.b\u{fc}cher.example").is_err());
+        assert!(m(
+            "https://xn--bcher-kva.example",
+            "https://xn--bcher-kva.example"
+        ));
     }
 
     // Behaviour: the way out (`apply`) keeps what `preflight` answered, but replaces
