@@ -175,14 +175,19 @@ pub fn key_kind_for(alg: Algorithm) -> Option<KeyKind> {
     }
 }
 
-/// A claim as a number of seconds (integers and floats both occur in the wild).
+/// Seconds beyond which a time claim means "forever" (2^53, about 285 million years):
+/// `exp: 1e300` is read as this, so comparing claims with now ± leeway cannot overflow.
+pub const MAX_CLAIM_SECS: i64 = 1 << 53;
+
+/// A claim as a number of seconds (integers and floats both occur in the wild),
+/// clamped to ±[`MAX_CLAIM_SECS`].
 pub fn numeric_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, Refusal> {
     match claims.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
             .as_i64()
             .or_else(|| n.as_f64().map(|f| f as i64))
-            .map(Some)
+            .map(|s| Some(s.clamp(-MAX_CLAIM_SECS, MAX_CLAIM_SECS)))
             .ok_or_else(|| {
                 Refusal::new(
                     DenyReason::TokenMalformed,
@@ -274,6 +279,24 @@ mod tests {
         assert!(parse("garbage").is_err());
         assert!(parse("a.b.c.d").is_err());
         assert!(!looks_like_jwt("opaque-token-value"));
+    }
+
+    // Behaviour: time claims of any size are clamped, so `exp + leeway` and `now - exp`
+    // cannot overflow (exp 1e300 did; found by the `jwt` fuzz target).
+    #[test]
+    fn numeric_claims_are_clamped() {
+        let m: Map<String, Value> = serde_json::from_str(
+            r#"{"a":1e300,"b":-1e300,"c":18446744073709551615,"d":-9223372036854775808,"e":1700000000.9,"f":"1"}"#,
+        )
+        .unwrap();
+        let n = |k: &str| numeric_claim(&m, k).unwrap();
+        assert_eq!(n("a"), Some(MAX_CLAIM_SECS));
+        assert_eq!(n("b"), Some(-MAX_CLAIM_SECS));
+        assert_eq!(n("c"), Some(MAX_CLAIM_SECS));
+        assert_eq!(n("d"), Some(-MAX_CLAIM_SECS));
+        assert_eq!(n("e"), Some(1_700_000_000));
+        assert_eq!(n("none"), None);
+        assert!(numeric_claim(&m, "f").is_err());
     }
 
     #[test]
