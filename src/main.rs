@@ -80,13 +80,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// One worker per core by default; `TOKIO_WORKER_THREADS` sets the count. With one
+/// worker the single-threaded scheduler is used: the same behaviour without the
+/// work-stealing machinery (queues, atomics, cross-thread wake-ups) that only pays off
+/// with several workers.
 fn runtime() -> tokio::runtime::Runtime {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    b.enable_all();
-    if let Some(n) = std::env::var("TOKIO_WORKER_THREADS")
+    let workers: Option<usize> = std::env::var("TOKIO_WORKER_THREADS")
         .ok()
-        .and_then(|v| v.parse().ok())
-    {
+        .and_then(|v| v.parse().ok());
+    let mut b = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    b.enable_all();
+    if let Some(n) = workers.filter(|n| *n > 1) {
         b.worker_threads(n);
     }
     b.build().expect("tokio runtime")
