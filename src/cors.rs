@@ -88,10 +88,13 @@ impl OriginPattern {
                 let Some((host, p)) = split_port(rest) else {
                     return false;
                 };
+                // One or more labels in front of the suffix, none of them empty.
                 p == *port
                     && host.len() > suffix.len()
                     && host.ends_with(suffix.as_str())
-                    && !host[..host.len() - suffix.len()].ends_with('.')
+                    && host[..host.len() - suffix.len()]
+                        .split('.')
+                        .all(|label| !label.is_empty())
             }
         }
     }
@@ -303,6 +306,12 @@ mod tests {
             "https://a.company.com:8443"
         ));
         assert!(!m("https://*.company.com", "https://.company.com"));
+        // Empty labels anywhere in front of the suffix, not only right before it (the
+        // `cors` fuzz target found `https://.*n.com` allowed by `https://*.com`).
+        assert!(!m("https://*.com", "https://.*n.com"));
+        assert!(!m("https://*.company.com", "https://.a.company.com"));
+        assert!(!m("https://*.company.com", "https://a..b.company.com"));
+        assert!(!m("https://*.company.com", "https://a..company.com"));
         assert!(m("*", "https://anything.example"));
         assert!(OriginPattern::parse("https://a.com/path").is_err());
         assert!(OriginPattern::parse("https://a.*.com").is_err());
