@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,14 @@ pub struct FlightCache<K, V> {
     entries: DashMap<K, (V, Instant)>,
     flights: DashMap<K, Arc<tokio::sync::Mutex<()>>>,
     max_entries: usize,
+    /// When expired entries were last swept out (seconds since `born`): a key that is
+    /// never looked up again must not stay until the cache is full.
+    born: Instant,
+    last_sweep: AtomicU64,
 }
+
+/// How often `insert` sweeps expired entries out.
+const SWEEP_EVERY_SECS: u64 = 30;
 
 impl<K: Hash + Eq + Clone, V: Clone> FlightCache<K, V> {
     pub fn new(max_entries: usize) -> Self {
@@ -21,6 +29,8 @@ impl<K: Hash + Eq + Clone, V: Clone> FlightCache<K, V> {
             entries: DashMap::new(),
             flights: DashMap::new(),
             max_entries,
+            born: Instant::now(),
+            last_sweep: AtomicU64::new(0),
         }
     }
 
@@ -38,6 +48,17 @@ impl<K: Hash + Eq + Clone, V: Clone> FlightCache<K, V> {
     pub fn insert(&self, key: K, value: V, ttl: Duration) {
         if ttl.is_zero() {
             return;
+        }
+        let age = self.born.elapsed().as_secs();
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        if age >= last + SWEEP_EVERY_SECS
+            && self
+                .last_sweep
+                .compare_exchange(last, age, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let now = Instant::now();
+            self.entries.retain(|_, v| v.1 > now);
         }
         if self.entries.len() >= self.max_entries {
             // Full: drop the expired entries, then if need be an arbitrary eighth (hash
@@ -112,7 +133,7 @@ impl<K: Hash + Eq + Clone, V: Clone> FlightCache<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     // Behaviour: 40 concurrent callers of one key make one fetch.
     #[tokio::test]
@@ -148,6 +169,25 @@ mod tests {
         c.insert(3, 3, Duration::from_secs(10));
         c.insert(4, 4, Duration::from_secs(10));
         assert!(c.len() <= 2);
+    }
+
+    // Behaviour: expired entries that are never looked up again are swept out by a
+    // later insert (at most every SWEEP_EVERY_SECS), long before the cache is full.
+    #[test]
+    fn expired_entries_are_swept() {
+        let c: FlightCache<u32, u32> = FlightCache::new(1000);
+        for i in 0..100 {
+            c.insert(i, i, Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        // Pretend the last sweep was long ago.
+        c.last_sweep.store(0, Ordering::Relaxed);
+        let c = FlightCache {
+            born: Instant::now() - Duration::from_secs(SWEEP_EVERY_SECS + 1),
+            ..c
+        };
+        c.insert(1000, 1, Duration::from_secs(60));
+        assert_eq!(c.len(), 1);
     }
 
     // Behaviour: a full cache of live entries sheds an eighth, never everything: the

@@ -48,6 +48,29 @@ pub struct Client {
     pub scopes: Vec<String>,
 }
 
+/// argon2id checks running at once. Each costs ~19 MiB and tens of milliseconds of CPU,
+/// so they run on the blocking pool (never on a request worker), a few at a time; more
+/// wait their turn, bounded by `request_timeout` like any request.
+static ARGON2_AT_ONCE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Checks `secret` against an argon2id PHC string off the request workers.
+async fn verify_hash(hash: Secret, secret: Secret) -> bool {
+    let Ok(_permit) = ARGON2_AT_ONCE.acquire().await else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(hash.expose())
+            .map(|p| {
+                argon2::Argon2::default()
+                    .verify_password(secret.expose().as_bytes(), &p)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
 pub struct TokenService {
     pub path: String,
     pub issuer: String,
@@ -244,12 +267,12 @@ impl TokenService {
                 })
             }
         }
-        let client = self.authenticate(&id, &secret, metrics)?;
+        let client = self.authenticate(&id, &secret, metrics).await?;
         let scopes = self.grant_scopes(client, one.get("scope").copied())?;
         self.issue(client, &scopes, metrics)
     }
 
-    fn authenticate(
+    async fn authenticate(
         &self,
         id: &str,
         secret: &str,
@@ -267,13 +290,7 @@ impl TokenService {
         };
         let ok = match &client.secret {
             ClientSecret::Plain(s) => s.matches(secret),
-            ClientSecret::Hash(h) => PasswordHash::new(h.expose())
-                .map(|p| {
-                    argon2::Argon2::default()
-                        .verify_password(secret.as_bytes(), &p)
-                        .is_ok()
-                })
-                .unwrap_or(false),
+            ClientSecret::Hash(h) => verify_hash(h.clone(), Secret::new(secret)).await,
         };
         if ok {
             Ok(client)
