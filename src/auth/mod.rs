@@ -230,7 +230,8 @@ pub async fn authenticate(
             Ok(id) => {
                 // A cached "allow" never outlives the token.
                 if id.expires_at != 0
-                    && (id.expires_at as i64) + issuer.leeway.as_secs() as i64 <= now_secs()
+                    && (id.expires_at as i64).saturating_add(issuer.leeway.as_secs() as i64)
+                        <= now_secs()
                 {
                     caches.introspection.remove(&key);
                     last = Some(unauthorized(Refusal::new(
@@ -395,7 +396,7 @@ pub fn check_claims(
         ));
     }
     if let Some(exp) = exp {
-        if now > exp + leeway {
+        if now > exp.saturating_add(leeway) {
             return Err(Refusal::new(
                 DenyReason::TokenExpired,
                 format!("token expired {} ago", jwt::ago(now - exp)),
@@ -403,7 +404,7 @@ pub fn check_claims(
         }
     }
     if let Some(nbf) = jwt::numeric_claim(claims, "nbf")? {
-        if nbf > now + leeway {
+        if nbf > now.saturating_add(leeway) {
             return Err(Refusal::new(
                 DenyReason::TokenNotYetValid,
                 format!("token not valid for another {}", jwt::ago(nbf - now)),
@@ -469,5 +470,5 @@ pub fn check_claims(
         expires_at: exp.unwrap_or(0).max(0) as u64,
         ..Identity::default()
     };
-    Ok((identity, exp.map(|e| e + leeway)))
+    Ok((identity, exp.map(|e| e.saturating_add(leeway))))
 }

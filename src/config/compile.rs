@@ -69,6 +69,7 @@ impl Registry {
     }
 }
 
+const MAX_ISSUER_LEEWAY: Duration = Duration::from_secs(3600);
 pub const DEFAULT_ISSUER_LEEWAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
@@ -490,12 +491,25 @@ fn compile_issuers(
                 String::new()
             }
         };
-        let leeway = v::duration(
+        let mut leeway = v::duration(
             p,
             &format!("{path}.leeway"),
             m.leeway.as_ref(),
             DEFAULT_ISSUER_LEEWAY,
         );
+        // Clock skew is seconds to minutes; hours of leeway would keep expired tokens
+        // valid (and huge values would overflow the expiry arithmetic).
+        if leeway > MAX_ISSUER_LEEWAY {
+            p.add(
+                format!("{path}.leeway"),
+                format!(
+                    "leeway {}s is more than the maximum of {}s (1 hour)",
+                    leeway.as_secs(),
+                    MAX_ISSUER_LEEWAY.as_secs()
+                ),
+            );
+            leeway = DEFAULT_ISSUER_LEEWAY;
+        }
         let fetch_timeout = v::duration(
             p,
             &format!("{path}.fetch_timeout"),

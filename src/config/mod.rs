@@ -422,4 +422,17 @@ mod tests {
         assert!(text.contains("upstreams[0].auth.password"), "{text}");
         assert!(!text.contains("987654321"), "{text}");
     }
+
+    // Behaviour: an issuer leeway over an hour is a validation error (it would keep
+    // expired tokens valid; huge values once overflowed the expiry check).
+    #[test]
+    fn huge_leeway_is_refused() {
+        let yaml = "server:\n  listen: \"127.0.0.1:0\"\nissuers:\n  - name: corp\n    issuer: \"https://idp\"\n    jwks_uri: \"http://127.0.0.1:1/jwks\"\n    audiences: [a]\n    leeway: 99999999999s\nupstreams:\n  - name: u\n    url: \"http://127.0.0.1:1\"\nroutes:\n  - name: r\n    path_prefix: /\n    upstream: u\n    auth: {issuers: [corp]}\n";
+        let e = load_str(yaml, "g.yaml", Path::new("."), &Registry::default())
+            .err()
+            .expect("refused");
+        let text = e.to_string();
+        assert!(text.contains("issuers[0].leeway"), "{text}");
+        assert!(text.contains("maximum"), "{text}");
+    }
 }
