@@ -1750,23 +1750,9 @@ fn mib(kib: u64) -> String {
 }
 
 fn utc_now() -> String {
-    let secs = now();
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        (rem % 3600) / 60
-    )
+    // "2026-11-21T00:10:00Z" -> "2026-11-21 00:10 UTC"
+    let t = tollgate::gateway::rfc3339(std::time::SystemTime::now());
+    format!("{} {} UTC", &t[..10], &t[11..16])
 }
 
 struct Criterion {

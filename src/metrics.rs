@@ -279,16 +279,12 @@ impl Metrics {
             );
         }
 
-        header(
+        scalar(
             &mut o,
             "tollgate_tokens_issued_total",
             "counter",
             "Tokens issued by the token service.",
-        );
-        let _ = writeln!(
-            o,
-            "tollgate_tokens_issued_total {}",
-            self.tokens_issued.load(Ordering::Relaxed)
+            self.tokens_issued.load(Ordering::Relaxed),
         );
 
         header(
@@ -301,60 +297,40 @@ impl Metrics {
             let _ = writeln!(o, "tollgate_cache_entries{{cache=\"{name}\"}} {n}");
         }
 
-        header(
+        scalar(
             &mut o,
             "tollgate_open_connections",
             "gauge",
             "Client connections open now.",
+            self.open_connections.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            o,
-            "tollgate_open_connections {}",
-            self.open_connections.load(Ordering::Relaxed)
-        );
-        header(
+        scalar(
             &mut o,
             "tollgate_requests_in_flight",
             "gauge",
             "Requests on the public listener being handled now.",
+            self.in_flight.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            o,
-            "tollgate_requests_in_flight {}",
-            self.in_flight.load(Ordering::Relaxed)
-        );
-        header(
+        scalar(
             &mut o,
             "tollgate_requests_shed_total",
             "counter",
             "Requests answered 503 because limits.max_concurrent_requests were in flight.",
+            self.shed_total.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            o,
-            "tollgate_requests_shed_total {}",
-            self.shed_total.load(Ordering::Relaxed)
-        );
-        header(
+        scalar(
             &mut o,
             "tollgate_connections_refused_total",
             "counter",
             "Connections answered 503 and closed because limits.max_connections were open.",
+            self.connections_refused_total.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            o,
-            "tollgate_connections_refused_total {}",
-            self.connections_refused_total.load(Ordering::Relaxed)
-        );
-        header(
+        scalar(
             &mut o,
             "tollgate_connections_total",
             "counter",
             "Client connections accepted.",
-        );
-        let _ = writeln!(
-            o,
-            "tollgate_connections_total {}",
-            self.connections_total.load(Ordering::Relaxed)
+            self.connections_total.load(Ordering::Relaxed),
         );
         header(
             &mut o,
@@ -365,6 +341,12 @@ impl Metrics {
         let _ = writeln!(o, "tollgate_config_version {}", extras.config_version);
         o
     }
+}
+
+/// A family with one unlabelled series.
+fn scalar(o: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    header(o, name, kind, help);
+    let _ = writeln!(o, "{name} {value}");
 }
 
 fn header(o: &mut String, name: &str, kind: &str, help: &str) {
