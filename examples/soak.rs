@@ -1105,6 +1105,10 @@ fn builder() -> reqwest::ClientBuilder {
         .no_proxy()
         .timeout(Duration::from_secs(15))
         .connect_timeout(Duration::from_secs(5))
+        // Below tollgate's idle keep-alive timeout (header_read_timeout, 10 s): a client
+        // that reuses a connection just as the server closes it for idleness gets an
+        // error (the keep-alive race); well-behaved clients drop idle ones first.
+        .pool_idle_timeout(Duration::from_secs(5))
 }
 
 fn clients(keepalive: usize) -> Clients {
@@ -1570,7 +1574,11 @@ async fn reloader(ctx: Arc<Ctx>, setup: Arc<Setup>, every: Duration) -> Reloads 
             break;
         }
         let _g = ctx.gate.read().await;
-        let Some(before) = status_version(&ctx).await else {
+        let before = match status_version(&ctx).await {
+            Some(v) => Some(v),
+            None => status_version(&ctx).await, // one retry: see `builder`
+        };
+        let Some(before) = before else {
             r.errors.push("GET /admin/status failed".into());
             continue;
         };
