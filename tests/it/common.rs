@@ -511,3 +511,25 @@ pub fn spawn_binary(config: &std::path::Path, args: &[&str]) -> Binary {
         }
     }
 }
+
+/// The value of one exact series (`name` or `name{labels}`) in Prometheus text.
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The `/metrics` page of an admin listener (`base`: `http://host:port`).
+pub async fn admin_metrics(base: &str) -> String {
+    let r = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}

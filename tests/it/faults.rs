@@ -515,16 +515,7 @@ async fn get_ok(what: &str, url: String, auth: Option<String>) -> String {
 
 /// A value from the gateway's `/metrics`.
 async fn metric(admin: &str, name: &str) -> f64 {
-    let text = client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    series_value(&admin_metrics(&format!("http://{admin}")).await, name)
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 

@@ -31,30 +31,12 @@ routes:
     )
 }
 
-/// The value of one exact series (`name{labels}`) in a Prometheus text page.
-fn series(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (k, v) = l.rsplit_once(' ')?;
-        (k == name_and_labels).then(|| v.parse::<f64>().unwrap())
-    })
-}
-
-async fn metrics_at(admin: &str) -> String {
-    let r = client()
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
-}
-
 /// (success, failure) of `tollgate_config_reloads_total`.
 async fn reloads_at(admin: &str) -> (f64, f64) {
-    let m = metrics_at(admin).await;
+    let m = admin_metrics(admin).await;
     (
-        series(&m, "tollgate_config_reloads_total{result=\"success\"}").expect(&m),
-        series(&m, "tollgate_config_reloads_total{result=\"failure\"}").expect(&m),
+        series_value(&m, "tollgate_config_reloads_total{result=\"success\"}").expect(&m),
+        series_value(&m, "tollgate_config_reloads_total{result=\"failure\"}").expect(&m),
     )
 }
 
@@ -211,8 +193,12 @@ async fn file_edit_is_applied_live() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(reloads_at(&admin).await, (ok0 + 1.0, fail0));
     assert_eq!(status_at(&admin).await["config_version"], 2);
-    let m = metrics_at(&admin).await;
-    assert_eq!(series(&m, "tollgate_config_version"), Some(2.0), "{m}");
+    let m = admin_metrics(&admin).await;
+    assert_eq!(
+        series_value(&m, "tollgate_config_version"),
+        Some(2.0),
+        "{m}"
+    );
     gw.stop().await;
 }
 
@@ -635,9 +621,9 @@ async fn in_flight_requests_survive_a_reload() {
     assert_eq!(b.last().uri, "/api/after-h2");
     assert!(!h1_conn.is_finished() && !h2_conn.is_finished());
 
-    let m = metrics_at(&admin).await;
+    let m = admin_metrics(&admin).await;
     assert_eq!(
-        series(
+        series_value(
             &m,
             "tollgate_requests_total{route=\"old-route\",status=\"200\"}"
         ),
@@ -645,7 +631,7 @@ async fn in_flight_requests_survive_a_reload() {
         "requests that started before the reload are counted on their route:\n{m}"
     );
     assert_eq!(
-        series(
+        series_value(
             &m,
             "tollgate_requests_total{route=\"new-route\",status=\"200\"}"
         ),
@@ -768,7 +754,7 @@ async fn health_ready_and_metrics() {
         );
     }
     assert_eq!(
-        series(&m, "tollgate_requests_total{route=\"api\",status=\"200\"}"),
+        series_value(&m, "tollgate_requests_total{route=\"api\",status=\"200\"}"),
         None,
         "no traffic yet"
     );
@@ -825,7 +811,7 @@ async fn health_ready_and_metrics() {
         200
     );
 
-    let m = metrics_at(&admin).await;
+    let m = admin_metrics(&admin).await;
     let want = [
         ("tollgate_requests_total{route=\"api\",status=\"200\"}", 2.0),
         ("tollgate_requests_total{route=\"api\",status=\"503\"}", 1.0),
@@ -858,7 +844,7 @@ async fn health_ready_and_metrics() {
         ("tollgate_config_reloads_total{result=\"failure\"}", 0.0),
     ];
     for (s, v) in want {
-        assert_eq!(series(&m, s), Some(v), "{s}:\n{m}");
+        assert_eq!(series_value(&m, s), Some(v), "{s}:\n{m}");
     }
     // The unmatched request is counted with status 404, under no real route name.
     assert!(

@@ -51,16 +51,7 @@ routes:
 }
 
 async fn metric(gw: &Gw, name: &str) -> f64 {
-    let text = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    series_value(&admin_metrics(&gw.admin_url("")).await, name)
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
@@ -212,23 +203,8 @@ async fn connections_over_max_connections_get_503_and_close() {
         assert!(Instant::now() < deadline, "slot never freed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let m = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let refused: f64 = m
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("tollgate_connections_refused_total ")?
-                .parse()
-                .ok()
-        })
-        .unwrap();
-    assert!(refused >= 1.0, "{m}");
+    let refused = metric(&gw, "tollgate_connections_refused_total").await;
+    assert!(refused >= 1.0, "{refused}");
     gw.stop().await;
 }
 

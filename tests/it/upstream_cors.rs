@@ -70,14 +70,6 @@ fn token_requests(idp: &Idp) -> Vec<TokenRequest> {
     idp.token_requests.lock().unwrap().clone()
 }
 
-/// The value of one exact series (`name{labels}`) in Prometheus text, if present.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
-}
-
 async fn metrics_text(gw: &Gw) -> String {
     let r = client().get(gw.admin_url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -751,23 +743,23 @@ async fn oauth2_fetch_metrics() {
         text.contains("# TYPE tollgate_upstream_token_fetches_total counter"),
         "{text}"
     );
-    assert_eq!(metric(&text, ok).unwrap_or(0.0), 0.0);
+    assert_eq!(series_value(&text, ok).unwrap_or(0.0), 0.0);
 
     for _ in 0..3 {
         let r = client().get(gw.url("/api/x")).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
     let text = metrics_text(&gw).await;
-    assert_eq!(metric(&text, ok), Some(1.0), "{text}");
-    assert_eq!(metric(&text, failed).unwrap_or(0.0), 0.0, "{text}");
+    assert_eq!(series_value(&text, ok), Some(1.0), "{text}");
+    assert_eq!(series_value(&text, failed).unwrap_or(0.0), 0.0, "{text}");
 
     idp.token_fail.store(true, Ordering::SeqCst);
     flush(&gw).await;
     let r = client().get(gw.url("/api/x")).send().await.unwrap();
     assert_eq!(r.status(), 502);
     let text = metrics_text(&gw).await;
-    assert_eq!(metric(&text, ok), Some(1.0), "{text}");
-    assert_eq!(metric(&text, failed), Some(1.0), "{text}");
+    assert_eq!(series_value(&text, ok), Some(1.0), "{text}");
+    assert_eq!(series_value(&text, failed), Some(1.0), "{text}");
     assert!(!text.contains("upstream-token"), "a token in /metrics");
     gw.stop().await;
 }
