@@ -352,14 +352,7 @@ pub async fn verify_jwt(
             }
             continue;
         }
-        if jsonwebtoken::crypto::verify(
-            jws.signature,
-            jws.signing_input.as_bytes(),
-            &key.decoding,
-            alg,
-        )
-        .unwrap_or(false)
-        {
+        if key.verify(alg, jws.signing_input.as_bytes(), jws.signature) {
             verified = true;
             break;
         }
