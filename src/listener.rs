@@ -114,9 +114,12 @@ pub async fn serve<F, Fut>(
                 remote,
                 tls: tls_cfg.is_some(),
             };
+            // Boxed: hyper keeps a slot for the request future on every connection,
+            // idle ones included, so an unboxed future would cost its full size
+            // (several KiB) per idle keep-alive connection.
             let service = service_fn(move |req| {
-                let svc = svc.clone();
-                async move { Ok::<_, Infallible>(svc(info, req).await) }
+                let fut = Box::pin(svc(info, req));
+                async move { Ok::<_, Infallible>(fut.await) }
             });
             match tls_cfg {
                 Some(cfg) => {
