@@ -5,6 +5,8 @@
 //! - token verify: `auth::authenticate` with the verified-token cache hit, and with the
 //!   cache emptied before every call (parse + signature + claims), for RS256, ES256 and
 //!   EdDSA tokens of the token service (issuer `local`, fixture keys);
+//! - signature only: `jwks::Key::verify` (the aws-lc-rs key parsed from the JWK) for the
+//!   same three tokens, the part of an uncached verify that is cryptography;
 //! - route + permission match: `RouteTable::lookup` + `policy::authorize` with 10 and
 //!   10,000 routes, each with permissions (compiled by `config::load_str`);
 //! - compiling the 10,000-route config (what a reload costs, minus file I/O);
@@ -145,6 +147,26 @@ fn token_verify(c: &mut Criterion) {
                 ))
                 .unwrap()
             })
+        });
+    }
+    g.finish();
+}
+
+fn signature_verify(c: &mut Criterion) {
+    let mut g = c.benchmark_group("signature_verify");
+    for (alg, key_file) in [
+        ("RS256", "rsa-a.pem"),
+        ("ES256", "ec256.pem"),
+        ("EdDSA", "ed25519.pem"),
+    ] {
+        let key = SigningKey::from_pem(&std::fs::read(fixture(key_file)).unwrap()).unwrap();
+        let token = mint(&key, 1);
+        let set = key.key_set();
+        let parsed = set.by_kid.get(&key.kid).expect("kid in set").clone();
+        let (input, sig) = token.rsplit_once('.').expect("three parts");
+        assert!(parsed.verify(key.alg, input.as_bytes(), sig), "{alg}");
+        g.bench_function(alg, |b| {
+            b.iter(|| parsed.verify(key.alg, black_box(input.as_bytes()), black_box(sig)))
         });
     }
     g.finish();
@@ -297,6 +319,7 @@ fn headers(c: &mut Criterion) {
 criterion_group!(
     benches,
     token_verify,
+    signature_verify,
     route_and_permissions,
     normalise,
     headers,
