@@ -26,7 +26,7 @@ use pin_project_lite::pin_project;
 use crate::body::{Body, BoxError};
 use crate::error::GatewayError;
 use crate::policy::Identity;
-use crate::upstream::{send, Upstream, UpstreamFailure};
+use crate::upstream::{send_pooled, Upstream, UpstreamFailure};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -231,6 +231,8 @@ pub struct ForwardContext<'a> {
     pub max_body: u64,
 }
 
+/// The request target sent upstream, in origin form (`/base/path?query`): the
+/// upstream is reached by the pool's connection and named by `Host`.
 pub fn upstream_uri(up: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
     let mut pq =
         String::with_capacity(up.base_path.len() + path.len() + 1 + query.map_or(0, str::len));
@@ -240,11 +242,7 @@ pub fn upstream_uri(up: &Upstream, path: &str, query: Option<&str>) -> Result<Ur
         pq.push('?');
         pq.push_str(q);
     }
-    Uri::builder()
-        .scheme(up.scheme.clone())
-        .authority(up.authority.clone())
-        .path_and_query(pq)
-        .build()
+    Uri::try_from(pq)
         .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded".into()))
 }
 
@@ -316,7 +314,7 @@ where
     )
     .boxed_unsync();
     let out = Request::from_parts(parts, body);
-    match send(&up.client, out, up.timeout).await {
+    match send_pooled(up.pool(), out, up.timeout).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);

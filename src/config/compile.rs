@@ -771,6 +771,7 @@ fn compile_upstreams(
             timeout,
             client,
             auth,
+            pool: Default::default(),
         }));
     }
     out

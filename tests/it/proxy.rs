@@ -547,3 +547,97 @@ async fn upstream_base_path() {
     assert_eq!(up.last().uri, "/base/x/y?q=1");
     gw.stop().await;
 }
+
+// Behaviour: the upstream connection pool reuses one connection for back-to-back
+// requests whatever the response framing (sized, chunked, empty 204/304, HEAD) and
+// after a request body; a response body the client abandons half-way does not put a
+// half-read connection back (the next request still gets a whole, correct answer).
+#[tokio::test]
+async fn upstream_connections_are_reused_across_framings() {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+    use hyper::body::Frame;
+
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acc = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            acc.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let path = req.uri().path().to_owned();
+                    let _ = req.into_body().collect().await;
+                    type B = UnsyncBoxBody<Bytes, Infallible>;
+                    let resp: hyper::Response<B> = match path.as_str() {
+                        "/api/chunked" => {
+                            let chunks = (0..3).map(|i| {
+                                Ok::<_, Infallible>(Frame::data(Bytes::from(format!("part{i};"))))
+                            });
+                            hyper::Response::new(StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync())
+                        }
+                        "/api/empty" => hyper::Response::builder()
+                            .status(204)
+                            .body(Full::new(Bytes::new()).boxed_unsync())
+                            .unwrap(),
+                        "/api/not-modified" => hyper::Response::builder()
+                            .status(304)
+                            .body(Full::new(Bytes::new()).boxed_unsync())
+                            .unwrap(),
+                        "/api/big" => hyper::Response::new(
+                            Full::new(Bytes::from(vec![b'b'; 4 * 1024 * 1024])).boxed_unsync(),
+                        ),
+                        _ => hyper::Response::new(Full::new(Bytes::from_static(b"sized")).boxed_unsync()),
+                    };
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let up = Upstream {
+        addr: Some(addr),
+        ..Default::default()
+    };
+    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let c = client();
+    for round in 0..5 {
+        let r = c.get(gw.url("/api/sized")).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "sized", "round {round}");
+        let r = c.get(gw.url("/api/chunked")).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "part0;part1;part2;", "round {round}");
+        let r = c.get(gw.url("/api/empty")).send().await.unwrap();
+        assert_eq!(r.status(), 204, "round {round}");
+        let r = c.get(gw.url("/api/not-modified")).send().await.unwrap();
+        assert_eq!(r.status(), 304, "round {round}");
+        let r = c.head(gw.url("/api/sized")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "round {round}");
+        let r = c.post(gw.url("/api/sized")).body(vec![b'p'; 100_000]).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "sized", "round {round}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "30 back-to-back requests should share one upstream connection"
+    );
+
+    // Abandon a 4 MiB body after its first bytes: that connection cannot be reused.
+    let mut r = c.get(gw.url("/api/big")).send().await.unwrap();
+    assert!(r.chunk().await.unwrap().is_some());
+    drop(r);
+    for _ in 0..3 {
+        let r = c.get(gw.url("/api/sized")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "sized");
+    }
+    let n = accepted.load(Ordering::SeqCst);
+    assert!(n == 2, "the abandoned connection must be replaced, once: {n} connections");
+    gw.stop().await;
+}
