@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::model::*;
 use super::source::resolve_path;
-use super::validate::{self as v, Problems};
+use super::validate::{self as v, At, Problems};
 use crate::auth::introspect::Introspection;
 use crate::auth::jwks::{KeySource, KeyStore};
 use crate::auth::{jwt, Issuer, IssuerKind};
@@ -116,7 +116,7 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
             b,
             &issuers,
             m.token_service.is_some(),
-            "server.admin_auth",
+            At::Path("server.admin_auth"),
             p,
         ));
     }
@@ -206,7 +206,7 @@ fn compile_token_service(
     let mut clients = HashMap::new();
     for (i, c) in t.clients.iter().enumerate() {
         let cp = format!("token_service.clients[{i}]");
-        if !v::token_word(p, &format!("{cp}.id"), &c.id, "client id") {
+        if !v::token_word(p, format!("{cp}.id"), &c.id, "client id") {
             continue;
         }
         let secret = match (&c.secret, &c.secret_hash) {
@@ -242,7 +242,7 @@ fn compile_token_service(
             );
         }
         for (j, s) in c.scopes.iter().enumerate() {
-            v::token_word(p, &format!("{cp}.scopes[{j}]"), s, "scope");
+            v::token_word(p, format!("{cp}.scopes[{j}]"), s, "scope");
         }
         if let Some(secret) = secret {
             let client = crate::token_service::Client {
@@ -493,7 +493,7 @@ fn compile_issuers(
         };
         let mut leeway = v::duration(
             p,
-            &format!("{path}.leeway"),
+            format!("{path}.leeway"),
             m.leeway.as_ref(),
             DEFAULT_ISSUER_LEEWAY,
         );
@@ -512,13 +512,13 @@ fn compile_issuers(
         }
         let fetch_timeout = v::duration(
             p,
-            &format!("{path}.fetch_timeout"),
+            format!("{path}.fetch_timeout"),
             m.fetch_timeout.as_ref(),
             DEFAULT_FETCH_TIMEOUT,
         );
         let refresh = v::duration(
             p,
-            &format!("{path}.jwks_refresh"),
+            format!("{path}.jwks_refresh"),
             m.jwks_refresh.as_ref(),
             DEFAULT_JWKS_REFRESH,
         );
@@ -613,7 +613,7 @@ fn compile_issuers(
             }
             let ttl = v::duration(
                 p,
-                &format!("{ipath}.cache_ttl"),
+                format!("{ipath}.cache_ttl"),
                 intro.cache_ttl.as_ref(),
                 Duration::from_secs(30),
             );
@@ -710,13 +710,13 @@ fn compile_upstreams(
         }
         let connect_timeout = v::duration(
             p,
-            &format!("{path}.connect_timeout"),
+            format!("{path}.connect_timeout"),
             m.connect_timeout.as_ref(),
             Duration::from_secs(5),
         );
         let timeout = v::duration(
             p,
-            &format!("{path}.timeout"),
+            format!("{path}.timeout"),
             m.timeout.as_ref(),
             Duration::from_secs(30),
         );
@@ -937,16 +937,20 @@ fn compile_routes(
     has_token_service: bool,
     p: &mut Problems,
 ) -> (Vec<Arc<Route>>, RouteTable) {
-    let mut routes = Vec::new();
+    let mut routes = Vec::with_capacity(ms.len());
     let mut table = RouteTable::default();
-    let mut names = HashSet::new();
+    let mut names: HashSet<&str> = HashSet::with_capacity(ms.len());
+    let by_name: HashMap<&str, &Arc<Upstream>> =
+        upstreams.iter().map(|u| (&*u.name, u)).rev().collect();
+    let all = At::Path("routes");
     for (i, m) in ms.iter().enumerate() {
-        let path = format!("routes[{i}]");
+        // Key paths are written out only when a problem is reported.
+        let path = all.index(i);
         if m.name.trim().is_empty() {
-            p.add(format!("{path}.name"), "route name must not be empty");
-        } else if !names.insert(m.name.clone()) {
+            p.add(path.key("name").to_string(), "route name must not be empty");
+        } else if !names.insert(&m.name) {
             p.add(
-                format!("{path}.name"),
+                path.key("name").to_string(),
                 format!("duplicate route name \"{}\"", m.name),
             );
         }
@@ -954,7 +958,7 @@ fn compile_routes(
             Ok(n) if n.trim_end_matches('/') == m.path_prefix.trim_end_matches('/') => n,
             Ok(n) => {
                 p.add(
-                    format!("{path}.path_prefix"),
+                    path.key("path_prefix").to_string(),
                     format!(
                         "path_prefix is not normalised; write \"{}\"",
                         n.trim_end_matches('/')
@@ -964,41 +968,41 @@ fn compile_routes(
             }
             Err(e) => {
                 p.add(
-                    format!("{path}.path_prefix"),
+                    path.key("path_prefix").to_string(),
                     format!("invalid path_prefix \"{}\": {}", m.path_prefix, e.0),
                 );
                 continue;
             }
         };
         let upstream = match &m.upstream {
-            Some(u) => match upstreams.iter().find(|x| &*x.name == u.as_str()) {
-                Some(x) => Some(x.clone()),
+            Some(u) => match by_name.get(u.as_str()) {
+                Some(x) => Some(Arc::clone(x)),
                 None => {
                     let known: Vec<&str> = upstreams.iter().map(|x| &*x.name).collect();
                     let hint = v::suggest(u, &known)
                         .map(|s| format!(" (did you mean \"{s}\"?)"))
                         .unwrap_or_default();
                     p.add(
-                        format!("{path}.upstream"),
+                        path.key("upstream").to_string(),
                         format!("unknown upstream \"{u}\"{hint}"),
                     );
                     None
                 }
             },
             None => {
-                p.add(path.clone(), "missing required key \"upstream\"");
+                p.add(path.to_string(), "missing required key \"upstream\"");
                 None
             }
         };
         let auth = match &m.auth {
             None => {
-                p.add(path.clone(), "missing required key \"auth\": give an auth block, or `auth: none` for a public route");
+                p.add(path.to_string(), "missing required key \"auth\": give an auth block, or `auth: none` for a public route");
                 RouteAuth::None
             }
             Some(RouteAuthModel::Keyword(k)) if k == "none" => RouteAuth::None,
             Some(RouteAuthModel::Keyword(k)) => {
                 p.add(
-                    format!("{path}.auth"),
+                    path.key("auth").to_string(),
                     format!("auth must be `none` or a block, got \"{k}\""),
                 );
                 RouteAuth::None
@@ -1007,47 +1011,53 @@ fn compile_routes(
                 b,
                 issuers,
                 has_token_service,
-                &format!("{path}.auth"),
+                path.key("auth"),
                 p,
             )),
         };
         let permissions = m.permissions.as_ref().map(|list| {
             if matches!(auth, RouteAuth::None) && m.auth.is_some() {
                 p.add(
-                    format!("{path}.permissions"),
+                    path.key("permissions").to_string(),
                     "permissions need an auth block (they are checked against the token)",
                 );
             }
-            let mut entries = Vec::new();
+            let all = path.key("permissions");
+            let under = prefix.trim_end_matches('/');
+            let mut entries = Vec::with_capacity(list.len());
             for (j, pm) in list.iter().enumerate() {
-                let ppath = format!("{path}.permissions[{j}]");
+                let ppath = all.index(j);
                 let methods = if pm.methods.iter().any(|x| x == "*") {
                     None
                 } else {
                     if pm.methods.is_empty() {
                         p.add(
-                            format!("{ppath}.methods"),
+                            ppath.key("methods").to_string(),
                             "list at least one method (or \"*\")",
                         );
                     }
+                    let mpath = ppath.key("methods");
                     Some(
                         pm.methods
                             .iter()
                             .enumerate()
-                            .filter_map(|(k, s)| v::method(p, &format!("{ppath}.methods[{k}]"), s))
+                            .filter_map(|(k, s)| v::method(p, mpath.index(k), s))
                             .collect(),
                     )
                 };
+                let spath = ppath.key("scopes");
                 for (k, s) in pm.scopes.iter().enumerate() {
-                    v::token_word(p, &format!("{ppath}.scopes[{k}]"), s, "scope");
+                    v::token_word(p, spath.index(k), s, "scope");
                 }
-                let under = prefix.trim_end_matches('/');
-                if !(pm.path == under
-                    || pm.path.starts_with(&format!("{under}/"))
-                    || under.is_empty())
-                {
+                let inside = pm.path == under
+                    || pm
+                        .path
+                        .strip_prefix(under)
+                        .is_some_and(|rest| rest.starts_with('/'))
+                    || under.is_empty();
+                if !inside {
                     p.add(
-                        format!("{ppath}.path"),
+                        ppath.key("path").to_string(),
                         format!(
                             "\"{}\" is outside the route's path_prefix \"{}\" and can never match",
                             pm.path, m.path_prefix
@@ -1056,7 +1066,7 @@ fn compile_routes(
                 }
                 match Permission::new(&pm.path, methods, pm.scopes.clone()) {
                     Ok(e) => entries.push(e),
-                    Err(e) => p.add(format!("{ppath}.path"), e),
+                    Err(e) => p.add(ppath.key("path").to_string(), e),
                 }
             }
             Permissions::new(entries)
@@ -1064,7 +1074,7 @@ fn compile_routes(
         let cors = m
             .cors
             .as_ref()
-            .and_then(|c| compile_cors(c, &format!("{path}.cors"), p));
+            .and_then(|c| compile_cors(c, path.key("cors"), p));
         let body_credentials = match m.body_credentials.as_deref() {
             None => None,
             Some("basic") => Some(BodyCredentials {
@@ -1072,7 +1082,7 @@ fn compile_routes(
             }),
             Some(o) => {
                 p.add(
-                    format!("{path}.body_credentials"),
+                    path.key("body_credentials").to_string(),
                     format!("unknown body_credentials \"{o}\": the only value is basic"),
                 );
                 None
@@ -1080,10 +1090,11 @@ fn compile_routes(
         };
         if m.grant_type_to_query.is_some() && body_credentials.is_none() {
             p.add(
-                format!("{path}.grant_type_to_query"),
+                path.key("grant_type_to_query").to_string(),
                 "only applies together with body_credentials: basic",
             );
         }
+        let hpath = path.key("hosts");
         let hosts: Vec<HostPattern> = m
             .hosts
             .iter()
@@ -1096,7 +1107,7 @@ fn compile_routes(
                         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
                 if !ok {
                     p.add(
-                        format!("{path}.hosts[{j}]"),
+                        hpath.index(j).to_string(),
                         format!(
                             "invalid host \"{h}\": use \"api.company.com\" or \"*.company.com\""
                         ),
@@ -1108,14 +1119,14 @@ fn compile_routes(
             .collect();
         if m.hosts.as_ref().is_some_and(|h| h.is_empty()) {
             p.add(
-                format!("{path}.hosts"),
+                hpath.to_string(),
                 "empty hosts list: leave the key out to match every host",
             );
         }
         let id = routes.len();
         if !table.insert(&hosts, &prefix, id) {
             p.add(
-                format!("{path}.path_prefix"),
+                path.key("path_prefix").to_string(),
                 format!(
                     "another route already has path_prefix \"{}\" for the same hosts",
                     m.path_prefix
@@ -1125,13 +1136,12 @@ fn compile_routes(
         routes.push(Arc::new(Route {
             name: m.name.as_str().into(),
             path_prefix: prefix,
-            upstream: upstream.clone(),
+            upstream,
             auth,
             permissions,
             cors,
             body_credentials,
         }));
-        let _ = upstream;
     }
     (routes, table)
 }
@@ -1140,7 +1150,7 @@ fn compile_auth_rule(
     b: &AuthBlockModel,
     issuers: &[Arc<Issuer>],
     has_ts: bool,
-    path: &str,
+    path: At,
     p: &mut Problems,
 ) -> AuthRule {
     let mut idx = Vec::new();
@@ -1149,7 +1159,7 @@ fn compile_auth_rule(
         Some(list) => {
             if list.is_empty() {
                 p.add(
-                    format!("{path}.issuers"),
+                    path.key("issuers").to_string(),
                     "empty issuers list: leave the key out to accept every issuer",
                 );
             }
@@ -1171,7 +1181,7 @@ fn compile_auth_rule(
                             ""
                         };
                         p.add(
-                            format!("{path}.issuers[{j}]"),
+                            path.key("issuers").index(j).to_string(),
                             format!("unknown issuer \"{name}\"{hint}{extra}"),
                         );
                     }
@@ -1180,22 +1190,24 @@ fn compile_auth_rule(
         }
     }
     if idx.is_empty() && b.issuers.is_none() && !has_ts {
-        p.add(path, "no issuers are configured, so no token could ever pass: add an `issuers` entry or use `auth: none`");
+        p.add(path.to_string(), "no issuers are configured, so no token could ever pass: add an `issuers` entry or use `auth: none`");
     }
     let scopes = b.scopes.clone().unwrap_or_default();
+    let spath = path.key("scopes");
     for (j, s) in scopes.iter().enumerate() {
-        v::token_word(p, &format!("{path}.scopes[{j}]"), s, "scope");
+        v::token_word(p, spath.index(j), s, "scope");
     }
     let clients = b.clients.clone();
     if let Some(c) = &clients {
+        let cpath = path.key("clients");
         if c.is_empty() {
             p.add(
-                format!("{path}.clients"),
+                cpath.to_string(),
                 "empty clients list would deny everyone: leave the key out to allow any client",
             );
         }
         for (j, s) in c.iter().enumerate() {
-            v::token_word(p, &format!("{path}.clients[{j}]"), s, "client id");
+            v::token_word(p, cpath.index(j), s, "client id");
         }
     }
     AuthRule {
@@ -1205,23 +1217,26 @@ fn compile_auth_rule(
     }
 }
 
-fn compile_cors(c: &CorsModel, path: &str, p: &mut Problems) -> Option<Cors> {
+fn compile_cors(c: &CorsModel, path: At, p: &mut Problems) -> Option<Cors> {
     let mut origins = Vec::new();
     for (j, o) in c.allow_origins.iter().enumerate() {
         match OriginPattern::parse(o) {
             Ok(OriginPattern::Any) if c.allow_credentials => p.add(
-                format!("{path}.allow_origins[{j}]"),
+                path.key("allow_origins").index(j).to_string(),
                 "\"*\" together with allow_credentials: true is not allowed (browsers refuse it, and it would let any site read credentialed responses); list the origins",
             ),
             Ok(x) => origins.push(x),
-            Err(e) => p.add(format!("{path}.allow_origins[{j}]"), e),
+            Err(e) => p.add(path.key("allow_origins").index(j).to_string(), e),
         }
     }
     if c.allow_origins.is_empty() {
-        p.add(format!("{path}.allow_origins"), "list at least one origin");
+        p.add(
+            path.key("allow_origins").to_string(),
+            "list at least one origin",
+        );
     }
     for (j, m) in c.allow_methods.iter().enumerate() {
-        v::method(p, &format!("{path}.allow_methods[{j}]"), m);
+        v::method(p, path.key("allow_methods").index(j), m);
     }
     for (key, list) in [
         ("allow_headers", &c.allow_headers),
@@ -1230,7 +1245,7 @@ fn compile_cors(c: &CorsModel, path: &str, p: &mut Problems) -> Option<Cors> {
         for (j, h) in list.iter().enumerate() {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
                 p.add(
-                    format!("{path}.{key}[{j}]"),
+                    path.key(key).index(j).to_string(),
                     format!("invalid header name \"{h}\""),
                 );
             }
@@ -1239,7 +1254,7 @@ fn compile_cors(c: &CorsModel, path: &str, p: &mut Problems) -> Option<Cors> {
     let max_age = c
         .max_age
         .as_ref()
-        .map(|m| v::duration(p, &format!("{path}.max_age"), Some(m), Duration::ZERO));
+        .map(|m| v::duration(p, path.key("max_age"), Some(m), Duration::ZERO));
     Cors::new(
         origins,
         &c.allow_methods,
@@ -1248,6 +1263,6 @@ fn compile_cors(c: &CorsModel, path: &str, p: &mut Problems) -> Option<Cors> {
         c.allow_credentials,
         max_age,
     )
-    .map_err(|e| p.add(path, e))
+    .map_err(|e| p.add(path.to_string(), e))
     .ok()
 }

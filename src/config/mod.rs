@@ -3,12 +3,14 @@
 //! [`compile`] into the runtime model. [`load`] runs the three.
 
 pub mod compile;
+pub mod fast;
 pub mod model;
 pub mod source;
 pub mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -184,10 +186,47 @@ fn error_path(p: &serde_path_to_error::Path) -> String {
 /// Reads, checks and compiles a config file. Relative paths inside it are relative to
 /// its folder.
 pub fn load(path: &Path, reg: &Registry) -> Result<Runtime, ConfigError> {
+    let mut timings = LoadTimings::default();
+    let started = Instant::now();
+    let bytes = std::fs::read(path);
+    timings.read = started.elapsed();
+    load_bytes(path, bytes, reg, &mut timings)
+}
+
+/// How long each stage of a load took.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadTimings {
+    /// Reading the file.
+    pub read: Duration,
+    /// YAML text -> the serde model: syntax, types, unknown keys, `${...}`.
+    pub parse: Duration,
+    /// Every check on the values and the runtime model built from them (one pass:
+    /// validation happens while compiling).
+    pub compile: Duration,
+}
+
+/// [`load`] with the file already read (`bytes` is what reading it gave), so that a
+/// caller that needs the bytes too (the reload's change detection) reads it once.
+pub fn load_bytes(
+    path: &Path,
+    bytes: std::io::Result<Vec<u8>>,
+    reg: &Registry,
+    timings: &mut LoadTimings,
+) -> Result<Runtime, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
+    let text = bytes
+        .and_then(|b| {
+            // The same words as `read_to_string`'s error.
+            String::from_utf8(b).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "stream did not contain valid UTF-8",
+                )
+            })
+        })
         .map_err(|e| ConfigError::single(&file, 1, 1, format!("cannot read config file: {e}")))?;
-    let mut rt = load_str(&text, &file, path.parent().unwrap_or(Path::new(".")), reg)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut rt = load_str_timed(&text, &file, base, reg, timings)?;
     rt.hash = hex(&Sha256::digest(text.as_bytes()));
     rt.path = path.to_path_buf();
     Ok(rt)
@@ -224,6 +263,49 @@ pub fn load_str(
     base: &Path,
     reg: &Registry,
 ) -> Result<Runtime, ConfigError> {
+    load_str_timed(text, file, base, reg, &mut LoadTimings::default())
+}
+
+fn load_str_timed(
+    text: &str,
+    file: &str,
+    base: &Path,
+    reg: &Registry,
+    timings: &mut LoadTimings,
+) -> Result<Runtime, ConfigError> {
+    let started = Instant::now();
+    let base_dir: PathBuf = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base.to_path_buf()
+    };
+    // The tree walks below build a path string per node; on a 10,000-route file that
+    // was a third of the load time, so they only run when the text can need them.
+    // (An escape sequence could spell either, so text with escapes is walked too.)
+    let escapes = text.contains('\\');
+    // (Typographic quotes are not ASCII; an ASCII check is much faster than the search.)
+    let curly = escapes || (!text.is_ascii() && text.contains(source::CURLY));
+    let references = escapes || text.contains("${");
+    // A text that needs neither walk is first read in one pass, straight into the
+    // model; anything unusual (a problem, a tag, ...) sends it down the full route
+    // below, which reports exactly what it always did.
+    if !curly && !references {
+        if let Some(model) = fast::parse(text) {
+            timings.parse = started.elapsed();
+            let started = Instant::now();
+            let mut problems = Problems::default();
+            let rt = compile::compile(&model, &base_dir, reg, &mut problems);
+            timings.compile = started.elapsed();
+            return match rt {
+                Some(mut rt) if problems.is_empty() => {
+                    rt.files.sort();
+                    rt.files.dedup();
+                    Ok(rt)
+                }
+                _ => Err(locate(file, &PosIndex::build(text), problems.0)),
+            };
+        }
+    }
     let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
         let (l, c) = e
             .location()
@@ -240,21 +322,12 @@ pub fn load_str(
         ));
     }
     let mut problems = Problems::default();
-    // The tree walks below build a path string per node; on a 10,000-route file that
-    // was a third of the load time, so they only run when the text can need them.
-    // (An escape sequence could spell either, so text with escapes is walked too.)
-    let escapes = text.contains('\\');
-    if escapes || text.contains(source::CURLY) {
+    if curly {
         for (path, msg) in source::curly_quote_problems(&value) {
             problems.add(path, msg);
         }
     }
-    let base_dir: PathBuf = if base.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        base.to_path_buf()
-    };
-    let (file_refs, substitution_problems) = if escapes || text.contains("${") {
+    let (file_refs, substitution_problems) = if references {
         (
             source::file_references(&value, &base_dir),
             source::substitute(&mut value, &base_dir),
@@ -306,7 +379,10 @@ pub fn load_str(
         let key = u.rsplit(['.', '[']).next().unwrap_or("").to_owned();
         problems.unknown_key(u, validate::suggest(&key, KNOWN_KEYS));
     }
+    timings.parse = started.elapsed();
+    let started = Instant::now();
     let rt = model.and_then(|m| compile::compile(&m, &base_dir, reg, &mut problems));
+    timings.compile = started.elapsed();
     problems.0.retain(|p| {
         substitution_problems
             .iter()
