@@ -102,6 +102,8 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
                         "trigger": s.last_reload_trigger,
                         "success": s.last_reload_ok,
                         "errors": s.last_reload_errors,
+                        // Milliseconds per phase (read, parse, compile, swap, total).
+                        "timings": s.last_reload_timings,
                     },
                 }),
             )

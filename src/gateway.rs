@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
 use crate::auth::{AuthCaches, IssuerKind};
-use crate::config::{self, ConfigError, Registry};
+use crate::config::{self, ConfigError, LoadTimings, Registry};
 use crate::credentials::TokenCache;
 use crate::metrics::{Metrics, ScrapeExtras};
 use crate::runtime::Runtime;
@@ -24,6 +24,29 @@ pub struct ReloadStatus {
     pub last_reload_trigger: Option<String>,
     pub last_reload_ok: Option<bool>,
     pub last_reload_errors: Vec<String>,
+    /// How long the last reload took, in total and per phase.
+    pub last_reload_timings: Option<ReloadTimings>,
+}
+
+/// Milliseconds spent in each phase of a reload (`GET /admin/status` and the
+/// "config reloaded" log line). A phase a failed reload did not reach is 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ReloadTimings {
+    /// Reading the file (and hashing it for change detection).
+    pub read_ms: f64,
+    /// YAML -> the config model: syntax, types, unknown keys, `${...}`.
+    pub parse_ms: f64,
+    /// Every check on the values, and the runtime model built from them.
+    pub compile_ms: f64,
+    /// Publishing the new config (the atomic swap and what goes with it).
+    pub swap_ms: f64,
+    /// From the start of the reload until the new config is live (including the
+    /// wait for a blocking thread).
+    pub total_ms: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 pub struct Gateway {
@@ -129,32 +152,43 @@ impl Gateway {
     /// replaces the old one; on any problem the old one keeps serving.
     pub async fn reload(self: &Arc<Self>, trigger: &str) -> Result<u64, ConfigError> {
         let _one_at_a_time = self.reload_lock.lock().await;
+        let started = Instant::now();
         let gw = self.clone();
         let file = self.config_path.display().to_string();
-        let result = tokio::task::spawn_blocking(move || {
+        let (result, load_timings) = tokio::task::spawn_blocking(move || {
+            let mut timings = LoadTimings::default();
+            let read_started = Instant::now();
+            let bytes = std::fs::read(&gw.config_path);
             // Remember what was tried, valid or not, so that the watcher reports an
             // invalid file once and retries as soon as it changes again.
-            if let Ok(bytes) = std::fs::read(&gw.config_path) {
+            if let Ok(bytes) = &bytes {
                 *gw.last_attempt_hash
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) =
-                    config::inputs_hash(&config::hex(&Sha256::digest(&bytes)), &gw.current().files);
+                    config::inputs_hash(&config::hex(&Sha256::digest(bytes)), &gw.current().files);
             }
-            config::load(&gw.config_path, &gw.registry)
+            timings.read = read_started.elapsed();
+            // The bytes just hashed are the ones compiled (the file is read once).
+            let result = config::load_bytes(&gw.config_path, bytes, &gw.registry, &mut timings);
+            (result, timings)
         })
         .await
         .unwrap_or_else(|e| {
-            Err(ConfigError {
-                file: file.clone(),
-                problems: vec![config::Located {
-                    line: 1,
-                    column: 1,
-                    path: String::new(),
-                    message: format!("reload task failed: {e}"),
-                }],
-            })
-        })
-        .and_then(|rt| {
+            (
+                Err(ConfigError {
+                    file: file.clone(),
+                    problems: vec![config::Located {
+                        line: 1,
+                        column: 1,
+                        path: String::new(),
+                        message: format!("reload task failed: {e}"),
+                    }],
+                }),
+                LoadTimings::default(),
+            )
+        });
+        let swap_started = Instant::now();
+        let result = result.and_then(|rt| {
             // The listener's protocol is fixed when it is bound: turning TLS on or off
             // would make it speak the wrong one to every client.
             let old = self.current();
@@ -177,6 +211,13 @@ impl Gateway {
             Ok(rt)
         });
         let now = SystemTime::now();
+        let mut timings = ReloadTimings {
+            read_ms: ms(load_timings.read),
+            parse_ms: ms(load_timings.parse),
+            compile_ms: ms(load_timings.compile),
+            swap_ms: 0.0,
+            total_ms: 0.0,
+        };
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.last_reload_at = Some(rfc3339(now));
         status.last_reload_trigger = Some(trigger.to_owned());
@@ -196,6 +237,7 @@ impl Gateway {
                         "server.limits.max_connections changed in the config; it applies after a restart"
                     );
                 }
+                drop(old);
                 rt.version = self.next_version.fetch_add(1, Ordering::Relaxed);
                 let version = rt.version;
                 status.version = version;
@@ -210,20 +252,38 @@ impl Gateway {
                 status.last_reload_ok = Some(true);
                 status.last_reload_errors.clear();
                 let rt = Arc::new(rt);
-                self.runtime.store(rt.clone());
+                let previous = self.runtime.swap(rt.clone());
                 self.forget_unused(&rt);
                 self.start_background();
+                // Freeing a large config takes milliseconds: not on a request worker.
+                // (Requests still holding it free it when they finish, as before.)
+                tokio::task::spawn_blocking(move || drop(previous));
+                timings.swap_ms = ms(swap_started.elapsed());
+                timings.total_ms = ms(started.elapsed());
+                status.last_reload_timings = Some(timings);
                 self.metrics.reload(true);
-                tracing::info!(version, trigger, "config reloaded");
+                tracing::info!(
+                    version,
+                    trigger,
+                    total_ms = timings.total_ms,
+                    read_ms = timings.read_ms,
+                    parse_ms = timings.parse_ms,
+                    compile_ms = timings.compile_ms,
+                    swap_ms = timings.swap_ms,
+                    "config reloaded"
+                );
                 Ok(version)
             }
             Err(e) => {
+                timings.total_ms = ms(started.elapsed());
                 status.last_reload_ok = Some(false);
                 status.last_reload_errors = e.lines();
+                status.last_reload_timings = Some(timings);
                 self.metrics.reload(false);
                 tracing::error!(
                     trigger,
                     problems = e.problems.len(),
+                    total_ms = timings.total_ms,
                     "config reload rejected; the previous config keeps serving"
                 );
                 for line in e.lines() {

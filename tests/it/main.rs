@@ -12,5 +12,6 @@ mod ops;
 mod overload;
 mod props;
 mod proxy;
+mod reload_perf;
 mod token_service;
 mod upstream_cors;
