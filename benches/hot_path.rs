@@ -14,7 +14,6 @@
 //! - header rewriting: `proxy::prepare_headers` and `proxy::strip_hop_by_hop`.
 
 use std::hint::black_box;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -283,10 +282,11 @@ fn headers(c: &mut Criterion) {
     }
     let id = identity();
     let rid = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
+    let client_ip = HeaderValue::from_static("127.0.0.1");
     let cx = ForwardContext {
         path: "/svc0/data",
         query: None,
-        client_addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        client_ip: &client_ip,
         tls: false,
         original_host: Some(HeaderValue::from_static("api.bench.local")),
         request_id: &rid,

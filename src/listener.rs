@@ -110,15 +110,12 @@ pub async fn serve<F, Fut>(
             } else {
                 None
             };
-            let info = ConnInfo {
-                remote,
-                tls: tls_cfg.is_some(),
-            };
+            let info = ConnInfo::new(remote, tls_cfg.is_some());
             // Boxed: hyper keeps a slot for the request future on every connection,
             // idle ones included, so an unboxed future would cost its full size
             // (several KiB) per idle keep-alive connection.
             let service = service_fn(move |req| {
-                let fut = Box::pin(svc(info, req));
+                let fut = Box::pin(svc(info.clone(), req));
                 async move { Ok::<_, Infallible>(fut.await) }
             });
             match tls_cfg {

@@ -40,10 +40,20 @@ use crate::route::{normalize_host, normalize_path};
 use crate::runtime::{Route, Runtime};
 
 /// Facts about the client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub tls: bool,
+    /// `remote`'s IP as text, formatted once per connection (`X-Forwarded-For`, logs).
+    pub ip: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(remote: SocketAddr, tls: bool) -> Self {
+        let ip = HeaderValue::from_str(&remote.ip().to_string())
+            .expect("an IP address is a valid header value");
+        ConnInfo { remote, tls, ip }
+    }
 }
 
 /// What the way out needs to know about the exchange.
@@ -138,17 +148,14 @@ pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) ->
         gw.metrics.shed_total.fetch_add(1, Ordering::Relaxed);
     }
     let shed = in_flight.is_none().then_some(limit);
-    let result = match tokio::time::timeout(
-        timeout,
-        serve(&gw, &rt, conn, req, &rid, &mut ex, shed),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(GatewayError::GatewayTimeout(format!(
-            "request did not complete within {timeout:?}"
-        ))),
-    };
+    let result =
+        match tokio::time::timeout(timeout, serve(&gw, &rt, &conn, req, &rid, &mut ex, shed)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(GatewayError::GatewayTimeout(format!(
+                "request did not complete within {timeout:?}"
+            ))),
+        };
     let rid_str = rid.to_str().unwrap_or("");
     let route_name: Arc<str> = ex
         .route
@@ -203,7 +210,7 @@ pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) ->
             .as_ref()
             .and_then(|i| i.client_id.as_deref())
             .unwrap_or("-"),
-        remote: conn.remote.ip(),
+        remote: conn.ip.to_str().unwrap_or("-"),
     });
     resp
 }
@@ -211,7 +218,7 @@ pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) ->
 async fn serve(
     gw: &Arc<Gateway>,
     rt: &Arc<Runtime>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     req: Request<Incoming>,
     rid: &HeaderValue,
     ex: &mut Exchange,
@@ -357,7 +364,7 @@ async fn serve(
     let cx = ForwardContext {
         path: &path,
         query: query.as_deref(),
-        client_addr: conn.remote,
+        client_ip: &conn.ip,
         tls: conn.tls,
         original_host: host_value,
         request_id: rid,

@@ -41,10 +41,7 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
-    pub fn request(
-        &self,
-        req: Request<Body>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
+    pub fn request(&self, req: Request<Body>) -> hyper_util::client::legacy::ResponseFuture {
         self.general.request(req)
     }
 }

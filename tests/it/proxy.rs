@@ -570,32 +570,41 @@ async fn upstream_connections_are_reused_across_framings() {
         while let Ok((stream, _)) = listener.accept().await {
             acc.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let path = req.uri().path().to_owned();
-                    let _ = req.into_body().collect().await;
-                    type B = UnsyncBoxBody<Bytes, Infallible>;
-                    let resp: hyper::Response<B> = match path.as_str() {
-                        "/api/chunked" => {
-                            let chunks = (0..3).map(|i| {
-                                Ok::<_, Infallible>(Frame::data(Bytes::from(format!("part{i};"))))
-                            });
-                            hyper::Response::new(StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync())
-                        }
-                        "/api/empty" => hyper::Response::builder()
-                            .status(204)
-                            .body(Full::new(Bytes::new()).boxed_unsync())
-                            .unwrap(),
-                        "/api/not-modified" => hyper::Response::builder()
-                            .status(304)
-                            .body(Full::new(Bytes::new()).boxed_unsync())
-                            .unwrap(),
-                        "/api/big" => hyper::Response::new(
-                            Full::new(Bytes::from(vec![b'b'; 4 * 1024 * 1024])).boxed_unsync(),
-                        ),
-                        _ => hyper::Response::new(Full::new(Bytes::from_static(b"sized")).boxed_unsync()),
-                    };
-                    Ok::<_, Infallible>(resp)
-                });
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let path = req.uri().path().to_owned();
+                        let _ = req.into_body().collect().await;
+                        type B = UnsyncBoxBody<Bytes, Infallible>;
+                        let resp: hyper::Response<B> = match path.as_str() {
+                            "/api/chunked" => {
+                                let chunks = (0..3).map(|i| {
+                                    Ok::<_, Infallible>(Frame::data(Bytes::from(format!(
+                                        "part{i};"
+                                    ))))
+                                });
+                                hyper::Response::new(
+                                    StreamBody::new(futures_util::stream::iter(chunks))
+                                        .boxed_unsync(),
+                                )
+                            }
+                            "/api/empty" => hyper::Response::builder()
+                                .status(204)
+                                .body(Full::new(Bytes::new()).boxed_unsync())
+                                .unwrap(),
+                            "/api/not-modified" => hyper::Response::builder()
+                                .status(304)
+                                .body(Full::new(Bytes::new()).boxed_unsync())
+                                .unwrap(),
+                            "/api/big" => hyper::Response::new(
+                                Full::new(Bytes::from(vec![b'b'; 4 * 1024 * 1024])).boxed_unsync(),
+                            ),
+                            _ => hyper::Response::new(
+                                Full::new(Bytes::from_static(b"sized")).boxed_unsync(),
+                            ),
+                        };
+                        Ok::<_, Infallible>(resp)
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                     .await;
@@ -612,14 +621,23 @@ async fn upstream_connections_are_reused_across_framings() {
         let r = c.get(gw.url("/api/sized")).send().await.unwrap();
         assert_eq!(r.text().await.unwrap(), "sized", "round {round}");
         let r = c.get(gw.url("/api/chunked")).send().await.unwrap();
-        assert_eq!(r.text().await.unwrap(), "part0;part1;part2;", "round {round}");
+        assert_eq!(
+            r.text().await.unwrap(),
+            "part0;part1;part2;",
+            "round {round}"
+        );
         let r = c.get(gw.url("/api/empty")).send().await.unwrap();
         assert_eq!(r.status(), 204, "round {round}");
         let r = c.get(gw.url("/api/not-modified")).send().await.unwrap();
         assert_eq!(r.status(), 304, "round {round}");
         let r = c.head(gw.url("/api/sized")).send().await.unwrap();
         assert_eq!(r.status(), 200, "round {round}");
-        let r = c.post(gw.url("/api/sized")).body(vec![b'p'; 100_000]).send().await.unwrap();
+        let r = c
+            .post(gw.url("/api/sized"))
+            .body(vec![b'p'; 100_000])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.text().await.unwrap(), "sized", "round {round}");
     }
     assert_eq!(
@@ -638,6 +656,9 @@ async fn upstream_connections_are_reused_across_framings() {
         assert_eq!(r.text().await.unwrap(), "sized");
     }
     let n = accepted.load(Ordering::SeqCst);
-    assert!(n == 2, "the abandoned connection must be replaced, once: {n} connections");
+    assert!(
+        n == 2,
+        "the abandoned connection must be replaced, once: {n} connections"
+    );
     gw.stop().await;
 }
