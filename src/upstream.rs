@@ -114,8 +114,10 @@ pub fn build_client(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) -
 /// Idle upstream connections are closed after this long unused (below the common
 /// upstream keep-alive timeouts, e.g. nginx's 75 s, so that tollgate closes first).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle connections kept per upstream; more are closed once their exchange ends.
-const POOL_MAX_IDLE: usize = 256;
+/// Idle connections kept per upstream; more are closed once their exchange ends. Sized
+/// for bursts: with 256, 64 HTTP/2 clients x 10 streams closed and reopened hundreds of
+/// upstream connections per second (h2 bench: 19.9 -> 13.9 us CPU per request at 1024).
+const POOL_MAX_IDLE: usize = 1024;
 
 /// Idle HTTP/1.1 connections to one upstream, most recently used last.
 pub struct Pool {
