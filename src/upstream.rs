@@ -30,6 +30,7 @@ use crate::body::{Body, BoxError};
 use crate::credentials::UpstreamAuth;
 
 type Connector = TimeoutConnector<HttpsConnector<HttpConnector>>;
+type Pools = std::collections::HashMap<(Scheme, Authority), Arc<Pool>>;
 
 /// An HTTP client for one CA bundle and connect timeout: hyper-util's pooled client for
 /// the gateway's own small calls (`fetch`), and the connector that forwarded requests'
@@ -38,6 +39,9 @@ type Connector = TimeoutConnector<HttpsConnector<HttpConnector>>;
 pub struct HttpClient {
     general: Client<Connector, Body>,
     connector: Connector,
+    /// One pool per origin. The client outlives reloads (the config registry keeps it),
+    /// so warm upstream connections survive a reload too.
+    pools: Arc<Mutex<Pools>>,
 }
 
 impl HttpClient {
@@ -58,24 +62,32 @@ pub struct Upstream {
     pub timeout: Duration,
     pub client: HttpClient,
     pub auth: Option<UpstreamAuth>,
-    /// Idle connections to this upstream, made on first use.
+    /// Idle connections to this upstream (shared with the previous config's upstream
+    /// of the same origin and client), looked up on first use.
     pub pool: OnceLock<Arc<Pool>>,
 }
 
 impl Upstream {
     pub fn pool(&self) -> &Arc<Pool> {
         self.pool.get_or_init(|| {
-            let uri = Uri::builder()
-                .scheme(self.scheme.clone())
-                .authority(self.authority.clone())
-                .path_and_query("/")
-                .build()
-                .expect("scheme and authority were validated");
-            Arc::new(Pool {
-                idle: Mutex::new(Vec::new()),
-                connector: self.client.connector.clone(),
-                uri,
-            })
+            let mut pools = self.client.pools.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (self.scheme.clone(), self.authority.clone());
+            pools
+                .entry(key)
+                .or_insert_with(|| {
+                    let uri = Uri::builder()
+                        .scheme(self.scheme.clone())
+                        .authority(self.authority.clone())
+                        .path_and_query("/")
+                        .build()
+                        .expect("scheme and authority were validated");
+                    Arc::new(Pool {
+                        idle: Mutex::new(Vec::new()),
+                        connector: self.client.connector.clone(),
+                        uri,
+                    })
+                })
+                .clone()
         })
     }
 }
@@ -108,7 +120,11 @@ pub fn build_client(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) -
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(POOL_MAX_IDLE)
         .build(connector.clone());
-    HttpClient { general, connector }
+    HttpClient {
+        general,
+        connector,
+        pools: Arc::default(),
+    }
 }
 
 /// Idle upstream connections are closed after this long unused (below the common

@@ -549,8 +549,8 @@ async fn upstream_base_path() {
 }
 
 // Behaviour: the upstream connection pool reuses one connection for back-to-back
-// requests whatever the response framing (sized, chunked, empty 204/304, HEAD) and
-// after a request body; a response body the client abandons half-way does not put a
+// requests whatever the response framing (sized, chunked, empty 204/304, HEAD), after
+// a request body and across a reload; a response body the client abandons half-way does not put a
 // half-read connection back (the next request still gets a whole, correct answer).
 #[tokio::test]
 async fn upstream_connections_are_reused_across_framings() {
@@ -644,6 +644,16 @@ async fn upstream_connections_are_reused_across_framings() {
         accepted.load(Ordering::SeqCst),
         1,
         "30 back-to-back requests should share one upstream connection"
+    );
+    // A reload keeps the warm connection: the new config's upstream uses the same pool.
+    let r = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = c.get(gw.url("/api/sized")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "sized");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "reload dropped the pool"
     );
 
     // Abandon a 4 MiB body after its first bytes: that connection cannot be reused.
