@@ -89,6 +89,25 @@ pub struct Permission {
     pub scopes: Vec<String>,
 }
 
+/// A literal permission segment in the form request paths are compared in. Made only
+/// of unreserved characters (the usual case) it is that already; anything else is
+/// normalised like a request path. `.` and `..` are refused: such a permission could
+/// never match a normalised request path.
+fn literal_segment(s: &str) -> Result<String, String> {
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    if s != "." && s != ".." && s.bytes().all(unreserved) {
+        return Ok(s.to_owned());
+    }
+    let n = crate::route::normalize_path(&format!("/{s}")).map_err(|e| e.0.to_string())?;
+    let n = n.trim_start_matches('/');
+    if n.is_empty() {
+        return Err(format!(
+            "`{s}` segments are not allowed; write the path the way requests are normalised"
+        ));
+    }
+    Ok(n.to_owned())
+}
+
 impl Permission {
     /// `path`: exact segments, `*` for one segment, a trailing `/**` for any rest.
     pub fn new(
@@ -120,10 +139,7 @@ impl Permission {
                     ))
                 }
                 s => Seg::Lit(
-                    crate::route::normalize_path(&format!("/{s}"))
-                        .map_err(|e| format!("permission path \"{path}\": {}", e.0))?
-                        .trim_start_matches('/')
-                        .to_owned(),
+                    literal_segment(s).map_err(|e| format!("permission path \"{path}\": {e}"))?,
                 ),
             });
         }
@@ -464,5 +480,13 @@ mod tests {
         assert!(Permission::new("/a/**/b", None, vec![]).is_err());
         assert!(Permission::new("/a/b*", None, vec![]).is_err());
         assert!(Permission::new("a", None, vec![]).is_err());
+        // A dot segment could never match a normalised request path: refused, with why.
+        for p in ["/a/./b", "/./x", "/x/."] {
+            let e = Permission::new(p, None, vec![]).unwrap_err();
+            assert!(e.contains("segments are not allowed"), "{p}: {e}");
+        }
+        for p in ["/a/../b", "/a/%2e/b", "/a/%2E%2E/b"] {
+            assert!(Permission::new(p, None, vec![]).is_err(), "{p}");
+        }
     }
 }
