@@ -112,7 +112,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
             let rt = gw.current();
             json(
                 StatusCode::OK,
-                serde_json::json!({"version": rt.version, "config": rt.redacted}),
+                serde_json::json!({"version": rt.version, "config": rt.redacted.json()}),
             )
         }
         (&Method::POST, "/admin/reload") => match gw.reload("admin").await {

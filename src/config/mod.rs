@@ -300,6 +300,7 @@ fn load_str_timed(
                 Some(mut rt) if problems.is_empty() => {
                     rt.files.sort();
                     rt.files.dedup();
+                    rt.redacted = crate::runtime::RedactedConfig::new(model);
                     Ok(rt)
                 }
                 _ => Err(locate(file, &PosIndex::build(text), problems.0)),
@@ -381,7 +382,11 @@ fn load_str_timed(
     }
     timings.parse = started.elapsed();
     let started = Instant::now();
-    let rt = model.and_then(|m| compile::compile(&m, &base_dir, reg, &mut problems));
+    let rt = model.and_then(|m| {
+        let mut rt = compile::compile(&m, &base_dir, reg, &mut problems)?;
+        rt.redacted = crate::runtime::RedactedConfig::new(m);
+        Some(rt)
+    });
     timings.compile = started.elapsed();
     problems.0.retain(|p| {
         substitution_problems
