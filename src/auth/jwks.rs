@@ -499,15 +499,9 @@ mod tests {
         let sk = SigningKey::from_pem(&a).unwrap();
         let mine = EncodingKey::from_rsa_pem(&a).unwrap();
         let other = EncodingKey::from_rsa_pem(&b).unwrap();
-        let all = [
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-        ];
-        same_kid_other_key(&key_of(&unpinned(&sk)), &mine, &other, &all);
+        // The six RSA algorithms (RS*, PS*) lead the list of asymmetric ones.
+        let all = &crate::auth::jwt::ALL_ASYMMETRIC[..6];
+        same_kid_other_key(&key_of(&unpinned(&sk)), &mine, &other, all);
         // The token service's JWK pins RS256: PS256 with it is refused.
         let pinned = key_of(&sk.jwk);
         same_kid_other_key(&pinned, &mine, &other, &[Algorithm::RS256]);
