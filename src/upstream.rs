@@ -186,11 +186,6 @@ impl Pool {
         idle.push(Idle { tx, since: now });
     }
 
-    /// Idle connections held now (tests).
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
     async fn connect(&self) -> Result<SendRequest<Body>, UpstreamFailure> {
         let io = self
             .connector
