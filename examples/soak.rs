@@ -1759,7 +1759,7 @@ fn mib(kib: u64) -> String {
 
 fn utc_now() -> String {
     // "2026-11-21T00:10:00Z" -> "2026-11-21 00:10 UTC"
-    let t = tollgate::gateway::rfc3339(std::time::SystemTime::now());
+    let t = tollgate::encoding::rfc3339(std::time::SystemTime::now());
     format!("{} {} UTC", &t[..10], &t[11..16])
 }
 

@@ -1,13 +1,12 @@
 //! Upstreams: a lean per-upstream HTTP/1.1 connection pool for forwarded requests
-//! (http or https via rustls), connect and response-head timeouts, and a small bounded
-//! `fetch` used for IdP calls (JWKS, discovery, introspection, upstream token endpoints).
+//! (http or https via rustls, dialled by `client`'s connector), with connect and
+//! response-head timeouts.
 //!
 //! Forwarded requests go through [`Pool`] on `hyper::client::conn::http1` rather than
 //! hyper-util's general pooled client: one upstream is one origin, so the pool needs no
 //! keyed lookup, no checkout future and no background task per request (callgrind: the
 //! general client's send path was ~11k of ~60k instructions per proxied request).
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
@@ -17,38 +16,14 @@ use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tower::ServiceExt;
 
-use crate::body::{Body, BoxError};
+use crate::body::Body;
+use crate::client::{Connector, HttpClient};
 use crate::credentials::UpstreamAuth;
-
-type Connector = TimeoutConnector<HttpsConnector<HttpConnector>>;
-type Pools = std::collections::HashMap<(Scheme, Authority), Arc<Pool>>;
-
-/// An HTTP client for one CA bundle and connect timeout: hyper-util's pooled client for
-/// the gateway's own small calls (`fetch`), and the connector that forwarded requests'
-/// [`Pool`]s dial with.
-#[derive(Clone)]
-pub struct HttpClient {
-    general: Client<Connector, Body>,
-    connector: Connector,
-    /// One pool per origin. The client outlives reloads (the config registry keeps it),
-    /// so warm upstream connections survive a reload too.
-    pools: Arc<Mutex<Pools>>,
-}
-
-impl HttpClient {
-    pub fn request(&self, req: Request<Body>) -> hyper_util::client::legacy::ResponseFuture {
-        self.general.request(req)
-    }
-}
+use crate::error::Cause;
 
 /// A compiled `upstreams[]` entry.
 pub struct Upstream {
@@ -98,32 +73,6 @@ impl std::fmt::Debug for Upstream {
             .field("name", &self.name)
             .field("authority", &self.authority)
             .finish_non_exhaustive()
-    }
-}
-
-/// Builds a pooled client. `connect_timeout` covers TCP and the TLS handshake.
-pub fn build_client(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*tls).clone())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    let connector = TimeoutConnector {
-        inner: https,
-        timeout: connect_timeout,
-    };
-    let general = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(POOL_MAX_IDLE)
-        .build(connector.clone());
-    HttpClient {
-        general,
-        connector,
-        pools: Arc::default(),
     }
 }
 
@@ -192,16 +141,10 @@ impl Pool {
             .clone()
             .oneshot(self.uri.clone())
             .await
-            .map_err(|e| {
-                if e.is::<ConnectTimeout>() {
-                    UpstreamFailure::Connect("connect timed out".into())
-                } else {
-                    UpstreamFailure::Connect(innermost(&*e))
-                }
-            })?;
+            .map_err(|e| UpstreamFailure::Connect(Cause(Arc::from(e))))?;
         let (tx, conn) = hyper::client::conn::http1::handshake(io)
             .await
-            .map_err(|e| UpstreamFailure::Connect(innermost(&e)))?;
+            .map_err(|e| UpstreamFailure::Connect(Cause::new(e)))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended");
@@ -209,16 +152,6 @@ impl Pool {
         });
         Ok(tx)
     }
-}
-
-/// The deepest error in a `source()` chain, as text ("connection refused" rather than
-/// "client error (Connect)").
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut last = e;
-    while let Some(s) = last.source() {
-        last = s;
-    }
-    last.to_string()
 }
 
 /// Sends `req` (origin-form URI, `Host` set) to `pool`'s upstream and waits for the
@@ -237,14 +170,14 @@ pub async fn send_pooled(
                 Ok(resp) => return Ok(pooled_response(pool, tx, resp)),
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
-                    None => return Err(UpstreamFailure::Broken(innermost(&e.into_error()))),
+                    None => return Err(UpstreamFailure::Broken(Cause::new(e.into_error()))),
                 },
             }
         }
         let mut tx = pool.connect().await?;
         match tx.try_send_request(req).await {
             Ok(resp) => Ok(pooled_response(pool, tx, resp)),
-            Err(e) => Err(UpstreamFailure::Broken(innermost(&e.into_error()))),
+            Err(e) => Err(UpstreamFailure::Broken(Cause::new(e.into_error()))),
         }
     };
     match tokio::time::timeout(timeout, work).await {
@@ -318,101 +251,32 @@ impl HttpBody for PooledBody {
     }
 }
 
-/// Marks a connect attempt that ran out of time.
-#[derive(Debug, thiserror::Error)]
-#[error("connect timed out")]
-pub struct ConnectTimeout;
-
-/// Puts one deadline around the whole connect (TCP + TLS).
-#[derive(Clone)]
-pub struct TimeoutConnector<C> {
-    inner: C,
-    timeout: Duration,
-}
-
-impl<C> tower::Service<Uri> for TimeoutConnector<C>
-where
-    C: tower::Service<Uri> + Send,
-    C::Future: Send + 'static,
-    C::Error: Into<BoxError>,
-    C::Response: Send + 'static,
-{
-    type Response = C::Response;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let fut = self.inner.call(uri);
-        let t = self.timeout;
-        Box::pin(async move {
-            match tokio::time::timeout(t, fut).await {
-                Ok(r) => r.map_err(Into::into),
-                Err(_) => Err(Box::new(ConnectTimeout) as BoxError),
-            }
-        })
-    }
-}
-
 /// How a forwarded request failed.
 #[derive(Debug)]
 pub enum UpstreamFailure {
-    Connect(String),
+    /// No connection could be made (refused, unreachable, TLS, connect timeout).
+    Connect(Cause),
+    /// No response head within the upstream's `timeout`.
     Timeout,
-    Broken(String),
+    /// The exchange broke after the connection was made (reset, closed, or the request
+    /// body failed while it was being sent).
+    Broken(Cause),
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamFailure {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    let mut detail = String::new();
-    while let Some(s) = src {
-        if s.is::<ConnectTimeout>() {
-            return UpstreamFailure::Connect("connect timed out".into());
+impl UpstreamFailure {
+    /// Whether `E` is somewhere in the failure's cause chain (e.g. the request body's
+    /// own error, which hyper reports as the cause of a failed send).
+    pub fn caused_by<E: std::error::Error + 'static>(&self) -> bool {
+        let (UpstreamFailure::Connect(c) | UpstreamFailure::Broken(c)) = self else {
+            return false;
+        };
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&*c.0);
+        while let Some(e) = cur {
+            if e.is::<E>() {
+                return true;
+            }
+            cur = e.source();
         }
-        detail = s.to_string();
-        src = s.source();
+        false
     }
-    if e.is_connect() {
-        UpstreamFailure::Connect(if detail.is_empty() {
-            "connection refused".into()
-        } else {
-            detail
-        })
-    } else {
-        UpstreamFailure::Broken(if detail.is_empty() {
-            e.to_string()
-        } else {
-            detail
-        })
-    }
-}
-
-/// A small HTTP exchange with bounded time and body size (IdP and token endpoints).
-pub async fn fetch(
-    client: &HttpClient,
-    req: Request<Body>,
-    timeout: Duration,
-    max_bytes: usize,
-) -> Result<(http::StatusCode, http::HeaderMap, Bytes), String> {
-    let work = async {
-        let resp = client.request(req).await.map_err(|e| match classify(&e) {
-            UpstreamFailure::Connect(d) => format!("cannot connect: {d}"),
-            UpstreamFailure::Broken(d) => d,
-            UpstreamFailure::Timeout => "timed out".into(),
-        })?;
-        let (parts, body) = resp.into_parts();
-        let limited = http_body_util::Limited::new(body, max_bytes);
-        let bytes = limited
-            .collect()
-            .await
-            .map_err(|e| format!("reading response: {e}"))?
-            .to_bytes();
-        Ok((parts.status, parts.headers, bytes))
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| format!("timed out after {timeout:?}"))?
 }

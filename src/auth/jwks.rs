@@ -22,7 +22,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 
 use super::jwt::KeyKind;
 use crate::body::empty;
-use crate::upstream::{fetch, HttpClient};
+use crate::client::{fetch, HttpClient};
 
 /// How often an unknown `kid` may trigger a refetch, per issuer.
 pub const UNKNOWN_KID_REFETCH: Duration = Duration::from_secs(10);
@@ -365,7 +365,9 @@ impl KeyStore {
             .header(http::header::ACCEPT, "application/json")
             .body(empty())
             .map_err(|e| e.to_string())?;
-        let (status, _, body) = fetch(client, req, self.fetch_timeout, MAX_JWKS_BYTES).await?;
+        let (status, _, body) = fetch(client, req, self.fetch_timeout, MAX_JWKS_BYTES)
+            .await
+            .map_err(|e| e.to_string())?;
         if !status.is_success() {
             return Err(format!("{url} answered {status}"));
         }

@@ -19,6 +19,7 @@ use super::validate::{self as v, At, Problems};
 use crate::auth::introspect::Introspection;
 use crate::auth::jwks::{KeySource, KeyStore};
 use crate::auth::{jwt, Issuer, IssuerKind};
+use crate::client::{build_client, HttpClient};
 use crate::cors::{Cors, OriginPattern};
 use crate::credentials::{ClientAuth, OAuth2Source, RequestFormat, UpstreamAuth};
 use crate::policy::{AuthRule, Permission, Permissions, RouteAuth};
@@ -27,7 +28,7 @@ use crate::runtime::{BodyCredentials, Limits, Route, Runtime, Server};
 use crate::tls;
 use crate::token_service::keys::SigningKey;
 use crate::token_service::{ClientSecret, TokenService, LOCAL_LEEWAY};
-use crate::upstream::{build_client, HttpClient, Upstream};
+use crate::upstream::Upstream;
 
 /// What compiling may reuse from the running gateway: key stores (so JWKS caches
 /// survive a reload) and HTTP clients (so pooled connections do too).

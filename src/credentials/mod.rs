@@ -11,20 +11,26 @@ pub mod body;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use dashmap::DashMap;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderValue, Request};
+use http::{HeaderValue, Request, Response, StatusCode};
 use sha2::{Digest, Sha256};
 
-use crate::body::full;
+use crate::body::{full, Body};
 use crate::cache::FlightCache;
+use crate::client::{fetch, FetchError, HttpClient};
+use crate::decision;
+use crate::error::{BadGateway, Rejection};
+use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::runtime::Route;
 use crate::secret::Secret;
-use crate::upstream::{fetch, HttpClient};
+use crate::service::{take_ready, OnOutcome, Outcome, Step, Then};
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1), sensitive.
 pub fn basic_header(id: &str, secret: &str) -> HeaderValue {
@@ -100,7 +106,18 @@ impl OAuth2Source {
 }
 
 /// A cached upstream token: the ready-made `Authorization` value.
-pub type TokenResult = Result<HeaderValue, String>;
+pub type TokenResult = Result<HeaderValue, TokenError>;
+
+/// Why an upstream token could not be had (logged; the client sees a 502).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("token endpoint answered {0}")]
+    Status(StatusCode),
+    #[error("token endpoint {0}")]
+    Response(&'static str),
+}
 
 /// Upstream tokens, shared across reloads; flushed by `POST /admin/caches/flush`.
 pub struct TokenCache {
@@ -169,7 +186,7 @@ impl TokenCache {
     }
 }
 
-async fn fetch_token(src: &OAuth2Source) -> Result<(HeaderValue, Duration), String> {
+async fn fetch_token(src: &OAuth2Source) -> Result<(HeaderValue, Duration), TokenError> {
     let mut fields: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
     if let Some(s) = &src.scope {
         fields.push(("scope", s));
@@ -212,22 +229,24 @@ async fn fetch_token(src: &OAuth2Source) -> Result<(HeaderValue, Duration), Stri
             basic_header(&src.client_id, src.client_secret.expose()),
         );
     }
-    let req = req.body(full(body)).map_err(|e| e.to_string())?;
+    let req = req
+        .body(full(body))
+        .map_err(|_| TokenError::Response("URL cannot be requested"))?;
     let (status, _, bytes) = fetch(&src.client, req, src.timeout, MAX_TOKEN_RESPONSE).await?;
     if !status.is_success() {
-        return Err(format!("token endpoint answered {status}"));
+        return Err(TokenError::Status(status));
     }
     let doc: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|_| "token endpoint returned invalid JSON".to_owned())?;
+        .map_err(|_| TokenError::Response("returned invalid JSON"))?;
     let token = doc
         .get("access_token")
         .and_then(|v| v.as_str())
         .filter(|t| !t.is_empty())
-        .ok_or("token endpoint response has no access_token")?;
+        .ok_or(TokenError::Response("response has no access_token"))?;
     if let Some(tt) = doc.get("token_type").and_then(|v| v.as_str()) {
         if !tt.eq_ignore_ascii_case("bearer") {
-            return Err(format!(
-                "token endpoint returned token_type {tt}, expected Bearer"
+            return Err(TokenError::Response(
+                "returned a token_type other than Bearer",
             ));
         }
     }
@@ -237,14 +256,128 @@ async fn fetch_token(src: &OAuth2Source) -> Result<(HeaderValue, Duration), Stri
         _ => None,
     }
     .unwrap_or(300);
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-        "token endpoint returned a token that is not a valid header value".to_owned()
-    })?;
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| TokenError::Response("returned a token that is not a valid header value"))?;
     value.set_sensitive(true);
     Ok((
         value,
         Duration::from_secs(expires_in).min(MAX_TOKEN_LIFETIME),
     ))
+}
+
+/// Step 9: adds the upstream's own credentials (`upstreams[].auth`), replacing the
+/// inbound `Authorization`. A cached upstream token is added inline; fetching one boxes
+/// the request's future while it waits. An upstream that answers 401 loses the cached
+/// token it was sent with.
+#[derive(Clone)]
+pub struct UpstreamAuthLayer {
+    gw: Arc<Gateway>,
+}
+
+impl UpstreamAuthLayer {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        UpstreamAuthLayer { gw }
+    }
+}
+
+impl<S> tower::Layer<S> for UpstreamAuthLayer {
+    type Service = UpstreamCredentials<S>;
+    fn layer(&self, inner: S) -> UpstreamCredentials<S> {
+        UpstreamCredentials {
+            inner,
+            gw: self.gw.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct UpstreamCredentials<S> {
+    inner: S,
+    gw: Arc<Gateway>,
+}
+
+/// On the way out: a 401 from the upstream drops the token it was sent with.
+pub struct DropRefusedToken(Option<(Arc<Gateway>, Arc<OAuth2Source>, HeaderValue)>);
+
+impl OnOutcome for DropRefusedToken {
+    fn on_outcome(self, out: Outcome) -> Outcome {
+        if let (Some((gw, src, used)), Ok(resp)) = (self.0, &out) {
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                tracing::info!(upstream = %src.upstream, "upstream answered 401; dropping its cached token");
+                gw.tokens.invalidate_if_current(&src, &used);
+            }
+        }
+        out
+    }
+}
+
+impl<S, B> tower::Service<Request<B>> for UpstreamCredentials<S>
+where
+    S: tower::Service<Request<B>, Response = Response<Body>, Error = Rejection>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = Then<S::Future, DropRefusedToken>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let auth = req
+            .extensions()
+            .get::<Arc<Route>>()
+            .and_then(|r| r.upstream.as_ref())
+            .and_then(|u| u.auth.as_ref());
+        let src = match auth {
+            None => return Then::new(Step::inner(self.inner.call(req)), DropRefusedToken(None)),
+            Some(UpstreamAuth::Basic(v)) => {
+                let v = v.clone();
+                decision::note(&req, || "upstream credentials: Basic".into());
+                req.headers_mut().insert(AUTHORIZATION, v);
+                return Then::new(Step::inner(self.inner.call(req)), DropRefusedToken(None));
+            }
+            Some(UpstreamAuth::OAuth2(src)) => src.clone(),
+        };
+        // A cached token (or a cached failure, while it is backed off) decides inline.
+        match self.gw.tokens.tokens.get(&src.cache_key) {
+            Some(Ok(v)) => {
+                req.headers_mut().insert(AUTHORIZATION, v.clone());
+                let post = DropRefusedToken(Some((self.gw.clone(), src, v)));
+                Then::new(Step::inner(self.inner.call(req)), post)
+            }
+            Some(Err(_)) => Then::new(
+                Step::reject(BadGateway::UpstreamToken {
+                    upstream: src.upstream.clone(),
+                }),
+                DropRefusedToken(None),
+            ),
+            None => {
+                let gw = self.gw.clone();
+                let mut inner = take_ready(&mut self.inner);
+                Then::new(
+                    Step::boxed(async move {
+                        let v = gw
+                            .tokens
+                            .authorization(&src, &gw.metrics)
+                            .await
+                            .map_err(|_| BadGateway::UpstreamToken {
+                                upstream: src.upstream.clone(),
+                            })?;
+                        req.headers_mut().insert(AUTHORIZATION, v.clone());
+                        let out = inner.call(req).await;
+                        DropRefusedToken(Some((gw, src, v))).on_outcome(out)
+                    }),
+                    DropRefusedToken(None),
+                )
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -274,7 +407,7 @@ mod tests {
             client_auth: ClientAuth::Basic,
             format: RequestFormat::Form,
             extra_params: BTreeMap::new(),
-            client: crate::upstream::build_client(
+            client: crate::client::build_client(
                 crate::tls::client_config(None).unwrap(),
                 Duration::from_secs(1),
             ),
@@ -287,8 +420,8 @@ mod tests {
             .tokens
             .insert(src.cache_key, Ok(new.clone()), Duration::from_secs(60));
         cache.invalidate_if_current(&src, &HeaderValue::from_static("Bearer old"));
-        assert_eq!(cache.tokens.get(&src.cache_key), Some(Ok(new.clone())));
+        assert!(matches!(cache.tokens.get(&src.cache_key), Some(Ok(v)) if v == new));
         cache.invalidate_if_current(&src, &new);
-        assert_eq!(cache.tokens.get(&src.cache_key), None);
+        assert!(cache.tokens.get(&src.cache_key).is_none());
     }
 }
