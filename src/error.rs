@@ -22,7 +22,6 @@ use http::{Extensions, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 
 use crate::body::{full, Body};
-use crate::service::Outcome;
 
 /// Stable reason codes for auth denials: the `reason` label of
 /// `tollgate_auth_denied_total` and the `reason` field of denial logs.
@@ -413,7 +412,7 @@ pin_project! {
     }
 }
 
-impl<F: Future<Output = Outcome>> Future for RescueFuture<F> {
+impl<F: Future<Output = Result<Response<Body>, Rejection>>> Future for RescueFuture<F> {
     type Output = Result<Response<Body>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

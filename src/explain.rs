@@ -18,10 +18,10 @@ use tower::{Layer, ServiceExt};
 use crate::auth::IssuerKind;
 use crate::body::{empty, Body};
 use crate::config::ConfigError;
+use crate::conn::ConnInfo;
 use crate::decision::{self, Trace};
 use crate::error::{GatewayError, Rejection, RescueLayer};
 use crate::gateway::Gateway;
-use crate::listener::ConnInfo;
 use crate::runtime::Route;
 use crate::service::Outcome;
 

@@ -19,9 +19,8 @@ use crate::body::Body;
 use crate::decision;
 use crate::error::{DenyReason, GatewayError, Rejection};
 use crate::identity::Identity;
-use crate::observe::MatchedPermission;
-use crate::policy::{self, AuthRule, Permissions, RouteAuth};
-use crate::route::{NormalizedPath, Snapshot};
+use crate::policy::{self, AuthRule, MatchedPermission, Permissions, RouteAuth};
+use crate::route::layer::{NormalizedPath, Snapshot};
 use crate::runtime::Route;
 use crate::service::{record, take_ready, OnOutcome, Outcome, Step, Then};
 

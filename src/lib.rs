@@ -10,6 +10,7 @@ pub mod body;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod cors;
 pub mod credentials;
 pub mod decision;

@@ -22,7 +22,7 @@ use pin_project_lite::pin_project;
 use crate::body::Body;
 use crate::error::{GatewayError, Rejection, Timeout};
 use crate::gateway::Gateway;
-use crate::route::Snapshot;
+use crate::route::layer::Snapshot;
 use crate::runtime::Limits;
 use crate::service::{OnOutcome, Outcome, Step, Then};
 

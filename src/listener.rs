@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -27,22 +26,7 @@ use crate::body::Body;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 
-/// Facts about the client connection, in every request's extensions.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    pub remote: SocketAddr,
-    pub tls: bool,
-    /// `remote`'s IP as text, formatted once per connection (`X-Forwarded-For`, logs).
-    pub ip: HeaderValue,
-}
-
-impl ConnInfo {
-    pub fn new(remote: SocketAddr, tls: bool) -> Self {
-        let ip = HeaderValue::from_str(&remote.ip().to_string())
-            .expect("an IP address is a valid header value");
-        ConnInfo { remote, tls, ip }
-    }
-}
+pub use crate::conn::ConnInfo;
 
 /// The HTTP settings every listener shares.
 pub fn http_builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {

@@ -17,16 +17,13 @@ use http::{HeaderValue, Method, Request, Response, Uri};
 use pin_project_lite::pin_project;
 
 use crate::body::Body;
+use crate::conn::ConnInfo;
 use crate::error::Denied;
 use crate::gateway::Gateway;
-use crate::listener::ConnInfo;
-use crate::policy::Identity;
+use crate::identity::Identity;
+use crate::policy::MatchedPermission;
 use crate::request_id::X_REQUEST_ID;
 use crate::runtime::Route;
-
-/// Fact: the `permissions` entry that allowed (or came closest to allowing) a request.
-#[derive(Debug, Clone)]
-pub struct MatchedPermission(pub Arc<str>);
 
 #[derive(Clone)]
 pub struct ObserveLayer {

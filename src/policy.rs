@@ -14,6 +14,11 @@ use http::Method;
 use crate::error::{DenyReason, GatewayError};
 pub use crate::identity::Identity;
 
+/// Fact: the `permissions` entry that allowed (or came closest to allowing) a request,
+/// for the denial log line.
+#[derive(Debug, Clone)]
+pub struct MatchedPermission(pub Arc<str>);
+
 /// A route's `auth:` block, compiled.
 #[derive(Debug, Clone)]
 pub struct AuthRule {

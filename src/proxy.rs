@@ -26,14 +26,15 @@ use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 
 use crate::body::{Body, BoxError};
+use crate::client::{send_pooled, UpstreamFailure};
+use crate::conn::ConnInfo;
 use crate::error::{BadGateway, GatewayError, Rejection, Timeout};
 use crate::identity::Identity;
-use crate::listener::ConnInfo;
 pub use crate::request_id::X_REQUEST_ID;
-use crate::route::{request_host, NormalizedPath, Snapshot};
+use crate::route::layer::{request_host, NormalizedPath, Snapshot};
 use crate::runtime::Route;
 use crate::service::{Outcome, Step};
-use crate::upstream::{send_pooled, Upstream, UpstreamFailure};
+use crate::upstream::Upstream;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

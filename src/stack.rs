@@ -38,9 +38,9 @@ use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::body::{Body, BoxError};
-use crate::cors::CorsLayer;
-use crate::credentials::body::{BodyCredentialsLayer, MaybeRewritten};
-use crate::credentials::UpstreamAuthLayer;
+use crate::cors::layer::CorsLayer;
+use crate::credentials::body_layer::{BodyCredentialsLayer, MaybeRewritten};
+use crate::credentials::upstream_layer::UpstreamAuthLayer;
 use crate::error::{Rejection, RescueLayer};
 use crate::gate::GateLayer;
 use crate::gateway::Gateway;
@@ -48,8 +48,8 @@ use crate::limits::{RequestTimeoutLayer, ShedLayer, SizeLimitLayer};
 use crate::observe::ObserveLayer;
 use crate::proxy::Proxy;
 use crate::request_id::{self, SaneRequestId, X_REQUEST_ID};
-use crate::route::RouteLayer;
-use crate::token_service::TokenServiceLayer;
+use crate::route::layer::RouteLayer;
+use crate::token_service::layer::TokenServiceLayer;
 
 /// The public listener's service: every step of the request path.
 pub fn public<B>(

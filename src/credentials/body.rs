@@ -6,28 +6,15 @@
 //! is added (RFC 6749 §2.3.1), every other field stays as it was, and Content-Length is
 //! recomputed. Credentials in header and body, or only one of the two fields -> 400.
 //! The body read is bounded by `max_body_bytes`; nothing of the secret is logged.
-//!
-//! Routes without `body_credentials` pass [`BodyCredentialsLayer`] untouched (their body
-//! keeps streaming, wrapped in `Either::Left` at no cost); only such routes box a future
-//! and read the body.
-
-use std::sync::Arc;
-use std::task::{Context, Poll};
+//! The step itself is `body_layer::BodyCredentialsLayer`.
 
 use bytes::Bytes;
 use http::header::{
     HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING,
 };
-use http::{Request, Response, Uri};
-use http_body_util::{BodyExt, Either, Full};
 
 use super::basic_header;
-use crate::body::{Body, BoxError};
-use crate::decision;
-use crate::error::{GatewayError, Rejection};
-use crate::route::Snapshot;
-use crate::runtime::Route;
-use crate::service::{take_ready, Step};
+use crate::error::GatewayError;
 
 /// The rewritten body and the `Authorization` value, or None when the body carries
 /// no credentials (it is then forwarded unchanged).
@@ -244,108 +231,6 @@ pub fn apply_headers(h: &mut HeaderMap, auth: HeaderValue, len: usize) {
     h.insert(AUTHORIZATION, auth);
     h.remove(TRANSFER_ENCODING);
     h.insert(CONTENT_LENGTH, HeaderValue::from(len));
-}
-
-/// The request body after this step: the client's, streaming, or the rewritten one.
-pub type MaybeRewritten<B> = Either<B, Full<Bytes>>;
-
-/// `body_credentials: basic` on the matched route: credentials move from the body to
-/// `Authorization: Basic`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BodyCredentialsLayer;
-
-impl<S> tower::Layer<S> for BodyCredentialsLayer {
-    type Service = BodyCredentials<S>;
-    fn layer(&self, inner: S) -> BodyCredentials<S> {
-        BodyCredentials { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct BodyCredentials<S> {
-    inner: S,
-}
-
-impl<S, B> tower::Service<Request<B>> for BodyCredentials<S>
-where
-    S: tower::Service<Request<MaybeRewritten<B>>, Response = Response<Body>, Error = Rejection>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = Rejection;
-    type Future = Step<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let bc = req
-            .extensions()
-            .get::<Arc<Route>>()
-            .and_then(|r| r.body_credentials);
-        let Some(bc) = bc else {
-            return Step::inner(self.inner.call(req.map(Either::Left)));
-        };
-        let max = req
-            .extensions()
-            .get::<Snapshot>()
-            .map_or(u64::MAX, |s| s.0.server.limits.max_body_bytes);
-        let mut inner = take_ready(&mut self.inner);
-        Step::boxed(async move {
-            let (mut parts, body) = req.into_parts();
-            let bytes =
-                http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
-                    .collect()
-                    .await
-                    .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
-                        Ok(_) => GatewayError::PayloadTooLarge(max),
-                        Err(_) => {
-                            GatewayError::BadRequest("could not read the request body".into())
-                        }
-                    })?
-                    .to_bytes();
-            let bytes = match rewrite(&parts.headers, &bytes, bc.grant_type_to_query)? {
-                None => bytes,
-                Some((rest, auth, grant)) => {
-                    apply_headers(&mut parts.headers, auth, rest.len());
-                    if let Some(g) = grant {
-                        parts.uri = with_grant_type(&parts.uri, &g)?;
-                    }
-                    if let Some(t) = parts.extensions.get::<decision::Trace>() {
-                        t.push("body_credentials: client_id/client_secret moved to Authorization: Basic".into());
-                    }
-                    rest
-                }
-            };
-            inner
-                .call(Request::from_parts(parts, Either::Right(Full::new(bytes))))
-                .await
-        })
-    }
-}
-
-/// `uri` with `grant_type=...` added to its query.
-fn with_grant_type(uri: &Uri, grant: &str) -> Result<Uri, GatewayError> {
-    let pair = form_urlencoded::Serializer::new(String::new())
-        .append_pair("grant_type", grant)
-        .finish();
-    let pq = match uri.query() {
-        Some(q) if !q.is_empty() => format!("{}?{q}&{pair}", uri.path()),
-        _ => format!("{}?{pair}", uri.path()),
-    };
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(
-        pq.parse()
-            .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded".into()))?,
-    );
-    Uri::from_parts(parts)
-        .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded".into()))
 }
 
 #[cfg(test)]

@@ -10,10 +10,10 @@
 //! is also the issuer `local`, verified in-process.
 
 pub mod keys;
+pub mod layer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
@@ -27,13 +27,9 @@ use rand::Rng;
 
 use self::keys::SigningKey;
 use crate::body::{full, Body, BoxError};
-use crate::decision;
-use crate::error::{GatewayError, Rejection};
-use crate::gateway::Gateway;
+use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::route::{NormalizedPath, Snapshot};
 use crate::secret::{constant_time_eq, Secret};
-use crate::service::Step;
 
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
@@ -400,71 +396,6 @@ impl TokenService {
             "response_types_supported": ["token"],
             "scopes_supported": scopes,
             "access_token_signing_alg_values_supported": [format!("{:?}", self.key.alg)],
-        })
-    }
-}
-/// Serves the token service's own paths (token endpoint, JWKS, metadata); every other
-/// request passes.
-#[derive(Clone)]
-pub struct TokenServiceLayer {
-    gw: Arc<Gateway>,
-}
-
-impl TokenServiceLayer {
-    pub fn new(gw: Arc<Gateway>) -> Self {
-        TokenServiceLayer { gw }
-    }
-}
-
-impl<S> tower::Layer<S> for TokenServiceLayer {
-    type Service = TokenEndpoints<S>;
-    fn layer(&self, inner: S) -> TokenEndpoints<S> {
-        TokenEndpoints {
-            inner,
-            gw: self.gw.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct TokenEndpoints<S> {
-    inner: S,
-    gw: Arc<Gateway>,
-}
-
-impl<S, B> tower::Service<Request<B>> for TokenEndpoints<S>
-where
-    S: tower::Service<Request<B>, Response = Response<Body>, Error = Rejection>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = Rejection;
-    type Future = Step<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let ts = req.extensions().get::<Snapshot>().and_then(|s| {
-            let path = &req.extensions().get::<NormalizedPath>()?.0;
-            s.0.token_service.clone().filter(|ts| ts.serves(path))
-        });
-        let Some(ts) = ts else {
-            return Step::inner(self.inner.call(req));
-        };
-        decision::note(&req, || {
-            "token service: answered by tollgate itself (clients authenticate with their secret)"
-                .into()
-        });
-        let gw = self.gw.clone();
-        Step::boxed(async move {
-            let path = match req.extensions().get::<NormalizedPath>() {
-                Some(p) => p.0.clone(),
-                None => String::new(),
-            };
-            ts.handle(req, &path, &gw.metrics).await.map_err(Into::into)
         })
     }
 }
