@@ -69,7 +69,12 @@ pub struct Gateway {
 impl Gateway {
     /// Loads the config for the first time. Starts nothing yet.
     pub fn load(path: PathBuf) -> Result<Arc<Gateway>, ConfigError> {
-        let registry = Registry::default();
+        Gateway::load_with(path, Registry::default())
+    }
+
+    /// [`Gateway::load`] with a registry set up by the caller (`tollgate::layer` loads
+    /// with `embedded` set: routes need no upstream).
+    pub fn load_with(path: PathBuf, registry: Registry) -> Result<Arc<Gateway>, ConfigError> {
         let mut rt = config::load(&path, &registry)?;
         rt.version = 1;
         let rt_hash = config::inputs_hash(&rt.hash, &rt.files);

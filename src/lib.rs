@@ -20,6 +20,7 @@ pub mod explain;
 pub mod gate;
 pub mod gateway;
 pub mod identity;
+pub mod layer;
 pub mod limits;
 pub mod listener;
 pub mod logging;

@@ -38,18 +38,20 @@ use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::body::{Body, BoxError};
-use crate::cors::layer::CorsLayer;
-use crate::credentials::body_layer::{BodyCredentialsLayer, MaybeRewritten};
+use crate::cors::layer::{CorsLayer, CorsService};
+use crate::credentials::body_layer::{BodyCredentials, BodyCredentialsLayer};
 use crate::credentials::upstream_layer::UpstreamAuthLayer;
-use crate::error::{Rejection, RescueLayer};
-use crate::gate::GateLayer;
+use crate::error::RescueLayer;
+use crate::gate::{GateLayer, GateService};
 use crate::gateway::Gateway;
-use crate::limits::{RequestTimeoutLayer, ShedLayer, SizeLimitLayer};
+use crate::limits::{
+    RequestTimeout, RequestTimeoutLayer, Shed, ShedLayer, SizeLimit, SizeLimitLayer,
+};
 use crate::observe::ObserveLayer;
 use crate::proxy::Proxy;
 use crate::request_id::{self, SaneRequestId, X_REQUEST_ID};
-use crate::route::layer::RouteLayer;
-use crate::token_service::layer::TokenServiceLayer;
+use crate::route::layer::{RouteLayer, Routing};
+use crate::token_service::layer::{TokenEndpoints, TokenServiceLayer};
 
 /// The public listener's service: every step of the request path.
 pub fn public<B>(
@@ -93,30 +95,15 @@ where
         ))
 }
 
+/// Steps 3-8 in front of `S`, as a type (what [`policy`] builds).
+pub type Policy<S> = Routing<
+    CorsService<RequestTimeout<Shed<SizeLimit<TokenEndpoints<BodyCredentials<GateService<S>>>>>>>,
+>;
+
 /// Steps 3-8: everything that decides whether a request may pass, in front of `inner`
-/// (the upstream side for the server, a recorder for `tollgate explain`).
-pub fn policy<S, B>(
-    gw: &Arc<Gateway>,
-    inner: S,
-) -> impl Service<
-    Request<B>,
-    Response = Response<Body>,
-    Error = Rejection,
-    Future = impl Future<Output = crate::service::Outcome> + Send + 'static,
-> + Clone
-       + Send
-       + Sync
-       + 'static
-where
-    S: Service<Request<MaybeRewritten<B>>, Response = Response<Body>, Error = Rejection>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+/// (the upstream side for the server, a recorder for `tollgate explain`, the
+/// application for the embeddable `tollgate::layer`).
+pub fn policy<S>(gw: &Arc<Gateway>, inner: S) -> Policy<S> {
     ServiceBuilder::new()
         // 3. Normalise the path and match the route (400 / 404); the config snapshot
         //    is read here, once.

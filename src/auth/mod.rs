@@ -324,6 +324,11 @@ pub async fn verify_jwt(
     }
     let want = jwt::key_kind_for(alg)
         .ok_or_else(|| Refusal::new(DenyReason::AlgorithmNotAllowed, "unsupported alg"))?;
+    if !store.first_fetch_done() {
+        // Before the issuer's first key fetch has finished, wait for it (or make it)
+        // rather than spending the unknown-kid refetch on keys that are on their way.
+        store.refresh().await;
+    }
     let mut keys = store.keys();
     let candidates: Vec<Arc<jwks::Key>> = loop {
         let found: Vec<Arc<jwks::Key>> = match &jws.kid {

@@ -39,6 +39,9 @@ pub struct Registry {
     /// The token service key generated when `signing_key` is absent, kept across
     /// reloads so that tokens already issued stay valid.
     pub generated_key: std::sync::Mutex<Option<Arc<SigningKey>>>,
+    /// Loaded for `tollgate::layer` (the application is the upstream): routes need no
+    /// `upstream`.
+    pub embedded: bool,
 }
 
 impl Registry {
@@ -91,6 +94,7 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         &issuers,
         &upstreams,
         m.token_service.is_some(),
+        reg.embedded,
         p,
     );
     if let (Some(ts), Some(s)) = (&token_service, &server) {
@@ -936,6 +940,7 @@ fn compile_routes(
     issuers: &[Arc<Issuer>],
     upstreams: &[Arc<Upstream>],
     has_token_service: bool,
+    embedded: bool,
     p: &mut Problems,
 ) -> (Vec<Arc<Route>>, RouteTable) {
     let mut routes = Vec::with_capacity(ms.len());
@@ -990,6 +995,7 @@ fn compile_routes(
                     None
                 }
             },
+            None if embedded => None,
             None => {
                 p.add(path.to_string(), "missing required key \"upstream\"");
                 None
