@@ -489,3 +489,72 @@ mod tests {
         assert!(v.contains("scope=\"a b\""));
     }
 }
+
+#[cfg(test)]
+mod rescue_tests {
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::testing::{body_json, get};
+
+    // Behaviour: the rescue layer writes SPEC's JSON error with the request id, adds the
+    // recorded headers, and leaves the facts and the denial on the response.
+    #[tokio::test]
+    async fn refusals_become_spec_errors() {
+        let refuse = tower::service_fn(|_req: Request<_>| async {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "access-control-allow-origin",
+                HeaderValue::from_static("https://a.b"),
+            );
+            let rej = Rejection::from(GatewayError::AccessDenied {
+                reason: DenyReason::ClientNotAllowed,
+                description: "client \"x\" is not allowed on this route".into(),
+            })
+            .with(ResponseHeaders(h))
+            .with(42u32);
+            Err::<Response<Body>, _>(rej)
+        });
+        let mut req = get("/x");
+        req.headers_mut()
+            .insert("x-request-id", HeaderValue::from_static("rid-1"));
+        let Ok(resp) = RescueLayer.layer(refuse).oneshot(req).await;
+        assert_eq!(resp.status(), 403);
+        assert_eq!(resp.headers()["access-control-allow-origin"], "https://a.b");
+        assert_eq!(resp.extensions().get::<u32>(), Some(&42));
+        assert_eq!(
+            resp.extensions().get::<Denied>().unwrap().reason,
+            DenyReason::ClientNotAllowed
+        );
+        let body = body_json(resp).await;
+        assert_eq!(body["error"], "access_denied");
+        assert_eq!(body["request_id"], "rid-1");
+        assert_eq!(
+            body["error_description"],
+            "client \"x\" is not allowed on this route"
+        );
+    }
+
+    // Behaviour: the connection-limit refusal is a complete HTTP/1.1 answer with SPEC's body.
+    #[test]
+    fn raw_refusal_is_a_complete_answer() {
+        let bytes = GatewayError::TooManyConnections(5).to_http1_bytes("r1");
+        let text = String::from_utf8(bytes).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("retry-after: 1") && head.contains("connection: close"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"], "service_unavailable");
+        assert_eq!(v["request_id"], "r1");
+    }
+}

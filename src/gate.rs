@@ -334,3 +334,108 @@ fn note_decision<B>(req: &Request<B>, gate: &Gate<'_>, d: &Decision) {
         (Some(_), None) => "permission: no entry matches this path".into(),
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::error::GatewayError;
+    use crate::route::layer::RouteLayer;
+    use crate::testing::{gateway, get, Reached, Stub, CONFIG};
+
+    fn token(gw: &crate::gateway::Gateway, scope: &str) -> String {
+        let rt = gw.current();
+        let ts = rt.token_service.as_ref().unwrap();
+        let now = crate::auth::now_secs();
+        ts.key
+            .sign(
+                "at+jwt",
+                &serde_json::json!({"iss": ts.issuer, "aud": ts.audience, "sub": "dash",
+                    "client_id": "dash", "scope": scope, "iat": now, "exp": now + 300}),
+            )
+            .unwrap()
+    }
+
+    fn with_token(uri: &str, t: &str) -> Request<http_body_util::Empty<bytes::Bytes>> {
+        let mut r = get(uri);
+        r.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        r
+    }
+
+    // Behaviour: no token -> 401 token_missing; `auth: none` routes pass untouched.
+    #[tokio::test]
+    async fn token_missing_and_public_routes() {
+        let (gw, _dir) = gateway(CONFIG);
+        let reached = Reached::default();
+        let svc = || {
+            RouteLayer::new(gw.clone())
+                .layer(GateLayer::new(gw.auth_caches.clone()).layer(Stub(reached.clone())))
+        };
+        let e = svc()
+            .oneshot(get("/v2/analytics/metadata"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.error.deny_reason(), Some(DenyReason::TokenMissing));
+        assert!(svc().oneshot(get("/open/x")).await.is_ok());
+        assert_eq!(reached.count(), 1);
+        assert!(reached.last().extensions().get::<Arc<Identity>>().is_none());
+    }
+
+    // Behaviour: a verified caller reaches the inner service with its identity, first on
+    // the slow path, then from the cache; each refusal names its gate and permission.
+    #[tokio::test]
+    async fn verified_identity_and_refusals() {
+        let (gw, _dir) = gateway(CONFIG);
+        let reached = Reached::default();
+        let svc = || {
+            RouteLayer::new(gw.clone())
+                .layer(GateLayer::new(gw.auth_caches.clone()).layer(Stub(reached.clone())))
+        };
+        let t = token(&gw, "analytics.read");
+        for _ in 0..2 {
+            let resp = svc()
+                .oneshot(with_token("/v2/analytics/metadata", &t))
+                .await
+                .unwrap();
+            assert_eq!(
+                resp.extensions()
+                    .get::<MatchedPermission>()
+                    .unwrap()
+                    .0
+                    .as_ref(),
+                "/v2/analytics/metadata"
+            );
+            let id = reached
+                .last()
+                .extensions()
+                .get::<Arc<Identity>>()
+                .cloned()
+                .unwrap();
+            assert_eq!(id.client_id.as_deref(), Some("dash"));
+        }
+        assert_eq!(
+            gw.auth_caches.verified.len(),
+            1,
+            "verified once, then cached"
+        );
+        let e = svc()
+            .oneshot(with_token("/v2/analytics/data", &t))
+            .await
+            .unwrap_err();
+        assert!(matches!(e.error, GatewayError::InsufficientScope { .. }));
+        assert!(e.facts.get::<Arc<Identity>>().is_some());
+        let e = svc()
+            .oneshot(with_token("/v2/analytics/admin", &t))
+            .await
+            .unwrap_err();
+        assert_eq!(e.error.deny_reason(), Some(DenyReason::EndpointNotAllowed));
+        let e = svc()
+            .oneshot(with_token("/v2/analytics/metadata", "not-a-jwt"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.error.deny_reason(), Some(DenyReason::TokenMalformed));
+        assert_eq!(reached.count(), 2);
+    }
+}

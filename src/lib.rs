@@ -34,6 +34,8 @@ pub mod runtime;
 pub mod secret;
 pub mod service;
 pub mod stack;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod token_service;
 pub mod upstream;

@@ -247,3 +247,54 @@ fn head_size<B>(req: &Request<B>) -> usize {
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>()
 }
+
+#[cfg(test)]
+mod tests {
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::*;
+    use crate::route::layer::RouteLayer;
+    use crate::testing::{gateway, get, Reached, Stub, CONFIG};
+
+    // Behaviour: 431 for a head over max_header_bytes, 413 for a declared body over
+    // max_body_bytes, 400 for a Content-Length that is not a number.
+    #[tokio::test]
+    async fn head_and_declared_body_sizes() {
+        let (gw, _dir) = gateway(CONFIG);
+        let svc = || RouteLayer::new(gw.clone()).layer(SizeLimitLayer.layer(Stub::default()));
+        let mut big = get("/open/x");
+        big.headers_mut()
+            .insert("x-big", "a".repeat(3000).parse().unwrap());
+        let e = svc().oneshot(big).await.unwrap_err();
+        assert!(matches!(e.error, GatewayError::HeaderTooLarge));
+        let mut body = get("/open/x");
+        body.headers_mut()
+            .insert("content-length", "101".parse().unwrap());
+        let e = svc().oneshot(body).await.unwrap_err();
+        assert!(matches!(e.error, GatewayError::PayloadTooLarge(100)));
+        let mut bad = get("/open/x");
+        bad.headers_mut()
+            .insert("content-length", "x".parse().unwrap());
+        let e = svc().oneshot(bad).await.unwrap_err();
+        assert!(matches!(e.error, GatewayError::BadRequest(_)));
+        assert!(svc().oneshot(get("/open/x")).await.is_ok());
+    }
+
+    // Behaviour: over max_concurrent_requests (1 here) a request is shed at once and
+    // counted; once the first is answered, the next one passes again.
+    #[tokio::test]
+    async fn sheds_over_the_concurrency_limit() {
+        let (gw, _dir) = gateway(CONFIG);
+        let reached = Reached::default();
+        let mut svc = RouteLayer::new(gw.clone())
+            .layer(ShedLayer::new(gw.clone()).layer(Stub(reached.clone())));
+        let first = svc.call(get("/open/a"));
+        let second = svc.call(get("/open/b")).await.unwrap_err();
+        assert!(matches!(second.error, GatewayError::Overloaded(1)));
+        assert_eq!(gw.metrics.shed_total.load(Ordering::Relaxed), 1);
+        assert!(first.await.is_ok());
+        assert_eq!(gw.metrics.in_flight.load(Ordering::Relaxed), 0);
+        assert!(svc.call(get("/open/c")).await.is_ok());
+        assert_eq!(reached.count(), 2);
+    }
+}

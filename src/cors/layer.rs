@@ -101,3 +101,78 @@ where
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::error::GatewayError;
+    use crate::route::layer::RouteLayer;
+    use crate::testing::{gateway, Reached, Stub, CONFIG};
+
+    fn request(method: &str, origin: &str) -> Request<http_body_util::Empty<bytes::Bytes>> {
+        Request::builder()
+            .method(method)
+            .uri("/v2/analytics/data")
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .body(http_body_util::Empty::new())
+            .unwrap()
+    }
+
+    // Behaviour: a preflight is answered here, without a token, never passed on.
+    #[tokio::test]
+    async fn preflights_are_answered_here() {
+        let (gw, _dir) = gateway(CONFIG);
+        let reached = Reached::default();
+        let svc = RouteLayer::new(gw).layer(CorsLayer.layer(Stub(reached.clone())));
+        let resp = svc
+            .oneshot(request("OPTIONS", "https://cx.company.com"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        assert_eq!(
+            resp.headers()["access-control-allow-origin"],
+            "https://cx.company.com"
+        );
+        assert_eq!(reached.count(), 0);
+    }
+
+    // Behaviour: answers and refusals alike carry the CORS headers; a refusal records
+    // them for the rescue layer.
+    #[tokio::test]
+    async fn answers_and_refusals_carry_cors_headers() {
+        let (gw, _dir) = gateway(CONFIG);
+        let svc = RouteLayer::new(gw.clone()).layer(CorsLayer.layer(Stub::default()));
+        let resp = svc
+            .oneshot(request("GET", "https://cx.company.com"))
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.headers()["access-control-allow-origin"],
+            "https://cx.company.com"
+        );
+        assert!(resp.headers()["vary"].to_str().unwrap().contains("Origin"));
+
+        let refuse = tower::service_fn(|_req: Request<_>| async {
+            Err::<Response<Body>, _>(Rejection::from(GatewayError::PayloadTooLarge(1)))
+        });
+        let svc = RouteLayer::new(gw).layer(CorsLayer.layer(refuse));
+        let rej = svc
+            .oneshot(request("POST", "https://cx.company.com"))
+            .await
+            .unwrap_err();
+        let h = &rej.facts.get::<ResponseHeaders>().expect("recorded").0;
+        assert_eq!(h["access-control-allow-origin"], "https://cx.company.com");
+
+        // A foreign origin gets no Access-Control-Allow-* header.
+        let (gw, _dir) = gateway(CONFIG);
+        let svc = RouteLayer::new(gw).layer(CorsLayer.layer(Stub::default()));
+        let resp = svc
+            .oneshot(request("GET", "https://evil.example"))
+            .await
+            .unwrap();
+        assert!(resp.headers().get("access-control-allow-origin").is_none());
+    }
+}

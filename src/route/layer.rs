@@ -150,3 +150,77 @@ where
         Then::new(Step::inner(self.inner.call(req)), RecordRoute(route))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::testing::{gateway, get, Reached, Stub, CONFIG};
+
+    async fn route(
+        gw: &Arc<Gateway>,
+        req: Request<http_body_util::Empty<bytes::Bytes>>,
+    ) -> (Outcome, Reached) {
+        let reached = Reached::default();
+        let svc = RouteLayer::new(gw.clone()).layer(Stub(reached.clone()));
+        (svc.oneshot(req).await, reached)
+    }
+
+    // Behaviour: a matched request carries the route, the normalised path and the config
+    // snapshot to the layers below; the route is recorded on the response.
+    #[tokio::test]
+    async fn routes_and_records_the_facts() {
+        let (gw, _dir) = gateway(CONFIG);
+        let (out, reached) = route(&gw, get("/v2/analytics/x/../metadata")).await;
+        let resp = out.expect("routed");
+        assert_eq!(
+            resp.extensions().get::<Arc<Route>>().unwrap().name.as_ref(),
+            "analytics"
+        );
+        let req = reached.last();
+        assert_eq!(
+            req.extensions().get::<NormalizedPath>().unwrap().0,
+            "/v2/analytics/metadata"
+        );
+        assert!(req.extensions().get::<Snapshot>().is_some());
+        assert_eq!(
+            &*req.extensions().get::<Arc<Route>>().unwrap().name,
+            "analytics"
+        );
+    }
+
+    // Behaviour: no route -> 404, a bad path -> 400, smuggling framing -> 400; the inner
+    // service is not reached.
+    #[tokio::test]
+    async fn refuses_unknown_paths_bad_paths_and_smuggling() {
+        let (gw, _dir) = gateway(CONFIG);
+        let (out, reached) = route(&gw, get("/nowhere")).await;
+        assert!(matches!(out.unwrap_err().error, GatewayError::NotFound));
+        let (out, _) = route(&gw, get("/v2/analytics/%2e%2e/x")).await;
+        assert!(matches!(
+            out.unwrap_err().error,
+            GatewayError::BadRequest(_)
+        ));
+        let mut req = get("/open/x");
+        req.headers_mut()
+            .insert("content-length", "1".parse().unwrap());
+        req.headers_mut()
+            .insert("transfer-encoding", "chunked".parse().unwrap());
+        let (out, _) = route(&gw, req).await;
+        assert!(matches!(
+            out.unwrap_err().error,
+            GatewayError::BadRequest(_)
+        ));
+        assert_eq!(reached.count(), 0);
+    }
+
+    // Behaviour: the token service's own paths pass without a route.
+    #[tokio::test]
+    async fn token_service_paths_pass_without_a_route() {
+        let (gw, _dir) = gateway(CONFIG);
+        let (out, reached) = route(&gw, get("/.well-known/jwks.json")).await;
+        assert!(out.unwrap().extensions().get::<Arc<Route>>().is_none());
+        assert!(reached.last().extensions().get::<Arc<Route>>().is_none());
+    }
+}
