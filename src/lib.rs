@@ -14,6 +14,8 @@ pub mod credentials;
 pub mod error;
 pub mod explain;
 pub mod gateway;
+pub mod healthcheck;
+pub mod init;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
