@@ -5,6 +5,7 @@ mod auth;
 mod browser_cors;
 mod cli;
 mod common;
+mod deploy;
 mod faults;
 mod hostile;
 mod oidc_e2e;
