@@ -223,7 +223,7 @@ for case in default full; do
   validate_gateway "$base.gateway.yaml" "chart-$case"
 done
 # The chart's alert groups and dashboard are the files in deploy/ (the full render has both).
-"$VENV/bin/python" - "$TMP/chart-full" <<'PY' || fail "the chart's files/ differ from deploy/prometheus or deploy/grafana: copy them again (see deploy/helm/tollgate/files/)"
+"$VENV/bin/python" - "$TMP/chart-full" <<'PY' || fail "the chart's files/ differ from deploy/prometheus or deploy/grafana: run deploy/helm/sync-files.sh"
 import json, sys, yaml
 base = sys.argv[1]
 want_rules = yaml.safe_load(open("deploy/prometheus/tollgate-rules.yaml"))["spec"]
