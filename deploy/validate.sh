@@ -242,8 +242,9 @@ refuse() { # LABEL VALUES-YAML EXPECTED-TEXT
 }
 refuse "a misspelt value" "replicaCout: 3" "replicaCout"
 refuse "a listen port the container does not expose" $'containerPorts:\n  public: 9000' "containerPorts says 9000"
-refuse "an unknown log format" $'log:\n  format: xml' "format"
+refuse "an unknown log format" $'log:\n  format: xml' "/log/format"
 refuse "redis.url with configYaml" $'configYaml: "server: {}"\nredis:\n  url: redis://r:6379' "redis.url"
+refuse "redis.url with existingConfigMap" $'existingConfigMap: mine\nredis:\n  url: redis://r:6379' "existingConfigMap"
 echo "deploy/validate.sh: chart: lint --strict clean; refuses misspelt values, mismatched ports, bad enums"
 
 # --- 5. alerts and dashboard --------------------------------------------------------------
