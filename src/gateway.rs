@@ -343,6 +343,13 @@ impl Gateway {
                 ("upstream_tokens", self.tokens.tokens.len()),
             ],
             config_version: rt.version,
+            ready: self.ready(),
+            last_reload_ok: self
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last_reload_ok
+                != Some(false),
         }
     }
 }

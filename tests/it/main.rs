@@ -5,6 +5,7 @@ mod auth;
 mod browser_cors;
 mod cli;
 mod common;
+mod deploy;
 mod embed;
 mod faults;
 mod hostile;
