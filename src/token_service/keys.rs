@@ -8,6 +8,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::rand::SystemRandom;
 use ring::signature::{self, KeyPair};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 use sha2::{Digest, Sha256};
 
@@ -75,9 +76,8 @@ impl SigningKey {
 
     /// PKCS#8 (`PRIVATE KEY`: EC P-256/P-384, RSA, Ed25519) or PKCS#1 (`RSA PRIVATE KEY`).
     pub fn from_pem(data: &[u8]) -> Result<SigningKey, String> {
-        let key = rustls_pemfile::private_key(&mut &data[..])
-            .map_err(|e| format!("invalid PEM: {e}"))?
-            .ok_or("no private key found in the PEM file")?;
+        let key = PrivateKeyDer::from_pem_slice(data)
+            .map_err(|e| crate::tls::pem_problem(e, "private key"))?;
         let rng = SystemRandom::new();
         match key {
             PrivateKeyDer::Pkcs8(der) => {
@@ -185,5 +185,34 @@ mod tests {
         }
         let g = SigningKey::generate_es256().unwrap();
         assert_eq!(g.alg, Algorithm::ES256);
+    }
+
+    // Behaviour: PEM data without a usable key is refused with a message in words.
+    #[test]
+    fn bad_pem_is_explained() {
+        let e = SigningKey::from_pem(b"hello").unwrap_err();
+        assert_eq!(e, "no private key found");
+        let cert = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/server.pem"
+        ))
+        .unwrap();
+        assert_eq!(
+            SigningKey::from_pem(&cert).unwrap_err(),
+            "no private key found"
+        );
+        let e = SigningKey::from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n").unwrap_err();
+        assert!(
+            e.starts_with("invalid PEM: the PRIVATE KEY block is not closed"),
+            "{e}"
+        );
+        let e = SigningKey::from_pem(
+            b"-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("SEC1 \"EC PRIVATE KEY\" files are not supported"),
+            "{e}"
+        );
     }
 }
