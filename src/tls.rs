@@ -12,10 +12,18 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+/// The crypto provider of every TLS config tollgate builds: aws-lc-rs, the same
+/// library that signs and verifies JWTs.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static P: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
-    P.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+    P.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .clone()
+}
+
+/// Makes [`provider`] the process-wide rustls default, for code that builds TLS configs
+/// of its own from it (HTTP clients in tests and examples). Harmless when called again.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::CryptoProvider::install_default((*provider()).clone());
 }
 
 /// What went wrong in PEM data, in words (the parser's own text shows raw bytes).
