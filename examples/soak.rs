@@ -1101,6 +1101,7 @@ struct Clients {
 }
 
 fn builder() -> reqwest::ClientBuilder {
+    tollgate::tls::install_default_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(15))

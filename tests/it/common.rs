@@ -426,6 +426,7 @@ pub async fn spawn_gateway(yaml: &str) -> Gw {
 }
 
 pub fn client() -> reqwest::Client {
+    tollgate::tls::install_default_provider();
     reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)

@@ -80,7 +80,7 @@ async fn setup() -> (Idp, String, tempfile::TempDir) {
 }
 
 async fn get_with(url: &str, token: Option<&str>) -> reqwest::Response {
-    let mut r = reqwest::Client::new().get(url);
+    let mut r = client().get(url);
     if let Some(t) = token {
         r = r.bearer_auth(t);
     }

@@ -238,6 +238,7 @@ async fn a_flood_is_shed_and_memory_stays_flat() {
     let base = format!("http://{}", bin.public);
 
     async fn flood(base: &str, gate: &Semaphore, n: usize) -> (usize, usize) {
+        tollgate::tls::install_default_provider();
         let c = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(64)
