@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod route;
 pub mod runtime;
 pub mod secret;
