@@ -37,6 +37,15 @@
 //!   a wedged server) where waiting for TCP to notice would take minutes;
 //! - every failed decision counts in [`RedisStore::errors`]; [`RedisStore::warn`] logs
 //!   at most one line per [`WARN_EVERY`] with the number of failures in between.
+//!
+//! # Operating the Redis
+//! A standalone Redis (or a primary; a replica answers `READONLY`, a store error). Give
+//! it `maxmemory-policy noeviction` (or room enough): an evicted counter is a client
+//! whose count starts again, while `noeviction` turns a full Redis into store errors that
+//! `on_error` handles. Persistence is optional: after a restart without it every window
+//! starts afresh, which over-admits at most one window's worth. Redis Cluster is not
+//! supported by this client (each decision touches one key, so the script itself would
+//! run there).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
