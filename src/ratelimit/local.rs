@@ -8,14 +8,14 @@
 //! one critical section, concurrent callers can never both take the last unit.
 //!
 //! # Memory
-//! An entry is ~140 bytes whatever the key's value was (the key is a digest). Two
-//! mechanisms bound the total:
+//! An entry is 136 bytes plus the hash map's spare room, whatever the key's value was
+//! (the key is a digest). Two mechanisms bound the total:
 //! - **Expiry**: an entry records when its last counted request stops counting; entries
 //!   past that are dropped by a sweep that each shard runs at most once per second of
 //!   traffic it sees (amortised, no background task), and by [`LocalStore::sweep`],
 //!   which a caller may run on a timer.
-//! - **Cap** (`max_keys`, default [`DEFAULT_MAX_KEYS`], ~14 MB): a shard that is full
-//!   when a new key arrives first drops its expired entries; if it is still full it
+//! - **Cap** (`max_keys`, default [`DEFAULT_MAX_KEYS`], ~18 MB when full): a shard that
+//!   is full when a new key arrives first drops its expired entries; if it is still full it
 //!   evicts the least recently seen eighth of its entries (nginx `limit_req_zone` and
 //!   HAProxy stick tables do the same). An evicted key that comes back starts a fresh
 //!   window, so under a flood of distinct keys the limit can be more generous for the
@@ -276,7 +276,7 @@ impl LocalStore {
             shard.sweep(now_ms);
             shard.next_sweep = now_ms + SWEEP_EVERY_MS;
         }
-        let (raw, _) = match shard.map.get_mut(&mk) {
+        let raw = match shard.map.get_mut(&mk) {
             Some(e) => {
                 // Time never goes back for an entry: a caller that read the clock just
                 // before another one but locked the shard after it is decided at the
@@ -285,7 +285,7 @@ impl LocalStore {
                 let (raw, expires) = e.state.decide(limit, now, commit);
                 e.last_seen = now;
                 e.expires = expires;
-                (raw, expires)
+                raw
             }
             None => {
                 let mut state = State::new(limit, now_ms);
@@ -303,7 +303,7 @@ impl LocalStore {
                         },
                     );
                 }
-                (raw, expires)
+                raw
             }
         };
         drop(shard);

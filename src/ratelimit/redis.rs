@@ -67,7 +67,7 @@ pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// At most one warning per this interval per store.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// The decision script. KEYS[1]: the counter. ARGV: limit, per (ms), bucket size (ms),
+/// The decision script. `KEYS[1]`: the counter. `ARGV`: limit, per (ms), bucket size (ms),
 /// `f`|`s`, `1` to count an admitted request (`0` to only ask). Returns
 /// `{allowed 0|1, counted, reset ms, retry ms}` (see the local store for the arithmetic).
 pub const SCRIPT: &str = r#"
@@ -152,6 +152,8 @@ pub enum StoreError {
     FailingFast,
     #[error("cannot reach redis: {0}")]
     Connection(#[source] redis::RedisError),
+    #[error("redis refused the credentials in stores.redis.url: {0}")]
+    Auth(#[source] redis::RedisError),
     #[error("redis refused the operation: {0}")]
     Redis(#[source] redis::RedisError),
     #[error("redis answered the rate-limit script with something it never returns")]
@@ -161,13 +163,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A short stable word for logs: `timeout`, `failing_fast`, `connection`, `redis`,
-    /// `reply`, `not_configured`.
+    /// A short stable word for logs: `timeout`, `failing_fast`, `connection`, `auth`,
+    /// `redis`, `reply`, `not_configured`.
     pub fn kind(&self) -> &'static str {
         match self {
             StoreError::Timeout(_) => "timeout",
             StoreError::FailingFast => "failing_fast",
             StoreError::Connection(_) => "connection",
+            StoreError::Auth(_) => "auth",
             StoreError::Redis(_) => "redis",
             StoreError::Reply => "reply",
             StoreError::NotConfigured => "not_configured",
@@ -177,6 +180,10 @@ impl StoreError {
     fn from_redis(e: redis::RedisError, timeout: Duration) -> StoreError {
         if e.is_timeout() {
             StoreError::Timeout(timeout)
+        } else if e.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+        {
+            StoreError::Auth(e)
         } else if e.is_io_error()
             || e.is_connection_dropped()
             || e.is_connection_refusal()

@@ -778,6 +778,7 @@ async fn redis_password_authenticates_and_is_never_echoed() {
     );
     let e = wrong.check(&l, &k).await.unwrap_err();
     let shown = format!("{e} {e:?} {wrong:?}");
+    assert_eq!(e.kind(), "auth", "{e}");
     assert!(
         !shown.contains("wr0ng-Pa55") && !shown.contains("s3cret"),
         "{shown}"
@@ -786,5 +787,6 @@ async fn redis_password_authenticates_and_is_never_echoed() {
         &format!("redis://127.0.0.1:{}/0", redis.port),
         Duration::from_secs(2),
     );
-    assert!(none.check(&l, &k).await.is_err());
+    let e = none.check(&l, &k).await.unwrap_err();
+    assert_eq!(e.kind(), "auth", "{e}");
 }
