@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod observe;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod request_id;
 pub mod route;
 pub mod runtime;

@@ -14,6 +14,8 @@ mod ops;
 mod overload;
 mod props;
 mod proxy;
+mod ratelimit;
+mod redis_server;
 mod reload_perf;
 mod token_service;
 mod upstream_cors;
