@@ -22,7 +22,7 @@ use crate::conn::ConnInfo;
 use crate::decision::{self, Trace};
 use crate::error::{GatewayError, Rejection, RescueLayer};
 use crate::gateway::Gateway;
-use crate::runtime::Route;
+use crate::route::layer::Routed;
 use crate::service::Outcome;
 
 pub struct Explained {
@@ -51,7 +51,8 @@ impl<B> tower::Service<Request<B>> for Recorder {
         decision::note(&req, || {
             match req
                 .extensions()
-                .get::<Arc<Route>>()
+                .get::<Routed>()
+                .and_then(|r| r.route.as_ref())
                 .and_then(|r| r.upstream.as_ref())
             {
                 Some(u) => format!("upstream: would forward to {}", u.name),

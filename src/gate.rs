@@ -20,7 +20,7 @@ use crate::decision;
 use crate::error::{DenyReason, GatewayError, Rejection};
 use crate::identity::Identity;
 use crate::policy::{self, AuthRule, MatchedPermission, Permissions, RouteAuth};
-use crate::route::layer::{NormalizedPath, Snapshot};
+use crate::route::layer::{routed, Routed};
 use crate::runtime::Route;
 use crate::service::{record, take_ready, OnOutcome, Outcome, Step, Then};
 
@@ -195,18 +195,17 @@ where
             identity: None,
             permission: None,
         };
-        let (route, snapshot) = match (
-            req.extensions().get::<Arc<Route>>(),
-            req.extensions().get::<Snapshot>(),
-        ) {
-            (Some(r), Some(s)) if matches!(r.auth, RouteAuth::Bearer(_)) => {
-                (r.clone(), s.0.clone())
-            }
-            (Some(_), _) => {
+        let (route, snapshot) = match routed(&req) {
+            Some(Routed {
+                route: Some(r),
+                snapshot,
+                ..
+            }) if matches!(r.auth, RouteAuth::Bearer(_)) => (r.clone(), snapshot.clone()),
+            Some(Routed { route: Some(_), .. }) => {
                 decision::note(&req, || "auth: none (public route)".into());
                 return Then::new(Step::inner(self.inner.call(req)), nothing());
             }
-            (None, _) => return Then::new(Step::inner(self.inner.call(req)), nothing()),
+            _ => return Then::new(Step::inner(self.inner.call(req)), nothing()),
         };
         let Some(gate) = Gate::of(&route, &snapshot.issuers, &self.caches) else {
             unreachable!("a Bearer route, matched above")
@@ -216,10 +215,7 @@ where
             decision::note(&req, || "token: none".into());
             return Then::new(Step::reject(token_missing()), nothing());
         };
-        let path = match req.extensions().get::<NormalizedPath>() {
-            Some(p) => p.0.as_str(),
-            None => req.uri().path(),
-        };
+        let path = routed(&req).map_or(req.uri().path(), |r| r.path.as_str());
         if let Some(id) = gate.cached(token) {
             decision::note(&req, || {
                 format!("verified-token cache: hit (issuer {})", id.issuer)
@@ -259,10 +255,8 @@ where
                     lines.lines.into_iter().for_each(|l| t.push(l));
                 }
                 let id = verified?;
-                let path = match req.extensions().get::<NormalizedPath>() {
-                    Some(p) => p.0.clone(),
-                    None => req.uri().path().to_owned(),
-                };
+                let path =
+                    routed(&req).map_or_else(|| req.uri().path().to_owned(), |r| r.path.clone());
                 let d = gate.authorize(req.method(), &path, id);
                 note_decision(&req, &gate, &d);
                 let out = match d.result {

@@ -44,7 +44,7 @@ use crate::error::{GatewayError, Rejection, Rescue, RescueLayer};
 pub use crate::gateway::Gateway;
 pub use crate::identity::Identity;
 use crate::request_id::{drop_insane, SaneRequestId, X_REQUEST_ID};
-use crate::route::layer::NormalizedPath;
+use crate::route::layer::routed;
 use crate::service::Step;
 use crate::stack::Policy;
 
@@ -172,11 +172,11 @@ where
         // The gate checked the normalised path; the application may route on the path
         // as sent (axum's `Router::layer` routes before its layers run). They must be
         // the same, or a request could be checked as one endpoint and served as another.
-        if let Some(p) = req.extensions().get::<NormalizedPath>() {
-            if p.0 != req.uri().path() {
+        if let Some(r) = routed(&req) {
+            if r.path != req.uri().path() {
                 return Step::reject(GatewayError::BadRequest(format!(
                     "path is not in normal form; send it as {}",
-                    p.0
+                    r.path
                 )));
             }
         }

@@ -22,14 +22,12 @@ use pin_project_lite::pin_project;
 use crate::body::Body;
 use crate::error::{GatewayError, Rejection, Timeout};
 use crate::gateway::Gateway;
-use crate::route::layer::Snapshot;
+use crate::route::layer::routed;
 use crate::runtime::Limits;
 use crate::service::{OnOutcome, Outcome, Step, Then};
 
 fn limits<B>(req: &Request<B>) -> Option<&Limits> {
-    req.extensions()
-        .get::<Snapshot>()
-        .map(|s| &s.0.server.limits)
+    routed(req).map(|r| &r.snapshot.server.limits)
 }
 
 // ---- request_timeout -------------------------------------------------------------

@@ -118,12 +118,15 @@ pub async fn serve<S>(
                 None
             };
             let info = Arc::new(ConnInfo::new(remote, tls_cfg.is_some()));
+            // One service per connection, called in place rather than cloned per
+            // request (a clone is an atomic increment and decrement per layer).
+            let svc = std::sync::Mutex::new(svc);
             // Boxed: hyper keeps a slot for the request future on every connection,
             // idle ones included, so an unboxed future would cost its full size
             // per idle keep-alive connection.
             let service = service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(info.clone());
-                Box::pin(svc.clone().oneshot(req))
+                Box::pin(call_ready(&svc, req))
             });
             match tls_cfg {
                 Some(cfg) => {
@@ -156,6 +159,52 @@ pub async fn serve<S>(
         .is_err()
     {
         tracing::warn!("some connections were still busy after {grace:?}; closing them");
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of a service called in place, or of a clone that waits to be ready.
+    #[project = CallProj]
+    pub enum Call<F, W> {
+        Now { #[pin] fut: F },
+        Waiting { #[pin] fut: W },
+    }
+}
+
+impl<F, W, T, E> std::future::Future for Call<F, W>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    W: std::future::Future<Output = Result<T, E>>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            CallProj::Now { fut } => fut.poll(cx),
+            CallProj::Waiting { fut } => fut.poll(cx),
+        }
+    }
+}
+
+/// Calls the connection's service in place when it is ready now (the stack always is:
+/// its limits are decided per request), else a clone of it once it is ready.
+fn call_ready<S, R>(
+    svc: &std::sync::Mutex<S>,
+    req: R,
+) -> Call<S::Future, tower::util::Oneshot<S, R>>
+where
+    S: tower::Service<R> + Clone,
+{
+    let mut s = svc.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match s.poll_ready(&mut cx) {
+        std::task::Poll::Ready(Ok(())) => Call::Now { fut: s.call(req) },
+        _ => Call::Waiting {
+            fut: s.clone().oneshot(req),
+        },
     }
 }
 

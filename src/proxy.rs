@@ -31,8 +31,8 @@ use crate::conn::ConnInfo;
 use crate::error::{BadGateway, GatewayError, Rejection, Timeout};
 use crate::identity::Identity;
 pub use crate::request_id::X_REQUEST_ID;
-use crate::route::layer::{request_host, NormalizedPath, Snapshot};
-use crate::runtime::Route;
+use crate::route::layer::{request_host, routed};
+
 use crate::service::{Outcome, Step};
 use crate::upstream::Upstream;
 
@@ -387,27 +387,19 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let ext = req.extensions();
-        let upstream = ext.get::<Arc<Route>>().and_then(|r| r.upstream.clone());
-        let Some(upstream) = upstream else {
+        let Some(r) = routed(&req) else {
             return Step::reject(GatewayError::NotFound);
         };
-        let max_body = ext
-            .get::<Snapshot>()
-            .map_or(u64::MAX, |s| s.0.server.limits.max_body_bytes);
-        let mut req = req;
-        let ext = req.extensions_mut();
-        let path = ext.remove::<NormalizedPath>();
-        let conn = ext.remove::<Arc<ConnInfo>>();
-        let identity = ext.remove::<Arc<Identity>>();
-        let uri = match upstream_uri(
-            &upstream,
-            path.as_ref().map_or(req.uri().path(), |p| &p.0),
-            req.uri().query(),
-        ) {
+        let Some(upstream) = r.route.as_ref().and_then(|r| r.upstream.clone()) else {
+            return Step::reject(GatewayError::NotFound);
+        };
+        let max_body = r.snapshot.server.limits.max_body_bytes;
+        let uri = match upstream_uri(&upstream, &r.path, req.uri().query()) {
             Ok(uri) => uri,
             Err(e) => return Step::reject(e),
         };
+        let conn = req.extensions().get::<Arc<ConnInfo>>().cloned();
+        let identity = req.extensions().get::<Arc<Identity>>().cloned();
         Step::boxed(async move {
             let unknown = HeaderValue::from_static("unknown");
             let cx = ForwardContext {

@@ -25,9 +25,9 @@ pub fn is_sane(v: &HeaderValue) -> bool {
 
 /// Drops an `X-Request-Id` that is not sane (or given twice), so that one is generated.
 pub fn drop_insane<B>(mut req: Request<B>) -> Request<B> {
-    let h = req.headers();
-    if let Some(v) = h.get(&X_REQUEST_ID) {
-        if !is_sane(v) || h.get_all(&X_REQUEST_ID).iter().nth(1).is_some() {
+    let mut ids = req.headers().get_all(&X_REQUEST_ID).iter();
+    if let Some(v) = ids.next() {
+        if !is_sane(v) || ids.next().is_some() {
             req.headers_mut().remove(&X_REQUEST_ID);
         }
     }

@@ -18,6 +18,7 @@ use super::{Cors, CorsGrant};
 use crate::body::Body;
 use crate::decision;
 use crate::error::{Rejection, ResponseHeaders};
+use crate::route::layer::route_of;
 use crate::runtime::Route;
 use crate::service::{OnOutcome, Outcome, Step, Then};
 
@@ -75,7 +76,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let Some(route) = req.extensions().get::<Arc<Route>>().cloned() else {
+        let Some(route) = route_of(&req).cloned() else {
             return Then::new(Step::inner(self.inner.call(req)), ApplyCors(None));
         };
         let Some(cors) = &route.cors else {

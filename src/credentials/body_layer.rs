@@ -2,7 +2,6 @@
 //! pass untouched (their body keeps streaming, wrapped in `Either::Left` at no cost);
 //! only such routes box a future and read the body (bounded by `max_body_bytes`).
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -13,8 +12,7 @@ use super::body::{apply_headers, rewrite};
 use crate::body::{Body, BoxError};
 use crate::decision;
 use crate::error::{GatewayError, Rejection};
-use crate::route::layer::Snapshot;
-use crate::runtime::Route;
+use crate::route::layer::{route_of, routed};
 use crate::service::{take_ready, Step};
 
 /// The request body after this step: the client's, streaming, or the rewritten one.
@@ -56,17 +54,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let bc = req
-            .extensions()
-            .get::<Arc<Route>>()
-            .and_then(|r| r.body_credentials);
+        let bc = route_of(&req).and_then(|r| r.body_credentials);
         let Some(bc) = bc else {
             return Step::inner(self.inner.call(req.map(Either::Left)));
         };
-        let max = req
-            .extensions()
-            .get::<Snapshot>()
-            .map_or(u64::MAX, |s| s.0.server.limits.max_body_bytes);
+        let max = routed(&req).map_or(u64::MAX, |r| r.snapshot.server.limits.max_body_bytes);
         let mut inner = take_ready(&mut self.inner);
         Step::boxed(async move {
             let (mut parts, body) = req.into_parts();

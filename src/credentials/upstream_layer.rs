@@ -11,7 +11,7 @@ use crate::body::Body;
 use crate::decision;
 use crate::error::{BadGateway, Rejection};
 use crate::gateway::Gateway;
-use crate::runtime::Route;
+use crate::route::layer::Routed;
 use crate::service::{take_ready, OnOutcome, Outcome, Step, Then};
 
 /// Step 9: adds the upstream's own credentials (`upstreams[].auth`), replacing the
@@ -80,7 +80,8 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let auth = req
             .extensions()
-            .get::<Arc<Route>>()
+            .get::<Routed>()
+            .and_then(|r| r.route.as_ref())
             .and_then(|r| r.upstream.as_ref())
             .and_then(|u| u.auth.as_ref());
         let src = match auth {

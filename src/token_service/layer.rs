@@ -11,7 +11,7 @@ use crate::body::{Body, BoxError};
 use crate::decision;
 use crate::error::Rejection;
 use crate::gateway::Gateway;
-use crate::route::layer::{NormalizedPath, Snapshot};
+use crate::route::layer::routed;
 use crate::service::Step;
 
 /// Serves the token service's own paths (token endpoint, JWKS, metadata); every other
@@ -58,9 +58,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let ts = req.extensions().get::<Snapshot>().and_then(|s| {
-            let path = &req.extensions().get::<NormalizedPath>()?.0;
-            s.0.token_service.clone().filter(|ts| ts.serves(path))
+        let ts = routed(&req).and_then(|r| {
+            r.snapshot
+                .token_service
+                .clone()
+                .filter(|ts| ts.serves(&r.path))
         });
         let Some(ts) = ts else {
             return Step::inner(self.inner.call(req));
@@ -71,10 +73,7 @@ where
         });
         let gw = self.gw.clone();
         Step::boxed(async move {
-            let path = match req.extensions().get::<NormalizedPath>() {
-                Some(p) => p.0.clone(),
-                None => String::new(),
-            };
+            let path = routed(&req).map(|r| r.path.clone()).unwrap_or_default();
             ts.handle(req, &path, &gw.metrics).await.map_err(Into::into)
         })
     }
