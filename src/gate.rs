@@ -19,7 +19,7 @@ use crate::body::Body;
 use crate::decision;
 use crate::error::{DenyReason, GatewayError, Rejection};
 use crate::identity::Identity;
-use crate::policy::{self, AuthRule, MatchedPermission, Permissions, RouteAuth};
+use crate::policy::{self, AuthRule, GateFacts, Permissions, RouteAuth};
 use crate::route::layer::{routed, Routed};
 use crate::runtime::Route;
 use crate::service::{record, take_ready, OnOutcome, Outcome, Step, Then};
@@ -162,14 +162,17 @@ pub struct RecordDecision {
 }
 
 impl OnOutcome for RecordDecision {
-    fn on_outcome(self, mut out: Outcome) -> Outcome {
-        if let Some(id) = self.identity {
-            out = record(out, id);
+    fn on_outcome(self, out: Outcome) -> Outcome {
+        if self.identity.is_none() && self.permission.is_none() {
+            return out;
         }
-        if let Some(p) = self.permission {
-            out = record(out, MatchedPermission(p));
-        }
-        out
+        record(
+            out,
+            GateFacts {
+                identity: self.identity,
+                permission: self.permission,
+            },
+        )
     }
 }
 
@@ -395,9 +398,9 @@ mod tests {
                 .unwrap();
             assert_eq!(
                 resp.extensions()
-                    .get::<MatchedPermission>()
+                    .get::<GateFacts>()
+                    .and_then(|f| f.permission.clone())
                     .unwrap()
-                    .0
                     .as_ref(),
                 "/v2/analytics/metadata"
             );
@@ -419,7 +422,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e.error, GatewayError::InsufficientScope { .. }));
-        assert!(e.facts.get::<Arc<Identity>>().is_some());
+        assert!(e
+            .facts
+            .get::<GateFacts>()
+            .is_some_and(|f| f.identity.is_some()));
         let e = svc()
             .oneshot(with_token("/v2/analytics/admin", &t))
             .await

@@ -20,8 +20,8 @@ use crate::body::Body;
 use crate::conn::ConnInfo;
 use crate::error::Denied;
 use crate::gateway::Gateway;
-use crate::identity::Identity;
-use crate::policy::MatchedPermission;
+
+use crate::policy::GateFacts;
 use crate::request_id::X_REQUEST_ID;
 use crate::runtime::Route;
 
@@ -122,7 +122,8 @@ impl Record {
         let ext = resp.extensions();
         let route = ext.get::<Arc<Route>>();
         let route_name = route.map_or(&*NO_ROUTE, |r| &r.name);
-        let identity = ext.get::<Arc<Identity>>();
+        let facts = ext.get::<GateFacts>();
+        let identity = facts.and_then(|f| f.identity.as_ref());
         let client = identity.and_then(|i| i.client_id.as_deref()).unwrap_or("-");
         let rid = self
             .request_id
@@ -138,7 +139,7 @@ impl Record {
                 route = &**route_name,
                 method = %self.method,
                 path = self.uri.path(),
-                permission = ext.get::<MatchedPermission>().map_or("-", |p| &*p.0),
+                permission = facts.and_then(|f| f.permission.as_deref()).unwrap_or("-"),
                 client,
                 reason = d.reason.as_str(),
                 status = d.status.as_u16(),

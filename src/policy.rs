@@ -14,10 +14,14 @@ use http::Method;
 use crate::error::{DenyReason, GatewayError};
 pub use crate::identity::Identity;
 
-/// Fact: the `permissions` entry that allowed (or came closest to allowing) a request,
-/// for the denial log line.
-#[derive(Debug, Clone)]
-pub struct MatchedPermission(pub Arc<str>);
+/// Fact on the way out (response or refusal): who the gate found the caller to be, and
+/// the `permissions` entry that allowed (or came closest to allowing) the request, for
+/// the access and denial log lines. One fact for both: each costs an allocation.
+#[derive(Debug, Clone, Default)]
+pub struct GateFacts {
+    pub identity: Option<Arc<Identity>>,
+    pub permission: Option<Arc<str>>,
+}
 
 /// A route's `auth:` block, compiled.
 #[derive(Debug, Clone)]
