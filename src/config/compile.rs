@@ -762,6 +762,11 @@ fn compile_upstreams(
             .auth
             .as_ref()
             .and_then(|a| compile_upstream_auth(a, &m.name, &format!("{path}.auth"), reg, p));
+        let base_path = url.path().trim_end_matches('/').to_owned();
+        let csrf = m
+            .csrf
+            .as_ref()
+            .and_then(|c| super::upstream_session::compile_csrf(c, &url, &base_path, &path, p));
         let Some(client) = reg.client(p, &format!("{path}.ca"), ca.as_deref(), connect_timeout)
         else {
             continue;
@@ -772,10 +777,11 @@ fn compile_upstreams(
             host: HeaderValue::from_str(authority.as_str())
                 .unwrap_or(HeaderValue::from_static("localhost")),
             authority,
-            base_path: url.path().trim_end_matches('/').to_owned(),
+            base_path,
             timeout,
             client,
             auth,
+            csrf,
             pool: Default::default(),
         }));
     }
@@ -1140,6 +1146,10 @@ fn compile_routes(
                 ),
             );
         }
+        let strip_cookies = super::upstream_session::strip_cookies(
+            m.strip_cookies,
+            matches!(auth, RouteAuth::Bearer(_)),
+        );
         routes.push(Arc::new(Route {
             name: m.name.as_str().into(),
             path_prefix: prefix,
@@ -1148,6 +1158,7 @@ fn compile_routes(
             permissions,
             cors,
             body_credentials,
+            strip_cookies,
         }));
     }
     (routes, table)

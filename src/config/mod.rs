@@ -6,6 +6,7 @@ pub mod compile;
 pub mod fast;
 pub mod model;
 pub mod source;
+pub mod upstream_session;
 pub mod validate;
 
 use std::fmt;
@@ -156,6 +157,10 @@ const KNOWN_KEYS: &[&str] = &[
     "allow_credentials",
     "max_age",
     "body_credentials",
+    "csrf",
+    "fetch_path",
+    "replay_max_bytes",
+    "strip_cookies",
 ];
 
 fn ignored_path(p: &serde_ignored::Path) -> String {

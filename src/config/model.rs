@@ -124,6 +124,7 @@ pub struct UpstreamModel {
     pub connect_timeout: Option<String>,
     pub timeout: Option<String>,
     pub auth: Option<UpstreamAuthModel>,
+    pub csrf: Option<super::upstream_session::CsrfModel>,
 }
 
 /// One flat struct for every `type`, so that unknown keys are still reported;
@@ -157,6 +158,9 @@ pub struct RouteModel {
     /// With body_credentials: move `grant_type` from the body to the query string
     /// (SAP Cloud Integration's token URL wants it there).
     pub grant_type_to_query: Option<bool>,
+    /// Whether the client's `Cookie` header is withheld from the upstream (default: on
+    /// for routes with a Bearer `auth` block).
+    pub strip_cookies: Option<bool>,
 }
 
 /// `auth: none`, or a block. Written by hand (not `untagged`) so that unknown keys
