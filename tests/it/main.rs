@@ -15,5 +15,6 @@ mod overload;
 mod props;
 mod proxy;
 mod reload_perf;
+mod sap;
 mod token_service;
 mod upstream_cors;
