@@ -143,6 +143,16 @@ pub struct UpstreamAuthModel {
     pub extra_params: Option<BTreeMap<String, String>>,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// A Cloud Foundry service key instead of token_url / client_id / client_secret.
+    #[serde(
+        default,
+        deserialize_with = "super::upstream_auth::deserialize_service_key"
+    )]
+    pub service_key: Option<Secret>,
+    /// token_exchange (RFC 8693).
+    pub subject_token_type: Option<String>,
+    pub requested_token_type: Option<String>,
+    pub resource: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

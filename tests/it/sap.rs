@@ -646,3 +646,635 @@ async fn flushing_caches_drops_upstream_sessions() {
     assert_eq!(sap.fetches(), 2);
     gw.stop().await;
 }
+
+// ---------------------------------------------------------------------------------
+// A token endpoint for identity propagation: RFC 8693 (token exchange) and RFC 7523
+// (JWT bearer), plus client credentials. It authenticates its client (Basic or body),
+// verifies the subject token / assertion against the test IdP's key (signature, iss,
+// exp), and issues a token naming the subject.
+
+/// One token request as the endpoint read it.
+#[derive(Debug, Clone)]
+pub struct StsRequest {
+    pub client_id: String,
+    pub fields: HashMap<String, String>,
+}
+
+#[derive(Clone)]
+pub struct Sts {
+    pub addr: std::net::SocketAddr,
+    pub requests: Arc<Mutex<Vec<StsRequest>>>,
+    /// `expires_in` of issued tokens.
+    pub expires_in: Arc<AtomicU64>,
+}
+
+impl Sts {
+    pub fn url(&self) -> String {
+        format!("http://{}/oauth/token", self.addr)
+    }
+    pub fn requests(&self) -> Vec<StsRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// Clients the endpoint knows: (id, secret).
+const STS_CLIENTS: [(&str, &str); 3] = [
+    ("gw-exchanger", "ex-s3cret"),
+    ("sb-s4-principal!t7", "xsuaa-s3cret"),
+    ("sb-rotated!t7", "rotated-s3cret"),
+];
+
+fn verify_subject(idp_issuer: &str, jwk: &serde_json::Value, token: &str) -> Option<String> {
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk.clone()).ok()?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).ok()?;
+    let header = jsonwebtoken::decode_header(token).ok()?;
+    let mut v = jsonwebtoken::Validation::new(header.alg);
+    v.set_issuer(&[idp_issuer]);
+    v.validate_aud = false;
+    v.leeway = 60;
+    let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).ok()?;
+    data.claims["sub"].as_str().map(str::to_owned)
+}
+
+pub async fn spawn_sts(idp: &Idp) -> Sts {
+    let requests: Arc<Mutex<Vec<StsRequest>>> = Arc::default();
+    let expires_in = Arc::new(AtomicU64::new(3600));
+    let issued = Arc::new(AtomicU64::new(0));
+    let (iss, jwk) = (idp.issuer.clone(), idp.key(0).jwk.clone());
+    let (reqs, exp) = (requests.clone(), expires_in.clone());
+    let addr = serve(move |req: Request<Incoming>| {
+        let (reqs, exp, issued, iss, jwk) = (
+            reqs.clone(),
+            exp.clone(),
+            issued.clone(),
+            iss.clone(),
+            jwk.clone(),
+        );
+        async move {
+            let basic = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Basic "))
+                .map(str::to_owned);
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let fields: HashMap<String, String> = form_urlencoded::parse(&body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            use base64::Engine;
+            let (id, secret) = match basic {
+                Some(b) => {
+                    let raw = base64::engine::general_purpose::STANDARD.decode(b).unwrap_or_default();
+                    let raw = String::from_utf8(raw).unwrap_or_default();
+                    let (i, s) = raw.split_once(':').unwrap_or(("", ""));
+                    let dec = |x: &str| form_urlencoded::parse(format!("a={x}").as_bytes()).next().unwrap().1.into_owned();
+                    (dec(i), dec(s))
+                }
+                None => (
+                    fields.get("client_id").cloned().unwrap_or_default(),
+                    fields.get("client_secret").cloned().unwrap_or_default(),
+                ),
+            };
+            reqs.lock().unwrap().push(StsRequest {
+                client_id: id.clone(),
+                fields: fields.clone(),
+            });
+            if !STS_CLIENTS.contains(&(id.as_str(), secret.as_str())) {
+                return json_resp(401, serde_json::json!({"error": "invalid_client"}));
+            }
+            let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
+            let expires_in = exp.load(Ordering::SeqCst);
+            let grant = fields.get("grant_type").map(String::as_str).unwrap_or("");
+            let invalid_grant = || json_resp(400, serde_json::json!({"error": "invalid_grant"}));
+            match grant {
+                "client_credentials" => json_resp(
+                    200,
+                    serde_json::json!({"access_token": format!("cc:{id}:{n}"), "token_type": "bearer", "expires_in": expires_in}),
+                ),
+                "urn:ietf:params:oauth:grant-type:token-exchange" => {
+                    let (Some(subject), Some(tt)) =
+                        (fields.get("subject_token"), fields.get("subject_token_type"))
+                    else {
+                        return json_resp(400, serde_json::json!({"error": "invalid_request"}));
+                    };
+                    if tt != "urn:ietf:params:oauth:token-type:access_token" {
+                        return json_resp(400, serde_json::json!({"error": "invalid_request"}));
+                    }
+                    let Some(sub) = verify_subject(&iss, &jwk, subject) else {
+                        return invalid_grant();
+                    };
+                    let requested = fields
+                        .get("requested_token_type")
+                        .cloned()
+                        .unwrap_or("urn:ietf:params:oauth:token-type:access_token".into());
+                    json_resp(
+                        200,
+                        serde_json::json!({
+                            "access_token": format!("exchanged:{sub}:{n}"),
+                            "issued_token_type": requested,
+                            "token_type": if requested.ends_with(":jwt") { "N_A" } else { "Bearer" },
+                            "expires_in": expires_in,
+                        }),
+                    )
+                }
+                "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
+                    let Some(sub) = fields
+                        .get("assertion")
+                        .and_then(|a| verify_subject(&iss, &jwk, a))
+                    else {
+                        return invalid_grant();
+                    };
+                    json_resp(
+                        200,
+                        serde_json::json!({"access_token": format!("principal:{sub}:{n}"), "token_type": "bearer", "expires_in": expires_in}),
+                    )
+                }
+                _ => json_resp(400, serde_json::json!({"error": "unsupported_grant_type"})),
+            }
+        }
+    })
+    .await;
+    Sts {
+        addr,
+        requests,
+        expires_in,
+    }
+}
+
+/// A gateway with issuer `corp` (the test IdP), a Bearer route `/api` to `backend`
+/// whose `auth:` block is `upstream_auth`, and `more` appended to `upstreams:`.
+fn propagation_yaml(idp: &Idp, backend_url: &str, upstream_auth: &str, more: &str) -> String {
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+issuers:
+{}
+upstreams:
+  - name: backend
+    url: "{backend_url}"
+    auth:
+{upstream_auth}
+{more}
+routes:
+  - name: api
+    path_prefix: /api
+    upstream: backend
+    auth: {{issuers: [corp]}}
+"#,
+        issuer_yaml(idp, "corp", "")
+    )
+}
+
+// Behaviour: with `token_exchange`, the caller's verified token is exchanged (RFC 8693)
+// at the upstream's token endpoint, and the backend receives the exchanged token for
+// that caller; exchanged tokens are cached per subject token: the same caller token is
+// exchanged once, another caller's token (or another token of the same caller) again.
+#[tokio::test]
+async fn caller_identity_reaches_the_backend_as_an_exchanged_token() {
+    let idp = spawn_idp().await;
+    let sts = spawn_sts(&idp).await;
+    let backend = spawn_upstream().await;
+    let auth = format!(
+        "      type: token_exchange\n      token_url: \"{}\"\n      client_id: gw-exchanger\n      client_secret: ex-s3cret\n      audience: \"https://backend.company.com\"\n      resource: \"https://backend.company.com/api\"\n      scope: \"backend.read\"\n",
+        sts.url()
+    );
+    let gw = spawn_gateway(&propagation_yaml(&idp, &backend.url(), &auth, "")).await;
+    let c = client();
+    let alice = idp.token(serde_json::json!({"sub": "alice"}));
+    let bob = idp.token(serde_json::json!({"sub": "bob"}));
+    for _ in 0..3 {
+        let r = c
+            .get(gw.url("/api/orders"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            backend.last().header("authorization"),
+            Some("Bearer exchanged:alice:1")
+        );
+    }
+    let r = c
+        .get(gw.url("/api/orders"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        backend.last().header("authorization"),
+        Some("Bearer exchanged:bob:2")
+    );
+    // The caller's identity headers still go along.
+    assert_eq!(backend.last().header("x-auth-subject"), Some("bob"));
+    let reqs = sts.requests();
+    assert_eq!(reqs.len(), 2, "one exchange per subject token: {reqs:#?}");
+    let f = &reqs[0].fields;
+    assert_eq!(reqs[0].client_id, "gw-exchanger");
+    assert_eq!(
+        f["grant_type"],
+        "urn:ietf:params:oauth:grant-type:token-exchange"
+    );
+    assert_eq!(f["subject_token"], alice);
+    assert_eq!(
+        f["subject_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(f["audience"], "https://backend.company.com");
+    assert_eq!(f["resource"], "https://backend.company.com/api");
+    assert_eq!(f["scope"], "backend.read");
+    assert!(
+        !f.contains_key("client_secret"),
+        "client_secret_basic by default"
+    );
+    // A second token of the same user is a different subject token.
+    let alice2 = idp.token(serde_json::json!({"sub": "alice", "jti": "second"}));
+    let r = c
+        .get(gw.url("/api/orders"))
+        .bearer_auth(&alice2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sts.requests().len(), 3);
+    let metrics = admin_metrics(&format!("http://{}", gw.admin.unwrap())).await;
+    assert_eq!(
+        series_value(
+            &metrics,
+            "tollgate_upstream_token_fetches_total{upstream=\"backend\",result=\"success\"}"
+        ),
+        Some(3.0)
+    );
+    // POST /admin/caches/flush drops exchanged tokens too.
+    c.post(gw.admin_url("/admin/caches/flush"))
+        .send()
+        .await
+        .unwrap();
+    let r = c
+        .get(gw.url("/api/orders"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sts.requests().len(), 4);
+    gw.stop().await;
+}
+
+// Behaviour: an exchanged token is never cached beyond the subject token's own expiry,
+// even when the issued token lives longer.
+#[tokio::test]
+async fn an_exchanged_token_does_not_outlive_the_subject_token() {
+    let idp = spawn_idp().await;
+    let sts = spawn_sts(&idp).await;
+    // The issued token would live two hours.
+    sts.expires_in.store(7200, Ordering::SeqCst);
+    let backend = spawn_upstream().await;
+    let auth = format!(
+        "      type: token_exchange\n      token_url: \"{}\"\n      client_id: gw-exchanger\n      client_secret: ex-s3cret\n      client_auth: body\n      requested_token_type: jwt\n",
+        sts.url()
+    );
+    let gw = spawn_gateway(&propagation_yaml(&idp, &backend.url(), &auth, "")).await;
+    let c = client();
+    // Expires in 2 s (the issuer's 30 s leeway still lets the gate accept it after).
+    let short = idp.token(serde_json::json!({"sub": "carol", "exp": now() + 2}));
+    let r = c
+        .get(gw.url("/api/x"))
+        .bearer_auth(&short)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        backend.last().header("authorization"),
+        Some("Bearer exchanged:carol:1")
+    );
+    let r = c
+        .get(gw.url("/api/x"))
+        .bearer_auth(&short)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sts.requests().len(), 1);
+    let f = &sts.requests()[0].fields;
+    assert_eq!(
+        f["requested_token_type"],
+        "urn:ietf:params:oauth:token-type:jwt"
+    );
+    assert_eq!(f["client_id"], "gw-exchanger");
+    // The subject token's exp is a point in time: it has to pass.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let r = c
+        .get(gw.url("/api/x"))
+        .bearer_auth(&short)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        sts.requests().len(),
+        2,
+        "the cached exchange ended with the subject token"
+    );
+    gw.stop().await;
+}
+
+// Behaviour: SAP principal propagation: `jwt_bearer` (RFC 7523) with the caller's token
+// as assertion, the client from an XSUAA service key; together with `csrf`, each user
+// gets their own SAP session (the session belongs to the propagated principal).
+#[tokio::test]
+async fn principal_propagation_with_jwt_bearer_and_csrf() {
+    let idp = spawn_idp().await;
+    let sts = spawn_sts(&idp).await;
+    let sap = spawn_sap().await;
+    let key = serde_json::json!({
+        "clientid": "sb-s4-principal!t7",
+        "clientsecret": "xsuaa-s3cret",
+        "url": format!("http://{}", sts.addr),
+        "uaadomain": "authentication.eu10.hana.ondemand.com",
+    });
+    std::env::set_var("TOLLGATE_TEST_XSUAA_KEY", key.to_string());
+    let auth = "      type: jwt_bearer\n      service_key: \"${env:TOLLGATE_TEST_XSUAA_KEY}\"\n";
+    let yaml = propagation_yaml(
+        &idp,
+        &sap.url(),
+        auth,
+        "    csrf: {fetch_path: /sap/opu/odata/sap/API_X/}\n",
+    );
+    let gw = spawn_gateway(&yaml).await;
+    let c = client();
+    let tokens = [
+        ("alice", idp.token(serde_json::json!({"sub": "alice"}))),
+        ("bob", idp.token(serde_json::json!({"sub": "bob"}))),
+        ("alice", idp.token(serde_json::json!({"sub": "alice"}))),
+        (
+            "alice",
+            idp.token(serde_json::json!({"sub": "alice", "jti": "2nd"})),
+        ),
+    ];
+    for (user, t) in &tokens {
+        let r = c
+            .post(gw.url("/api/A_Items"))
+            .bearer_auth(t)
+            .body(format!("{{\"by\":\"{user}\"}}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let reqs = sts.requests();
+    assert!(reqs.iter().all(|r| r.fields["grant_type"]
+        == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+        && r.client_id == "sb-s4-principal!t7"));
+    // One assertion per caller token: alice's same token again is served from the cache,
+    // her second token is another assertion.
+    assert_eq!(reqs.len(), 3, "{reqs:#?}");
+    assert_eq!(sap.mixed.load(Ordering::SeqCst), 0);
+    let m = sap.modifying();
+    assert_eq!(m.len(), 4, "no 403 round trips: {m:#?}");
+    assert!(m[0]
+        .authorization
+        .as_deref()
+        .unwrap()
+        .starts_with("Bearer principal:alice:"));
+    assert!(m[1]
+        .authorization
+        .as_deref()
+        .unwrap()
+        .starts_with("Bearer principal:bob:"));
+    assert_eq!(
+        m[2].session, m[0].session,
+        "the same credential keeps its session"
+    );
+    // Three credentials, three SAP sessions.
+    assert_eq!(sap.fetches(), 3);
+    let sessions: std::collections::HashSet<_> = m.iter().map(|s| s.session.clone()).collect();
+    assert_eq!(sessions.len(), 3);
+    gw.stop().await;
+}
+
+// Behaviour: a service key file is all the upstream credentials config needs; the key
+// is redacted in /admin/config; a changed key file is picked up by the reload.
+#[tokio::test]
+async fn a_service_key_file_is_all_the_credentials_config_needs() {
+    let idp = spawn_idp().await;
+    let sts = spawn_sts(&idp).await;
+    let backend = spawn_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("s4-service-key.json");
+    let write_key = |id: &str, secret: &str| {
+        // The shape of a real XSUAA service key (pretty-printed, trailing newline).
+        let key = serde_json::json!({
+            "apiurl": "https://api.authentication.eu10.hana.ondemand.com",
+            "clientid": id,
+            "clientsecret": secret,
+            "credential-type": "binding-secret",
+            "identityzone": "sub",
+            "tenantmode": "dedicated",
+            "uaadomain": "authentication.eu10.hana.ondemand.com",
+            "url": format!("http://{}", sts.addr),
+            "xsappname": "s4-odata!t7",
+        });
+        let tmp = key_path.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            format!("{}\n", serde_json::to_string_pretty(&key).unwrap()),
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &key_path).unwrap();
+    };
+    write_key("sb-s4-principal!t7", "xsuaa-s3cret");
+    let yaml = format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+upstreams:
+  - name: s4
+    url: "{}"
+    auth:
+      type: oauth2_client_credentials
+      service_key: "${{file:{}}}"
+routes:
+  - name: odata
+    path_prefix: /odata
+    upstream: s4
+    auth: none
+"#,
+        backend.url(),
+        key_path.display()
+    );
+    let gw = spawn_gateway(&yaml).await;
+    let c = client();
+    let r = c.get(gw.url("/odata/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        backend.last().header("authorization"),
+        Some("Bearer cc:sb-s4-principal!t7:1")
+    );
+    assert_eq!(sts.requests()[0].fields["grant_type"], "client_credentials");
+    let cfg = c
+        .get(gw.admin_url("/admin/config"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(cfg.contains("\"service_key\":\"[redacted]\""), "{cfg}");
+    assert!(
+        !cfg.contains("xsuaa-s3cret") && !cfg.contains("sb-s4-principal"),
+        "{cfg}"
+    );
+
+    // Rotate the key: the file change reloads the config, and the new client is used.
+    write_key("sb-rotated!t7", "rotated-s3cret");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = c.get(gw.url("/odata/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        if backend
+            .last()
+            .header("authorization")
+            .is_some_and(|a| a.starts_with("Bearer cc:sb-rotated!t7:"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated service key was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.stop().await;
+}
+
+fn load_error(yaml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    match tollgate::Gateway::load(path) {
+        Ok(_) => panic!("config accepted:\n{yaml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+// Behaviour: validation names the service key's missing field (never a value), refuses
+// service_key together with token_url/client_id/client_secret, and refuses a route with
+// `auth: none` in front of an upstream that passes on the caller's identity.
+#[tokio::test]
+async fn validation_of_service_keys_and_identity_propagation() {
+    std::env::set_var(
+        "TOLLGATE_TEST_BAD_KEY",
+        r#"{"clientid":"sb-x","url":"https://sub.authentication.eu10.hana.ondemand.com","verificationkey":"hunter2-not-shown"}"#,
+    );
+    let base = |auth: &str, route_auth: &str| {
+        format!("server:\n  listen: \"127.0.0.1:0\"\nupstreams:\n  - name: s4\n    url: \"http://127.0.0.1:9\"\n    auth:\n{auth}routes:\n  - name: r\n    path_prefix: /\n    upstream: s4\n    auth: {route_auth}\n")
+    };
+    let e = load_error(&base(
+        "      type: oauth2_client_credentials\n      service_key: \"${env:TOLLGATE_TEST_BAD_KEY}\"\n",
+        "none",
+    ));
+    assert!(
+        e.contains("upstreams[0].auth.service_key: the service key has no \"clientsecret\""),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2") && !e.contains("sb-x"), "{e}");
+    let e = load_error(&base(
+        "      type: oauth2_client_credentials\n      service_key: '{\"clientid\":\"c\",\"clientsecret\":\"hunter2\",\"url\":\"https://uaa\"}'\n      token_url: \"https://x/oauth/token\"\n",
+        "none",
+    ));
+    assert!(
+        e.contains("upstreams[0].auth.token_url: give either service_key or token_url"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "{e}");
+    let e = load_error(&base(
+        "      type: token_exchange\n      token_url: \"https://x/oauth/token\"\n      client_id: c\n      client_secret: s\n",
+        "none",
+    ));
+    assert!(
+        e.contains("routes[0].auth: upstream \"s4\" passes on the caller's identity"),
+        "{e}"
+    );
+    let e = load_error(&base(
+        "      type: jwt_bearer\n      token_url: \"https://x/oauth/token\"\n      client_id: c\n      client_secret: s\n      subject_token_type: jwt\n",
+        "none",
+    ));
+    assert!(e.contains("upstreams[0].auth.subject_token_type: key \"subject_token_type\" does not apply to auth type \"jwt_bearer\""), "{e}");
+    let e = load_error(&base(
+        "      type: oauth2_client_credentials\n      service_key: [1, 2]\n",
+        "none",
+    ));
+    assert!(e.contains("upstreams[0].auth.service_key"), "{e}");
+}
+
+// Behaviour: strip_cookies defaults to on for routes with a Bearer `auth` block (browser
+// cookies for the gateway's domain do not reach a token-authenticated backend), to off
+// for `auth: none`, and can be set either way.
+#[tokio::test]
+async fn strip_cookies_defaults_and_overrides() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let yaml = format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+issuers:
+{}
+upstreams:
+  - name: u
+    url: "{}"
+routes:
+  - name: bearer
+    path_prefix: /bearer
+    upstream: u
+    auth: {{issuers: [corp]}}
+  - name: bearer-keeps
+    path_prefix: /keeps
+    upstream: u
+    auth: {{issuers: [corp]}}
+    strip_cookies: false
+  - name: public
+    path_prefix: /public
+    upstream: u
+    auth: none
+  - name: public-strips
+    path_prefix: /strips
+    upstream: u
+    auth: none
+    strip_cookies: true
+"#,
+        issuer_yaml(&idp, "corp", ""),
+        up.url()
+    );
+    let gw = spawn_gateway(&yaml).await;
+    let c = client();
+    let t = idp.token(serde_json::json!({}));
+    for (path, forwarded) in [
+        ("/bearer/x", false),
+        ("/keeps/x", true),
+        ("/public/x", true),
+        ("/strips/x", false),
+    ] {
+        let r = c
+            .get(gw.url(path))
+            .bearer_auth(&t)
+            .header("cookie", "portal_session=abc; theme=dark")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(
+            up.last().header("cookie").is_some(),
+            forwarded,
+            "{path}: {:?}",
+            up.last().header("cookie")
+        );
+    }
+    gw.stop().await;
+}
