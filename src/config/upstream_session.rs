@@ -66,3 +66,67 @@ pub fn compile_csrf(
 pub fn strip_cookies(given: Option<bool>, bearer_auth: bool) -> bool {
     given.unwrap_or(bearer_auth)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(url: &str, fetch: Option<&str>) -> (Option<Arc<Csrf>>, Vec<String>) {
+        let mut p = Problems::default();
+        let u = url::Url::parse(url).unwrap();
+        let base = u.path().trim_end_matches('/').to_owned();
+        let m = CsrfModel {
+            fetch_path: fetch.map(str::to_owned),
+            replay_max_bytes: None,
+        };
+        let c = compile_csrf(&m, &u, &base, "upstreams[0]", &mut p);
+        (
+            c,
+            p.0.into_iter()
+                .map(|x| format!("{}: {}", x.path, x.message))
+                .collect(),
+        )
+    }
+
+    // Behaviour: fetch_path is taken under the upstream URL's path (like forwarded
+    // paths), default "/", a query (sap-client) allowed; the jar's origin is the URL's
+    // scheme and authority.
+    #[test]
+    fn fetch_path_under_the_upstream_path() {
+        let (c, p) = compile("https://s4.example:8443/sap/opu/odata/sap/API_X/", None);
+        let c = c.unwrap();
+        assert!(p.is_empty());
+        assert_eq!(c.fetch_path.as_str(), "/sap/opu/odata/sap/API_X/");
+        assert_eq!(c.origin.as_str(), "https://s4.example:8443/");
+        let (c, _) = compile(
+            "https://s4.example",
+            Some("/sap/opu/odata/sap/API_X/?sap-client=100"),
+        );
+        assert_eq!(
+            c.unwrap().fetch_path.as_str(),
+            "/sap/opu/odata/sap/API_X/?sap-client=100"
+        );
+    }
+
+    // Behaviour: a relative fetch_path or one with a fragment is a located problem.
+    #[test]
+    fn bad_fetch_paths_are_refused() {
+        for bad in ["sap/opu", "/a#b", "/a b"] {
+            let (c, p) = compile("https://s4.example", Some(bad));
+            assert!(c.is_none(), "{bad}");
+            assert!(
+                p[0].starts_with("upstreams[0].csrf.fetch_path: fetch_path"),
+                "{p:?}"
+            );
+        }
+    }
+
+    // Behaviour: strip_cookies defaults to on exactly for Bearer routes.
+    #[test]
+    fn strip_cookies_default() {
+        assert!(strip_cookies(None, true));
+        assert!(!strip_cookies(None, false));
+        assert!(!strip_cookies(Some(false), true));
+        assert!(strip_cookies(Some(true), false));
+    }
+}
