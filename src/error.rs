@@ -146,6 +146,9 @@ pub enum BadGateway {
     UpstreamToken { upstream: Arc<str> },
     #[error("token introspection at issuer {issuer} failed")]
     Introspection { issuer: Arc<str> },
+    /// `upstreams[].csrf`: the X-CSRF-Token fetch failed (`reason` never holds a token).
+    #[error("could not get an X-CSRF-Token from upstream {upstream}: {reason}")]
+    CsrfFetch { upstream: Arc<str>, reason: String },
 }
 
 /// What ran out of time (504).

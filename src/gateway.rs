@@ -15,6 +15,7 @@ use crate::credentials::TokenCache;
 use crate::encoding::rfc3339;
 use crate::metrics::{Metrics, ScrapeExtras};
 use crate::runtime::Runtime;
+use crate::upstream_session::Sessions;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ReloadStatus {
@@ -57,6 +58,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     pub auth_caches: Arc<AuthCaches>,
     pub tokens: TokenCache,
+    /// Upstream sessions (`upstreams[].csrf`): tokens and cookie jars.
+    pub sessions: Sessions,
     pub status: Mutex<ReloadStatus>,
     pub listeners_up: AtomicBool,
     /// SHA-256 of the file content of the last load or reload attempt, successful or
@@ -91,6 +94,7 @@ impl Gateway {
             metrics: Metrics::default(),
             auth_caches: Arc::default(),
             tokens: TokenCache::default(),
+            sessions: Sessions::default(),
             status: Mutex::new(status),
             listeners_up: AtomicBool::new(false),
             last_attempt_hash: Mutex::new(rt_hash),
@@ -298,12 +302,20 @@ impl Gateway {
         let upstream_tokens = self.tokens.clear();
         let introspection = self.auth_caches.introspection.clear();
         let verified = self.auth_caches.verified.clear();
-        tracing::info!(upstream_tokens, introspection, verified, "caches flushed");
+        let upstream_sessions = self.sessions.clear();
+        tracing::info!(
+            upstream_tokens,
+            introspection,
+            verified,
+            upstream_sessions,
+            "caches flushed"
+        );
         serde_json::json!({
             "flushed": {
                 "upstream_tokens": upstream_tokens,
                 "introspection_results": introspection,
                 "verified_tokens": verified,
+                "upstream_sessions": upstream_sessions,
             },
             "kept": ["jwks"],
         })

@@ -42,6 +42,7 @@ mod testing;
 pub mod tls;
 pub mod token_service;
 pub mod upstream;
+pub mod upstream_session;
 pub mod watch;
 
 use std::net::SocketAddr;

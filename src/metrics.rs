@@ -29,6 +29,8 @@ pub struct Metrics {
     durations: DashMap<Arc<str>, Histogram>,
     denied: DashMap<(Arc<str>, &'static str), AtomicU64>,
     token_fetches: DashMap<(Arc<str>, &'static str), AtomicU64>,
+    csrf_fetches: DashMap<(Arc<str>, &'static str), AtomicU64>,
+    csrf_replays: DashMap<Arc<str>, AtomicU64>,
     reload_success: AtomicU64,
     reload_failure: AtomicU64,
     pub open_connections: AtomicI64,
@@ -98,6 +100,19 @@ impl Metrics {
             &self.token_fetches,
             (upstream.clone(), if ok { "success" } else { "failure" }),
         );
+    }
+
+    /// An X-CSRF-Token fetch (`upstreams[].csrf`).
+    pub fn csrf_fetch(&self, upstream: &Arc<str>, ok: bool) {
+        inc(
+            &self.csrf_fetches,
+            (upstream.clone(), if ok { "success" } else { "failure" }),
+        );
+    }
+
+    /// A request sent once more after `403` + `X-CSRF-Token: Required`.
+    pub fn csrf_replay(&self, upstream: &Arc<str>) {
+        inc(&self.csrf_replays, upstream.clone());
     }
 
     pub fn reload(&self, ok: bool) {
@@ -213,6 +228,45 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "tollgate_upstream_token_fetches_total{{upstream=\"{}\",result=\"{result}\"}} {v}",
+                esc(&up)
+            );
+        }
+
+        header(
+            &mut o,
+            "tollgate_upstream_csrf_fetches_total",
+            "counter",
+            "X-CSRF-Token fetches (upstreams[].csrf), by upstream and result.",
+        );
+        let mut rows: Vec<_> = self
+            .csrf_fetches
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        rows.sort();
+        for ((up, result), v) in rows {
+            let _ = writeln!(
+                o,
+                "tollgate_upstream_csrf_fetches_total{{upstream=\"{}\",result=\"{result}\"}} {v}",
+                esc(&up)
+            );
+        }
+        header(
+            &mut o,
+            "tollgate_upstream_csrf_replays_total",
+            "counter",
+            "Requests sent once more after 403 + X-CSRF-Token: Required, by upstream.",
+        );
+        let mut rows: Vec<_> = self
+            .csrf_replays
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        rows.sort();
+        for (up, v) in rows {
+            let _ = writeln!(
+                o,
+                "tollgate_upstream_csrf_replays_total{{upstream=\"{}\"}} {v}",
                 esc(&up)
             );
         }

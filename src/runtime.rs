@@ -64,6 +64,9 @@ pub struct Route {
     pub permissions: Option<Permissions>,
     pub cors: Option<Cors>,
     pub body_credentials: Option<BodyCredentials>,
+    /// `strip_cookies`: the client's `Cookie` header is not forwarded (default: on
+    /// routes with a Bearer `auth` block).
+    pub strip_cookies: bool,
 }
 
 pub struct Runtime {

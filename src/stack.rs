@@ -21,6 +21,7 @@
 //!  7. authenticate the Bearer token, and
 //!  8. authorise: clients, scopes, permissions ........... `gate` (`auth`, `policy`)
 //!  9. upstream credentials .............................. `credentials`
+//!     strip_cookies; the upstream's session (X-CSRF-Token) `upstream_session`
 //! 10. forward, streaming ................................ `proxy`
 //!
 //! [`policy`] (steps 3-8) is shared by the server and `tollgate explain`, which runs the
@@ -52,6 +53,7 @@ use crate::proxy::Proxy;
 use crate::request_id::{self, SaneRequestId, X_REQUEST_ID};
 use crate::route::layer::{RouteLayer, Routing};
 use crate::token_service::layer::{TokenEndpoints, TokenServiceLayer};
+use crate::upstream_session::layer::UpstreamSessionLayer;
 
 /// The public listener's service: every step of the request path.
 pub fn public<B>(
@@ -90,6 +92,9 @@ where
             ServiceBuilder::new()
                 // 9. Upstream credentials (Basic, or a cached client-credentials token).
                 .layer(UpstreamAuthLayer::new(gw.clone()))
+                // strip_cookies; the upstream's session: X-CSRF-Token fetch, session
+                // cookies, one replay after 403 + X-CSRF-Token: Required.
+                .layer(UpstreamSessionLayer::new(gw.clone()))
                 // 10. Forward to the route's upstream, streaming both ways.
                 .service(Proxy),
         ))

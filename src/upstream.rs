@@ -23,9 +23,24 @@ pub struct Upstream {
     pub timeout: Duration,
     pub client: HttpClient,
     pub auth: Option<UpstreamAuth>,
+    /// `csrf`: the SAP X-CSRF-Token protocol and upstream session cookies.
+    pub csrf: Option<Arc<Csrf>>,
     /// Idle connections to this upstream (shared with the previous config's upstream
     /// of the same origin and client), looked up on first use.
     pub pool: OnceLock<Arc<Pool>>,
+}
+
+/// `upstreams[].csrf`, compiled.
+#[derive(Debug)]
+pub struct Csrf {
+    /// Where the token is fetched: the upstream URL's path + `fetch_path` (origin form).
+    pub fetch_path: http::uri::PathAndQuery,
+    /// The upstream's origin (`scheme://authority`), what the session cookie jar matches
+    /// cookies' `Domain` and `Path` against.
+    pub origin: url::Url,
+    /// Request bodies kept for the one replay after `403` + `X-CSRF-Token: Required`
+    /// (default and at most `server.limits.max_body_bytes`).
+    pub replay_max_bytes: Option<u64>,
 }
 
 impl Upstream {

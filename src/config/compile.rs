@@ -15,13 +15,14 @@ use sha2::{Digest, Sha256};
 
 use super::model::*;
 use super::source::resolve_path;
+use super::upstream_auth;
 use super::validate::{self as v, At, Problems};
 use crate::auth::introspect::Introspection;
 use crate::auth::jwks::{KeySource, KeyStore};
 use crate::auth::{jwt, Issuer, IssuerKind};
 use crate::client::{build_client, HttpClient};
 use crate::cors::{Cors, OriginPattern};
-use crate::credentials::{ClientAuth, OAuth2Source, RequestFormat, UpstreamAuth};
+use crate::credentials::{ClientAuth, Grant, OAuth2Source, RequestFormat, UpstreamAuth};
 use crate::policy::{AuthRule, Permission, Permissions, RouteAuth};
 use crate::route::{normalize_path, HostPattern, RouteTable};
 use crate::runtime::{BodyCredentials, Limits, Route, Runtime, Server};
@@ -762,6 +763,11 @@ fn compile_upstreams(
             .auth
             .as_ref()
             .and_then(|a| compile_upstream_auth(a, &m.name, &format!("{path}.auth"), reg, p));
+        let base_path = url.path().trim_end_matches('/').to_owned();
+        let csrf = m
+            .csrf
+            .as_ref()
+            .and_then(|c| super::upstream_session::compile_csrf(c, &url, &base_path, &path, p));
         let Some(client) = reg.client(p, &format!("{path}.ca"), ca.as_deref(), connect_timeout)
         else {
             continue;
@@ -772,10 +778,11 @@ fn compile_upstreams(
             host: HeaderValue::from_str(authority.as_str())
                 .unwrap_or(HeaderValue::from_static("localhost")),
             authority,
-            base_path: url.path().trim_end_matches('/').to_owned(),
+            base_path,
             timeout,
             client,
             auth,
+            csrf,
             pool: Default::default(),
         }));
     }
@@ -790,7 +797,7 @@ fn compile_upstream_auth(
     p: &mut Problems,
 ) -> Option<UpstreamAuth> {
     let only = |p: &mut Problems, allowed: &[&str]| {
-        let present: [(&str, bool); 10] = [
+        let present: [(&str, bool); 14] = [
             ("token_url", a.token_url.is_some()),
             ("client_id", a.client_id.is_some()),
             ("client_secret", a.client_secret.is_some()),
@@ -801,6 +808,10 @@ fn compile_upstream_auth(
             ("extra_params", a.extra_params.is_some()),
             ("username", a.username.is_some()),
             ("password", a.password.is_some()),
+            ("service_key", a.service_key.is_some()),
+            ("subject_token_type", a.subject_token_type.is_some()),
+            ("requested_token_type", a.requested_token_type.is_some()),
+            ("resource", a.resource.is_some()),
         ];
         for (k, is) in present {
             if is && !allowed.contains(&k) {
@@ -836,38 +847,22 @@ fn compile_upstream_auth(
             h.set_sensitive(true);
             Some(UpstreamAuth::Basic(h))
         }
-        "oauth2_client_credentials" => {
-            only(
-                p,
-                &[
-                    "token_url",
-                    "client_id",
-                    "client_secret",
-                    "scope",
-                    "audience",
-                    "client_auth",
-                    "request_format",
-                    "extra_params",
-                ],
-            );
-            let url = match &a.token_url {
-                Some(u) => v::http_url(p, &format!("{path}.token_url"), u),
-                None => {
-                    p.add(path, "missing required key \"token_url\"");
-                    None
-                }
-            };
-            let client_id = a.client_id.clone().unwrap_or_default();
-            if client_id.trim().is_empty() {
-                p.add(format!("{path}.client_id"), "missing or empty client_id");
-            }
-            let secret = a.client_secret.clone().unwrap_or_default();
-            if secret.is_empty() {
-                p.add(
-                    format!("{path}.client_secret"),
-                    "missing or empty client_secret",
-                );
-            }
+        kind if upstream_auth::TOKEN_TYPES.contains(&kind) => {
+            let mut allowed = vec![
+                "token_url",
+                "client_id",
+                "client_secret",
+                "service_key",
+                "scope",
+                "audience",
+                "client_auth",
+                "request_format",
+                "extra_params",
+            ];
+            allowed.extend_from_slice(upstream_auth::extra_keys(kind));
+            only(p, &allowed);
+            let (url, client_id, secret) = upstream_auth::client(a, path, p);
+            let grant = upstream_auth::grant(a, path, p);
             let client_auth = match a.client_auth.as_deref() {
                 None | Some("basic") => ClientAuth::Basic,
                 Some("body") => ClientAuth::Body,
@@ -893,7 +888,7 @@ fn compile_upstream_auth(
             let scope = a.scope.clone().filter(|s| !s.trim().is_empty());
             let extra = a.extra_params.clone().unwrap_or_default();
             for k in extra.keys() {
-                if ["grant_type", "client_id", "client_secret"].contains(&k.as_str()) {
+                if upstream_auth::reserved_params(&grant).contains(&k.as_str()) {
                     p.add(
                         format!("{path}.extra_params.{k}"),
                         format!("\"{k}\" is set by tollgate"),
@@ -910,7 +905,14 @@ fn compile_upstream_auth(
                 a.audience.as_deref(),
                 &extra,
             );
-            Some(UpstreamAuth::OAuth2(Arc::new(OAuth2Source {
+            let on_behalf = grant != Grant::ClientCredentials;
+            // Tokens of another grant (or other exchange parameters) are never shared.
+            let cache_key = if on_behalf {
+                fingerprint(&[&crate::encoding::hex(&cache_key), &format!("{grant:?}")])
+            } else {
+                cache_key
+            };
+            let src = Arc::new(OAuth2Source {
                 upstream: upstream.into(),
                 token_url: url,
                 client_id,
@@ -920,15 +922,21 @@ fn compile_upstream_auth(
                 client_auth,
                 format,
                 extra_params: extra,
+                grant,
                 client,
                 timeout: Duration::from_secs(10),
                 cache_key,
-            })))
+            });
+            Some(if on_behalf {
+                UpstreamAuth::OnBehalf(src)
+            } else {
+                UpstreamAuth::OAuth2(src)
+            })
         }
         other => {
             p.add(
                 format!("{path}.type"),
-                format!("unknown auth type \"{other}\": use basic or oauth2_client_credentials"),
+                format!("unknown auth type \"{other}\": use basic, oauth2_client_credentials, token_exchange or jwt_bearer"),
             );
             None
         }
@@ -1140,6 +1148,18 @@ fn compile_routes(
                 ),
             );
         }
+        if let (RouteAuth::None, Some(u)) = (&auth, &upstream) {
+            if matches!(u.auth, Some(UpstreamAuth::OnBehalf(_))) && m.auth.is_some() {
+                p.add(
+                    path.key("auth").to_string(),
+                    format!("upstream \"{}\" passes on the caller's identity (token_exchange / jwt_bearer): the route needs an auth block, not `auth: none`", u.name),
+                );
+            }
+        }
+        let strip_cookies = super::upstream_session::strip_cookies(
+            m.strip_cookies,
+            matches!(auth, RouteAuth::Bearer(_)),
+        );
         routes.push(Arc::new(Route {
             name: m.name.as_str().into(),
             path_prefix: prefix,
@@ -1148,6 +1168,7 @@ fn compile_routes(
             permissions,
             cors,
             body_credentials,
+            strip_cookies,
         }));
     }
     (routes, table)

@@ -6,6 +6,8 @@ pub mod compile;
 pub mod fast;
 pub mod model;
 pub mod source;
+pub mod upstream_auth;
+pub mod upstream_session;
 pub mod validate;
 
 use std::fmt;
@@ -156,6 +158,14 @@ const KNOWN_KEYS: &[&str] = &[
     "allow_credentials",
     "max_age",
     "body_credentials",
+    "csrf",
+    "fetch_path",
+    "replay_max_bytes",
+    "strip_cookies",
+    "service_key",
+    "subject_token_type",
+    "requested_token_type",
+    "resource",
 ];
 
 fn ignored_path(p: &serde_ignored::Path) -> String {
@@ -364,7 +374,7 @@ fn load_str_timed(
                 let mut msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
                 // serde quotes the offending value; never for a secret.
                 let key = path.rsplit('.').next().unwrap_or("");
-                if key.contains("secret") || key.contains("password") {
+                if key.contains("secret") || key.contains("password") || key == "service_key" {
                     msg = "invalid value (expected a string; the value is not shown)".into();
                 }
                 problems.add(path.clone(), msg);

@@ -124,6 +124,7 @@ pub struct UpstreamModel {
     pub connect_timeout: Option<String>,
     pub timeout: Option<String>,
     pub auth: Option<UpstreamAuthModel>,
+    pub csrf: Option<super::upstream_session::CsrfModel>,
 }
 
 /// One flat struct for every `type`, so that unknown keys are still reported;
@@ -142,6 +143,16 @@ pub struct UpstreamAuthModel {
     pub extra_params: Option<BTreeMap<String, String>>,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// A Cloud Foundry service key instead of token_url / client_id / client_secret.
+    #[serde(
+        default,
+        deserialize_with = "super::upstream_auth::deserialize_service_key"
+    )]
+    pub service_key: Option<Secret>,
+    /// token_exchange (RFC 8693).
+    pub subject_token_type: Option<String>,
+    pub requested_token_type: Option<String>,
+    pub resource: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -157,6 +168,9 @@ pub struct RouteModel {
     /// With body_credentials: move `grant_type` from the body to the query string
     /// (SAP Cloud Integration's token URL wants it there).
     pub grant_type_to_query: Option<bool>,
+    /// Whether the client's `Cookie` header is withheld from the upstream (default: on
+    /// for routes with a Bearer `auth` block).
+    pub strip_cookies: Option<bool>,
 }
 
 /// `auth: none`, or a block. Written by hand (not `untagged`) so that unknown keys

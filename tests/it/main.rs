@@ -17,5 +17,6 @@ mod proxy;
 mod ratelimit;
 mod redis_server;
 mod reload_perf;
+mod sap;
 mod token_service;
 mod upstream_cors;
