@@ -1343,11 +1343,15 @@ async fn binary_keeps_no_descriptors_or_memory_after_faults() {
     let up = FaultServer::spawn(Fault::OkClose).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.yaml");
+    // Upstream timeout 2 s, request_timeout 3 s: with 40 exchanges at once, a 1 MiB
+    // response head takes long enough to come through on a busy machine that a short
+    // upstream timeout (it was 300 ms) ends some of them first: 504 where the head's
+    // size must give 502.
     std::fs::write(
         &config,
         upstream_yaml(&up)
-            .replace("request_timeout: 2s", "request_timeout: 1s")
-            .replace("timeout: 1s", "timeout: 300ms"),
+            .replace("request_timeout: 2s", "request_timeout: 3s")
+            .replace("    timeout: 1s", "    timeout: 2s"),
     )
     .unwrap();
     let bin = spawn_binary(&config, &["run"]);
