@@ -64,6 +64,21 @@ where
     addr
 }
 
+/// A loopback address where nothing listens, for "the upstream is down": a socket is
+/// bound to it (for the whole test run) but never listens, so connections are refused
+/// at once and no other test can be given the port meanwhile.
+pub fn dead_addr() -> SocketAddr {
+    static DEAD: std::sync::OnceLock<(tokio::net::TcpSocket, SocketAddr)> =
+        std::sync::OnceLock::new();
+    DEAD.get_or_init(|| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        (socket, addr)
+    })
+    .1
+}
+
 pub fn json_resp(status: u16, v: serde_json::Value) -> Resp {
     Response::builder()
         .status(status)

@@ -95,6 +95,14 @@ fn edit(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// Writes a file the way kubelet and most tools replace one: a new file beside it,
+/// renamed over it, so that no reader ever sees it half written.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 /// A TLS client trusting the test CA, every listed name resolved to `addr`.
 fn ca_client(addr: SocketAddr, names: &[&str]) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(&std::fs::read(fixture("ca.pem")).unwrap()).unwrap();
@@ -376,7 +384,9 @@ async fn sighup_reloads_the_binary() {
     assert_eq!(reloads_at(&admin).await, (2.0, 0.0));
 
     // Invalid file: the watcher reports it once; SIGHUP tries (and fails) again.
-    std::fs::write(&path, good.replace("upstream: bi\n", "upstream: nope\n")).unwrap();
+    // Written beside and renamed over: the binary's watcher runs in another process,
+    // and must not catch the file truncated but not yet written (a second failure).
+    replace_file(&path, &good.replace("upstream: bi\n", "upstream: nope\n"));
     wait_for_status(&admin, |s| s["last_reload"]["success"] == false).await;
     assert_eq!(reloads_at(&admin).await, (2.0, 1.0));
     bin.process.signal("HUP");

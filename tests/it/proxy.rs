@@ -16,7 +16,7 @@ upstreams:
     url: "{}"
 {extra_upstream}
   - name: dead
-    url: "http://127.0.0.1:9"
+    url: "http://{dead}"
     connect_timeout: 500ms
 routes:
   - name: api
@@ -28,7 +28,8 @@ routes:
     upstream: dead
     auth: none
 "#,
-        up.url()
+        up.url(),
+        dead = dead_addr(),
     )
 }
 

@@ -907,7 +907,7 @@ upstreams:
   - name: bi
     url: "{}"
   - name: dead
-    url: "http://127.0.0.1:9"
+    url: "http://{dead}"
     connect_timeout: 500ms
 routes:
   - name: api
@@ -928,7 +928,8 @@ routes:
     auth: none
 "#,
         issuer_yaml(idp, "corp", ""),
-        up.url()
+        up.url(),
+        dead = dead_addr(),
     )
 }
 
