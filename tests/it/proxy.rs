@@ -605,9 +605,18 @@ async fn upstream_connections_are_reused_across_framings() {
                                 .status(304)
                                 .body(Full::new(Bytes::new()).boxed_unsync())
                                 .unwrap(),
-                            "/api/big" => hyper::Response::new(
-                                Full::new(Bytes::from(vec![b'b'; 4 * 1024 * 1024])).boxed_unsync(),
-                            ),
+                            // 1 GiB, made as it is sent: far more than the socket
+                            // buffers between here and the client can hold, so a
+                            // client that stops reading leaves it half-read.
+                            "/api/big" => {
+                                let chunk = Bytes::from(vec![b'b'; 64 * 1024]);
+                                let chunks = std::iter::repeat_n(chunk, 16 * 1024)
+                                    .map(|c| Ok::<_, Infallible>(Frame::data(c)));
+                                hyper::Response::new(
+                                    StreamBody::new(futures_util::stream::iter(chunks))
+                                        .boxed_unsync(),
+                                )
+                            }
                             _ => hyper::Response::new(
                                 Full::new(Bytes::from_static(b"sized")).boxed_unsync(),
                             ),
@@ -666,7 +675,7 @@ async fn upstream_connections_are_reused_across_framings() {
         "reload dropped the pool"
     );
 
-    // Abandon a 4 MiB body after its first bytes: that connection cannot be reused.
+    // Abandon a (1 GiB) body after its first bytes: that connection cannot be reused.
     let mut r = c.get(gw.url("/api/big")).send().await.unwrap();
     assert!(r.chunk().await.unwrap().is_some());
     drop(r);
