@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use crate::common::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-/// Bound on one browser run (cors.mjs bounds itself at 90 s).
-const RUN_TIMEOUT: Duration = Duration::from_secs(150);
+/// Bound on one browser run (cors.mjs bounds itself at 150 s).
+const RUN_TIMEOUT: Duration = Duration::from_secs(210);
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/browser")

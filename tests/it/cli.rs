@@ -215,7 +215,7 @@ async fn bare_config_env_config_and_json_logs() {
             }
         }
     });
-    let line = rx.recv_timeout(PATIENCE).expect("listening line");
+    let line = rx.recv_timeout(STARTUP).expect("listening line");
     let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
     assert_eq!(v["level"], "INFO");
     assert!(v["public"].as_str().unwrap().starts_with("127.0.0.1:"));

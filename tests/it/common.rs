@@ -565,6 +565,10 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], quiet: Duration) -> String {
 /// one, and a passing run never waits this long.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// How long a process a test starts (the tollgate binary, a node helper loading its
+/// packages and generating keys) may take to say it is ready, on a busy machine.
+pub const STARTUP: Duration = Duration::from_secs(60);
+
 /// How often [`eventually`] and [`wait_until`] look again.
 const POLL: Duration = Duration::from_millis(25);
 
@@ -870,7 +874,7 @@ pub fn spawn_binary(config: &std::path::Path, args: &[&str]) -> Binary {
             sink.lock().unwrap().push(line);
         }
     });
-    match rx.recv_timeout(PATIENCE) {
+    match rx.recv_timeout(STARTUP) {
         Ok((public, admin)) => Binary {
             process,
             public,
@@ -879,7 +883,7 @@ pub fn spawn_binary(config: &std::path::Path, args: &[&str]) -> Binary {
             reader: Some(reader),
         },
         Err(_) => panic!(
-            "tollgate did not start within {PATIENCE:?} (exit: {:?}):\n{}",
+            "tollgate did not start within {STARTUP:?} (exit: {:?}):\n{}",
             process.try_wait(),
             logs.lock().unwrap().join("\n")
         ),

@@ -82,10 +82,10 @@ impl OidcProvider {
             issuer: String::new(),
             stderr,
         };
-        match rx.recv_timeout(PATIENCE) {
+        match rx.recv_timeout(STARTUP) {
             Ok(url) => provider.issuer = url,
             Err(_) => panic!(
-                "oidc-provider did not print LISTENING within {PATIENCE:?} (exit: {:?}); stderr:\n{}",
+                "oidc-provider did not print LISTENING within {STARTUP:?} (exit: {:?}); stderr:\n{}",
                 provider.process.try_wait(),
                 provider.stderr()
             ),
