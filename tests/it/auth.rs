@@ -605,6 +605,8 @@ async fn key_rotation_and_unknown_kid_storm() {
     );
     idp.keys.lock().unwrap().push(new_key.clone());
     let t = idp.token_with(&new_key, json!({}));
+    // The refetch for the new kid happens after this; the next one is allowed 10 s later.
+    let first_refetch = std::time::Instant::now();
     assert_eq!(
         call(
             &gw,
@@ -652,10 +654,15 @@ async fn key_rotation_and_unknown_kid_storm() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 401);
     }
-    assert_eq!(
-        idp.jwks_hits.load(Ordering::SeqCst),
-        before + 1,
-        "unknown kids must not trigger refetches within 10 s"
+    // One refetch per 10 s that has passed since the first (none on any sane machine:
+    // the storm takes a second or two).
+    let windows = (first_refetch.elapsed().as_secs() / 10) as usize;
+    let hits = idp.jwks_hits.load(Ordering::SeqCst);
+    assert!(
+        (before + 1..=before + 1 + windows).contains(&hits),
+        "unknown kids must not trigger refetches within 10 s: {} refetches in {:?}",
+        hits - before,
+        first_refetch.elapsed()
     );
     gw.stop().await;
 }

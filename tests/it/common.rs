@@ -574,6 +574,9 @@ const POLL: Duration = Duration::from_millis(25);
 
 /// Polls `probe` until `ok` holds for what it returns, and returns that value. After
 /// `within`, panics naming `what`, the time waited and the last value observed.
+///
+/// For the test's own body (and what it awaits): an async closure's future is not
+/// `Send` for every lifetime, so inside `tokio::spawn` poll by hand.
 pub async fn eventually<T: std::fmt::Debug>(
     what: &str,
     within: Duration,
@@ -650,8 +653,8 @@ fn send_signal(sig: &str, target: &str) -> bool {
 /// A process the test started. Dropping it (the test ended, passed or panicked) kills
 /// it by its PID (SIGKILL) and reaps it; one started with [`ChildGuard::spawn_group`]
 /// leads a process group of its own, and the whole group is killed by its PGID, as are
-/// the groups added with [`ChildGuard::also_kill_group`] (a browser that a node helper
-/// started in a session of its own).
+/// the groups put in [`ChildGuard::extra_groups`] (a browser that a node helper started
+/// in a session of its own).
 pub struct ChildGuard {
     child: std::process::Child,
     what: String,
