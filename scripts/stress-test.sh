@@ -55,12 +55,7 @@ echo "stress-test: $loops busy loops (PIDs ${busy[*]}) on $cores core(s); $runs 
 
 # PIDs of the live processes whose environment holds the entry $1, one a line.
 marked_pids() {
-  local f pid
-  for f in /proc/[0-9]*/environ; do
-    pid=${f#/proc/}
-    pid=${pid%/environ}
-    if grep -qzxF -- "$1" "$f" 2>/dev/null; then echo "$pid"; fi
-  done
+  { grep -lzxF -- "$1" /proc/[0-9]*/environ 2>/dev/null || true; } | sed -n 's|^/proc/\([0-9]*\)/environ$|\1|p'
 }
 
 # The tests a libtest log names as failed: `test NAME ... FAILED` lines, and the list
@@ -93,9 +88,9 @@ for i in $(seq "$runs"); do
 
   # A process killed as its test ended may take a moment to go: wait for that (10 s).
   leftovers=$(marked_pids "$marker" || true)
-  for _ in $(seq 100); do
+  for _ in $(seq 50); do
     [ -z "$leftovers" ] && break
-    sleep 0.1
+    sleep 0.2
     leftovers=$(marked_pids "$marker" || true)
   done
   if [ -n "$leftovers" ]; then
