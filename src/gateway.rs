@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::{AuthCaches, IssuerKind};
 use crate::config::{self, ConfigError, LoadTimings, Registry};
 use crate::credentials::TokenCache;
+use crate::encoding::rfc3339;
 use crate::metrics::{Metrics, ScrapeExtras};
 use crate::runtime::Runtime;
 
@@ -54,7 +55,7 @@ pub struct Gateway {
     pub config_path: PathBuf,
     pub registry: Registry,
     pub metrics: Metrics,
-    pub auth_caches: AuthCaches,
+    pub auth_caches: Arc<AuthCaches>,
     pub tokens: TokenCache,
     pub status: Mutex<ReloadStatus>,
     pub listeners_up: AtomicBool,
@@ -65,35 +66,15 @@ pub struct Gateway {
     reload_lock: tokio::sync::Mutex<()>,
 }
 
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 impl Gateway {
     /// Loads the config for the first time. Starts nothing yet.
     pub fn load(path: PathBuf) -> Result<Arc<Gateway>, ConfigError> {
-        let registry = Registry::default();
+        Gateway::load_with(path, Registry::default())
+    }
+
+    /// [`Gateway::load`] with a registry set up by the caller (`tollgate::layer` loads
+    /// with `embedded` set: routes need no upstream).
+    pub fn load_with(path: PathBuf, registry: Registry) -> Result<Arc<Gateway>, ConfigError> {
         let mut rt = config::load(&path, &registry)?;
         rt.version = 1;
         let rt_hash = config::inputs_hash(&rt.hash, &rt.files);
@@ -108,7 +89,7 @@ impl Gateway {
             config_path: path,
             registry,
             metrics: Metrics::default(),
-            auth_caches: AuthCaches::default(),
+            auth_caches: Arc::default(),
             tokens: TokenCache::default(),
             status: Mutex::new(status),
             listeners_up: AtomicBool::new(false),
@@ -164,8 +145,10 @@ impl Gateway {
             if let Ok(bytes) = &bytes {
                 *gw.last_attempt_hash
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner()) =
-                    config::inputs_hash(&config::hex(&Sha256::digest(bytes)), &gw.current().files);
+                    .unwrap_or_else(|e| e.into_inner()) = config::inputs_hash(
+                    &crate::encoding::hex(&Sha256::digest(bytes)),
+                    &gw.current().files,
+                );
             }
             timings.read = read_started.elapsed();
             // The bytes just hashed are the ones compiled (the file is read once).
@@ -360,6 +343,13 @@ impl Gateway {
                 ("upstream_tokens", self.tokens.tokens.len()),
             ],
             config_version: rt.version,
+            ready: self.ready(),
+            last_reload_ok: self
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last_reload_ok
+                != Some(false),
         }
     }
 }

@@ -58,6 +58,10 @@ pub struct ScrapeExtras {
     pub introspections: Vec<(String, [u64; 3])>,
     pub cache_sizes: Vec<(&'static str, usize)>,
     pub config_version: u64,
+    /// What `GET /readyz` would answer (true: 200).
+    pub ready: bool,
+    /// False while the last reload attempt failed (the previous config still serves).
+    pub last_reload_ok: bool,
 }
 
 impl Metrics {
@@ -339,6 +343,20 @@ impl Metrics {
             "Version number of the config now serving.",
         );
         let _ = writeln!(o, "tollgate_config_version {}", extras.config_version);
+        scalar(
+            &mut o,
+            "tollgate_config_last_reload_successful",
+            "gauge",
+            "1 when the last config reload succeeded (or none was tried), 0 when it failed and an older config serves.",
+            u8::from(extras.last_reload_ok),
+        );
+        scalar(
+            &mut o,
+            "tollgate_ready",
+            "gauge",
+            "1 when GET /readyz answers 200 (config loaded, listeners up, first key fetches done).",
+            u8::from(extras.ready),
+        );
         o
     }
 }

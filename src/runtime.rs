@@ -90,25 +90,23 @@ pub struct Runtime {
 /// does not pay for a view that is rarely asked for (~7% of a 10k-route reload).
 #[derive(Default)]
 pub struct RedactedConfig {
-    model: Option<crate::config::model::ConfigModel>,
+    /// Renders the JSON (the config module keeps its model inside; the runtime model
+    /// does not know the config parser's types).
+    render: Option<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,
     json: OnceLock<serde_json::Value>,
 }
 
 impl RedactedConfig {
-    pub fn new(model: crate::config::model::ConfigModel) -> Self {
+    pub fn new(render: impl Fn() -> serde_json::Value + Send + Sync + 'static) -> Self {
         RedactedConfig {
-            model: Some(model),
+            render: Some(Box::new(render)),
             json: OnceLock::new(),
         }
     }
 
     pub fn json(&self) -> &serde_json::Value {
-        self.json.get_or_init(|| {
-            self.model
-                .as_ref()
-                .and_then(|m| serde_json::to_value(m).ok())
-                .unwrap_or_default()
-        })
+        self.json
+            .get_or_init(|| self.render.as_ref().map(|r| r()).unwrap_or_default())
     }
 }
 

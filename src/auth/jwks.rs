@@ -18,11 +18,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::Request;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 
 use super::jwt::KeyKind;
 use crate::body::empty;
-use crate::upstream::{fetch, HttpClient};
+use crate::client::{fetch, HttpClient};
 
 /// How often an unknown `kid` may trigger a refetch, per issuer.
 pub const UNKNOWN_KID_REFETCH: Duration = Duration::from_secs(10);
@@ -33,9 +33,6 @@ pub struct Key {
     pub kind: KeyKind,
     /// The `alg` the JWK pins, if any.
     pub alg: Option<Algorithm>,
-    /// The same key for `jsonwebtoken` (the token service's round-trip test uses it);
-    /// tokens are verified with [`Key::verify`].
-    pub decoding: DecodingKey,
     verifier: Verifier,
 }
 
@@ -52,8 +49,8 @@ enum Verifier {
     Single(Algorithm, ParsedPublicKey),
 }
 
-/// The RSA algorithms and their aws-lc-rs parameters (the key-size bounds ring had:
-/// 2048 to 8192 bits).
+/// The RSA algorithms and their aws-lc-rs parameters (moduli of 2048 to 8192 bits, the
+/// bounds tollgate has always had).
 const RSA_ALGS: [(Algorithm, &RsaParameters); 6] = [
     (Algorithm::RS256, &lc::RSA_PKCS1_2048_8192_SHA256),
     (Algorithm::RS384, &lc::RSA_PKCS1_2048_8192_SHA384),
@@ -199,13 +196,13 @@ fn key_from_jwk(jwk: &Jwk) -> Option<Key> {
         },
         // Symmetric keys are never used: that is how HMAC key confusion starts.
         AlgorithmParameters::OctetKey(_) => return None,
+        // Key types this gateway does not verify with.
+        _ => return None,
     };
-    let decoding = DecodingKey::from_jwk(jwk).ok()?;
     Some(Key {
         kid: jwk.common.key_id.clone(),
         kind,
         alg,
-        decoding,
         verifier,
     })
 }
@@ -365,7 +362,9 @@ impl KeyStore {
             .header(http::header::ACCEPT, "application/json")
             .body(empty())
             .map_err(|e| e.to_string())?;
-        let (status, _, body) = fetch(client, req, self.fetch_timeout, MAX_JWKS_BYTES).await?;
+        let (status, _, body) = fetch(client, req, self.fetch_timeout, MAX_JWKS_BYTES)
+            .await
+            .map_err(|e| e.to_string())?;
         if !status.is_success() {
             return Err(format!("{url} answered {status}"));
         }
@@ -432,9 +431,9 @@ fn lenient_jwks(doc: serde_json::Value) -> serde_json::Value {
 mod tests {
     use super::*;
     use crate::token_service::keys::SigningKey;
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature as rs;
     use jsonwebtoken::{EncodingKey, Header};
-    use ring::rand::SystemRandom;
-    use ring::signature as rs;
 
     fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!(

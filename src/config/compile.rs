@@ -19,6 +19,7 @@ use super::validate::{self as v, At, Problems};
 use crate::auth::introspect::Introspection;
 use crate::auth::jwks::{KeySource, KeyStore};
 use crate::auth::{jwt, Issuer, IssuerKind};
+use crate::client::{build_client, HttpClient};
 use crate::cors::{Cors, OriginPattern};
 use crate::credentials::{ClientAuth, OAuth2Source, RequestFormat, UpstreamAuth};
 use crate::policy::{AuthRule, Permission, Permissions, RouteAuth};
@@ -27,7 +28,7 @@ use crate::runtime::{BodyCredentials, Limits, Route, Runtime, Server};
 use crate::tls;
 use crate::token_service::keys::SigningKey;
 use crate::token_service::{ClientSecret, TokenService, LOCAL_LEEWAY};
-use crate::upstream::{build_client, HttpClient, Upstream};
+use crate::upstream::Upstream;
 
 /// What compiling may reuse from the running gateway: key stores (so JWKS caches
 /// survive a reload) and HTTP clients (so pooled connections do too).
@@ -38,6 +39,9 @@ pub struct Registry {
     /// The token service key generated when `signing_key` is absent, kept across
     /// reloads so that tokens already issued stay valid.
     pub generated_key: std::sync::Mutex<Option<Arc<SigningKey>>>,
+    /// Loaded for `tollgate::layer` (the application is the upstream): routes need no
+    /// `upstream`.
+    pub embedded: bool,
 }
 
 impl Registry {
@@ -90,6 +94,7 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         &issuers,
         &upstreams,
         m.token_service.is_some(),
+        reg.embedded,
         p,
     );
     if let (Some(ts), Some(s)) = (&token_service, &server) {
@@ -935,6 +940,7 @@ fn compile_routes(
     issuers: &[Arc<Issuer>],
     upstreams: &[Arc<Upstream>],
     has_token_service: bool,
+    embedded: bool,
     p: &mut Problems,
 ) -> (Vec<Arc<Route>>, RouteTable) {
     let mut routes = Vec::with_capacity(ms.len());
@@ -989,6 +995,7 @@ fn compile_routes(
                     None
                 }
             },
+            None if embedded => None,
             None => {
                 p.add(path.to_string(), "missing required key \"upstream\"");
                 None

@@ -300,7 +300,7 @@ fn load_str_timed(
                 Some(mut rt) if problems.is_empty() => {
                     rt.files.sort();
                     rt.files.dedup();
-                    rt.redacted = crate::runtime::RedactedConfig::new(model);
+                    rt.redacted = redacted(model);
                     Ok(rt)
                 }
                 _ => Err(locate(file, &PosIndex::build(text), problems.0)),
@@ -384,7 +384,7 @@ fn load_str_timed(
     let started = Instant::now();
     let rt = model.and_then(|m| {
         let mut rt = compile::compile(&m, &base_dir, reg, &mut problems)?;
-        rt.redacted = crate::runtime::RedactedConfig::new(m);
+        rt.redacted = redacted(m);
         Some(rt)
     });
     timings.compile = started.elapsed();
@@ -406,6 +406,12 @@ fn load_str_timed(
         // Positions are only needed to report problems.
         _ => Err(locate(file, &PosIndex::build(text), problems.0)),
     }
+}
+
+/// The `GET /admin/config` view of a loaded model: built on first request (every secret
+/// serialises as `[redacted]`).
+fn redacted(model: model::ConfigModel) -> crate::runtime::RedactedConfig {
+    crate::runtime::RedactedConfig::new(move || serde_json::to_value(&model).unwrap_or_default())
 }
 
 /// Removes the mapping entry at `path` (`a.b[2].c`). Sequence elements are never removed

@@ -7,6 +7,8 @@
 //! Tokens and secrets live in sensitive `HeaderValue`s and `Secret`s: never logged.
 
 pub mod body;
+pub mod body_layer;
+pub mod upstream_layer;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,14 +19,14 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use dashmap::DashMap;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderValue, Request};
+use http::{HeaderValue, Request, StatusCode};
 use sha2::{Digest, Sha256};
 
 use crate::body::full;
 use crate::cache::FlightCache;
+use crate::client::{fetch, FetchError, HttpClient};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::upstream::{fetch, HttpClient};
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1), sensitive.
 pub fn basic_header(id: &str, secret: &str) -> HeaderValue {
@@ -100,7 +102,18 @@ impl OAuth2Source {
 }
 
 /// A cached upstream token: the ready-made `Authorization` value.
-pub type TokenResult = Result<HeaderValue, String>;
+pub type TokenResult = Result<HeaderValue, TokenError>;
+
+/// Why an upstream token could not be had (logged; the client sees a 502).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("token endpoint answered {0}")]
+    Status(StatusCode),
+    #[error("token endpoint {0}")]
+    Response(&'static str),
+}
 
 /// Upstream tokens, shared across reloads; flushed by `POST /admin/caches/flush`.
 pub struct TokenCache {
@@ -169,7 +182,7 @@ impl TokenCache {
     }
 }
 
-async fn fetch_token(src: &OAuth2Source) -> Result<(HeaderValue, Duration), String> {
+async fn fetch_token(src: &OAuth2Source) -> Result<(HeaderValue, Duration), TokenError> {
     let mut fields: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
     if let Some(s) = &src.scope {
         fields.push(("scope", s));
@@ -212,22 +225,24 @@ async fn fetch_token(src: &OAuth2Source) -> Result<(HeaderValue, Duration), Stri
             basic_header(&src.client_id, src.client_secret.expose()),
         );
     }
-    let req = req.body(full(body)).map_err(|e| e.to_string())?;
+    let req = req
+        .body(full(body))
+        .map_err(|_| TokenError::Response("URL cannot be requested"))?;
     let (status, _, bytes) = fetch(&src.client, req, src.timeout, MAX_TOKEN_RESPONSE).await?;
     if !status.is_success() {
-        return Err(format!("token endpoint answered {status}"));
+        return Err(TokenError::Status(status));
     }
     let doc: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|_| "token endpoint returned invalid JSON".to_owned())?;
+        .map_err(|_| TokenError::Response("returned invalid JSON"))?;
     let token = doc
         .get("access_token")
         .and_then(|v| v.as_str())
         .filter(|t| !t.is_empty())
-        .ok_or("token endpoint response has no access_token")?;
+        .ok_or(TokenError::Response("response has no access_token"))?;
     if let Some(tt) = doc.get("token_type").and_then(|v| v.as_str()) {
         if !tt.eq_ignore_ascii_case("bearer") {
-            return Err(format!(
-                "token endpoint returned token_type {tt}, expected Bearer"
+            return Err(TokenError::Response(
+                "returned a token_type other than Bearer",
             ));
         }
     }
@@ -237,9 +252,8 @@ async fn fetch_token(src: &OAuth2Source) -> Result<(HeaderValue, Duration), Stri
         _ => None,
     }
     .unwrap_or(300);
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-        "token endpoint returned a token that is not a valid header value".to_owned()
-    })?;
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| TokenError::Response("returned a token that is not a valid header value"))?;
     value.set_sensitive(true);
     Ok((
         value,
@@ -274,7 +288,7 @@ mod tests {
             client_auth: ClientAuth::Basic,
             format: RequestFormat::Form,
             extra_params: BTreeMap::new(),
-            client: crate::upstream::build_client(
+            client: crate::client::build_client(
                 crate::tls::client_config(None).unwrap(),
                 Duration::from_secs(1),
             ),
@@ -287,8 +301,8 @@ mod tests {
             .tokens
             .insert(src.cache_key, Ok(new.clone()), Duration::from_secs(60));
         cache.invalidate_if_current(&src, &HeaderValue::from_static("Bearer old"));
-        assert_eq!(cache.tokens.get(&src.cache_key), Some(Ok(new.clone())));
+        assert!(matches!(cache.tokens.get(&src.cache_key), Some(Ok(v)) if v == new));
         cache.invalidate_if_current(&src, &new);
-        assert_eq!(cache.tokens.get(&src.cache_key), None);
+        assert!(cache.tokens.get(&src.cache_key).is_none());
     }
 }

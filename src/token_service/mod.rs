@@ -10,6 +10,7 @@
 //! is also the issuer `local`, verified in-process.
 
 pub mod keys;
+pub mod layer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use http_body_util::BodyExt;
 use rand::Rng;
 
 use self::keys::SigningKey;
-use crate::body::{full, Body};
+use crate::body::{full, Body, BoxError};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::secret::{constant_time_eq, Secret};
@@ -170,12 +171,16 @@ impl TokenService {
         path == self.path || path == JWKS_PATH || path.starts_with(METADATA_PATH)
     }
 
-    pub async fn handle(
+    pub async fn handle<B>(
         &self,
-        req: Request<hyper::body::Incoming>,
+        req: Request<B>,
         path: &str,
         metrics: &Metrics,
-    ) -> Result<Response<Body>, GatewayError> {
+    ) -> Result<Response<Body>, GatewayError>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
         if path == JWKS_PATH {
             return Ok(json_response(StatusCode::OK, self.key.jwks()));
         }
@@ -346,11 +351,11 @@ impl TokenService {
             "scope": scope,
             "iat": now,
             "exp": now + self.ttl.as_secs() as i64,
-            "jti": crate::config::hex(&jti),
+            "jti": crate::encoding::hex(&jti),
         });
         let token = self.key.sign("at+jwt", &claims).map_err(|e| {
             tracing::error!(error = %e, "signing failed");
-            GatewayError::ServiceUnavailable("token signing failed".into())
+            GatewayError::ServiceUnavailable("token signing failed")
         })?;
         metrics
             .tokens_issued

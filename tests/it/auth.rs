@@ -217,7 +217,7 @@ async fn bad_tokens_are_refused_with_reasons() {
         jsonwebtoken::encode(
             &header,
             &claims,
-            &jsonwebtoken::EncodingKey::from_secret(&secret),
+            &jsonwebtoken::EncodingKey::from_secret(&secret).unwrap(),
         )
         .unwrap()
     };

@@ -440,11 +440,8 @@ impl Gw {
 
 /// `yaml` must say `listen: "127.0.0.1:0"`.
 pub async fn spawn_gateway(yaml: &str) -> Gw {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let gw = tollgate::Gateway::load(path).unwrap_or_else(|e| panic!("config rejected:\n{e}"));
-    let running = tollgate::start(gw).await.unwrap();
+    let gw = spawn_gateway_unready(yaml).await;
+    let running = gw.running.as_ref().unwrap();
     // Wait for the first key fetches (each ends, fetched or failed, within its
     // fetch_timeout), like /readyz.
     eventually(
@@ -454,6 +451,17 @@ pub async fn spawn_gateway(yaml: &str) -> Gw {
         |ready| *ready,
     )
     .await;
+    gw
+}
+
+/// Like [`spawn_gateway`], without waiting for the first key fetches: for tests of
+/// readiness itself. `yaml` must say `listen: "127.0.0.1:0"`.
+pub async fn spawn_gateway_unready(yaml: &str) -> Gw {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let gw = tollgate::Gateway::load(path).unwrap_or_else(|e| panic!("config rejected:\n{e}"));
+    let running = tollgate::start(gw).await.unwrap();
     Gw {
         addr: running.public,
         admin: running.admin,
@@ -463,6 +471,7 @@ pub async fn spawn_gateway(yaml: &str) -> Gw {
 }
 
 pub fn client() -> reqwest::Client {
+    tollgate::tls::install_default_provider();
     reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
@@ -710,6 +719,15 @@ impl ChildGuard {
         );
     }
 
+    /// Kills it now (SIGKILL, its group too if it leads one) and reaps it.
+    pub fn kill(&mut self) {
+        if self.group {
+            send_signal("KILL", &format!("-{}", self.child.id()));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("waitpid")
     }
@@ -762,14 +780,33 @@ pub struct Finished {
 /// Runs `cmd` (stdin closed, stdout and stderr captured) to its end; panics (after
 /// killing it) if it runs longer than `within`.
 pub fn output_within(what: &str, cmd: &mut std::process::Command, within: Duration) -> Finished {
-    use std::io::Read;
+    output_with_stdin(what, cmd, None, within)
+}
+
+/// [`output_within`], with `stdin` (if any) written to the command's stdin, then closed.
+pub fn output_with_stdin(
+    what: &str,
+    cmd: &mut std::process::Command,
+    stdin: Option<&[u8]>,
+    within: Duration,
+) -> Finished {
+    use std::io::{Read, Write};
     use std::process::Stdio;
     let mut g = ChildGuard::spawn(
         what,
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped()),
     );
+    if let Some(input) = stdin {
+        // It may exit before reading it all (a refusal): a broken pipe is not our error.
+        let mut pipe = g.child_mut().stdin.take().unwrap();
+        let _ = pipe.write_all(input);
+    }
     let drain = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut out = Vec::new();

@@ -277,6 +277,7 @@ async fn nested_json_body_credentials() {
 async fn http2_abuse() {
     let up = spawn_upstream().await;
     let gw = spawn_gateway(&yaml(&up)).await;
+    tollgate::tls::install_default_provider();
     let h2_client = || {
         reqwest::Client::builder()
             .no_proxy()

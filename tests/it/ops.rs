@@ -106,6 +106,7 @@ fn replace_file(path: &Path, text: &str) {
 /// A TLS client trusting the test CA, every listed name resolved to `addr`.
 fn ca_client(addr: SocketAddr, names: &[&str]) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(&std::fs::read(fixture("ca.pem")).unwrap()).unwrap();
+    tollgate::tls::install_default_provider();
     let mut b = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
@@ -119,6 +120,7 @@ fn ca_client(addr: SocketAddr, names: &[&str]) -> reqwest::Client {
 
 /// A TLS client that accepts any certificate but reports the one served.
 fn peek_client(addr: SocketAddr, names: &[&str]) -> reqwest::Client {
+    tollgate::tls::install_default_provider();
     let mut b = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
@@ -1340,6 +1342,7 @@ async fn redirect_listener_answers_308() {
         .unwrap()
         .redirect
         .expect("redirect listener");
+    tollgate::tls::install_default_provider();
     let no_follow = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())

@@ -249,6 +249,7 @@ async fn a_flood_is_shed_and_memory_stays_flat() {
         arrived: &AtomicUsize,
         n: usize,
     ) -> (usize, usize) {
+        tollgate::tls::install_default_provider();
         let c = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(64)

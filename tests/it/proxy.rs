@@ -386,6 +386,7 @@ async fn path_normalisation() {
 async fn h2c_prior_knowledge() {
     let up = spawn_upstream().await;
     let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    tollgate::tls::install_default_provider();
     let c = reqwest::Client::builder()
         .no_proxy()
         .http2_prior_knowledge()
@@ -400,6 +401,7 @@ async fn h2c_prior_knowledge() {
 
 fn tls_client(alpn_h2: bool, identity: bool) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(&std::fs::read(fixture("ca.pem")).unwrap()).unwrap();
+    tollgate::tls::install_default_provider();
     let mut b = reqwest::Client::builder()
         .no_proxy()
         .add_root_certificate(ca)
