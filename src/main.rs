@@ -192,6 +192,9 @@ fn run(config: PathBuf, format: LogFormat) -> ExitCode {
         }
     };
     runtime().block_on(async move {
+        // Before the listeners (and the "listening" line): a SIGTERM or SIGHUP that comes
+        // as soon as tollgate says it listens must drain or reload, not kill it.
+        let signals = Signals::install();
         let running = match tollgate::start(gw.clone()).await {
             Ok(r) => r,
             Err(e) => {
@@ -199,7 +202,7 @@ fn run(config: PathBuf, format: LogFormat) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        wait_for_signals(&gw).await;
+        signals.wait(&gw).await;
         tracing::info!("shutting down: no new connections, waiting for requests in flight");
         running.shutdown().await;
         tracing::info!("stopped");
@@ -207,31 +210,55 @@ fn run(config: PathBuf, format: LogFormat) -> ExitCode {
     })
 }
 
+/// SIGTERM and SIGINT (stop) and SIGHUP (reload), caught from [`Signals::install`] on:
+/// one that arrives before [`Signals::wait`] is kept for it.
 #[cfg(unix)]
-async fn wait_for_signals(gw: &std::sync::Arc<Gateway>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => {
-                let _ = gw.reload("SIGHUP").await;
+struct Signals(Option<[tokio::signal::unix::Signal; 3]>);
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Signals(Some([term, int, hup])),
+            _ => Signals(None),
+        }
+    }
+
+    /// Returns on SIGTERM or SIGINT; reloads on SIGHUP.
+    async fn wait(self, gw: &std::sync::Arc<Gateway>) {
+        let Some([mut term, mut int, mut hup]) = self.0 else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => {
+                    let _ = gw.reload("SIGHUP").await;
+                }
             }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_gw: &std::sync::Arc<Gateway>) {
-    let _ = tokio::signal::ctrl_c().await;
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> Signals {
+        Signals
+    }
+
+    async fn wait(self, _gw: &std::sync::Arc<Gateway>) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn validate(config: &std::path::Path) -> ExitCode {

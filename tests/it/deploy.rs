@@ -125,7 +125,7 @@ async fn ready_and_reload_gauges() {
             held.push(s);
         }
     });
-    let pending = spawn_gateway(&format!(
+    let pending = spawn_gateway_unready(&format!(
         "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\nissuers:\n  - name: slow\n    issuer: \"https://slow.example\"\n    jwks_uri: \"http://{silent_addr}/jwks\"\n    audiences: [a]\n    fetch_timeout: 60s\nupstreams:\n  - name: u\n    url: \"{}\"\nroutes:\n  - name: r\n    path_prefix: /\n    upstream: u\n    auth: {{issuers: [slow]}}\n",
         up.url()
     ))

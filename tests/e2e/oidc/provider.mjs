@@ -121,6 +121,8 @@ server.listen(port, HOST, () => {
 for (const sig of ['SIGTERM', 'SIGINT']) {
   process.on(sig, () => process.exit(0));
 }
-// The test reads our stdout; if it goes away, so do we.
+// The test holds our stdin open for as long as it lives; when it closes (the test ended
+// or died without killing us), so do we.
 process.stdin.on('end', () => process.exit(0));
+process.stdin.on('error', () => process.exit(0));
 process.stdin.resume();
