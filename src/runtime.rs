@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use crate::auth::Issuer;
 use crate::cors::Cors;
 use crate::policy::{AuthRule, Permissions, RouteAuth};
+use crate::ratelimit::RouteLimits;
 use crate::route::RouteTable;
 use crate::token_service::TokenService;
 use crate::upstream::Upstream;
@@ -64,6 +65,8 @@ pub struct Route {
     pub permissions: Option<Permissions>,
     pub cors: Option<Cors>,
     pub body_credentials: Option<BodyCredentials>,
+    /// `rate_limits`: checked after authorisation (`None`: the route has none).
+    pub rate_limits: Option<RouteLimits>,
 }
 
 pub struct Runtime {

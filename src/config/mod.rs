@@ -5,6 +5,7 @@
 pub mod compile;
 pub mod fast;
 pub mod model;
+pub mod ratelimit;
 pub mod source;
 pub mod validate;
 
@@ -156,6 +157,15 @@ const KNOWN_KEYS: &[&str] = &[
     "allow_credentials",
     "max_age",
     "body_credentials",
+    "stores",
+    "redis",
+    "rate_limits",
+    "limit",
+    "per",
+    "window",
+    "store",
+    "on_error",
+    "failed_auth_limit",
 ];
 
 fn ignored_path(p: &serde_ignored::Path) -> String {

@@ -22,6 +22,9 @@ pub struct ConfigModel {
     pub upstreams: Vec<UpstreamModel>,
     #[serde(default)]
     pub routes: Vec<RouteModel>,
+    pub stores: Option<super::ratelimit::StoresModel>,
+    #[serde(default)]
+    pub rate_limits: Vec<super::ratelimit::RateLimitModel>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -105,6 +108,7 @@ pub struct TokenServiceModel {
     pub token_ttl: Option<String>,
     #[serde(default)]
     pub clients: Vec<ClientModel>,
+    pub failed_auth_limit: Option<super::ratelimit::FailedAuthLimitModel>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -157,6 +161,8 @@ pub struct RouteModel {
     /// With body_credentials: move `grant_type` from the body to the query string
     /// (SAP Cloud Integration's token URL wants it there).
     pub grant_type_to_query: Option<bool>,
+    /// Names of `rate_limits` entries.
+    pub rate_limits: Option<Vec<String>>,
 }
 
 /// `auth: none`, or a block. Written by hand (not `untagged`) so that unknown keys
