@@ -200,10 +200,8 @@ pub fn compile(
     let all = At::Path("rate_limits");
     for (i, m) in limits.iter().enumerate() {
         let at = all.index(i);
-        let mut ok = true;
-        let mut bad = |p: &mut Problems, key: &str, msg: String| {
+        let bad = |p: &mut Problems, key: &str, msg: String| {
             p.add(at.key(key).to_string(), msg);
-            ok = false;
         };
         if m.name.starts_with("failed_auth_limit.") {
             bad(
@@ -296,12 +294,10 @@ pub fn compile(
             store,
             on_error,
         };
-        match Limit::new(spec) {
-            Ok(l) if ok => {
-                by_name.insert(m.name.clone(), Arc::new(l));
-            }
-            // Reported field by field above.
-            Ok(_) | Err(_) => {}
+        // A limit with problems is still known to the routes' checks (so that they
+        // report theirs too); the config is refused anyway.
+        if let (Ok(l), false) = (Limit::new(spec), by_name.contains_key(&m.name)) {
+            by_name.insert(m.name.clone(), Arc::new(l));
         }
     }
     Compiled {
