@@ -412,6 +412,38 @@ routes:
         );
     }
 
+    // Behaviour: an admitted request that fails further down (here: the upstream side
+    // refuses) still tells the client where it stands: the RateLimit headers are recorded
+    // for the rescue layer.
+    #[tokio::test]
+    async fn refusals_below_carry_the_ratelimit_headers() {
+        let (gw, _dir) = gateway(YAML);
+        let refuse = tower::service_fn(|_req: Request<_>| async {
+            Err::<Response<Body>, _>(Rejection::from(GatewayError::PayloadTooLarge(1)))
+        });
+        let svc = RouteLayer::new(gw.clone()).layer(RateLimitLayer::new(gw.clone()).layer(refuse));
+        let rej = svc
+            .oneshot(tenant("/limited/x", Some("z")))
+            .await
+            .unwrap_err();
+        let h = &rej
+            .facts
+            .get::<crate::error::ResponseHeaders>()
+            .expect("recorded")
+            .0;
+        assert_eq!(h["ratelimit-policy"], "\"by-tenant\";q=2;w=3600");
+        assert!(h["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"by-tenant\";r=1;t="));
+        let resp = crate::error::rescue(rej, None);
+        assert_eq!(resp.status(), 413);
+        assert_eq!(
+            resp.headers()["ratelimit-policy"],
+            "\"by-tenant\";q=2;w=3600"
+        );
+    }
+
     // Behaviour: under explain the limits are listed and peeked, never counted.
     #[tokio::test]
     async fn explain_peeks_and_lists_the_limits() {

@@ -286,13 +286,14 @@ async fn refusals_follow_spec_and_only_authorised_requests_count() {
 
 // header:NAME counts per header value; requests without the header (or with an empty
 // one) share one key, so leaving it out never escapes the limit. `key: ip` counts per
-// client address (127.0.0.1 and 127.0.0.2 are two clients).
+// client address (127.0.0.1 and 127.0.0.2 are two clients); `key: subject` per token
+// subject, whichever client the token was issued to.
 #[tokio::test]
-async fn header_and_ip_keys() {
+async fn header_ip_and_subject_keys() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let extra = "rate_limits:\n  - name: per-key\n    key: header:X-Api-Key\n    limit: 2\n    per: 1h\n  - name: per-ip\n    key: ip\n    limit: 3\n    per: 1h\n";
-    let routes = "  - name: partner\n    path_prefix: /partner\n    upstream: u\n    auth: none\n    rate_limits: [per-key]\n  - name: public\n    path_prefix: /public\n    upstream: u\n    auth: none\n    rate_limits: [per-ip]\n";
+    let extra = "rate_limits:\n  - name: per-key\n    key: header:X-Api-Key\n    limit: 2\n    per: 1h\n  - name: per-ip\n    key: ip\n    limit: 3\n    per: 1h\n  - name: per-user\n    key: subject\n    limit: 1\n    per: 1h\n";
+    let routes = "  - name: partner\n    path_prefix: /partner\n    upstream: u\n    auth: none\n    rate_limits: [per-key]\n  - name: public\n    path_prefix: /public\n    upstream: u\n    auth: none\n    rate_limits: [per-ip]\n  - name: me\n    path_prefix: /me\n    upstream: u\n    auth:\n      issuers: [corp]\n    rate_limits: [per-user]\n";
     let gw = spawn_gateway(&config(&idp, &up, extra, routes)).await;
     let c = client();
     let status = |key: Option<&'static str>| {
@@ -333,6 +334,15 @@ async fn header_and_ip_keys() {
     assert!(header(&r, "ratelimit")
         .unwrap()
         .starts_with("\"per-ip\";r=2;t="));
+    // Per subject: the same user through two clients is one budget; another user has his own.
+    let me = |claims: serde_json::Value| {
+        let t = idp.token(claims);
+        let r = c.get(gw.url("/me/x")).bearer_auth(t);
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(me(json!({"sub": "alice", "client_id": "app-1"})).await, 200);
+    assert_eq!(me(json!({"sub": "alice", "client_id": "app-2"})).await, 429);
+    assert_eq!(me(json!({"sub": "bob", "client_id": "app-1"})).await, 200);
     gw.stop().await;
 }
 
