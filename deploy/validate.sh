@@ -8,7 +8,7 @@
 #      (what `kubectl apply -k` sends, generated ConfigMap included) is validated as well;
 #   3. deploy/kubernetes/gateway.yaml with `tollgate validate`, after pointing its
 #      /etc/tollgate/... paths at temporary stand-ins for the Secrets (throwaway key, a
-#      self-signed certificate, dummy client secrets) that are deleted on exit;
+#      self-signed certificate, dummy client secrets, a Redis URL) that are deleted on exit;
 #   4. the Helm chart deploy/helm/tollgate, rendered by Helm's own engine (helm-python-sdk:
 #      Helm's Go SDK) with its default values and with ci/full-values.yaml (everything
 #      on): `helm lint --strict`, values.schema.json, kubernetes-validate --strict on the
@@ -115,6 +115,7 @@ openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TMP/keys/s
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=api.example.com" \
   -keyout "$TMP/tls/tls.key" -out "$TMP/tls/tls.crt" 2>/dev/null || fail "openssl req failed"
 echo "dummy-introspection-secret" > "$TMP/secrets/introspection-client-secret"
+echo "redis://:dummy-redis-password@127.0.0.1:6379/0" > "$TMP/secrets/redis-url"
 sed "s#/etc/tollgate/#$TMP/#g" "$KUBE_DIR/gateway.yaml" > "$TMP/gateway.yaml"
 grep -v '^[[:space:]]*#' "$TMP/gateway.yaml" | grep -q '/etc/tollgate' && fail "gateway.yaml has /etc/tollgate paths the stand-ins do not cover"
 
@@ -182,25 +183,15 @@ PY
 }
 
 # `tollgate validate` on a gateway.yaml that names /etc/tollgate/... files and ${env:..}:
-# stand-ins for the Secrets (deploy/standins.py). A build of tollgate that does not know
-# `stores` yet (shared rate-limit state) gets the file without it, and says so.
+# stand-ins for the Secrets (deploy/standins.py; the Redis URL one is a redis:// URL).
 validate_gateway() { # FILE LABEL
   local dir="$TMP/standins-$2" out
   mkdir -p "$dir"
   mapfile -t lines < <("$VENV/bin/python" deploy/standins.py "$1" "$dir" "${TOLLGATE[@]}") \
     || fail "$2: making stand-ins failed"
   local cfg="${lines[0]}" envs=("${lines[@]:1}")
-  if ! out=$(env "${envs[@]}" "${TOLLGATE[@]}" validate --config "$cfg" 2>&1); then
-    if grep -q 'unknown key "stores"' <<<"$out" && grep -q '^stores:' "$cfg"; then
-      "$VENV/bin/python" -c "import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); d.pop('stores'); yaml.safe_dump(d, open(sys.argv[1], 'w'))" "$cfg"
-      echo "deploy/validate.sh: $2: this tollgate does not know \`stores\` yet: validated without stores.redis"
-      out=$(env "${envs[@]}" "${TOLLGATE[@]}" validate --config "$cfg" 2>&1) \
-        || { echo "$out" >&2; fail "tollgate validate rejected the gateway.yaml of $2"; }
-    else
-      echo "$out" >&2
-      fail "tollgate validate rejected the gateway.yaml of $2"
-    fi
-  fi
+  out=$(env "${envs[@]}" "${TOLLGATE[@]}" validate --config "$cfg" 2>&1) \
+    || { echo "$out" >&2; fail "tollgate validate rejected the gateway.yaml of $2"; }
   echo "deploy/validate.sh: $2: tollgate validate: ${out#"$cfg": }"
 }
 

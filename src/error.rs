@@ -41,10 +41,12 @@ pub enum DenyReason {
     ClientNotAllowed,
     MethodNotAllowed,
     EndpointNotAllowed,
+    /// Over a rate limit or quota, or too many failed client authentications (429).
+    RateLimited,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 14] = [
+    pub const ALL: [DenyReason; 15] = [
         DenyReason::TokenMissing,
         DenyReason::TokenMalformed,
         DenyReason::SignatureInvalid,
@@ -59,6 +61,7 @@ impl DenyReason {
         DenyReason::ClientNotAllowed,
         DenyReason::MethodNotAllowed,
         DenyReason::EndpointNotAllowed,
+        DenyReason::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +80,7 @@ impl DenyReason {
             DenyReason::ClientNotAllowed => "client_not_allowed",
             DenyReason::MethodNotAllowed => "method_not_allowed",
             DenyReason::EndpointNotAllowed => "endpoint_not_allowed",
+            DenyReason::RateLimited => "rate_limited",
         }
     }
 }
@@ -133,6 +137,29 @@ pub enum GatewayError {
     /// The admin listener has no such endpoint.
     #[error("no such admin endpoint")]
     NoAdminEndpoint,
+    /// 429 `rate_limited`: over a rate limit or quota, or too many failed client
+    /// authentications; carries `Retry-After`, `RateLimit-Policy` and `RateLimit`.
+    #[error("{}", .0.description)]
+    RateLimited(Box<RateLimited>),
+    /// 503 `service_unavailable` with `Retry-After`: a limit's store cannot decide and
+    /// the limit says `on_error: deny`.
+    #[error("rate limit \"{limit}\" cannot be checked right now (its store is unreachable); retry shortly")]
+    StoreUnavailable { limit: Arc<str>, retry_after: u64 },
+}
+
+/// What a 429 says: which limit, and the headers that tell the client when to come back.
+#[derive(Debug, Clone)]
+pub struct RateLimited {
+    /// The limit that refused (`rate_limits[].name`, or the token service's
+    /// `failed_auth_limit.client` / `failed_auth_limit.ip`).
+    pub limit: Arc<str>,
+    pub description: String,
+    /// `Retry-After`, whole seconds (at least 1).
+    pub retry_after: HeaderValue,
+    /// `RateLimit-Policy`: `"name";q=LIMIT;w=SECONDS`.
+    pub policy: HeaderValue,
+    /// `RateLimit`: `"name";r=0;t=SECONDS`.
+    pub state: HeaderValue,
 }
 
 /// Why an exchange with an upstream, an issuer or a token endpoint gave 502.
@@ -207,6 +234,8 @@ impl GatewayError {
             | GatewayError::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::NoAdminEndpoint => StatusCode::NOT_FOUND,
+            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -224,10 +253,12 @@ impl GatewayError {
             GatewayError::GatewayTimeout(_) => "gateway_timeout",
             GatewayError::ServiceUnavailable(_)
             | GatewayError::Overloaded(_)
-            | GatewayError::TooManyConnections(_) => "service_unavailable",
+            | GatewayError::TooManyConnections(_)
+            | GatewayError::StoreUnavailable { .. } => "service_unavailable",
             GatewayError::InvalidClient(_) => "invalid_client",
             GatewayError::OAuth { code, .. } => code,
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -237,6 +268,7 @@ impl GatewayError {
             GatewayError::Unauthorized { reason, .. }
             | GatewayError::AccessDenied { reason, .. } => Some(*reason),
             GatewayError::InsufficientScope { .. } => Some(DenyReason::ScopeMissing),
+            GatewayError::RateLimited(_) => Some(DenyReason::RateLimited),
             _ => None,
         }
     }
@@ -275,8 +307,19 @@ impl GatewayError {
                 h.insert(WWW_AUTHENTICATE, v);
             }
         }
-        if let GatewayError::Overloaded(_) | GatewayError::TooManyConnections(_) = self {
-            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            GatewayError::Overloaded(_) | GatewayError::TooManyConnections(_) => {
+                h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::RateLimited(r) => {
+                h.insert(http::header::RETRY_AFTER, r.retry_after.clone());
+                h.insert(&RATELIMIT_POLICY, r.policy.clone());
+                h.insert(&RATELIMIT, r.state.clone());
+            }
+            GatewayError::StoreUnavailable { retry_after, .. } => {
+                h.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
         }
         if matches!(
             self,
@@ -339,6 +382,15 @@ impl Rejection {
         self.facts.insert(fact);
         self
     }
+
+    /// Adds headers to the [`ResponseHeaders`] the error response will carry, keeping
+    /// those other layers recorded (a header this error sets itself still wins).
+    pub fn with_headers(mut self, add: impl FnOnce(&mut HeaderMap)) -> Rejection {
+        let mut h = self.facts.remove::<ResponseHeaders>().unwrap_or_default();
+        add(&mut h.0);
+        self.facts.insert(h);
+        self
+    }
 }
 
 impl<E: Into<GatewayError>> From<E> for Rejection {
@@ -351,9 +403,15 @@ impl<E: Into<GatewayError>> From<E> for Rejection {
 }
 
 /// Headers every response to this request carries, error responses included (the
-/// route's CORS headers): recorded by the layer that decided them, added by [`Rescue`].
+/// route's CORS headers, a limited route's RateLimit headers): recorded by the layer
+/// that decided them with [`Rejection::with_headers`], added by [`Rescue`].
 #[derive(Debug, Clone, Default)]
 pub struct ResponseHeaders(pub HeaderMap);
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
+pub static RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+pub static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
 
 /// Fact on an error response: the request was refused by a gate, with SPEC's reason
 /// code (for the denial log line and `tollgate_auth_denied_total`).
@@ -434,8 +492,14 @@ pub fn rescue(rej: Rejection, request_id: Option<&HeaderValue>) -> Response<Body
     let rid = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
     let mut resp = error.to_response(rid);
     if let Some(ResponseHeaders(h)) = facts.get::<ResponseHeaders>() {
-        for (k, v) in h {
-            resp.headers_mut().append(k, v.clone());
+        for name in h.keys() {
+            // A header the error sets itself (a 429's RateLimit headers) wins.
+            if resp.headers().contains_key(name) {
+                continue;
+            }
+            for v in h.get_all(name) {
+                resp.headers_mut().append(name.clone(), v.clone());
+            }
         }
     }
     let denied = error.deny_reason().map(|reason| Denied {

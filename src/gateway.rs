@@ -362,6 +362,7 @@ impl Gateway {
                 .unwrap_or_else(|e| e.into_inner())
                 .last_reload_ok
                 != Some(false),
+            redis_store_errors: self.registry.rate_limit_stores.redis_errors(),
         }
     }
 }

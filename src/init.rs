@@ -1,7 +1,7 @@
 //! `tollgate init`: not on the request path. Writes a commented starter `gateway.yaml`
 //! that passes `tollgate validate` as written: one identity provider, one upstream, a
 //! protected route and a public one, with the optional blocks (TLS, limits, upstream
-//! credentials, permissions, CORS, the token service) shown commented out.
+//! credentials, permissions, CORS, rate limits, the token service) shown commented out.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -67,6 +67,7 @@ routes:
     #   - path: /api/admin/**
     #     methods: [GET, POST]
     #     scopes: [api.admin]       # extra scopes for this endpoint
+    # rate_limits: [per-client]     # names from the top-level rate_limits below
     # cors:                         # for browser apps on another origin
     #   allow_origins: ["https://app.example.com"]
     #   allow_methods: [GET, POST]
@@ -75,6 +76,17 @@ routes:
     path_prefix: /public
     upstream: backend
     auth: none                      # no token needed
+
+# Rate limits and quotas, listed by routes; counted after authorisation (429 when over):
+# rate_limits:
+#   - name: per-client
+#     key: client                   # client | subject | ip | header:NAME
+#     limit: 100
+#     per: 1m                       # any 60 s (sliding); `window: fixed` + `per: 1d` = a daily quota
+#     # store: redis                # count across replicas in stores.redis (default: local)
+# stores:
+#   redis:
+#     url: "redis://redis:6379/0"
 
 # tollgate can issue client_credentials tokens itself (routes accept them as issuer `local`):
 # token_service:

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     pub client_auth_failures: DashMap<&'static str, AtomicU64>,
     pub tokens_issued: AtomicU64,
+    rate_limited: DashMap<(Arc<str>, Arc<str>), AtomicU64>,
 }
 
 fn inc<K: std::hash::Hash + Eq>(map: &DashMap<K, AtomicU64>, k: K) {
@@ -64,6 +65,8 @@ pub struct ScrapeExtras {
     pub ready: bool,
     /// False while the last reload attempt failed (the previous config still serves).
     pub last_reload_ok: bool,
+    /// Failed decisions of the Redis rate-limit store(s), since the start.
+    pub redis_store_errors: u64,
 }
 
 impl Metrics {
@@ -126,6 +129,11 @@ impl Metrics {
 
     pub fn client_auth_failure(&self, reason: &'static str) {
         inc(&self.client_auth_failures, reason);
+    }
+
+    /// A request refused 429 by `limit` on `route`.
+    pub fn rate_limited(&self, route: &Arc<str>, limit: &Arc<str>) {
+        inc(&self.rate_limited, (route.clone(), limit.clone()));
     }
 
     pub fn render(&self, extras: &ScrapeExtras) -> String {
@@ -336,6 +344,38 @@ impl Metrics {
                 e.value().load(Ordering::Relaxed)
             );
         }
+
+        header(
+            &mut o,
+            "tollgate_rate_limited_total",
+            "counter",
+            "Requests refused with 429 by a rate limit or quota, by route and limit.",
+        );
+        let mut rows: Vec<_> = self
+            .rate_limited
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        rows.sort();
+        for ((route, limit), v) in rows {
+            let _ = writeln!(
+                o,
+                "tollgate_rate_limited_total{{route=\"{}\",limit=\"{}\"}} {v}",
+                esc(&route),
+                esc(&limit)
+            );
+        }
+        header(
+            &mut o,
+            "tollgate_store_errors_total",
+            "counter",
+            "Rate-limit decisions a store could not make (timeouts, connection and server errors, fail-fast refusals), by store.",
+        );
+        let _ = writeln!(
+            o,
+            "tollgate_store_errors_total{{store=\"redis\"}} {}",
+            extras.redis_store_errors
+        );
 
         scalar(
             &mut o,

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use crate::auth::Issuer;
 use crate::cors::Cors;
 use crate::policy::{AuthRule, Permissions, RouteAuth};
+use crate::ratelimit::RouteLimits;
 use crate::route::RouteTable;
 use crate::token_service::TokenService;
 use crate::upstream::Upstream;
@@ -67,6 +68,8 @@ pub struct Route {
     /// `strip_cookies`: the client's `Cookie` header is not forwarded (default: on
     /// routes with a Bearer `auth` block).
     pub strip_cookies: bool,
+    /// `rate_limits`: checked after authorisation (`None`: the route has none).
+    pub rate_limits: Option<RouteLimits>,
 }
 
 pub struct Runtime {

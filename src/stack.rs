@@ -20,11 +20,12 @@
 //!  6. `body_credentials` rewrite ........................ `credentials::body`
 //!  7. authenticate the Bearer token, and
 //!  8. authorise: clients, scopes, permissions ........... `gate` (`auth`, `policy`)
+//!     rate limits and quotas (429 / 503) ................ `ratelimit`
 //!  9. upstream credentials .............................. `credentials`
 //!     strip_cookies; the upstream's session (X-CSRF-Token) `upstream_session`
 //! 10. forward, streaming ................................ `proxy`
 //!
-//! [`policy`] (steps 3-8) is shared by the server and `tollgate explain`, which runs the
+//! [`policy`] (steps 3-8, rate limits included) is shared by the server and `tollgate explain`, which runs the
 //! very same layers in front of a recording inner service instead of the upstream.
 
 use std::convert::Infallible;
@@ -50,6 +51,7 @@ use crate::limits::{
 };
 use crate::observe::ObserveLayer;
 use crate::proxy::Proxy;
+use crate::ratelimit::layer::{RateLimit, RateLimitLayer};
 use crate::request_id::{self, SaneRequestId, X_REQUEST_ID};
 use crate::route::layer::{RouteLayer, Routing};
 use crate::token_service::layer::{TokenEndpoints, TokenServiceLayer};
@@ -102,7 +104,9 @@ where
 
 /// Steps 3-8 in front of `S`, as a type (what [`policy`] builds).
 pub type Policy<S> = Routing<
-    CorsService<RequestTimeout<Shed<SizeLimit<TokenEndpoints<BodyCredentials<GateService<S>>>>>>>,
+    CorsService<
+        RequestTimeout<Shed<SizeLimit<TokenEndpoints<BodyCredentials<GateService<RateLimit<S>>>>>>>,
+    >,
 >;
 
 /// Steps 3-8: everything that decides whether a request may pass, in front of `inner`
@@ -127,5 +131,8 @@ pub fn policy<S>(gw: &Arc<Gateway>, inner: S) -> Policy<S> {
         .layer(BodyCredentialsLayer)
         // 7-8. Authenticate the Bearer token; authorise clients, scopes, permissions.
         .layer(GateLayer::new(gw.auth_caches.clone()))
+        // 8½. The route's rate limits and quotas: after authorisation, so that denied
+        //     requests and preflights are never counted (429 / 503).
+        .layer(RateLimitLayer::new(gw.clone()))
         .service(inner)
 }

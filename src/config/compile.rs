@@ -14,6 +14,7 @@ use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
 use super::model::*;
+use super::ratelimit as rl;
 use super::source::resolve_path;
 use super::upstream_auth;
 use super::validate::{self as v, At, Problems};
@@ -43,6 +44,8 @@ pub struct Registry {
     /// Loaded for `tollgate::layer` (the application is the upstream): routes need no
     /// `upstream`.
     pub embedded: bool,
+    /// Rate-limit counters and the Redis connection, kept across reloads.
+    pub rate_limit_stores: super::ratelimit::Stores,
 }
 
 impl Registry {
@@ -81,11 +84,12 @@ pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
 
 pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -> Option<Runtime> {
     let server = compile_server(m.server.as_ref(), base, p);
+    let limits = rl::compile(m.stores.as_ref(), &m.rate_limits, &reg.rate_limit_stores, p);
     let mut issuers = compile_issuers(&m.issuers, m.token_service.is_some(), base, reg, p);
     let token_service = m
         .token_service
         .as_ref()
-        .and_then(|t| compile_token_service(t, base, reg, p));
+        .and_then(|t| compile_token_service(t, base, reg, &limits, p));
     if let Some(ts) = &token_service {
         issuers.push(local_issuer(ts));
     }
@@ -96,6 +100,7 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         &upstreams,
         m.token_service.is_some(),
         reg.embedded,
+        &limits,
         p,
     );
     if let (Some(ts), Some(s)) = (&token_service, &server) {
@@ -149,6 +154,7 @@ fn compile_token_service(
     t: &TokenServiceModel,
     base: &Path,
     reg: &Registry,
+    limits: &rl::Compiled,
     p: &mut Problems,
 ) -> Option<Arc<TokenService>> {
     let path = t.path.clone().unwrap_or_else(|| "/oauth2/token".to_owned());
@@ -264,6 +270,7 @@ fn compile_token_service(
             }
         }
     }
+    let failed_auth = rl::failed_auth_limit(t.failed_auth_limit.as_ref(), limits, p);
     Some(Arc::new(TokenService {
         path,
         issuer: t.issuer.clone(),
@@ -271,6 +278,7 @@ fn compile_token_service(
         ttl,
         key: key?,
         clients,
+        failed_auth: failed_auth?,
     }))
 }
 
@@ -949,6 +957,7 @@ fn compile_routes(
     upstreams: &[Arc<Upstream>],
     has_token_service: bool,
     embedded: bool,
+    limits: &rl::Compiled,
     p: &mut Problems,
 ) -> (Vec<Arc<Route>>, RouteTable) {
     let mut routes = Vec::with_capacity(ms.len());
@@ -1160,6 +1169,13 @@ fn compile_routes(
             m.strip_cookies,
             matches!(auth, RouteAuth::Bearer(_)),
         );
+        let rate_limits = rl::route_limits(
+            limits,
+            m.rate_limits.as_deref(),
+            matches!(auth, RouteAuth::None),
+            path,
+            p,
+        );
         routes.push(Arc::new(Route {
             name: m.name.as_str().into(),
             path_prefix: prefix,
@@ -1169,6 +1185,7 @@ fn compile_routes(
             cors,
             body_credentials,
             strip_cookies,
+            rate_limits,
         }));
     }
     (routes, table)

@@ -5,6 +5,7 @@
 pub mod compile;
 pub mod fast;
 pub mod model;
+pub mod ratelimit;
 pub mod source;
 pub mod upstream_auth;
 pub mod upstream_session;
@@ -166,6 +167,15 @@ const KNOWN_KEYS: &[&str] = &[
     "subject_token_type",
     "requested_token_type",
     "resource",
+    "stores",
+    "redis",
+    "rate_limits",
+    "limit",
+    "per",
+    "window",
+    "store",
+    "on_error",
+    "failed_auth_limit",
 ];
 
 fn ignored_path(p: &serde_ignored::Path) -> String {

@@ -22,6 +22,9 @@ pub struct ConfigModel {
     pub upstreams: Vec<UpstreamModel>,
     #[serde(default)]
     pub routes: Vec<RouteModel>,
+    pub stores: Option<super::ratelimit::StoresModel>,
+    #[serde(default)]
+    pub rate_limits: Vec<super::ratelimit::RateLimitModel>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -105,6 +108,7 @@ pub struct TokenServiceModel {
     pub token_ttl: Option<String>,
     #[serde(default)]
     pub clients: Vec<ClientModel>,
+    pub failed_auth_limit: Option<super::ratelimit::FailedAuthLimitModel>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -171,6 +175,8 @@ pub struct RouteModel {
     /// Whether the client's `Cookie` header is withheld from the upstream (default: on
     /// for routes with a Bearer `auth` block).
     pub strip_cookies: Option<bool>,
+    /// Names of `rate_limits` entries.
+    pub rate_limits: Option<Vec<String>>,
 }
 
 /// `auth: none`, or a block. Written by hand (not `untagged`) so that unknown keys

@@ -93,12 +93,16 @@ impl Decision {
     /// `"name";r=REMAINING;t=SECONDS`: seconds rounded up; for a refusal `t` is the
     /// `Retry-After` wait.
     pub fn ratelimit_header(&self) -> HeaderValue {
+        use std::fmt::Write;
         let t = match self.retry_after_secs() {
             Some(s) => s,
             None => ceil_secs(self.reset),
         };
-        let v = format!("{};r={};t={t}", sf_string(&self.name), self.remaining);
-        HeaderValue::from_str(&v).expect("sf-string of printable ASCII")
+        // Once per admitted request on a limited route: one allocation, no copy.
+        let mut v = String::with_capacity(self.name.len() + 32);
+        push_sf_string(&mut v, &self.name);
+        let _ = write!(v, ";r={};t={t}", self.remaining);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).expect("sf-string of printable ASCII")
     }
 
     /// Whether `self` is strictly closer to exhaustion than `other` (see
@@ -132,10 +136,16 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// An RFC 9651 sf-string: printable ASCII, `"` and `\` escaped; anything else (which
-/// [`Limit::new`]'s name check keeps out) becomes `?`.
+#[cfg(test)]
 fn sf_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
+    push_sf_string(&mut out, s);
+    out
+}
+
+/// Appends `s` as an RFC 9651 sf-string: printable ASCII, `"` and `\` escaped; anything
+/// else (which [`Limit::new`]'s name check keeps out) becomes `?`.
+fn push_sf_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -148,7 +158,6 @@ fn sf_string(s: &str) -> String {
         }
     }
     out.push('"');
-    out
 }
 
 #[cfg(test)]

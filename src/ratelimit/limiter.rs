@@ -124,6 +124,35 @@ impl Limiter {
         Verdict::Allowed(closest)
     }
 
+    /// [`Limiter::decide_all`] decided on the spot, without a future, when every limit
+    /// is `store: local` (the local store never waits: one short critical section per
+    /// limit). `None`, with nothing counted, when a limit uses another store: ask
+    /// [`Limiter::decide_all`] then.
+    pub fn decide_all_local<'l, I>(&self, limits: I, input: &KeyInput<'_>) -> Option<Verdict>
+    where
+        I: IntoIterator<Item = &'l Limit>,
+        I::IntoIter: Clone,
+    {
+        let limits = limits.into_iter();
+        if !limits.clone().all(|l| l.store() == StoreKind::Local) {
+            return None;
+        }
+        let mut closest: Option<Decision> = None;
+        for limit in limits {
+            let key = limit.key().key(input);
+            let d = self
+                .local
+                .check_at(limit, &key, now_ms(), true, Source::Local);
+            if !d.allowed {
+                return Some(Verdict::Limited(d));
+            }
+            if closest.as_ref().is_none_or(|c| d.is_closer_than(c)) {
+                closest = Some(d);
+            }
+        }
+        Some(Verdict::Allowed(closest))
+    }
+
     async fn raw(
         &self,
         limit: &Limit,
@@ -229,6 +258,42 @@ mod tests {
         assert!(matches!(
             l.decide_all(std::iter::empty(), &input).await,
             Verdict::Allowed(None)
+        ));
+    }
+
+    // The sync path decides local limits exactly like decide_all, and declines (counting
+    // nothing) as soon as one limit lives in another store.
+    #[tokio::test]
+    async fn local_limits_are_decided_without_a_future() {
+        let l = Limiter::new(Arc::new(LocalStore::new(1000)), None);
+        let wide = limit("wide", 100, StoreKind::Local, OnError::Allow);
+        let narrow = limit("narrow", 1, StoreKind::Local, OnError::Allow);
+        let shared = limit("shared", 100, StoreKind::Redis, OnError::Allow);
+        let headers = HeaderMap::new();
+        let input = KeyInput {
+            client_ip: "192.0.2.9".parse().unwrap(),
+            headers: &headers,
+            client_id: None,
+            subject: None,
+        };
+        assert!(l.decide_all_local([&wide, &shared], &input).is_none());
+        let key = KeySpec::Ip.key(&input);
+        assert_eq!(l.peek(&wide, &key).await.unwrap().remaining, 100);
+        match l.decide_all_local([&wide, &narrow], &input) {
+            Some(Verdict::Allowed(Some(d))) => {
+                assert_eq!(&*d.name, "narrow");
+                assert_eq!(d.remaining, 0);
+            }
+            v => panic!("{v:?}"),
+        }
+        match l.decide_all_local([&wide, &narrow], &input) {
+            Some(Verdict::Limited(d)) => assert_eq!(&*d.name, "narrow"),
+            v => panic!("{v:?}"),
+        }
+        assert_eq!(l.peek(&wide, &key).await.unwrap().remaining, 98);
+        assert!(matches!(
+            l.decide_all_local(std::iter::empty(), &input),
+            Some(Verdict::Allowed(None))
         ));
     }
 

@@ -74,8 +74,10 @@
 //! decision is counted in [`RedisStore::errors`], the value of
 //! `tollgate_store_errors_total{store="redis"}`.
 
+pub mod applied;
 pub mod decision;
 pub mod key;
+pub mod layer;
 pub mod limiter;
 pub mod local;
 pub mod redis;
@@ -87,6 +89,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::header::{HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 
+pub use applied::{FailedAuthLimit, RouteLimits};
 pub use decision::{closest_to_exhaustion, Decision, Source};
 pub use key::{KeyInput, RateKey};
 pub use limiter::{Limiter, Outcome, Unavailable, Verdict};

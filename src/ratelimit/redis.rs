@@ -49,7 +49,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -274,7 +274,7 @@ pub struct RedisStore {
     open_until: AtomicU64,
     last_ok: AtomicU64,
     last_rebuild: AtomicU64,
-    errors: AtomicU64,
+    errors: Arc<AtomicU64>,
     last_warn: AtomicU64,
     unwarned: AtomicU64,
 }
@@ -349,10 +349,18 @@ impl RedisStore {
             open_until: AtomicU64::new(0),
             last_ok: AtomicU64::new(0),
             last_rebuild: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
+            errors: Arc::new(AtomicU64::new(0)),
             last_warn: AtomicU64::new(NEVER),
             unwarned: AtomicU64::new(0),
         })
+    }
+
+    /// Counts this store's failed decisions in `counter` (shared by every store the
+    /// process makes, so that `tollgate_store_errors_total` never goes back when a reload
+    /// replaces the store) instead of a counter of its own.
+    pub fn with_error_counter(mut self, counter: Arc<AtomicU64>) -> RedisStore {
+        self.errors = counter;
+        self
     }
 
     /// The per-operation timeout.
@@ -361,7 +369,8 @@ impl RedisStore {
     }
 
     /// Decisions that failed so far (timeouts, connection and server errors, fail-fast
-    /// refusals): the value of `tollgate_store_errors_total{store="redis"}`.
+    /// refusals): the value of `tollgate_store_errors_total{store="redis"}` (with
+    /// [`RedisStore::with_error_counter`], of every store sharing the counter).
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
     }
@@ -480,7 +489,7 @@ impl RedisStore {
         tokio::spawn(async move {
             let _ = redis::cmd("PING").query_async::<()>(&mut warm).await;
         });
-        self.conn.store(Some(std::sync::Arc::new(m.clone())));
+        self.conn.store(Some(Arc::new(m.clone())));
         Ok(m)
     }
 

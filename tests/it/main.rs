@@ -14,6 +14,7 @@ mod ops;
 mod overload;
 mod props;
 mod proxy;
+mod rate_limits;
 mod ratelimit;
 mod redis_server;
 mod reload_perf;
