@@ -41,10 +41,13 @@ pub enum DenyReason {
     ClientNotAllowed,
     MethodNotAllowed,
     EndpointNotAllowed,
+    /// A browser session cookie that cannot be opened, has expired, or could not be
+    /// refreshed.
+    SessionInvalid,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 14] = [
+    pub const ALL: [DenyReason; 15] = [
         DenyReason::TokenMissing,
         DenyReason::TokenMalformed,
         DenyReason::SignatureInvalid,
@@ -59,6 +62,7 @@ impl DenyReason {
         DenyReason::ClientNotAllowed,
         DenyReason::MethodNotAllowed,
         DenyReason::EndpointNotAllowed,
+        DenyReason::SessionInvalid,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +81,7 @@ impl DenyReason {
             DenyReason::ClientNotAllowed => "client_not_allowed",
             DenyReason::MethodNotAllowed => "method_not_allowed",
             DenyReason::EndpointNotAllowed => "endpoint_not_allowed",
+            DenyReason::SessionInvalid => "session_invalid",
         }
     }
 }
@@ -146,6 +151,8 @@ pub enum BadGateway {
     UpstreamToken { upstream: Arc<str> },
     #[error("token introspection at issuer {issuer} failed")]
     Introspection { issuer: Arc<str> },
+    #[error("the sign-in endpoints of issuer {issuer} are unknown: its discovery document could not be fetched")]
+    Discovery { issuer: Arc<str> },
 }
 
 /// What ran out of time (504).
@@ -334,6 +341,29 @@ pub struct Rejection {
 impl Rejection {
     pub fn with<T: Clone + Send + Sync + 'static>(mut self, fact: T) -> Rejection {
         self.facts.insert(fact);
+        self
+    }
+
+    /// Adds headers the error response must carry to those already recorded (several
+    /// layers may record some: CORS headers, a cookie to clear).
+    pub fn with_headers(mut self, headers: HeaderMap) -> Rejection {
+        match self.facts.get_mut::<ResponseHeaders>() {
+            Some(ResponseHeaders(h)) => {
+                // A name is given once for a run of values under it.
+                let mut name = None;
+                for (k, v) in headers {
+                    if k.is_some() {
+                        name = k;
+                    }
+                    if let Some(k) = &name {
+                        h.append(k.clone(), v);
+                    }
+                }
+            }
+            None => {
+                self.facts.insert(ResponseHeaders(headers));
+            }
+        }
         self
     }
 }

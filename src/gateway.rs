@@ -15,6 +15,7 @@ use crate::credentials::TokenCache;
 use crate::encoding::rfc3339;
 use crate::metrics::{Metrics, ScrapeExtras};
 use crate::runtime::Runtime;
+use crate::session::SessionCaches;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ReloadStatus {
@@ -57,6 +58,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     pub auth_caches: Arc<AuthCaches>,
     pub tokens: TokenCache,
+    /// Browser sessions' refreshes in flight, and their results for a short while.
+    pub sessions: SessionCaches,
     pub status: Mutex<ReloadStatus>,
     pub listeners_up: AtomicBool,
     /// SHA-256 of the file content of the last load or reload attempt, successful or
@@ -91,6 +94,7 @@ impl Gateway {
             metrics: Metrics::default(),
             auth_caches: Arc::default(),
             tokens: TokenCache::default(),
+            sessions: SessionCaches::default(),
             status: Mutex::new(status),
             listeners_up: AtomicBool::new(false),
             last_attempt_hash: Mutex::new(rt_hash),

@@ -12,6 +12,7 @@ use crate::auth::Issuer;
 use crate::cors::Cors;
 use crate::policy::{AuthRule, Permissions, RouteAuth};
 use crate::route::RouteTable;
+use crate::session::Login;
 use crate::token_service::TokenService;
 use crate::upstream::Upstream;
 
@@ -64,6 +65,8 @@ pub struct Route {
     pub permissions: Option<Permissions>,
     pub cors: Option<Cors>,
     pub body_credentials: Option<BodyCredentials>,
+    /// `auth: {login: true}`: a browser session is accepted as well as a Bearer token.
+    pub login: bool,
 }
 
 pub struct Runtime {
@@ -78,6 +81,8 @@ pub struct Runtime {
     pub issuers: Vec<Arc<Issuer>>,
     pub upstreams: Vec<Arc<Upstream>>,
     pub token_service: Option<Arc<TokenService>>,
+    /// `login:`: browser sign-in.
+    pub login: Option<Arc<Login>>,
     /// Files the config depends on besides itself (certificates, keys, CAs,
     /// `${file:}` references): a change to any of them reloads the config.
     pub files: Vec<PathBuf>,

@@ -112,6 +112,7 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         }
         let _ = s;
     }
+    let login = super::login::compile(m, &issuers, &routes, token_service.as_deref(), p);
     let mut server = server?;
     if let Some(b) = m.server.as_ref().and_then(|s| s.admin_auth.as_ref()) {
         if server.admin_listen.is_none() {
@@ -139,6 +140,7 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         issuers,
         upstreams,
         token_service,
+        login,
         files: model_files(m, base),
         redacted: Default::default(),
     })
@@ -1148,6 +1150,7 @@ fn compile_routes(
             permissions,
             cors,
             body_credentials,
+            login: matches!(&m.auth, Some(RouteAuthModel::Block(b)) if b.login == Some(true)),
         }));
     }
     (routes, table)

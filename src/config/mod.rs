@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod fast;
+pub mod login;
 pub mod model;
 pub mod source;
 pub mod validate;
@@ -156,6 +157,13 @@ const KNOWN_KEYS: &[&str] = &[
     "allow_credentials",
     "max_age",
     "body_credentials",
+    "login",
+    "callback_path",
+    "logout_path",
+    "cookie_secret",
+    "cookie_secure",
+    "session_ttl",
+    "post_logout_redirect_uri",
 ];
 
 fn ignored_path(p: &serde_ignored::Path) -> String {

@@ -22,6 +22,8 @@ pub struct ConfigModel {
     pub upstreams: Vec<UpstreamModel>,
     #[serde(default)]
     pub routes: Vec<RouteModel>,
+    /// Browser sign-in (`super::login`).
+    pub login: Option<super::login::model::LoginModel>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -173,6 +175,8 @@ pub struct AuthBlockModel {
     pub issuers: Option<Vec<String>>,
     pub scopes: Option<Vec<String>>,
     pub clients: Option<Vec<String>>,
+    /// Accept a browser session (`login:`) as well as a Bearer token.
+    pub login: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for RouteAuthModel {

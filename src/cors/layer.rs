@@ -5,8 +5,8 @@
 //! per route (tower-http's is one policy per service, which would mean one stack per
 //! route), origins match `https://*.company.com` on a dot boundary, and refusals produced
 //! below this layer (401, 403, 413, 429, 504...) must carry the same headers: on a
-//! refusal the headers are recorded as a [`ResponseHeaders`] fact that the rescue layer
-//! adds to the error response.
+//! refusal the headers are recorded as a [`ResponseHeaders`](crate::error::ResponseHeaders)
+//! fact that the rescue layer adds to the error response.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -17,7 +17,7 @@ use http::{Request, Response};
 use super::{Cors, CorsGrant};
 use crate::body::Body;
 use crate::decision;
-use crate::error::{Rejection, ResponseHeaders};
+use crate::error::Rejection;
 use crate::runtime::Route;
 use crate::service::{OnOutcome, Outcome, Step, Then};
 
@@ -56,7 +56,7 @@ impl OnOutcome for ApplyCors {
             Err(rej) => {
                 let mut h = HeaderMap::new();
                 cors.apply(&mut h, grant.as_ref());
-                Err(rej.with(ResponseHeaders(h)))
+                Err(rej.with_headers(h))
             }
         }
     }
@@ -107,7 +107,7 @@ mod tests {
     use tower::{Layer, ServiceExt};
 
     use super::*;
-    use crate::error::GatewayError;
+    use crate::error::{GatewayError, ResponseHeaders};
     use crate::route::layer::RouteLayer;
     use crate::testing::{gateway, Reached, Stub, CONFIG};
 

@@ -1,8 +1,8 @@
 //! Step 3 of the request path, as a layer: where a request meets the config. It reads
 //! the runtime model once ([`Snapshot`]) and records the [`NormalizedPath`] and the
 //! matched [`Route`] as request extensions for the layers below, so a reload never
-//! changes the rules under a request in flight. The token service's own paths pass
-//! without a route.
+//! changes the rules under a request in flight. The token service's own paths, and
+//! browser sign-in's callback and logout paths, pass without a route.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -122,6 +122,9 @@ where
         }
         let route = if rt.token_service.as_ref().is_some_and(|ts| ts.serves(&path)) {
             decision::note(&req, || "route: tollgate's token service".into());
+            None
+        } else if rt.login.as_ref().is_some_and(|l| l.serves(&path)) {
+            decision::note(&req, || "route: tollgate's sign-in endpoints".into());
             None
         } else {
             let host = request_host(&req)
