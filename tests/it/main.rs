@@ -9,6 +9,7 @@ mod deploy;
 mod embed;
 mod faults;
 mod hostile;
+mod login;
 mod oidc_e2e;
 mod ops;
 mod overload;

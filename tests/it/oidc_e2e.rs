@@ -14,6 +14,8 @@ use std::time::Duration;
 use crate::common::*;
 
 const GATEWAY_E2E_SECRET: &str = "gateway-e2e-s3cret-from-test";
+/// The secret of the provider's `tollgate-web` sign-in client.
+pub const TOLLGATE_WEB_SECRET: &str = "tollgate-web-s3cret-from-test";
 const INTROSPECTOR_SECRET: &str = "introspector-s3cret-from-test";
 const INTROSPECTOR_SECRET_ENV: &str = "TOLLGATE_E2E_OIDC_INTROSPECTOR_SECRET";
 
@@ -23,14 +25,19 @@ const OPAQUE_API: &str = "https://opaque-api.company.com";
 const OTHER_OPAQUE_API: &str = "https://other-opaque-api.company.com";
 
 /// The oidc-provider child process; killed (by its PID) when dropped.
-struct OidcProvider {
+pub struct OidcProvider {
     child: Child,
-    issuer: String,
+    pub issuer: String,
     stderr: Arc<Mutex<String>>,
 }
 
 impl OidcProvider {
     fn spawn() -> OidcProvider {
+        OidcProvider::spawn_with(&[])
+    }
+
+    /// With provider.mjs command-line flags (e.g. `--login-access-token-ttl 65`).
+    pub fn spawn_with(args: &[&str]) -> OidcProvider {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/oidc");
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
@@ -39,9 +46,11 @@ impl OidcProvider {
         );
         let mut child = Command::new("node")
             .arg(dir.join("provider.mjs"))
+            .args(args)
             .current_dir(&dir)
             .env("OIDC_PORT", "0")
             .env("GATEWAY_E2E_SECRET", GATEWAY_E2E_SECRET)
+            .env("TOLLGATE_WEB_SECRET", TOLLGATE_WEB_SECRET)
             .env("INTROSPECTOR_SECRET", INTROSPECTOR_SECRET)
             // The provider exits when its stdin closes: nothing outlives a killed test.
             .stdin(Stdio::piped())
@@ -96,7 +105,7 @@ impl OidcProvider {
         provider
     }
 
-    fn stderr(&self) -> String {
+    pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 }
