@@ -24,7 +24,8 @@ use http::{Method, Request, Response, StatusCode};
 
 use super::flow::{self, Endpoints, FlowError};
 use super::{
-    cookie, same_origin, state_cookie, Login, Session, SignIn, REFRESHED_KEPT, SIGN_IN_TIMEOUT,
+    cookie, same_origin, state_cookie, Login, Session, SignIn, REFRESHED_KEPT, REFRESH_BEFORE,
+    SIGN_IN_TIMEOUT,
 };
 use crate::auth::{self, now_secs};
 use crate::body::{empty, Body};
@@ -312,6 +313,22 @@ fn present<B>(req: &mut Request<B>, token: &str) -> bool {
     }
 }
 
+/// How long a refresh's result is handed to other requests with the same refresh token
+/// (`remaining`: seconds the new access token lives; 0 or less: unknown): at most
+/// [`REFRESHED_KEPT`], and never once the new token is itself due for a refresh — for
+/// tokens that live under a minute, just long enough for requests sent together.
+fn keep_refreshed(remaining: i64) -> Duration {
+    let due_in = remaining - REFRESH_BEFORE.as_secs() as i64;
+    let secs = if remaining <= 0 {
+        REFRESHED_KEPT.as_secs() as i64
+    } else if due_in >= 1 {
+        due_in.min(REFRESHED_KEPT.as_secs() as i64)
+    } else {
+        (remaining / 2).clamp(1, 5)
+    };
+    Duration::from_secs(secs as u64)
+}
+
 fn human(secs: i64) -> String {
     if secs < 0 {
         return format!("{} ago", auth::jwt::ago(-secs));
@@ -523,11 +540,10 @@ impl<S> Sessions<S> {
                             Ok(_) => tracing::info!(target: "tollgate::login", issuer = login.issuer_name(), subject, "session refreshed"),
                             Err(e) => tracing::warn!(target: "tollgate::login", issuer = login.issuer_name(), subject, "session refresh failed: {e}"),
                         }
-                        let ttl = if r.is_ok() {
-                            REFRESHED_KEPT
-                        } else {
+                        let ttl = match &r {
+                            Ok(t) => keep_refreshed(t.access_expires(now_secs()) - now_secs()),
                             // Requests waiting for this refresh share its failure.
-                            Duration::from_secs(5)
+                            Err(_) => Duration::from_secs(5),
                         };
                         (r, ttl)
                     })
@@ -734,4 +750,23 @@ async fn logout_answer(login: &Login, headers: &HeaderMap, origin: Option<&str>)
     tracing::info!(target: "tollgate::login", issuer = login.issuer_name(),
         subject = session.as_ref().and_then(|s| s.subject.as_deref()).unwrap_or("-"), "signed out");
     with_cookies(redirect(&location).map_err(Into::into), clear)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Behaviour: a refreshed token set is shared for at most a minute and never after
+    // the new access token is itself due for a refresh; short-lived tokens are shared
+    // only briefly (requests sent together), never past half their life.
+    #[test]
+    fn refreshed_tokens_are_kept_until_due() {
+        assert_eq!(keep_refreshed(0), REFRESHED_KEPT);
+        assert_eq!(keep_refreshed(3600), REFRESHED_KEPT);
+        assert_eq!(keep_refreshed(90), Duration::from_secs(30));
+        assert_eq!(keep_refreshed(61), Duration::from_secs(1));
+        assert_eq!(keep_refreshed(60), Duration::from_secs(5));
+        assert_eq!(keep_refreshed(8), Duration::from_secs(4));
+        assert_eq!(keep_refreshed(1), Duration::from_secs(1));
+    }
 }

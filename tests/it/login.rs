@@ -154,7 +154,11 @@ pub fn session_of(r: &reqwest::Response) -> String {
         .filter(|c| c.name.starts_with("tollgate_session") && !c.clears())
         .map(|c| c.pair())
         .collect();
-    assert!(!parts.is_empty(), "no session cookie set: {:?}", r.headers());
+    assert!(
+        !parts.is_empty(),
+        "no session cookie set: {:?}",
+        r.headers()
+    );
     parts.join("; ")
 }
 
@@ -238,7 +242,11 @@ impl IdpJar {
 }
 
 fn resolve(base: &str, loc: &str) -> String {
-    url::Url::parse(base).unwrap().join(loc).unwrap().to_string()
+    url::Url::parse(base)
+        .unwrap()
+        .join(loc)
+        .unwrap()
+        .to_string()
 }
 
 /// What the person does on the identity provider's pages.
@@ -254,7 +262,10 @@ pub enum AtIdp<'a> {
 /// consent) until it redirects back to tollgate; returns that URL (the callback).
 pub async fn at_idp(auth_url: &str, what: AtIdp<'_>) -> String {
     let http = http();
-    let idp = url::Url::parse(auth_url).unwrap().origin().ascii_serialization();
+    let idp = url::Url::parse(auth_url)
+        .unwrap()
+        .origin()
+        .ascii_serialization();
     let mut jar = IdpJar::default();
     let mut url = auth_url.to_owned();
     for _ in 0..16 {
@@ -287,7 +298,9 @@ pub async fn at_idp(auth_url: &str, what: AtIdp<'_>) -> String {
             AtIdp::SignIn(_) if page.contains(r#"name="prompt" value="consent""#) => {
                 vec![("prompt", "consent")]
             }
-            AtIdp::SignIn(_) => panic!("an identity provider page with no known form at {url}:\n{page}"),
+            AtIdp::SignIn(_) => {
+                panic!("an identity provider page with no known form at {url}:\n{page}")
+            }
         };
         let r = http
             .post(&url)
@@ -358,7 +371,11 @@ pub async fn metric(gw: &Gw, series: &str) -> f64 {
     series_value(&text, series).unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
 }
 
-async fn start(client: Client, provider_args: &[&str], routes: &str) -> (OidcProvider, Upstream, Gw) {
+async fn start(
+    client: Client,
+    provider_args: &[&str],
+    routes: &str,
+) -> (OidcProvider, Upstream, Gw) {
     let op = OidcProvider::spawn_with(provider_args);
     let up = spawn_upstream().await;
     let gw = spawn_gateway(&login_yaml(&op, &up, client, COOKIE_SECRET, routes)).await;
@@ -384,7 +401,11 @@ async fn login_navigation_redirects_api_calls_get_401() {
 
     let s = start_sign_in(&gw, "/dash/page?tab=1").await;
     let auth = meta["authorization_endpoint"].as_str().unwrap();
-    assert!(s.auth_url.starts_with(&format!("{auth}?")), "{}", s.auth_url);
+    assert!(
+        s.auth_url.starts_with(&format!("{auth}?")),
+        "{}",
+        s.auth_url
+    );
     let q = query(&s.auth_url);
     assert_eq!(q["response_type"], "code");
     assert_eq!(q["client_id"], "tollgate-web");
@@ -395,13 +416,33 @@ async fn login_navigation_redirects_api_calls_get_401() {
     assert_eq!(q["resource"], DASHBOARD_API);
     assert!(q["state"].len() >= 32 && q["nonce"].len() >= 32, "{q:?}");
     assert_ne!(q["state"], q["nonce"]);
-    for attr in ["httponly", "samesite=lax", "secure", "path=/oauth2/callback", "max-age=600"] {
-        assert!(s.state.has(attr), "state cookie lacks {attr}: {:?}", s.state);
+    for attr in [
+        "httponly",
+        "samesite=lax",
+        "secure",
+        "path=/oauth2/callback",
+        "max-age=600",
+    ] {
+        assert!(
+            s.state.has(attr),
+            "state cookie lacks {attr}: {:?}",
+            s.state
+        );
     }
-    assert!(!s.state.value.contains(&q["state"]), "the state cookie is sealed");
+    assert!(
+        !s.state.value.contains(&q["state"]),
+        "the state cookie is sealed"
+    );
     let again = start_sign_in(&gw, "/dash/page").await;
-    assert_ne!(query(&again.auth_url)["state"], q["state"], "a fresh state per sign-in");
-    assert_ne!(again.state.name, s.state.name, "one cookie per sign-in in progress");
+    assert_ne!(
+        query(&again.auth_url)["state"],
+        q["state"],
+        "a fresh state per sign-in"
+    );
+    assert_ne!(
+        again.state.name, s.state.name,
+        "one cookie per sign-in in progress"
+    );
 
     let head = http()
         .head(gw.url("/dash/page"))
@@ -431,7 +472,11 @@ async fn login_navigation_redirects_api_calls_get_401() {
     assert_eq!(r.status(), 401);
     assert_eq!(up.count(), 0);
     assert_eq!(
-        metric(&gw, "tollgate_auth_denied_total{route=\"dashboard\",reason=\"token_missing\"}").await,
+        metric(
+            &gw,
+            "tollgate_auth_denied_total{route=\"dashboard\",reason=\"token_missing\"}"
+        )
+        .await,
         3.0
     );
 }
@@ -491,12 +536,19 @@ async fn login_sign_in_session_and_logout() {
     // A navigation with a session is served too (no redirect).
     let r = navigate(&gw, "/dash/page", Some(&session)).await;
     assert_eq!(r.status(), 200);
-    assert!(up.last().header("cookie").is_none(), "no cookie left to forward");
+    assert!(
+        up.last().header("cookie").is_none(),
+        "no cookie left to forward"
+    );
 
     // Same gates as a Bearer token: scopes...
     let r = api_call(&gw, "/reports/q", Some(&session)).await;
     let (status, code, description) = error_of(r).await;
-    assert_eq!((status, code.as_str()), (403, "insufficient_scope"), "{description}");
+    assert_eq!(
+        (status, code.as_str()),
+        (403, "insufficient_scope"),
+        "{description}"
+    );
     // ...and a route without login: true does not take a session.
     let r = api_call(&gw, "/api/x", Some(&session)).await;
     assert_eq!(r.status(), 401);
@@ -519,8 +571,15 @@ async fn login_sign_in_session_and_logout() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("session: cookie opened (subject alice"), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("session: cookie opened (subject alice"),
+        "{text}"
+    );
     assert!(text.contains("result: ALLOW"), "{text}");
     assert!(!text.contains(&token), "explain printed the access token");
     let mut tampered = session.clone().into_bytes();
@@ -530,7 +589,11 @@ async fn login_sign_in_session_and_logout() {
         .env_remove("TOLLGATE_CONFIG")
         .args(["explain", "--config"])
         .arg(gw.config_path())
-        .args(["--cookie", std::str::from_utf8(&tampered).unwrap(), "/dash/data"])
+        .args([
+            "--cookie",
+            std::str::from_utf8(&tampered).unwrap(),
+            "/dash/data",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -599,7 +662,10 @@ async fn login_state_mismatch() {
         ),
         (
             cb.clone(),
-            format!("{}=AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyAhIiMkJSYnKCkqKywt", a.state.name),
+            format!(
+                "{}=AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyAhIiMkJSYnKCkqKywt",
+                a.state.name
+            ),
             "sign-in state cookie was refused",
         ),
         (
@@ -615,7 +681,11 @@ async fn login_state_mismatch() {
             "{url}"
         );
         let (status, code, description) = error_of(r).await;
-        assert_eq!((status, code.as_str()), (400, "invalid_request"), "{description}");
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "invalid_request"),
+            "{description}"
+        );
         assert!(description.contains(says), "{says}: {description}");
         assert!(description.contains("state"), "{description}");
     }
@@ -644,10 +714,15 @@ async fn login_replayed_code_is_refused() {
     let first = callback(&cb, &s.state.pair()).await;
     assert_eq!(first.status(), 302);
     let replay = callback(&cb, &s.state.pair()).await;
-    assert!(!set_cookies(&replay).iter().any(|c| c.name == "tollgate_session"));
+    assert!(!set_cookies(&replay)
+        .iter()
+        .any(|c| c.name == "tollgate_session"));
     let (status, code, description) = error_of(replay).await;
     assert_eq!((status, code.as_str()), (400, "invalid_request"));
-    assert!(description.contains("code exchange failed"), "{description}");
+    assert!(
+        description.contains("code exchange failed"),
+        "{description}"
+    );
     assert!(description.contains("invalid_grant"), "{description}");
     assert_eq!(
         metric(&gw, "tollgate_sign_ins_total{result=\"exchange_failed\"}").await,
@@ -669,7 +744,10 @@ async fn login_wrong_nonce_is_refused() {
     assert!(!set_cookies(&r).iter().any(|c| c.name == "tollgate_session"));
     let (status, code, description) = error_of(r).await;
     assert_eq!((status, code.as_str()), (400, "invalid_request"));
-    assert!(description.contains("ID token was refused"), "{description}");
+    assert!(
+        description.contains("ID token was refused"),
+        "{description}"
+    );
     assert!(description.contains("nonce"), "{description}");
     assert_eq!(
         metric(&gw, "tollgate_sign_ins_total{result=\"id_token_invalid\"}").await,
@@ -687,7 +765,10 @@ async fn login_idp_error_is_reported() {
     assert_eq!(query(&cb)["error"], "access_denied", "{cb}");
     let r = callback(&cb, &s.state.pair()).await;
     let set = set_cookies(&r);
-    assert!(set.iter().any(|c| c.name == s.state.name && c.clears()), "{set:?}");
+    assert!(
+        set.iter().any(|c| c.name == s.state.name && c.clears()),
+        "{set:?}"
+    );
     let (status, code, description) = error_of(r).await;
     assert_eq!((status, code.as_str()), (400, "invalid_request"));
     assert!(
@@ -757,7 +838,10 @@ async fn login_return_urls_stay_on_this_host() {
         answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.1 302"),
         "{answer}"
     );
-    assert!(!answer.to_ascii_lowercase().contains("location: /\\"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("location: /\\"),
+        "{answer}"
+    );
 }
 
 // Behaviour: a cookie that does not open (one character changed) is session_invalid: an
@@ -775,7 +859,9 @@ async fn login_tampered_cookie_is_session_invalid() {
     let r = api_call(&gw, "/dash/data", Some(&tampered)).await;
     assert!(r.headers().get(LOCATION).is_none());
     assert!(
-        set_cookies(&r).iter().any(|c| c.name == "tollgate_session" && c.clears()),
+        set_cookies(&r)
+            .iter()
+            .any(|c| c.name == "tollgate_session" && c.clears()),
         "{:?}",
         r.headers()
     );
@@ -783,18 +869,30 @@ async fn login_tampered_cookie_is_session_invalid() {
     assert!(www.contains("error=\"invalid_token\""), "{www}");
     let (status, code, description) = error_of(r).await;
     assert_eq!((status, code.as_str()), (401, "invalid_token"));
-    assert!(description.contains("session cookie refused"), "{description}");
-    assert!(!description.contains(&tampered[17..60]), "no cookie value in errors");
+    assert!(
+        description.contains("session cookie refused"),
+        "{description}"
+    );
+    assert!(
+        !description.contains(&tampered[17..60]),
+        "no cookie value in errors"
+    );
 
     let r = navigate(&gw, "/dash/page", Some(&tampered)).await;
     assert_eq!(r.status(), 302);
     assert!(query(&location(&r)).contains_key("code_challenge"));
     let set = set_cookies(&r);
-    assert!(set.iter().any(|c| c.name == "tollgate_session" && c.clears()));
+    assert!(set
+        .iter()
+        .any(|c| c.name == "tollgate_session" && c.clears()));
     assert!(set.iter().any(|c| c.name.starts_with("tollgate_state.")));
     assert_eq!(up.count(), 0);
     assert_eq!(
-        metric(&gw, "tollgate_auth_denied_total{route=\"dashboard\",reason=\"session_invalid\"}").await,
+        metric(
+            &gw,
+            "tollgate_auth_denied_total{route=\"dashboard\",reason=\"session_invalid\"}"
+        )
+        .await,
         2.0
     );
 }
@@ -803,7 +901,11 @@ async fn login_tampered_cookie_is_session_invalid() {
 async fn until_refresh_due(exp: i64) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while now() < exp - 60 {
-        assert!(Instant::now() < deadline, "clock never reached {}", exp - 60);
+        assert!(
+            Instant::now() < deadline,
+            "clock never reached {}",
+            exp - 60
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // One more second: tollgate refreshes when *less* than 60 s remain.
@@ -824,7 +926,10 @@ async fn login_refresh_single_flight_and_failures() {
     let (s0, _) = sign_in(&gw, "/dash", "bob").await;
     let r = api_call(&gw, "/dash/0", Some(&s0)).await;
     assert_eq!(r.status(), 200);
-    assert!(!set_cookies(&r).iter().any(|c| c.name == "tollgate_session"), "fresh token: no refresh");
+    assert!(
+        !set_cookies(&r).iter().any(|c| c.name == "tollgate_session"),
+        "fresh token: no refresh"
+    );
     let t0 = upstream_token(&up);
     let exp0 = claims(&t0)["exp"].as_i64().unwrap();
     until_refresh_due(exp0).await;
@@ -859,7 +964,10 @@ async fn login_refresh_single_flight_and_failures() {
         .map(|s| s.header("authorization").unwrap().to_owned())
         .collect();
     assert_eq!(seen.len(), 8);
-    assert!(seen.iter().all(|a| *a == seen[0]), "all got the refreshed token");
+    assert!(
+        seen.iter().all(|a| *a == seen[0]),
+        "all got the refreshed token"
+    );
     let t1 = seen[0].strip_prefix("Bearer ").unwrap().to_owned();
     assert_ne!(t1, t0);
     assert!(claims(&t1)["exp"].as_i64().unwrap() > exp0);
@@ -873,13 +981,22 @@ async fn login_refresh_single_flight_and_failures() {
     // refresh token: the provider refuses it.
     let other = spawn_gateway(&login_yaml(&op, &up, Client::Spa, COOKIE_SECRET, "")).await;
     let r = api_call(&other, "/dash/x", Some(&s0)).await;
-    assert!(set_cookies(&r).iter().any(|c| c.name == "tollgate_session" && c.clears()));
+    assert!(set_cookies(&r)
+        .iter()
+        .any(|c| c.name == "tollgate_session" && c.clears()));
     let (status, code, description) = error_of(r).await;
     assert_eq!((status, code.as_str()), (401, "invalid_token"));
-    assert!(description.contains("could not be refreshed"), "{description}");
+    assert!(
+        description.contains("could not be refreshed"),
+        "{description}"
+    );
     assert!(description.contains("invalid_grant"), "{description}");
     assert_eq!(
-        metric(&other, "tollgate_session_refreshes_total{result=\"failure\"}").await,
+        metric(
+            &other,
+            "tollgate_session_refreshes_total{result=\"failure\"}"
+        )
+        .await,
         1.0
     );
 
@@ -889,13 +1006,19 @@ async fn login_refresh_single_flight_and_failures() {
     until_refresh_due(exp1).await;
     let r = navigate(&gw, "/dash/page", Some(&s1)).await;
     assert_eq!(r.status(), 302, "{:?}", r.headers());
-    assert!(set_cookies(&r).iter().any(|c| c.name == "tollgate_session" && c.clears()));
+    assert!(set_cookies(&r)
+        .iter()
+        .any(|c| c.name == "tollgate_session" && c.clears()));
     let r = api_call(&gw, "/dash/data", Some(&s1)).await;
     let (status, _, description) = error_of(r).await;
     assert_eq!(status, 401);
     assert!(description.contains("unreachable"), "{description}");
     assert_eq!(
-        metric(&gw, "tollgate_auth_denied_total{route=\"dashboard\",reason=\"session_invalid\"}").await,
+        metric(
+            &gw,
+            "tollgate_auth_denied_total{route=\"dashboard\",reason=\"session_invalid\"}"
+        )
+        .await,
         2.0
     );
 }
@@ -919,7 +1042,11 @@ async fn login_two_processes_share_one_session() {
     let up = spawn_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.yaml");
-    std::fs::write(&config, login_yaml(&op, &up, Client::Web, COOKIE_SECRET, "")).unwrap();
+    std::fs::write(
+        &config,
+        login_yaml(&op, &up, Client::Web, COOKIE_SECRET, ""),
+    )
+    .unwrap();
     let a = Process(spawn_binary(&config, &["run"]));
     let b = Process(spawn_binary(&config, &["run"]));
     assert_ne!(a.0.public, b.0.public);
@@ -963,14 +1090,26 @@ async fn login_two_processes_share_one_session() {
     let r = api_call(&other_secret, "/dash/data", Some(&session)).await;
     let (status, _, description) = error_of(r).await;
     assert_eq!(status, 401);
-    assert!(description.contains("session cookie refused"), "{description}");
+    assert!(
+        description.contains("session cookie refused"),
+        "{description}"
+    );
     // No log line of either process holds the session cookie or a token.
     let value = session.split_once('=').unwrap().1;
     for (p, says) in [(&a, "signed in"), (&b, "signed out")] {
         let logs = p.0.logs.lock().unwrap().join("\n");
-        assert!(logs.contains(says) && logs.contains("carol"), "{says}:\n{logs}");
-        assert!(!logs.contains(&value[..40]), "a log line holds the session cookie");
+        assert!(
+            logs.contains(says) && logs.contains("carol"),
+            "{says}:\n{logs}"
+        );
+        assert!(
+            !logs.contains(&value[..40]),
+            "a log line holds the session cookie"
+        );
         assert!(!logs.contains("eyJ"), "a log line holds a JWT:\n{logs}");
-        assert!(!logs.contains("code="), "a log line holds the callback's code:\n{logs}");
+        assert!(
+            !logs.contains("code="),
+            "a log line holds the callback's code:\n{logs}"
+        );
     }
 }

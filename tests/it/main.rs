@@ -3,6 +3,7 @@
 
 mod auth;
 mod browser_cors;
+mod browser_login;
 mod cli;
 mod common;
 mod deploy;

@@ -30,4 +30,3 @@ pub struct LoginModel {
     /// More parameters for the authorization request (`resource`, `audience`, ...).
     pub extra_params: Option<BTreeMap<String, String>>,
 }
-
