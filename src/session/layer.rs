@@ -754,7 +754,177 @@ async fn logout_answer(login: &Login, headers: &HeaderMap, origin: Option<&str>)
 
 #[cfg(test)]
 mod tests {
+    use tower::{Layer, ServiceExt};
+
     use super::*;
+    use crate::error::ResponseHeaders;
+    use crate::route::layer::RouteLayer;
+    use crate::testing::{gateway, get, Reached, Stub, CONFIG};
+
+    const LOGIN: &str = r#"
+server:
+  listen: "127.0.0.1:0"
+issuers:
+  - name: corp
+    issuer: "https://idp.example"
+    discovery: "http://127.0.0.1:1/.well-known/openid-configuration"
+    audiences: [api]
+    fetch_timeout: 1s
+login:
+  issuer: corp
+  client_id: web
+  cookie_secret: "0123456789abcdef0123456789abcdef"
+upstreams:
+  - name: u
+    url: "http://127.0.0.1:9"
+routes:
+  - name: dash
+    path_prefix: /dash
+    upstream: u
+    auth: {login: true}
+  - name: api
+    path_prefix: /api
+    upstream: u
+    auth: {issuers: [corp]}
+"#;
+
+    fn with(uri: &str, headers: &[(&str, &str)]) -> Request<http_body_util::Empty<bytes::Bytes>> {
+        let mut r = get(uri);
+        for (k, v) in headers {
+            r.headers_mut().append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        r
+    }
+
+    fn sealed(gw: &Gateway, access_expires: i64, session_expires: i64) -> String {
+        let rt = gw.current();
+        let login = rt.login.as_ref().unwrap();
+        let s = Session {
+            access_token: "the-access-token".into(),
+            refresh_token: None,
+            id_token: None,
+            access_expires,
+            session_expires,
+            subject: Some("alice".into()),
+        };
+        format!("tollgate_session={}", login.seal_session(&s).unwrap())
+    }
+
+    async fn call(
+        gw: &Arc<Gateway>,
+        req: Request<http_body_util::Empty<bytes::Bytes>>,
+    ) -> (Outcome, Reached) {
+        let reached = Reached::default();
+        let svc = RouteLayer::new(gw.clone())
+            .layer(SessionLayer::new(gw.clone()).layer(Stub(reached.clone())));
+        (svc.oneshot(req).await, reached)
+    }
+
+    // Behaviour: a valid session's access token reaches the next layer as a Bearer token;
+    // tollgate's cookies never go on, other cookies do.
+    #[tokio::test]
+    async fn a_session_becomes_a_bearer_token() {
+        let (gw, _dir) = gateway(LOGIN);
+        let now = now_secs();
+        let cookie = format!("a=1; {}; b=2", sealed(&gw, now + 300, now + 3600));
+        let (out, reached) = call(&gw, with("/dash/x", &[("cookie", &cookie)])).await;
+        out.expect("passed");
+        let req = reached.last();
+        assert_eq!(req.headers()[AUTHORIZATION], "Bearer the-access-token");
+        assert_eq!(req.headers()[http::header::COOKIE], "a=1; b=2");
+    }
+
+    // Behaviour: an expired session is refused as session_invalid (401 for an API call)
+    // and the browser is told to drop it; nothing reaches the next layer.
+    #[tokio::test]
+    async fn an_expired_session_is_session_invalid() {
+        let (gw, _dir) = gateway(LOGIN);
+        let now = now_secs();
+        let cookie = sealed(&gw, now + 300, now - 1);
+        let (out, reached) = call(&gw, with("/dash/x", &[("cookie", &cookie)])).await;
+        let rej = out.unwrap_err();
+        assert_eq!(rej.error.deny_reason(), Some(DenyReason::SessionInvalid));
+        assert_eq!(rej.error.status(), 401);
+        assert!(
+            rej.error.to_string().contains("session_ttl"),
+            "{}",
+            rej.error
+        );
+        let h = &rej
+            .facts
+            .get::<ResponseHeaders>()
+            .expect("cookies to clear")
+            .0;
+        let clear = h[SET_COOKIE].to_str().unwrap();
+        assert!(
+            clear.starts_with("tollgate_session=;") && clear.contains("Max-Age=0"),
+            "{clear}"
+        );
+        // An expired access token without a refresh token ends the session too.
+        let cookie = sealed(&gw, now - 1, now + 3600);
+        let (out, _) = call(&gw, with("/dash/x", &[("cookie", &cookie)])).await;
+        assert!(out
+            .unwrap_err()
+            .error
+            .to_string()
+            .contains("no refresh token"));
+        assert_eq!(reached.count(), 0);
+    }
+
+    // Behaviour: routes without login: true never take a session and never forward
+    // tollgate's cookies; a Bearer token wins over a session; an API call without either
+    // goes on to the gate (which answers 401); a browser navigation while the identity
+    // provider cannot be reached is 502 naming the issuer.
+    #[tokio::test]
+    async fn other_routes_bearer_tokens_and_unknown_endpoints() {
+        let (gw, _dir) = gateway(LOGIN);
+        let now = now_secs();
+        let cookie = format!("{}; keep=1", sealed(&gw, now + 300, now + 3600));
+        let (out, reached) = call(&gw, with("/api/x", &[("cookie", &cookie)])).await;
+        out.expect("passed");
+        let req = reached.last();
+        assert!(req.headers().get(AUTHORIZATION).is_none());
+        assert_eq!(req.headers()[http::header::COOKIE], "keep=1");
+
+        let headers = [
+            ("cookie", cookie.as_str()),
+            ("authorization", "Bearer mine"),
+        ];
+        let (out, reached) = call(&gw, with("/dash/x", &headers)).await;
+        out.expect("passed");
+        assert_eq!(reached.last().headers()[AUTHORIZATION], "Bearer mine");
+        assert_eq!(reached.last().headers()[http::header::COOKIE], "keep=1");
+
+        let (out, reached) = call(&gw, with("/dash/x", &[("accept", "application/json")])).await;
+        out.expect("passed on to the gate");
+        assert!(reached.last().headers().get(AUTHORIZATION).is_none());
+
+        let nav = [("accept", "text/html"), ("host", "gw.example")];
+        let (out, reached) = call(&gw, with("/dash/x", &nav)).await;
+        let e = out.unwrap_err().error;
+        assert_eq!(e.status(), 502, "{e}");
+        assert!(e.to_string().contains("issuer corp"), "{e}");
+        assert_eq!(reached.count(), 0);
+    }
+
+    // Behaviour: without a login section the layer touches nothing (cookies included).
+    #[tokio::test]
+    async fn without_login_nothing_changes() {
+        let (gw, _dir) = gateway(CONFIG);
+        let (out, reached) = call(
+            &gw,
+            with("/open/x", &[("cookie", "tollgate_session=x; a=1")]),
+        )
+        .await;
+        out.expect("passed");
+        assert_eq!(
+            reached.last().headers()[http::header::COOKIE],
+            "tollgate_session=x; a=1"
+        );
+    }
 
     // Behaviour: a refreshed token set is shared for at most a minute and never after
     // the new access token is itself due for a refresh; short-lived tokens are shared

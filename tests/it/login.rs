@@ -1113,3 +1113,58 @@ async fn login_two_processes_share_one_session() {
         );
     }
 }
+
+// Behaviour: `tollgate validate` accepts a login section with cookie_secure: false but
+// says in its summary that this is for local development only; cookie_secret may come
+// from a file (the Kubernetes Secret-volume way).
+#[test]
+fn login_validate_warns_about_plain_http_cookies() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cookie-secret"), format!("{}\n", "k".repeat(48))).unwrap();
+    let yaml = |secure: &str| {
+        format!(
+            r#"server:
+  listen: "127.0.0.1:0"
+issuers:
+  - name: corp
+    issuer: "https://idp.example"
+    discovery: "https://idp.example/.well-known/openid-configuration"
+    audiences: [api]
+login:
+  issuer: corp
+  client_id: web
+  cookie_secret: "${{file:cookie-secret}}"
+{secure}upstreams:
+  - name: u
+    url: "http://127.0.0.1:9"
+routes:
+  - name: dash
+    path_prefix: /dash
+    upstream: u
+    auth: {{login: true}}
+"#
+        )
+    };
+    let validate = |text: String| {
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .env_remove("TOLLGATE_CONFIG")
+            .args(["validate", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, text) = validate(yaml("  cookie_secure: false\n"));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("OK"), "{text}");
+    assert!(
+        text.contains("browser sign-in with issuer corp — warning: login.cookie_secure is false"),
+        "{text}"
+    );
+    let (code, text) = validate(yaml(""));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("browser sign-in with issuer corp"), "{text}");
+    assert!(!text.contains("warning"), "{text}");
+}

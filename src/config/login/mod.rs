@@ -251,3 +251,151 @@ fn id_token_issuer(
         fingerprint,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{load_str, Registry};
+
+    const BASE: &str = r#"server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+issuers:
+  - name: corp
+    issuer: "https://idp.example"
+    discovery: "http://127.0.0.1:1/.well-known/openid-configuration"
+    audiences: [api]
+  - name: keys-only
+    issuer: "https://other.example"
+    jwks_uri: "http://127.0.0.1:1/jwks"
+    audiences: [api]
+token_service:
+  issuer: "https://gw.example"
+  audience: api
+upstreams:
+  - name: u
+    url: "http://127.0.0.1:9"
+routes:
+  - name: dash
+    path_prefix: /dash
+    upstream: u
+    auth: {login: true}
+"#;
+
+    fn problems(yaml: &str) -> String {
+        match load_str(yaml, "g.yaml", Path::new("."), &Registry::default()) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    // Behaviour: a complete `login:` section compiles; its paths are served by tollgate.
+    #[test]
+    fn a_login_section_compiles() {
+        let yaml = format!(
+            "{BASE}login:\n  issuer: corp\n  client_id: web\n  cookie_secret: \"{}\"\n",
+            "s".repeat(32)
+        );
+        let rt = load_str(&yaml, "g.yaml", Path::new("."), &Registry::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let l = rt.login.as_ref().expect("login");
+        assert!(l.serves("/oauth2/callback") && l.serves("/oauth2/logout"));
+        assert!(!l.serves("/dash"));
+        assert!(l.cookie_secure);
+        assert_eq!(l.scope, "openid");
+        assert_eq!(l.session_ttl, super::DEFAULT_SESSION_TTL);
+        assert!(rt.routes[0].login);
+        // The secret never shows in GET /admin/config.
+        let shown = rt.redacted.json().to_string();
+        assert!(!shown.contains(&"s".repeat(32)), "{shown}");
+    }
+
+    // Behaviour: everything that cannot work is a located validation error: login: true
+    // without a login section, login on the admin API, an unknown issuer (with a hint),
+    // an issuer without discovery, a short cookie_secret (its value never shown), scopes
+    // without openid, paths that collide with a route or the token service or each other,
+    // parameters tollgate sets itself, a foreign post-logout address.
+    #[test]
+    fn what_cannot_work_is_refused() {
+        let text = problems(&BASE.replace(
+            "  admin_listen: \"127.0.0.1:0\"\n",
+            "  admin_listen: \"127.0.0.1:0\"\n  admin_auth: {login: true}\n",
+        ));
+        assert!(
+            text.contains("routes[0].auth.login: login: true needs a top-level `login:` section"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "server.admin_auth.login: browser sign-in does not apply to the admin API"
+            ),
+            "{text}"
+        );
+
+        let text = problems(&format!(
+            "{BASE}login:\n  issuer: corpp\n  client_id: web\n  cookie_secret: \"{}\"\n",
+            "s".repeat(32)
+        ));
+        assert!(
+            text.contains("login.issuer: unknown issuer \"corpp\" (did you mean \"corp\"?)"),
+            "{text}"
+        );
+
+        let text = problems(&format!(
+            "{BASE}login:\n  issuer: keys-only\n  client_id: web\n  cookie_secret: \"{}\"\n",
+            "s".repeat(32)
+        ));
+        assert!(
+            text.contains("login.issuer: issuer \"keys-only\" has no `discovery:`"),
+            "{text}"
+        );
+
+        let text = problems(&format!(
+            "{BASE}  - name: cb\n    path_prefix: /sso/callback\n    upstream: u\n    auth: none\nlogin:\n  issuer: corp\n  client_id: \"web app\"\n  client_secret: \"\"\n  scopes: [profile]\n  callback_path: /sso/callback\n  logout_path: /oauth2/token\n  cookie_secret: \"short-secret-31-bytes-long-xxxx\"\n  extra_params: {{nonce: x, resource: \"https://api\"}}\n  post_logout_redirect_uri: \"//evil.example\"\n  session_ttl: 0s\n"
+        ));
+        for expected in [
+            "login.client_id: must be a non-empty client id without spaces",
+            "login.client_secret: must not be empty (leave the key out for a public client)",
+            "login.scopes: must include openid",
+            "login.callback_path: route \"cb\" has the same path",
+            "login.logout_path: /oauth2/token is a path of the token service",
+            "login.cookie_secret: must be at least 32 bytes (it has 31)",
+            "login.extra_params.nonce: \"nonce\" is set by tollgate",
+            "login.post_logout_redirect_uri: must be an absolute http(s) URL or a path",
+            "login.session_ttl: duration must be greater than zero",
+        ] {
+            assert!(text.contains(expected), "{expected}\n{text}");
+        }
+        assert!(
+            !text.contains("short-secret"),
+            "the secret is shown: {text}"
+        );
+        assert!(text.contains("g.yaml:"), "located: {text}");
+
+        let text = problems(&format!(
+            "{BASE}login:\n  issuer: corp\n  client_id: web\n  cookie_secret: \"{}\"\n  callback_path: /same\n  logout_path: /same\n",
+            "s".repeat(32)
+        ));
+        assert!(
+            text.contains("login.logout_path: must differ from callback_path"),
+            "{text}"
+        );
+        let text = problems(&format!(
+            "{BASE}login:\n  issuer: corp\n  client_id: web\n  cookie_secret: \"{}\"\n  callback_path: oauth2/cb\n",
+            "s".repeat(32)
+        ));
+        assert!(
+            text.contains("login.callback_path: \"oauth2/cb\" must be a normalised absolute path"),
+            "{text}"
+        );
+        let text = problems(&format!(
+            "{BASE}login:\n  issuer: corp\n  client_id: web\n  cookie_secret: \"{}\"\n  cookie_secrett: x\n",
+            "s".repeat(32)
+        ));
+        assert!(
+            text.contains("unknown key \"cookie_secrett\" (did you mean \"cookie_secret\"?)"),
+            "{text}"
+        );
+    }
+}
