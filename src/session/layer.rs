@@ -13,6 +13,7 @@
 //!   be refreshed is `session_invalid`: a navigation signs in again, an API call gets
 //!   401. Either way the browser is told to drop the cookie.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -329,6 +330,17 @@ fn keep_refreshed(remaining: i64) -> Duration {
     Duration::from_secs(secs as u64)
 }
 
+/// Whether an opened session may still be used (the refresh comes later).
+fn usable(session: &Session, now: i64) -> Result<(), &'static str> {
+    if session.session_expires <= now {
+        return Err("the session has expired (login.session_ttl)");
+    }
+    if session.access_expired(now) && session.refresh_token.is_none() {
+        return Err("the session's access token has expired and the session has no refresh token");
+    }
+    Ok(())
+}
+
 fn human(secs: i64) -> String {
     if secs < 0 {
         return format!("{} ago", auth::jwt::ago(-secs));
@@ -373,6 +385,22 @@ where
             cookie::strip_own(req.headers_mut());
             return pass(self.inner.call(req));
         }
+        self.login_route(req, login)
+    }
+}
+
+impl<S> Sessions<S> {
+    /// A `login: true` route: the Bearer token, else the session, else a sign-in (for
+    /// a navigation) or on to the gate (which answers 401).
+    fn login_route<B, F>(&mut self, mut req: Request<B>, login: Arc<Login>) -> Then<F, SetCookies>
+    where
+        S: tower::Service<Request<B>, Response = Response<Body>, Error = Rejection, Future = F>
+            + Clone
+            + Send
+            + 'static,
+        F: std::future::Future<Output = Outcome> + Send,
+        B: Send + 'static,
+    {
         if auth::bearer(req.headers()).is_some() {
             decision::note(&req, || {
                 "session: a Bearer token is present; a session cookie would not be used".into()
@@ -406,20 +434,8 @@ where
             Err(e) => return refuse(login, asked, format!("session cookie refused: {e}")),
         };
         let now = now_secs();
-        if session.session_expires <= now {
-            return refuse(
-                login,
-                asked,
-                "the session has expired (login.session_ttl)".into(),
-            );
-        }
-        if session.access_expired(now) && session.refresh_token.is_none() {
-            return refuse(
-                login,
-                asked,
-                "the session's access token has expired and the session has no refresh token"
-                    .into(),
-            );
+        if let Err(why) = usable(&session, now) {
+            return refuse(login, asked, why.into());
         }
         asked.note(|| {
             format!(
@@ -453,9 +469,7 @@ where
         asked.note(|| "session: its access token goes to the gate as a Bearer token".into());
         pass(self.inner.call(req))
     }
-}
 
-impl<S> Sessions<S> {
     /// The callback and logout paths.
     fn endpoint<B, F>(&mut self, req: Request<B>, login: Arc<Login>) -> Then<F, SetCookies> {
         let (parts, _body) = req.into_parts();
@@ -606,11 +620,14 @@ fn sign_in_failed(
     with_cookies(Err(GatewayError::BadRequest(why).into()), clear)
 }
 
+/// Why a sign-in did not complete: the `tollgate_sign_ins_total` result, and the reason.
+type Failed = (&'static str, String);
+
 /// `GET {callback_path}?code=..&state=..`: checks the state against this browser's
 /// state cookie, exchanges the code (with the PKCE verifier), verifies the ID token,
 /// sets the session cookie and sends the browser back to the page it first asked for.
 async fn callback_answer(login: &Login, gw: &Gateway, parts: &http::request::Parts) -> Outcome {
-    let mut q: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut q: HashMap<String, String> = HashMap::new();
     for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
         q.entry(k.into_owned()).or_insert_with(|| v.into_owned());
     }
@@ -622,84 +639,15 @@ async fn callback_answer(login: &Login, gw: &Gateway, parts: &http::request::Par
     let clear: Vec<HeaderValue> = cookie::clear(&name, &login.callback_path, login.cookie_secure)
         .into_iter()
         .collect();
-    if let Some(error) = q.get("error") {
-        let why = format!(
-            "the identity provider did not sign the user in: {}{}",
-            flow::clean(error),
-            q.get("error_description")
-                .map(|d| format!(" ({})", flow::clean(d)))
-                .unwrap_or_default()
-        );
-        return sign_in_failed(gw, login, "idp_error", why, clear);
-    }
-    let Some(sealed) = cookie::get(&parts.headers, &name) else {
-        let why = "state does not match a sign-in started in this browser (its cookie is missing or has expired): open the page again to sign in".into();
-        return sign_in_failed(gw, login, "state_invalid", why, clear);
-    };
-    let s = match login.open_state(sealed) {
-        Ok(s) => s,
-        Err(e) => {
-            let why = format!("the sign-in state cookie was refused: {e}");
-            return sign_in_failed(gw, login, "state_invalid", why, clear);
-        }
-    };
-    if !constant_time_eq(s.state.as_bytes(), state.as_bytes()) {
-        let why = "state does not match this browser's sign-in".into();
-        return sign_in_failed(gw, login, "state_invalid", why, clear);
-    }
     let now = now_secs();
-    if now - s.created > SIGN_IN_TIMEOUT.as_secs() as i64 {
-        let why = "the sign-in took longer than 10 minutes: open the page again".into();
-        return sign_in_failed(gw, login, "state_invalid", why, clear);
-    }
-    // RFC 9207: a provider that names itself must be the one this sign-in went to.
-    if let Some(iss) = q.get("iss") {
-        if *iss != login.id_tokens.issuer {
-            let why = format!(
-                "the callback's iss \"{}\" is not the login issuer",
-                flow::clean(iss)
-            );
-            return sign_in_failed(gw, login, "idp_error", why, clear);
-        }
-    }
-    let Some(code) = q.get("code").filter(|c| !c.is_empty()) else {
-        let why = "the sign-in callback has neither a code nor an error".into();
-        return sign_in_failed(gw, login, "idp_error", why, clear);
+    let checked = callback_checks(login, &q, state, cookie::get(&parts.headers, &name), now);
+    let (s, code) = match checked {
+        Ok(x) => x,
+        Err((result, why)) => return sign_in_failed(gw, login, result, why, clear),
     };
-    let ep = match flow::endpoints(login).await {
-        Ok(ep) => ep,
-        Err(e) => {
-            let why = format!("the code exchange failed: {e}");
-            return sign_in_failed(gw, login, "exchange_failed", why, clear);
-        }
-    };
-    let tokens = match flow::exchange_code(login, &ep, code, &s).await {
-        Ok(t) => t,
-        Err(e) => {
-            let why = format!("the code exchange failed: {e}");
-            return sign_in_failed(gw, login, "exchange_failed", why, clear);
-        }
-    };
-    let Some(id_token) = tokens.id_token.as_deref() else {
-        let why =
-            "the token endpoint returned no id_token (login.scopes must include openid)".into();
-        return sign_in_failed(gw, login, "id_token_invalid", why, clear);
-    };
-    let id = match flow::verify_id_token(login, id_token, &s.nonce).await {
-        Ok(id) => id,
-        Err(e) => {
-            let why = format!("the ID token was refused: {e}");
-            return sign_in_failed(gw, login, "id_token_invalid", why, clear);
-        }
-    };
-    let session = Session {
-        access_token: tokens.access_token.clone(),
-        refresh_token: tokens.refresh_token.clone(),
-        // Kept only where it is needed: the logout's id_token_hint.
-        id_token: ep.end_session.as_ref().map(|_| id_token.to_owned()),
-        access_expires: tokens.access_expires(now),
-        session_expires: now.saturating_add(login.session_ttl.as_secs() as i64),
-        subject: Some(id.subject.clone()),
+    let session = match complete(login, &s, code, now).await {
+        Ok(x) => x,
+        Err((result, why)) => return sign_in_failed(gw, login, result, why, clear),
     };
     let sent = cookie::session_value(&parts.headers).map_or(0, |s| s.1);
     let cookies = login.seal_session(&session).and_then(|sealed| {
@@ -710,11 +658,94 @@ async fn callback_answer(login: &Login, gw: &Gateway, parts: &http::request::Par
         return sign_in_failed(gw, login, "exchange_failed", why, clear);
     };
     gw.metrics.sign_in("success");
-    tracing::info!(target: "tollgate::login", issuer = login.issuer_name(), subject = %id.subject, "signed in");
+    let subject = session.subject.as_deref().unwrap_or("-");
+    tracing::info!(target: "tollgate::login", issuer = login.issuer_name(), subject, "signed in");
     let back = same_origin(&s.return_to).unwrap_or("/");
     let mut all = clear;
     all.extend(cookies);
     with_cookies(redirect(back).map_err(Into::into), all)
+}
+
+/// The callback's parameters against this browser's sign-in (its state cookie's
+/// `sealed` value): the sign-in and the authorization code.
+fn callback_checks<'q>(
+    login: &Login,
+    q: &'q HashMap<String, String>,
+    state: &str,
+    sealed: Option<&str>,
+    now: i64,
+) -> Result<(SignIn, &'q str), Failed> {
+    if let Some(error) = q.get("error") {
+        let why = format!(
+            "the identity provider did not sign the user in: {}{}",
+            flow::clean(error),
+            q.get("error_description")
+                .map(|d| format!(" ({})", flow::clean(d)))
+                .unwrap_or_default()
+        );
+        return Err(("idp_error", why));
+    }
+    let Some(sealed) = sealed else {
+        let why = "state does not match a sign-in started in this browser (its cookie is missing or has expired): open the page again to sign in";
+        return Err(("state_invalid", why.into()));
+    };
+    let s = login.open_state(sealed).map_err(|e| {
+        let why = format!("the sign-in state cookie was refused: {e}");
+        ("state_invalid", why)
+    })?;
+    if !constant_time_eq(s.state.as_bytes(), state.as_bytes()) {
+        return Err((
+            "state_invalid",
+            "state does not match this browser's sign-in".into(),
+        ));
+    }
+    if now - s.created > SIGN_IN_TIMEOUT.as_secs() as i64 {
+        let why = "the sign-in took longer than 10 minutes: open the page again";
+        return Err(("state_invalid", why.into()));
+    }
+    // RFC 9207: a provider that names itself must be the one this sign-in went to.
+    if let Some(iss) = q.get("iss") {
+        if *iss != login.id_tokens.issuer {
+            let why = format!(
+                "the callback's iss \"{}\" is not the login issuer",
+                flow::clean(iss)
+            );
+            return Err(("idp_error", why));
+        }
+    }
+    match q.get("code").filter(|c| !c.is_empty()) {
+        Some(code) => Ok((s, code.as_str())),
+        None => Err((
+            "idp_error",
+            "the sign-in callback has neither a code nor an error".into(),
+        )),
+    }
+}
+
+/// The code for tokens, the ID token verified: the new session.
+async fn complete(login: &Login, s: &SignIn, code: &str, now: i64) -> Result<Session, Failed> {
+    let failed =
+        |e: &dyn std::fmt::Display| ("exchange_failed", format!("the code exchange failed: {e}"));
+    let ep = flow::endpoints(login).await.map_err(|e| failed(&e))?;
+    let tokens = flow::exchange_code(login, &ep, code, s)
+        .await
+        .map_err(|e| failed(&e))?;
+    let Some(id_token) = tokens.id_token.as_deref() else {
+        let why = "the token endpoint returned no id_token (login.scopes must include openid)";
+        return Err(("id_token_invalid", why.into()));
+    };
+    let id = flow::verify_id_token(login, id_token, &s.nonce)
+        .await
+        .map_err(|e| ("id_token_invalid", format!("the ID token was refused: {e}")))?;
+    Ok(Session {
+        access_token: tokens.access_token.clone(),
+        refresh_token: tokens.refresh_token.clone(),
+        // Kept only where it is needed: the logout's id_token_hint.
+        id_token: ep.end_session.as_ref().map(|_| id_token.to_owned()),
+        access_expires: tokens.access_expires(now),
+        session_expires: now.saturating_add(login.session_ttl.as_secs() as i64),
+        subject: Some(id.subject),
+    })
 }
 
 /// `GET {logout_path}`: drops the session cookie(s) and sends the browser to the

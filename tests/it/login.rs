@@ -1120,7 +1120,11 @@ async fn login_two_processes_share_one_session() {
 #[test]
 fn login_validate_warns_about_plain_http_cookies() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cookie-secret"), format!("{}\n", "k".repeat(48))).unwrap();
+    std::fs::write(
+        dir.path().join("cookie-secret"),
+        format!("{}\n", "k".repeat(48)),
+    )
+    .unwrap();
     let yaml = |secure: &str| {
         format!(
             r#"server:
@@ -1154,7 +1158,10 @@ routes:
             .arg(&path)
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     let (code, text) = validate(yaml("  cookie_secure: false\n"));
     assert_eq!(code, Some(0), "{text}");
