@@ -330,6 +330,34 @@ fn keep_refreshed(remaining: i64) -> Duration {
     Duration::from_secs(secs as u64)
 }
 
+/// One refresh at the identity provider, counted and logged, with how long its result is
+/// shared with the session's other requests.
+async fn refresh_at_idp(
+    gw: &Gateway,
+    login: &Login,
+    refresh_token: &str,
+    subject: &str,
+) -> (Result<Arc<flow::Tokens>, FlowError>, Duration) {
+    let r = match flow::endpoints(login).await {
+        Ok(ep) => flow::refresh(login, &ep, refresh_token).await.map(Arc::new),
+        Err(e) => Err(FlowError::Unreachable(e.to_string())),
+    };
+    gw.metrics.session_refresh(r.is_ok());
+    let issuer = login.issuer_name();
+    match &r {
+        Ok(_) => tracing::info!(target: "tollgate::login", issuer, subject, "session refreshed"),
+        Err(e) => {
+            tracing::warn!(target: "tollgate::login", issuer, subject, "session refresh failed: {e}")
+        }
+    }
+    let ttl = match &r {
+        Ok(t) => keep_refreshed(t.access_expires(now_secs()) - now_secs()),
+        // Requests waiting for this refresh share its failure.
+        Err(_) => Duration::from_secs(5),
+    };
+    (r, ttl)
+}
+
 /// Whether an opened session may still be used (the refresh comes later).
 fn usable(session: &Session, now: i64) -> Result<(), &'static str> {
     if session.session_expires <= now {
@@ -541,25 +569,9 @@ impl<S> Sessions<S> {
                 let result = gw
                     .sessions
                     .refreshes
-                    .get_or_fetch(&key, || async {
-                        let r = match flow::endpoints(&login).await {
-                            Ok(ep) => flow::refresh(&login, &ep, &refresh_token)
-                                .await
-                                .map(Arc::new),
-                            Err(e) => Err(FlowError::Unreachable(e.to_string())),
-                        };
-                        gw.metrics.session_refresh(r.is_ok());
+                    .get_or_fetch(&key, || {
                         let subject = session.subject.as_deref().unwrap_or("-");
-                        match &r {
-                            Ok(_) => tracing::info!(target: "tollgate::login", issuer = login.issuer_name(), subject, "session refreshed"),
-                            Err(e) => tracing::warn!(target: "tollgate::login", issuer = login.issuer_name(), subject, "session refresh failed: {e}"),
-                        }
-                        let ttl = match &r {
-                            Ok(t) => keep_refreshed(t.access_expires(now_secs()) - now_secs()),
-                            // Requests waiting for this refresh share its failure.
-                            Err(_) => Duration::from_secs(5),
-                        };
-                        (r, ttl)
+                        refresh_at_idp(&gw, &login, &refresh_token, subject)
                     })
                     .await;
                 let tokens = match result {
