@@ -401,19 +401,22 @@ where
         else {
             return pass(self.inner.call(req));
         };
-        let path = req.extensions().get::<NormalizedPath>().map(|p| &*p.0);
-        if path.is_some_and(|p| login.serves(p)) {
-            return self.endpoint(req, login);
+        match req.extensions().get::<Arc<Route>>().map(|r| r.login) {
+            Some(true) => self.login_route(req, login),
+            Some(false) => {
+                cookie::strip_own(req.headers_mut());
+                pass(self.inner.call(req))
+            }
+            // The callback and logout paths (and the token service's) have no route.
+            None => {
+                let path = req.extensions().get::<NormalizedPath>().map(|p| &*p.0);
+                if path.is_some_and(|p| login.serves(p)) {
+                    return self.endpoint(req, login);
+                }
+                cookie::strip_own(req.headers_mut());
+                pass(self.inner.call(req))
+            }
         }
-        if !req
-            .extensions()
-            .get::<Arc<Route>>()
-            .is_some_and(|r| r.login)
-        {
-            cookie::strip_own(req.headers_mut());
-            return pass(self.inner.call(req));
-        }
-        self.login_route(req, login)
     }
 }
 

@@ -24,6 +24,7 @@ pub const COOKIE_SECRET: &str = "test-only-cookie-secret-0123456789abcdef";
 
 /// reqwest without redirects (each hop is looked at) or cookies (handled by hand).
 pub fn http() -> reqwest::Client {
+    tollgate::tls::install_default_provider();
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
