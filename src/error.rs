@@ -43,10 +43,13 @@ pub enum DenyReason {
     EndpointNotAllowed,
     /// Over a rate limit or quota, or too many failed client authentications (429).
     RateLimited,
+    /// A browser session cookie that cannot be opened, has expired, or could not be
+    /// refreshed.
+    SessionInvalid,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 15] = [
+    pub const ALL: [DenyReason; 16] = [
         DenyReason::TokenMissing,
         DenyReason::TokenMalformed,
         DenyReason::SignatureInvalid,
@@ -62,6 +65,7 @@ impl DenyReason {
         DenyReason::MethodNotAllowed,
         DenyReason::EndpointNotAllowed,
         DenyReason::RateLimited,
+        DenyReason::SessionInvalid,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +85,7 @@ impl DenyReason {
             DenyReason::MethodNotAllowed => "method_not_allowed",
             DenyReason::EndpointNotAllowed => "endpoint_not_allowed",
             DenyReason::RateLimited => "rate_limited",
+            DenyReason::SessionInvalid => "session_invalid",
         }
     }
 }
@@ -176,6 +181,8 @@ pub enum BadGateway {
     /// `upstreams[].csrf`: the X-CSRF-Token fetch failed (`reason` never holds a token).
     #[error("could not get an X-CSRF-Token from upstream {upstream}: {reason}")]
     CsrfFetch { upstream: Arc<str>, reason: String },
+    #[error("the sign-in endpoints of issuer {issuer} are unknown: its discovery document could not be fetched")]
+    Discovery { issuer: Arc<str> },
 }
 
 /// What ran out of time (504).

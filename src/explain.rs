@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{AUTHORIZATION, HOST};
+use http::header::{AUTHORIZATION, COOKIE, HOST};
 use http::{HeaderValue, Method, Request, Response};
 use tower::{Layer, ServiceExt};
 
@@ -72,6 +72,20 @@ pub async fn explain(
     url_path: &str,
     host: Option<&str>,
 ) -> Result<Explained, ConfigError> {
+    explain_with_cookie(config_path, token, None, method, url_path, host).await
+}
+
+/// [`explain`] for a request that may also carry a `Cookie` header (a browser session:
+/// `tollgate_session=...`). A session is opened and its access token checked like the
+/// server does, but never refreshed (a refresh token may be usable only once).
+pub async fn explain_with_cookie(
+    config_path: &std::path::Path,
+    token: Option<&str>,
+    cookie: Option<&str>,
+    method: &Method,
+    url_path: &str,
+    host: Option<&str>,
+) -> Result<Explained, ConfigError> {
     let gw = Gateway::load(config_path.to_path_buf())?;
     let rt = gw.current();
     let mut out = vec![format!(
@@ -98,7 +112,7 @@ pub async fn explain(
             }
         }
     }
-    let req = match build_request(token, method, url_path, host) {
+    let req = match build_request(token, cookie, method, url_path, host) {
         Ok(r) => r,
         Err(e) => {
             out.push(deny_line(&e));
@@ -144,6 +158,7 @@ pub async fn explain(
 
 fn build_request(
     token: Option<&str>,
+    cookie: Option<&str>,
     method: &Method,
     url_path: &str,
     host: Option<&str>,
@@ -157,6 +172,11 @@ fn build_request(
         let mut v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| bad("token"))?;
         v.set_sensitive(true);
         b = b.header(AUTHORIZATION, v);
+    }
+    if let Some(c) = cookie.map(str::trim).filter(|c| !c.is_empty()) {
+        let mut v = HeaderValue::from_str(c).map_err(|_| bad("cookie"))?;
+        v.set_sensitive(true);
+        b = b.header(COOKIE, v);
     }
     b.body(http_body_util::Empty::new())
         .map_err(|_| bad("request path"))

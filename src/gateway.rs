@@ -15,6 +15,7 @@ use crate::credentials::TokenCache;
 use crate::encoding::rfc3339;
 use crate::metrics::{Metrics, ScrapeExtras};
 use crate::runtime::Runtime;
+use crate::session::SessionCaches;
 use crate::upstream_session::Sessions;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -60,6 +61,8 @@ pub struct Gateway {
     pub tokens: TokenCache,
     /// Upstream sessions (`upstreams[].csrf`): tokens and cookie jars.
     pub sessions: Sessions,
+    /// Browser sessions' refreshes in flight, and their results for a short while.
+    pub login_sessions: SessionCaches,
     pub status: Mutex<ReloadStatus>,
     pub listeners_up: AtomicBool,
     /// SHA-256 of the file content of the last load or reload attempt, successful or
@@ -95,6 +98,7 @@ impl Gateway {
             auth_caches: Arc::default(),
             tokens: TokenCache::default(),
             sessions: Sessions::default(),
+            login_sessions: SessionCaches::default(),
             status: Mutex::new(status),
             listeners_up: AtomicBool::new(false),
             last_attempt_hash: Mutex::new(rt_hash),

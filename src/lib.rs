@@ -36,6 +36,7 @@ pub mod route;
 pub mod runtime;
 pub mod secret;
 pub mod service;
+pub mod session;
 pub mod stack;
 #[cfg(test)]
 mod testing;

@@ -63,6 +63,13 @@ enum Command {
         /// newline is ignored.
         #[arg(long, value_name = "FILE", conflicts_with = "token")]
         token_file: Option<PathBuf>,
+        /// A browser's Cookie header, e.g. 'tollgate_session=...', for a `login: true`
+        /// route (a session is a credential: prefer --cookie-file).
+        #[arg(long)]
+        cookie: Option<String>,
+        /// Read the Cookie header from this file; `-` reads it from stdin.
+        #[arg(long, value_name = "FILE", conflicts_with = "cookie")]
+        cookie_file: Option<PathBuf>,
         #[arg(long, default_value = "GET")]
         method: String,
         /// Host header, for routes with `hosts`.
@@ -120,21 +127,27 @@ fn main() -> ExitCode {
         Command::Explain {
             token,
             token_file,
+            cookie,
+            cookie_file,
             method,
             host,
             url_path,
         } => {
-            let token = match token_file {
-                Some(f) => match read_token_file(&f) {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        eprintln!("tollgate: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => token,
+            let read = |f: Option<PathBuf>, given: Option<String>, what| match f {
+                Some(f) => read_token_file(&f, what).map(Some),
+                None => Ok(given),
             };
-            explain(&cli.config, token, &method, host, &url_path)
+            let (token, cookie) = match (
+                read(token_file, token, "token"),
+                read(cookie_file, cookie, "cookie"),
+            ) {
+                (Ok(t), Ok(c)) => (t, c),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("tollgate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            explain(&cli.config, token, cookie, &method, host, &url_path)
         }
         Command::HashSecret => hash_secret(),
         Command::Healthcheck {
@@ -279,6 +292,17 @@ fn validate(config: &std::path::Path) -> ExitCode {
                 if rt.token_service.is_some() { "on" } else { "off" },
                 rt.server.listen
             );
+            if let Some(l) = &rt.login {
+                println!(
+                    "browser sign-in with issuer {}{}",
+                    l.issuer_name(),
+                    if l.cookie_secure {
+                        ""
+                    } else {
+                        " — warning: login.cookie_secure is false (session cookies over plain HTTP: local development only)"
+                    }
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -294,6 +318,7 @@ fn validate(config: &std::path::Path) -> ExitCode {
 fn explain(
     config: &std::path::Path,
     token: Option<String>,
+    cookie: Option<String>,
     method: &str,
     host: Option<String>,
     path: &str,
@@ -303,9 +328,10 @@ fn explain(
         eprintln!("tollgate: invalid method {method}");
         return ExitCode::from(2);
     };
-    let res = runtime().block_on(tollgate::explain::explain(
+    let res = runtime().block_on(tollgate::explain::explain_with_cookie(
         config,
         token.as_deref(),
+        cookie.as_deref(),
         &method,
         path,
         host.as_deref(),
@@ -357,22 +383,22 @@ fn hash_secret() -> ExitCode {
     }
 }
 
-/// The token in `path` (`-`: stdin), one trailing newline removed; a token is one line.
-fn read_token_file(path: &Path) -> Result<String, String> {
+/// The token (or cookie) in `path` (`-`: stdin), one trailing newline removed; it is one line.
+fn read_token_file(path: &Path, what: &str) -> Result<String, String> {
     let text = if path == Path::new("-") {
         let mut s = String::new();
         let stdin = std::io::stdin();
         if stdin.is_terminal() {
-            eprintln!("tollgate: reading the token from stdin (paste it, then Ctrl-D)");
+            eprintln!("tollgate: reading the {what} from stdin (paste it, then Ctrl-D)");
         }
         stdin
             .lock()
             .read_to_string(&mut s)
-            .map_err(|e| format!("cannot read the token from stdin: {e}"))?;
+            .map_err(|e| format!("cannot read the {what} from stdin: {e}"))?;
         s
     } else {
         std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?
+            .map_err(|e| format!("cannot read the {what} file {}: {e}", path.display()))?
     };
     let token = text
         .strip_suffix('\n')
@@ -384,11 +410,11 @@ fn read_token_file(path: &Path) -> Result<String, String> {
         path.display().to_string()
     };
     if token.trim().is_empty() {
-        return Err(format!("no token in {from}"));
+        return Err(format!("no {what} in {from}"));
     }
     if token.contains(['\n', '\r']) {
         return Err(format!(
-            "{from} has more than one line; a token is one line"
+            "{from} has more than one line; a {what} is one line"
         ));
     }
     Ok(token.to_owned())

@@ -44,7 +44,20 @@ pub struct Metrics {
     pub client_auth_failures: DashMap<&'static str, AtomicU64>,
     pub tokens_issued: AtomicU64,
     rate_limited: DashMap<(Arc<str>, Arc<str>), AtomicU64>,
+    /// Browser sign-ins completed at the callback, by result.
+    sign_ins: DashMap<&'static str, AtomicU64>,
+    /// Session refreshes at the identity provider: [success, failure].
+    session_refreshes: [AtomicU64; 2],
 }
+
+/// The `result` values of `tollgate_sign_ins_total`, exported from startup.
+pub const SIGN_IN_RESULTS: [&str; 5] = [
+    "success",
+    "state_invalid",
+    "idp_error",
+    "exchange_failed",
+    "id_token_invalid",
+];
 
 fn inc<K: std::hash::Hash + Eq>(map: &DashMap<K, AtomicU64>, k: K) {
     if let Some(c) = map.get(&k) {
@@ -134,6 +147,15 @@ impl Metrics {
     /// A request refused 429 by `limit` on `route`.
     pub fn rate_limited(&self, route: &Arc<str>, limit: &Arc<str>) {
         inc(&self.rate_limited, (route.clone(), limit.clone()));
+    }
+
+    /// A browser sign-in ended at the callback (`result`: one of [`SIGN_IN_RESULTS`]).
+    pub fn sign_in(&self, result: &'static str) {
+        inc(&self.sign_ins, result);
+    }
+
+    pub fn session_refresh(&self, ok: bool) {
+        self.session_refreshes[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn render(&self, extras: &ScrapeExtras) -> String {
@@ -376,6 +398,32 @@ impl Metrics {
             "tollgate_store_errors_total{{store=\"redis\"}} {}",
             extras.redis_store_errors
         );
+        header(
+            &mut o,
+            "tollgate_sign_ins_total",
+            "counter",
+            "Browser sign-ins that reached the callback, by result.",
+        );
+        for result in SIGN_IN_RESULTS {
+            let n = self
+                .sign_ins
+                .get(result)
+                .map_or(0, |c| c.load(Ordering::Relaxed));
+            let _ = writeln!(o, "tollgate_sign_ins_total{{result=\"{result}\"}} {n}");
+        }
+        header(
+            &mut o,
+            "tollgate_session_refreshes_total",
+            "counter",
+            "Browser sessions' access tokens refreshed at the identity provider, by result.",
+        );
+        for (i, result) in ["success", "failure"].iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "tollgate_session_refreshes_total{{result=\"{result}\"}} {}",
+                self.session_refreshes[i].load(Ordering::Relaxed)
+            );
+        }
 
         scalar(
             &mut o,

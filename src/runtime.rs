@@ -13,6 +13,7 @@ use crate::cors::Cors;
 use crate::policy::{AuthRule, Permissions, RouteAuth};
 use crate::ratelimit::RouteLimits;
 use crate::route::RouteTable;
+use crate::session::Login;
 use crate::token_service::TokenService;
 use crate::upstream::Upstream;
 
@@ -70,6 +71,8 @@ pub struct Route {
     pub strip_cookies: bool,
     /// `rate_limits`: checked after authorisation (`None`: the route has none).
     pub rate_limits: Option<RouteLimits>,
+    /// `auth: {login: true}`: a browser session is accepted as well as a Bearer token.
+    pub login: bool,
 }
 
 pub struct Runtime {
@@ -84,6 +87,8 @@ pub struct Runtime {
     pub issuers: Vec<Arc<Issuer>>,
     pub upstreams: Vec<Arc<Upstream>>,
     pub token_service: Option<Arc<TokenService>>,
+    /// `login:`: browser sign-in.
+    pub login: Option<Arc<Login>>,
     /// Files the config depends on besides itself (certificates, keys, CAs,
     /// `${file:}` references): a change to any of them reloads the config.
     pub files: Vec<PathBuf>,

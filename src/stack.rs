@@ -17,6 +17,8 @@
 //!  4. CORS: answer preflights, headers on every answer .. `cors`
 //!     request_timeout, load shedding, head/body size ... `limits`
 //!  5. endpoints tollgate serves itself .................. `token_service`
+//!     browser sign-in: session cookie -> Bearer token,
+//!     redirect to sign in, callback, logout ............ `session`
 //!  6. `body_credentials` rewrite ........................ `credentials::body`
 //!  7. authenticate the Bearer token, and
 //!  8. authorise: clients, scopes, permissions ........... `gate` (`auth`, `policy`)
@@ -54,6 +56,7 @@ use crate::proxy::Proxy;
 use crate::ratelimit::layer::{RateLimit, RateLimitLayer};
 use crate::request_id::{self, SaneRequestId, X_REQUEST_ID};
 use crate::route::layer::{RouteLayer, Routing};
+use crate::session::layer::{SessionLayer, Sessions};
 use crate::token_service::layer::{TokenEndpoints, TokenServiceLayer};
 use crate::upstream_session::layer::UpstreamSessionLayer;
 
@@ -105,7 +108,9 @@ where
 /// Steps 3-8 in front of `S`, as a type (what [`policy`] builds).
 pub type Policy<S> = Routing<
     CorsService<
-        RequestTimeout<Shed<SizeLimit<TokenEndpoints<BodyCredentials<GateService<RateLimit<S>>>>>>>,
+        RequestTimeout<
+            Shed<SizeLimit<TokenEndpoints<Sessions<BodyCredentials<GateService<RateLimit<S>>>>>>>,
+        >,
     >,
 >;
 
@@ -127,6 +132,10 @@ pub fn policy<S>(gw: &Arc<Gateway>, inner: S) -> Policy<S> {
         .layer(SizeLimitLayer)
         // 5. The token service's own endpoints (token, JWKS, metadata).
         .layer(TokenServiceLayer::new(gw.clone()))
+        // Browser sign-in: on `login: true` routes a session cookie's access token is
+        // presented to the gate as a Bearer token; a browser without either is sent to
+        // sign in; the callback and logout paths are answered here.
+        .layer(SessionLayer::new(gw.clone()))
         // 6. body_credentials: client_id/client_secret in the body -> Basic.
         .layer(BodyCredentialsLayer)
         // 7-8. Authenticate the Bearer token; authorise clients, scopes, permissions.

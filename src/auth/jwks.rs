@@ -225,6 +225,9 @@ pub struct KeyStore {
     keys: ArcSwap<KeySet>,
     /// jwks_uri learned from discovery.
     discovered: Mutex<Option<String>>,
+    /// The discovery document itself, once fetched (browser sign-in reads its
+    /// authorization, token and end-session endpoints).
+    document: Mutex<Option<Arc<serde_json::Value>>>,
     flight: tokio::sync::Mutex<()>,
     generation: AtomicU64,
     last_kid_refetch: Mutex<Option<Instant>>,
@@ -252,6 +255,7 @@ impl KeyStore {
             refresh_every,
             keys: ArcSwap::from_pointee(KeySet::default()),
             discovered: Mutex::new(None),
+            document: Mutex::new(None),
             flight: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             last_kid_refetch: Mutex::new(None),
@@ -282,6 +286,20 @@ impl KeyStore {
 
     pub fn first_fetch_done(&self) -> bool {
         self.first_done.load(Ordering::Acquire)
+    }
+
+    /// The discovery document, once a fetch has read it (`discovery:` issuers only).
+    pub fn discovery_document(&self) -> Option<Arc<serde_json::Value>> {
+        self.document
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The HTTP client and timeout this issuer's fetches use (for other calls to the
+    /// same identity provider: browser sign-in's token endpoint).
+    pub fn http(&self) -> Option<(&HttpClient, Duration)> {
+        self.client.as_ref().map(|c| (c, self.fetch_timeout))
     }
 
     /// Starts the background refresher once; it ends when the store is dropped.
@@ -400,6 +418,8 @@ impl KeyStore {
                             .to_owned();
                         *self.discovered.lock().unwrap_or_else(|e| e.into_inner()) =
                             Some(u.clone());
+                        *self.document.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Arc::new(doc));
                         u
                     }
                 }

@@ -118,6 +118,7 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         }
         let _ = s;
     }
+    let login = super::login::compile(m, &issuers, &routes, token_service.as_deref(), p);
     let mut server = server?;
     if let Some(b) = m.server.as_ref().and_then(|s| s.admin_auth.as_ref()) {
         if server.admin_listen.is_none() {
@@ -145,6 +146,7 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         issuers,
         upstreams,
         token_service,
+        login,
         files: model_files(m, base),
         redacted: Default::default(),
     })
@@ -1165,9 +1167,11 @@ fn compile_routes(
                 );
             }
         }
+        let login = matches!(&m.auth, Some(RouteAuthModel::Block(b)) if b.login == Some(true));
         let strip_cookies = super::upstream_session::strip_cookies(
             m.strip_cookies,
             matches!(auth, RouteAuth::Bearer(_)),
+            login,
         );
         let rate_limits = rl::route_limits(
             limits,
@@ -1186,6 +1190,7 @@ fn compile_routes(
             body_credentials,
             strip_cookies,
             rate_limits,
+            login,
         }));
     }
     (routes, table)

@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod fast;
+pub mod login;
 pub mod model;
 pub mod ratelimit;
 pub mod source;
@@ -176,6 +177,13 @@ const KNOWN_KEYS: &[&str] = &[
     "store",
     "on_error",
     "failed_auth_limit",
+    "login",
+    "callback_path",
+    "logout_path",
+    "cookie_secret",
+    "cookie_secure",
+    "session_ttl",
+    "post_logout_redirect_uri",
 ];
 
 fn ignored_path(p: &serde_ignored::Path) -> String {

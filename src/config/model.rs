@@ -25,6 +25,8 @@ pub struct ConfigModel {
     pub stores: Option<super::ratelimit::StoresModel>,
     #[serde(default)]
     pub rate_limits: Vec<super::ratelimit::RateLimitModel>,
+    /// Browser sign-in (`super::login`).
+    pub login: Option<super::login::model::LoginModel>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -193,6 +195,8 @@ pub struct AuthBlockModel {
     pub issuers: Option<Vec<String>>,
     pub scopes: Option<Vec<String>>,
     pub clients: Option<Vec<String>>,
+    /// Accept a browser session (`login:`) as well as a Bearer token.
+    pub login: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for RouteAuthModel {

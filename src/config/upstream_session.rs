@@ -62,9 +62,11 @@ pub fn compile_csrf(
 
 /// `strip_cookies`, or its default: on for routes with a Bearer `auth` block (the
 /// browser's cookies for the gateway's domain are not the backend's business when it
-/// is called with a token), off for `auth: none`.
-pub fn strip_cookies(given: Option<bool>, bearer_auth: bool) -> bool {
-    given.unwrap_or(bearer_auth)
+/// is called with a token), off for `auth: none` and for browser sign-in routes
+/// (`login: true`: a dashboard's own cookies are its backend's; tollgate's own session
+/// cookies are removed from them in any case).
+pub fn strip_cookies(given: Option<bool>, bearer_auth: bool, login: bool) -> bool {
+    given.unwrap_or(bearer_auth && !login)
 }
 
 #[cfg(test)]
@@ -121,12 +123,15 @@ mod tests {
         }
     }
 
-    // Behaviour: strip_cookies defaults to on exactly for Bearer routes.
+    // Behaviour: strip_cookies defaults to on exactly for Bearer routes that are not
+    // browser sign-in routes; an explicit value always wins.
     #[test]
     fn strip_cookies_default() {
-        assert!(strip_cookies(None, true));
-        assert!(!strip_cookies(None, false));
-        assert!(!strip_cookies(Some(false), true));
-        assert!(strip_cookies(Some(true), false));
+        assert!(strip_cookies(None, true, false));
+        assert!(!strip_cookies(None, false, false));
+        assert!(!strip_cookies(None, true, true));
+        assert!(!strip_cookies(Some(false), true, false));
+        assert!(strip_cookies(Some(true), false, false));
+        assert!(strip_cookies(Some(true), true, true));
     }
 }

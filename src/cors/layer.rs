@@ -5,8 +5,8 @@
 //! per route (tower-http's is one policy per service, which would mean one stack per
 //! route), origins match `https://*.company.com` on a dot boundary, and refusals produced
 //! below this layer (401, 403, 413, 429, 504...) must carry the same headers: on a
-//! refusal the headers are recorded as a [`ResponseHeaders`](crate::error::ResponseHeaders) fact that the rescue layer
-//! adds to the error response.
+//! refusal the headers are recorded as a [`ResponseHeaders`](crate::error::ResponseHeaders)
+//! fact that the rescue layer adds to the error response.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};

@@ -136,6 +136,9 @@ where
         let route = if rt.token_service.as_ref().is_some_and(|ts| ts.serves(&path)) {
             decision::note(&req, || "route: tollgate's token service".into());
             None
+        } else if rt.login.as_ref().is_some_and(|l| l.serves(&path)) {
+            decision::note(&req, || "route: tollgate's sign-in endpoints".into());
+            None
         } else {
             let host = request_host(&req)
                 .as_ref()

@@ -11,16 +11,16 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
+pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// Bound on one browser run (cors.mjs bounds itself at 150 s).
 const RUN_TIMEOUT: Duration = Duration::from_secs(210);
 
-fn browser_dir() -> PathBuf {
+pub fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/browser")
 }
 
 /// Fails (never skips) with what to install when the browser toolchain is missing.
-fn require_browser_toolchain() {
+pub fn require_browser_toolchain() {
     assert!(
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: this test needs Debian's chromium \

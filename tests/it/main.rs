@@ -3,12 +3,14 @@
 
 mod auth;
 mod browser_cors;
+mod browser_login;
 mod cli;
 mod common;
 mod deploy;
 mod embed;
 mod faults;
 mod hostile;
+mod login;
 mod oidc_e2e;
 mod ops;
 mod overload;

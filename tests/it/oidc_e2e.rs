@@ -13,6 +13,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use crate::common::*;
 
 const GATEWAY_E2E_SECRET: &str = "gateway-e2e-s3cret-from-test";
+/// The secret of the provider's `tollgate-web` sign-in client.
+pub const TOLLGATE_WEB_SECRET: &str = "tollgate-web-s3cret-from-test";
 const INTROSPECTOR_SECRET: &str = "introspector-s3cret-from-test";
 const INTROSPECTOR_SECRET_ENV: &str = "TOLLGATE_E2E_OIDC_INTROSPECTOR_SECRET";
 
@@ -24,14 +26,19 @@ const OTHER_OPAQUE_API: &str = "https://other-opaque-api.company.com";
 /// The oidc-provider child process, in a process group of its own; killed (the group,
 /// by its PGID) when dropped. It also exits by itself when its stdin closes, so it does
 /// not outlive a test process that dies without unwinding.
-struct OidcProvider {
+pub struct OidcProvider {
     process: ChildGuard,
-    issuer: String,
+    pub issuer: String,
     stderr: Arc<Mutex<String>>,
 }
 
 impl OidcProvider {
     fn spawn() -> OidcProvider {
+        OidcProvider::spawn_with(&[])
+    }
+
+    /// With provider.mjs command-line flags (e.g. `--login-access-token-ttl 65`).
+    pub fn spawn_with(args: &[&str]) -> OidcProvider {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/oidc");
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
@@ -42,9 +49,11 @@ impl OidcProvider {
             "node provider.mjs (Node 20+ must be on PATH)",
             Command::new("node")
                 .arg(dir.join("provider.mjs"))
+                .args(args)
                 .current_dir(&dir)
                 .env("OIDC_PORT", "0")
                 .env("GATEWAY_E2E_SECRET", GATEWAY_E2E_SECRET)
+                .env("TOLLGATE_WEB_SECRET", TOLLGATE_WEB_SECRET)
                 .env("INTROSPECTOR_SECRET", INTROSPECTOR_SECRET)
                 // The provider exits when its stdin closes: nothing outlives a killed test.
                 .stdin(Stdio::piped())
@@ -98,7 +107,7 @@ impl OidcProvider {
         provider
     }
 
-    fn stderr(&self) -> String {
+    pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 }
