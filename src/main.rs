@@ -75,6 +75,13 @@ enum Command {
         /// Host header, for routes with `hosts`.
         #[arg(long)]
         host: Option<String>,
+        /// Origin header: a browser's cross-origin call (the route's CORS is decided too).
+        #[arg(long)]
+        origin: Option<String>,
+        /// A CORS preflight instead: OPTIONS with `Access-Control-Request-Method: METHOD`
+        /// (needs --origin).
+        #[arg(long, value_name = "METHOD", requires = "origin")]
+        preflight: Option<String>,
         /// The request path, e.g. /v2/analytics/data
         url_path: String,
     },
@@ -131,6 +138,8 @@ fn main() -> ExitCode {
             cookie_file,
             method,
             host,
+            origin,
+            preflight,
             url_path,
         } => {
             let read = |f: Option<PathBuf>, given: Option<String>, what| match f {
@@ -147,7 +156,25 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            explain(&cli.config, token, cookie, &method, host, &url_path)
+            let method = if preflight.is_some() {
+                "OPTIONS".to_owned()
+            } else {
+                method
+            };
+            let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+                eprintln!("tollgate: invalid method {method}");
+                return ExitCode::from(2);
+            };
+            let probe = tollgate::explain::Probe {
+                token: token.as_deref(),
+                cookie: cookie.as_deref(),
+                method: Some(&method),
+                url_path: &url_path,
+                host: host.as_deref(),
+                origin: origin.as_deref(),
+                access_control_request_method: preflight.as_deref(),
+            };
+            explain(&cli.config, &probe)
         }
         Command::HashSecret => hash_secret(),
         Command::Healthcheck {
@@ -315,27 +342,9 @@ fn validate(config: &std::path::Path) -> ExitCode {
     }
 }
 
-fn explain(
-    config: &std::path::Path,
-    token: Option<String>,
-    cookie: Option<String>,
-    method: &str,
-    host: Option<String>,
-    path: &str,
-) -> ExitCode {
+fn explain(config: &std::path::Path, probe: &tollgate::explain::Probe<'_>) -> ExitCode {
     let _log_guard = logging::init(LogFormat::Text);
-    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
-        eprintln!("tollgate: invalid method {method}");
-        return ExitCode::from(2);
-    };
-    let res = runtime().block_on(tollgate::explain::explain_with_cookie(
-        config,
-        token.as_deref(),
-        cookie.as_deref(),
-        &method,
-        path,
-        host.as_deref(),
-    ));
+    let res = runtime().block_on(tollgate::explain::explain_probe(config, probe));
     match res {
         Ok(x) => {
             for l in &x.lines {

@@ -601,3 +601,99 @@ async fn explain_reads_the_token_from_stdin_or_a_file() {
     assert_eq!(none.0, Some(1), "without a token the request is denied");
     assert_eq!(up.count(), 0, "explain sends no request upstream");
 }
+
+// Behaviour: `explain --origin` decides the route's CORS too (an origin outside
+// allow_origins gets no grant), and `--preflight METHOD` explains the browser's preflight:
+// answered by tollgate without a token, with the headers the browser would get; the
+// same refusal for a preflight from an origin that is not allowed; `--preflight` without
+// `--origin` is a usage error.
+#[tokio::test]
+async fn explain_decides_cors_for_an_origin_and_a_preflight() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server:\n  listen: \"127.0.0.1:0\"\nissuers:\n{}upstreams:\n  - name: bi\n    url: \"{}\"\nroutes:\n  - name: analytics\n    path_prefix: /v2/analytics\n    upstream: bi\n    auth:\n      issuers: [corp]\n      scopes: [analytics.read]\n    cors:\n      allow_origins: [\"https://cx.company.com\"]\n      allow_methods: [GET, POST]\n      allow_headers: [Authorization]\n",
+            issuer_yaml(&idp, "corp", ""),
+            up.url()
+        ),
+    )
+    .unwrap();
+    let token = idp.token(serde_json::json!({}));
+    let (cfg2, tok) = (cfg.clone(), token.clone());
+    let (allowed, foreign, preflight, foreign_preflight, no_origin) =
+        tokio::task::spawn_blocking(move || {
+            let explain = || {
+                let mut c = bin();
+                c.args(["explain", "--config"]).arg(&cfg2);
+                c
+            };
+            (
+                output(explain().args([
+                    "--token",
+                    &tok,
+                    "--origin",
+                    "https://cx.company.com",
+                    "/v2/analytics/x",
+                ])),
+                output(explain().args([
+                    "--token",
+                    &tok,
+                    "--origin",
+                    "https://evil.example",
+                    "/v2/analytics/x",
+                ])),
+                output(explain().args([
+                    "--origin",
+                    "https://cx.company.com",
+                    "--preflight",
+                    "POST",
+                    "/v2/analytics/x",
+                ])),
+                output(explain().args([
+                    "--origin",
+                    "https://evil.example",
+                    "--preflight",
+                    "POST",
+                    "/v2/analytics/x",
+                ])),
+                output(explain().args(["--preflight", "POST", "/v2/analytics/x"])),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(allowed.0, Some(0), "{}{}", allowed.1, allowed.2);
+    for needle in [
+        "(Origin https://cx.company.com)",
+        "cors: origin allowed",
+        "result: ALLOW",
+    ] {
+        assert!(allowed.1.contains(needle), "{needle}:\n{}", allowed.1);
+    }
+    assert!(
+        foreign.1.contains("cors: origin not allowed"),
+        "{}",
+        foreign.1
+    );
+    assert_eq!(preflight.0, Some(0), "{}{}", preflight.1, preflight.2);
+    for needle in [
+        "request: OPTIONS /v2/analytics/x",
+        "no token needed",
+        "cors: access-control-allow-origin: https://cx.company.com",
+        "cors: access-control-allow-methods: GET, POST",
+        "result: answered by tollgate itself with 204",
+    ] {
+        assert!(preflight.1.contains(needle), "{needle}:\n{}", preflight.1);
+    }
+    assert!(
+        !foreign_preflight.1.contains("access-control-allow-origin"),
+        "{}",
+        foreign_preflight.1
+    );
+    assert_eq!(no_origin.0, Some(2), "{}", no_origin.2);
+    assert!(no_origin.2.contains("--origin"), "{}", no_origin.2);
+    assert_eq!(up.count(), 0, "explain sends no request upstream");
+}
