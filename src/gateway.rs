@@ -165,7 +165,7 @@ impl Gateway {
                 *gw.last_attempt_hash
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) =
-                    config::inputs_hash(&config::hex(&Sha256::digest(bytes)), &gw.current().files);
+                    config::inputs_hash(&crate::util::hex(&Sha256::digest(bytes)), &gw.current().files);
             }
             timings.read = read_started.elapsed();
             // The bytes just hashed are the ones compiled (the file is read once).

@@ -26,6 +26,7 @@ pub mod stack;
 pub mod tls;
 pub mod token_service;
 pub mod upstream;
+pub mod util;
 pub mod watch;
 
 use std::net::SocketAddr;

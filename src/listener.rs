@@ -187,7 +187,7 @@ async fn refuse(mut stream: tokio::net::TcpStream, limit: usize) {
     rand::Rng::fill(&mut rand::thread_rng(), &mut id);
     let body = format!(
         "{{\"error\":\"service_unavailable\",\"error_description\":\"tollgate has its limit of {limit} connections open; retry shortly\",\"request_id\":\"{}\"}}",
-        crate::config::hex(&id)
+        crate::util::hex(&id)
     );
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncache-control: no-store\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",

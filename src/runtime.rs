@@ -1,7 +1,8 @@
-//! The compiled, typed model a request reads: built by `config::compile`, published
+//! The compiled, typed model a request reads: built by the config loader, published
 //! behind an `ArcSwap` in [`crate::gateway::Gateway`], and loaded once per request so
 //! that a reload never changes the rules under a request in flight. Nothing here is a
-//! string waiting to be parsed.
+//! string waiting to be parsed, and nothing here knows the config file's own model
+//! (`crate::config`): the loader depends on the runtime, never the other way.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -85,30 +86,29 @@ pub struct Runtime {
     pub redacted: RedactedConfig,
 }
 
-/// The config as loaded, for `GET /admin/config`: the model is kept and turned into JSON
-/// (every secret printed as `[redacted]`) on the first request for it, so that a reload
-/// does not pay for a view that is rarely asked for (~7% of a 10k-route reload).
+/// The config as loaded, for `GET /admin/config`, with every secret printed as
+/// `[redacted]`. The config loader hands over a way to build the JSON (it owns the
+/// config file's model; the runtime does not know it), and the JSON is built on the
+/// first request for it, so that a reload does not pay for a view that is rarely
+/// asked for (~7% of a 10k-route reload).
 #[derive(Default)]
 pub struct RedactedConfig {
-    model: Option<crate::config::model::ConfigModel>,
+    build: Option<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,
     json: OnceLock<serde_json::Value>,
 }
 
 impl RedactedConfig {
-    pub fn new(model: crate::config::model::ConfigModel) -> Self {
+    /// `build` is called at most once, on the first [`RedactedConfig::json`].
+    pub fn new(build: impl Fn() -> serde_json::Value + Send + Sync + 'static) -> Self {
         RedactedConfig {
-            model: Some(model),
+            build: Some(Box::new(build)),
             json: OnceLock::new(),
         }
     }
 
     pub fn json(&self) -> &serde_json::Value {
-        self.json.get_or_init(|| {
-            self.model
-                .as_ref()
-                .and_then(|m| serde_json::to_value(m).ok())
-                .unwrap_or_default()
-        })
+        self.json
+            .get_or_init(|| self.build.as_ref().map(|b| b()).unwrap_or_default())
     }
 }
 

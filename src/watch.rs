@@ -14,7 +14,7 @@ use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::hex;
+use crate::util::hex;
 use crate::gateway::Gateway;
 
 fn content_hash(path: &PathBuf) -> Option<String> {

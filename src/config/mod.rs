@@ -19,6 +19,8 @@ use source::PosIndex;
 use validate::{Problem, Problems};
 
 use crate::runtime::Runtime;
+/// Moved to [`crate::util::hex`]; kept here until `stack.rs` names the new place.
+pub use crate::util::hex;
 
 /// Every problem found in a config file, each with its location.
 #[derive(Debug, Clone)]
@@ -247,15 +249,6 @@ pub fn inputs_hash(config_hash: &str, files: &[PathBuf]) -> String {
     hex(&h.finalize())
 }
 
-pub fn hex(b: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push(char::from(DIGITS[usize::from(x >> 4)]));
-        s.push(char::from(DIGITS[usize::from(x & 15)]));
-    }
-    s
-}
 
 pub fn load_str(
     text: &str,
@@ -300,7 +293,7 @@ fn load_str_timed(
                 Some(mut rt) if problems.is_empty() => {
                     rt.files.sort();
                     rt.files.dedup();
-                    rt.redacted = crate::runtime::RedactedConfig::new(model);
+                    rt.redacted = redacted(model);
                     Ok(rt)
                 }
                 _ => Err(locate(file, &PosIndex::build(text), problems.0)),
@@ -384,7 +377,7 @@ fn load_str_timed(
     let started = Instant::now();
     let rt = model.and_then(|m| {
         let mut rt = compile::compile(&m, &base_dir, reg, &mut problems)?;
-        rt.redacted = crate::runtime::RedactedConfig::new(m);
+        rt.redacted = redacted(m);
         Some(rt)
     });
     timings.compile = started.elapsed();
@@ -406,6 +399,12 @@ fn load_str_timed(
         // Positions are only needed to report problems.
         _ => Err(locate(file, &PosIndex::build(text), problems.0)),
     }
+}
+
+/// The `GET /admin/config` view of a model: built on first use (secrets print
+/// `[redacted]`, see [`crate::secret::Secret`]).
+fn redacted(model: model::ConfigModel) -> crate::runtime::RedactedConfig {
+    crate::runtime::RedactedConfig::new(move || serde_json::to_value(&model).unwrap_or_default())
 }
 
 /// Removes the mapping entry at `path` (`a.b[2].c`). Sequence elements are never removed

@@ -346,7 +346,7 @@ impl TokenService {
             "scope": scope,
             "iat": now,
             "exp": now + self.ttl.as_secs() as i64,
-            "jti": crate::config::hex(&jti),
+            "jti": crate::util::hex(&jti),
         });
         let token = self.key.sign("at+jwt", &claims).map_err(|e| {
             tracing::error!(error = %e, "signing failed");
