@@ -65,36 +65,17 @@ pub struct Gateway {
     reload_lock: tokio::sync::Mutex<()>,
 }
 
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+/// Moved to [`crate::util::rfc3339`].
+pub use crate::util::rfc3339;
 
 impl Gateway {
-    /// Loads the config for the first time. Starts nothing yet.
+    /// Loads the config for the first time, and writes the files it needs that do not
+    /// exist yet (a signing key to create). Starts nothing yet.
     pub fn load(path: PathBuf) -> Result<Arc<Gateway>, ConfigError> {
         let registry = Registry::default();
         let mut rt = config::load(&path, &registry)?;
+        rt.create_files()
+            .map_err(|(key, e)| ConfigError::at_key_of(&path, key, e))?;
         rt.version = 1;
         let rt_hash = config::inputs_hash(&rt.hash, &rt.files);
         let status = ReloadStatus {
@@ -164,8 +145,10 @@ impl Gateway {
             if let Ok(bytes) = &bytes {
                 *gw.last_attempt_hash
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner()) =
-                    config::inputs_hash(&crate::util::hex(&Sha256::digest(bytes)), &gw.current().files);
+                    .unwrap_or_else(|e| e.into_inner()) = config::inputs_hash(
+                    &crate::util::hex(&Sha256::digest(bytes)),
+                    &gw.current().files,
+                );
             }
             timings.read = read_started.elapsed();
             // The bytes just hashed are the ones compiled (the file is read once).
@@ -175,15 +158,13 @@ impl Gateway {
         .await
         .unwrap_or_else(|e| {
             (
-                Err(ConfigError {
-                    file: file.clone(),
-                    problems: vec![config::Located {
-                        line: 1,
-                        column: 1,
-                        path: String::new(),
-                        message: format!("reload task failed: {e}"),
-                    }],
-                }),
+                Err(ConfigError::at(
+                    &file,
+                    1,
+                    1,
+                    "",
+                    format!("reload task failed: {e}"),
+                )),
                 LoadTimings::default(),
             )
         });
@@ -194,20 +175,26 @@ impl Gateway {
             let old = self.current();
             if rt.server.tls.is_some() != old.server.tls.is_some() {
                 let (line, column) = tls_key_position(&rt.path);
-                return Err(ConfigError {
-                    file: file.clone(),
-                    problems: vec![config::Located {
-                        line,
-                        column,
-                        path: "server.tls".into(),
-                        message: if rt.server.tls.is_some() {
-                            "TLS cannot be turned on by a reload; restart tollgate".into()
-                        } else {
-                            "TLS cannot be turned off by a reload; restart tollgate".into()
-                        },
-                    }],
-                });
+                let message = if rt.server.tls.is_some() {
+                    "TLS cannot be turned on by a reload; restart tollgate"
+                } else {
+                    "TLS cannot be turned off by a reload; restart tollgate"
+                };
+                return Err(ConfigError::at(
+                    &file,
+                    line,
+                    column,
+                    "server.tls",
+                    message.into(),
+                ));
             }
+            Ok(rt)
+        });
+        // Only a config that is about to serve writes the files it needs (validate and
+        // explain never do).
+        let result = result.and_then(|mut rt| {
+            rt.create_files()
+                .map_err(|(key, e)| ConfigError::at_key_of(&self.config_path, key, e))?;
             Ok(rt)
         });
         let now = SystemTime::now();

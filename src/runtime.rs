@@ -13,6 +13,7 @@ use crate::auth::Issuer;
 use crate::cors::Cors;
 use crate::policy::{AuthRule, Permissions, RouteAuth};
 use crate::route::RouteTable;
+use crate::token_service::keys::NewKeyFile;
 use crate::token_service::TokenService;
 use crate::upstream::Upstream;
 
@@ -84,6 +85,10 @@ pub struct Runtime {
     pub files: Vec<PathBuf>,
     /// The config as loaded, secrets redacted (`GET /admin/config`).
     pub redacted: RedactedConfig,
+    /// `token_service.create_signing_key` with no file yet: the key in use, to be
+    /// written by `tollgate run` before this config serves ([`Runtime::create_files`]).
+    /// `validate` and `explain` never write it.
+    pub create_key_file: Option<NewKeyFile>,
 }
 
 /// The config as loaded, for `GET /admin/config`, with every secret printed as
@@ -113,6 +118,16 @@ impl RedactedConfig {
 }
 
 impl Runtime {
+    /// Writes the files this config needs and does not have yet (the token service's
+    /// new signing key), once: `tollgate run` calls it before the config serves.
+    /// `Err` is (key path, message).
+    pub fn create_files(&mut self) -> Result<(), (&'static str, String)> {
+        if let Some(f) = self.create_key_file.take() {
+            f.write().map_err(|e| ("token_service.signing_key", e))?;
+        }
+        Ok(())
+    }
+
     /// An issuer by its `name` (`local` for the token service).
     pub fn issuer(&self, name: &str) -> Option<&Arc<Issuer>> {
         self.issuers.iter().find(|i| &*i.name == name)
