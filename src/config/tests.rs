@@ -362,3 +362,43 @@ fn checking_never_writes_the_signing_key() {
         "the file holds the key the config was compiled with"
     );
 }
+
+// Behaviour: a substituted value (from a variable or a secret's file) is never shown,
+// even where it does not fit; neither is text standing where a block belongs.
+#[test]
+fn substituted_values_are_not_echoed() {
+    std::env::set_var("TOLLGATE_TEST_NOT_A_NUMBER", "hunter2-secret");
+    let yaml = with_route(
+        "  limits:\n    max_connections: \"${env:TOLLGATE_TEST_NOT_A_NUMBER}\"\n  tls: \"hunter2-secret\"\n",
+        "    cors:\n      allow_origins: [\"https://a.example\"]\n      allow_credentials: \"${env:TOLLGATE_TEST_NOT_A_NUMBER}\"\n",
+    );
+    let text = problems(&yaml);
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(
+        text.contains("server.limits.max_connections: expected a whole number, and the substituted value is not one"),
+        "{text}"
+    );
+    assert!(
+        text.contains("server.tls: expected a mapping (key: value lines), found text"),
+        "{text}"
+    );
+    assert!(
+        text.contains("routes[0].cors.allow_credentials: expected true or false"),
+        "{text}"
+    );
+    std::env::set_var("TOLLGATE_TEST_NOT_A_NUMBER", "42");
+    let rt = load_str(
+        &with_route(
+            "  limits:\n    max_connections: \"${env:TOLLGATE_TEST_NOT_A_NUMBER}\"\n",
+            "",
+        ),
+        "g.yaml",
+        Path::new("."),
+        &Registry::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        rt.server.limits.max_connections, 42,
+        "a variable can stand for a number"
+    );
+}

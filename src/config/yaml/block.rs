@@ -349,8 +349,9 @@ impl<'de, S: Section> Visitor<'de> for SectionVisitor<'_, '_, S> {
         Ok(None)
     }
 
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-        Ok(self.not_a_mapping(&format!("the text \"{s}\"")))
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        // The text is not shown: a value in the wrong place may be a secret.
+        Ok(self.not_a_mapping("text"))
     }
 
     fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {

@@ -199,6 +199,10 @@ impl Scalar for u64 {
             Ok(_) => Err(format!(
                 "expected a whole number, found the text \"{s}\" (write it without quotes)"
             )),
+            // A substituted value is never shown: it may come from a secret's file.
+            Err(_) if substituted => {
+                Err("expected a whole number, and the substituted value is not one".into())
+            }
             Err(_) => Err(format!("expected a whole number, found \"{s}\"")),
         }
     }
@@ -234,6 +238,7 @@ impl Scalar for bool {
             ("true" | "false", false) => Err(format!(
                 "expected true or false, found the text \"{s}\" (write it without quotes)"
             )),
+            (_, true) => Err("expected true or false, and the substituted value is neither".into()),
             _ => Err(format!("expected true or false, found \"{s}\"")),
         }
     }
