@@ -5,7 +5,8 @@
 #
 #   bench/callgrind.sh [BINARY]    (default target/release/tollgate; builds it if missing)
 #
-# Workloads: plain proxy (auth: none) and a cached Bearer token (+ scope check), both
+# Workloads: plain proxy (auth: none), the same with a local and with a Redis rate limit
+# (redis-server, when installed), and a cached Bearer token (+ scope check), all
 # HTTP/1.1 keep-alive over 8 connections from h2load. CG_KEEP=DIR keeps the callgrind
 # files (callgrind_annotate DIR/cg.jwt.2500 shows where the instructions go). Each is run with N1 and N2 requests;
 # (Ir(N2) - Ir(N1)) / (N2 - N1) cancels start-up and shutdown. Loopback only, bounded.
@@ -27,7 +28,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-UP=18480; TG=18481; ADM=18482
+UP=18480; TG=18481; ADM=18482; RDS=18483
 mkdir -p "$W/nginx"
 cat > "$W/nginx.conf" <<CONF
 daemon off; worker_processes 1; error_log $W/nginx/error.log; pid $W/nginx/pid;
@@ -36,6 +37,12 @@ http { access_log off; client_body_temp_path $W/nginx;
   server { listen 127.0.0.1:$UP; location / { return 200 "hello\n"; } } }
 CONF
 nginx -c "$W/nginx.conf" -p "$W/nginx" & PIDS+=($!)
+# The Redis behind the `store: redis` limit (its work is not counted: only tollgate's).
+HAVE_REDIS=0
+if command -v redis-server >/dev/null; then
+  redis-server --bind 127.0.0.1 --port "$RDS" --save "" --appendonly no --dir "$W" >/dev/null 2>&1 & PIDS+=($!)
+  HAVE_REDIS=1
+fi
 
 cat > "$W/gateway.yaml" <<CONF
 server:
@@ -50,14 +57,31 @@ token_service:
     - id: cg
       secret: cg-secret
       scopes: [analytics.read]
+stores:
+  redis:
+    url: "redis://127.0.0.1:$RDS/0"
+    timeout: 5s                     # valgrind slows tollgate, not Redis
 upstreams:
   - name: up
     url: "http://127.0.0.1:$UP"
+rate_limits:                        # never reached: every request is admitted
+  - {name: local-ip, key: ip, limit: 4000000000, per: 1h}
+  - {name: redis-ip, key: ip, limit: 4000000000, per: 1h, store: redis, on_error: deny}
 routes:
   - name: plain
     path_prefix: /plain
     upstream: up
     auth: none
+  - name: local
+    path_prefix: /local
+    upstream: up
+    auth: none
+    rate_limits: [local-ip]
+  - name: redis
+    path_prefix: /redis
+    upstream: up
+    auth: none
+    rate_limits: [redis-ip]
   - name: api
     path_prefix: /api
     upstream: up
@@ -96,6 +120,9 @@ per_request() { # name url [header]
 }
 
 plain=$(per_request plain "http://127.0.0.1:$TG/plain/x")
+local_rl=$(per_request local "http://127.0.0.1:$TG/local/x")
+redis_rl="(redis-server not installed)"
+if [ "$HAVE_REDIS" = 1 ]; then redis_rl=$(per_request redis "http://127.0.0.1:$TG/redis/x"); fi
 # A token from tollgate's own token service (issuer local), fetched from a plain run.
 RUST_LOG=warn "$BIN" run --config "$W/gateway.yaml" >/dev/null 2>&1 & TP=$!; PIDS+=($TP)
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$ADM/readyz" >/dev/null && break; sleep 0.1; done
@@ -106,3 +133,5 @@ jwt=$(per_request jwt "http://127.0.0.1:$TG/api/data" "authorization: Bearer $TO
 echo "binary: $BIN"
 echo "instructions per request, plain proxy:        $plain"
 echo "instructions per request, cached Bearer JWT:  $jwt"
+echo "instructions per request, plain + local rate limit:  $local_rl"
+echo "instructions per request, plain + Redis rate limit:  $redis_rl"

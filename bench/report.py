@@ -191,6 +191,11 @@ def write(res, T, path, micro_path):
         for k, lines in res["perf"].items():
             if lines:
                 L.append(f"`{k}` (self time, symbols ≥ 1.5%):\n\n```\n" + "\n".join(lines) + "\n```\n")
+    # The rate-limit section is measured by bench/ratelimit.py on its own: kept as it is.
+    begin, end = "<!-- ratelimit:begin -->", "<!-- ratelimit:end -->"
+    old = open(path).read() if os.path.exists(path) else ""
+    if begin in old and end in old:
+        L.append(old[old.index(begin):old.index(end) + len(end)] + "\n")
     L.append("## Criterion micro-benchmarks (`cargo bench --bench hot_path`)\n")
     L.append(micro_section(micro_path) + "\n")
     analysis = os.path.join(HERE, "ANALYSIS.md")

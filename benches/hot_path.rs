@@ -15,8 +15,6 @@
 
 use std::hint::black_box;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -281,19 +279,12 @@ fn headers(c: &mut Criterion) {
         );
     }
     let id = identity();
-    let rid = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
     let client_ip = HeaderValue::from_static("127.0.0.1");
     let cx = ForwardContext {
-        path: "/svc0/data",
-        query: None,
         client_ip: &client_ip,
         tls: false,
         original_host: Some(HeaderValue::from_static("api.bench.local")),
-        request_id: &rid,
         identity: Some(&id),
-        authorization: None,
-        body_exceeded: Arc::new(AtomicBool::new(false)),
-        max_body: 10 << 20,
     };
     let mut g = c.benchmark_group("headers");
     g.bench_function("clone_only_baseline", |b| {

@@ -1101,6 +1101,7 @@ struct Clients {
 }
 
 fn builder() -> reqwest::ClientBuilder {
+    tollgate::tls::install_default_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(15))
@@ -1759,7 +1760,7 @@ fn mib(kib: u64) -> String {
 
 fn utc_now() -> String {
     // "2026-11-21T00:10:00Z" -> "2026-11-21 00:10 UTC"
-    let t = tollgate::gateway::rfc3339(std::time::SystemTime::now());
+    let t = tollgate::encoding::rfc3339(std::time::SystemTime::now());
     format!("{} {} UTC", &t[..10], &t[11..16])
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the end-to-end tests need
-# (Debian's chromium for the browser test, the npm packages for the OpenID provider and
-# playwright-core), then runs every unit and integration test.
+# (Debian's chromium for the browser test, Debian's redis-server for the rate-limit
+# tests, the npm packages for the OpenID provider and playwright-core), then runs every
+# unit and integration test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,13 @@ if [ ! -x /usr/bin/chromium ]; then
   echo "installing chromium (browser CORS test)..." >&2
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null
   else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi
+fi
+if ! command -v redis-server >/dev/null; then
+  # The tests start and stop their own servers on free loopback ports; a service the
+  # package may start on 6379 is not used.
+  echo "installing redis-server (rate-limit tests)..." >&2
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi
 fi
 for dir in tests/e2e/oidc tests/e2e/browser; do
   if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then

@@ -1,19 +1,48 @@
 //! The admin listener (`server.admin_listen`): health, readiness, metrics, status,
 //! the running config with secrets redacted, reload and cache flush. None of these
-//! paths exist on the public listener.
+//! paths exist on the public listener. `server.admin_auth` guards everything but the
+//! probes with the same gate as a route.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use tower::ServiceBuilder;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::auth;
 use crate::body::{full, Body};
-use crate::error::{DenyReason, GatewayError};
+use crate::error::GatewayError;
+use crate::gate::Gate;
 use crate::gateway::Gateway;
-use crate::policy::{self, AuthRule};
+use crate::policy::AuthRule;
+use crate::request_id::{self, SaneRequestId, X_REQUEST_ID};
+
+/// The admin listener's service: request ids, then [`handle`].
+pub fn service(
+    gw: Arc<Gateway>,
+) -> impl tower::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    ServiceBuilder::new()
+        .map_request(request_id::drop_insane::<Incoming> as fn(_) -> _)
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), SaneRequestId))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        .service(tower::service_fn(move |req| {
+            let gw = gw.clone();
+            async move { Ok::<_, Infallible>(handle(gw, req).await) }
+        }))
+}
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     let mut r = Response::new(full(Bytes::from(v.to_string())));
@@ -23,42 +52,34 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     r
 }
 
-/// `server.admin_auth`: the same Bearer gates as a route (issuers, scopes, clients).
+/// `server.admin_auth`: the same gate as a route (issuers, scopes, clients).
 async fn authorize(
     gw: &Gateway,
     rule: &AuthRule,
     req: &Request<Incoming>,
 ) -> Result<(), GatewayError> {
-    let Some(token) = auth::bearer(req.headers()) else {
-        return Err(GatewayError::Unauthorized {
-            reason: DenyReason::TokenMissing,
-            description: "the admin API needs a Bearer token".into(),
-        });
-    };
     let rt = gw.current();
-    let issuers: Vec<&Arc<auth::Issuer>> = rule
-        .issuers
-        .iter()
-        .filter_map(|i| rt.issuers.get(*i))
-        .collect();
-    let id = auth::authenticate(
-        &issuers,
-        &gw.auth_caches,
-        token,
-        &mut auth::Trace::default(),
-    )
-    .await?;
-    policy::authorize(rule, None, req.method(), req.uri().path(), &id).result
+    let gate = Gate {
+        issuers: &rt.issuers,
+        rule,
+        permissions: None,
+        caches: &gw.auth_caches,
+    };
+    gate.check(auth::bearer(req.headers()), req.method(), req.uri().path())
+        .await
+        .result
 }
 
 pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
+    let rid = req.headers().get(&X_REQUEST_ID).cloned();
+    let error =
+        |e: GatewayError| e.to_response(rid.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""));
     if !matches!(path, "/healthz" | "/readyz") {
         if let Some(rule) = gw.current().server.admin_auth.clone() {
             if let Err(e) = authorize(&gw, &rule, &req).await {
-                let rid = crate::stack::request_id(&req);
                 tracing::warn!(target: "tollgate::admin", path, reason = e.deny_reason().map(|r| r.as_str()).unwrap_or("-"), "admin request denied: {e}");
-                return e.to_response(rid.to_str().unwrap_or(""));
+                return error(e);
             }
         }
     }
@@ -139,13 +160,10 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
             | "/admin/config"
             | "/admin/reload"
             | "/admin/caches/flush",
-        ) => json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            serde_json::json!({"error": "method_not_allowed", "error_description": format!("{} is not allowed on {path}", req.method())}),
-        ),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "not_found", "error_description": "no such admin endpoint"}),
-        ),
+        ) => error(GatewayError::MethodNotAllowed(format!(
+            "{} is not allowed on {path}",
+            req.method()
+        ))),
+        _ => error(GatewayError::NoAdminEndpoint),
     }
 }

@@ -1,13 +1,25 @@
 //! Every error tollgate produces, and the one place it becomes an HTTP response.
 //!
-//! Layers return a `GatewayError`; `to_response` writes SPEC.md's JSON body
-//! `{"error", "error_description", "request_id"}` and the headers that go with it
-//! (`WWW-Authenticate` on 401/403). Internals never reach the client: descriptions are
-//! written for the caller and never contain a token or a secret.
+//! Layers refuse a request with a [`Rejection`] (a `GatewayError` plus the facts the
+//! layers above it learnt); the [`Rescue`] layer near the top of the stack turns it
+//! into SPEC.md's JSON body `{"error", "error_description", "request_id"}` with the
+//! headers that go with it (`WWW-Authenticate` on 401/403, the route's CORS headers,
+//! `Retry-After`). Everything else that answers with an error (the admin API, the
+//! redirect listener, the connection-limit refusal) uses [`GatewayError::to_response`]
+//! too. Internals never reach the client: descriptions are written for the caller and
+//! never contain a token or a secret.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
-use http::{Response, StatusCode};
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{Extensions, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
 
 use crate::body::{full, Body};
 
@@ -29,10 +41,15 @@ pub enum DenyReason {
     ClientNotAllowed,
     MethodNotAllowed,
     EndpointNotAllowed,
+    /// Over a rate limit or quota, or too many failed client authentications (429).
+    RateLimited,
+    /// A browser session cookie that cannot be opened, has expired, or could not be
+    /// refreshed.
+    SessionInvalid,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 14] = [
+    pub const ALL: [DenyReason; 16] = [
         DenyReason::TokenMissing,
         DenyReason::TokenMalformed,
         DenyReason::SignatureInvalid,
@@ -47,6 +64,8 @@ impl DenyReason {
         DenyReason::ClientNotAllowed,
         DenyReason::MethodNotAllowed,
         DenyReason::EndpointNotAllowed,
+        DenyReason::RateLimited,
+        DenyReason::SessionInvalid,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +84,8 @@ impl DenyReason {
             DenyReason::ClientNotAllowed => "client_not_allowed",
             DenyReason::MethodNotAllowed => "method_not_allowed",
             DenyReason::EndpointNotAllowed => "endpoint_not_allowed",
+            DenyReason::RateLimited => "rate_limited",
+            DenyReason::SessionInvalid => "session_invalid",
         }
     }
 }
@@ -94,15 +115,19 @@ pub enum GatewayError {
     HeaderTooLarge,
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(u64),
+    #[error(transparent)]
+    BadGateway(#[from] BadGateway),
+    #[error(transparent)]
+    GatewayTimeout(#[from] Timeout),
+    /// tollgate cannot do its own part (e.g. signing a token failed).
     #[error("{0}")]
-    BadGateway(String),
-    #[error("{0}")]
-    GatewayTimeout(String),
-    #[error("{0}")]
-    ServiceUnavailable(String),
+    ServiceUnavailable(&'static str),
     /// Load shedding: more requests in flight than `max_concurrent_requests`.
     #[error("tollgate is handling its limit of {0} requests at once; retry shortly")]
     Overloaded(usize),
+    /// Over `max_connections`: the connection is answered and closed.
+    #[error("tollgate has its limit of {0} connections open; retry shortly")]
+    TooManyConnections(usize),
     /// Token service: 401 `invalid_client` with `WWW-Authenticate: Basic`.
     #[error("{0}")]
     InvalidClient(String),
@@ -114,6 +139,86 @@ pub enum GatewayError {
     },
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The admin listener has no such endpoint.
+    #[error("no such admin endpoint")]
+    NoAdminEndpoint,
+    /// 429 `rate_limited`: over a rate limit or quota, or too many failed client
+    /// authentications; carries `Retry-After`, `RateLimit-Policy` and `RateLimit`.
+    #[error("{}", .0.description)]
+    RateLimited(Box<RateLimited>),
+    /// 503 `service_unavailable` with `Retry-After`: a limit's store cannot decide and
+    /// the limit says `on_error: deny`.
+    #[error("rate limit \"{limit}\" cannot be checked right now (its store is unreachable); retry shortly")]
+    StoreUnavailable { limit: Arc<str>, retry_after: u64 },
+}
+
+/// What a 429 says: which limit, and the headers that tell the client when to come back.
+#[derive(Debug, Clone)]
+pub struct RateLimited {
+    /// The limit that refused (`rate_limits[].name`, or the token service's
+    /// `failed_auth_limit.client` / `failed_auth_limit.ip`).
+    pub limit: Arc<str>,
+    pub description: String,
+    /// `Retry-After`, whole seconds (at least 1).
+    pub retry_after: HeaderValue,
+    /// `RateLimit-Policy`: `"name";q=LIMIT;w=SECONDS`.
+    pub policy: HeaderValue,
+    /// `RateLimit`: `"name";r=0;t=SECONDS`.
+    pub state: HeaderValue,
+}
+
+/// Why an exchange with an upstream, an issuer or a token endpoint gave 502.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BadGateway {
+    #[error("upstream {upstream} is unreachable ({cause})")]
+    Unreachable { upstream: Arc<str>, cause: Cause },
+    #[error("upstream {upstream} closed or reset the connection")]
+    Reset { upstream: Arc<str>, cause: Cause },
+    #[error("could not get a token for upstream {upstream} from its token endpoint")]
+    UpstreamToken { upstream: Arc<str> },
+    #[error("token introspection at issuer {issuer} failed")]
+    Introspection { issuer: Arc<str> },
+    /// `upstreams[].csrf`: the X-CSRF-Token fetch failed (`reason` never holds a token).
+    #[error("could not get an X-CSRF-Token from upstream {upstream}: {reason}")]
+    CsrfFetch { upstream: Arc<str>, reason: String },
+    #[error("the sign-in endpoints of issuer {issuer} are unknown: its discovery document could not be fetched")]
+    Discovery { issuer: Arc<str> },
+}
+
+/// What ran out of time (504).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Timeout {
+    #[error("upstream {upstream} did not answer within {after:?}")]
+    Upstream { upstream: Arc<str>, after: Duration },
+    #[error("request did not complete within {after:?}")]
+    Request { after: Duration },
+}
+
+/// The underlying cause of a failed exchange, kept as the error itself (for logs and
+/// `source()`); shown as its innermost message ("connection refused").
+#[derive(Debug, Clone)]
+pub struct Cause(pub Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    pub fn new(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Cause {
+        Cause(Arc::from(e.into()))
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut last: &(dyn std::error::Error + 'static) = &*self.0;
+        while let Some(s) = last.source() {
+            last = s;
+        }
+        write!(f, "{last}")
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
 }
 
 impl GatewayError {
@@ -131,17 +236,20 @@ impl GatewayError {
             GatewayError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             GatewayError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::ServiceUnavailable(_) | GatewayError::Overloaded(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::ServiceUnavailable(_)
+            | GatewayError::Overloaded(_)
+            | GatewayError::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::NoAdminEndpoint => StatusCode::NOT_FOUND,
+            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     /// SPEC.md's `error` code.
     pub fn code(&self) -> &'static str {
         match self {
-            GatewayError::NotFound => "not_found",
+            GatewayError::NotFound | GatewayError::NoAdminEndpoint => "not_found",
             GatewayError::BadRequest(_) => "invalid_request",
             GatewayError::Unauthorized { .. } => "invalid_token",
             GatewayError::InsufficientScope { .. } => "insufficient_scope",
@@ -150,12 +258,14 @@ impl GatewayError {
             GatewayError::PayloadTooLarge(_) => "payload_too_large",
             GatewayError::BadGateway(_) => "bad_gateway",
             GatewayError::GatewayTimeout(_) => "gateway_timeout",
-            GatewayError::ServiceUnavailable(_) | GatewayError::Overloaded(_) => {
-                "service_unavailable"
-            }
+            GatewayError::ServiceUnavailable(_)
+            | GatewayError::Overloaded(_)
+            | GatewayError::TooManyConnections(_)
+            | GatewayError::StoreUnavailable { .. } => "service_unavailable",
             GatewayError::InvalidClient(_) => "invalid_client",
             GatewayError::OAuth { code, .. } => code,
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -165,6 +275,7 @@ impl GatewayError {
             GatewayError::Unauthorized { reason, .. }
             | GatewayError::AccessDenied { reason, .. } => Some(*reason),
             GatewayError::InsufficientScope { .. } => Some(DenyReason::ScopeMissing),
+            GatewayError::RateLimited(_) => Some(DenyReason::RateLimited),
             _ => None,
         }
     }
@@ -190,12 +301,7 @@ impl GatewayError {
 
     /// The one mapping from error to response.
     pub fn to_response(&self, request_id: &str) -> Response<Body> {
-        let body = serde_json::json!({
-            "error": self.code(),
-            "error_description": self.to_string(),
-            "request_id": request_id,
-        });
-        let mut resp = Response::new(full(Bytes::from(body.to_string())));
+        let mut resp = Response::new(full(Bytes::from(self.body_json(request_id))));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -208,18 +314,212 @@ impl GatewayError {
                 h.insert(WWW_AUTHENTICATE, v);
             }
         }
-        if let GatewayError::Overloaded(_) = self {
-            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            GatewayError::Overloaded(_) | GatewayError::TooManyConnections(_) => {
+                h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::RateLimited(r) => {
+                h.insert(http::header::RETRY_AFTER, r.retry_after.clone());
+                h.insert(&RATELIMIT_POLICY, r.policy.clone());
+                h.insert(&RATELIMIT, r.state.clone());
+            }
+            GatewayError::StoreUnavailable { retry_after, .. } => {
+                h.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
         }
         if matches!(
             self,
-            GatewayError::HeaderTooLarge | GatewayError::BadRequest(_)
+            GatewayError::HeaderTooLarge
+                | GatewayError::BadRequest(_)
+                | GatewayError::TooManyConnections(_)
         ) {
             // The connection's framing may be off: do not reuse it.
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
+}
+
+impl GatewayError {
+    /// The whole HTTP/1.1 response as bytes, for answering on a raw connection before
+    /// any HTTP machinery runs (the connection-limit refusal).
+    pub fn to_http1_bytes(&self, request_id: &str) -> Vec<u8> {
+        let resp = self.to_response(request_id);
+        let body = self.body_json(request_id);
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\n",
+            resp.status().as_u16(),
+            resp.status().canonical_reason().unwrap_or("")
+        )
+        .into_bytes();
+        for (k, v) in resp.headers() {
+            out.extend_from_slice(k.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
+
+    fn body_json(&self, request_id: &str) -> String {
+        serde_json::json!({
+            "error": self.code(),
+            "error_description": self.to_string(),
+            "request_id": request_id,
+        })
+        .to_string()
+    }
+}
+
+/// A request refused by a layer: the error, plus the facts the layers it passed through
+/// had learnt (the matched route, the identity, headers every response must carry). The
+/// [`Rescue`] layer moves the facts onto the error response, where the observing layer
+/// reads them like it reads them on any other response.
+#[derive(Debug)]
+pub struct Rejection {
+    pub error: GatewayError,
+    pub facts: Extensions,
+}
+
+impl Rejection {
+    pub fn with<T: Clone + Send + Sync + 'static>(mut self, fact: T) -> Rejection {
+        self.facts.insert(fact);
+        self
+    }
+
+    /// Adds headers to the [`ResponseHeaders`] the error response will carry, keeping
+    /// those other layers recorded (a header this error sets itself still wins).
+    pub fn with_headers(mut self, add: impl FnOnce(&mut HeaderMap)) -> Rejection {
+        let mut h = self.facts.remove::<ResponseHeaders>().unwrap_or_default();
+        add(&mut h.0);
+        self.facts.insert(h);
+        self
+    }
+}
+
+impl<E: Into<GatewayError>> From<E> for Rejection {
+    fn from(e: E) -> Rejection {
+        Rejection {
+            error: e.into(),
+            facts: Extensions::new(),
+        }
+    }
+}
+
+/// Headers every response to this request carries, error responses included (the
+/// route's CORS headers, a limited route's RateLimit headers): recorded by the layer
+/// that decided them with [`Rejection::with_headers`], added by [`Rescue`].
+#[derive(Debug, Clone, Default)]
+pub struct ResponseHeaders(pub HeaderMap);
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
+pub static RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+pub static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
+/// Fact on an error response: the request was refused by a gate, with SPEC's reason
+/// code (for the denial log line and `tollgate_auth_denied_total`).
+#[derive(Debug, Clone)]
+pub struct Denied {
+    pub reason: DenyReason,
+    pub status: StatusCode,
+    pub description: Arc<str>,
+}
+
+/// Turns every [`Rejection`] of the layers below into SPEC's error response, with the
+/// request id, the facts as response extensions and the recorded [`ResponseHeaders`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RescueLayer;
+
+impl<S> tower::Layer<S> for RescueLayer {
+    type Service = Rescue<S>;
+    fn layer(&self, inner: S) -> Rescue<S> {
+        Rescue { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Rescue<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<Request<B>> for Rescue<S>
+where
+    S: tower::Service<Request<B>, Response = Response<Body>, Error = Rejection>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = RescueFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The layers below are always ready; a refusal to be ready would be answered
+        // per request instead.
+        match self.inner.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let request_id = req.headers().get(&crate::request_id::X_REQUEST_ID).cloned();
+        RescueFuture {
+            inner: self.inner.call(req),
+            request_id,
+        }
+    }
+}
+
+pin_project! {
+    pub struct RescueFuture<F> {
+        #[pin]
+        inner: F,
+        request_id: Option<HeaderValue>,
+    }
+}
+
+impl<F: Future<Output = Result<Response<Body>, Rejection>>> Future for RescueFuture<F> {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        Poll::Ready(Ok(match out {
+            Ok(resp) => resp,
+            Err(rej) => rescue(rej, this.request_id.as_ref()),
+        }))
+    }
+}
+
+/// One refusal, as the client sees it.
+pub fn rescue(rej: Rejection, request_id: Option<&HeaderValue>) -> Response<Body> {
+    let Rejection { error, facts } = rej;
+    let rid = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mut resp = error.to_response(rid);
+    if let Some(ResponseHeaders(h)) = facts.get::<ResponseHeaders>() {
+        for name in h.keys() {
+            // A header the error sets itself (a 429's RateLimit headers) wins.
+            if resp.headers().contains_key(name) {
+                continue;
+            }
+            for v in h.get_all(name) {
+                resp.headers_mut().append(name.clone(), v.clone());
+            }
+        }
+    }
+    let denied = error.deny_reason().map(|reason| Denied {
+        reason,
+        status: error.status(),
+        description: Arc::from(error.to_string()),
+    });
+    resp.extensions_mut().extend(facts);
+    if let Some(d) = denied {
+        resp.extensions_mut().insert(d);
+    }
+    resp.extensions_mut().insert(Arc::new(error));
+    resp
 }
 
 /// Header parameter values are quoted-strings: no `"` or `\` or control characters.
@@ -261,5 +561,74 @@ mod tests {
         let v = r.headers()[WWW_AUTHENTICATE].to_str().unwrap();
         assert!(v.contains("error=\"insufficient_scope\""));
         assert!(v.contains("scope=\"a b\""));
+    }
+}
+
+#[cfg(test)]
+mod rescue_tests {
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::testing::{body_json, get};
+
+    // Behaviour: the rescue layer writes SPEC's JSON error with the request id, adds the
+    // recorded headers, and leaves the facts and the denial on the response.
+    #[tokio::test]
+    async fn refusals_become_spec_errors() {
+        let refuse = tower::service_fn(|_req: Request<_>| async {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "access-control-allow-origin",
+                HeaderValue::from_static("https://a.b"),
+            );
+            let rej = Rejection::from(GatewayError::AccessDenied {
+                reason: DenyReason::ClientNotAllowed,
+                description: "client \"x\" is not allowed on this route".into(),
+            })
+            .with(ResponseHeaders(h))
+            .with(42u32);
+            Err::<Response<Body>, _>(rej)
+        });
+        let mut req = get("/x");
+        req.headers_mut()
+            .insert("x-request-id", HeaderValue::from_static("rid-1"));
+        let Ok(resp) = RescueLayer.layer(refuse).oneshot(req).await;
+        assert_eq!(resp.status(), 403);
+        assert_eq!(resp.headers()["access-control-allow-origin"], "https://a.b");
+        assert_eq!(resp.extensions().get::<u32>(), Some(&42));
+        assert_eq!(
+            resp.extensions().get::<Denied>().unwrap().reason,
+            DenyReason::ClientNotAllowed
+        );
+        let body = body_json(resp).await;
+        assert_eq!(body["error"], "access_denied");
+        assert_eq!(body["request_id"], "rid-1");
+        assert_eq!(
+            body["error_description"],
+            "client \"x\" is not allowed on this route"
+        );
+    }
+
+    // Behaviour: the connection-limit refusal is a complete HTTP/1.1 answer with SPEC's body.
+    #[test]
+    fn raw_refusal_is_a_complete_answer() {
+        let bytes = GatewayError::TooManyConnections(5).to_http1_bytes("r1");
+        let text = String::from_utf8(bytes).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("retry-after: 1") && head.contains("connection: close"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"], "service_unavailable");
+        assert_eq!(v["request_id"], "r1");
     }
 }

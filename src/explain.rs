@@ -1,20 +1,68 @@
-//! `tollgate explain`: the decision trace a request would get — route, issuer,
+//! `tollgate explain`: the decision trace a request would get — route, CORS, issuer,
 //! signature, claims, client, scopes granted vs required, permission, final status.
-//! It fetches issuer keys like the server does, and runs the same code.
+//!
+//! It runs the server's own policy layers (`stack::policy`: routing, CORS, limits, the
+//! token service, body credentials, the gate) on a request built from the command line,
+//! with a [`Trace`] in its extensions, in front of a recorder instead of the upstream:
+//! whatever the server would decide, explain shows, step by step. Issuer keys are
+//! fetched like the server fetches them. Nothing is sent upstream.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use http::Method;
+use http::header::{AUTHORIZATION, COOKIE, HOST};
+use http::{HeaderValue, Method, Request, Response};
+use tower::{Layer, ServiceExt};
 
-use crate::auth::{self, IssuerKind, Trace};
-use crate::config::{self, Registry};
-use crate::error::GatewayError;
-use crate::policy::{self, RouteAuth};
-use crate::route::{normalize_host, normalize_path};
+use crate::auth::IssuerKind;
+use crate::body::{empty, Body};
+use crate::config::ConfigError;
+use crate::conn::ConnInfo;
+use crate::decision::{self, Trace};
+use crate::error::{GatewayError, Rejection, RescueLayer};
+use crate::gateway::Gateway;
+use crate::route::layer::Routed;
+use crate::service::Outcome;
 
 pub struct Explained {
     pub lines: Vec<String>,
     pub allowed: bool,
+}
+
+/// Fact: the request got through every gate and would be forwarded.
+#[derive(Debug, Clone, Copy)]
+struct Forwarded;
+
+/// Stands where the upstream would: records that the request would be forwarded.
+#[derive(Debug, Clone, Copy)]
+struct Recorder;
+
+impl<B> tower::Service<Request<B>> for Recorder {
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = std::future::Ready<Outcome>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        decision::note(&req, || {
+            match req
+                .extensions()
+                .get::<Routed>()
+                .and_then(|r| r.route.as_ref())
+                .and_then(|r| r.upstream.as_ref())
+            {
+                Some(u) => format!("upstream: would forward to {}", u.name),
+                None => "upstream: none on this route (404)".into(),
+            }
+        });
+        let mut resp = Response::new(empty());
+        resp.extensions_mut().insert(Forwarded);
+        std::future::ready(Ok(resp))
+    }
 }
 
 pub async fn explain(
@@ -23,90 +71,29 @@ pub async fn explain(
     method: &Method,
     url_path: &str,
     host: Option<&str>,
-) -> Result<Explained, config::ConfigError> {
-    let reg = Registry::default();
-    let rt = config::load(config_path, &reg)?;
-    let mut out = Vec::new();
-    let deny = |out: &mut Vec<String>, e: &GatewayError| {
-        out.push(format!(
-            "result: DENY {} {}{}: {}",
-            e.status().as_u16(),
-            e.code(),
-            e.deny_reason()
-                .map(|r| format!(" (reason {})", r.as_str()))
-                .unwrap_or_default(),
-            e
-        ));
-        Explained {
-            lines: std::mem::take(out),
-            allowed: false,
-        }
-    };
-    let raw = url_path.split('?').next().unwrap_or(url_path);
-    out.push(format!(
+) -> Result<Explained, ConfigError> {
+    explain_with_cookie(config_path, token, None, method, url_path, host).await
+}
+
+/// [`explain`] for a request that may also carry a `Cookie` header (a browser session:
+/// `tollgate_session=...`). A session is opened and its access token checked like the
+/// server does, but never refreshed (a refresh token may be usable only once).
+pub async fn explain_with_cookie(
+    config_path: &std::path::Path,
+    token: Option<&str>,
+    cookie: Option<&str>,
+    method: &Method,
+    url_path: &str,
+    host: Option<&str>,
+) -> Result<Explained, ConfigError> {
+    let gw = Gateway::load(config_path.to_path_buf())?;
+    let rt = gw.current();
+    let mut out = vec![format!(
         "request: {method} {url_path}{}",
         host.map(|h| format!(" (Host {h})")).unwrap_or_default()
-    ));
-    let path = match normalize_path(raw) {
-        Ok(p) => p,
-        Err(e) => {
-            return Ok(deny(
-                &mut out,
-                &GatewayError::BadRequest(format!("invalid path: {}", e.0)),
-            ))
-        }
-    };
-    if path != raw {
-        out.push(format!("normalised path: {path}"));
-    }
-    let host = host.map(normalize_host).unwrap_or_default();
-    let Some(id) = rt.table.lookup(&host, &path) else {
-        out.push("route: none matches".into());
-        return Ok(deny(&mut out, &GatewayError::NotFound));
-    };
-    let route = rt.routes[id].clone();
-    out.push(format!(
-        "route: {} (path_prefix {}, upstream {})",
-        route.name,
-        route.path_prefix,
-        route.upstream.as_ref().map(|u| &*u.name).unwrap_or("-")
-    ));
-    let RouteAuth::Bearer(rule) = &route.auth else {
-        out.push("auth: none (public route)".into());
-        out.push("result: ALLOW".into());
-        return Ok(Explained {
-            lines: out,
-            allowed: true,
-        });
-    };
-    let issuers: Vec<&Arc<auth::Issuer>> = rule
-        .issuers
-        .iter()
-        .filter_map(|i| rt.issuers.get(*i))
-        .collect();
-    out.push(format!(
-        "auth: issuers [{}], scopes required [{}], clients {}",
-        issuers
-            .iter()
-            .map(|i| &*i.name)
-            .collect::<Vec<_>>()
-            .join(", "),
-        rule.scopes.join(" "),
-        rule.clients
-            .as_ref()
-            .map(|c| format!("[{}]", c.join(", ")))
-            .unwrap_or_else(|| "any".into())
-    ));
-    let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
-        return Ok(deny(
-            &mut out,
-            &GatewayError::Unauthorized {
-                reason: crate::error::DenyReason::TokenMissing,
-                description: "no Bearer token".into(),
-            },
-        ));
-    };
-    for i in &issuers {
+    )];
+    // Keys are fetched like the server fetches them, before the request is decided.
+    for i in &rt.issuers {
         if let IssuerKind::Jwt(store) = &i.kind {
             store.refresh().await;
             out.push(format!(
@@ -114,7 +101,8 @@ pub async fn explain(
                 i.name,
                 store.keys().all.len()
             ));
-            let generated = reg
+            let generated = gw
+                .registry
                 .generated_key
                 .lock()
                 .map(|g| g.is_some())
@@ -124,46 +112,84 @@ pub async fn explain(
             }
         }
     }
-    let caches = auth::AuthCaches::default();
-    let mut trace = Trace {
-        enabled: true,
-        lines: Vec::new(),
-    };
-    let result = auth::authenticate(&issuers, &caches, token, &mut trace).await;
-    out.append(&mut trace.lines);
-    let identity = match result {
-        Ok(id) => id,
-        Err(e) => return Ok(deny(&mut out, &e)),
-    };
-    out.push(format!(
-        "identity: issuer {}, client {}, subject {}",
-        identity.issuer,
-        identity.client_id.as_deref().unwrap_or("-"),
-        identity.subject.as_deref().unwrap_or("-")
-    ));
-    out.push(format!("scopes granted: [{}]", identity.scopes.join(" ")));
-    let verdict = policy::authorize(rule, route.permissions.as_ref(), method, &path, &identity);
-    match (&route.permissions, verdict.permission) {
-        (None, _) => out.push("permissions: none on this route (route scopes decide)".into()),
-        (Some(_), Some(p)) => out.push(format!(
-            "permission: {} methods [{}] extra scopes [{}]",
-            p.path,
-            p.methods
-                .as_ref()
-                .map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(" "))
-                .unwrap_or_else(|| "*".into()),
-            p.scopes.join(" ")
-        )),
-        (Some(_), None) => out.push("permission: no entry matches this path".into()),
-    }
-    match verdict.result {
-        Ok(()) => {
-            out.push("result: ALLOW".into());
-            Ok(Explained {
+    let req = match build_request(token, cookie, method, url_path, host) {
+        Ok(r) => r,
+        Err(e) => {
+            out.push(deny_line(&e));
+            return Ok(Explained {
                 lines: out,
-                allowed: true,
-            })
+                allowed: false,
+            });
         }
-        Err(e) => Ok(deny(&mut out, &e)),
+    };
+    let trace = Trace::default();
+    let mut req = req;
+    req.extensions_mut().insert(trace.clone());
+    req.extensions_mut().insert(Arc::new(ConnInfo::new(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        false,
+    )));
+    let svc = RescueLayer.layer(crate::stack::policy(&gw, Recorder));
+    let Ok(resp) = svc.oneshot(req).await;
+    out.extend(trace.lines());
+    let refused = resp.extensions().get::<Arc<GatewayError>>().cloned();
+    let allowed = match refused {
+        Some(e) => {
+            out.push(deny_line(&e));
+            false
+        }
+        None if resp.extensions().get::<Forwarded>().is_some() => {
+            out.push("result: ALLOW".into());
+            true
+        }
+        None => {
+            out.push(format!(
+                "result: answered by tollgate itself with {}",
+                resp.status().as_u16()
+            ));
+            resp.status().is_success()
+        }
+    };
+    Ok(Explained {
+        lines: out,
+        allowed,
+    })
+}
+
+fn build_request(
+    token: Option<&str>,
+    cookie: Option<&str>,
+    method: &Method,
+    url_path: &str,
+    host: Option<&str>,
+) -> Result<Request<http_body_util::Empty<bytes::Bytes>>, GatewayError> {
+    let bad = |what: &str| GatewayError::BadRequest(format!("invalid {what}"));
+    let mut b = Request::builder().method(method.clone()).uri(url_path);
+    if let Some(h) = host {
+        b = b.header(HOST, HeaderValue::from_str(h).map_err(|_| bad("host"))?);
     }
+    if let Some(t) = token.map(str::trim).filter(|t| !t.is_empty()) {
+        let mut v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| bad("token"))?;
+        v.set_sensitive(true);
+        b = b.header(AUTHORIZATION, v);
+    }
+    if let Some(c) = cookie.map(str::trim).filter(|c| !c.is_empty()) {
+        let mut v = HeaderValue::from_str(c).map_err(|_| bad("cookie"))?;
+        v.set_sensitive(true);
+        b = b.header(COOKIE, v);
+    }
+    b.body(http_body_util::Empty::new())
+        .map_err(|_| bad("request path"))
+}
+
+fn deny_line(e: &GatewayError) -> String {
+    format!(
+        "result: DENY {} {}{}: {}",
+        e.status().as_u16(),
+        e.code(),
+        e.deny_reason()
+            .map(|r| format!(" (reason {})", r.as_str()))
+            .unwrap_or_default(),
+        e
+    )
 }

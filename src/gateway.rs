@@ -12,8 +12,11 @@ use sha2::{Digest, Sha256};
 use crate::auth::{AuthCaches, IssuerKind};
 use crate::config::{self, ConfigError, LoadTimings, Registry};
 use crate::credentials::TokenCache;
+use crate::encoding::rfc3339;
 use crate::metrics::{Metrics, ScrapeExtras};
 use crate::runtime::Runtime;
+use crate::session::SessionCaches;
+use crate::upstream_session::Sessions;
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ReloadStatus {
@@ -54,8 +57,12 @@ pub struct Gateway {
     pub config_path: PathBuf,
     pub registry: Registry,
     pub metrics: Metrics,
-    pub auth_caches: AuthCaches,
+    pub auth_caches: Arc<AuthCaches>,
     pub tokens: TokenCache,
+    /// Upstream sessions (`upstreams[].csrf`): tokens and cookie jars.
+    pub sessions: Sessions,
+    /// Browser sessions' refreshes in flight, and their results for a short while.
+    pub login_sessions: SessionCaches,
     pub status: Mutex<ReloadStatus>,
     pub listeners_up: AtomicBool,
     /// SHA-256 of the file content of the last load or reload attempt, successful or
@@ -65,14 +72,16 @@ pub struct Gateway {
     reload_lock: tokio::sync::Mutex<()>,
 }
 
-/// Moved to [`crate::util::rfc3339`].
-pub use crate::util::rfc3339;
-
 impl Gateway {
     /// Loads the config for the first time, and writes the files it needs that do not
     /// exist yet (a signing key to create). Starts nothing yet.
     pub fn load(path: PathBuf) -> Result<Arc<Gateway>, ConfigError> {
-        let registry = Registry::default();
+        Gateway::load_with(path, Registry::default())
+    }
+
+    /// [`Gateway::load`] with a registry set up by the caller (`tollgate::layer` loads
+    /// with `embedded` set: routes need no upstream).
+    pub fn load_with(path: PathBuf, registry: Registry) -> Result<Arc<Gateway>, ConfigError> {
         let mut rt = config::load(&path, &registry)?;
         rt.create_files()
             .map_err(|(key, e)| ConfigError::at_key_of(&path, key, e))?;
@@ -89,8 +98,10 @@ impl Gateway {
             config_path: path,
             registry,
             metrics: Metrics::default(),
-            auth_caches: AuthCaches::default(),
+            auth_caches: Arc::default(),
             tokens: TokenCache::default(),
+            sessions: Sessions::default(),
+            login_sessions: SessionCaches::default(),
             status: Mutex::new(status),
             listeners_up: AtomicBool::new(false),
             last_attempt_hash: Mutex::new(rt_hash),
@@ -146,7 +157,7 @@ impl Gateway {
                 *gw.last_attempt_hash
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = config::inputs_hash(
-                    &crate::util::hex(&Sha256::digest(bytes)),
+                    &crate::encoding::hex(&Sha256::digest(bytes)),
                     &gw.current().files,
                 );
             }
@@ -302,12 +313,20 @@ impl Gateway {
         let upstream_tokens = self.tokens.clear();
         let introspection = self.auth_caches.introspection.clear();
         let verified = self.auth_caches.verified.clear();
-        tracing::info!(upstream_tokens, introspection, verified, "caches flushed");
+        let upstream_sessions = self.sessions.clear();
+        tracing::info!(
+            upstream_tokens,
+            introspection,
+            verified,
+            upstream_sessions,
+            "caches flushed"
+        );
         serde_json::json!({
             "flushed": {
                 "upstream_tokens": upstream_tokens,
                 "introspection_results": introspection,
                 "verified_tokens": verified,
+                "upstream_sessions": upstream_sessions,
             },
             "kept": ["jwks"],
         })
@@ -347,6 +366,14 @@ impl Gateway {
                 ("upstream_tokens", self.tokens.tokens.len()),
             ],
             config_version: rt.version,
+            ready: self.ready(),
+            last_reload_ok: self
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last_reload_ok
+                != Some(false),
+            redis_store_errors: self.registry.rate_limit_stores.redis_errors(),
         }
     }
 }

@@ -8,25 +8,42 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod cache;
+pub mod client;
 pub mod config;
+pub mod conn;
 pub mod cors;
 pub mod credentials;
+pub mod decision;
+pub mod encoding;
 pub mod error;
 pub mod explain;
+pub mod gate;
 pub mod gateway;
+pub mod healthcheck;
+pub mod identity;
+pub mod init;
+pub mod layer;
+pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod observe;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
+pub mod request_id;
 pub mod route;
 pub mod runtime;
 pub mod secret;
+pub mod service;
+pub mod session;
 pub mod stack;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod token_service;
 pub mod upstream;
-pub mod util;
+pub mod upstream_session;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -83,13 +100,12 @@ pub async fn start(gw: Arc<Gateway>) -> std::io::Result<Running> {
         rx.clone(),
     )));
     if let Some(l) = admin {
-        let g = gw.clone();
         tasks.push(tokio::spawn(listener::serve(
             gw.clone(),
             l,
             false,
             rx.clone(),
-            move |_i, req| admin::handle(g.clone(), req),
+            admin::service(gw.clone()),
         )));
     }
     if let Some(l) = redirect {

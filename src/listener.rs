@@ -6,7 +6,6 @@
 //! accept loops stop and in-flight requests get `request_timeout` to finish.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,10 +20,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 use crate::body::Body;
+use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::stack::{self, ConnInfo};
+
+pub use crate::conn::ConnInfo;
 
 /// The HTTP settings every listener shares.
 pub fn http_builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
@@ -46,16 +48,21 @@ pub fn http_builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Accepts on `listener` until `shutdown` flips, serving each connection with `svc`.
-pub async fn serve<F, Fut>(
+/// Accepts on `listener` until `shutdown` flips, serving each connection with `svc`
+/// (a clone per request, with the connection's [`ConnInfo`] in its extensions).
+pub async fn serve<S>(
     gw: Arc<Gateway>,
     listener: TcpListener,
     tls: bool,
     mut shutdown: watch::Receiver<bool>,
-    svc: F,
+    svc: S,
 ) where
-    F: Fn(ConnInfo, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
+    S: tower::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
 {
     let graceful = GracefulShutdown::new();
     let max_conn = gw.current().server.limits.max_connections;
@@ -110,13 +117,16 @@ pub async fn serve<F, Fut>(
             } else {
                 None
             };
-            let info = ConnInfo::new(remote, tls_cfg.is_some());
+            let info = Arc::new(ConnInfo::new(remote, tls_cfg.is_some()));
+            // One service per connection, called in place rather than cloned per
+            // request (a clone is an atomic increment and decrement per layer).
+            let svc = std::sync::Mutex::new(svc);
             // Boxed: hyper keeps a slot for the request future on every connection,
             // idle ones included, so an unboxed future would cost its full size
-            // (several KiB) per idle keep-alive connection.
-            let service = service_fn(move |req| {
-                let fut = Box::pin(svc(info.clone(), req));
-                async move { Ok::<_, Infallible>(fut.await) }
+            // per idle keep-alive connection.
+            let service = service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(info.clone());
+                Box::pin(call_ready(&svc, req))
             });
             match tls_cfg {
                 Some(cfg) => {
@@ -152,6 +162,52 @@ pub async fn serve<F, Fut>(
     }
 }
 
+pin_project_lite::pin_project! {
+    /// The answer of a service called in place, or of a clone that waits to be ready.
+    #[project = CallProj]
+    pub enum Call<F, W> {
+        Now { #[pin] fut: F },
+        Waiting { #[pin] fut: W },
+    }
+}
+
+impl<F, W, T, E> std::future::Future for Call<F, W>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    W: std::future::Future<Output = Result<T, E>>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            CallProj::Now { fut } => fut.poll(cx),
+            CallProj::Waiting { fut } => fut.poll(cx),
+        }
+    }
+}
+
+/// Calls the connection's service in place when it is ready now (the stack always is:
+/// its limits are decided per request), else a clone of it once it is ready.
+fn call_ready<S, R>(
+    svc: &std::sync::Mutex<S>,
+    req: R,
+) -> Call<S::Future, tower::util::Oneshot<S, R>>
+where
+    S: tower::Service<R> + Clone,
+{
+    let mut s = svc.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match s.poll_ready(&mut cx) {
+        std::task::Poll::Ready(Ok(())) => Call::Now { fut: s.call(req) },
+        _ => Call::Waiting {
+            fut: s.clone().oneshot(req),
+        },
+    }
+}
+
 /// Connections being refused at once when `max_connections` are open; beyond these,
 /// new connections wait in the kernel's accept backlog.
 const REFUSALS_AT_ONCE: usize = 64;
@@ -183,19 +239,10 @@ async fn refuse(mut stream: tokio::net::TcpStream, limit: usize) {
     let brief = Duration::from_millis(200);
     let mut buf = [0u8; 4096];
     let _ = tokio::time::timeout(brief, stream.read(&mut buf)).await;
-    let mut id = [0u8; 16];
-    rand::Rng::fill(&mut rand::thread_rng(), &mut id);
-    let body = format!(
-        "{{\"error\":\"service_unavailable\",\"error_description\":\"tollgate has its limit of {limit} connections open; retry shortly\",\"request_id\":\"{}\"}}",
-        crate::util::hex(&id)
-    );
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncache-control: no-store\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
+    let rid = crate::request_id::generate();
+    let answer = GatewayError::TooManyConnections(limit).to_http1_bytes(rid.to_str().unwrap_or(""));
     let _ = tokio::time::timeout(brief, async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
+        stream.write_all(&answer).await?;
         stream.shutdown().await
     })
     .await;
@@ -212,11 +259,8 @@ pub async fn serve_public(
     shutdown: watch::Receiver<bool>,
 ) {
     let tls = gw.current().server.tls.is_some();
-    let g = gw.clone();
-    serve(gw, listener, tls, shutdown, move |info, req| {
-        stack::handle(g.clone(), info, req)
-    })
-    .await
+    let svc = crate::stack::public(&gw);
+    serve(gw, listener, tls, shutdown, svc).await
 }
 
 /// `redirect_listen`: answers 308 to `https://{host}{path}` — the port the clients use
@@ -228,11 +272,11 @@ pub async fn serve_redirect(
     shutdown: watch::Receiver<bool>,
 ) {
     let g = gw.clone();
-    serve(gw, listener, false, shutdown, move |_info, req| {
+    let svc = tower::service_fn(move |req: Request<Incoming>| {
         let port = g.current().server.redirect_https_port;
-        async move { redirect(port, &req) }
-    })
-    .await
+        std::future::ready(Ok::<_, Infallible>(redirect(port, &req)))
+    });
+    serve(gw, listener, false, shutdown, svc).await
 }
 
 fn redirect<B>(port: Option<u16>, req: &Request<B>) -> Response<Body> {
@@ -252,15 +296,16 @@ fn redirect<B>(port: Option<u16>, req: &Request<B>) -> Response<Body> {
         Some(p) => format!(":{p}"),
     };
     let location = format!("https://{host}{port}{pq}");
-    let mut resp = Response::new(crate::body::empty());
-    *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
     match http::HeaderValue::from_str(&location) {
         Ok(v) if !host.is_empty() => {
+            let mut resp = Response::new(crate::body::empty());
+            *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
             resp.headers_mut().insert(http::header::LOCATION, v);
+            resp
         }
-        _ => *resp.status_mut() = http::StatusCode::BAD_REQUEST,
+        _ => GatewayError::BadRequest("no usable Host header to redirect to".into())
+            .to_response(crate::request_id::of(req).to_str().unwrap_or("")),
     }
-    resp
 }
 
 /// A listening socket on `addr`. The error names the address: "cannot listen on

@@ -211,7 +211,7 @@ fn timestamp(o: &mut String, now: SystemTime) {
     CACHED.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != secs {
-            let full = crate::gateway::rfc3339(now);
+            let full = crate::encoding::rfc3339(now);
             c.1 = full.trim_end_matches('Z').to_owned();
             c.0 = secs;
         }

@@ -1,11 +1,13 @@
-//! The `tollgate` command: run | validate | explain | hash-secret.
+//! The `tollgate` command: run | validate | explain | hash-secret | healthcheck | init |
+//! completions | man.
 #![forbid(unsafe_code)]
 
-use std::io::BufRead;
-use std::path::PathBuf;
+use std::io::{BufRead, IsTerminal, Read};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// mimalloc instead of glibc malloc: glibc's malloc/free were ~13% of the proxy's CPU
 /// profile (bench/ANALYSIS.md), and mimalloc returns freed memory to the OS. Built
@@ -58,9 +60,21 @@ enum Command {
     },
     /// Print the decision trace a request would get; exit 0 allowed, 1 denied.
     Explain {
-        /// The Bearer token to check.
+        /// The Bearer token to check (visible in the shell history and `ps`: prefer
+        /// --token-file).
         #[arg(long)]
         token: Option<String>,
+        /// Read the Bearer token from this file; `-` reads it from stdin. One trailing
+        /// newline is ignored.
+        #[arg(long, value_name = "FILE", conflicts_with = "token")]
+        token_file: Option<PathBuf>,
+        /// A browser's Cookie header, e.g. 'tollgate_session=...', for a `login: true`
+        /// route (a session is a credential: prefer --cookie-file).
+        #[arg(long)]
+        cookie: Option<String>,
+        /// Read the Cookie header from this file; `-` reads it from stdin.
+        #[arg(long, value_name = "FILE", conflicts_with = "cookie")]
+        cookie_file: Option<PathBuf>,
         #[arg(long, default_value = "GET")]
         method: String,
         /// Host header, for routes with `hosts`.
@@ -71,6 +85,43 @@ enum Command {
     },
     /// Read a client secret on stdin, print an argon2id hash for `secret_hash`.
     HashSecret,
+    /// GET /healthz on a running tollgate's admin listener; exit 0 on a 2xx answer, 1
+    /// otherwise. For a container HEALTHCHECK (the image has no shell or curl).
+    Healthcheck {
+        /// The URL to GET instead (plain http), e.g. http://127.0.0.1:9901/readyz
+        #[arg(long, conflicts_with_all = ["admin", "ready"])]
+        url: Option<String>,
+        /// The admin listener [default: server.admin_listen from the config file; a
+        /// wildcard address such as 0.0.0.0 is checked on loopback]
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: Option<String>,
+        /// Check /readyz (ready for traffic) instead of /healthz (the process serves).
+        #[arg(long)]
+        ready: bool,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = tollgate::config::validate::parse_duration)]
+        timeout: Duration,
+    },
+    /// Write a commented starter config that passes `tollgate validate`.
+    Init {
+        /// Where to write it; `-` prints it [default: the --config path]
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Replace the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a shell completion script, e.g. `source <(tollgate completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `tollgate man | man -l -`; with --out-dir, write
+    /// tollgate.1 and one tollgate-COMMAND.1 per command there instead.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,11 +131,47 @@ fn main() -> ExitCode {
         Command::Validate { format } => validate(&cli.config, format),
         Command::Explain {
             token,
+            token_file,
+            cookie,
+            cookie_file,
             method,
             host,
             url_path,
-        } => explain(&cli.config, token, &method, host, &url_path),
+        } => {
+            let read = |f: Option<PathBuf>, given: Option<String>, what| match f {
+                Some(f) => read_token_file(&f, what).map(Some),
+                None => Ok(given),
+            };
+            let (token, cookie) = match (
+                read(token_file, token, "token"),
+                read(cookie_file, cookie, "cookie"),
+            ) {
+                (Ok(t), Ok(c)) => (t, c),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("tollgate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            explain(&cli.config, token, cookie, &method, host, &url_path)
+        }
         Command::HashSecret => hash_secret(),
+        Command::Healthcheck {
+            url,
+            admin,
+            ready,
+            timeout,
+        } => healthcheck(&cli.config, url, admin, ready, timeout),
+        Command::Init { output, force } => init(output.as_deref().unwrap_or(&cli.config), force),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tollgate",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man { out_dir } => man(out_dir.as_deref()),
     }
 }
 
@@ -127,6 +214,9 @@ fn run(config: PathBuf, format: LogFormat) -> ExitCode {
         }
     };
     runtime().block_on(async move {
+        // Before the listeners (and the "listening" line): a SIGTERM or SIGHUP that comes
+        // as soon as tollgate says it listens must drain or reload, not kill it.
+        let signals = Signals::install();
         let running = match tollgate::start(gw.clone()).await {
             Ok(r) => r,
             Err(e) => {
@@ -134,7 +224,7 @@ fn run(config: PathBuf, format: LogFormat) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        wait_for_signals(&gw).await;
+        signals.wait(&gw).await;
         tracing::info!("shutting down: no new connections, waiting for requests in flight");
         running.shutdown().await;
         tracing::info!("stopped");
@@ -142,31 +232,55 @@ fn run(config: PathBuf, format: LogFormat) -> ExitCode {
     })
 }
 
+/// SIGTERM and SIGINT (stop) and SIGHUP (reload), caught from [`Signals::install`] on:
+/// one that arrives before [`Signals::wait`] is kept for it.
 #[cfg(unix)]
-async fn wait_for_signals(gw: &std::sync::Arc<Gateway>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => {
-                let _ = gw.reload("SIGHUP").await;
+struct Signals(Option<[tokio::signal::unix::Signal; 3]>);
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Signals(Some([term, int, hup])),
+            _ => Signals(None),
+        }
+    }
+
+    /// Returns on SIGTERM or SIGINT; reloads on SIGHUP.
+    async fn wait(self, gw: &std::sync::Arc<Gateway>) {
+        let Some([mut term, mut int, mut hup]) = self.0 else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => {
+                    let _ = gw.reload("SIGHUP").await;
+                }
             }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_gw: &std::sync::Arc<Gateway>) {
-    let _ = tokio::signal::ctrl_c().await;
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> Signals {
+        Signals
+    }
+
+    async fn wait(self, _gw: &std::sync::Arc<Gateway>) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -214,6 +328,17 @@ fn validate(config: &std::path::Path, format: ValidateFormat) -> ExitCode {
                 if rt.token_service.is_some() { "on" } else { "off" },
                 rt.server.listen
             );
+            if let Some(l) = &rt.login {
+                println!(
+                    "browser sign-in with issuer {}{}",
+                    l.issuer_name(),
+                    if l.cookie_secure {
+                        ""
+                    } else {
+                        " — warning: login.cookie_secure is false (session cookies over plain HTTP: local development only)"
+                    }
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) if e.unreadable => {
@@ -266,6 +391,7 @@ fn validate_json(checked: &tollgate::config::Checked) -> ExitCode {
 fn explain(
     config: &std::path::Path,
     token: Option<String>,
+    cookie: Option<String>,
     method: &str,
     host: Option<String>,
     path: &str,
@@ -275,9 +401,10 @@ fn explain(
         eprintln!("tollgate: invalid method {method}");
         return ExitCode::from(2);
     };
-    let res = runtime().block_on(tollgate::explain::explain(
+    let res = runtime().block_on(tollgate::explain::explain_with_cookie(
         config,
         token.as_deref(),
+        cookie.as_deref(),
         &method,
         path,
         host.as_deref(),
@@ -324,6 +451,147 @@ fn hash_secret() -> ExitCode {
         }
         Err(e) => {
             eprintln!("tollgate: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The token (or cookie) in `path` (`-`: stdin), one trailing newline removed; it is one line.
+fn read_token_file(path: &Path, what: &str) -> Result<String, String> {
+    let text = if path == Path::new("-") {
+        let mut s = String::new();
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            eprintln!("tollgate: reading the {what} from stdin (paste it, then Ctrl-D)");
+        }
+        stdin
+            .lock()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("cannot read the {what} from stdin: {e}"))?;
+        s
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the {what} file {}: {e}", path.display()))?
+    };
+    let token = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    let from = if path == Path::new("-") {
+        "stdin".to_owned()
+    } else {
+        path.display().to_string()
+    };
+    if token.trim().is_empty() {
+        return Err(format!("no {what} in {from}"));
+    }
+    if token.contains(['\n', '\r']) {
+        return Err(format!(
+            "{from} has more than one line; a {what} is one line"
+        ));
+    }
+    Ok(token.to_owned())
+}
+
+fn healthcheck(
+    config: &Path,
+    url: Option<String>,
+    admin: Option<String>,
+    ready: bool,
+    timeout: Duration,
+) -> ExitCode {
+    use tollgate::healthcheck as hc;
+    let path = if ready { "/readyz" } else { "/healthz" };
+    let target = match (url, admin) {
+        (Some(u), _) => hc::from_url(&u),
+        (None, Some(a)) => hc::from_admin(&a, path),
+        (None, None) => hc::admin_listen_from_config(config).and_then(|a| hc::from_admin(&a, path)),
+    };
+    // Exit 1 for every failure: Docker reserves exit code 2 of a HEALTHCHECK command.
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tollgate healthcheck: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tollgate healthcheck: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(hc::check(&target, timeout)) {
+        Ok(status) if (200..300).contains(&status) => {
+            println!("{}: {status}", target.url());
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            eprintln!("tollgate healthcheck: {} answered {status}", target.url());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("tollgate healthcheck: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init(output: &Path, force: bool) -> ExitCode {
+    if output == Path::new("-") {
+        print!("{}", tollgate::init::STARTER);
+        return ExitCode::SUCCESS;
+    }
+    match tollgate::init::write(output, force) {
+        Ok(()) => {
+            eprintln!(
+                "tollgate: wrote {0}; check it with: tollgate validate --config {0}",
+                output.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tollgate init: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The man page of `tollgate` on stdout, or of it and every subcommand into `dir`.
+fn man(dir: Option<&Path>) -> ExitCode {
+    let cmd = Cli::command();
+    let Some(dir) = dir else {
+        return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tollgate man: {e}");
+                ExitCode::from(1)
+            }
+        };
+    };
+    let mut cmd = cmd;
+    cmd.build(); // sets each subcommand's bin name: "tollgate healthcheck"
+    let mut pages = vec![("tollgate".to_owned(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let page = sub.clone().version(env!("CARGO_PKG_VERSION"));
+        pages.push((format!("tollgate-{}", sub.get_name()), page));
+    }
+    let written = std::fs::create_dir_all(dir).and_then(|()| {
+        for (name, page) in pages {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(page).title(&name).render(&mut out)?;
+            std::fs::write(dir.join(format!("{name}.1")), out)?;
+        }
+        Ok(())
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate man: {}: {e}", dir.display());
             ExitCode::from(1)
         }
     }

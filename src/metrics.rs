@@ -29,6 +29,8 @@ pub struct Metrics {
     durations: DashMap<Arc<str>, Histogram>,
     denied: DashMap<(Arc<str>, &'static str), AtomicU64>,
     token_fetches: DashMap<(Arc<str>, &'static str), AtomicU64>,
+    csrf_fetches: DashMap<(Arc<str>, &'static str), AtomicU64>,
+    csrf_replays: DashMap<Arc<str>, AtomicU64>,
     reload_success: AtomicU64,
     reload_failure: AtomicU64,
     pub open_connections: AtomicI64,
@@ -41,7 +43,21 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     pub client_auth_failures: DashMap<&'static str, AtomicU64>,
     pub tokens_issued: AtomicU64,
+    rate_limited: DashMap<(Arc<str>, Arc<str>), AtomicU64>,
+    /// Browser sign-ins completed at the callback, by result.
+    sign_ins: DashMap<&'static str, AtomicU64>,
+    /// Session refreshes at the identity provider: [success, failure].
+    session_refreshes: [AtomicU64; 2],
 }
+
+/// The `result` values of `tollgate_sign_ins_total`, exported from startup.
+pub const SIGN_IN_RESULTS: [&str; 5] = [
+    "success",
+    "state_invalid",
+    "idp_error",
+    "exchange_failed",
+    "id_token_invalid",
+];
 
 fn inc<K: std::hash::Hash + Eq>(map: &DashMap<K, AtomicU64>, k: K) {
     if let Some(c) = map.get(&k) {
@@ -58,6 +74,12 @@ pub struct ScrapeExtras {
     pub introspections: Vec<(String, [u64; 3])>,
     pub cache_sizes: Vec<(&'static str, usize)>,
     pub config_version: u64,
+    /// What `GET /readyz` would answer (true: 200).
+    pub ready: bool,
+    /// False while the last reload attempt failed (the previous config still serves).
+    pub last_reload_ok: bool,
+    /// Failed decisions of the Redis rate-limit store(s), since the start.
+    pub redis_store_errors: u64,
 }
 
 impl Metrics {
@@ -96,6 +118,19 @@ impl Metrics {
         );
     }
 
+    /// An X-CSRF-Token fetch (`upstreams[].csrf`).
+    pub fn csrf_fetch(&self, upstream: &Arc<str>, ok: bool) {
+        inc(
+            &self.csrf_fetches,
+            (upstream.clone(), if ok { "success" } else { "failure" }),
+        );
+    }
+
+    /// A request sent once more after `403` + `X-CSRF-Token: Required`.
+    pub fn csrf_replay(&self, upstream: &Arc<str>) {
+        inc(&self.csrf_replays, upstream.clone());
+    }
+
     pub fn reload(&self, ok: bool) {
         if ok {
             &self.reload_success
@@ -107,6 +142,20 @@ impl Metrics {
 
     pub fn client_auth_failure(&self, reason: &'static str) {
         inc(&self.client_auth_failures, reason);
+    }
+
+    /// A request refused 429 by `limit` on `route`.
+    pub fn rate_limited(&self, route: &Arc<str>, limit: &Arc<str>) {
+        inc(&self.rate_limited, (route.clone(), limit.clone()));
+    }
+
+    /// A browser sign-in ended at the callback (`result`: one of [`SIGN_IN_RESULTS`]).
+    pub fn sign_in(&self, result: &'static str) {
+        inc(&self.sign_ins, result);
+    }
+
+    pub fn session_refresh(&self, ok: bool) {
+        self.session_refreshes[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn render(&self, extras: &ScrapeExtras) -> String {
@@ -215,6 +264,45 @@ impl Metrics {
 
         header(
             &mut o,
+            "tollgate_upstream_csrf_fetches_total",
+            "counter",
+            "X-CSRF-Token fetches (upstreams[].csrf), by upstream and result.",
+        );
+        let mut rows: Vec<_> = self
+            .csrf_fetches
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        rows.sort();
+        for ((up, result), v) in rows {
+            let _ = writeln!(
+                o,
+                "tollgate_upstream_csrf_fetches_total{{upstream=\"{}\",result=\"{result}\"}} {v}",
+                esc(&up)
+            );
+        }
+        header(
+            &mut o,
+            "tollgate_upstream_csrf_replays_total",
+            "counter",
+            "Requests sent once more after 403 + X-CSRF-Token: Required, by upstream.",
+        );
+        let mut rows: Vec<_> = self
+            .csrf_replays
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        rows.sort();
+        for (up, v) in rows {
+            let _ = writeln!(
+                o,
+                "tollgate_upstream_csrf_replays_total{{upstream=\"{}\"}} {v}",
+                esc(&up)
+            );
+        }
+
+        header(
+            &mut o,
             "tollgate_config_reloads_total",
             "counter",
             "Config reloads, by result.",
@@ -279,6 +367,64 @@ impl Metrics {
             );
         }
 
+        header(
+            &mut o,
+            "tollgate_rate_limited_total",
+            "counter",
+            "Requests refused with 429 by a rate limit or quota, by route and limit.",
+        );
+        let mut rows: Vec<_> = self
+            .rate_limited
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        rows.sort();
+        for ((route, limit), v) in rows {
+            let _ = writeln!(
+                o,
+                "tollgate_rate_limited_total{{route=\"{}\",limit=\"{}\"}} {v}",
+                esc(&route),
+                esc(&limit)
+            );
+        }
+        header(
+            &mut o,
+            "tollgate_store_errors_total",
+            "counter",
+            "Rate-limit decisions a store could not make (timeouts, connection and server errors, fail-fast refusals), by store.",
+        );
+        let _ = writeln!(
+            o,
+            "tollgate_store_errors_total{{store=\"redis\"}} {}",
+            extras.redis_store_errors
+        );
+        header(
+            &mut o,
+            "tollgate_sign_ins_total",
+            "counter",
+            "Browser sign-ins that reached the callback, by result.",
+        );
+        for result in SIGN_IN_RESULTS {
+            let n = self
+                .sign_ins
+                .get(result)
+                .map_or(0, |c| c.load(Ordering::Relaxed));
+            let _ = writeln!(o, "tollgate_sign_ins_total{{result=\"{result}\"}} {n}");
+        }
+        header(
+            &mut o,
+            "tollgate_session_refreshes_total",
+            "counter",
+            "Browser sessions' access tokens refreshed at the identity provider, by result.",
+        );
+        for (i, result) in ["success", "failure"].iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "tollgate_session_refreshes_total{{result=\"{result}\"}} {}",
+                self.session_refreshes[i].load(Ordering::Relaxed)
+            );
+        }
+
         scalar(
             &mut o,
             "tollgate_tokens_issued_total",
@@ -339,6 +485,20 @@ impl Metrics {
             "Version number of the config now serving.",
         );
         let _ = writeln!(o, "tollgate_config_version {}", extras.config_version);
+        scalar(
+            &mut o,
+            "tollgate_config_last_reload_successful",
+            "gauge",
+            "1 when the last config reload succeeded (or none was tried), 0 when it failed and an older config serves.",
+            u8::from(extras.last_reload_ok),
+        );
+        scalar(
+            &mut o,
+            "tollgate_ready",
+            "gauge",
+            "1 when GET /readyz answers 200 (config loaded, listeners up, first key fetches done).",
+            u8::from(extras.ready),
+        );
         o
     }
 }

@@ -7,53 +7,20 @@
 //! allows is denied.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use http::header::{HeaderName, HeaderValue};
 use http::Method;
 
 use crate::error::{DenyReason, GatewayError};
+pub use crate::identity::Identity;
 
-/// Who the token says the caller is, after verification.
+/// Fact on the way out (response or refusal): who the gate found the caller to be, and
+/// the `permissions` entry that allowed (or came closest to allowing) the request, for
+/// the access and denial log lines. One fact for both: each costs an allocation.
 #[derive(Debug, Clone, Default)]
-pub struct Identity {
-    /// The `issuers[].name` that vouched for the token (`local` for the token service).
-    pub issuer: Arc<str>,
-    pub subject: Option<String>,
-    pub client_id: Option<String>,
-    pub scopes: Vec<String>,
-    /// Unix seconds; 0 when the token had no expiry (introspection without `exp`).
-    pub expires_at: u64,
-    /// The `X-Auth-*` headers sent upstream, built once per verified token (the
-    /// identity is cached with it) rather than on every request.
-    pub forward_headers: OnceLock<Vec<(HeaderName, HeaderValue)>>,
-}
-
-impl Identity {
-    /// `X-Auth-Client-Id`, `X-Auth-Subject`, `X-Auth-Scopes` for the upstream; a value
-    /// that is not a valid header value is left out.
-    pub fn forward_headers(&self) -> &[(HeaderName, HeaderValue)] {
-        self.forward_headers.get_or_init(|| {
-            let mut v = Vec::with_capacity(3);
-            let mut add = |name: &'static str, value: &str| {
-                if let Ok(value) = HeaderValue::from_str(value) {
-                    v.push((HeaderName::from_static(name), value));
-                }
-            };
-            if let Some(c) = &self.client_id {
-                add("x-auth-client-id", c);
-            }
-            if let Some(s) = &self.subject {
-                add("x-auth-subject", s);
-            }
-            add("x-auth-scopes", &self.scopes.join(" "));
-            v
-        })
-    }
-
-    pub fn has_scope(&self, s: &str) -> bool {
-        self.scopes.iter().any(|x| x == s)
-    }
+pub struct GateFacts {
+    pub identity: Option<Arc<Identity>>,
+    pub permission: Option<Arc<str>>,
 }
 
 /// A route's `auth:` block, compiled.
@@ -81,7 +48,7 @@ enum Seg {
 /// One `permissions` entry.
 #[derive(Debug, Clone)]
 pub struct Permission {
-    pub path: String,
+    pub path: Arc<str>,
     segs: Vec<Seg>,
     rest: bool,
     /// None: any method (`methods: ["*"]`).
@@ -144,7 +111,7 @@ impl Permission {
             });
         }
         Ok(Permission {
-            path: path.to_owned(),
+            path: Arc::from(path),
             segs,
             rest,
             methods,
@@ -209,6 +176,11 @@ impl Permissions {
             exact,
             patterns,
         }
+    }
+
+    /// The entry written with this `path` (for `explain`).
+    pub fn entry(&self, path: &str) -> Option<&Permission> {
+        self.entries.iter().find(|e| &*e.path == path)
     }
 
     /// Entries whose path matches (a trailing `/` on the request is ignored).

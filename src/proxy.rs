@@ -7,10 +7,13 @@
 //! stream fails and the exchange is answered 413. The upstream's `timeout` bounds the
 //! wait for its response head (504) and every pause in its response body (after the
 //! head a 504 is too late: the body is cut off, like nginx's `proxy_read_timeout`).
+//!
+//! [`Proxy`] is the innermost service of the stack: everything it needs (the route's
+//! upstream, the normalised path, the connection, the identity) is in the request's
+//! extensions, put there by the layers above.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,14 +26,19 @@ use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 
 use crate::body::{Body, BoxError};
-use crate::error::GatewayError;
-use crate::policy::Identity;
-use crate::upstream::{send_pooled, Upstream, UpstreamFailure};
+use crate::client::{send_pooled, UpstreamFailure};
+use crate::conn::ConnInfo;
+use crate::error::{BadGateway, GatewayError, Rejection, Timeout};
+use crate::identity::Identity;
+pub use crate::request_id::X_REQUEST_ID;
+use crate::route::layer::{request_host, routed};
+
+use crate::service::{Outcome, Step};
+use crate::upstream::Upstream;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
@@ -93,30 +101,23 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 pin_project! {
-    /// Counts the request body as it streams and fails it past the limit.
+    /// Counts the request body as it streams and fails it past the limit. Its errors
+    /// are typed, so that a failed send can tell whose fault it was: [`BodyTooLarge`]
+    /// (413) or [`ClientBodyError`] (400) rather than the upstream's (502).
     pub struct LimitedBody<B> {
         #[pin]
         inner: B,
         seen: u64,
         limit: u64,
-        exceeded: Arc<AtomicBool>,
-        client_error: Arc<AtomicBool>,
     }
 }
 
 impl<B> LimitedBody<B> {
-    pub fn new(
-        inner: B,
-        limit: u64,
-        exceeded: Arc<AtomicBool>,
-        client_error: Arc<AtomicBool>,
-    ) -> Self {
+    pub fn new(inner: B, limit: u64) -> Self {
         LimitedBody {
             inner,
             seen: 0,
             limit,
-            exceeded,
-            client_error,
         }
     }
 }
@@ -124,6 +125,11 @@ impl<B> LimitedBody<B> {
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the limit")]
 pub struct BodyTooLarge;
+
+/// The client's body broke while it streamed (bad chunk framing, a reset).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read: {0}")]
+pub struct ClientBodyError(#[source] BoxError);
 
 impl<B> HttpBody for LimitedBody<B>
 where
@@ -143,16 +149,13 @@ where
                 if let Some(d) = frame.data_ref() {
                     *this.seen += d.len() as u64;
                     if *this.seen > *this.limit {
-                        this.exceeded.store(true, Ordering::Release);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                // The client's body is broken (bad chunk framing, reset): its fault.
-                this.client_error.store(true, Ordering::Release);
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(e.into())))))
             }
             other => other.map(|o| o.map(|r| r.map_err(Into::into))),
         }
@@ -241,18 +244,11 @@ where
 
 /// What the forwarding step needs to know about the exchange.
 pub struct ForwardContext<'a> {
-    pub path: &'a str,
-    pub query: Option<&'a str>,
     /// The client's IP as text.
     pub client_ip: &'a HeaderValue,
     pub tls: bool,
     pub original_host: Option<HeaderValue>,
-    pub request_id: &'a HeaderValue,
     pub identity: Option<&'a Identity>,
-    /// `Authorization` to send instead of the inbound one (upstream credentials).
-    pub authorization: Option<HeaderValue>,
-    pub body_exceeded: Arc<AtomicBool>,
-    pub max_body: u64,
 }
 
 /// The request target sent upstream, in origin form (`/base/path?query`): the
@@ -270,6 +266,10 @@ pub fn upstream_uri(up: &Upstream, path: &str, query: Option<&str>) -> Result<Ur
         .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded".into()))
 }
 
+/// Header hygiene for the upstream: hop-by-hop and inbound `X-Auth-*` headers removed,
+/// `X-Forwarded-*`, `Host` and the verified identity added. (`X-Request-Id` is already
+/// the request's own, set by the request-id layer; upstream credentials, when the
+/// upstream has `auth:`, were set by the credentials layer.)
 pub fn prepare_headers(h: &mut HeaderMap, up: &Upstream, cx: &ForwardContext<'_>) {
     strip_hop_by_hop(h);
     if h.keys().any(|k| k.as_str().starts_with("x-auth-")) {
@@ -306,14 +306,10 @@ pub fn prepare_headers(h: &mut HeaderMap, up: &Upstream, cx: &ForwardContext<'_>
         }
     }
     h.insert(header::HOST, up.host.clone());
-    h.insert(X_REQUEST_ID.clone(), cx.request_id.clone());
     if let Some(id) = cx.identity {
         for (name, value) in id.forward_headers() {
             h.insert(name.clone(), value.clone());
         }
-    }
-    if let Some(a) = &cx.authorization {
-        h.insert(header::AUTHORIZATION, a.clone());
     }
 }
 
@@ -321,56 +317,101 @@ pub fn prepare_headers(h: &mut HeaderMap, up: &Upstream, cx: &ForwardContext<'_>
 pub async fn forward<B>(
     up: &Upstream,
     req: Request<B>,
+    uri: Uri,
     cx: ForwardContext<'_>,
+    max_body: u64,
 ) -> Result<Response<Body>, GatewayError>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let (mut parts, body) = req.into_parts();
-    parts.uri = upstream_uri(up, cx.path, cx.query)?;
+    parts.uri = uri;
     parts.version = Version::HTTP_11;
+    parts.extensions = http::Extensions::new();
     prepare_headers(&mut parts.headers, up, &cx);
-    let client_error = Arc::new(AtomicBool::new(false));
-    let body = LimitedBody::new(
-        body,
-        cx.max_body,
-        cx.body_exceeded.clone(),
-        client_error.clone(),
-    )
-    .boxed_unsync();
+    let body = LimitedBody::new(body, max_body).boxed_unsync();
     let out = Request::from_parts(parts, body);
     match send_pooled(up.pool(), out, up.timeout).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            // The client gets tollgate's request id, never one the upstream made up.
+            parts.headers.remove(&X_REQUEST_ID);
             let body = IdleTimeoutBody::new(body, up.timeout, up.name.clone()).boxed_unsync();
             Ok(Response::from_parts(parts, body))
         }
-        Err(_) if cx.body_exceeded.load(Ordering::Acquire) => {
-            Err(GatewayError::PayloadTooLarge(cx.max_body))
-        }
-        Err(_) if client_error.load(Ordering::Acquire) => Err(GatewayError::BadRequest(
+        Err(f) if f.caused_by::<BodyTooLarge>() => Err(GatewayError::PayloadTooLarge(max_body)),
+        Err(f) if f.caused_by::<ClientBodyError>() => Err(GatewayError::BadRequest(
             "the request body could not be read (malformed chunked encoding or a reset)".into(),
         )),
-        Err(UpstreamFailure::Timeout) => Err(GatewayError::GatewayTimeout(format!(
-            "upstream {} did not answer within {:?}",
-            up.name, up.timeout
-        ))),
-        Err(UpstreamFailure::Connect(d)) => {
-            tracing::warn!(upstream = %up.name, error = %d, "upstream connect failed");
-            Err(GatewayError::BadGateway(format!(
-                "upstream {} is unreachable ({d})",
-                up.name
-            )))
+        Err(UpstreamFailure::Timeout) => Err(Timeout::Upstream {
+            upstream: up.name.clone(),
+            after: up.timeout,
         }
-        Err(UpstreamFailure::Broken(d)) => {
-            tracing::warn!(upstream = %up.name, error = %d, "upstream exchange failed");
-            Err(GatewayError::BadGateway(format!(
-                "upstream {} closed or reset the connection",
-                up.name
-            )))
+        .into()),
+        Err(UpstreamFailure::Connect(cause)) => {
+            tracing::warn!(upstream = %up.name, error = %cause, "upstream connect failed");
+            Err(BadGateway::Unreachable {
+                upstream: up.name.clone(),
+                cause,
+            }
+            .into())
         }
+        Err(UpstreamFailure::Broken(cause)) => {
+            tracing::warn!(upstream = %up.name, error = %cause, "upstream exchange failed");
+            Err(BadGateway::Reset {
+                upstream: up.name.clone(),
+                cause,
+            }
+            .into())
+        }
+    }
+}
+
+/// Step 10: the innermost service, forwarding to the matched route's upstream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Proxy;
+
+impl<B> tower::Service<Request<B>> for Proxy
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = Step<std::future::Ready<Outcome>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let Some(r) = routed(&req) else {
+            return Step::reject(GatewayError::NotFound);
+        };
+        let Some(upstream) = r.route.as_ref().and_then(|r| r.upstream.clone()) else {
+            return Step::reject(GatewayError::NotFound);
+        };
+        let max_body = r.snapshot.server.limits.max_body_bytes;
+        let uri = match upstream_uri(&upstream, &r.path, req.uri().query()) {
+            Ok(uri) => uri,
+            Err(e) => return Step::reject(e),
+        };
+        let conn = req.extensions().get::<Arc<ConnInfo>>().cloned();
+        let identity = req.extensions().get::<Arc<Identity>>().cloned();
+        Step::boxed(async move {
+            let unknown = HeaderValue::from_static("unknown");
+            let cx = ForwardContext {
+                client_ip: conn.as_ref().map_or(&unknown, |c| &c.ip),
+                tls: conn.as_ref().is_some_and(|c| c.tls),
+                original_host: request_host(&req),
+                identity: identity.as_deref(),
+            };
+            forward(&upstream, req, uri, cx, max_body)
+                .await
+                .map_err(Rejection::from)
+        })
     }
 }
 

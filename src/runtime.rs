@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime};
 use crate::auth::Issuer;
 use crate::cors::Cors;
 use crate::policy::{AuthRule, Permissions, RouteAuth};
+use crate::ratelimit::RouteLimits;
 use crate::route::RouteTable;
+use crate::session::Login;
 use crate::token_service::keys::NewKeyFile;
 use crate::token_service::TokenService;
 use crate::upstream::Upstream;
@@ -66,6 +68,13 @@ pub struct Route {
     pub permissions: Option<Permissions>,
     pub cors: Option<Cors>,
     pub body_credentials: Option<BodyCredentials>,
+    /// `strip_cookies`: the client's `Cookie` header is not forwarded (default: on
+    /// routes with a Bearer `auth` block).
+    pub strip_cookies: bool,
+    /// `rate_limits`: checked after authorisation (`None`: the route has none).
+    pub rate_limits: Option<RouteLimits>,
+    /// `auth: {login: true}`: a browser session is accepted as well as a Bearer token.
+    pub login: bool,
 }
 
 pub struct Runtime {
@@ -80,6 +89,8 @@ pub struct Runtime {
     pub issuers: Vec<Arc<Issuer>>,
     pub upstreams: Vec<Arc<Upstream>>,
     pub token_service: Option<Arc<TokenService>>,
+    /// `login:`: browser sign-in.
+    pub login: Option<Arc<Login>>,
     /// Files the config depends on besides itself (certificates, keys, CAs,
     /// `${file:}` references): a change to any of them reloads the config.
     pub files: Vec<PathBuf>,
@@ -98,22 +109,23 @@ pub struct Runtime {
 /// asked for (~7% of a 10k-route reload).
 #[derive(Default)]
 pub struct RedactedConfig {
-    build: Option<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,
+    /// Renders the JSON (the config module keeps its model inside; the runtime model
+    /// does not know the config parser's types).
+    render: Option<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,
     json: OnceLock<serde_json::Value>,
 }
 
 impl RedactedConfig {
-    /// `build` is called at most once, on the first [`RedactedConfig::json`].
-    pub fn new(build: impl Fn() -> serde_json::Value + Send + Sync + 'static) -> Self {
+    pub fn new(render: impl Fn() -> serde_json::Value + Send + Sync + 'static) -> Self {
         RedactedConfig {
-            build: Some(Box::new(build)),
+            render: Some(Box::new(render)),
             json: OnceLock::new(),
         }
     }
 
     pub fn json(&self) -> &serde_json::Value {
         self.json
-            .get_or_init(|| self.build.as_ref().map(|b| b()).unwrap_or_default())
+            .get_or_init(|| self.render.as_ref().map(|r| r()).unwrap_or_default())
     }
 }
 

@@ -6,41 +6,90 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
+use rustls::pki_types::pem::{Error as PemError, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+/// The crypto provider of every TLS config tollgate builds: aws-lc-rs, the same
+/// library that signs and verifies JWTs.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static P: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
-    P.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+    P.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .clone()
 }
 
+/// Makes [`provider`] the process-wide rustls default, for code that builds TLS configs
+/// of its own from it (HTTP clients in tests and examples). Harmless when called again.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::CryptoProvider::install_default((*provider()).clone());
+}
+
+/// What went wrong in PEM data, in words (the parser's own text shows raw bytes).
+/// `wanted` names what was looked for ("private key").
+pub fn pem_problem(e: PemError, wanted: &str) -> String {
+    let text = |b: &[u8]| {
+        let s = String::from_utf8_lossy(b);
+        let s = s.trim();
+        match s.char_indices().nth(64) {
+            Some((i, _)) => format!("{}...", &s[..i]),
+            None => s.to_owned(),
+        }
+    };
+    match e {
+        PemError::NoItemsFound => format!("no {wanted} found"),
+        PemError::MissingSectionEnd { end_marker } => {
+            let label = text(&end_marker);
+            format!(
+                "invalid PEM: the {label} block is not closed (no \"-----END {label}-----\" line)"
+            )
+        }
+        PemError::IllegalSectionStart { line } => {
+            format!("invalid PEM: malformed BEGIN line \"{}\"", text(&line))
+        }
+        PemError::Base64Decode(e) => format!("invalid PEM: bad base64 in a block: {e}"),
+        e => format!("invalid PEM: {e}"),
+    }
+}
+
+fn file_problem(path: &Path, e: PemError, wanted: &str) -> String {
+    format!("{}: {}", path.display(), pem_problem(e, wanted))
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Every `CERTIFICATE` block of a PEM file, in order (other blocks are ignored).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
-    let certs = certs.map_err(|e| format!("{}: invalid PEM: {e}", path.display()))?;
+    let data = read_pem(path)?;
+    let certs = CertificateDer::pem_slice_iter(&data)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_problem(path, e, "CERTIFICATE block"))?;
     if certs.is_empty() {
-        return Err(format!("{}: no CERTIFICATE block found", path.display()));
+        return Err(file_problem(
+            path,
+            PemError::NoItemsFound,
+            "CERTIFICATE block",
+        ));
     }
     Ok(certs)
 }
 
+/// The first private key of a PEM file: PKCS#8 `PRIVATE KEY`, PKCS#1 `RSA PRIVATE KEY`
+/// or SEC1 `EC PRIVATE KEY`.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|e| format!("{}: invalid PEM: {e}", path.display()))?
-        .ok_or_else(|| format!("{}: no private key found", path.display()))
+    let data = read_pem(path)?;
+    PrivateKeyDer::from_pem_slice(&data).map_err(|e| file_problem(path, e, "private key"))
 }
 
 pub fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     let certs = load_certs(cert)?;
-    let key = load_key(key)?;
     let signer = provider()
         .key_provider
-        .load_private_key(key)
-        .map_err(|e| format!("unsupported private key: {e}"))?;
+        .load_private_key(load_key(key)?)
+        .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
     Ok(Arc::new(CertifiedKey::new(certs, signer)))
 }
 
@@ -124,4 +173,133 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<ClientConfig>, Strin
         .with_no_client_auth();
     // ALPN is set by the connector (http/1.1).
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    // Behaviour: certificates and keys (PKCS#8, PKCS#1, SEC1) load; in a file holding
+    // both, each loader picks its own block.
+    #[test]
+    fn loads_certs_and_keys() {
+        assert_eq!(load_certs(&fixture("server.pem")).unwrap().len(), 1);
+        assert!(matches!(
+            load_key(&fixture("server-key.pem")).unwrap(),
+            PrivateKeyDer::Pkcs8(_)
+        ));
+        assert!(matches!(
+            load_key(&fixture("rsa-pkcs1.pem")).unwrap(),
+            PrivateKeyDer::Pkcs1(_)
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        // A file with a certificate and a key: each loader picks its own block.
+        let both = dir.path().join("both.pem");
+        let mut pem = std::fs::read(fixture("server.pem")).unwrap();
+        pem.extend(std::fs::read(fixture("server-key.pem")).unwrap());
+        std::fs::write(&both, &pem).unwrap();
+        assert_eq!(load_certs(&both).unwrap().len(), 1);
+        assert!(load_key(&both).is_ok());
+        certified_key(&both, &both).unwrap();
+        // SEC1 "EC PRIVATE KEY" blocks are recognised as such.
+        assert!(matches!(
+            load_key(&sec1_junk(&dir)).unwrap(),
+            PrivateKeyDer::Sec1(_)
+        ));
+    }
+
+    // Behaviour: every bad PEM file gets a message that names the file and says what
+    // is wrong in words, never raw bytes.
+    #[test]
+    fn bad_pem_files_are_named_and_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, body: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, body).unwrap();
+            p
+        };
+        let missing = dir.path().join("missing.pem");
+        let e = load_certs(&missing).unwrap_err();
+        assert!(
+            e.starts_with(&format!("cannot read {}: ", missing.display())),
+            "{e}"
+        );
+        let e = load_key(&missing).unwrap_err();
+        assert!(
+            e.starts_with(&format!("cannot read {}: ", missing.display())),
+            "{e}"
+        );
+
+        let empty = write("empty.pem", "not a pem file\n");
+        assert_eq!(
+            load_certs(&empty).unwrap_err(),
+            format!("{}: no CERTIFICATE block found", empty.display())
+        );
+        assert_eq!(
+            load_key(&empty).unwrap_err(),
+            format!("{}: no private key found", empty.display())
+        );
+
+        // A key file given as the certificate, and the reverse.
+        let key = fixture("server-key.pem");
+        assert_eq!(
+            load_certs(&key).unwrap_err(),
+            format!("{}: no CERTIFICATE block found", key.display())
+        );
+        let cert = fixture("server.pem");
+        assert_eq!(
+            load_key(&cert).unwrap_err(),
+            format!("{}: no private key found", cert.display())
+        );
+
+        let good = std::fs::read_to_string(fixture("server.pem")).unwrap();
+        let cut = write("cut.pem", &good[..good.len() / 2]);
+        assert_eq!(
+            load_certs(&cut).unwrap_err(),
+            format!(
+                "{}: invalid PEM: the CERTIFICATE block is not closed (no \"-----END CERTIFICATE-----\" line)",
+                cut.display()
+            )
+        );
+
+        let bad64 = write(
+            "bad64.pem",
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        );
+        let e = load_certs(&bad64).unwrap_err();
+        assert!(
+            e.starts_with(&format!("{}: invalid PEM: bad base64", bad64.display())),
+            "{e}"
+        );
+
+        let begin = write("begin.pem", "-----BEGIN CERTIFICATE\nAAAA\n");
+        let e = load_certs(&begin).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "{}: invalid PEM: malformed BEGIN line \"-----BEGIN CERTIFICATE\"",
+                begin.display()
+            )
+        );
+
+        // A key the TLS stack cannot use names the key file.
+        let e = certified_key(&cert, &sec1_junk(&dir)).unwrap_err();
+        assert!(e.contains("sec1-junk.pem: unsupported private key"), "{e}");
+    }
+
+    fn sec1_junk(dir: &tempfile::TempDir) -> std::path::PathBuf {
+        let p = dir.path().join("sec1-junk.pem");
+        std::fs::write(
+            &p,
+            "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        p
+    }
 }

@@ -14,8 +14,8 @@ use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 
+use crate::encoding::hex;
 use crate::gateway::Gateway;
-use crate::util::hex;
 
 fn content_hash(path: &PathBuf) -> Option<String> {
     std::fs::read(path).ok().map(|b| hex(&Sha256::digest(&b)))

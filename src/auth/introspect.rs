@@ -11,9 +11,9 @@ use http::{HeaderValue, Request};
 
 use super::jwt::Refusal;
 use crate::body::full;
+use crate::client::{fetch, HttpClient};
 use crate::error::DenyReason;
 use crate::secret::Secret;
-use crate::upstream::{fetch, HttpClient};
 
 /// How long an "inactive" answer is remembered (bounded by `cache_ttl`).
 pub const INACTIVE_TTL: Duration = Duration::from_secs(10);

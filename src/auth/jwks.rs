@@ -18,11 +18,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::Request;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 
 use super::jwt::KeyKind;
 use crate::body::empty;
-use crate::upstream::{fetch, HttpClient};
+use crate::client::{fetch, HttpClient};
 
 /// How often an unknown `kid` may trigger a refetch, per issuer.
 pub const UNKNOWN_KID_REFETCH: Duration = Duration::from_secs(10);
@@ -33,9 +33,6 @@ pub struct Key {
     pub kind: KeyKind,
     /// The `alg` the JWK pins, if any.
     pub alg: Option<Algorithm>,
-    /// The same key for `jsonwebtoken` (the token service's round-trip test uses it);
-    /// tokens are verified with [`Key::verify`].
-    pub decoding: DecodingKey,
     verifier: Verifier,
 }
 
@@ -52,8 +49,8 @@ enum Verifier {
     Single(Algorithm, ParsedPublicKey),
 }
 
-/// The RSA algorithms and their aws-lc-rs parameters (the key-size bounds ring had:
-/// 2048 to 8192 bits).
+/// The RSA algorithms and their aws-lc-rs parameters (moduli of 2048 to 8192 bits, the
+/// bounds tollgate has always had).
 const RSA_ALGS: [(Algorithm, &RsaParameters); 6] = [
     (Algorithm::RS256, &lc::RSA_PKCS1_2048_8192_SHA256),
     (Algorithm::RS384, &lc::RSA_PKCS1_2048_8192_SHA384),
@@ -199,13 +196,13 @@ fn key_from_jwk(jwk: &Jwk) -> Option<Key> {
         },
         // Symmetric keys are never used: that is how HMAC key confusion starts.
         AlgorithmParameters::OctetKey(_) => return None,
+        // Key types this gateway does not verify with.
+        _ => return None,
     };
-    let decoding = DecodingKey::from_jwk(jwk).ok()?;
     Some(Key {
         kid: jwk.common.key_id.clone(),
         kind,
         alg,
-        decoding,
         verifier,
     })
 }
@@ -228,6 +225,9 @@ pub struct KeyStore {
     keys: ArcSwap<KeySet>,
     /// jwks_uri learned from discovery.
     discovered: Mutex<Option<String>>,
+    /// The discovery document itself, once fetched (browser sign-in reads its
+    /// authorization, token and end-session endpoints).
+    document: Mutex<Option<Arc<serde_json::Value>>>,
     flight: tokio::sync::Mutex<()>,
     generation: AtomicU64,
     last_kid_refetch: Mutex<Option<Instant>>,
@@ -255,6 +255,7 @@ impl KeyStore {
             refresh_every,
             keys: ArcSwap::from_pointee(KeySet::default()),
             discovered: Mutex::new(None),
+            document: Mutex::new(None),
             flight: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             last_kid_refetch: Mutex::new(None),
@@ -285,6 +286,20 @@ impl KeyStore {
 
     pub fn first_fetch_done(&self) -> bool {
         self.first_done.load(Ordering::Acquire)
+    }
+
+    /// The discovery document, once a fetch has read it (`discovery:` issuers only).
+    pub fn discovery_document(&self) -> Option<Arc<serde_json::Value>> {
+        self.document
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The HTTP client and timeout this issuer's fetches use (for other calls to the
+    /// same identity provider: browser sign-in's token endpoint).
+    pub fn http(&self) -> Option<(&HttpClient, Duration)> {
+        self.client.as_ref().map(|c| (c, self.fetch_timeout))
     }
 
     /// Starts the background refresher once; it ends when the store is dropped.
@@ -365,7 +380,9 @@ impl KeyStore {
             .header(http::header::ACCEPT, "application/json")
             .body(empty())
             .map_err(|e| e.to_string())?;
-        let (status, _, body) = fetch(client, req, self.fetch_timeout, MAX_JWKS_BYTES).await?;
+        let (status, _, body) = fetch(client, req, self.fetch_timeout, MAX_JWKS_BYTES)
+            .await
+            .map_err(|e| e.to_string())?;
         if !status.is_success() {
             return Err(format!("{url} answered {status}"));
         }
@@ -401,6 +418,8 @@ impl KeyStore {
                             .to_owned();
                         *self.discovered.lock().unwrap_or_else(|e| e.into_inner()) =
                             Some(u.clone());
+                        *self.document.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Arc::new(doc));
                         u
                     }
                 }
@@ -432,9 +451,9 @@ fn lenient_jwks(doc: serde_json::Value) -> serde_json::Value {
 mod tests {
     use super::*;
     use crate::token_service::keys::SigningKey;
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature as rs;
     use jsonwebtoken::{EncodingKey, Header};
-    use ring::rand::SystemRandom;
-    use ring::signature as rs;
 
     fn fixture(name: &str) -> Vec<u8> {
         std::fs::read(format!(

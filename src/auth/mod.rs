@@ -20,8 +20,8 @@ use self::introspect::{IntrospectError, Introspection, INACTIVE_TTL};
 use self::jwks::KeyStore;
 use self::jwt::{Jws, Refusal};
 use crate::cache::FlightCache;
-use crate::error::{DenyReason, GatewayError};
-use crate::policy::Identity;
+use crate::error::{BadGateway, DenyReason, GatewayError};
+use crate::identity::Identity;
 
 /// A compiled `issuers[]` entry (or the token service, named `local`).
 pub struct Issuer {
@@ -120,6 +120,21 @@ fn unauthorized(r: Refusal) -> GatewayError {
         reason: r.reason,
         description: r.description,
     }
+}
+
+/// The identity of a JWT one of `issuers` verified before, while its cache entry lasts
+/// (never past the token's `exp` plus leeway): the request path's fast path.
+pub fn cached<'a>(
+    mut issuers: impl Iterator<Item = &'a Arc<Issuer>>,
+    caches: &AuthCaches,
+    token: &str,
+) -> Option<Arc<Identity>> {
+    if token.len() > jwt::MAX_TOKEN_LEN {
+        return None;
+    }
+    let token_hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let (fp, id) = caches.verified.get(&token_hash)?;
+    issuers.any(|i| i.fingerprint == fp).then_some(id)
 }
 
 /// Authenticates `token` against the allowed `issuers` (already resolved for the route).
@@ -255,10 +270,9 @@ pub async fn authenticate(
             Err(IntrospectError::Unavailable(e)) => {
                 tracing::warn!(issuer = %issuer.name, error = %e, "introspection failed");
                 trace.note(|| format!("issuer {}: introspection unavailable: {e}", issuer.name));
-                last.get_or_insert(GatewayError::BadGateway(format!(
-                    "token introspection at issuer {} failed",
-                    issuer.name
-                )));
+                last.get_or_insert(GatewayError::BadGateway(BadGateway::Introspection {
+                    issuer: issuer.name.clone(),
+                }));
             }
         }
     }
@@ -310,6 +324,11 @@ pub async fn verify_jwt(
     }
     let want = jwt::key_kind_for(alg)
         .ok_or_else(|| Refusal::new(DenyReason::AlgorithmNotAllowed, "unsupported alg"))?;
+    if !store.first_fetch_done() {
+        // Before the issuer's first key fetch has finished, wait for it (or make it)
+        // rather than spending the unknown-kid refetch on keys that are on their way.
+        store.refresh().await;
+    }
     let mut keys = store.keys();
     let candidates: Vec<Arc<jwks::Key>> = loop {
         let found: Vec<Arc<jwks::Key>> = match &jws.kid {

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 
-use super::compile::Refs;
+use super::refs::Refs;
 use super::validate::{self as v, At, Problems};
 use super::yaml::{read_section, section, Cx, List, Node};
 use crate::policy::AuthRule;
@@ -18,6 +18,8 @@ section! {
         "issuers" => pub issuers: Option<List<String>>,
         "scopes" => pub scopes: Option<List<String>>,
         "clients" => pub clients: Option<List<String>>,
+        /// Accept a browser session (`login:`) as well as a Bearer token (routes only).
+        "login" => pub login: Option<bool>,
     }
 }
 

@@ -7,59 +7,26 @@
 //! one (a signing key to create is handed to `tollgate run` in
 //! [`Runtime::create_key_file`]).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use sha2::{Digest, Sha256};
 
 use super::model::ConfigModel;
+use super::refs::Refs;
 use super::registry::Registry;
 use super::subst::resolve_path;
 use super::validate::{At, Problems};
-use super::{auth, issuers, routes, server, token_service, upstreams};
-use crate::auth::Issuer;
+use super::{auth, issuers, login, ratelimit, routes, server, token_service, upstreams};
 use crate::runtime::Runtime;
-use crate::upstream::Upstream;
-
-/// What the routes (and `server.admin_auth`) may refer to by name.
-pub struct Refs<'a> {
-    /// Compiled issuers, `local` (the token service) last: `AuthRule` indexes these.
-    pub issuers: &'a [Arc<Issuer>],
-    /// Every issuer name the file declares, compiled or not.
-    pub issuer_names: Vec<&'a str>,
-    /// Whether every entry of `issuers:` could be read (else a name is never "unknown":
-    /// it may be the unreadable entry's).
-    pub issuers_complete: bool,
-    pub has_token_service: bool,
-    pub upstreams: HashMap<&'a str, &'a Arc<Upstream>>,
-    /// Every upstream name the file declares, compiled or not.
-    pub upstream_names: Vec<&'a str>,
-    pub upstreams_complete: bool,
-    /// `server.extension_methods`: methods routes may name besides the standard ones.
-    pub extension_methods: &'a [String],
-}
-
-impl Refs<'_> {
-    /// Declared in the file (it may have failed to compile: its own problem says why).
-    pub fn issuer_declared(&self, name: &str) -> bool {
-        !self.issuers_complete || self.issuer_names.contains(&name)
-    }
-
-    pub fn upstream_declared(&self, name: &str) -> bool {
-        !self.upstreams_complete || self.upstream_names.contains(&name)
-    }
-}
 
 pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -> Option<Runtime> {
     let server_model = m.server.as_ref();
     let server = server::compile(server_model, base, p);
     let extension_methods = server::extension_methods(server_model, p);
+    let limits = ratelimit::compile(m.stores.as_ref(), &m.rate_limits, &reg.rate_limit_stores, p);
     let mut issuers = issuers::compile(&m.issuers, m.token_service.is_some(), reg, p);
     let token_service = m
         .token_service
         .as_ref()
-        .and_then(|t| token_service::compile(t, base, reg, p));
+        .and_then(|t| token_service::compile(t, base, reg, &limits, p));
     if let Some((ts, _)) = &token_service {
         issuers.push(token_service::local_issuer(ts));
     }
@@ -81,11 +48,20 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
             .collect(),
         upstreams_complete: !m.upstreams.has_holes() && !p.has("upstreams"),
         extension_methods: &extension_methods,
+        embedded: reg.embedded,
+        limits: &limits,
     };
     let (routes, table) = routes::compile(&m.routes, &refs, p);
     if let Some((ts, _)) = &token_service {
         token_service::check_path_is_free(ts, &routes, &table, p);
     }
+    let login = login::compile(
+        m,
+        &issuers,
+        &routes,
+        token_service.as_ref().map(|(ts, _)| &**ts),
+        p,
+    );
     let admin_auth = server_model
         .and_then(|s| s.admin_auth.as_ref())
         .map(|b| auth::compile(b, &refs, At::Path("server.admin_auth"), p));
@@ -112,6 +88,7 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         issuers,
         upstreams,
         token_service,
+        login,
         files: model_files(m, base),
         redacted: Default::default(),
         create_key_file,
@@ -138,15 +115,4 @@ fn model_files(m: &ConfigModel, base: &Path) -> Vec<PathBuf> {
             .and_then(|t| t.signing_key.as_deref()),
     );
     f.into_iter().map(|p| resolve_path(base, p)).collect()
-}
-
-/// A stable identity of an issuer's settings (length-prefixed parts, SHA-256): verified
-/// tokens cached under one issuer are not trusted under a changed one.
-pub fn fingerprint(parts: &[&str]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for part in parts {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
-    }
-    h.finalize().into()
 }

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::compile::fingerprint;
+use super::refs::fingerprint;
 use super::registry::Registry;
 use super::validate::{self as v, Problems};
 use super::yaml::{section, DurationText, List};

@@ -2,8 +2,9 @@
 //!
 //! Three stages: [`yaml`] reads the text straight into the model (one pass, every
 //! problem of kind and key collected; [`subst`] resolves `${env:..}` / `${file:..}`),
-//! the section files (`server.rs`, `issuers.rs`, `token_service.rs`, `upstreams.rs`,
-//! `routes.rs`, with the shared `auth.rs` and `cors.rs` blocks) check their values and
+//! the section files (`server.rs`, `issuers.rs`, `token_service.rs`, `upstreams.rs`
+//! with `upstream_auth.rs` and `upstream_session.rs`, `routes.rs`, `ratelimit.rs`,
+//! `login/`, with the shared `auth.rs` and `cors.rs` blocks) check their values and
 //! [`compile`] them into [`Runtime`], and [`source`] turns key paths into
 //! `file:line:col` when there is something to report. [`load`] runs the three;
 //! [`check`] also hands back the warnings (`tollgate validate`).
@@ -15,13 +16,18 @@ mod auth;
 pub mod compile;
 mod cors;
 mod issuers;
+pub mod login;
 pub mod model;
+pub mod ratelimit;
+mod refs;
 mod registry;
 mod routes;
 mod server;
 pub mod source;
 pub mod subst;
 mod token_service;
+pub mod upstream_auth;
+pub mod upstream_session;
 mod upstreams;
 pub mod validate;
 pub mod yaml;
@@ -37,9 +43,8 @@ pub use registry::Registry;
 use source::PosIndex;
 use validate::{Problem, Problems};
 
+use crate::encoding::hex;
 use crate::runtime::Runtime;
-/// Moved to [`crate::util::hex`]; kept here until `stack.rs` names the new place.
-pub use crate::util::hex;
 
 /// Every problem found in a config file, each with its location.
 #[derive(Debug, Clone)]
@@ -271,7 +276,7 @@ fn check_str(
     } else {
         base.to_path_buf()
     };
-    let mut cx = yaml::Cx::new(&base_dir);
+    let mut cx = yaml::Cx::new(&base_dir, model::PLACES);
     let refused = |message: String, line, column| Checked {
         file: file.to_owned(),
         result: Err(ConfigError::at(file, line, column, "", message)),

@@ -1,8 +1,9 @@
 //! The model of `gateway.yaml` as written, top level: which sections there are.
 //!
 //! Each section's model lives in its own file with its checks and its compile step
-//! (`server.rs`, `issuers.rs`, `token_service.rs`, `upstreams.rs`, `routes.rs`; the
-//! shared `auth.rs` and `cors.rs` blocks). Nothing in a model is interpreted yet:
+//! (`server.rs`, `issuers.rs`, `token_service.rs`, `upstreams.rs` with
+//! `upstream_auth.rs` and `upstream_session.rs`, `routes.rs`, `ratelimit.rs`, `login/`;
+//! the shared `auth.rs` and `cors.rs` blocks). Nothing in a model is interpreted yet:
 //! durations, addresses and URLs are still text, references by name are unchecked.
 //!
 //! A new section is one more file with its model (a [`section!`] struct), its checks
@@ -14,10 +15,14 @@ use super::yaml::{section, List, Section};
 pub use super::auth::{AuthBlockModel, RouteAuthModel};
 pub use super::cors::CorsModel;
 pub use super::issuers::{IntrospectionModel, IssuerModel};
+pub use super::login::model::LoginModel;
+pub use super::ratelimit::{FailedAuthLimitModel, RateLimitModel, RedisStoreModel, StoresModel};
 pub use super::routes::{PermissionModel, RouteModel};
 pub use super::server::{LimitsModel, ServerModel, SniModel, TlsModel};
 pub use super::token_service::{ClientModel, TokenServiceModel};
-pub use super::upstreams::{UpstreamAuthModel, UpstreamModel};
+pub use super::upstream_auth::UpstreamAuthModel;
+pub use super::upstream_session::CsrfModel;
+pub use super::upstreams::UpstreamModel;
 pub use super::yaml::{DurationText, ListenAddr};
 
 section! {
@@ -28,6 +33,10 @@ section! {
         "token_service" => pub token_service: Option<TokenServiceModel>,
         "upstreams" => pub upstreams: List<UpstreamModel>,
         "routes" => pub routes: List<RouteModel>,
+        "stores" => pub stores: Option<StoresModel>,
+        "rate_limits" => pub rate_limits: List<RateLimitModel>,
+        /// Browser sign-in (`login/`).
+        "login" => pub login: Option<LoginModel>,
     }
 }
 
@@ -44,22 +53,26 @@ pub const PLACES: &[(&str, &[&str])] = &[
     ("issuers[].introspection", IntrospectionModel::KEYS),
     ("token_service", TokenServiceModel::KEYS),
     ("token_service.clients[]", ClientModel::KEYS),
+    (
+        "token_service.failed_auth_limit",
+        FailedAuthLimitModel::KEYS,
+    ),
     ("upstreams[]", UpstreamModel::KEYS),
     ("upstreams[].auth", UpstreamAuthModel::KEYS),
+    ("upstreams[].csrf", CsrfModel::KEYS),
     ("routes[]", RouteModel::KEYS),
     ("routes[].auth", AuthBlockModel::KEYS),
     ("routes[].permissions[]", PermissionModel::KEYS),
     ("routes[].cors", CorsModel::KEYS),
+    ("stores", StoresModel::KEYS),
+    ("stores.redis", RedisStoreModel::KEYS),
+    ("rate_limits[]", RateLimitModel::KEYS),
+    ("login", LoginModel::KEYS),
 ];
 
 /// The places (at most three) that have a key named `key`.
 pub fn places_with_key(key: &str) -> Vec<&'static str> {
-    PLACES
-        .iter()
-        .filter(|(_, keys)| keys.contains(&key))
-        .map(|(place, _)| *place)
-        .take(3)
-        .collect()
+    super::yaml::places_with_key(PLACES, key)
 }
 
 #[cfg(test)]
@@ -73,7 +86,7 @@ mod tests {
         for key in ["timeout", "path_prefix", "cert", "client_secret", "max_age"] {
             assert!(!places_with_key(key).is_empty(), "{key}");
         }
-        assert_eq!(places_with_key("timeout"), ["upstreams[]"]);
+        assert_eq!(places_with_key("timeout"), ["upstreams[]", "stores.redis"]);
         assert!(places_with_key("nope").is_empty());
     }
 }

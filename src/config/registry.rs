@@ -1,6 +1,7 @@
 //! What compiling a config may reuse from the running gateway, across reloads: JWKS key
 //! stores (so key caches survive a reload), HTTP clients (so pooled upstream
-//! connections do), and the token service key generated when none is configured.
+//! connections do), the token service key generated when none is configured, and the
+//! rate-limit stores (so a reload resets no counter and drops no Redis connection).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,9 +9,9 @@ use std::time::Duration;
 
 use super::validate::Problems;
 use crate::auth::jwks::KeyStore;
+use crate::client::{build_client, HttpClient};
 use crate::tls;
 use crate::token_service::keys::SigningKey;
-use crate::upstream::{build_client, HttpClient};
 
 #[derive(Default)]
 pub struct Registry {
@@ -19,6 +20,11 @@ pub struct Registry {
     /// The token service key generated when `signing_key` is absent, kept across
     /// reloads so that tokens already issued stay valid.
     pub generated_key: std::sync::Mutex<Option<Arc<SigningKey>>>,
+    /// Loaded for `tollgate::layer` (the application is the upstream): routes need no
+    /// `upstream`.
+    pub embedded: bool,
+    /// Rate-limit counters and the Redis connection, kept across reloads.
+    pub rate_limit_stores: super::ratelimit::Stores,
 }
 
 impl Registry {

@@ -1,14 +1,16 @@
 //! The `routes:` section: path prefix (and hosts) -> upstream, with the route's auth
-//! rule, endpoint/method permissions, CORS and body-credentials settings. Compiles to
+//! rule, endpoint/method permissions, CORS, body-credentials, cookie and rate-limit
+//! settings. Compiles to
 //! [`Route`]s and the [`RouteTable`] that matches each request to one of them.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::compile::Refs;
+use super::refs::Refs;
 use super::validate::{self as v, At, Problems};
 use super::yaml::{section, List};
-use super::{auth, cors, AuthBlockModel, CorsModel, RouteAuthModel};
+use super::{auth, cors, ratelimit, upstream_session, AuthBlockModel, CorsModel, RouteAuthModel};
+use crate::credentials::UpstreamAuth;
 use crate::policy::{Permission, Permissions, RouteAuth};
 use crate::route::{normalize_path, HostPattern, RouteTable};
 use crate::runtime::{BodyCredentials, Route};
@@ -27,6 +29,11 @@ section! {
         /// With body_credentials: move `grant_type` from the body to the query string
         /// (SAP Cloud Integration's token URL wants it there).
         "grant_type_to_query" => pub grant_type_to_query: Option<bool>,
+        /// Whether the client's `Cookie` header is withheld from the upstream (default: on
+        /// for routes with a Bearer `auth` block, see `upstream_session.rs`).
+        "strip_cookies" => pub strip_cookies: Option<bool>,
+        /// Names of `rate_limits` entries (`ratelimit.rs`).
+        "rate_limits" => pub rate_limits: Option<List<String>>,
     }
 }
 
@@ -103,6 +110,27 @@ fn compile_one(
         .and_then(|c| cors::compile(c, path.key("cors"), refs.extension_methods, p));
     let body_credentials = body_credentials(m, path, p);
     let hosts = hosts(m.hosts.as_ref(), path.key("hosts"), p);
+    if let (RouteAuth::None, Some(u)) = (&auth, &upstream) {
+        if matches!(u.auth, Some(UpstreamAuth::OnBehalf(_))) && m.auth.is_some() {
+            p.add(
+                path.key("auth").to_string(),
+                format!("upstream \"{}\" passes on the caller's identity (token_exchange / jwt_bearer): the route needs an auth block, not `auth: none`", u.name),
+            );
+        }
+    }
+    let login = matches!(&m.auth, Some(RouteAuthModel::Block(b)) if b.login == Some(true));
+    let strip_cookies = upstream_session::strip_cookies(
+        m.strip_cookies,
+        matches!(auth, RouteAuth::Bearer(_)),
+        login,
+    );
+    let rate_limits = ratelimit::route_limits(
+        refs.limits,
+        m.rate_limits.as_ref(),
+        matches!(auth, RouteAuth::None),
+        path,
+        p,
+    );
     let route = Route {
         name: m.name.as_deref().unwrap_or_default().into(),
         path_prefix: prefix,
@@ -111,6 +139,9 @@ fn compile_one(
         permissions,
         cors,
         body_credentials,
+        strip_cookies,
+        rate_limits,
+        login,
     };
     Some((route, hosts))
 }
@@ -145,7 +176,10 @@ fn prefix(prefix: Option<&str>, path: At, p: &mut Problems) -> Option<String> {
 /// is not reported again here.
 fn upstream(name: Option<&str>, path: At, refs: &Refs, p: &mut Problems) -> Option<Arc<Upstream>> {
     let Some(name) = name else {
-        p.missing(path, "upstream", "");
+        // Embedded in an application (`tollgate::layer`): the application is the upstream.
+        if !refs.embedded {
+            p.missing(path, "upstream", "");
+        }
         return None;
     };
     if let Some(u) = refs.upstreams.get(name) {

@@ -256,7 +256,7 @@ fn check_validity(der: &[u8], path: &str, now: SystemTime, p: &mut Problems) {
         SystemTime::UNIX_EPOCH + validity.not_before.to_unix_duration(),
         SystemTime::UNIX_EPOCH + validity.not_after.to_unix_duration(),
     );
-    let date = crate::util::rfc3339;
+    let date = crate::encoding::rfc3339;
     if now < from {
         p.add(
             path,

@@ -114,7 +114,7 @@ fn unknown_keys_are_judged_per_block() {
     let text = problems(&with_route("  timeout: 5s\n", "    timout: 5s\n"));
     assert!(
         text.contains(
-            "server.timeout: unknown key \"timeout\" here (\"timeout\" is a key of upstreams[])"
+            "server.timeout: unknown key \"timeout\" here (\"timeout\" is a key of upstreams[], stores.redis)"
         ),
         "{text}"
     );

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::compile::fingerprint;
+use super::ratelimit::{self as rl, FailedAuthLimitModel};
+use super::refs::fingerprint;
 use super::registry::Registry;
 use super::subst::resolve_path;
 use super::validate::{self as v, Problems};
@@ -31,6 +32,8 @@ section! {
         "create_signing_key" => pub create_signing_key: bool,
         "token_ttl" => pub token_ttl: Option<DurationText>,
         "clients" => pub clients: List<ClientModel>,
+        /// Failed client authentications allowed per client id and IP (`ratelimit.rs`).
+        "failed_auth_limit" => pub failed_auth_limit: Option<FailedAuthLimitModel>,
     }
 }
 
@@ -50,6 +53,7 @@ pub fn compile(
     t: &TokenServiceModel,
     base: &Path,
     reg: &Registry,
+    limits: &rl::Compiled,
     p: &mut Problems,
 ) -> Option<(Arc<TokenService>, Option<NewKeyFile>)> {
     let path = t.path.clone().unwrap_or_else(|| "/oauth2/token".to_owned());
@@ -80,6 +84,7 @@ pub fn compile(
     );
     let (key, new_file) = signing_key(t, base, reg, p);
     let clients = clients(&t.clients, p);
+    let failed_auth = rl::failed_auth_limit(t.failed_auth_limit.as_ref(), limits, p);
     let ts = TokenService {
         path,
         issuer,
@@ -87,6 +92,7 @@ pub fn compile(
         ttl,
         key: key?,
         clients,
+        failed_auth: failed_auth?,
     };
     Some((Arc::new(ts), new_file))
 }

@@ -216,12 +216,12 @@ fn duration_part(s: &str) -> Option<(Result<u128, &str>, &str, &str, &str)> {
 pub fn duration(
     p: &mut Problems,
     path: impl fmt::Display,
-    v: Option<&super::yaml::DurationText>,
+    v: Option<&impl AsRef<str>>,
     default: Duration,
 ) -> Duration {
     match v {
         None => default,
-        Some(s) => match parse_duration(&s.0) {
+        Some(s) => match parse_duration(s.as_ref()) {
             Ok(d) if d.is_zero() => {
                 p.add(path.to_string(), "duration must be greater than zero");
                 default

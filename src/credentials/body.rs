@@ -6,6 +6,7 @@
 //! is added (RFC 6749 §2.3.1), every other field stays as it was, and Content-Length is
 //! recomputed. Credentials in header and body, or only one of the two fields -> 400.
 //! The body read is bounded by `max_body_bytes`; nothing of the secret is logged.
+//! The step itself is `body_layer::BodyCredentialsLayer`.
 
 use bytes::Bytes;
 use http::header::{

@@ -4,9 +4,16 @@
 //! fetched from the upstream's `token_url`, cached per upstream + token URL + client +
 //! scope, refreshed when less than min(60 s, half its lifetime) remains, one fetch in
 //! flight at a time, failures backed off, and dropped when the upstream answers 401.
+//! `token_exchange` (RFC 8693) and `jwt_bearer` (RFC 7523, SAP's principal
+//! propagation): the caller's verified token is exchanged for one for the upstream,
+//! with the same discipline, cached per subject token (a hash of upstream, client and
+//! token) and never beyond the subject token's own expiry.
 //! Tokens and secrets live in sensitive `HeaderValue`s and `Secret`s: never logged.
 
 pub mod body;
+pub mod body_layer;
+pub mod service_key;
+pub mod upstream_layer;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,14 +24,14 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use dashmap::DashMap;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderValue, Request};
+use http::{HeaderValue, Request, StatusCode};
 use sha2::{Digest, Sha256};
 
 use crate::body::full;
 use crate::cache::FlightCache;
+use crate::client::{fetch, FetchError, HttpClient};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::upstream::{fetch, HttpClient};
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1), sensitive.
 pub fn basic_header(id: &str, secret: &str) -> HeaderValue {
@@ -50,8 +57,28 @@ pub enum RequestFormat {
 
 pub enum UpstreamAuth {
     Basic(HeaderValue),
+    /// `oauth2_client_credentials`: one token per source.
     OAuth2(Arc<OAuth2Source>),
+    /// `token_exchange` / `jwt_bearer`: one token per caller's token.
+    OnBehalf(Arc<OAuth2Source>),
 }
+
+/// The grant a token is requested with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    ClientCredentials,
+    /// RFC 8693: `subject_token` is the caller's token.
+    TokenExchange {
+        subject_token_type: String,
+        requested_token_type: Option<String>,
+        resource: Option<String>,
+    },
+    /// RFC 7523 §2.1: `assertion` is the caller's token (a JWT).
+    JwtBearer,
+}
+
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const GRANT_JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 pub struct OAuth2Source {
     pub upstream: Arc<str>,
@@ -63,9 +90,10 @@ pub struct OAuth2Source {
     pub client_auth: ClientAuth,
     pub format: RequestFormat,
     pub extra_params: BTreeMap<String, String>,
+    pub grant: Grant,
     pub client: HttpClient,
     pub timeout: Duration,
-    /// upstream + token URL + client + scope (+ audience, params).
+    /// upstream + token URL + client + scope (+ audience, params, grant).
     pub cache_key: [u8; 32],
 }
 
@@ -97,10 +125,30 @@ impl OAuth2Source {
         }
         h.finalize().into()
     }
+
+    /// The cache key of the token for one caller's token (`subject`): the source's key
+    /// and the subject token, hashed. The token itself is never a key.
+    pub fn subject_key(&self, subject: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.cache_key);
+        h.update(subject.as_bytes());
+        h.finalize().into()
+    }
 }
 
 /// A cached upstream token: the ready-made `Authorization` value.
-pub type TokenResult = Result<HeaderValue, String>;
+pub type TokenResult = Result<HeaderValue, TokenError>;
+
+/// Why an upstream token could not be had (logged; the client sees a 502).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("token endpoint answered {0}")]
+    Status(StatusCode),
+    #[error("token endpoint {0}")]
+    Response(&'static str),
+}
 
 /// Upstream tokens, shared across reloads; flushed by `POST /admin/caches/flush`.
 pub struct TokenCache {
@@ -125,25 +173,64 @@ const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 /// no expiry computation can overflow.
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Backoff entries kept at most (one per failing source or subject token).
+const MAX_FAILURES: usize = 10_000;
+
+/// The caller's verified token, for `token_exchange` and `jwt_bearer`.
+pub struct Subject<'a> {
+    pub token: &'a str,
+    /// Unix seconds (0: unknown): no token obtained with it is cached beyond it.
+    pub expires_at: u64,
+}
+
 impl TokenCache {
     /// The `Authorization` header for this source, fetching when needed.
     pub async fn authorization(&self, src: &OAuth2Source, metrics: &Metrics) -> TokenResult {
+        self.get_or_fetch(src, src.cache_key, None, metrics).await
+    }
+
+    /// The `Authorization` header for the caller whose token is `subject`
+    /// (`token_exchange`, `jwt_bearer`), fetching when needed.
+    pub async fn on_behalf(
+        &self,
+        src: &OAuth2Source,
+        subject: &Subject<'_>,
+        metrics: &Metrics,
+    ) -> TokenResult {
+        self.get_or_fetch(src, src.subject_key(subject.token), Some(subject), metrics)
+            .await
+    }
+
+    async fn get_or_fetch(
+        &self,
+        src: &OAuth2Source,
+        key: [u8; 32],
+        subject: Option<&Subject<'_>>,
+        metrics: &Metrics,
+    ) -> TokenResult {
         self.tokens
-            .get_or_fetch(&src.cache_key, || async {
-                let r = fetch_token(src).await;
+            .get_or_fetch(&key, || async {
+                let r = fetch_token(src, subject.map(|s| s.token)).await;
                 let ok = r.is_ok();
                 metrics.upstream_token_fetch(&src.upstream, ok);
                 match r {
                     Ok((value, lifetime)) => {
-                        self.failures.remove(&src.cache_key);
+                        self.failures.remove(&key);
                         let margin = Duration::from_secs(60).min(lifetime / 2);
-                        (Ok(value), lifetime.saturating_sub(margin))
+                        let mut ttl = lifetime.saturating_sub(margin);
+                        if let Some(left) = subject.and_then(subject_left) {
+                            ttl = ttl.min(left);
+                        }
+                        (Ok(value), ttl)
                     }
                     Err(e) => {
                         tracing::warn!(upstream = %src.upstream, error = %e, "upstream token fetch failed");
+                        if self.failures.len() >= MAX_FAILURES {
+                            self.failures.clear();
+                        }
                         let n = self
                             .failures
-                            .entry(src.cache_key)
+                            .entry(key)
                             .or_insert_with(|| AtomicU32::new(0))
                             .fetch_add(1, Ordering::Relaxed);
                         let backoff = BACKOFF_START.saturating_mul(1 << n.min(8)).min(BACKOFF_MAX);
@@ -154,12 +241,12 @@ impl TokenCache {
             .await
     }
 
-    /// The upstream said 401 to a request sent with `used`: drop the cached token only if
-    /// it is still that one. A request that started with an older token must not throw
-    /// away the fresh token another request fetched in the meantime.
-    pub fn invalidate_if_current(&self, src: &OAuth2Source, used: &HeaderValue) {
-        if matches!(self.tokens.get(&src.cache_key), Some(Ok(v)) if v == used) {
-            self.tokens.remove(&src.cache_key);
+    /// The upstream said 401 to a request sent with `used`: drop the token cached under
+    /// `key` only if it is still that one. A request that started with an older token
+    /// must not throw away the fresh token another request fetched in the meantime.
+    pub fn invalidate_if_current(&self, key: &[u8; 32], used: &HeaderValue) {
+        if matches!(self.tokens.get(key), Some(Ok(v)) if v == used) {
+            self.tokens.remove(key);
         }
     }
 
@@ -169,8 +256,48 @@ impl TokenCache {
     }
 }
 
-async fn fetch_token(src: &OAuth2Source) -> Result<(HeaderValue, Duration), String> {
-    let mut fields: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
+/// How long the subject token has left (None: unknown).
+fn subject_left(s: &Subject<'_>) -> Option<Duration> {
+    if s.expires_at == 0 {
+        return None;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Some(Duration::from_secs(s.expires_at.saturating_sub(now)))
+}
+
+async fn fetch_token(
+    src: &OAuth2Source,
+    subject: Option<&str>,
+) -> Result<(HeaderValue, Duration), TokenError> {
+    let mut fields: Vec<(&str, &str)> = Vec::with_capacity(8);
+    match (&src.grant, subject) {
+        (Grant::ClientCredentials, _) => fields.push(("grant_type", "client_credentials")),
+        (
+            Grant::TokenExchange {
+                subject_token_type,
+                requested_token_type,
+                resource,
+            },
+            Some(token),
+        ) => {
+            fields.push(("grant_type", GRANT_TOKEN_EXCHANGE));
+            fields.push(("subject_token", token));
+            fields.push(("subject_token_type", subject_token_type));
+            if let Some(r) = requested_token_type {
+                fields.push(("requested_token_type", r));
+            }
+            if let Some(r) = resource {
+                fields.push(("resource", r));
+            }
+        }
+        (Grant::JwtBearer, Some(token)) => {
+            fields.push(("grant_type", GRANT_JWT_BEARER));
+            fields.push(("assertion", token));
+        }
+        (_, None) => return Err(TokenError::Response("needs the caller's token")),
+    }
     if let Some(s) = &src.scope {
         fields.push(("scope", s));
     }
@@ -212,22 +339,29 @@ async fn fetch_token(src: &OAuth2Source) -> Result<(HeaderValue, Duration), Stri
             basic_header(&src.client_id, src.client_secret.expose()),
         );
     }
-    let req = req.body(full(body)).map_err(|e| e.to_string())?;
+    let req = req
+        .body(full(body))
+        .map_err(|_| TokenError::Response("URL cannot be requested"))?;
     let (status, _, bytes) = fetch(&src.client, req, src.timeout, MAX_TOKEN_RESPONSE).await?;
     if !status.is_success() {
-        return Err(format!("token endpoint answered {status}"));
+        return Err(TokenError::Status(status));
     }
     let doc: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|_| "token endpoint returned invalid JSON".to_owned())?;
+        .map_err(|_| TokenError::Response("returned invalid JSON"))?;
     let token = doc
         .get("access_token")
         .and_then(|v| v.as_str())
         .filter(|t| !t.is_empty())
-        .ok_or("token endpoint response has no access_token")?;
+        .ok_or(TokenError::Response("response has no access_token"))?;
     if let Some(tt) = doc.get("token_type").and_then(|v| v.as_str()) {
-        if !tt.eq_ignore_ascii_case("bearer") {
-            return Err(format!(
-                "token endpoint returned token_type {tt}, expected Bearer"
+        // RFC 8693 §2.2.1: "N_A" when the issued token is not an access token; it is
+        // still what the upstream is to receive.
+        let exchanged = matches!(src.grant, Grant::TokenExchange { .. });
+        let accepted =
+            tt.eq_ignore_ascii_case("bearer") || (exchanged && tt.eq_ignore_ascii_case("n_a"));
+        if !accepted {
+            return Err(TokenError::Response(
+                "returned a token_type other than Bearer",
             ));
         }
     }
@@ -237,9 +371,8 @@ async fn fetch_token(src: &OAuth2Source) -> Result<(HeaderValue, Duration), Stri
         _ => None,
     }
     .unwrap_or(300);
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-        "token endpoint returned a token that is not a valid header value".to_owned()
-    })?;
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| TokenError::Response("returned a token that is not a valid header value"))?;
     value.set_sensitive(true);
     Ok((
         value,
@@ -274,7 +407,8 @@ mod tests {
             client_auth: ClientAuth::Basic,
             format: RequestFormat::Form,
             extra_params: BTreeMap::new(),
-            client: crate::upstream::build_client(
+            grant: Grant::ClientCredentials,
+            client: crate::client::build_client(
                 crate::tls::client_config(None).unwrap(),
                 Duration::from_secs(1),
             ),
@@ -286,9 +420,9 @@ mod tests {
         cache
             .tokens
             .insert(src.cache_key, Ok(new.clone()), Duration::from_secs(60));
-        cache.invalidate_if_current(&src, &HeaderValue::from_static("Bearer old"));
-        assert_eq!(cache.tokens.get(&src.cache_key), Some(Ok(new.clone())));
-        cache.invalidate_if_current(&src, &new);
-        assert_eq!(cache.tokens.get(&src.cache_key), None);
+        cache.invalidate_if_current(&src.cache_key, &HeaderValue::from_static("Bearer old"));
+        assert!(matches!(cache.tokens.get(&src.cache_key), Some(Ok(v)) if v == new));
+        cache.invalidate_if_current(&src.cache_key, &new);
+        assert!(cache.tokens.get(&src.cache_key).is_none());
     }
 }

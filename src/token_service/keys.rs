@@ -8,12 +8,13 @@
 
 use std::path::{Path, PathBuf};
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self as lc, KeyPair};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use ring::rand::SystemRandom;
-use ring::signature::{self, KeyPair};
+use jsonwebtoken::Algorithm;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 use sha2::{Digest, Sha256};
 
@@ -22,9 +23,18 @@ use crate::auth::jwks::KeySet;
 pub struct SigningKey {
     pub alg: Algorithm,
     pub kid: String,
-    encoding: EncodingKey,
+    /// Parsed once; every token is signed with it.
+    pair: Pair,
     /// The public JWK, with `kid`, `alg` and `use: sig`.
     pub jwk: serde_json::Value,
+}
+
+enum Pair {
+    /// ES256 or ES384 (fixed-length r || s signatures, as JWS wants).
+    Ec(lc::EcdsaKeyPair),
+    /// RS256 (PKCS#1 v1.5 padding).
+    Rsa(lc::RsaKeyPair),
+    Ed25519(lc::Ed25519KeyPair),
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -115,6 +125,7 @@ impl NewKeyFile {
         Ok(())
     }
 }
+const RSA_TOO_SMALL: &str = "RSA keys must be at least 2048 bits";
 
 impl SigningKey {
     /// A fresh EC P-256 key (ES256).
@@ -124,10 +135,9 @@ impl SigningKey {
 
     /// A fresh EC P-256 key as a PKCS#8 PEM file.
     pub fn generate_es256_pem() -> Result<Vec<u8>, String> {
-        let rng = SystemRandom::new();
-        let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(
-            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-            &rng,
+        let pkcs8 = lc::EcdsaKeyPair::generate_pkcs8(
+            &lc::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &SystemRandom::new(),
         )
         .map_err(|_| "key generation failed".to_owned())?;
         Ok(pem("PRIVATE KEY", pkcs8.as_ref()))
@@ -135,43 +145,42 @@ impl SigningKey {
 
     /// PKCS#8 (`PRIVATE KEY`: EC P-256/P-384, RSA, Ed25519) or PKCS#1 (`RSA PRIVATE KEY`).
     pub fn from_pem(data: &[u8]) -> Result<SigningKey, String> {
-        let key = rustls_pemfile::private_key(&mut &data[..])
-            .map_err(|e| format!("invalid PEM: {e}"))?
-            .ok_or("no private key found in the PEM file")?;
-        let rng = SystemRandom::new();
+        let key = PrivateKeyDer::from_pem_slice(data)
+            .map_err(|e| crate::tls::pem_problem(e, "private key"))?;
         match key {
             PrivateKeyDer::Pkcs8(der) => {
                 let der = der.secret_pkcs8_der();
-                for (alg, curve, ring_alg) in [
-                    (Algorithm::ES256, "P-256", &signature::ECDSA_P256_SHA256_FIXED_SIGNING),
-                    (Algorithm::ES384, "P-384", &signature::ECDSA_P384_SHA384_FIXED_SIGNING),
+                for (alg, curve, lc_alg) in [
+                    (Algorithm::ES256, "P-256", &lc::ECDSA_P256_SHA256_FIXED_SIGNING),
+                    (Algorithm::ES384, "P-384", &lc::ECDSA_P384_SHA384_FIXED_SIGNING),
                 ] {
-                    if let Ok(kp) = signature::EcdsaKeyPair::from_pkcs8(ring_alg, der, &rng) {
+                    if let Ok(kp) = lc::EcdsaKeyPair::from_pkcs8(lc_alg, der) {
                         let point = kp.public_key().as_ref();
                         let n = (point.len() - 1) / 2;
                         let (x, y) = (b64(&point[1..1 + n]), b64(&point[1 + n..]));
                         let kid = thumbprint(&[("crv", curve), ("kty", "EC"), ("x", &x), ("y", &y)]);
-                        let encoding = EncodingKey::from_ec_pem(data).map_err(|e| e.to_string())?;
                         let jwk = serde_json::json!({"kty": "EC", "crv": curve, "x": x, "y": y, "kid": kid, "alg": format!("{alg:?}"), "use": "sig"});
-                        return Ok(SigningKey { alg, kid, encoding, jwk });
+                        return Ok(SigningKey { alg, kid, pair: Pair::Ec(kp), jwk });
                     }
                 }
-                if let Ok(kp) = signature::RsaKeyPair::from_pkcs8(der) {
-                    return Self::rsa(&kp, EncodingKey::from_rsa_pem(data).map_err(|e| e.to_string())?);
+                match lc::RsaKeyPair::from_pkcs8(der) {
+                    Ok(kp) => return Self::rsa(kp),
+                    Err(e) if e.description_() == "TooSmall" => return Err(RSA_TOO_SMALL.into()),
+                    Err(_) => {}
                 }
-                if let Ok(kp) = signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
+                if let Ok(kp) = lc::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
                     let x = b64(kp.public_key().as_ref());
                     let kid = thumbprint(&[("crv", "Ed25519"), ("kty", "OKP"), ("x", &x)]);
-                    let encoding = EncodingKey::from_ed_pem(data).map_err(|e| e.to_string())?;
                     let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"});
-                    return Ok(SigningKey { alg: Algorithm::EdDSA, kid, encoding, jwk });
+                    return Ok(SigningKey { alg: Algorithm::EdDSA, kid, pair: Pair::Ed25519(kp), jwk });
                 }
                 Err("unsupported key: use EC P-256 (recommended), EC P-384, RSA (2048+ bits) or Ed25519".into())
             }
-            PrivateKeyDer::Pkcs1(der) => {
-                let kp = signature::RsaKeyPair::from_der(der.secret_pkcs1_der()).map_err(|e| format!("invalid RSA key: {e}"))?;
-                Self::rsa(&kp, EncodingKey::from_rsa_pem(data).map_err(|e| e.to_string())?)
-            }
+            PrivateKeyDer::Pkcs1(der) => match lc::RsaKeyPair::from_der(der.secret_pkcs1_der()) {
+                Ok(kp) => Self::rsa(kp),
+                Err(e) if e.description_() == "TooSmall" => Err(RSA_TOO_SMALL.into()),
+                Err(e) => Err(format!("invalid RSA key: {e}")),
+            },
             PrivateKeyDer::Sec1(_) => Err(
                 "SEC1 \"EC PRIVATE KEY\" files are not supported; convert with: openssl pkcs8 -topk8 -nocrypt -in key.pem -out key-pkcs8.pem".into(),
             ),
@@ -179,28 +188,47 @@ impl SigningKey {
         }
     }
 
-    fn rsa(kp: &signature::RsaKeyPair, encoding: EncodingKey) -> Result<SigningKey, String> {
-        if kp.public().modulus_len() < 256 {
-            return Err("RSA keys must be at least 2048 bits".into());
+    fn rsa(kp: lc::RsaKeyPair) -> Result<SigningKey, String> {
+        if kp.public_modulus_len() < 256 {
+            return Err(RSA_TOO_SMALL.into());
         }
-        let c = signature::RsaPublicKeyComponents::<Vec<u8>>::from(kp.public());
+        let c = lc::RsaPublicKeyComponents::<Vec<u8>>::from(kp.public_key());
         let (n, e) = (b64(&c.n), b64(&c.e));
         let kid = thumbprint(&[("e", &e), ("kty", "RSA"), ("n", &n)]);
         let jwk = serde_json::json!({"kty": "RSA", "n": n, "e": e, "kid": kid, "alg": "RS256", "use": "sig"});
         Ok(SigningKey {
             alg: Algorithm::RS256,
             kid,
-            encoding,
+            pair: Pair::Rsa(kp),
             jwk,
         })
     }
 
-    /// A compact JWS over `claims` with this key's `alg` and `kid`.
+    /// A compact JWS over `claims` with this key's `alg` and `kid`, and `typ`.
     pub fn sign(&self, typ: &str, claims: &serde_json::Value) -> Result<String, String> {
-        let mut header = Header::new(self.alg);
-        header.kid = Some(self.kid.clone());
-        header.typ = Some(typ.to_owned());
-        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| e.to_string())
+        let header =
+            serde_json::json!({"typ": typ, "alg": format!("{:?}", self.alg), "kid": self.kid});
+        let claims = serde_json::to_vec(claims).map_err(|e| e.to_string())?;
+        let mut token = format!("{}.{}", b64(header.to_string().as_bytes()), b64(&claims));
+        let input = token.as_bytes();
+        let failed = |_| "signing failed".to_owned();
+        let sig = match &self.pair {
+            Pair::Ec(kp) => kp
+                .sign(&SystemRandom::new(), input)
+                .map_err(failed)?
+                .as_ref()
+                .to_vec(),
+            Pair::Rsa(kp) => {
+                let mut sig = vec![0; kp.public_modulus_len()];
+                kp.sign(&lc::RSA_PKCS1_SHA256, &SystemRandom::new(), input, &mut sig)
+                    .map_err(failed)?;
+                sig
+            }
+            Pair::Ed25519(kp) => kp.sign(input).as_ref().to_vec(),
+        };
+        token.push('.');
+        token.push_str(&b64(&sig));
+        Ok(token)
     }
 
     pub fn jwks(&self) -> serde_json::Value {
@@ -219,7 +247,9 @@ impl SigningKey {
 mod tests {
     use super::*;
 
-    // Behaviour: every supported key type signs tokens its own JWK verifies; kid is stable.
+    // Behaviour: every supported key type signs tokens that its own JWK verifies, both
+    // through the gateway's verifier and through an independent JWT library, with the
+    // header naming typ, alg and kid; kid is stable.
     #[test]
     fn keys_round_trip() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/");
@@ -234,17 +264,82 @@ mod tests {
             let k = SigningKey::from_pem(&data).unwrap_or_else(|e| panic!("{f}: {e}"));
             let again = SigningKey::from_pem(&data).unwrap();
             assert_eq!(k.kid, again.kid, "{f}: kid must be stable");
-            let t = k.sign("at+jwt", &serde_json::json!({"sub": "x"})).unwrap();
+            let claims = serde_json::json!({"sub": "x", "n": 1});
+            let t = k.sign("at+jwt", &claims).unwrap();
             let ks = k.key_set();
             let key = ks.by_kid.get(&k.kid).expect("kid in set");
             let (input, sig) = t.rsplit_once('.').unwrap();
+            assert!(key.verify(k.alg, input.as_bytes(), sig), "{f}");
             assert!(
-                jsonwebtoken::crypto::verify(sig, input.as_bytes(), &key.decoding, k.alg).unwrap(),
+                !key.verify(k.alg, format!("{input}x").as_bytes(), sig),
                 "{f}"
             );
+
+            let header = jsonwebtoken::decode_header(&t).unwrap();
+            assert_eq!(header.alg, k.alg, "{f}");
+            assert_eq!(header.kid.as_deref(), Some(k.kid.as_str()), "{f}");
+            assert_eq!(header.typ.as_deref(), Some("at+jwt"), "{f}");
+            let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(k.jwk.clone()).unwrap();
+            let mut v = jsonwebtoken::Validation::new(k.alg);
+            v.required_spec_claims.clear();
+            v.validate_exp = false;
+            let got = jsonwebtoken::decode::<serde_json::Value>(
+                &t,
+                &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(),
+                &v,
+            )
+            .unwrap_or_else(|e| panic!("{f}: {e}"));
+            assert_eq!(got.claims, claims, "{f}");
         }
         let g = SigningKey::generate_es256().unwrap();
         assert_eq!(g.alg, Algorithm::ES256);
+        let t = g.sign("at+jwt", &serde_json::json!({})).unwrap();
+        let (input, sig) = t.rsplit_once('.').unwrap();
+        assert!(g.key_set().all[0].verify(Algorithm::ES256, input.as_bytes(), sig));
+    }
+
+    // Behaviour: PEM data without a usable key is refused with a message in words.
+    #[test]
+    fn bad_pem_is_explained() {
+        let e = SigningKey::from_pem(b"hello").unwrap_err();
+        assert_eq!(e, "no private key found");
+        let cert = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/server.pem"
+        ))
+        .unwrap();
+        assert_eq!(
+            SigningKey::from_pem(&cert).unwrap_err(),
+            "no private key found"
+        );
+        let e = SigningKey::from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n").unwrap_err();
+        assert!(
+            e.starts_with("invalid PEM: the PRIVATE KEY block is not closed"),
+            "{e}"
+        );
+        let e = SigningKey::from_pem(
+            b"-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("SEC1 \"EC PRIVATE KEY\" files are not supported"),
+            "{e}"
+        );
+    }
+
+    // Behaviour: RSA keys under 2048 bits are refused with that reason, in PKCS#8 and
+    // PKCS#1 form alike.
+    #[test]
+    fn small_rsa_keys_are_refused() {
+        for f in ["rsa-1024.pem", "rsa-1024-pkcs1.pem"] {
+            let data = std::fs::read(format!("{}/tests/fixtures/{f}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap();
+            assert_eq!(
+                SigningKey::from_pem(&data).unwrap_err(),
+                "RSA keys must be at least 2048 bits",
+                "{f}"
+            );
+        }
     }
 
     // Behaviour: a generated key file holds the key that was used in memory, is

@@ -10,9 +10,11 @@
 //! is also the issuer `local`, verified in-process.
 
 pub mod keys;
+pub mod layer;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
@@ -24,9 +26,12 @@ use http_body_util::BodyExt;
 use rand::Rng;
 
 use self::keys::SigningKey;
-use crate::body::{full, Body};
-use crate::error::GatewayError;
+use crate::body::{full, Body, BoxError};
+use crate::conn::ConnInfo;
+use crate::error::{GatewayError, RateLimited};
 use crate::metrics::Metrics;
+use crate::ratelimit::applied::FAILED_AUTH_CLIENT;
+use crate::ratelimit::{Decision, FailedAuthLimit};
 use crate::secret::{constant_time_eq, Secret};
 
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
@@ -34,6 +39,9 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 /// Leeway for tokens of the token service (same clock).
 pub const LOCAL_LEEWAY: Duration = Duration::from_secs(5);
 const MAX_TOKEN_REQUEST: usize = 64 * 1024;
+/// The `route` label of the token endpoint's metrics: it is not a route (the access
+/// log and `tollgate_requests_total` say `none` for it too).
+static NO_ROUTE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("none"));
 
 pub enum ClientSecret {
     Plain(Secret),
@@ -77,6 +85,8 @@ pub struct TokenService {
     pub ttl: Duration,
     pub key: Arc<SigningKey>,
     pub clients: HashMap<String, Client>,
+    /// `failed_auth_limit`: failed client authentications per client id and per IP.
+    pub failed_auth: FailedAuthLimit,
 }
 
 /// An argon2id PHC string for `secret_hash`.
@@ -184,12 +194,16 @@ impl TokenService {
         path == self.path || path == JWKS_PATH || path.starts_with(METADATA_PATH)
     }
 
-    pub async fn handle(
+    pub async fn handle<B>(
         &self,
-        req: Request<hyper::body::Incoming>,
+        req: Request<B>,
         path: &str,
         metrics: &Metrics,
-    ) -> Result<Response<Body>, GatewayError> {
+    ) -> Result<Response<Body>, GatewayError>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
         if path == JWKS_PATH {
             return Ok(json_response(StatusCode::OK, self.key.jwks()));
         }
@@ -202,6 +216,10 @@ impl TokenService {
                 req.method()
             )));
         }
+        let ip = req
+            .extensions()
+            .get::<Arc<ConnInfo>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.remote.ip());
         let (parts, body) = req.into_parts();
         let body = http_body_util::Limited::new(body, MAX_TOKEN_REQUEST)
             .collect()
@@ -228,8 +246,9 @@ impl TokenService {
                 )));
             }
         }
-        let basic = match parts.headers.get(AUTHORIZATION) {
-            Some(v) => parse_basic(v)?,
+        let basic = match parts.headers.get(AUTHORIZATION).map(parse_basic) {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => return Err(self.failed(None, ip, e).await),
             None => None,
         };
         let body_creds = (
@@ -255,9 +274,10 @@ impl TokenService {
             (None, (Some(id), None)) => {
                 metrics.client_auth_failure("no_secret");
                 tracing::warn!(target: "tollgate::token", client_id = id, reason = "no_secret", "client authentication failed");
-                return Err(GatewayError::InvalidClient(
+                let e = GatewayError::InvalidClient(
                     "client authentication failed: no client_secret".into(),
-                ));
+                );
+                return Err(self.failed(Some(id), ip, e).await);
             }
             (None, (None, Some(_))) => {
                 return Err(GatewayError::BadRequest(
@@ -266,9 +286,10 @@ impl TokenService {
             }
             (None, (None, None)) => {
                 metrics.client_auth_failure("no_credentials");
-                return Err(GatewayError::InvalidClient(
+                let e = GatewayError::InvalidClient(
                     "client authentication required (HTTP Basic or client_id/client_secret)".into(),
-                ));
+                );
+                return Err(self.failed(None, ip, e).await);
             }
         };
         match one.get("grant_type").copied() {
@@ -281,9 +302,49 @@ impl TokenService {
                 })
             }
         }
-        let client = self.authenticate(&id, &secret, metrics).await?;
+        // Before any secret is verified (an argon2 check costs tens of milliseconds of
+        // CPU): a client id or address over failed_auth_limit is refused, whatever it sent.
+        if let Some(d) = self.failed_auth.check(Some(&id), ip).await {
+            return Err(self.too_many_failures(&id, &d, metrics));
+        }
+        let client = match self.authenticate(&id, &secret, metrics).await {
+            Ok(c) => c,
+            Err(e) => return Err(self.failed(Some(&id), ip, e).await),
+        };
         let scopes = self.grant_scopes(client, one.get("scope").copied())?;
         self.issue(client, &scopes, metrics)
+    }
+
+    /// A failed client authentication (`e`, 401 `invalid_client`): counted against
+    /// `failed_auth_limit` for the client id (when one was presented) and the address.
+    async fn failed(&self, id: Option<&str>, ip: IpAddr, e: GatewayError) -> GatewayError {
+        if matches!(e, GatewayError::InvalidClient(_)) {
+            self.failed_auth.failed(id, ip).await;
+        }
+        e
+    }
+
+    /// 429 `rate_limited` for a client id or address over `failed_auth_limit`.
+    fn too_many_failures(&self, id: &str, d: &Decision, metrics: &Metrics) -> GatewayError {
+        metrics.rate_limited(&NO_ROUTE, &d.name);
+        let who = if &*d.name == FAILED_AUTH_CLIENT {
+            format!("for client {id}")
+        } else {
+            "from this address".to_owned()
+        };
+        let retry = d.retry_after_secs().unwrap_or(1);
+        tracing::warn!(target: "tollgate::token", client_id = id, limit = %d.name, retry_after = retry, "token request refused: too many failed client authentications");
+        GatewayError::RateLimited(Box::new(RateLimited {
+            limit: d.name.clone(),
+            description: format!(
+                "too many failed client authentications {who} (at most {} per {}s); retry in {retry}s",
+                d.limit,
+                d.per.as_secs()
+            ),
+            retry_after: HeaderValue::from(retry),
+            policy: d.policy_header().clone(),
+            state: d.ratelimit_header(),
+        }))
     }
 
     async fn authenticate(
@@ -360,11 +421,11 @@ impl TokenService {
             "scope": scope,
             "iat": now,
             "exp": now + self.ttl.as_secs() as i64,
-            "jti": crate::util::hex(&jti),
+            "jti": crate::encoding::hex(&jti),
         });
         let token = self.key.sign("at+jwt", &claims).map_err(|e| {
             tracing::error!(error = %e, "signing failed");
-            GatewayError::ServiceUnavailable("token signing failed".into())
+            GatewayError::ServiceUnavailable("token signing failed")
         })?;
         metrics
             .tokens_issued

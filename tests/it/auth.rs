@@ -2,7 +2,7 @@
 //! permissions, denial logs, explain.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -217,7 +217,7 @@ async fn bad_tokens_are_refused_with_reasons() {
         jsonwebtoken::encode(
             &header,
             &claims,
-            &jsonwebtoken::EncodingKey::from_secret(&secret),
+            &jsonwebtoken::EncodingKey::from_secret(&secret).unwrap(),
         )
         .unwrap()
     };
@@ -605,6 +605,8 @@ async fn key_rotation_and_unknown_kid_storm() {
     );
     idp.keys.lock().unwrap().push(new_key.clone());
     let t = idp.token_with(&new_key, json!({}));
+    // The refetch for the new kid happens after this; the next one is allowed 10 s later.
+    let first_refetch = std::time::Instant::now();
     assert_eq!(
         call(
             &gw,
@@ -652,10 +654,15 @@ async fn key_rotation_and_unknown_kid_storm() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 401);
     }
-    assert_eq!(
-        idp.jwks_hits.load(Ordering::SeqCst),
-        before + 1,
-        "unknown kids must not trigger refetches within 10 s"
+    // One refetch per 10 s that has passed since the first (none on any sane machine:
+    // the storm takes a second or two).
+    let windows = (first_refetch.elapsed().as_secs() / 10) as usize;
+    let hits = idp.jwks_hits.load(Ordering::SeqCst);
+    assert!(
+        (before + 1..=before + 1 + windows).contains(&hits),
+        "unknown kids must not trigger refetches within 10 s: {} refetches in {:?}",
+        hits - before,
+        first_refetch.elapsed()
     );
     gw.stop().await;
 }
@@ -666,16 +673,13 @@ async fn jwks_outage_keeps_last_good_keys() {
     let (idp, _up, gw) = setup("    jwks_refresh: 200ms\n").await;
     idp.jwks_fail.store(true, Ordering::SeqCst);
     let hits = idp.jwks_hits.load(Ordering::SeqCst);
-    for _ in 0..30 {
-        if idp.jwks_hits.load(Ordering::SeqCst) >= hits + 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        idp.jwks_hits.load(Ordering::SeqCst) >= hits + 2,
-        "background refresh should have retried"
-    );
+    eventually(
+        "the background refresh retries the failing JWKS endpoint (twice)",
+        PATIENCE,
+        async || idp.jwks_hits.load(Ordering::SeqCst),
+        |n| *n >= hits + 2,
+    )
+    .await;
     let t = idp.token(json!({"jti": "fresh-token-during-outage"}));
     assert_eq!(
         call(
@@ -900,14 +904,6 @@ async fn introspection() {
     gw.stop().await;
 }
 
-/// Runs the binary with the config; returns (child, public address, stderr lines).
-pub fn start_with_logs(
-    config: &std::path::Path,
-) -> (std::process::Child, String, Arc<Mutex<Vec<String>>>) {
-    let b = spawn_binary(config, &["run"]);
-    (b.child, b.public, b.logs)
-}
-
 // Behaviour: every denial is logged once with request id, route, permission, client and
 // reason code — never the token.
 #[tokio::test]
@@ -917,7 +913,8 @@ async fn denial_logs_name_the_gate_not_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.yaml");
     std::fs::write(&cfg, yaml(&up, &issuer_yaml(&idp, "corp", ""), ANALYTICS)).unwrap();
-    let (mut child, addr, lines) = start_with_logs(&cfg);
+    let mut bin = spawn_binary(&cfg, &["run"]);
+    let addr = bin.public.clone();
     let t = idp.token(json!({}));
     let r = client()
         .get(format!("http://{addr}/v2/analytics/data"))
@@ -936,14 +933,9 @@ async fn denial_logs_name_the_gate_not_the_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let _ = child.wait();
-    let logs = lines.lock().unwrap().join("\n");
+    // Stopped, and its output read to the end: every line it wrote is in.
+    assert!(bin.terminate().await.success());
+    let logs = bin.log_text();
     let denial: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("denied") && l.contains("log-check-1"))
@@ -988,18 +980,20 @@ async fn explain_allow_and_deny() {
     let run = |token: String, method: &'static str, path: &'static str| {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || {
-            crate::cli::bin()
-                .args(["explain", "--config"])
-                .arg(&cfg)
-                .args(["--token", &token, "--method", method, path])
-                .output()
-                .unwrap()
+            output_within(
+                "tollgate explain",
+                crate::cli::bin()
+                    .args(["explain", "--config"])
+                    .arg(&cfg)
+                    .args(["--token", &token, "--method", method, path]),
+                PATIENCE,
+            )
         })
     };
     let allowed = run(idp.token(json!({})), "GET", "/v2/analytics/metadata")
         .await
         .unwrap();
-    let text = String::from_utf8_lossy(&allowed.stdout).into_owned();
+    let text = allowed.stdout.clone();
     assert_eq!(allowed.status.code(), Some(0), "{text}");
     for needle in [
         "route: analytics",
@@ -1013,7 +1007,7 @@ async fn explain_allow_and_deny() {
     let denied_out = run(idp.token(json!({})), "GET", "/v2/analytics/data")
         .await
         .unwrap();
-    let text = String::from_utf8_lossy(&denied_out.stdout).into_owned();
+    let text = denied_out.stdout.clone();
     assert_eq!(denied_out.status.code(), Some(1), "{text}");
     assert!(
         text.contains("insufficient_scope")
@@ -1028,13 +1022,13 @@ async fn explain_allow_and_deny() {
     )
     .await
     .unwrap();
-    let text = String::from_utf8_lossy(&expired.stdout).into_owned();
+    let text = expired.stdout.clone();
     assert_eq!(expired.status.code(), Some(1));
     assert!(text.contains("token_expired"), "{text}");
     let method = run(idp.token(json!({})), "DELETE", "/v2/analytics/metadata")
         .await
         .unwrap();
     assert_eq!(method.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&method.stdout).contains("method_not_allowed"));
+    assert!(method.stdout.contains("method_not_allowed"));
     assert_eq!(up.count(), 0, "explain sends no request upstream");
 }

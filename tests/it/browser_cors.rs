@@ -11,16 +11,16 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-/// Bound on one browser run (cors.mjs bounds itself at 90 s).
-const RUN_TIMEOUT: Duration = Duration::from_secs(150);
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+/// Bound on one browser run (cors.mjs bounds itself at 150 s).
+const RUN_TIMEOUT: Duration = Duration::from_secs(210);
 
-fn browser_dir() -> PathBuf {
+pub fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/browser")
 }
 
 /// Fails (never skips) with what to install when the browser toolchain is missing.
-fn require_browser_toolchain() {
+pub fn require_browser_toolchain() {
     assert!(
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: this test needs Debian's chromium \
@@ -39,19 +39,6 @@ fn require_browser_toolchain() {
         "tests/e2e/browser/node_modules is missing playwright-core: \
          run `npm ci --prefix tests/e2e/browser` (never `npx playwright install`)"
     );
-}
-
-/// Kills the process group of the `node` we started (node, and the chromium it launched)
-/// by its PID when the test ends, however it ends.
-struct GroupGuard(u32);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0)])
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 fn free_port() -> u16 {
@@ -98,48 +85,69 @@ enum Run {
     PortTaken,
 }
 
+/// Runs cors.mjs to its end. node leads a process group of its own; chromium, which
+/// playwright starts in a session (and group) of its own, is named by cors.mjs on stderr
+/// (`BROWSER_PGID n`). Both groups are killed, by PGID, when the run ends however it ends;
+/// and cors.mjs exits (closing the browser) when its stdin closes, should this test
+/// process die without unwinding.
 async fn run_cors_mjs(api: &str, allowed_port: u16, token: &str) -> Run {
-    let mut cmd = tokio::process::Command::new("node");
-    cmd.arg("cors.mjs")
-        .args(["--api", api, "--allowed-port", &allowed_port.to_string()])
-        .args(["--chromium", CHROMIUM])
-        .env("TOLLGATE_TOKEN", token)
-        .current_dir(browser_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let child = cmd.spawn().expect("spawn node");
-    let _guard = GroupGuard(child.id().expect("node pid"));
-    let out = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("cors.mjs did not finish within {RUN_TIMEOUT:?}"))
-        .expect("wait for node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(3) {
+    use std::io::{BufRead, BufReader, Read};
+    let mut node = ChildGuard::spawn_group(
+        "node cors.mjs",
+        std::process::Command::new("node")
+            .arg("cors.mjs")
+            .args(["--api", api, "--allowed-port", &allowed_port.to_string()])
+            .args(["--chromium", CHROMIUM])
+            .env("TOLLGATE_TOKEN", token)
+            .env("TOLLGATE_E2E_WATCH_STDIN", "1")
+            .current_dir(browser_dir())
+            // Kept open (unused) for as long as `node` lives: its EOF tells cors.mjs to quit.
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut stdout = node.child_mut().stdout.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
+    let stderr = node.child_mut().stderr.take().unwrap();
+    let browser_groups = node.extra_groups();
+    let stderr = std::thread::spawn(move || {
+        let mut out = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(pgid) = line
+                .strip_prefix("BROWSER_PGID ")
+                .and_then(|n| n.trim().parse::<u32>().ok())
+            {
+                browser_groups.lock().unwrap().push(pgid);
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    });
+    let status = node.exited_within(RUN_TIMEOUT).await;
+    drop(node); // kills what is left of both groups
+    let stdout = stdout.join().unwrap();
+    let stderr = stderr.join().unwrap();
+    if status.code() == Some(3) {
         return Run::PortTaken;
     }
     let line = stdout
         .lines()
         .rev()
         .find(|l| l.trim_start().starts_with('{'))
-        .unwrap_or_else(|| {
-            panic!(
-                "cors.mjs printed no JSON ({}):\n{stdout}\n{stderr}",
-                out.status
-            )
-        });
+        .unwrap_or_else(|| panic!("cors.mjs printed no JSON ({status}):\n{stdout}\n{stderr}"));
     let v: Value = serde_json::from_str(line)
         .unwrap_or_else(|e| panic!("cors.mjs output is not JSON ({e}): {line}\n{stderr}"));
     // The script's own verdict must agree with its exit status; the details are
     // asserted below, independently.
     assert_eq!(
-        out.status.success(),
+        status.success(),
         v["ok"] == json!(true),
-        "exit status {} vs {v}\n{stderr}",
-        out.status
+        "exit status {status} vs {v}\n{stderr}"
     );
     Run::Done(v)
 }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -64,6 +64,21 @@ where
     addr
 }
 
+/// A loopback address where nothing listens, for "the upstream is down": a socket is
+/// bound to it (for the whole test run) but never listens, so connections are refused
+/// at once and no other test can be given the port meanwhile.
+pub fn dead_addr() -> SocketAddr {
+    static DEAD: std::sync::OnceLock<(tokio::net::TcpSocket, SocketAddr)> =
+        std::sync::OnceLock::new();
+    DEAD.get_or_init(|| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        (socket, addr)
+    })
+    .1
+}
+
 pub fn json_resp(status: u16, v: serde_json::Value) -> Resp {
     Response::builder()
         .status(status)
@@ -94,11 +109,19 @@ impl Seen {
 pub struct Upstream {
     pub addr: Option<SocketAddr>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Set by [`Upstream::release`]: `/hold` requests are answered.
+    pub released: Arc<AtomicBool>,
+    pub release: Arc<tokio::sync::Notify>,
 }
 
 impl Upstream {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr.unwrap())
+    }
+    /// Lets every `/hold` request (held until now) and every later one be answered.
+    pub fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
+        self.release.notify_waiters();
     }
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
@@ -114,13 +137,16 @@ impl Upstream {
 }
 
 /// An upstream that records every request and answers with a JSON echo.
-/// `/slow/<ms>` waits first; `/status/<code>` answers that status;
-/// `/bytes/<n>` answers n bytes. Bodies are read whole (and counted).
+/// `/slow/<ms>` waits first; `/hold` waits until [`Upstream::release`];
+/// `/status/<code>` answers that status; `/bytes/<n>` answers n bytes. Bodies are read
+/// whole (and counted); a request is recorded before any wait.
 pub async fn spawn_upstream() -> Upstream {
     let mut up = Upstream::default();
     let seen = up.seen.clone();
+    let (released, release) = (up.released.clone(), up.release.clone());
     let addr = serve(move |req: Request<Incoming>| {
         let seen = seen.clone();
+        let (released, release) = (released.clone(), release.clone());
         async move {
             let (parts, body) = req.into_parts();
             let body = body
@@ -146,6 +172,15 @@ pub async fn spawn_upstream() -> Upstream {
             if let Some(i) = segs.iter().position(|s| *s == "slow") {
                 let ms: u64 = segs.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(1000);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            if segs.contains(&"hold") {
+                loop {
+                    let notified = release.notified();
+                    if released.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    notified.await;
+                }
             }
             if let Some(i) = segs.iter().position(|s| *s == "status") {
                 let code: u16 = segs.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(200);
@@ -405,18 +440,28 @@ impl Gw {
 
 /// `yaml` must say `listen: "127.0.0.1:0"`.
 pub async fn spawn_gateway(yaml: &str) -> Gw {
+    let gw = spawn_gateway_unready(yaml).await;
+    let running = gw.running.as_ref().unwrap();
+    // Wait for the first key fetches (each ends, fetched or failed, within its
+    // fetch_timeout), like /readyz.
+    eventually(
+        "the gateway is ready (first key fetches done)",
+        PATIENCE,
+        async || running.gateway.ready(),
+        |ready| *ready,
+    )
+    .await;
+    gw
+}
+
+/// Like [`spawn_gateway`], without waiting for the first key fetches: for tests of
+/// readiness itself. `yaml` must say `listen: "127.0.0.1:0"`.
+pub async fn spawn_gateway_unready(yaml: &str) -> Gw {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, yaml).unwrap();
     let gw = tollgate::Gateway::load(path).unwrap_or_else(|e| panic!("config rejected:\n{e}"));
     let running = tollgate::start(gw).await.unwrap();
-    // Wait for first key fetches, like /readyz.
-    for _ in 0..200 {
-        if running.gateway.ready() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     Gw {
         addr: running.public,
         admin: running.admin,
@@ -426,6 +471,7 @@ pub async fn spawn_gateway(yaml: &str) -> Gw {
 }
 
 pub fn client() -> reqwest::Client {
+    tollgate::tls::install_default_provider();
     reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
@@ -446,42 +492,416 @@ pub async fn json_of(r: reqwest::Response) -> serde_json::Value {
     r.json().await.unwrap()
 }
 
-/// Sends raw bytes on a fresh connection and reads until close or timeout.
-pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+/// What came back on a raw connection.
+#[derive(Debug)]
+pub struct RawReply {
+    pub text: String,
+    /// The gateway closed the connection (rather than the reader giving up).
+    pub closed: bool,
+}
+
+/// The length of the first complete HTTP/1.1 response at the start of `out`, if it is
+/// all there (framed by Content-Length or chunked; otherwise only the close ends it).
+fn complete_response(out: &[u8]) -> Option<usize> {
+    let head_end = out.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&out[..head_end]).to_ascii_lowercase();
+    let header = |name: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    if let Some(n) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        return (out.len() >= head_end + n).then_some(head_end + n);
+    }
+    if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        let body = &out[head_end..];
+        return body
+            .windows(5)
+            .position(|w| w == b"0\r\n\r\n")
+            .filter(|i| *i == 0 || body[..*i].ends_with(b"\r\n"))
+            .map(|i| head_end + i + 5);
+    }
+    None
+}
+
+/// Sends raw bytes on a fresh connection and reads what comes back until the gateway
+/// closes the connection, or until a complete response is in and nothing more came for
+/// `quiet` (so that a second, smuggled response would be seen). Waits up to
+/// [`PATIENCE`] for the first response.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], quiet: Duration) -> RawReply {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(bytes).await.unwrap();
+    // The gateway may answer (and close) before it has read everything we send.
+    let _ = s.write_all(bytes).await;
+    let started = Instant::now();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+    let mut buf = [0u8; 16384];
+    loop {
+        let wait = if complete_response(&out).is_some() {
+            quiet
+        } else {
+            PATIENCE.saturating_sub(started.elapsed())
+        };
+        match tokio::time::timeout(wait, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return RawReply {
+                    text: String::from_utf8_lossy(&out).into_owned(),
+                    closed: true,
+                }
+            }
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                return RawReply {
+                    text: String::from_utf8_lossy(&out).into_owned(),
+                    closed: false,
+                }
+            }
+        }
+    }
+}
+
+/// [`raw_exchange`], the text only.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], quiet: Duration) -> String {
+    raw_exchange(addr, bytes, quiet).await.text
+}
+
+// ---------------------------------------------------------------- waiting
+
+/// How long a test waits for something that must happen soon (a connection to close, a
+/// gauge to settle, a reload to be applied, a process to exit) before it fails. Generous
+/// on purpose: on a busy 2-core machine things take many times longer than on an idle
+/// one, and a passing run never waits this long.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// How long a process a test starts (the tollgate binary, a node helper loading its
+/// packages and generating keys) may take to say it is ready, on a busy machine.
+pub const STARTUP: Duration = Duration::from_secs(60);
+
+/// How often [`eventually`] and [`wait_until`] look again.
+const POLL: Duration = Duration::from_millis(25);
+
+/// Polls `probe` until `ok` holds for what it returns, and returns that value. After
+/// `within`, panics naming `what`, the time waited and the last value observed.
+///
+/// For the test's own body (and what it awaits): an async closure's future is not
+/// `Send` for every lifetime, so inside `tokio::spawn` poll by hand.
+pub async fn eventually<T: std::fmt::Debug>(
+    what: &str,
+    within: Duration,
+    mut probe: impl AsyncFnMut() -> T,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let started = Instant::now();
+    loop {
+        let v = probe().await;
+        if ok(&v) {
+            return v;
+        }
+        if started.elapsed() >= within {
+            panic!(
+                "{what}: not so after {:?}; last observed: {v:#?}",
+                started.elapsed()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`eventually`] for code outside the async runtime (threads, `std::process`).
+pub fn wait_until<T: std::fmt::Debug>(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> T,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let started = Instant::now();
+    loop {
+        let v = probe();
+        if ok(&v) {
+            return v;
+        }
+        if started.elapsed() >= within {
+            panic!(
+                "{what}: not so after {:?}; last observed: {v:#?}",
+                started.elapsed()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The value of `series` on the `/metrics` page at `base` (`http://host:port`) once
+/// `ok` holds for it (see [`eventually`]); a missing series is `None`.
+pub async fn metric_eventually(base: &str, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    eventually(
+        &format!("{series} on {base}/metrics"),
+        PATIENCE,
+        async || series_value(&admin_metrics(base).await, series),
+        |v| v.is_some_and(&ok),
+    )
+    .await
+    .unwrap()
+}
+
+// ---------------------------------------------------------------- child processes
+
+/// Sends `sig` (a name, `TERM`) to `target` (`1234`, or `-1234` for a process group).
+fn send_signal(sig: &str, target: &str) -> bool {
+    std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg("--")
+        .arg(target)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A process the test started. Dropping it (the test ended, passed or panicked) kills
+/// it by its PID (SIGKILL) and reaps it; one started with [`ChildGuard::spawn_group`]
+/// leads a process group of its own, and the whole group is killed by its PGID, as are
+/// the groups put in [`ChildGuard::extra_groups`] (a browser that a node helper started
+/// in a session of its own).
+pub struct ChildGuard {
+    child: std::process::Child,
+    what: String,
+    group: bool,
+    extra_groups: Arc<Mutex<Vec<u32>>>,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd`; `what` names it in messages.
+    pub fn spawn(what: &str, cmd: &mut std::process::Command) -> ChildGuard {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        ChildGuard {
+            child,
+            what: what.to_owned(),
+            group: false,
+            extra_groups: Arc::default(),
+        }
+    }
+
+    /// Spawns `cmd` as the leader of a new process group (its PGID is its PID), so that
+    /// whatever it starts in turn is killed with it.
+    pub fn spawn_group(what: &str, cmd: &mut std::process::Command) -> ChildGuard {
+        use std::os::unix::process::CommandExt;
+        let mut g = ChildGuard::spawn(what, cmd.process_group(0));
+        g.group = true;
+        g
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child's pipes (stdin, stdout, stderr) to take.
+    pub fn child_mut(&mut self) -> &mut std::process::Child {
+        &mut self.child
+    }
+
+    /// A list this guard also kills, as process groups, when dropped (shared with a
+    /// thread that reads the child's output and learns them from it).
+    pub fn extra_groups(&self) -> Arc<Mutex<Vec<u32>>> {
+        self.extra_groups.clone()
+    }
+
+    /// Sends `sig` (`TERM`, `HUP`, ...) to the child, by its PID.
+    pub fn signal(&self, sig: &str) {
+        assert!(
+            send_signal(sig, &self.child.id().to_string()),
+            "kill -{sig} {} ({}) failed",
+            self.child.id(),
+            self.what
+        );
+    }
+
+    /// Kills it now (SIGKILL, its group too if it leads one) and reaps it.
+    pub fn kill(&mut self) {
+        if self.group {
+            send_signal("KILL", &format!("-{}", self.child.id()));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("waitpid")
+    }
+
+    /// Waits (at most `within`) for the child to exit; panics if it does not.
+    pub fn exit_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        let what = format!("{} (pid {}) exits", self.what, self.child.id());
+        wait_until(&what, within, || self.try_wait(), Option::is_some).unwrap()
+    }
+
+    /// [`ChildGuard::exit_within`] without blocking the async runtime.
+    pub async fn exited_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        let what = format!("{} (pid {}) exits", self.what, self.child.id());
+        eventually(&what, within, async || self.try_wait(), Option::is_some)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+        for pgid in self
+            .extra_groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            send_signal("KILL", &format!("-{pgid}"));
+        }
+        if self.group {
+            // Also after the leader exited: what it started may still run in its group.
+            // (The group lives on, and keeps its number, as long as any member does.)
+            send_signal("KILL", &format!("-{}", self.child.id()));
+        }
+        if !exited {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The output of a command run to its end with [`output_within`].
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` (stdin closed, stdout and stderr captured) to its end; panics (after
+/// killing it) if it runs longer than `within`.
+pub fn output_within(what: &str, cmd: &mut std::process::Command, within: Duration) -> Finished {
+    output_with_stdin(what, cmd, None, within)
+}
+
+/// [`output_within`], with `stdin` (if any) written to the command's stdin, then closed.
+pub fn output_with_stdin(
+    what: &str,
+    cmd: &mut std::process::Command,
+    stdin: Option<&[u8]>,
+    within: Duration,
+) -> Finished {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let mut g = ChildGuard::spawn(
+        what,
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped()),
+    );
+    if let Some(input) = stdin {
+        // It may exit before reading it all (a refusal): a broken pipe is not our error.
+        let mut pipe = g.child_mut().stdin.take().unwrap();
+        let _ = pipe.write_all(input);
+    }
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(g.child_mut().stdout.take().unwrap()));
+    let stderr = drain(Box::new(g.child_mut().stderr.take().unwrap()));
+    let status = g.exit_within(within);
+    Finished {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 /// The real `tollgate` binary, started on a config; stderr is drained for its whole
 /// life (into `logs`), and the listening addresses are read from the startup line.
+/// Killed when dropped (see [`ChildGuard`]).
 pub struct Binary {
-    pub child: std::process::Child,
+    pub process: ChildGuard,
     pub public: String,
     pub admin: Option<String>,
     pub logs: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Binary {
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// Everything it has logged so far.
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Waits for a log line that `ok` accepts, and returns it.
+    pub async fn log_line(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let found = eventually(
+            what,
+            PATIENCE,
+            async || {
+                let lines = self.logs.lock().unwrap();
+                lines.iter().find(|l| ok(l)).cloned().ok_or(lines.len())
+            },
+            Result::is_ok,
+        )
+        .await;
+        found.unwrap()
+    }
+
+    /// SIGTERM; waits for the exit and for the last log line to be read; returns the
+    /// exit status. Every log line is in `logs` afterwards.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.process.signal("TERM");
+        let status = self.process.exited_within(PATIENCE).await;
+        self.finish_reading().await;
+        status
+    }
+
+    /// Waits for the stderr reader to reach the end of the output (the process exited).
+    async fn finish_reading(&mut self) {
+        let reader = self.reader.take().expect("read once");
+        eventually(
+            "the tollgate binary's stderr is read to its end",
+            PATIENCE,
+            async || reader.is_finished(),
+            |done| *done,
+        )
+        .await;
+        reader.join().unwrap();
+    }
 }
 
 pub fn spawn_binary(config: &std::path::Path, args: &[&str]) -> Binary {
     use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .env_remove("TOLLGATE_CONFIG")
-        .env("RUST_LOG", "info")
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let mut process = ChildGuard::spawn(
+        "the tollgate binary",
+        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .env_remove("TOLLGATE_CONFIG")
+            .env("RUST_LOG", "info")
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let stderr = process.child_mut().stderr.take().unwrap();
     let logs: Arc<Mutex<Vec<String>>> = Arc::default();
     let (tx, rx) = std::sync::mpsc::channel();
     let sink = logs.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(p) = line.find("public=") {
                 let word = |i: usize| line[i..].split_whitespace().next().unwrap_or("").to_owned();
@@ -494,21 +914,19 @@ pub fn spawn_binary(config: &std::path::Path, args: &[&str]) -> Binary {
             sink.lock().unwrap().push(line);
         }
     });
-    match rx.recv_timeout(Duration::from_secs(20)) {
+    match rx.recv_timeout(STARTUP) {
         Ok((public, admin)) => Binary {
-            child,
+            process,
             public,
             admin,
             logs,
+            reader: Some(reader),
         },
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "tollgate did not start:\n{}",
-                logs.lock().unwrap().join("\n")
-            );
-        }
+        Err(_) => panic!(
+            "tollgate did not start within {STARTUP:?} (exit: {:?}):\n{}",
+            process.try_wait(),
+            logs.lock().unwrap().join("\n")
+        ),
     }
 }
 

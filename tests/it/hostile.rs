@@ -277,11 +277,15 @@ async fn nested_json_body_credentials() {
 async fn http2_abuse() {
     let up = spawn_upstream().await;
     let gw = spawn_gateway(&yaml(&up)).await;
-    let c = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    tollgate::tls::install_default_provider();
+    let h2_client = || {
+        reqwest::Client::builder()
+            .no_proxy()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap()
+    };
+    let c = h2_client();
     let mut req = c.get(gw.url("/api/h2"));
     for i in 0..300 {
         req = req.header(format!("x-h{i}"), "v".repeat(50));
@@ -301,7 +305,10 @@ async fn http2_abuse() {
     for t in tasks {
         let _ = t.await;
     }
-    let r = c.get(gw.url("/api/after")).send().await.unwrap();
+    // Still serving, on a new connection: the abusive one may rightly be gone (hyper's
+    // rapid-reset guard ends it with GOAWAY ENHANCE_YOUR_CALM once enough of the resets
+    // have reached it, which on a busy machine they sometimes do).
+    let r = h2_client().get(gw.url("/api/after")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     gw.stop().await;
 }

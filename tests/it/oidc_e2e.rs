@@ -7,13 +7,14 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
 
 use crate::common::*;
 
 const GATEWAY_E2E_SECRET: &str = "gateway-e2e-s3cret-from-test";
+/// The secret of the provider's `tollgate-web` sign-in client.
+pub const TOLLGATE_WEB_SECRET: &str = "tollgate-web-s3cret-from-test";
 const INTROSPECTOR_SECRET: &str = "introspector-s3cret-from-test";
 const INTROSPECTOR_SECRET_ENV: &str = "TOLLGATE_E2E_OIDC_INTROSPECTOR_SECRET";
 
@@ -22,36 +23,46 @@ const OTHER_API: &str = "https://other-api.company.com";
 const OPAQUE_API: &str = "https://opaque-api.company.com";
 const OTHER_OPAQUE_API: &str = "https://other-opaque-api.company.com";
 
-/// The oidc-provider child process; killed (by its PID) when dropped.
-struct OidcProvider {
-    child: Child,
-    issuer: String,
+/// The oidc-provider child process, in a process group of its own; killed (the group,
+/// by its PGID) when dropped. It also exits by itself when its stdin closes, so it does
+/// not outlive a test process that dies without unwinding.
+pub struct OidcProvider {
+    process: ChildGuard,
+    pub issuer: String,
     stderr: Arc<Mutex<String>>,
 }
 
 impl OidcProvider {
     fn spawn() -> OidcProvider {
+        OidcProvider::spawn_with(&[])
+    }
+
+    /// With provider.mjs command-line flags (e.g. `--login-access-token-ttl 65`).
+    pub fn spawn_with(args: &[&str]) -> OidcProvider {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/oidc");
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
             "{}/node_modules is missing: run `npm ci --prefix tests/e2e/oidc` (needs Node 20+)",
             dir.display()
         );
-        let mut child = Command::new("node")
-            .arg(dir.join("provider.mjs"))
-            .current_dir(&dir)
-            .env("OIDC_PORT", "0")
-            .env("GATEWAY_E2E_SECRET", GATEWAY_E2E_SECRET)
-            .env("INTROSPECTOR_SECRET", INTROSPECTOR_SECRET)
-            // The provider exits when its stdin closes: nothing outlives a killed test.
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `node` (Node 20+ must be on PATH): {e}"));
+        let mut process = ChildGuard::spawn_group(
+            "node provider.mjs (Node 20+ must be on PATH)",
+            Command::new("node")
+                .arg(dir.join("provider.mjs"))
+                .args(args)
+                .current_dir(&dir)
+                .env("OIDC_PORT", "0")
+                .env("GATEWAY_E2E_SECRET", GATEWAY_E2E_SECRET)
+                .env("TOLLGATE_WEB_SECRET", TOLLGATE_WEB_SECRET)
+                .env("INTROSPECTOR_SECRET", INTROSPECTOR_SECRET)
+                // The provider exits when its stdin closes: nothing outlives a killed test.
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
         let stderr = Arc::new(Mutex::new(String::new()));
         {
-            let mut pipe = child.stderr.take().unwrap();
+            let mut pipe = process.child_mut().stderr.take().unwrap();
             let sink = stderr.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
@@ -65,7 +76,7 @@ impl OidcProvider {
                 }
             });
         }
-        let stdout = child.stdout.take().unwrap();
+        let stdout = process.child_mut().stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
@@ -76,15 +87,15 @@ impl OidcProvider {
             }
         });
         let mut provider = OidcProvider {
-            child,
+            process,
             issuer: String::new(),
             stderr,
         };
-        match rx.recv_timeout(Duration::from_secs(30)) {
+        match rx.recv_timeout(STARTUP) {
             Ok(url) => provider.issuer = url,
             Err(_) => panic!(
-                "oidc-provider did not print LISTENING within 30s (exit: {:?}); stderr:\n{}",
-                provider.child.try_wait(),
+                "oidc-provider did not print LISTENING within {STARTUP:?} (exit: {:?}); stderr:\n{}",
+                provider.process.try_wait(),
                 provider.stderr()
             ),
         }
@@ -96,15 +107,8 @@ impl OidcProvider {
         provider
     }
 
-    fn stderr(&self) -> String {
+    pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
-    }
-}
-
-impl Drop for OidcProvider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -118,7 +122,7 @@ async fn token(token_endpoint: &str, resource: &str, scope: &str) -> serde_json:
             ("resource", resource),
             ("scope", scope),
         ])
-        .timeout(Duration::from_secs(10))
+        .timeout(PATIENCE)
         .send()
         .await
         .unwrap();
@@ -142,7 +146,7 @@ async fn get(gw: &Gw, method: reqwest::Method, path: &str, token: &str) -> reqwe
     client()
         .request(method, gw.url(path))
         .bearer_auth(token)
-        .timeout(Duration::from_secs(10))
+        .timeout(PATIENCE)
         .send()
         .await
         .unwrap()

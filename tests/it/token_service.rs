@@ -1,7 +1,5 @@
 //! Issue 4: the token service and body credentials.
 
-use std::time::Duration;
-
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -462,7 +460,8 @@ async fn no_secret_in_logs() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.yaml");
     std::fs::write(&cfg, yaml(&up, None, CPI_ROUTE)).unwrap();
-    let (mut child, addr, lines) = crate::auth::start_with_logs(&cfg);
+    let mut bin = spawn_binary(&cfg, &["run"]);
+    let addr = bin.public.clone();
     let base = format!("http://{addr}");
     let r = client()
         .post(format!("{base}/oauth2/token"))
@@ -497,14 +496,9 @@ async fn no_secret_in_logs() {
         .send()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let _ = child.wait();
-    let logs = lines.lock().unwrap().join("\n");
+    // Stopped, and its output read to the end: every line it wrote is in.
+    assert!(bin.terminate().await.success());
+    let logs = bin.log_text();
     assert!(
         logs.contains("client authentication failed") && logs.contains("bad_secret"),
         "{logs}"

@@ -488,41 +488,57 @@ async fn oauth2_single_flight_under_concurrency() {
 }
 
 // Behaviour: a token is refreshed when less than min(60 s, half its lifetime) remains:
-// with expires_in 4 s it is reused at first, and replaced after 2 s — while the old one
-// would still be valid.
+// with expires_in 8 s it is reused in its first 4 s, and replaced after that — while the
+// old one would still be valid.
 #[tokio::test]
 async fn oauth2_refresh_before_expiry() {
+    const LIFETIME: Duration = Duration::from_secs(8);
     let idp = spawn_idp().await;
-    idp.token_expires_in.store(4, Ordering::SeqCst);
+    idp.token_expires_in
+        .store(LIFETIME.as_secs(), Ordering::SeqCst);
     let up = spawn_upstream().await;
     let gw = spawn_gateway(&oauth_yaml(&up, "bi", &idp.url("/token"), "")).await;
+    // The token is fetched (and its lifetime starts) between t0 and t1.
     let t0 = Instant::now();
     let r = client().get(gw.url("/api/1")).send().await.unwrap();
+    let t1 = Instant::now();
     assert_eq!(r.status(), 200);
     assert_eq!(
         up.last().header("authorization"),
         Some("Bearer upstream-token-1")
     );
     let r = client().get(gw.url("/api/2")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    // Sent before the refresh point (at least t0 + 4 s): the token must be reused. A
+    // machine too slow for that (3.5 s for two local requests) cannot judge the window.
     assert!(
-        t0.elapsed() < Duration::from_millis(1800),
-        "test machine too slow to judge the refresh window"
+        t0.elapsed() < LIFETIME / 2,
+        "second request at {:?}: too slow to judge the refresh window",
+        t0.elapsed()
     );
+    assert_eq!(r.status(), 200);
     assert_eq!(
         up.last().header("authorization"),
         Some("Bearer upstream-token-1"),
-        "a token with 4 s lifetime is reused in its first 2 s"
+        "a token with an 8 s lifetime is reused in its first 4 s"
     );
     assert_eq!(idp.token_hits.load(Ordering::SeqCst), 1);
 
-    // 2.3 s after the first fetch: 1.7 s of the 4 s lifetime remain (< half) -> refreshed.
-    tokio::time::sleep(Duration::from_millis(2300).saturating_sub(t0.elapsed())).await;
+    // Past the refresh point (t1 + 4.5 s >= fetch + 4.5 s), well before the old token
+    // expires (fetch + 8 s >= t0 + 8 s): refreshed.
+    tokio::time::sleep((LIFETIME / 2 + Duration::from_millis(500)).saturating_sub(t1.elapsed()))
+        .await;
     let r = client().get(gw.url("/api/3")).send().await.unwrap();
+    let sent_by = t0.elapsed();
     assert_eq!(r.status(), 200);
+    assert!(
+        sent_by < LIFETIME,
+        "third request at {sent_by:?}: the old token had expired, so this proves nothing"
+    );
     assert_eq!(
         up.last().header("authorization"),
-        Some("Bearer upstream-token-2")
+        Some("Bearer upstream-token-2"),
+        "refreshed with {:?} of the old token's lifetime left",
+        LIFETIME.saturating_sub(sent_by)
     );
     assert_eq!(idp.token_hits.load(Ordering::SeqCst), 2);
     gw.stop().await;
@@ -686,16 +702,22 @@ async fn oauth2_token_failure_is_502_and_backed_off() {
     }
     let elapsed = t0.elapsed();
     let hits = idp.token_hits.load(Ordering::SeqCst);
-    if elapsed < Duration::from_millis(450) {
-        // Everything happened inside the first 0.5 s back-off window.
-        assert_eq!(hits, 1, "burst hammered the token endpoint");
-    } else {
-        // A slow machine may cross a back-off window or two (0.5 s, then 1 s, 2 s, ...).
-        assert!(
-            hits <= 3,
-            "burst hammered the token endpoint: {hits} fetches"
-        );
+    // The first fetch failed at once; each failure closes the endpoint for 0.5 s, then
+    // 1 s, 2 s, 4 s, 5 s (capped): by `elapsed`, at most one more fetch per window that
+    // has ended. Fast machines see 1 fetch; a busy one may cross a window or two.
+    let mut allowed = 1;
+    let mut window_ends = Duration::ZERO;
+    for backoff_ms in [500, 1000, 2000, 4000].into_iter().chain([5000; 20]) {
+        window_ends += Duration::from_millis(backoff_ms);
+        if window_ends > elapsed {
+            break;
+        }
+        allowed += 1;
     }
+    assert!(
+        hits <= allowed,
+        "burst hammered the token endpoint: {hits} fetches in {elapsed:?} (at most {allowed})"
+    );
     assert_eq!(
         up.count(),
         0,
@@ -705,21 +727,19 @@ async fn oauth2_token_failure_is_502_and_backed_off() {
     // Recovery: after the back-off, exactly one more fetch, which succeeds.
     idp.token_fail.store(false, Ordering::SeqCst);
     let hits_before = idp.token_hits.load(Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut ok = false;
-    for _ in 0..50 {
-        let r = client().get(gw.url("/api/x")).send().await.unwrap();
-        if r.status() == 200 {
-            ok = true;
-            break;
-        }
-        assert_eq!(r.status(), 502);
-        if Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(ok, "no recovery after the token endpoint came back");
+    eventually(
+        "recovery after the token endpoint came back",
+        PATIENCE,
+        async || {
+            let r = client().get(gw.url("/api/x")).send().await.unwrap();
+            r.status().as_u16()
+        },
+        |s| {
+            assert!(*s == 200 || *s == 502, "{s}");
+            *s == 200
+        },
+    )
+    .await;
     assert_eq!(idp.token_hits.load(Ordering::SeqCst), hits_before + 1);
     assert_eq!(
         up.last().header("authorization"),
@@ -887,7 +907,7 @@ upstreams:
   - name: bi
     url: "{}"
   - name: dead
-    url: "http://127.0.0.1:9"
+    url: "http://{dead}"
     connect_timeout: 500ms
 routes:
   - name: api
@@ -908,7 +928,8 @@ routes:
     auth: none
 "#,
         issuer_yaml(idp, "corp", ""),
-        up.url()
+        up.url(),
+        dead = dead_addr(),
     )
 }
 

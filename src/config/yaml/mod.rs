@@ -40,6 +40,9 @@ use super::validate::{self as v, Problems};
 /// problems so far, the folder `${file:..}` paths are relative to and the files named.
 pub struct Cx<'a> {
     base: &'a Path,
+    /// Every block of the file and its keys (`model::PLACES`): where an unknown key
+    /// that its own block cannot explain belongs.
+    places: Places,
     path: Vec<Seg>,
     pub problems: Problems,
     /// Every `${file:..}` named (read or not: a file that appears later reloads).
@@ -54,10 +57,15 @@ enum Seg {
     Index(usize),
 }
 
+/// `(place, keys)` of every block: `("upstreams[]", &["name", "url", ...])`.
+pub type Places = &'static [(&'static str, &'static [&'static str])];
+
 impl<'a> Cx<'a> {
-    pub fn new(base: &'a Path) -> Self {
+    /// `places`: the blocks of the document, for "is a key of" hints.
+    pub fn new(base: &'a Path, places: Places) -> Self {
         Cx {
             base,
+            places,
             path: Vec::with_capacity(8),
             problems: Problems::default(),
             files: Vec::new(),
@@ -98,7 +106,7 @@ impl<'a> Cx<'a> {
         let message = match v::suggest(key, here) {
             Some(h) => format!("unknown key \"{key}\" (did you mean \"{h}\"?)"),
             None => {
-                let places = super::model::places_with_key(key);
+                let places = places_with_key(self.places, key);
                 if places.is_empty() {
                     format!("unknown key \"{key}\"")
                 } else {
@@ -145,6 +153,16 @@ impl<'a> Cx<'a> {
             }
         }
     }
+}
+
+/// The places (at most three) that have a key named `key`.
+pub fn places_with_key(places: Places, key: &str) -> Vec<&'static str> {
+    places
+        .iter()
+        .filter(|(_, keys)| keys.contains(&key))
+        .map(|(place, _)| *place)
+        .take(3)
+        .collect()
 }
 
 fn push_key(out: &mut String, key: &str) {
@@ -304,7 +322,7 @@ mod tests {
     }
 
     fn read_top(text: &str) -> (Option<Top>, Vec<(String, String)>) {
-        let mut cx = Cx::new(Path::new("."));
+        let mut cx = Cx::new(Path::new("."), &[]);
         let top = read::<Top>(text, &mut cx).ok().flatten();
         let p = cx.problems.errors.iter();
         (
@@ -359,7 +377,7 @@ mod tests {
     // Behaviour: an empty document is "nothing", a syntax error stops with its place.
     #[test]
     fn empty_and_broken_documents() {
-        let mut cx = Cx::new(Path::new("."));
+        let mut cx = Cx::new(Path::new("."), &[]);
         assert!(matches!(read::<Top>("# nothing\n", &mut cx), Ok(None)));
         let e = read::<Top>("inner: [a\n", &mut cx).err().unwrap();
         assert!(

@@ -252,6 +252,12 @@ impl Scalar for bool {
 #[serde(transparent)]
 pub struct DurationText(pub String);
 
+impl AsRef<str> for DurationText {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Scalar for DurationText {
     const EXPECTED: &'static str = "a duration such as \"30s\"";
     fn from_text(s: Cow<str>, _: bool) -> Result<Self, String> {

@@ -18,14 +18,60 @@
 // --api is a tollgate URL on a route with `cors` whose upstream echoes requests as JSON
 // ({method, uri, headers}); the token must be accepted there. --allowed-port 0 (default)
 // lets the OS choose; the chosen origin is printed as `allowed_origin`.
+//
+// When run by a test (tests/it/browser_cors.rs): with TOLLGATE_E2E_WATCH_STDIN=1 it quits
+// (exit 1, browser closed) as soon as its stdin closes, i.e. when the test process is
+// gone however it ended; it quits the same way on SIGTERM/SIGINT; and once the browser is
+// up it prints `BROWSER_PGID <n>` on stderr for every process group its browser runs in
+// (playwright starts chromium in a session of its own), so that the test can kill those
+// groups too.
 
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 
-const OVERALL_TIMEOUT_MS = 90_000;
-const FETCH_TIMEOUT_MS = 10_000;
+// Generous: a busy 2-core machine (the test suite runs beside it) is many times slower
+// than an idle one; a passing run never comes near these.
+const OVERALL_TIMEOUT_MS = 150_000;
+const FETCH_TIMEOUT_MS = 20_000;
+
+// Exits at once; playwright's own exit handler then kills the browser's process group.
+function quit(why) {
+  process.stderr.write(`cors.mjs: quitting: ${why}\n`);
+  try {
+    if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
+  } catch {
+    /* not created yet, or already gone */
+  }
+  process.exit(1);
+}
+for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, () => quit(sig));
+if (process.env.TOLLGATE_E2E_WATCH_STDIN === '1') {
+  process.stdin.on('end', () => quit('stdin closed (the test process is gone)'));
+  process.stdin.on('error', () => quit('stdin failed'));
+  process.stdin.resume();
+}
+
+// The process groups of our child processes (the browser), other than our own.
+function childProcessGroups() {
+  const fieldsOf = (pid) => {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // After "pid (comm) ": state ppid pgrp ...
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  };
+  const own = Number(fieldsOf('self')[2]);
+  const groups = new Set();
+  for (const pid of fs.readdirSync('/proc').filter((d) => /^[0-9]+$/.test(d))) {
+    try {
+      const f = fieldsOf(pid);
+      if (Number(f[1]) === process.pid && Number(f[2]) !== own) groups.add(Number(f[2]));
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  return [...groups];
+}
 
 function usage(msg) {
   process.stderr.write(`cors.mjs: ${msg}\n`);
@@ -164,7 +210,7 @@ async function main() {
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: chromiumPath,
     headless: true,
-    timeout: 30_000,
+    timeout: 60_000,
     args: [
       '--no-sandbox',
       '--disable-gpu',
@@ -176,8 +222,9 @@ async function main() {
     ],
   });
   browser = context;
+  for (const pgid of childProcessGroups()) process.stderr.write(`BROWSER_PGID ${pgid}\n`);
   out.chromium = context.browser()?.version() ?? null;
-  context.setDefaultTimeout(15_000);
+  context.setDefaultTimeout(30_000);
 
   // What Chromium's network stack saw, from CDP: preflights and CORS failures.
   out.preflights = [];
@@ -245,7 +292,7 @@ async function main() {
   const settled = () =>
     foreignOrigins.every((o) => out.cors_errors.some((c) => c.page_origin === o)) &&
     out.preflights.every((p) => p.status !== null);
-  for (let waited = 0; !settled() && waited < 5_000; waited += 50) {
+  for (let waited = 0; !settled() && waited < 15_000; waited += 50) {
     await new Promise((res) => setTimeout(res, 50));
   }
 

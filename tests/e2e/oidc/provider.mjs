@@ -7,11 +7,25 @@
 //   https://other-api.company.com  JWT access tokens (ES256), analytics.read (wrong audience)
 //   https://opaque-api.company.com opaque access tokens, analytics.read
 //   https://other-opaque-api.company.com  opaque, analytics.read (wrong audience)
+//   https://dashboard-api.company.com JWT access tokens (RS256) for browser sign-in,
+//                                  analytics.read analytics.write; lifetime from
+//                                  --login-access-token-ttl SECONDS (default 300)
 // Clients (secrets from the environment, defaults for manual runs):
 //   gateway-e2e   client_secret_basic, grant client_credentials
 //   introspector  client_secret_basic, the only client allowed to introspect
+//   tollgate-web  client_secret_basic (TOLLGATE_WEB_SECRET), authorization_code +
+//                 refresh_token (PKCE): tollgate's browser sign-in as a confidential client
+//   tollgate-spa  the same as a public client (token_endpoint_auth_method none)
+// Both sign-in clients are "native" clients (RFC 8252 7.3: a loopback redirect URI matches
+// on any port), so tollgate instances on any loopback port may use them; their redirect
+// URIs are http://{127.0.0.1,localhost}/oauth2/callback plus every --redirect-uri URL
+// given, their post-logout redirect URIs http://{127.0.0.1,localhost}/signed-out plus
+// every --post-logout-uri URL.
+// Every sign-in client gets a refresh token. The login page is oidc-provider's
+// devInteractions page: any login name (it becomes `sub`) and any password.
 //
-// Usage: npm ci --prefix tests/e2e/oidc && node tests/e2e/oidc/provider.mjs
+// Usage: npm ci --prefix tests/e2e/oidc && node tests/e2e/oidc/provider.mjs \
+//          [--login-access-token-ttl SECONDS] [--redirect-uri URL]... [--post-logout-uri URL]...
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import http from 'node:http';
@@ -22,6 +36,42 @@ const HOST = '127.0.0.1';
 const port = Number(process.env.OIDC_PORT ?? 0);
 const gatewaySecret = process.env.GATEWAY_E2E_SECRET ?? 'gateway-e2e-s3cret';
 const introspectorSecret = process.env.INTROSPECTOR_SECRET ?? 'introspector-s3cret';
+const webSecret = process.env.TOLLGATE_WEB_SECRET ?? 'tollgate-web-s3cret';
+
+function usage(msg) {
+  process.stderr.write(`provider.mjs: ${msg}\n`);
+  process.exit(2);
+}
+
+// Command line: --login-access-token-ttl N, --redirect-uri URL (repeatable),
+// --post-logout-uri URL (repeatable).
+const redirectUris = ['http://127.0.0.1/oauth2/callback', 'http://localhost/oauth2/callback'];
+const postLogoutUris = ['http://127.0.0.1/signed-out', 'http://localhost/signed-out'];
+let loginAccessTokenTtl = 300;
+{
+  const argv = process.argv.slice(2);
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i];
+    const value = argv[++i];
+    if (value === undefined) usage(`${flag} needs a value`);
+    switch (flag) {
+      case '--login-access-token-ttl':
+        loginAccessTokenTtl = Number(value);
+        if (!Number.isInteger(loginAccessTokenTtl) || loginAccessTokenTtl < 1) {
+          usage('--login-access-token-ttl must be a positive number of seconds');
+        }
+        break;
+      case '--redirect-uri':
+        redirectUris.push(value);
+        break;
+      case '--post-logout-uri':
+        postLogoutUris.push(value);
+        break;
+      default:
+        usage(`unknown flag ${flag}`);
+    }
+  }
+}
 
 // Fresh signing keys on every start, published at the provider's jwks_uri.
 function signingJwk(type, options, kid, alg) {
@@ -62,6 +112,23 @@ const RESOURCES = {
     accessTokenFormat: 'opaque',
     accessTokenTTL: 300,
   },
+  'https://dashboard-api.company.com': {
+    audience: 'https://dashboard-api.company.com',
+    scope: 'analytics.read analytics.write',
+    accessTokenFormat: 'jwt',
+    accessTokenTTL: loginAccessTokenTtl,
+    jwt: { sign: { alg: 'RS256' } },
+  },
+};
+
+// The browser sign-in clients (see the top of this file).
+const signInClient = {
+  application_type: 'native',
+  grant_types: ['authorization_code', 'refresh_token'],
+  response_types: ['code'],
+  redirect_uris: redirectUris,
+  post_logout_redirect_uris: postLogoutUris,
+  scope: 'openid analytics.read analytics.write',
 };
 
 const configuration = {
@@ -87,9 +154,23 @@ const configuration = {
       response_types: [],
       redirect_uris: [],
     },
+    {
+      ...signInClient,
+      client_id: 'tollgate-web',
+      client_secret: webSecret,
+      token_endpoint_auth_method: 'client_secret_basic',
+    },
+    {
+      ...signInClient,
+      client_id: 'tollgate-spa',
+      token_endpoint_auth_method: 'none',
+    },
   ],
+  // A refresh token for every sign-in client (by default only with offline_access).
+  issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
   features: {
-    devInteractions: { enabled: false },
+    // The sign-in and consent pages a person (or chromium) fills in.
+    devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
     introspection: {
       enabled: true,
@@ -99,7 +180,10 @@ const configuration = {
       enabled: true,
       // client_credentials without `resource` gets no resource-server token.
       defaultResource: async () => undefined,
-      useGrantedResource: async () => false,
+      // A code or refresh token is exchanged for the resource it was granted for (the
+      // authorization request names it with `resource`).
+      useGrantedResource: async (ctx) => ['authorization_code', 'refresh_token']
+        .includes(ctx.oidc.params?.grant_type),
       getResourceServerInfo: async (_ctx, resourceIndicator) => {
         const info = RESOURCES[resourceIndicator];
         if (!info) throw new errors.InvalidTarget();
@@ -121,6 +205,8 @@ server.listen(port, HOST, () => {
 for (const sig of ['SIGTERM', 'SIGINT']) {
   process.on(sig, () => process.exit(0));
 }
-// The test reads our stdout; if it goes away, so do we.
+// The test holds our stdin open for as long as it lives; when it closes (the test ended
+// or died without killing us), so do we.
 process.stdin.on('end', () => process.exit(0));
+process.stdin.on('error', () => process.exit(0));
 process.stdin.resume();

@@ -5,6 +5,9 @@
 //! every other request the matched origin is remembered and `apply` adds the
 //! `Access-Control-*` headers to whatever response goes out, errors included.
 //! A disallowed origin gets no `Access-Control-Allow-*` header at all.
+//! The step itself is [`layer::CorsLayer`].
+
+pub mod layer;
 
 use std::time::Duration;
 

@@ -4,6 +4,9 @@
 //! normalised path: what tollgate checked is what the backend reads. Route lookup is a
 //! hash lookup per path segment (longest prefix first), so it costs the same with ten
 //! routes or ten thousand.
+//! [`layer::RouteLayer`] is the step itself.
+
+pub mod layer;
 
 use std::collections::HashMap;
 

@@ -1,9 +1,8 @@
-//! Small helpers used along the whole request path and by the config loader alike
-//! (no step of its own): hex encoding of digests and ids, RFC 3339 timestamps.
+//! Small text encodings used across the gateway: hex digests and RFC 3339 timestamps.
 
 use std::time::SystemTime;
 
-/// Lower-case hex of `b` (SHA-256 digests, request ids, token ids).
+/// Lower-case hex of `b`.
 pub fn hex(b: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(b.len() * 2);
@@ -14,7 +13,7 @@ pub fn hex(b: &[u8]) -> String {
     s
 }
 
-/// `2024-05-01T12:00:00Z` (UTC, whole seconds).
+/// `t` as an RFC 3339 UTC timestamp with whole seconds (`2026-12-06T03:04:05Z`).
 pub fn rfc3339(t: SystemTime) -> String {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -42,19 +41,14 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
-    // Behaviour: two lower-case digits per byte, high nibble first.
-    #[test]
-    fn hex_digits() {
-        assert_eq!(super::hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
-        assert_eq!(super::hex(&[]), "");
-    }
+    use super::*;
+    use std::time::Duration;
 
-    // Behaviour: civil dates from Unix time, leap years included.
     #[test]
-    fn rfc3339_dates() {
-        use std::time::{Duration, UNIX_EPOCH};
-        assert_eq!(super::rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = UNIX_EPOCH + Duration::from_secs(951_782_400 + 3_661);
-        assert_eq!(super::rfc3339(t), "2000-02-29T01:01:01Z");
+    fn formats() {
+        assert_eq!(hex(&[0, 0xab, 0xff]), "00abff");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_526_245);
+        assert_eq!(rfc3339(t), "2026-12-06T03:04:05Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
     }
 }

@@ -1,0 +1,190 @@
+//! Step 9 of the request path, as a layer: the upstream's own credentials.
+//!
+//! For `token_exchange` and `jwt_bearer` the caller's token is read here from the
+//! `Authorization` header the gate verified (nothing between the gate and this layer
+//! changes it), before it is replaced by the exchanged token.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response, StatusCode};
+
+use super::{OAuth2Source, Subject, TokenCache, UpstreamAuth};
+use crate::auth;
+use crate::body::Body;
+use crate::decision;
+use crate::error::{BadGateway, Rejection};
+use crate::gate::token_missing;
+use crate::gateway::Gateway;
+use crate::identity::Identity;
+use crate::route::layer::Routed;
+use crate::service::{take_ready, OnOutcome, Outcome, Step, Then};
+
+/// Step 9: adds the upstream's own credentials (`upstreams[].auth`), replacing the
+/// inbound `Authorization`. A cached upstream token is added inline; fetching one boxes
+/// the request's future while it waits. An upstream that answers 401 loses the cached
+/// token it was sent with.
+#[derive(Clone)]
+pub struct UpstreamAuthLayer {
+    gw: Arc<Gateway>,
+}
+
+impl UpstreamAuthLayer {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        UpstreamAuthLayer { gw }
+    }
+}
+
+impl<S> tower::Layer<S> for UpstreamAuthLayer {
+    type Service = UpstreamCredentials<S>;
+    fn layer(&self, inner: S) -> UpstreamCredentials<S> {
+        UpstreamCredentials {
+            inner,
+            gw: self.gw.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct UpstreamCredentials<S> {
+    inner: S,
+    gw: Arc<Gateway>,
+}
+
+/// A token sent upstream: the source, its cache key, the token.
+type Sent = (Arc<Gateway>, Arc<OAuth2Source>, [u8; 32], HeaderValue);
+
+/// On the way out: a 401 from the upstream drops the token it was sent with.
+pub struct DropRefusedToken(Option<Sent>);
+
+impl OnOutcome for DropRefusedToken {
+    fn on_outcome(self, out: Outcome) -> Outcome {
+        if let (Some((gw, src, key, used)), Ok(resp)) = (self.0, &out) {
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                tracing::info!(upstream = %src.upstream, "upstream answered 401; dropping its cached token");
+                gw.tokens.invalidate_if_current(&key, &used);
+            }
+        }
+        out
+    }
+}
+
+/// Where a token for this request comes from: the source's own token, or one obtained
+/// with the caller's token.
+enum Need {
+    Own,
+    OnBehalf { subject: String, expires_at: u64 },
+}
+
+impl Need {
+    async fn fetch(
+        &self,
+        tokens: &TokenCache,
+        src: &OAuth2Source,
+        gw: &Gateway,
+    ) -> super::TokenResult {
+        match self {
+            Need::Own => tokens.authorization(src, &gw.metrics).await,
+            Need::OnBehalf {
+                subject,
+                expires_at,
+            } => {
+                let s = Subject {
+                    token: subject,
+                    expires_at: *expires_at,
+                };
+                tokens.on_behalf(src, &s, &gw.metrics).await
+            }
+        }
+    }
+}
+
+impl<S, B> tower::Service<Request<B>> for UpstreamCredentials<S>
+where
+    S: tower::Service<Request<B>, Response = Response<Body>, Error = Rejection>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = Then<S::Future, DropRefusedToken>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let auth = req
+            .extensions()
+            .get::<Routed>()
+            .and_then(|r| r.route.as_ref())
+            .and_then(|r| r.upstream.as_ref())
+            .and_then(|u| u.auth.as_ref());
+        let src = match auth {
+            None => return Then::new(Step::inner(self.inner.call(req)), DropRefusedToken(None)),
+            Some(UpstreamAuth::Basic(v)) => {
+                let v = v.clone();
+                decision::note(&req, || "upstream credentials: Basic".into());
+                req.headers_mut().insert(AUTHORIZATION, v);
+                return Then::new(Step::inner(self.inner.call(req)), DropRefusedToken(None));
+            }
+            Some(UpstreamAuth::OAuth2(src)) => (src.clone(), src.cache_key, Need::Own),
+            Some(UpstreamAuth::OnBehalf(src)) => {
+                // The caller's token, as the gate verified it.
+                let expires_at = req
+                    .extensions()
+                    .get::<Arc<Identity>>()
+                    .map(|i| i.expires_at);
+                let (Some(subject), Some(expires_at)) = (auth::bearer(req.headers()), expires_at)
+                else {
+                    return Then::new(Step::reject(token_missing()), DropRefusedToken(None));
+                };
+                decision::note(&req, || {
+                    "upstream credentials: a token obtained with the caller's token".into()
+                });
+                let key = src.subject_key(subject);
+                let need = Need::OnBehalf {
+                    subject: subject.to_owned(),
+                    expires_at,
+                };
+                (src.clone(), key, need)
+            }
+        };
+        let (src, key, need) = src;
+        // A cached token (or a cached failure, while it is backed off) decides inline.
+        match self.gw.tokens.tokens.get(&key) {
+            Some(Ok(v)) => {
+                req.headers_mut().insert(AUTHORIZATION, v.clone());
+                let post = DropRefusedToken(Some((self.gw.clone(), src, key, v)));
+                Then::new(Step::inner(self.inner.call(req)), post)
+            }
+            Some(Err(_)) => Then::new(
+                Step::reject(BadGateway::UpstreamToken {
+                    upstream: src.upstream.clone(),
+                }),
+                DropRefusedToken(None),
+            ),
+            None => {
+                let gw = self.gw.clone();
+                let mut inner = take_ready(&mut self.inner);
+                Then::new(
+                    Step::boxed(async move {
+                        let v = need.fetch(&gw.tokens, &src, &gw).await.map_err(|_| {
+                            BadGateway::UpstreamToken {
+                                upstream: src.upstream.clone(),
+                            }
+                        })?;
+                        req.headers_mut().insert(AUTHORIZATION, v.clone());
+                        let out = inner.call(req).await;
+                        DropRefusedToken(Some((gw, src, key, v))).on_outcome(out)
+                    }),
+                    DropRefusedToken(None),
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Limits that apply once the route is known, so that their refusals carry the route's
+//! CORS headers: the end-to-end `request_timeout` (504), load shedding over
+//! `max_concurrent_requests` (503 with `Retry-After`), and the request head and
+//! declared body size (431 / 413). Every value is read from the request's config
+//! snapshot, so a reload applies them at once.
+//!
+//! These are tollgate's own layers rather than tower's `Timeout`/`ConcurrencyLimit` +
+//! `LoadShed` or tower-http's `RequestBodyLimit`: those take their limits when the stack
+//! is built (a reload must change them without rebuilding it), and answer with their own
+//! errors or plain-text bodies where SPEC wants its JSON error with CORS headers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+
+use crate::body::Body;
+use crate::error::{GatewayError, Rejection, Timeout};
+use crate::gateway::Gateway;
+use crate::route::layer::routed;
+use crate::runtime::Limits;
+use crate::service::{OnOutcome, Outcome, Step, Then};
+
+fn limits<B>(req: &Request<B>) -> Option<&Limits> {
+    routed(req).map(|r| &r.snapshot.server.limits)
+}
+
+// ---- request_timeout -------------------------------------------------------------
+
+/// Bounds the whole exchange below it by `request_timeout` (504).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestTimeoutLayer;
+
+impl<S> tower::Layer<S> for RequestTimeoutLayer {
+    type Service = RequestTimeout<S>;
+    fn layer(&self, inner: S) -> RequestTimeout<S> {
+        RequestTimeout { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestTimeout<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<Request<B>> for RequestTimeout<S>
+where
+    S: tower::Service<Request<B>, Response = Response<Body>, Error = Rejection>,
+{
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = TimeoutFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let after = limits(&req).map_or(Limits::default().request_timeout, |l| l.request_timeout);
+        TimeoutFuture {
+            inner: tokio::time::timeout(after, self.inner.call(req)),
+            after,
+        }
+    }
+}
+
+pin_project! {
+    pub struct TimeoutFuture<F> {
+        #[pin]
+        inner: tokio::time::Timeout<F>,
+        after: std::time::Duration,
+    }
+}
+
+impl<F: Future<Output = Outcome>> Future for TimeoutFuture<F> {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = self.project();
+        match std::task::ready!(this.inner.poll(cx)) {
+            Ok(out) => Poll::Ready(out),
+            Err(_) => Poll::Ready(Err(Timeout::Request { after: *this.after }.into())),
+        }
+    }
+}
+
+// ---- max_concurrent_requests -------------------------------------------------------
+
+/// Sheds requests over `max_concurrent_requests` at once (503), rather than queueing
+/// them; counts the rest in `tollgate_requests_in_flight` while they are handled.
+#[derive(Clone)]
+pub struct ShedLayer {
+    gw: Arc<Gateway>,
+}
+
+impl ShedLayer {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        ShedLayer { gw }
+    }
+}
+
+impl<S> tower::Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+    fn layer(&self, inner: S) -> Shed<S> {
+        Shed {
+            inner,
+            gw: self.gw.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Shed<S> {
+    inner: S,
+    gw: Arc<Gateway>,
+}
+
+/// One request counted in flight, until its response head is ready.
+pub struct InFlight(Option<Arc<Gateway>>);
+
+impl InFlight {
+    /// Counts the request in; `None` (and not counted) when `limit` are in flight.
+    fn enter(gw: &Arc<Gateway>, limit: usize) -> Option<InFlight> {
+        let before = gw.metrics.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before >= limit {
+            gw.metrics.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(InFlight(Some(gw.clone())))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(gw) = self.0.take() {
+            gw.metrics.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl OnOutcome for InFlight {
+    fn on_outcome(self, out: Outcome) -> Outcome {
+        drop(self);
+        out
+    }
+}
+
+impl<S, B> tower::Service<Request<B>> for Shed<S>
+where
+    S: tower::Service<Request<B>, Response = Response<Body>, Error = Rejection>,
+{
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = Then<S::Future, InFlight>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let limit = limits(&req).map_or(usize::MAX, |l| l.max_concurrent_requests);
+        match InFlight::enter(&self.gw, limit) {
+            Some(guard) => Then::new(Step::inner(self.inner.call(req)), guard),
+            None => {
+                self.gw.metrics.shed_total.fetch_add(1, Ordering::Relaxed);
+                Then::new(
+                    Step::reject(GatewayError::Overloaded(limit)),
+                    InFlight(None),
+                )
+            }
+        }
+    }
+}
+
+// ---- head and declared body size ---------------------------------------------------
+
+/// 431 for heads over `max_header_bytes`, 413 for a declared body over
+/// `max_body_bytes` (a streamed body is counted as it flows, in `proxy`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SizeLimitLayer;
+
+impl<S> tower::Layer<S> for SizeLimitLayer {
+    type Service = SizeLimit<S>;
+    fn layer(&self, inner: S) -> SizeLimit<S> {
+        SizeLimit { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SizeLimit<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<Request<B>> for SizeLimit<S>
+where
+    S: tower::Service<Request<B>, Response = Response<Body>, Error = Rejection>,
+{
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = Step<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if let Some(l) = limits(&req) {
+            if let Err(e) = check_sizes(&req, l) {
+                return Step::reject(e);
+            }
+        }
+        Step::inner(self.inner.call(req))
+    }
+}
+
+pub fn check_sizes<B>(req: &Request<B>, limits: &Limits) -> Result<(), GatewayError> {
+    if head_size(req) > limits.max_header_bytes {
+        return Err(GatewayError::HeaderTooLarge);
+    }
+    if let Some(cl) = req.headers().get(header::CONTENT_LENGTH) {
+        match cl.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
+            Some(n) if n > limits.max_body_bytes => {
+                return Err(GatewayError::PayloadTooLarge(limits.max_body_bytes))
+            }
+            Some(_) => {}
+            None => return Err(GatewayError::BadRequest("invalid Content-Length".into())),
+        }
+    }
+    Ok(())
+}
+
+fn head_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    req.method().as_str().len()
+        + uri
+        + 12
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::*;
+    use crate::route::layer::RouteLayer;
+    use crate::testing::{gateway, get, Reached, Stub, CONFIG};
+
+    // Behaviour: 431 for a head over max_header_bytes, 413 for a declared body over
+    // max_body_bytes, 400 for a Content-Length that is not a number.
+    #[tokio::test]
+    async fn head_and_declared_body_sizes() {
+        let (gw, _dir) = gateway(CONFIG);
+        let svc = || RouteLayer::new(gw.clone()).layer(SizeLimitLayer.layer(Stub::default()));
+        let mut big = get("/open/x");
+        big.headers_mut()
+            .insert("x-big", "a".repeat(3000).parse().unwrap());
+        let e = svc().oneshot(big).await.unwrap_err();
+        assert!(matches!(e.error, GatewayError::HeaderTooLarge));
+        let mut body = get("/open/x");
+        body.headers_mut()
+            .insert("content-length", "101".parse().unwrap());
+        let e = svc().oneshot(body).await.unwrap_err();
+        assert!(matches!(e.error, GatewayError::PayloadTooLarge(100)));
+        let mut bad = get("/open/x");
+        bad.headers_mut()
+            .insert("content-length", "x".parse().unwrap());
+        let e = svc().oneshot(bad).await.unwrap_err();
+        assert!(matches!(e.error, GatewayError::BadRequest(_)));
+        assert!(svc().oneshot(get("/open/x")).await.is_ok());
+    }
+
+    // Behaviour: over max_concurrent_requests (1 here) a request is shed at once and
+    // counted; once the first is answered, the next one passes again.
+    #[tokio::test]
+    async fn sheds_over_the_concurrency_limit() {
+        let (gw, _dir) = gateway(CONFIG);
+        let reached = Reached::default();
+        let mut svc = RouteLayer::new(gw.clone())
+            .layer(ShedLayer::new(gw.clone()).layer(Stub(reached.clone())));
+        let first = svc.call(get("/open/a"));
+        let second = svc.call(get("/open/b")).await.unwrap_err();
+        assert!(matches!(second.error, GatewayError::Overloaded(1)));
+        assert_eq!(gw.metrics.shed_total.load(Ordering::Relaxed), 1);
+        assert!(first.await.is_ok());
+        assert_eq!(gw.metrics.in_flight.load(Ordering::Relaxed), 0);
+        assert!(svc.call(get("/open/c")).await.is_ok());
+        assert_eq!(reached.count(), 2);
+    }
+}

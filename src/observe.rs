@@ -1,0 +1,168 @@
+//! Steps 2 and 11 of the request path: the duration timer, and on the way out the
+//! request metrics, the denial log line and the one access-log line per request.
+//!
+//! Everything it reports it reads from the response: the layers below record what they
+//! learnt as response extensions (the matched [`Route`], the verified [`Identity`], the
+//! permission entry, and for a refusal the [`Denied`] fact), errors included, because
+//! the rescue layer below this one has already turned every refusal into a response.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response, Uri};
+use pin_project_lite::pin_project;
+
+use crate::body::Body;
+use crate::conn::ConnInfo;
+use crate::error::Denied;
+use crate::gateway::Gateway;
+
+use crate::policy::GateFacts;
+use crate::request_id::X_REQUEST_ID;
+use crate::runtime::Route;
+
+#[derive(Clone)]
+pub struct ObserveLayer {
+    gw: Arc<Gateway>,
+}
+
+impl ObserveLayer {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        ObserveLayer { gw }
+    }
+}
+
+impl<S> tower::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            gw: self.gw.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    gw: Arc<Gateway>,
+}
+
+impl<S, B> tower::Service<Request<B>> for Observe<S>
+where
+    S: tower::Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let record = Record {
+            start: Instant::now(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            request_id: req.headers().get(&X_REQUEST_ID).cloned(),
+            conn: req.extensions().get::<Arc<ConnInfo>>().cloned(),
+            gw: self.gw.clone(),
+        };
+        ObserveFuture {
+            inner: self.inner.call(req),
+            record: Some(record),
+        }
+    }
+}
+
+/// What the way out needs from the way in.
+struct Record {
+    start: Instant,
+    method: Method,
+    uri: Uri,
+    request_id: Option<HeaderValue>,
+    conn: Option<Arc<ConnInfo>>,
+    gw: Arc<Gateway>,
+}
+
+pin_project! {
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        record: Option<Record>,
+    }
+}
+
+impl<F> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(resp) = std::task::ready!(this.inner.poll(cx));
+        if let Some(r) = this.record.take() {
+            r.finish(&resp);
+        }
+        Poll::Ready(Ok(resp))
+    }
+}
+
+static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("none"));
+
+impl Record {
+    fn finish(self, resp: &Response<Body>) {
+        let elapsed = self.start.elapsed();
+        let ext = resp.extensions();
+        let route = ext.get::<Arc<Route>>();
+        let route_name = route.map_or(&*NO_ROUTE, |r| &r.name);
+        let facts = ext.get::<GateFacts>();
+        let identity = facts.and_then(|f| f.identity.as_ref());
+        let client = identity.and_then(|i| i.client_id.as_deref()).unwrap_or("-");
+        let rid = self
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let status = resp.status().as_u16();
+        if let Some(d) = ext.get::<Denied>() {
+            self.gw.metrics.denied(route_name, d.reason);
+            tracing::info!(
+                target: "tollgate::auth",
+                request_id = rid,
+                route = &**route_name,
+                method = %self.method,
+                path = self.uri.path(),
+                permission = facts.and_then(|f| f.permission.as_deref()).unwrap_or("-"),
+                client,
+                reason = d.reason.as_str(),
+                status = d.status.as_u16(),
+                "denied: {}", d.description
+            );
+        }
+        self.gw.metrics.request(route_name, status, elapsed);
+        crate::logging::access(&crate::logging::Access {
+            request_id: rid,
+            route: route_name,
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            status,
+            duration: elapsed,
+            upstream: route
+                .and_then(|r| r.upstream.as_ref())
+                .map_or("-", |u| &*u.name),
+            client,
+            remote: self
+                .conn
+                .as_ref()
+                .and_then(|c| c.ip.to_str().ok())
+                .unwrap_or("-"),
+        });
+    }
+}

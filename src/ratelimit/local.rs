@@ -1,0 +1,628 @@
+//! The in-process store (`store: local`, and the stand-in for an unreachable Redis):
+//! counters for one replica, consulted by the rate-limit step after authorisation.
+//!
+//! # Layout
+//! Keys (limit fingerprint + [`RateKey`]) are spread over up to 64 shards, each a
+//! `HashMap` behind its own mutex. A decision locks one shard for a few hundred
+//! nanoseconds: read, decide, count, unlock. Because the check and the count happen in
+//! one critical section, concurrent callers can never both take the last unit.
+//!
+//! # Memory
+//! An entry is 136 bytes plus the hash map's spare room, whatever the key's value was
+//! (the key is a digest). Two mechanisms bound the total:
+//! - **Expiry**: an entry records when its last counted request stops counting; entries
+//!   past that are dropped by a sweep that each shard runs at most once per second of
+//!   traffic it sees (amortised, no background task), and by [`LocalStore::sweep`],
+//!   which a caller may run on a timer.
+//! - **Cap** (`max_keys`, default [`DEFAULT_MAX_KEYS`], ~18 MB when full): a shard that
+//!   is full when a new key arrives first drops its expired entries; if it is still full it
+//!   evicts the least recently seen eighth of its entries (nginx `limit_req_zone` and
+//!   HAProxy stick tables do the same). An evicted key that comes back starts a fresh
+//!   window, so under a flood of distinct keys the limit can be more generous for the
+//!   keys pushed out, but memory never grows past the cap and no new key is ever
+//!   refused for lack of room (refusing would let a flood lock out every new client).
+//!   [`LocalStore::evictions`] counts evictions; a non-zero rate means `max_keys` is too
+//!   small for the traffic (or someone is flooding keys).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use super::decision::{Decision, Source};
+use super::key::RateKey;
+use super::{now_ms, Limit, Window, SLIDING_BUCKETS};
+
+/// The default cap on keys held by one local store.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+const RING: usize = SLIDING_BUCKETS as usize + 1;
+const MAX_SHARDS: usize = 64;
+const SWEEP_EVERY_MS: u64 = 1000;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct MapKey {
+    limit: u64,
+    key: RateKey,
+}
+
+struct Entry {
+    state: State,
+    /// Last time the key was decided on (for eviction at the cap).
+    last_seen: u64,
+    /// When nothing counted here counts any more (the entry can go).
+    expires: u64,
+}
+
+enum State {
+    Fixed {
+        window: u64,
+        count: u64,
+    },
+    /// Bucket `b` lives in slot `b % RING`; valid slots are `newest - RING + 1 ..= newest`.
+    Sliding {
+        newest: u64,
+        counts: [u32; RING],
+    },
+}
+
+/// A store's raw answer, before it becomes a [`Decision`].
+pub(crate) struct Raw {
+    pub allowed: bool,
+    pub counted: u64,
+    pub reset_ms: u64,
+    pub retry_ms: u64,
+}
+
+impl State {
+    fn new(limit: &Limit, now: u64) -> State {
+        match limit.window() {
+            Window::Fixed => State::Fixed {
+                window: now / limit.per_ms(),
+                count: 0,
+            },
+            Window::Sliding => State::Sliding {
+                newest: now / limit.granularity_ms(),
+                counts: [0; RING],
+            },
+        }
+    }
+
+    /// Decides one request at `now`; counts it if admitted and `commit`. Returns the
+    /// answer and when the entry stops holding anything.
+    fn decide(&mut self, limit: &Limit, now: u64, commit: bool) -> (Raw, u64) {
+        match self {
+            State::Fixed { window, count } => {
+                let per = limit.per_ms();
+                let w = now / per;
+                if w > *window {
+                    *window = w;
+                    *count = 0;
+                }
+                let end = (*window + 1) * per;
+                let reset = end.saturating_sub(now).max(1);
+                let allowed = *count < limit.limit();
+                if allowed && commit {
+                    *count += 1;
+                }
+                let raw = Raw {
+                    allowed,
+                    counted: *count,
+                    reset_ms: if *count == 0 { 0 } else { reset },
+                    retry_ms: if allowed { 0 } else { reset },
+                };
+                (raw, if *count == 0 { now } else { end })
+            }
+            State::Sliding { newest, counts } => {
+                let g = limit.granularity_ms();
+                let per = limit.per_ms();
+                // A clock that went back counts in the newest bucket (never forgets counts).
+                let c = (now / g).max(*newest);
+                if c > *newest {
+                    if c - *newest >= RING as u64 {
+                        *counts = [0; RING];
+                    } else {
+                        for b in *newest + 1..=c {
+                            counts[(b % RING as u64) as usize] = 0;
+                        }
+                    }
+                    *newest = c;
+                }
+                // Bucket b counts while (b + 1)·g + per > now, i.e. b >= floor((now - per) / g).
+                let lo = now.saturating_sub(per) / g;
+                let first = lo.max(c + 1 - (RING as u64).min(c + 1));
+                let slot = |b: u64| (b % RING as u64) as usize;
+                let total: u64 = (first..=c).map(|b| u64::from(counts[slot(b)])).sum();
+                let allowed = total < limit.limit();
+                let mut counted = total;
+                if allowed && commit {
+                    counts[slot(c)] = counts[slot(c)].saturating_add(1);
+                    counted += 1;
+                }
+                let stops = |b: u64| (b + 1) * g + per;
+                let live = || (first..=c).filter(|&b| counts[slot(b)] > 0);
+                let reset = live().next().map_or(0, |b| stops(b) - now);
+                let expires = live().next_back().map_or(now, stops);
+                let retry = if allowed {
+                    0
+                } else {
+                    // The oldest buckets that must stop counting for one more to fit.
+                    let need = counted + 1 - limit.limit();
+                    let mut dropped = 0;
+                    live()
+                        .find(|&b| {
+                            dropped += u64::from(counts[slot(b)]);
+                            dropped >= need
+                        })
+                        .map_or(reset, |b| stops(b) - now)
+                };
+                let raw = Raw {
+                    allowed,
+                    counted,
+                    reset_ms: reset,
+                    retry_ms: retry,
+                };
+                (raw, expires)
+            }
+        }
+    }
+}
+
+struct Shard {
+    map: HashMap<MapKey, Entry>,
+    next_sweep: u64,
+}
+
+impl Shard {
+    fn sweep(&mut self, now: u64) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, e| e.expires > now);
+        if self.map.capacity() > 64 && self.map.len() * 4 < self.map.capacity() {
+            self.map.shrink_to(self.map.len() * 2);
+        }
+        before - self.map.len()
+    }
+
+    /// Evicts the least recently seen `n` entries.
+    fn evict_oldest(&mut self, n: usize) -> usize {
+        let n = n.min(self.map.len());
+        if n == 0 {
+            return 0;
+        }
+        let mut seen: Vec<u64> = self.map.values().map(|e| e.last_seen).collect();
+        let threshold = *seen.select_nth_unstable(n - 1).1;
+        let mut removed = 0;
+        self.map.retain(|_, e| {
+            if removed < n && e.last_seen <= threshold {
+                removed += 1;
+                false
+            } else {
+                true
+            }
+        });
+        removed
+    }
+}
+
+/// In-process counters for every local limit (see the module docs). Keep one per
+/// process and carry it across reloads, so a reload does not reset anyone's counters.
+pub struct LocalStore {
+    shards: Box<[Mutex<Shard>]>,
+    shard_cap: usize,
+    evictions: AtomicU64,
+}
+
+impl Default for LocalStore {
+    fn default() -> Self {
+        LocalStore::new(DEFAULT_MAX_KEYS)
+    }
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("shards", &self.shards.len())
+            .field("max_keys", &self.max_keys())
+            .finish()
+    }
+}
+
+impl LocalStore {
+    /// A store holding at most `max_keys` keys (at least 1).
+    pub fn new(max_keys: usize) -> LocalStore {
+        let max_keys = max_keys.max(1);
+        let n = (max_keys / 256).clamp(1, MAX_SHARDS);
+        let shards = (0..n)
+            .map(|_| {
+                Mutex::new(Shard {
+                    map: HashMap::new(),
+                    next_sweep: 0,
+                })
+            })
+            .collect();
+        LocalStore {
+            shards,
+            shard_cap: max_keys / n,
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    /// Decides and counts one request now.
+    pub fn check(&self, limit: &Limit, key: &RateKey) -> Decision {
+        self.check_at(limit, key, now_ms(), true, Source::Local)
+    }
+
+    /// Whether one more request would be admitted now, without counting it.
+    pub fn peek(&self, limit: &Limit, key: &RateKey) -> Decision {
+        self.check_at(limit, key, now_ms(), false, Source::Local)
+    }
+
+    /// Decides one request at `now_ms` (Unix milliseconds), counting it if admitted and
+    /// `commit`; `source` is recorded in the decision.
+    pub fn check_at(
+        &self,
+        limit: &Limit,
+        key: &RateKey,
+        now_ms: u64,
+        commit: bool,
+        source: Source,
+    ) -> Decision {
+        let mk = MapKey {
+            limit: limit.fingerprint(),
+            key: *key,
+        };
+        let idx = ((key.low_u64() ^ mk.limit) % self.shards.len() as u64) as usize;
+        let mut shard = self.lock(idx);
+        if now_ms >= shard.next_sweep {
+            shard.sweep(now_ms);
+            shard.next_sweep = now_ms + SWEEP_EVERY_MS;
+        }
+        let raw = match shard.map.get_mut(&mk) {
+            Some(e) => {
+                // Time never goes back for an entry: a caller that read the clock just
+                // before another one but locked the shard after it is decided at the
+                // later instant, so no bucket is ever forgotten.
+                let now = now_ms.max(e.last_seen);
+                let (raw, expires) = e.state.decide(limit, now, commit);
+                e.last_seen = now;
+                e.expires = expires;
+                raw
+            }
+            None => {
+                let mut state = State::new(limit, now_ms);
+                let (raw, expires) = state.decide(limit, now_ms, commit);
+                if raw.counted > 0 {
+                    if shard.map.len() >= self.shard_cap {
+                        self.make_room(&mut shard, now_ms);
+                    }
+                    shard.map.insert(
+                        mk,
+                        Entry {
+                            state,
+                            last_seen: now_ms,
+                            expires,
+                        },
+                    );
+                }
+                raw
+            }
+        };
+        drop(shard);
+        Decision::from_counts(
+            limit,
+            raw.allowed,
+            raw.counted,
+            raw.reset_ms,
+            raw.retry_ms,
+            source,
+        )
+    }
+
+    fn make_room(&self, shard: &mut Shard, now_ms: u64) {
+        shard.sweep(now_ms);
+        shard.next_sweep = now_ms + SWEEP_EVERY_MS;
+        if shard.map.len() >= self.shard_cap {
+            let n = (self.shard_cap / 8).max(1);
+            let evicted = shard.evict_oldest(n);
+            self.evictions.fetch_add(evicted as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops every entry that no longer holds a counted request at `now_ms`; returns how
+    /// many went. Shards also do this themselves as traffic passes.
+    pub fn sweep(&self, now_ms: u64) -> usize {
+        (0..self.shards.len())
+            .map(|i| self.lock(i).sweep(now_ms))
+            .sum()
+    }
+
+    /// Keys held now.
+    pub fn len(&self) -> usize {
+        (0..self.shards.len()).map(|i| self.lock(i).map.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The cap on keys.
+    pub fn max_keys(&self) -> usize {
+        self.shard_cap * self.shards.len()
+    }
+
+    /// Keys evicted at the cap so far.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
+        // A panic while holding a shard cannot leave an entry half-written in a way
+        // that over-admits; keep serving.
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ratelimit::{KeySpec, LimitSpec, OnError, StoreKind};
+    use std::time::Duration;
+
+    fn limit(n: u64, per_s: u64, window: Window) -> Limit {
+        Limit::new(LimitSpec {
+            name: "t".into(),
+            key: KeySpec::Client,
+            limit: n,
+            per: Duration::from_secs(per_s),
+            window,
+            store: StoreKind::Local,
+            on_error: OnError::Allow,
+        })
+        .unwrap()
+    }
+
+    fn key(s: &str) -> RateKey {
+        RateKey::from_parts("client", Some(s.as_bytes()))
+    }
+
+    const T0: u64 = 19_676 * 86_400_000; // 2023-11-15T00:00:00Z: a day, minute and bucket boundary
+
+    fn at(s: &LocalStore, l: &Limit, k: &RateKey, now: u64) -> Decision {
+        s.check_at(l, k, now, true, Source::Local)
+    }
+
+    // Fixed windows: `limit` per window aligned to the epoch, reset at the boundary.
+    #[test]
+    fn fixed_window_is_aligned_to_the_epoch() {
+        let s = LocalStore::new(1000);
+        let l = limit(3, 60, Window::Fixed);
+        let k = key("a");
+        let start = T0 + 59_000; // one second before a minute boundary
+        for i in 0..3 {
+            let d = at(&s, &l, &k, start + i);
+            assert!(d.allowed);
+            assert_eq!(d.remaining, 2 - i);
+            assert_eq!(d.reset, Duration::from_millis(1000 - i));
+        }
+        let d = at(&s, &l, &k, start + 500);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Duration::from_millis(500));
+        assert_eq!(d.retry_after_secs(), Some(1));
+        // The next window starts at the minute, whatever happened before.
+        let d = at(&s, &l, &k, T0 + 60_000);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 2);
+        assert_eq!(d.reset, Duration::from_secs(60));
+        // A daily quota resets at 00:00 UTC.
+        let day = limit(1, 86_400, Window::Fixed);
+        let noon = 19_700 * 86_400_000 + 12 * 3_600_000;
+        assert!(at(&s, &day, &k, noon).allowed);
+        let d = at(&s, &day, &k, noon + 1);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Duration::from_millis(12 * 3_600_000 - 1));
+        assert!(at(&s, &day, &k, 19_701 * 86_400_000).allowed);
+    }
+
+    // Sliding: never more than `limit` in any interval of `per`, capacity returns when
+    // the oldest bucket stops counting, and the reported waits are exact.
+    #[test]
+    fn sliding_window_never_exceeds_limit_in_any_interval() {
+        let s = LocalStore::new(1000);
+        let l = limit(10, 60, Window::Sliding); // buckets of 3 s
+        let k = key("a");
+        // 10 requests at the very end of a bucket...
+        for i in 0..10 {
+            assert!(at(&s, &l, &k, T0 + 2_990 + i).allowed);
+        }
+        // ...keep counting until (bucket end) + per = T0 + 63 000.
+        let d = at(&s, &l, &k, T0 + 30_000);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Duration::from_millis(33_000));
+        assert_eq!(d.remaining, 0);
+        assert!(!at(&s, &l, &k, T0 + 62_999).allowed);
+        let d = at(&s, &l, &k, T0 + 63_000);
+        assert!(
+            d.allowed,
+            "capacity is back once the bucket stopped counting"
+        );
+        assert_eq!(d.remaining, 9);
+    }
+
+    // A brute-force check of the SPEC sentence: random arrivals, and every admitted
+    // request's preceding `per` holds at most `limit` admissions.
+    #[test]
+    fn sliding_window_holds_under_random_arrivals() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for (n, per_s) in [(1, 1), (5, 2), (10, 60), (7, 3)] {
+            let s = LocalStore::new(1000);
+            let l = limit(n, per_s, Window::Sliding);
+            let k = key("r");
+            let per = per_s * 1000;
+            let mut now = T0 + rng.gen_range(0..per);
+            let mut admitted: Vec<u64> = Vec::new();
+            let mut admit = |now: u64| {
+                admitted.push(now);
+                let in_window = admitted.iter().filter(|&&t| t + per > now).count();
+                assert!(in_window as u64 <= n, "{in_window} > {n} within {per} ms");
+            };
+            for _ in 0..5000 {
+                now += rng.gen_range(0..per / 5 + 1);
+                let d = at(&s, &l, &k, now);
+                if d.allowed {
+                    admit(now);
+                } else {
+                    // The promised wait is exact: refused a millisecond before, admitted at it.
+                    let retry = d.retry_after.as_millis() as u64;
+                    if retry > 1 {
+                        assert!(!at(&s, &l, &k, now + retry - 1).allowed);
+                    }
+                    now += retry;
+                    assert!(at(&s, &l, &k, now).allowed);
+                    admit(now);
+                }
+            }
+            assert!(admitted.len() as u64 > n, "the window slid at all");
+        }
+    }
+
+    fn at_peek(s: &LocalStore, l: &Limit, k: &RateKey, now: u64) -> Decision {
+        s.check_at(l, k, now, false, Source::Local)
+    }
+
+    // A peek never counts, and a refused request is not counted either.
+    #[test]
+    fn peeks_and_refusals_do_not_count() {
+        let s = LocalStore::new(1000);
+        let l = limit(2, 60, Window::Sliding);
+        let k = key("p");
+        for _ in 0..5 {
+            assert!(at_peek(&s, &l, &k, T0).allowed);
+        }
+        assert!(s.is_empty(), "a peek creates no entry");
+        assert!(at(&s, &l, &k, T0).allowed);
+        assert!(at(&s, &l, &k, T0 + 1).allowed);
+        for i in 0..5 {
+            assert!(!at(&s, &l, &k, T0 + 10 + i).allowed);
+        }
+        // Both admitted requests sit in the first bucket: back after bucket end + per.
+        assert!(at(&s, &l, &k, T0 + 63_000).allowed);
+        assert!(at(&s, &l, &k, T0 + 63_001).allowed);
+    }
+
+    // Limits and keys are counted apart.
+    #[test]
+    fn limits_and_keys_are_independent() {
+        let s = LocalStore::new(1000);
+        let a = limit(1, 60, Window::Sliding);
+        let mut spec_b = LimitSpec {
+            name: "other".into(),
+            key: KeySpec::Client,
+            limit: 1,
+            per: Duration::from_secs(60),
+            window: Window::Sliding,
+            store: StoreKind::Local,
+            on_error: OnError::Allow,
+        };
+        let b = Limit::new(spec_b.clone()).unwrap();
+        assert!(at(&s, &a, &key("x"), T0).allowed);
+        assert!(!at(&s, &a, &key("x"), T0).allowed);
+        assert!(at(&s, &a, &key("y"), T0).allowed);
+        assert!(at(&s, &b, &key("x"), T0).allowed);
+        // The same limit recompiled with another budget keeps its counters.
+        spec_b.limit = 2;
+        let b2 = Limit::new(spec_b).unwrap();
+        let d = at(&s, &b2, &key("x"), T0);
+        assert!(d.allowed && d.remaining == 0);
+    }
+
+    // Idle keys go away once their requests stopped counting.
+    #[test]
+    fn idle_keys_expire() {
+        let s = LocalStore::new(10_000);
+        let l = limit(5, 2, Window::Sliding);
+        let f = limit(5, 2, Window::Fixed);
+        for i in 0..500 {
+            at(&s, &l, &key(&format!("k{i}")), T0);
+            at(&s, &f, &key(&format!("k{i}")), T0);
+        }
+        assert_eq!(s.len(), 1000);
+        assert_eq!(s.sweep(T0 + 1_999), 0, "nothing expired yet");
+        // Sliding entries count until T0 + 100 (bucket end) + 2000; fixed ones until T0 + 2000.
+        assert_eq!(s.sweep(T0 + 2_000), 500);
+        assert_eq!(s.sweep(T0 + 2_100), 500);
+        assert!(s.is_empty());
+        // The amortised sweep does it too, as traffic passes.
+        for i in 0..500 {
+            at(&s, &l, &key(&format!("k{i}")), T0);
+        }
+        for i in 0..2000 {
+            at(&s, &l, &key(&format!("later{i}")), T0 + 10_000);
+        }
+        assert_eq!(s.len(), 2000);
+        assert_eq!(s.evictions(), 0);
+    }
+
+    // A flood of distinct keys never grows the store past its cap, and the keys that
+    // stay are the recently active ones.
+    #[test]
+    fn a_key_flood_is_capped() {
+        let s = LocalStore::new(4096);
+        let l = limit(1, 3600, Window::Sliding);
+        let regular = key("regular");
+        for i in 0..200_000u64 {
+            let now = T0 + i / 10;
+            if i % 1000 == 0 {
+                // A regular client, active all along, stays limited: never evicted.
+                let d = at(&s, &l, &regular, now);
+                assert_eq!(d.allowed, i == 0, "at {i}");
+            }
+            at(&s, &l, &key(&format!("flood{i}")), now);
+            assert!(s.len() <= s.max_keys());
+        }
+        assert!(s.max_keys() <= 4096);
+        assert!(s.len() > 4096 / 2, "the cap is used, not cleared");
+        assert!(s.evictions() >= 200_000 - 4096);
+    }
+
+    // The clock going back never forgets counted requests.
+    #[test]
+    fn clock_going_back_keeps_counts() {
+        let s = LocalStore::new(1000);
+        let l = limit(2, 60, Window::Sliding);
+        let k = key("c");
+        assert!(at(&s, &l, &k, T0 + 30_000).allowed);
+        assert!(at(&s, &l, &k, T0 + 10_000).allowed);
+        assert!(!at(&s, &l, &k, T0).allowed);
+        let f = limit(1, 60, Window::Fixed);
+        assert!(at(&s, &f, &k, T0 + 61_000).allowed);
+        assert!(!at(&s, &f, &k, T0 + 1_000).allowed);
+    }
+
+    // Many threads taking the last units at once: exactly `limit` get through.
+    #[test]
+    fn concurrent_callers_never_over_admit() {
+        use std::sync::Arc;
+        let s = Arc::new(LocalStore::new(1000));
+        for window in [Window::Sliding, Window::Fixed] {
+            let l = Arc::new(limit(1000, 3600, window));
+            let allowed = Arc::new(AtomicU64::new(0));
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let (s, l, allowed) = (s.clone(), l.clone(), allowed.clone());
+                    std::thread::spawn(move || {
+                        for _ in 0..500 {
+                            // One instant: the test must not straddle a window boundary.
+                            if at(&s, &l, &key("shared"), T0 + 1).allowed {
+                                allowed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(allowed.load(Ordering::Relaxed), 1000, "{window:?}");
+        }
+    }
+}

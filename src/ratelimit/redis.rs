@@ -1,0 +1,632 @@
+//! The shared store (`store: redis`): counters every replica sees, consulted by the
+//! rate-limit step after authorisation.
+//!
+//! # One atomic operation per decision
+//! A decision is one `EVALSHA` of [`SCRIPT`] (loaded with `SCRIPT LOAD` on first use and
+//! again after a Redis restart, which `redis::Script` does on `NOSCRIPT`). Redis runs a
+//! script without interleaving any other command, so read, decide and count cannot race
+//! between replicas. The script reads the time from Redis (`TIME`), so replicas with
+//! skewed clocks still agree on windows; it runs the arithmetic of the local store (see
+//! the parent module) on a hash per key:
+//! - fixed: fields `w` (window index) and `n` (count), expiring at the end of the window;
+//! - sliding: one field per bucket index holding its count; buckets that no longer count
+//!   are deleted as the key is touched, and the key expires when its newest bucket stops
+//!   counting.
+//!
+//! Keys: `tollgate:rl:{limit}:{s|f}{per seconds}:{32 hex digits of the key digest}`,
+//! e.g. `tollgate:rl:per-client:s60:9f86d081884c7d659a2feaa0c55ad015` — never a token,
+//! a secret or a header value, and at most ~130 bytes whatever the request sent.
+//!
+//! # Connection
+//! One `redis::aio::ConnectionManager` per store: a single multiplexed connection
+//! (every in-flight decision pipelined on it, no connection per request) that reconnects
+//! by itself when the connection drops. It is created on first use (so building the
+//! store needs neither a runtime nor a reachable Redis) and connects in the background.
+//! `rediss://` uses rustls with the system roots, or `ca_pem` for a private CA, and
+//! `client_cert_pem`/`client_key_pem` for mutual TLS.
+//!
+//! # Failures
+//! - every decision is bounded by `timeout` (waiting for a reconnect included), then
+//!   fails with [`StoreError::Timeout`];
+//! - after [`OPEN_AFTER`] consecutive failures the store fails fast
+//!   ([`StoreError::FailingFast`]) for [`PROBE_EVERY`], then lets one decision through
+//!   as a probe; the first success closes it again (and is logged);
+//! - a connection with no successful decision for `stale_after` (default 20 × `timeout`,
+//!   at least 1 s) is thrown away and a new one made: this recovers from a connection
+//!   that silently stopped answering (a dropped conntrack entry after a Redis pod moved,
+//!   a wedged server) where waiting for TCP to notice would take minutes;
+//! - every failed decision counts in [`RedisStore::errors`]; [`RedisStore::warn`] logs
+//!   at most one line per [`WARN_EVERY`] with the number of failures in between.
+//!
+//! # Operating the Redis
+//! A standalone Redis (or a primary; a replica answers `READONLY`, a store error). Give
+//! it `maxmemory-policy noeviction` (or room enough): an evicted counter is a client
+//! whose count starts again, while `noeviction` turns a full Redis into store errors that
+//! `on_error` handles. Persistence is optional: after a restart without it every window
+//! starts afresh, which over-admits at most one window's worth. Redis Cluster is not
+//! supported by this client (each decision touches one key, so the script itself would
+//! run there).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::decision::{Decision, Source};
+use super::key::RateKey;
+use super::{Limit, OnError, Window};
+use crate::secret::Secret;
+
+/// Consecutive failures after which the store fails fast.
+pub const OPEN_AFTER: u32 = 3;
+/// How long the store fails fast before letting one probe through.
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// At most one warning per this interval per store.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The decision script. `KEYS[1]`: the counter. `ARGV`: limit, per (ms), bucket size (ms),
+/// `f`|`s`, `1` to count an admitted request (`0` to only ask). Returns
+/// `{allowed 0|1, counted, reset ms, retry ms}` (see the local store for the arithmetic).
+pub const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[1])
+local per = tonumber(ARGV[2])
+local commit = ARGV[5] == '1'
+local key = KEYS[1]
+local function int(x) return string.format('%d', x) end
+if ARGV[4] == 'f' then
+  local w = math.floor(now / per)
+  local v = redis.call('HMGET', key, 'w', 'n')
+  local n = 0
+  local stored = tonumber(v[1])
+  if stored ~= nil and stored >= w then
+    w = stored
+    n = tonumber(v[2]) or 0
+  end
+  local reset = math.max((w + 1) * per - now, 1)
+  local allowed = n < limit
+  if allowed and commit then
+    n = n + 1
+    redis.call('HSET', key, 'w', int(w), 'n', int(n))
+    redis.call('PEXPIRE', key, int(reset))
+  end
+  local r = reset
+  if n == 0 then r = 0 end
+  if allowed then return {1, n, r, 0} end
+  return {0, n, r, reset}
+end
+local g = tonumber(ARGV[3])
+local c = math.floor(now / g)
+local lo = math.floor((now - per) / g)
+local h = redis.call('HGETALL', key)
+local live = {}
+local total = 0
+for i = 1, #h, 2 do
+  local b = tonumber(h[i])
+  if b == nil or b < lo then
+    redis.call('HDEL', key, h[i])
+  else
+    local n = tonumber(h[i + 1]) or 0
+    live[#live + 1] = {b, n}
+    total = total + n
+    if b > c then c = b end
+  end
+end
+local allowed = total < limit
+if allowed and commit then
+  local found = false
+  for i = 1, #live do
+    if live[i][1] == c then
+      live[i][2] = live[i][2] + 1
+      found = true
+    end
+  end
+  if not found then live[#live + 1] = {c, 1} end
+  total = total + 1
+  redis.call('HINCRBY', key, int(c), 1)
+  redis.call('PEXPIRE', key, int((c + 1) * g + per - now))
+end
+table.sort(live, function(a, b) return a[1] < b[1] end)
+local reset = 0
+if #live > 0 then reset = (live[1][1] + 1) * g + per - now end
+if allowed then return {1, total, reset, 0} end
+local need = total + 1 - limit
+local dropped = 0
+for i = 1, #live do
+  dropped = dropped + live[i][2]
+  if dropped >= need then return {0, total, reset, (live[i][1] + 1) * g + per - now} end
+end
+return {0, total, reset, reset}
+"#;
+
+/// Why a store could not decide. Never carries the Redis URL or its password.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no answer from redis within {0:?}")]
+    Timeout(Duration),
+    #[error("redis failed {OPEN_AFTER} times in a row; failing fast until the next probe")]
+    FailingFast,
+    #[error("cannot reach redis: {0}")]
+    Connection(#[source] redis::RedisError),
+    #[error("redis refused the credentials in stores.redis.url: {0}")]
+    Auth(#[source] redis::RedisError),
+    #[error("redis refused the operation: {0}")]
+    Redis(#[source] redis::RedisError),
+    #[error("redis answered the rate-limit script with something it never returns")]
+    Reply,
+    #[error("the limit uses store: redis but no stores.redis is configured")]
+    NotConfigured,
+}
+
+impl StoreError {
+    /// A short stable word for logs: `timeout`, `failing_fast`, `connection`, `auth`,
+    /// `redis`, `reply`, `not_configured`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Timeout(_) => "timeout",
+            StoreError::FailingFast => "failing_fast",
+            StoreError::Connection(_) => "connection",
+            StoreError::Auth(_) => "auth",
+            StoreError::Redis(_) => "redis",
+            StoreError::Reply => "reply",
+            StoreError::NotConfigured => "not_configured",
+        }
+    }
+
+    fn from_redis(e: redis::RedisError, timeout: Duration) -> StoreError {
+        if e.is_timeout() {
+            StoreError::Timeout(timeout)
+        } else if e.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+        {
+            StoreError::Auth(e)
+        } else if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_unrecoverable_error()
+        {
+            StoreError::Connection(e)
+        } else {
+            StoreError::Redis(e)
+        }
+    }
+}
+
+/// `stores.redis` as the configuration states it.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host[:port][/db]` or `rediss://...`.
+    pub url: Secret,
+    /// Per operation, connection waits included.
+    pub timeout: Duration,
+    /// PEM CA certificates trusted for `rediss://` instead of the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate chain and key, for Redis with `tls-auth-clients yes`.
+    pub client_cert_pem: Option<Vec<u8>>,
+    pub client_key_pem: Option<Secret>,
+    /// Replace a connection with no successful decision for this long
+    /// (default: 20 × `timeout`, at least 1 s).
+    pub stale_after: Option<Duration>,
+}
+
+impl RedisConfig {
+    pub fn new(url: Secret, timeout: Duration) -> RedisConfig {
+        RedisConfig {
+            url,
+            timeout,
+            ca_pem: None,
+            client_cert_pem: None,
+            client_key_pem: None,
+            stale_after: None,
+        }
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &"[redacted]")
+            .field("timeout", &self.timeout)
+            .field("ca_pem", &self.ca_pem.is_some())
+            .field("client_cert_pem", &self.client_cert_pem.is_some())
+            .field("stale_after", &self.stale_after)
+            .finish()
+    }
+}
+
+/// Why `stores.redis` cannot work. Messages never repeat the URL (it may hold a password).
+#[derive(Debug, thiserror::Error)]
+pub enum RedisConfigError {
+    #[error("url is not a valid URL: {0}")]
+    Url(#[from] url::ParseError),
+    #[error("url scheme {0:?}: use redis:// or rediss://")]
+    Scheme(String),
+    #[error("url has no host")]
+    NoHost,
+    #[error("timeout must be more than zero")]
+    Timeout,
+    #[error("TLS settings (CA, client certificate) need a rediss:// url")]
+    TlsNeedsRediss,
+    #[error("client_cert_pem and client_key_pem go together")]
+    HalfClientCert,
+    #[error("TLS material: {0}")]
+    Tls(#[source] redis::RedisError),
+    #[error("{0}")]
+    Client(#[source] redis::RedisError),
+}
+
+/// The Redis store (see the module docs). One per `stores.redis`; share it (`Arc`)
+/// between config generations while its settings stay the same.
+pub struct RedisStore {
+    client: redis::Client,
+    timeout: Duration,
+    stale_after: Duration,
+    conn: ArcSwapOption<ConnectionManager>,
+    creating: Mutex<()>,
+    script: redis::Script,
+    started: Instant,
+    consecutive: AtomicU32,
+    /// Monotonic ms (since `started`) until which the store fails fast; 0 = not failing.
+    open_until: AtomicU64,
+    last_ok: AtomicU64,
+    last_rebuild: AtomicU64,
+    errors: Arc<AtomicU64>,
+    last_warn: AtomicU64,
+    unwarned: AtomicU64,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("timeout", &self.timeout)
+            .field("errors", &self.errors())
+            .finish_non_exhaustive()
+    }
+}
+
+const NEVER: u64 = u64::MAX;
+
+impl RedisStore {
+    /// Checks the settings and prepares the client; connects on first use. Does not
+    /// need a runtime, so config validation can call it.
+    pub fn new(cfg: RedisConfig) -> Result<RedisStore, RedisConfigError> {
+        let url = url::Url::parse(cfg.url.expose())?;
+        let tls = match url.scheme() {
+            "redis" => false,
+            "rediss" => true,
+            other => return Err(RedisConfigError::Scheme(other.to_owned())),
+        };
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(RedisConfigError::NoHost);
+        }
+        if cfg.timeout.is_zero() {
+            return Err(RedisConfigError::Timeout);
+        }
+        let wants_tls_material = cfg.ca_pem.is_some() || cfg.client_cert_pem.is_some();
+        if cfg.client_cert_pem.is_some() != cfg.client_key_pem.is_some() {
+            return Err(RedisConfigError::HalfClientCert);
+        }
+        if wants_tls_material && !tls {
+            return Err(RedisConfigError::TlsNeedsRediss);
+        }
+        if tls && rustls::crypto::CryptoProvider::get_default().is_none() {
+            // redis builds its rustls config with the process default provider; make it
+            // the one tollgate uses everywhere else (ignored if another thread won).
+            let _ = (*crate::tls::provider()).clone().install_default();
+        }
+        let client = if wants_tls_material {
+            let client_tls = match (&cfg.client_cert_pem, &cfg.client_key_pem) {
+                (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.expose().as_bytes().to_vec(),
+                }),
+                _ => None,
+            };
+            let certs = redis::TlsCertificates {
+                client_tls,
+                root_cert: cfg.ca_pem.clone(),
+            };
+            redis::Client::build_with_tls(cfg.url.expose(), certs).map_err(RedisConfigError::Tls)?
+        } else {
+            redis::Client::open(cfg.url.expose()).map_err(RedisConfigError::Client)?
+        };
+        let stale_after = cfg
+            .stale_after
+            .unwrap_or_else(|| (cfg.timeout * 20).max(Duration::from_secs(1)));
+        Ok(RedisStore {
+            client,
+            timeout: cfg.timeout,
+            stale_after,
+            conn: ArcSwapOption::empty(),
+            creating: Mutex::new(()),
+            script: redis::Script::new(SCRIPT),
+            started: Instant::now(),
+            consecutive: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            last_ok: AtomicU64::new(0),
+            last_rebuild: AtomicU64::new(0),
+            errors: Arc::new(AtomicU64::new(0)),
+            last_warn: AtomicU64::new(NEVER),
+            unwarned: AtomicU64::new(0),
+        })
+    }
+
+    /// Counts this store's failed decisions in `counter` (shared by every store the
+    /// process makes, so that `tollgate_store_errors_total` never goes back when a reload
+    /// replaces the store) instead of a counter of its own.
+    pub fn with_error_counter(mut self, counter: Arc<AtomicU64>) -> RedisStore {
+        self.errors = counter;
+        self
+    }
+
+    /// The per-operation timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Decisions that failed so far (timeouts, connection and server errors, fail-fast
+    /// refusals): the value of `tollgate_store_errors_total{store="redis"}` (with
+    /// [`RedisStore::with_error_counter`], of every store sharing the counter).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Decides and counts one request.
+    pub async fn check(&self, limit: &Limit, key: &RateKey) -> Result<Decision, StoreError> {
+        self.run(limit, key, true).await
+    }
+
+    /// Whether one more request would be admitted, without counting it.
+    pub async fn peek(&self, limit: &Limit, key: &RateKey) -> Result<Decision, StoreError> {
+        self.run(limit, key, false).await
+    }
+
+    /// One `PING`, bounded by the timeout (for readiness checks and warm-up). Not
+    /// counted as a decision.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut m = self.manager()?;
+        match tokio::time::timeout(self.timeout, redis::cmd("PING").query_async::<()>(&mut m)).await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::from_redis(e, self.timeout)),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn run(
+        &self,
+        limit: &Limit,
+        key: &RateKey,
+        commit: bool,
+    ) -> Result<Decision, StoreError> {
+        let now = self.mono_ms();
+        if !self.may_try(now) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::FailingFast);
+        }
+        let result = self.eval(limit, key, commit).await;
+        let now = self.mono_ms();
+        match result {
+            Ok(d) => {
+                self.succeeded(now);
+                Ok(d)
+            }
+            Err(e) => {
+                self.failed(now);
+                Err(e)
+            }
+        }
+    }
+
+    async fn eval(
+        &self,
+        limit: &Limit,
+        key: &RateKey,
+        commit: bool,
+    ) -> Result<Decision, StoreError> {
+        let mut m = self.manager()?;
+        let mut inv = self.script.prepare_invoke();
+        inv.key(limit.redis_key(key))
+            .arg(limit.limit())
+            .arg(limit.per_ms())
+            .arg(limit.granularity_ms())
+            .arg(match limit.window() {
+                Window::Fixed => "f",
+                Window::Sliding => "s",
+            })
+            .arg(if commit { "1" } else { "0" });
+        let reply =
+            match tokio::time::timeout(self.timeout, inv.invoke_async::<Vec<i64>>(&mut m)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) if e.kind() == redis::ErrorKind::UnexpectedReturnType => {
+                    return Err(StoreError::Reply)
+                }
+                Ok(Err(e)) => return Err(StoreError::from_redis(e, self.timeout)),
+                Err(_) => return Err(StoreError::Timeout(self.timeout)),
+            };
+        let [allowed, counted, reset, retry] = reply[..] else {
+            return Err(StoreError::Reply);
+        };
+        let nonneg = |v: i64| u64::try_from(v).map_err(|_| StoreError::Reply);
+        Ok(Decision::from_counts(
+            limit,
+            allowed == 1,
+            nonneg(counted)?,
+            nonneg(reset)?,
+            nonneg(retry)?,
+            Source::Redis,
+        ))
+    }
+
+    /// The connection manager, made on first use (and after a stale one was dropped).
+    fn manager(&self) -> Result<ConnectionManager, StoreError> {
+        if let Some(m) = &*self.conn.load() {
+            return Ok((**m).clone());
+        }
+        let _one = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = &*self.conn.load() {
+            return Ok((**m).clone());
+        }
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_secs(1))))
+            // Each decision has its own timeout; the connection needs none of its own.
+            .set_response_timeout(None)
+            // Few retries inside one reconnect: the next decision after a failed one starts
+            // another, and the fail-fast probe paces them.
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+            .set_pipeline_buffer_size(1024);
+        let m = ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)
+            .map_err(|e| StoreError::from_redis(e, self.timeout))?;
+        // Connect in the background so that the first decisions do not each have to
+        // drive the handshake within their own timeout.
+        let mut warm = m.clone();
+        tokio::spawn(async move {
+            let _ = redis::cmd("PING").query_async::<()>(&mut warm).await;
+        });
+        self.conn.store(Some(Arc::new(m.clone())));
+        Ok(m)
+    }
+
+    fn mono_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether a decision may go to Redis now: yes unless failing fast; when the
+    /// fail-fast period is over, exactly one caller gets through as the probe.
+    fn may_try(&self, now: u64) -> bool {
+        let until = self.open_until.load(Ordering::Acquire);
+        until == 0
+            || (now >= until
+                && self
+                    .open_until
+                    .compare_exchange(
+                        until,
+                        now + PROBE_EVERY.as_millis() as u64,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok())
+    }
+
+    fn succeeded(&self, now: u64) {
+        self.last_ok.store(now, Ordering::Relaxed);
+        let before = self.consecutive.swap(0, Ordering::AcqRel);
+        if before > 0 {
+            self.open_until.store(0, Ordering::Release);
+            if before >= OPEN_AFTER {
+                tracing::info!(
+                    store = "redis",
+                    failed_in_a_row = before,
+                    "rate-limit store reachable again"
+                );
+            }
+        }
+    }
+
+    fn failed(&self, now: u64) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let n = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
+        if n >= OPEN_AFTER {
+            self.open_until
+                .store(now + PROBE_EVERY.as_millis() as u64, Ordering::Release);
+        }
+        let stale = self.stale_after.as_millis() as u64;
+        let last_ok = self.last_ok.load(Ordering::Relaxed);
+        let last_rebuild = self.last_rebuild.load(Ordering::Relaxed);
+        if now.saturating_sub(last_ok) >= stale
+            && now.saturating_sub(last_rebuild) >= stale
+            && self
+                .last_rebuild
+                .compare_exchange(last_rebuild, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            // Dropping the manager closes its connection; the next decision makes a new one.
+            self.conn.store(None);
+            tracing::debug!(
+                store = "redis",
+                "replacing a connection with no success for stale_after"
+            );
+        }
+    }
+
+    /// Logs that a decision for `limit` could not be made by Redis and what happened
+    /// instead (`on_error`), at most once per [`WARN_EVERY`]; the line carries the
+    /// number of failures since the previous one. Never logs the URL.
+    pub fn warn(&self, limit: &Limit, err: &StoreError, on_error: OnError) {
+        let now = self.mono_ms();
+        let last = self.last_warn.load(Ordering::Relaxed);
+        let due = last == NEVER || now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64;
+        if due
+            && self
+                .last_warn
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            let since_last = self.unwarned.swap(0, Ordering::AcqRel);
+            let action = match on_error {
+                OnError::Allow => "deciding with the local limiter (on_error: allow)",
+                OnError::Deny => "refusing with 503 (on_error: deny)",
+            };
+            tracing::warn!(
+                store = "redis",
+                limit = %limit.name(),
+                error = %err,
+                kind = err.kind(),
+                failures_not_logged = since_last,
+                "rate-limit store unavailable: {action}"
+            );
+        } else {
+            self.unwarned.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(url: &str) -> RedisConfig {
+        RedisConfig::new(Secret::new(url), Duration::from_millis(50))
+    }
+
+    // Settings that cannot work are refused up front, without echoing the URL.
+    #[test]
+    fn bad_settings_are_refused_without_the_password() {
+        for url in [
+            "http://:hunter2@127.0.0.1:6379",
+            "redis://:hunter2@",
+            "not a url hunter2",
+            "redis://:hunter2@127.0.0.1:6379/notadb",
+        ] {
+            let e = RedisStore::new(cfg(url)).unwrap_err();
+            assert!(!e.to_string().contains("hunter2"), "{url}: {e}");
+        }
+        let mut c = cfg("redis://127.0.0.1:6379");
+        c.ca_pem = Some(b"-----BEGIN CERTIFICATE-----".to_vec());
+        assert!(matches!(
+            RedisStore::new(c).unwrap_err(),
+            RedisConfigError::TlsNeedsRediss
+        ));
+        let mut c = cfg("rediss://127.0.0.1:6379");
+        c.client_cert_pem = Some(b"x".to_vec());
+        assert!(matches!(
+            RedisStore::new(c).unwrap_err(),
+            RedisConfigError::HalfClientCert
+        ));
+        let mut c = cfg("redis://127.0.0.1:6379");
+        c.timeout = Duration::ZERO;
+        assert!(matches!(
+            RedisStore::new(c).unwrap_err(),
+            RedisConfigError::Timeout
+        ));
+        let s = RedisStore::new(cfg("redis://:hunter2@127.0.0.1:6379/0")).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!format!("{:?}", cfg("redis://:hunter2@h")).contains("hunter2"));
+    }
+}

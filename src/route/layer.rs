@@ -1,0 +1,238 @@
+//! Step 3 of the request path, as a layer: where a request meets the config. It reads
+//! the runtime model once and records it, the normalised path and the matched [`Route`]
+//! as one [`Routed`] request extension for the layers below (one extension rather than
+//! three: each costs an allocation on every request), so a reload never changes the
+//! rules under a request in flight. The token service's own paths pass without a route.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{self, HeaderValue};
+use http::Request;
+
+use super::{normalize_host, normalize_path};
+use crate::decision;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::runtime::{Route, Runtime};
+use crate::service::{record, OnOutcome, Outcome, Step, Then};
+
+/// Fact: what routing decided for this request.
+#[derive(Clone)]
+pub struct Routed {
+    /// The runtime model this request is served by, read once when it is routed.
+    pub snapshot: Arc<Runtime>,
+    /// The normalised path: what permissions match and the upstream receives.
+    pub path: String,
+    /// The matched route; none for the token service's own paths.
+    pub route: Option<Arc<Route>>,
+}
+
+/// The request's [`Routed`] fact, once it has been routed.
+pub fn routed<B>(req: &Request<B>) -> Option<&Routed> {
+    req.extensions().get::<Routed>()
+}
+
+/// The request's matched route, once it has been routed.
+pub fn route_of<B>(req: &Request<B>) -> Option<&Arc<Route>> {
+    routed(req).and_then(|r| r.route.as_ref())
+}
+
+/// Normalises the path and finds the route (400 / 404 here).
+#[derive(Clone)]
+pub struct RouteLayer {
+    gw: Arc<Gateway>,
+}
+
+impl RouteLayer {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        RouteLayer { gw }
+    }
+}
+
+impl<S> tower::Layer<S> for RouteLayer {
+    type Service = Routing<S>;
+    fn layer(&self, inner: S) -> Routing<S> {
+        Routing {
+            inner,
+            gw: self.gw.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Routing<S> {
+    inner: S,
+    gw: Arc<Gateway>,
+}
+
+/// On the way out: the matched route, for the logs, the metrics and the rescue layer.
+pub struct RecordRoute(Option<Arc<Route>>);
+
+impl OnOutcome for RecordRoute {
+    fn on_outcome(self, out: Outcome) -> Outcome {
+        match self.0 {
+            Some(route) => record(out, route),
+            None => out,
+        }
+    }
+}
+
+/// Framing tricks hyper lets through that a proxy must refuse (request smuggling).
+fn smuggling_guard<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(GatewayError::BadRequest(
+            "both Content-Length and Transfer-Encoding present".into(),
+        ));
+    }
+    if h.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(GatewayError::BadRequest("more than one Host header".into()));
+    }
+    Ok(())
+}
+
+/// The host a request is routed by: `Host`, else the authority of an absolute URI.
+pub fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+impl<S, B> tower::Service<Request<B>> for Routing<S>
+where
+    S: tower::Service<
+        Request<B>,
+        Response = http::Response<crate::body::Body>,
+        Error = crate::error::Rejection,
+    >,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Then<S::Future, RecordRoute>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let refuse = |e: GatewayError| Then::new(Step::reject(e), RecordRoute(None));
+        if let Err(e) = smuggling_guard(&req) {
+            return refuse(e);
+        }
+        let rt = self.gw.current();
+        let path = match normalize_path(req.uri().path()) {
+            Ok(p) => p,
+            Err(e) => {
+                decision::note(&req, || format!("path: refused ({})", e.0));
+                return refuse(GatewayError::BadRequest(format!("invalid path: {}", e.0)));
+            }
+        };
+        if path != req.uri().path() {
+            decision::note(&req, || format!("normalised path: {path}"));
+        }
+        let route = if rt.token_service.as_ref().is_some_and(|ts| ts.serves(&path)) {
+            decision::note(&req, || "route: tollgate's token service".into());
+            None
+        } else if rt.login.as_ref().is_some_and(|l| l.serves(&path)) {
+            decision::note(&req, || "route: tollgate's sign-in endpoints".into());
+            None
+        } else {
+            let host = request_host(&req)
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map(normalize_host)
+                .unwrap_or_default();
+            let Some(id) = rt.table.lookup(&host, &path) else {
+                decision::note(&req, || "route: none matches".into());
+                return refuse(GatewayError::NotFound);
+            };
+            let route = rt.routes[id].clone();
+            decision::note(&req, || {
+                format!(
+                    "route: {} (path_prefix {}, upstream {})",
+                    route.name,
+                    route.path_prefix,
+                    route.upstream.as_ref().map_or("-", |u| &*u.name)
+                )
+            });
+            Some(route)
+        };
+        req.extensions_mut().insert(Routed {
+            snapshot: rt,
+            path,
+            route: route.clone(),
+        });
+        Then::new(Step::inner(self.inner.call(req)), RecordRoute(route))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::testing::{gateway, get, Reached, Stub, CONFIG};
+
+    async fn route(
+        gw: &Arc<Gateway>,
+        req: Request<http_body_util::Empty<bytes::Bytes>>,
+    ) -> (Outcome, Reached) {
+        let reached = Reached::default();
+        let svc = RouteLayer::new(gw.clone()).layer(Stub(reached.clone()));
+        (svc.oneshot(req).await, reached)
+    }
+
+    // Behaviour: a matched request carries the route, the normalised path and the config
+    // snapshot to the layers below; the route is recorded on the response.
+    #[tokio::test]
+    async fn routes_and_records_the_facts() {
+        let (gw, _dir) = gateway(CONFIG);
+        let (out, reached) = route(&gw, get("/v2/analytics/x/../metadata")).await;
+        let resp = out.expect("routed");
+        assert_eq!(
+            resp.extensions().get::<Arc<Route>>().unwrap().name.as_ref(),
+            "analytics"
+        );
+        let req = reached.last();
+        let routed = routed(&req).unwrap();
+        assert_eq!(routed.path, "/v2/analytics/metadata");
+        assert_eq!(&*routed.route.as_ref().unwrap().name, "analytics");
+    }
+
+    // Behaviour: no route -> 404, a bad path -> 400, smuggling framing -> 400; the inner
+    // service is not reached.
+    #[tokio::test]
+    async fn refuses_unknown_paths_bad_paths_and_smuggling() {
+        let (gw, _dir) = gateway(CONFIG);
+        let (out, reached) = route(&gw, get("/nowhere")).await;
+        assert!(matches!(out.unwrap_err().error, GatewayError::NotFound));
+        let (out, _) = route(&gw, get("/v2/analytics/%2e%2e/x")).await;
+        assert!(matches!(
+            out.unwrap_err().error,
+            GatewayError::BadRequest(_)
+        ));
+        let mut req = get("/open/x");
+        req.headers_mut()
+            .insert("content-length", "1".parse().unwrap());
+        req.headers_mut()
+            .insert("transfer-encoding", "chunked".parse().unwrap());
+        let (out, _) = route(&gw, req).await;
+        assert!(matches!(
+            out.unwrap_err().error,
+            GatewayError::BadRequest(_)
+        ));
+        assert_eq!(reached.count(), 0);
+    }
+
+    // Behaviour: the token service's own paths pass without a route.
+    #[tokio::test]
+    async fn token_service_paths_pass_without_a_route() {
+        let (gw, _dir) = gateway(CONFIG);
+        let (out, reached) = route(&gw, get("/.well-known/jwks.json")).await;
+        assert!(out.unwrap().extensions().get::<Arc<Route>>().is_none());
+        assert!(route_of(&reached.last()).is_none());
+    }
+}

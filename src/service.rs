@@ -1,0 +1,131 @@
+//! What every layer of the request path shares: the [`Outcome`] a layer returns and the
+//! response futures most layers use, so that the stack composed in `stack.rs` is made of
+//! concrete types. A layer that can decide without waiting (a cached token, a route
+//! lookup) stays on the inline path; only a layer that must wait first (a key fetch, a
+//! body read, an upstream token fetch) boxes its future, and only on that request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use crate::body::Body;
+use crate::error::Rejection;
+
+/// What a layer below the rescue layer answers: a response, or a refusal carrying what
+/// the layers it passed through learnt (route, identity, CORS headers).
+pub type Outcome = Result<Response<Body>, Rejection>;
+
+/// A layer's slow path: it waited for something before calling (or instead of calling)
+/// the service below it.
+pub type BoxOutcome = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+pin_project! {
+    /// A layer's answer in the making.
+    #[project = StepProj]
+    pub enum Step<F> {
+        /// The service below is answering.
+        Inner { #[pin] fut: F },
+        /// This layer answered (or refused) on its own.
+        Done { out: Option<Outcome> },
+        /// This layer had to wait first (slow path).
+        Boxed { fut: BoxOutcome },
+    }
+}
+
+impl<F> Step<F> {
+    pub fn inner(fut: F) -> Self {
+        Step::Inner { fut }
+    }
+
+    pub fn done(out: Outcome) -> Self {
+        Step::Done { out: Some(out) }
+    }
+
+    pub fn reject(e: impl Into<Rejection>) -> Self {
+        Step::done(Err(e.into()))
+    }
+
+    pub fn boxed(fut: impl Future<Output = Outcome> + Send + 'static) -> Self {
+        Step::Boxed { fut: Box::pin(fut) }
+    }
+}
+
+impl<F: Future<Output = Outcome>> Future for Step<F> {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        match self.project() {
+            StepProj::Inner { fut } => fut.poll(cx),
+            StepProj::Done { out } => Poll::Ready(out.take().expect("polled after completion")),
+            StepProj::Boxed { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+/// What a layer does with the outcome on its way out (adds a header, records a fact).
+pub trait OnOutcome {
+    fn on_outcome(self, out: Outcome) -> Outcome;
+}
+
+/// Nothing to do on the way out.
+impl OnOutcome for () {
+    fn on_outcome(self, out: Outcome) -> Outcome {
+        out
+    }
+}
+
+pin_project! {
+    /// A [`Step`] followed by the layer's work on the way out.
+    pub struct Then<F, P> {
+        #[pin]
+        step: Step<F>,
+        post: Option<P>,
+    }
+}
+
+impl<F, P> Then<F, P> {
+    pub fn new(step: Step<F>, post: P) -> Self {
+        Then {
+            step,
+            post: Some(post),
+        }
+    }
+}
+
+impl<F, P> Future for Then<F, P>
+where
+    F: Future<Output = Outcome>,
+    P: OnOutcome,
+{
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = self.project();
+        let out = std::task::ready!(this.step.poll(cx));
+        let post = this.post.take().expect("polled after completion");
+        Poll::Ready(post.on_outcome(out))
+    }
+}
+
+/// Adds a fact to the outcome on the way out: to the response's extensions, or to the
+/// refusal's facts (the rescue layer moves those onto the error response).
+pub fn record<T: Clone + Send + Sync + 'static>(out: Outcome, fact: T) -> Outcome {
+    match out {
+        Ok(mut resp) => {
+            resp.extensions_mut().insert(fact);
+            Ok(resp)
+        }
+        Err(rej) => Err(rej.with(fact)),
+    }
+}
+
+/// The service to move into a slow-path future: the one `poll_ready` was called on,
+/// leaving a fresh clone in its place (tower's contract for services that are called
+/// after an await).
+pub fn take_ready<S: Clone>(slot: &mut S) -> S {
+    let fresh = slot.clone();
+    std::mem::replace(slot, fresh)
+}

@@ -1,0 +1,792 @@
+//! Rate limits against a real `redis-server` on loopback: several stores sharing one
+//! Redis (replicas) enforce one limit exactly, windows follow Redis time, keys expire
+//! and hold no request material, and every failure mode (killed, wedged, silent
+//! connection, TLS, password) ends in a bounded, typed outcome and recovers by itself.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tollgate::ratelimit::{
+    KeyInput, KeySpec, Limit, LimitSpec, Limiter, LocalStore, OnError, Outcome, RateKey,
+    RedisConfig, RedisStore, Source, StoreError, StoreKind, Window,
+};
+use tollgate::secret::Secret;
+
+use crate::common::fixture;
+use crate::redis_server::{RedisOptions, RedisServer};
+
+const DAY_MS: u64 = 86_400_000;
+
+/// A `store: redis` limit counted per client, `on_error: deny`.
+fn limit(name: &str, n: u64, per_s: u64, window: Window) -> Limit {
+    limit_with(name, n, per_s, window, OnError::Deny, KeySpec::Client)
+}
+
+fn limit_with(
+    name: &str,
+    n: u64,
+    per_s: u64,
+    window: Window,
+    on_error: OnError,
+    key: KeySpec,
+) -> Limit {
+    Limit::new(LimitSpec {
+        name: name.into(),
+        key,
+        limit: n,
+        per: Duration::from_secs(per_s),
+        window,
+        store: StoreKind::Redis,
+        on_error,
+    })
+    .unwrap()
+}
+
+fn store_cfg(cfg: RedisConfig) -> Arc<RedisStore> {
+    Arc::new(RedisStore::new(cfg).unwrap())
+}
+
+fn store(url: &str, timeout: Duration) -> Arc<RedisStore> {
+    store_cfg(RedisConfig::new(Secret::new(url), timeout))
+}
+
+fn limiter(store: &Arc<RedisStore>) -> Limiter {
+    Limiter::new(Arc::new(LocalStore::default()), Some(store.clone()))
+}
+
+fn client_key(id: &str) -> RateKey {
+    let headers = HeaderMap::new();
+    KeySpec::Client.key(&KeyInput {
+        client_ip: "127.0.0.1".parse().unwrap(),
+        headers: &headers,
+        client_id: Some(id),
+        subject: None,
+    })
+}
+
+/// The Redis server's clock, in Unix milliseconds.
+async fn server_ms(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(conn).await.unwrap();
+    s * 1000 + us / 1000
+}
+
+async fn all_keys(conn: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+/// A `per` for a fixed window whose current window has at least 10 minutes left on
+/// the Redis clock, so a test never straddles a boundary.
+fn fixed_per_far_from_boundary(now_ms: u64) -> u64 {
+    [366, 365, 364]
+        .into_iter()
+        .find(|d| {
+            let per = d * DAY_MS;
+            now_ms % per + 600_000 < per
+        })
+        .unwrap()
+        * 86_400
+}
+
+// Two stores sharing one Redis are two replicas: 400 concurrent requests split
+// between them get exactly `limit` admissions, each unit of the budget handed out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_sharing_redis_admit_exactly_the_limit() {
+    let redis = RedisServer::start();
+    let replicas = [
+        limiter(&store(&redis.url(), Duration::from_secs(5))),
+        limiter(&store(&redis.url(), Duration::from_secs(5))),
+    ];
+    let mut conn = redis.conn().await;
+    let now = server_ms(&mut conn).await;
+    for (name, window, per) in [
+        ("shared-sliding", Window::Sliding, 3600),
+        (
+            "shared-fixed",
+            Window::Fixed,
+            fixed_per_far_from_boundary(now),
+        ),
+    ] {
+        let l = Arc::new(limit(name, 50, per, window));
+        let k = client_key("bi-tool");
+        let tasks: Vec<_> = (0..400)
+            .map(|i| {
+                let (r, l) = (replicas[i % 2].clone(), l.clone());
+                tokio::spawn(async move { r.decide(&l, &k).await })
+            })
+            .collect();
+        let mut remaining = Vec::new();
+        let mut limited = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Outcome::Allowed(d) => {
+                    assert_eq!(d.source, Source::Redis);
+                    remaining.push(d.remaining);
+                }
+                Outcome::Limited(d) => {
+                    assert_eq!(d.source, Source::Redis);
+                    assert!(d.retry_after_secs().unwrap() >= 1);
+                    limited += 1;
+                }
+                Outcome::Unavailable(u) => panic!("{name}: store failed: {}", u.error),
+            }
+        }
+        remaining.sort_unstable();
+        assert_eq!(remaining, (0..50).collect::<Vec<u64>>(), "{name}");
+        assert_eq!(limited, 350, "{name}");
+    }
+    for r in &replicas {
+        assert_eq!(r.redis().unwrap().errors(), 0);
+    }
+}
+
+// Fixed windows follow the epoch on the Redis clock: a daily quota ends at 00:00 UTC
+// (its key expires then), and a per-second limit admits `limit` from each second on.
+#[tokio::test]
+async fn fixed_windows_are_aligned_to_the_epoch_on_the_redis_clock() {
+    let redis = RedisServer::start();
+    let st = store(&redis.url(), Duration::from_secs(5));
+    let mut conn = redis.conn().await;
+
+    let daily = limit("daily", 3, 86_400, Window::Fixed);
+    let k = client_key("quota-user");
+    let redis_key = daily.redis_key(&k);
+    let mut checked = false;
+    for _ in 0..5 {
+        let _: () = redis::cmd("DEL")
+            .arg(&redis_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let t0 = server_ms(&mut conn).await;
+        let first = st.check(&daily, &k).await.unwrap();
+        let pttl: u64 = redis::cmd("PTTL")
+            .arg(&redis_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let more = [
+            st.check(&daily, &k).await.unwrap(),
+            st.check(&daily, &k).await.unwrap(),
+        ];
+        let refused = st.check(&daily, &k).await.unwrap();
+        let t1 = server_ms(&mut conn).await;
+        let midnight = (t0 / DAY_MS + 1) * DAY_MS;
+        if t1 >= midnight {
+            continue; // straddled midnight: try again in the new day
+        }
+        let until = (midnight - t1)..=(midnight - t0);
+        assert!(first.allowed && more.iter().all(|d| d.allowed));
+        assert_eq!(first.remaining, 2);
+        assert!(
+            until.contains(&(first.reset.as_millis() as u64)),
+            "{first:?} vs {until:?}"
+        );
+        assert!(
+            until.contains(&pttl),
+            "the key expires at 00:00 UTC: {pttl} vs {until:?}"
+        );
+        assert!(!refused.allowed);
+        assert!(until.contains(&(refused.retry_after.as_millis() as u64)));
+        let secs = refused.retry_after_secs().unwrap();
+        assert_eq!(secs, refused.retry_after.as_millis().div_ceil(1000) as u64);
+        checked = true;
+        break;
+    }
+    assert!(checked, "five attempts all straddled midnight");
+
+    let per_second = limit("per-second", 2, 1, Window::Fixed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut windows = 0;
+    while windows < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "saw only {windows} clean windows"
+        );
+        // Start right after a second boundary on the Redis clock.
+        let start = server_ms(&mut conn).await / 1000;
+        while server_ms(&mut conn).await / 1000 == start {
+            assert!(Instant::now() < deadline);
+        }
+        let t0 = server_ms(&mut conn).await;
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(st.check(&per_second, &k).await.unwrap());
+        }
+        let t1 = server_ms(&mut conn).await;
+        if t0 / 1000 != t1 / 1000 {
+            continue;
+        }
+        let allowed: Vec<bool> = got.iter().map(|d| d.allowed).collect();
+        assert_eq!(allowed, [true, true, false, false], "window {}", t0 / 1000);
+        let end = (t0 / 1000 + 1) * 1000;
+        let wait = got[2].retry_after.as_millis() as u64;
+        assert!(
+            (end - t1..=end - t0).contains(&wait),
+            "{wait} vs {t0}..{t1}"
+        );
+        assert_eq!(got[2].retry_after_secs(), Some(1));
+        windows += 1;
+    }
+}
+
+// Sliding windows in Redis: capacity comes back exactly when the bucket holding the
+// admitted requests stops counting (bucket end + per), never before.
+#[tokio::test]
+async fn sliding_window_capacity_returns_when_the_bucket_stops_counting() {
+    let redis = RedisServer::start();
+    let st = store(&redis.url(), Duration::from_secs(5));
+    let mut conn = redis.conn().await;
+    let l = limit("sliding", 3, 4, Window::Sliding); // g = 200 ms
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for attempt in 0.. {
+        assert!(Instant::now() < deadline);
+        let k = client_key(&format!("s{attempt}"));
+        let t0 = server_ms(&mut conn).await;
+        let mut ok = Vec::new();
+        for _ in 0..3 {
+            ok.push(st.check(&l, &k).await.unwrap());
+        }
+        let t1 = server_ms(&mut conn).await;
+        if t0 / 200 != t1 / 200 {
+            continue; // the three did not land in one bucket
+        }
+        assert!(ok.iter().all(|d| d.allowed));
+        assert_eq!(
+            ok.iter().map(|d| d.remaining).collect::<Vec<_>>(),
+            [2, 1, 0]
+        );
+        let stops = (t0 / 200 + 1) * 200 + 4000;
+        let refused = st.check(&l, &k).await.unwrap();
+        let t2 = server_ms(&mut conn).await;
+        assert!(!refused.allowed);
+        let wait = refused.retry_after.as_millis() as u64;
+        assert!(
+            (stops - t2..=stops - t0).contains(&wait),
+            "{wait}: stops at {stops}, t0 {t0}"
+        );
+        assert_eq!(refused.remaining, 0);
+        // Ask (without counting) until admitted: refused strictly before `stops`.
+        loop {
+            assert!(Instant::now() < deadline);
+            let before = server_ms(&mut conn).await;
+            let d = st.peek(&l, &k).await.unwrap();
+            let after = server_ms(&mut conn).await;
+            if d.allowed {
+                assert!(after >= stops, "admitted at {after}, before {stops}");
+                assert_eq!(d.remaining, 3, "a peek counts nothing");
+                break;
+            }
+            assert!(before < stops, "refused at {before}, after {stops}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        return;
+    }
+}
+
+// Every key carries an expiry, holds no token material whatever the header carried,
+// stays short, and is gone once its window has passed.
+#[tokio::test]
+async fn keys_expire_and_hold_no_token() {
+    use rand::{Rng, SeedableRng};
+    let redis = RedisServer::start();
+    let st = store(&redis.url(), Duration::from_secs(5));
+    let mut conn = redis.conn().await;
+    let now = server_ms(&mut conn).await;
+    let by_auth = KeySpec::Header(AUTHORIZATION);
+    let far = fixed_per_far_from_boundary(now);
+    let by_header = |name: &str, per: u64, window: Window| {
+        limit_with(name, 2, per, window, OnError::Deny, by_auth.clone())
+    };
+    let sliding = by_header("by-auth-s", 60, Window::Sliding);
+    let fixed = by_header("by-auth-f", far, Window::Fixed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut tokens: Vec<String> = (0..20)
+        .map(|_| {
+            let body: String = (0..120)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char)
+                .collect();
+            format!("eyJhbGciOiJSUzI1NiJ9.{body}")
+        })
+        .collect();
+    tokens.push(format!("eyJ{}", "Q".repeat(8000)));
+    let key_of = |t: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+        );
+        by_auth.key(&KeyInput {
+            client_ip: "127.0.0.1".parse().unwrap(),
+            headers: &headers,
+            client_id: None,
+            subject: None,
+        })
+    };
+    for t in &tokens {
+        assert!(st.check(&sliding, &key_of(t)).await.unwrap().allowed);
+        assert!(st.check(&fixed, &key_of(t)).await.unwrap().allowed);
+    }
+    let keys = all_keys(&mut conn).await;
+    assert_eq!(
+        keys.len(),
+        2 * tokens.len(),
+        "one key per value and limit: {keys:?}"
+    );
+    for key in &keys {
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let max = if key.starts_with("tollgate:rl:by-auth-s:s60:") {
+            63_000 // per + one bucket
+        } else {
+            assert!(
+                key.starts_with(&format!("tollgate:rl:by-auth-f:f{far}:")),
+                "{key}"
+            );
+            far as i64 * 1000
+        };
+        assert!(pttl > 0 && pttl <= max, "{key} PTTL {pttl}");
+        assert!(key.len() <= 130, "{key}");
+        let fields: Vec<String> = redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let stored = format!("{key} {}", fields.join(" "));
+        assert!(
+            !stored.contains("Bearer") && !stored.contains("eyJ"),
+            "{stored}"
+        );
+        for t in &tokens {
+            for i in 0..t.len().saturating_sub(12) {
+                assert!(
+                    !stored.contains(&t[i..i + 12]),
+                    "{stored} holds part of a token"
+                );
+            }
+        }
+    }
+
+    // Keys of a short window are gone once it has passed.
+    let short_s = by_header("short-s", 2, Window::Sliding);
+    let short_f = by_header("short-f", 2, Window::Fixed);
+    for t in &tokens[..5] {
+        let k = key_of(t);
+        st.check(&short_s, &k).await.unwrap();
+        st.check(&short_f, &k).await.unwrap();
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(short_s.redis_key(&k))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(pttl > 0 && pttl <= 2100, "PTTL {pttl}"); // per + one 100 ms bucket
+    }
+    let short = |keys: Vec<String>| {
+        keys.into_iter()
+            .filter(|k| k.starts_with("tollgate:rl:short-"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while short(all_keys(&mut conn).await) > 0 {
+        assert!(Instant::now() < deadline, "keys outlived their window");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(all_keys(&mut conn).await.len(), 2 * tokens.len());
+}
+
+// A peek neither counts nor creates a key; a refused request is not counted.
+#[tokio::test]
+async fn peeks_and_refusals_are_not_counted_in_redis() {
+    let redis = RedisServer::start();
+    let st = store(&redis.url(), Duration::from_secs(5));
+    let mut conn = redis.conn().await;
+    let now = server_ms(&mut conn).await;
+    let l = limit(
+        "failed-auth",
+        2,
+        fixed_per_far_from_boundary(now),
+        Window::Fixed,
+    );
+    let k = client_key("guesser");
+    for _ in 0..3 {
+        assert!(st.peek(&l, &k).await.unwrap().allowed);
+    }
+    assert!(all_keys(&mut conn).await.is_empty());
+    assert!(st.check(&l, &k).await.unwrap().allowed);
+    assert!(st.check(&l, &k).await.unwrap().allowed);
+    for _ in 0..3 {
+        assert!(!st.check(&l, &k).await.unwrap().allowed);
+    }
+    assert!(!st.peek(&l, &k).await.unwrap().allowed);
+    let n: u64 = redis::cmd("HGET")
+        .arg(l.redis_key(&k))
+        .arg("n")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+}
+
+/// Decides once, never waiting much longer than the store's timeout (the bound here
+/// only catches a hang; the typed errors show which mechanism answered).
+async fn decide(l: &Limiter, limit: &Limit, k: &RateKey) -> Outcome {
+    tokio::time::timeout(Duration::from_secs(10), l.decide(limit, k))
+        .await
+        .expect("a decision hung")
+}
+
+// Redis killed mid-test with on_error: allow: the local limiter decides (same limit,
+// this replica alone), each failure is counted, and Redis is used again once it is back
+// on the same port, without restarting anything.
+#[tokio::test]
+async fn killed_redis_falls_back_to_the_local_limiter_and_recovers() {
+    let mut redis = RedisServer::start();
+    let st = store(&redis.url(), Duration::from_millis(200));
+    let lim = limiter(&st);
+    let l = limit_with(
+        "fallback",
+        5,
+        3600,
+        Window::Sliding,
+        OnError::Allow,
+        KeySpec::Client,
+    );
+    let k = client_key("c1");
+    for left in [4, 3] {
+        match decide(&lim, &l, &k).await {
+            Outcome::Allowed(d) => {
+                assert_eq!((d.source, d.remaining), (Source::Redis, left));
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+    redis.kill();
+    let mut allowed = 0;
+    for _ in 0..20 {
+        match decide(&lim, &l, &k).await {
+            Outcome::Allowed(d) => {
+                assert_eq!(d.source, Source::LocalFallback);
+                allowed += 1;
+            }
+            Outcome::Limited(d) => assert_eq!(d.source, Source::LocalFallback),
+            Outcome::Unavailable(u) => panic!("on_error allow gave 503: {}", u.error),
+        }
+    }
+    assert_eq!(allowed, 5, "the local limiter enforces the same limit");
+    assert!(
+        st.errors() >= 20,
+        "every failed decision is counted: {}",
+        st.errors()
+    );
+    // The raw check says why, typed.
+    let e = st.check(&l, &k).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::FailingFast | StoreError::Timeout(_) | StoreError::Connection(_)
+        ),
+        "{e:?}"
+    );
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "never used Redis again");
+        if let Outcome::Allowed(d) = decide(&lim, &l, &k).await {
+            if d.source == Source::Redis {
+                // The decision is the new server's count (a probe that timed out on this
+                // side may have been counted there too).
+                let mut conn = redis.conn().await;
+                let buckets: Vec<u64> = redis::cmd("HVALS")
+                    .arg(l.redis_key(&k))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(d.remaining, 5 - buckets.iter().sum::<u64>());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// Redis killed with on_error: deny: every decision is the 503 case, with Retry-After,
+// until Redis is back.
+#[tokio::test]
+async fn killed_redis_with_deny_is_unavailable_until_it_returns() {
+    let mut redis = RedisServer::start();
+    let st = store(&redis.url(), Duration::from_millis(200));
+    let lim = limiter(&st);
+    let l = limit("strict", 100, 3600, Window::Sliding);
+    let k = client_key("c2");
+    assert!(matches!(decide(&lim, &l, &k).await, Outcome::Allowed(_)));
+    redis.kill();
+    for _ in 0..10 {
+        match decide(&lim, &l, &k).await {
+            Outcome::Unavailable(u) => {
+                assert_eq!(&*u.limit, "strict");
+                assert_eq!(u.retry_after_header(), "1");
+            }
+            o => panic!("on_error deny admitted or limited: {o:?}"),
+        }
+    }
+    assert!(lim.local().is_empty(), "deny never counts locally");
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "never used Redis again");
+        match decide(&lim, &l, &k).await {
+            Outcome::Allowed(d) => {
+                assert_eq!(d.source, Source::Redis);
+                break;
+            }
+            Outcome::Unavailable(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            o => panic!("{o:?}"),
+        }
+    }
+}
+
+// A wedged Redis (SIGSTOP: connected, silent) costs a decision the timeout and no
+// more, then fails fast; it is used again once it answers.
+#[tokio::test]
+async fn wedged_redis_times_out_then_fails_fast() {
+    let redis = RedisServer::start();
+    let st = store(&redis.url(), Duration::from_millis(100));
+    let l = limit("wedged", 100, 3600, Window::Sliding);
+    let k = client_key("c3");
+    st.check(&l, &k).await.unwrap();
+    redis.pause();
+    let mut kinds = Vec::new();
+    for _ in 0..5 {
+        let r = tokio::time::timeout(Duration::from_secs(10), st.check(&l, &k))
+            .await
+            .expect("a decision hung");
+        kinds.push(r.unwrap_err().kind());
+    }
+    assert_eq!(kinds[..3], ["timeout"; 3], "{kinds:?}");
+    assert_eq!(kinds[3..], ["failing_fast"; 2], "{kinds:?}");
+    redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while st.check(&l, &k).await.is_err() {
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP relay that can turn every connection it holds into a black hole (bytes
+/// dropped both ways, sockets left open), as a dropped conntrack entry does.
+struct Relay {
+    port: u16,
+    accepted: Arc<AtomicU64>,
+    cutoff: Arc<AtomicU64>,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(target: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let cutoff = Arc::new(AtomicU64::new(0));
+        let tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (a, c, t) = (accepted.clone(), cutoff.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let id = a.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let mut held = t.lock().unwrap();
+                held.push(tokio::spawn(pipe(cr, sw, id, c.clone())));
+                held.push(tokio::spawn(pipe(sr, cw, id, c.clone())));
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        Relay {
+            port,
+            accepted,
+            cutoff,
+            tasks,
+        }
+    }
+
+    /// Every connection accepted so far goes silent; new ones are relayed.
+    fn black_hole_existing(&self) {
+        self.cutoff
+            .store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    id: u64,
+    cutoff: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if id < cutoff.load(Ordering::SeqCst) {
+            continue; // black hole
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+// A connection that silently stops answering (no RST, no FIN) is replaced after
+// stale_after, so the store recovers without waiting for TCP to give up.
+#[tokio::test]
+async fn a_silent_connection_is_replaced() {
+    let redis = RedisServer::start();
+    let relay = Relay::start(redis.port).await;
+    let mut cfg = RedisConfig::new(
+        Secret::new(format!("redis://127.0.0.1:{}/0", relay.port)),
+        Duration::from_millis(100),
+    );
+    cfg.stale_after = Some(Duration::from_millis(500));
+    let st = store_cfg(cfg);
+    let l = limit("silent", 100, 3600, Window::Sliding);
+    let k = client_key("c4");
+    st.check(&l, &k).await.unwrap();
+    let before = relay.accepted.load(Ordering::SeqCst);
+    relay.black_hole_existing();
+    assert!(matches!(
+        st.check(&l, &k).await,
+        Err(StoreError::Timeout(_))
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the silent connection was never replaced"
+        );
+        match st.check(&l, &k).await {
+            Ok(d) => {
+                assert_eq!(d.source, Source::Redis);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(
+        relay.accepted.load(Ordering::SeqCst) > before,
+        "a new connection was made"
+    );
+}
+
+// rediss:// with rustls: the test CA verifies the server; without it (system roots) or
+// over plain redis:// there is no decision. With tls-auth-clients, the client
+// certificate is presented.
+#[tokio::test]
+async fn rediss_works_with_rustls_and_verifies_the_server() {
+    let ca = std::fs::read(fixture("ca.pem")).unwrap();
+    let redis = RedisServer::start_with(RedisOptions {
+        tls: true,
+        ..Default::default()
+    });
+    let l = limit("tls", 2, 3600, Window::Sliding);
+    let k = client_key("c5");
+    let mut cfg = RedisConfig::new(Secret::new(redis.url()), Duration::from_secs(5));
+    cfg.ca_pem = Some(ca.clone());
+    let st = store_cfg(cfg);
+    assert!(st.check(&l, &k).await.unwrap().allowed);
+    assert!(st.check(&l, &k).await.unwrap().allowed);
+    assert!(!st.check(&l, &k).await.unwrap().allowed, "counted over TLS");
+
+    let untrusted = store(&redis.url(), Duration::from_secs(2));
+    assert!(
+        untrusted.check(&l, &k).await.is_err(),
+        "the test CA is not a system root"
+    );
+    let plain = store(
+        &format!("redis://127.0.0.1:{}/0", redis.port),
+        Duration::from_secs(2),
+    );
+    assert!(plain.check(&l, &k).await.is_err());
+
+    let mtls = RedisServer::start_with(RedisOptions {
+        tls: true,
+        tls_client_auth: true,
+        ..Default::default()
+    });
+    let mut cfg = RedisConfig::new(Secret::new(mtls.url()), Duration::from_secs(5));
+    cfg.ca_pem = Some(ca.clone());
+    cfg.client_cert_pem = Some(std::fs::read(fixture("client.pem")).unwrap());
+    cfg.client_key_pem = Some(Secret::new(
+        std::fs::read_to_string(fixture("client-key.pem")).unwrap(),
+    ));
+    assert!(store_cfg(cfg).check(&l, &k).await.unwrap().allowed);
+    let mut cfg = RedisConfig::new(Secret::new(mtls.url()), Duration::from_secs(2));
+    cfg.ca_pem = Some(ca);
+    assert!(
+        store_cfg(cfg).check(&l, &k).await.is_err(),
+        "no client certificate"
+    );
+}
+
+// A password in the URL authenticates; a wrong one fails without being echoed.
+#[tokio::test]
+async fn redis_password_authenticates_and_is_never_echoed() {
+    let redis = RedisServer::start_with(RedisOptions {
+        password: Some("s3cret-Pa55".into()),
+        ..Default::default()
+    });
+    let l = limit("auth", 2, 3600, Window::Sliding);
+    let k = client_key("c6");
+    let st = store(&redis.url(), Duration::from_secs(5));
+    assert!(st.check(&l, &k).await.unwrap().allowed);
+    let wrong = store(
+        &format!("redis://:wr0ng-Pa55@127.0.0.1:{}/0", redis.port),
+        Duration::from_secs(2),
+    );
+    let e = wrong.check(&l, &k).await.unwrap_err();
+    let shown = format!("{e} {e:?} {wrong:?}");
+    assert_eq!(e.kind(), "auth", "{e}");
+    assert!(
+        !shown.contains("wr0ng-Pa55") && !shown.contains("s3cret"),
+        "{shown}"
+    );
+    let none = store(
+        &format!("redis://127.0.0.1:{}/0", redis.port),
+        Duration::from_secs(2),
+    );
+    let e = none.check(&l, &k).await.unwrap_err();
+    assert_eq!(e.kind(), "auth", "{e}");
+}
