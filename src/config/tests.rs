@@ -402,3 +402,38 @@ fn substituted_values_are_not_echoed() {
         "a variable can stand for a number"
     );
 }
+
+// Behaviour: main's sections are read like every other block: a missing required key
+// is a located problem (not the first serde error), a misspelt key gets a hint from
+// its own block, a key of another block says where it belongs, an inline service key
+// has its variables substituted and is never echoed, and a Redis URL that is not text
+// is refused without its value.
+#[test]
+fn ported_sections_collect_every_problem() {
+    std::env::set_var("TOLLGATE_TEST_SK_SECRET", "hunter2-sk");
+    let yaml = format!(
+        "{SERVER}stores:\n  redis:\n    url: 6379123\n    timeot: 1s\nrate_limits:\n  - name: a\n    limit: 5\n    per: 1m\n    windo: fixed\n  - key: ip\n    limit: 1\n    per: 1s\n    fetch_path: /x\n{UPSTREAM}    csrf: {{fetch_pth: /}}\n    auth:\n      type: oauth2_client_credentials\n      service_key:\n        clientid: c\n        clientsecret: \"${{env:TOLLGATE_TEST_SK_SECRET}}\"\n        url: \"not a url\"\nlogin:\n  client_id: web\n  cookie_secrett: x\nroutes:\n  - name: r\n    path_prefix: /api\n    upstream: u\n    auth: none\n    rate_limits: [a]\n    strip_cookie: true\n"
+    );
+    let text = problems(&yaml);
+    for want in [
+        "stores.redis.url: expected text, found a number (the value is not shown)",
+        "stores.redis.timeot: unknown key \"timeot\" (did you mean \"timeout\"?)",
+        "rate_limits[0]: missing required key \"key\" (client, subject, ip or header:NAME)",
+        "rate_limits[0].windo: unknown key \"windo\" (did you mean \"window\"?)",
+        "rate_limits[1]: missing required key \"name\"",
+        "rate_limits[1].fetch_path: unknown key \"fetch_path\" here (\"fetch_path\" is a key of upstreams[].csrf)",
+        "upstreams[0].csrf.fetch_pth: unknown key \"fetch_pth\" (did you mean \"fetch_path\"?)",
+        "upstreams[0].auth.service_key: ",
+        "login: missing required key \"issuer\"",
+        "login.cookie_secrett: unknown key \"cookie_secrett\" (did you mean \"cookie_secret\"?)",
+        "routes[0].strip_cookie: unknown key \"strip_cookie\" (did you mean \"strip_cookies\"?)",
+    ] {
+        assert!(text.contains(want), "{want}\n{text}");
+    }
+    assert!(
+        !text.contains("6379123") && !text.contains("hunter2"),
+        "{text}"
+    );
+    // The rate limit with problems of its own is not "unknown" to the route.
+    assert!(!text.contains("unknown rate limit"), "{text}");
+}
