@@ -51,8 +51,13 @@ struct Cli {
 enum Command {
     /// Serve (the default).
     Run,
-    /// Check the config; exit 0 with a summary, or 1 with every problem.
-    Validate,
+    /// Check the config without starting anything (writes nothing); exit 0 with a
+    /// summary (and any warnings), or 1 with every problem.
+    Validate {
+        /// `text`: one line per problem; `json`: one JSON document for CI pipelines.
+        #[arg(long, value_enum, default_value = "text")]
+        format: ValidateFormat,
+    },
     /// Print the decision trace a request would get; exit 0 allowed, 1 denied.
     Explain {
         /// The Bearer token to check (visible in the shell history and `ps`: prefer
@@ -130,7 +135,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config, cli.log_format),
-        Command::Validate => validate(&cli.config),
+        Command::Validate { format } => validate(&cli.config, format),
         Command::Explain {
             token,
             token_file,
@@ -220,6 +225,10 @@ fn run(config: PathBuf, format: LogFormat) -> ExitCode {
     let _log_guard = logging::init(format);
     let gw = match Gateway::load(config) {
         Ok(g) => g,
+        Err(e) if e.unreadable => {
+            eprintln!("tollgate: {}", unreadable(&e));
+            return ExitCode::from(1);
+        }
         Err(e) => {
             eprintln!(
                 "tollgate: refusing to start, the config has {} problem(s):",
@@ -238,7 +247,7 @@ fn run(config: PathBuf, format: LogFormat) -> ExitCode {
         let running = match tollgate::start(gw.clone()).await {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("tollgate: cannot listen: {e}");
+                eprintln!("tollgate: {e}");
                 return ExitCode::from(1);
             }
         };
@@ -301,9 +310,36 @@ impl Signals {
     }
 }
 
-fn validate(config: &std::path::Path) -> ExitCode {
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ValidateFormat {
+    Text,
+    Json,
+}
+
+/// "cannot read the config file gateway.yaml: No such file or directory (os error 2)"
+fn unreadable(e: &tollgate::config::ConfigError) -> String {
+    let why = e.problems.first().map(|p| p.message.as_str()).unwrap_or("");
+    let why = why.strip_prefix("cannot read config file: ").unwrap_or(why);
+    format!(
+        "cannot read the config file {}: {why} (name it with --config FILE or TOLLGATE_CONFIG)",
+        e.file
+    )
+}
+
+fn validate(config: &std::path::Path, format: ValidateFormat) -> ExitCode {
     let reg = tollgate::config::Registry::default();
-    match tollgate::config::load(config, &reg) {
+    let checked = tollgate::config::check(config, &reg);
+    if let ValidateFormat::Json = format {
+        return validate_json(&checked);
+    }
+    for line in checked.warning_lines() {
+        println!("{line}");
+    }
+    let warnings = match checked.warnings.len() {
+        0 => String::new(),
+        n => format!(" ({n} warning(s))"),
+    };
+    match &checked.result {
         Ok(rt) => {
             let tls = if rt.server.tls.is_some() {
                 "https"
@@ -311,7 +347,7 @@ fn validate(config: &std::path::Path) -> ExitCode {
                 "http"
             };
             println!(
-                "{}: OK — {} route(s), {} upstream(s), {} issuer(s), token service {}, listen {tls}://{}",
+                "{}: OK — {} route(s), {} upstream(s), {} issuer(s), token service {}, listen {tls}://{}{warnings}",
                 config.display(),
                 rt.routes.len(),
                 rt.upstreams.len(),
@@ -332,13 +368,50 @@ fn validate(config: &std::path::Path) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Err(e) if e.unreadable => {
+            eprintln!("tollgate: {}", unreadable(e));
+            ExitCode::from(1)
+        }
         Err(e) => {
             for line in e.lines() {
                 println!("{line}");
             }
-            eprintln!("{}: {} problem(s)", config.display(), e.problems.len());
+            eprintln!(
+                "{}: {} problem(s){warnings}",
+                config.display(),
+                e.problems.len()
+            );
             ExitCode::from(1)
         }
+    }
+}
+
+/// `{"file", "valid", "errors": [{file, line, column, path, message}], "warnings": [..]}`
+fn validate_json(checked: &tollgate::config::Checked) -> ExitCode {
+    let entry = |l: &tollgate::config::Located| {
+        serde_json::json!({
+            "file": checked.file,
+            "line": l.line,
+            "column": l.column,
+            "path": l.path,
+            "message": l.message,
+        })
+    };
+    let errors: Vec<_> = match &checked.result {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems.iter().map(entry).collect(),
+    };
+    let doc = serde_json::json!({
+        "file": checked.file,
+        "valid": checked.result.is_ok(),
+        "errors": errors,
+        "warnings": checked.warnings.iter().map(entry).collect::<Vec<_>>(),
+    });
+    println!("{doc:#}");
+    if checked.result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 
