@@ -94,6 +94,8 @@ pub struct Runtime {
     pub files: Vec<PathBuf>,
     /// The config as loaded, secrets redacted (`GET /admin/config`).
     pub redacted: RedactedConfig,
+    /// `tracing:` (`None`: no block; traces are still continued and started).
+    pub tracing: Option<Arc<crate::otel::Settings>>,
 }
 
 /// The config as loaded, for `GET /admin/config`: the model is kept and turned into JSON

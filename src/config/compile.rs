@@ -148,6 +148,7 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         token_service,
         login,
         files: model_files(m, base),
+        tracing: super::tracing::compile(m.tracing.as_ref(), p),
         redacted: Default::default(),
     })
 }

@@ -8,6 +8,7 @@ pub mod login;
 pub mod model;
 pub mod ratelimit;
 pub mod source;
+pub mod tracing;
 pub mod upstream_auth;
 pub mod upstream_session;
 pub mod validate;
@@ -86,6 +87,10 @@ impl std::error::Error for ConfigError {}
 
 /// Every key tollgate knows, for "did you mean" hints on unknown keys.
 const KNOWN_KEYS: &[&str] = &[
+    "tracing",
+    "otlp_endpoint",
+    "service_name",
+    "sample_ratio",
     "server",
     "listen",
     "tls",

@@ -27,6 +27,8 @@ pub struct ConfigModel {
     pub rate_limits: Vec<super::ratelimit::RateLimitModel>,
     /// Browser sign-in (`super::login`).
     pub login: Option<super::login::model::LoginModel>,
+    /// Span export and trace sampling (`super::tracing`).
+    pub tracing: Option<super::tracing::TracingModel>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

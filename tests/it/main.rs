@@ -22,4 +22,5 @@ mod redis_server;
 mod reload_perf;
 mod sap;
 mod token_service;
+mod traces;
 mod upstream_cors;
