@@ -660,3 +660,38 @@ async fn collector_down_never_fails_requests_and_drops_are_counted() {
         Some(0.0)
     );
 }
+
+// Behaviour: a rate-limit decision made in Redis is a child span of the request's server
+// span, named by the limit (never by its key).
+#[tokio::test]
+async fn redis_rate_limit_calls_are_child_spans() {
+    let receiver = Receiver::start();
+    let redis = crate::redis_server::RedisServer::start();
+    let up = spawn_upstream().await;
+    let yaml = format!(
+        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\ntracing:\n  otlp_endpoint: \"{}\"\nstores:\n  redis:\n    url: \"{}\"\n    timeout: 2s\nrate_limits:\n  - name: per-ip\n    key: ip\n    limit: 100\n    per: 1m\n    store: redis\n    on_error: deny\nupstreams:\n  - name: bi\n    url: \"{}\"\nroutes:\n  - name: api\n    path_prefix: /api\n    upstream: bi\n    auth: none\n    rate_limits: [per-ip]\n",
+        receiver.base,
+        redis.url(),
+        up.url()
+    );
+    let gw = spawn_gateway(&yaml).await;
+    let trace = "55555555555555555555555555555555";
+    let r = client()
+        .get(gw.url("/api/limited"))
+        .header("traceparent", traceparent(trace, CLIENT_SPAN, "01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let spans = receiver
+        .trace(trace, |s| {
+            !named(s, "ratelimit.redis").is_empty() && !named(s, "upstream").is_empty()
+        })
+        .await;
+    let srv = server(&spans);
+    let rl = named(&spans, "ratelimit.redis")[0];
+    assert_eq!(rl["parent_span_id"], srv["span_id"]);
+    assert_eq!(attrs(rl)["tollgate.limit"], "per-ip");
+    assert_eq!(attrs(rl)["db.system.name"], "redis");
+    assert_eq!(attrs(rl)["tollgate.limit_allowed"], true);
+}
