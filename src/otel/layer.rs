@@ -28,7 +28,7 @@ use opentelemetry::trace::{SpanKind, Status, TraceState};
 use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 
-use super::{scope, sync_scope, Active};
+use super::{scope, sync_scope, Active, Tracer};
 use crate::body::Body;
 use crate::conn::ConnInfo;
 use crate::error::Denied;
@@ -78,13 +78,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let tracer = self.gw.tracing.current();
+        let guard = self.gw.tracing.load();
+        let tracer: Option<&Tracer> = (*guard).as_deref();
         let incoming = trace_context::incoming(req.headers());
         let (trace_id, parent, sampled) = match &incoming {
             Some(tp) => (tp.trace_id, Some(tp.parent_id), tp.sampled()),
             None => {
                 let id = trace_context::new_trace_id();
-                let ratio = tracer.as_ref().map_or(1.0, |t| t.sample_ratio());
+                let ratio = tracer.map_or(1.0, Tracer::sample_ratio);
                 (id, None, trace_context::sample(&id, ratio))
             }
         };
@@ -99,7 +100,7 @@ where
             // tracestate belongs to the trace it came with, and there is none.
             headers.remove(&TRACESTATE);
         }
-        let active = match tracer.as_deref() {
+        let active = match tracer {
             Some(t) if sampled && t.exporting() => {
                 let state = tracestate(req.headers());
                 Active::new(trace_id, span_id, state, t)

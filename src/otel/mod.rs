@@ -122,6 +122,12 @@ impl Tracing {
         self.current.load_full()
     }
 
+    /// [`Tracing::current`] without touching the reference count (the request path;
+    /// not to be held across an await).
+    pub fn load(&self) -> arc_swap::Guard<Option<Arc<Tracer>>> {
+        self.current.load()
+    }
+
     /// Follows the config's `tracing:` block: a changed endpoint or service name starts a
     /// new exporter (the old one sends what it has queued, then stops); a changed ratio
     /// applies at once. Needs a Tokio runtime for the exporter's task; without one
