@@ -63,6 +63,8 @@ pub struct Gateway {
     pub sessions: Sessions,
     /// Browser sessions' refreshes in flight, and their results for a short while.
     pub login_sessions: SessionCaches,
+    /// Span export (`tracing:`), following reloads.
+    pub tracing: crate::otel::Tracing,
     pub status: Mutex<ReloadStatus>,
     pub listeners_up: AtomicBool,
     /// SHA-256 of the file content of the last load or reload attempt, successful or
@@ -102,6 +104,7 @@ impl Gateway {
             tokens: TokenCache::default(),
             sessions: Sessions::default(),
             login_sessions: SessionCaches::default(),
+            tracing: crate::otel::Tracing::default(),
             status: Mutex::new(status),
             listeners_up: AtomicBool::new(false),
             last_attempt_hash: Mutex::new(rt_hash),
@@ -124,6 +127,8 @@ impl Gateway {
 
     /// Starts background work for the current runtime (issuer key refreshers).
     pub fn start_background(&self) {
+        // The exporter follows the config: started here, and after every reload.
+        self.tracing.apply(self.current().tracing.as_ref());
         for issuer in &self.current().issuers {
             if let IssuerKind::Jwt(store) = &issuer.kind {
                 store.start();
@@ -374,6 +379,10 @@ impl Gateway {
                 .last_reload_ok
                 != Some(false),
             redis_store_errors: self.registry.rate_limit_stores.redis_errors(),
+            trace_spans: (
+                self.tracing.counters.exported.load(Ordering::Relaxed),
+                self.tracing.counters.dropped.load(Ordering::Relaxed),
+            ),
         }
     }
 }
