@@ -122,38 +122,65 @@ pub async fn explain_with_cookie(
             });
         }
     };
-    let trace = Trace::default();
-    let mut req = req;
-    req.extensions_mut().insert(trace.clone());
-    req.extensions_mut().insert(Arc::new(ConnInfo::new(
-        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        false,
-    )));
-    let svc = RescueLayer.layer(crate::stack::policy(&gw, Recorder));
-    let Ok(resp) = svc.oneshot(req).await;
-    out.extend(trace.lines());
-    let refused = resp.extensions().get::<Arc<GatewayError>>().cloned();
-    let allowed = match refused {
+    let decided = decide(&gw, req).await;
+    out.extend(decided.lines.iter().cloned());
+    let allowed = match &decided.refused {
         Some(e) => {
-            out.push(deny_line(&e));
+            out.push(deny_line(e));
             false
         }
-        None if resp.extensions().get::<Forwarded>().is_some() => {
+        None if decided.forwarded => {
             out.push("result: ALLOW".into());
             true
         }
         None => {
             out.push(format!(
                 "result: answered by tollgate itself with {}",
-                resp.status().as_u16()
+                decided.response.status().as_u16()
             ));
-            resp.status().is_success()
+            decided.response.status().is_success()
         }
     };
     Ok(Explained {
         lines: out,
         allowed,
     })
+}
+
+/// What the policy decided for one request: the response tollgate would give (an
+/// empty 200 when the request would be forwarded), the refusal behind it, and the trace.
+pub struct Decided {
+    pub response: Response<Body>,
+    /// The request passed every gate and would be forwarded upstream.
+    pub forwarded: bool,
+    pub refused: Option<Arc<GatewayError>>,
+    pub lines: Vec<String>,
+}
+
+/// Runs `req` through the server's own policy layers (`stack::policy`, behind the
+/// rescue layer that writes SPEC's errors) in front of a recorder instead of the
+/// upstream, with its decisions traced. Used by `tollgate explain` and `tollgate test`.
+pub async fn decide<B>(gw: &Arc<Gateway>, mut req: Request<B>) -> Decided
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::body::BoxError>,
+{
+    let trace = Trace::default();
+    req.extensions_mut().insert(trace.clone());
+    if req.extensions().get::<Arc<ConnInfo>>().is_none() {
+        req.extensions_mut().insert(Arc::new(ConnInfo::new(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            false,
+        )));
+    }
+    let svc = RescueLayer.layer(crate::stack::policy(gw, Recorder));
+    let Ok(response) = svc.oneshot(req).await;
+    Decided {
+        forwarded: response.extensions().get::<Forwarded>().is_some(),
+        refused: response.extensions().get::<Arc<GatewayError>>().cloned(),
+        lines: trace.lines(),
+        response,
+    }
 }
 
 fn build_request(

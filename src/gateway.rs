@@ -81,7 +81,13 @@ impl Gateway {
     /// [`Gateway::load`] with a registry set up by the caller (`tollgate::layer` loads
     /// with `embedded` set: routes need no upstream).
     pub fn load_with(path: PathBuf, registry: Registry) -> Result<Arc<Gateway>, ConfigError> {
-        let mut rt = config::load(&path, &registry)?;
+        let rt = config::load(&path, &registry)?;
+        Ok(Gateway::with_runtime(path, registry, rt))
+    }
+
+    /// A gateway serving `rt`, a runtime the caller loaded from `path` with `registry`
+    /// (`tollgate test` loads it, then swaps chosen issuers' keys for a test key).
+    pub fn with_runtime(path: PathBuf, registry: Registry, mut rt: Runtime) -> Arc<Gateway> {
         rt.version = 1;
         let rt_hash = config::inputs_hash(&rt.hash, &rt.files);
         let status = ReloadStatus {
@@ -90,7 +96,7 @@ impl Gateway {
             loaded_at: Some(rfc3339(rt.loaded_at)),
             ..Default::default()
         };
-        Ok(Arc::new(Gateway {
+        Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(rt),
             config_path: path,
             registry,
@@ -104,7 +110,7 @@ impl Gateway {
             last_attempt_hash: Mutex::new(rt_hash),
             next_version: AtomicU64::new(2),
             reload_lock: tokio::sync::Mutex::new(()),
-        }))
+        })
     }
 
     pub fn current(&self) -> Arc<Runtime> {

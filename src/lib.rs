@@ -29,6 +29,7 @@ pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod policy;
+pub mod policy_test;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request_id;

@@ -12,6 +12,7 @@ mod faults;
 mod hostile;
 mod login;
 mod oidc_e2e;
+mod policy_tests;
 mod ops;
 mod overload;
 mod props;
