@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod cache;
+pub mod claims;
 pub mod client;
 pub mod config;
 pub mod conn;

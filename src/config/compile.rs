@@ -1090,8 +1090,10 @@ fn compile_routes(
                         ),
                     );
                 }
+                let claims =
+                    super::claims::compile(pm.claims.as_ref(), &ppath.key("claims").to_string(), p);
                 match Permission::new(&pm.path, methods, pm.scopes.clone()) {
-                    Ok(e) => entries.push(e),
+                    Ok(e) => entries.push(e.with_claims(claims)),
                     Err(e) => p.add(ppath.key("path").to_string(), e),
                 }
             }
@@ -1260,10 +1262,12 @@ fn compile_auth_rule(
             v::token_word(p, cpath.index(j), s, "client id");
         }
     }
+    let claims = super::claims::compile(b.claims.as_ref(), &path.key("claims").to_string(), p);
     AuthRule {
         issuers: idx,
         scopes,
         clients,
+        claims,
     }
 }
 

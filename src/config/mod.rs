@@ -2,6 +2,7 @@
 //! every problem with `file:line:col` and key path ([`validate`], [`source`]) ->
 //! [`compile`] into the runtime model. [`load`] runs the three.
 
+pub mod claims;
 pub mod compile;
 pub mod fast;
 pub mod login;
@@ -130,6 +131,7 @@ const KNOWN_KEYS: &[&str] = &[
     "create_signing_key",
     "token_ttl",
     "clients",
+    "claims",
     "id",
     "secret",
     "secret_hash",

@@ -197,6 +197,8 @@ pub struct AuthBlockModel {
     pub clients: Option<Vec<String>>,
     /// Accept a browser session (`login:`) as well as a Bearer token.
     pub login: Option<bool>,
+    /// Claim values the token must carry (`config::claims`).
+    pub claims: Option<super::claims::ClaimsModel>,
 }
 
 impl<'de> Deserialize<'de> for RouteAuthModel {
@@ -225,6 +227,9 @@ pub struct PermissionModel {
     pub methods: Vec<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Claim values this endpoint requires besides the route's (`config::claims`).
+    #[serde(default)]
+    pub claims: Option<super::claims::ClaimsModel>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -4,6 +4,7 @@
 mod auth;
 mod browser_cors;
 mod browser_login;
+mod claims;
 mod cli;
 mod common;
 mod deploy;
@@ -12,9 +13,9 @@ mod faults;
 mod hostile;
 mod login;
 mod oidc_e2e;
-mod policy_tests;
 mod ops;
 mod overload;
+mod policy_tests;
 mod props;
 mod proxy;
 mod rate_limits;
