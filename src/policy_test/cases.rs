@@ -358,7 +358,7 @@ fn token_spec(
             msg.push_str(" (`local` needs a token_service block)");
         }
         p.add(format!("{at}.issuer"), msg);
-    } else if m.issuer != "local" && !minted.iter().any(|x| *x == m.issuer) {
+    } else if m.issuer != "local" && !minted.contains(&m.issuer) {
         p.add(
             format!("{at}.issuer"),
             format!(
@@ -415,18 +415,17 @@ fn check_expect(e: ExpectModel, at: &str, p: &mut Problems) -> Expect {
         p.add(format!("{at}.status"), "not an HTTP status");
     }
     match &e.reason {
-        Some(r) => {
-            if !DenyReason::ALL.iter().any(|x| x.as_str() == r) {
-                let codes: Vec<&str> = DenyReason::ALL.iter().map(|x| x.as_str()).collect();
-                let hint = suggest(r, &codes)
-                    .map(|h| format!(" (did you mean \"{h}\"?)"))
-                    .unwrap_or_default();
-                p.add(
-                    format!("{at}.reason"),
-                    format!("unknown reason code \"{r}\"{hint}"),
-                );
-            }
+        Some(r) if !DenyReason::ALL.iter().any(|x| x.as_str() == r) => {
+            let codes: Vec<&str> = DenyReason::ALL.iter().map(|x| x.as_str()).collect();
+            let hint = suggest(r, &codes)
+                .map(|h| format!(" (did you mean \"{h}\"?)"))
+                .unwrap_or_default();
+            p.add(
+                format!("{at}.reason"),
+                format!("unknown reason code \"{r}\"{hint}"),
+            );
         }
+        Some(_) => {}
         None if REASON_REQUIRED.contains(&e.status) && e.error.is_none() => p.add(
             format!("{at}.reason"),
             format!(
