@@ -481,6 +481,7 @@ fn man_pages_render() {
         "run",
         "validate",
         "explain",
+        "test",
         "healthcheck",
         "init",
         "completions",
@@ -510,6 +511,7 @@ fn man_pages_render() {
             "tollgate-init.1",
             "tollgate-man.1",
             "tollgate-run.1",
+            "tollgate-test.1",
             "tollgate-validate.1",
             "tollgate.1"
         ]
