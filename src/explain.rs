@@ -11,13 +11,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{AUTHORIZATION, COOKIE, HOST};
-use http::{HeaderValue, Method, Request, Response};
+use http::header::{ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION, COOKIE, HOST, ORIGIN};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use tower::{Layer, ServiceExt};
 
 use crate::auth::IssuerKind;
 use crate::body::{empty, Body};
-use crate::config::ConfigError;
+use crate::config::{self, ConfigError, Registry};
 use crate::conn::ConnInfo;
 use crate::decision::{self, Trace};
 use crate::error::{GatewayError, Rejection, RescueLayer};
@@ -25,9 +25,22 @@ use crate::gateway::Gateway;
 use crate::route::layer::Routed;
 use crate::service::Outcome;
 
+/// What the policy decided for one request.
 pub struct Explained {
+    /// The decision trace: the request, every gate's note, the result.
     pub lines: Vec<String>,
+    /// Forwarded upstream, or answered by tollgate itself with a 2xx.
     pub allowed: bool,
+    /// The status tollgate would answer with (200 when the request would be forwarded;
+    /// the upstream's own answer is not known).
+    pub status: StatusCode,
+    /// The response headers tollgate would add (CORS, `WWW-Authenticate`, `RateLimit`,
+    /// ...), on a refusal as on an answer of its own or a forwarded request.
+    pub headers: HeaderMap,
+    /// The refusal behind a denial (its SPEC `error` code and reason code).
+    pub refused: Option<Arc<GatewayError>>,
+    /// The request passed every gate and would be forwarded upstream.
+    pub forwarded: bool,
 }
 
 /// Fact: the request got through every gate and would be forwarded.
@@ -65,6 +78,29 @@ impl<B> tower::Service<Request<B>> for Recorder {
     }
 }
 
+/// One request to decide: what a client would send, as far as the policy looks at it.
+#[derive(Clone, Copy, Default)]
+pub struct Probe<'a> {
+    /// The Bearer token (without `Bearer `).
+    pub token: Option<&'a str>,
+    /// A browser's `Cookie` header (a `login: true` route's session).
+    pub cookie: Option<&'a str>,
+    /// `GET` when absent.
+    pub method: Option<&'a Method>,
+    /// The request path (and query).
+    pub url_path: &'a str,
+    /// The `Host` header, for routes with `hosts`.
+    pub host: Option<&'a str>,
+    /// The `Origin` header: a browser's cross-origin call (CORS is decided too). With
+    /// `OPTIONS` and `access_control_request_method`, a preflight.
+    pub origin: Option<&'a str>,
+    /// `Access-Control-Request-Method`, for a preflight (`OPTIONS` with an origin).
+    pub access_control_request_method: Option<&'a str>,
+    /// Any other request headers (`tollgate test` cases' `headers:`), added after the
+    /// ones above.
+    pub headers: &'a [(HeaderName, HeaderValue)],
+}
+
 pub async fn explain(
     config_path: &std::path::Path,
     token: Option<&str>,
@@ -86,12 +122,32 @@ pub async fn explain_with_cookie(
     url_path: &str,
     host: Option<&str>,
 ) -> Result<Explained, ConfigError> {
-    let gw = Gateway::load(config_path.to_path_buf())?;
+    let probe = Probe {
+        token,
+        cookie,
+        method: Some(method),
+        url_path,
+        host,
+        ..Probe::default()
+    };
+    explain_probe(config_path, &probe).await
+}
+
+/// Loads the config at `config_path` (writing nothing: a signing key that
+/// `create_signing_key` would create stays in memory), fetches the issuers' keys like
+/// the server does, and decides `probe` (see [`decide`]).
+pub async fn explain_probe(
+    config_path: &std::path::Path,
+    probe: &Probe<'_>,
+) -> Result<Explained, ConfigError> {
+    let registry = Registry::default();
+    let rt = config::load(config_path, &registry)?;
+    let gw = Gateway::with_runtime(config_path.to_path_buf(), registry, rt);
     let rt = gw.current();
-    let mut out = vec![format!(
-        "request: {method} {url_path}{}",
-        host.map(|h| format!(" (Host {h})")).unwrap_or_default()
-    )];
+    let mut out = Vec::new();
+    if let Some(note) = unwritten_key_note(&rt) {
+        out.push(format!("note: {note}"));
+    }
     // Keys are fetched like the server fetches them, before the request is decided.
     for i in &rt.issuers {
         if let IssuerKind::Jwt(store) = &i.kind {
@@ -112,98 +168,136 @@ pub async fn explain_with_cookie(
             }
         }
     }
-    let req = match build_request(token, cookie, method, url_path, host) {
+    let mut decided = decide(&gw, probe).await;
+    let first = decided.lines.remove(0);
+    out.insert(0, first);
+    out.append(&mut decided.lines);
+    decided.lines = out;
+    Ok(decided)
+}
+
+/// A note when the token service's `signing_key` is a file `tollgate run` would create
+/// (`create_signing_key`): this run signs and verifies with a key in memory instead.
+pub fn unwritten_key_note(rt: &crate::runtime::Runtime) -> Option<String> {
+    rt.create_key_file.as_ref().map(|_| {
+        "token_service.signing_key does not exist yet (create_signing_key): this run uses a key in memory and writes nothing; `tollgate run` creates the file".to_owned()
+    })
+}
+
+/// Runs `probe` through the very layers the server runs ([`crate::stack::policy`]) in
+/// front of a recorder instead of the upstream, on a gateway already loaded (the server's
+/// own, for the admin API), and returns the decision trace. Nothing is forwarded and
+/// nothing is counted (rate limits are looked at, not spent).
+pub async fn decide(gw: &Arc<Gateway>, probe: &Probe<'_>) -> Explained {
+    let method = probe.method.cloned().unwrap_or(Method::GET);
+    let mut out = vec![format!(
+        "request: {method} {}{}{}",
+        probe.url_path,
+        probe
+            .host
+            .map(|h| format!(" (Host {h})"))
+            .unwrap_or_default(),
+        probe
+            .origin
+            .map(|o| format!(" (Origin {o})"))
+            .unwrap_or_default()
+    )];
+    let req = match build_request(probe, &method) {
         Ok(r) => r,
         Err(e) => {
             out.push(deny_line(&e));
-            return Ok(Explained {
+            return Explained {
                 lines: out,
                 allowed: false,
-            });
+                status: e.status(),
+                headers: HeaderMap::new(),
+                refused: Some(Arc::new(e)),
+                forwarded: false,
+            };
         }
     };
-    let decided = decide(&gw, req).await;
-    out.extend(decided.lines.iter().cloned());
-    let allowed = match &decided.refused {
+    let trace = Trace::default();
+    let mut req = req;
+    req.extensions_mut().insert(trace.clone());
+    req.extensions_mut().insert(Arc::new(ConnInfo::new(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        false,
+    )));
+    let svc = RescueLayer.layer(crate::stack::policy(gw, Recorder));
+    let Ok(resp) = svc.oneshot(req).await;
+    out.extend(trace.lines());
+    let refused = resp.extensions().get::<Arc<GatewayError>>().cloned();
+    let forwarded = resp.extensions().get::<Forwarded>().is_some();
+    let allowed = match &refused {
         Some(e) => {
             out.push(deny_line(e));
             false
         }
-        None if decided.forwarded => {
+        None if forwarded => {
             out.push("result: ALLOW".into());
             true
         }
         None => {
+            if probe.origin.is_some() {
+                for (name, value) in resp.headers() {
+                    if name.as_str().starts_with("access-control-") {
+                        out.push(format!(
+                            "cors: {name}: {}",
+                            value.to_str().unwrap_or("(not text)")
+                        ));
+                    }
+                }
+            }
             out.push(format!(
                 "result: answered by tollgate itself with {}",
-                decided.response.status().as_u16()
+                resp.status().as_u16()
             ));
-            decided.response.status().is_success()
+            resp.status().is_success()
         }
     };
-    Ok(Explained {
+    let (parts, _) = resp.into_parts();
+    Explained {
         lines: out,
         allowed,
-    })
-}
-
-/// What the policy decided for one request: the response tollgate would give (an
-/// empty 200 when the request would be forwarded), the refusal behind it, and the trace.
-pub struct Decided {
-    pub response: Response<Body>,
-    /// The request passed every gate and would be forwarded upstream.
-    pub forwarded: bool,
-    pub refused: Option<Arc<GatewayError>>,
-    pub lines: Vec<String>,
-}
-
-/// Runs `req` through the server's own policy layers (`stack::policy`, behind the
-/// rescue layer that writes SPEC's errors) in front of a recorder instead of the
-/// upstream, with its decisions traced. Used by `tollgate explain` and `tollgate test`.
-pub async fn decide<B>(gw: &Arc<Gateway>, mut req: Request<B>) -> Decided
-where
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<crate::body::BoxError>,
-{
-    let trace = Trace::default();
-    req.extensions_mut().insert(trace.clone());
-    if req.extensions().get::<Arc<ConnInfo>>().is_none() {
-        req.extensions_mut().insert(Arc::new(ConnInfo::new(
-            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            false,
-        )));
-    }
-    let svc = RescueLayer.layer(crate::stack::policy(gw, Recorder));
-    let Ok(response) = svc.oneshot(req).await;
-    Decided {
-        forwarded: response.extensions().get::<Forwarded>().is_some(),
-        refused: response.extensions().get::<Arc<GatewayError>>().cloned(),
-        lines: trace.lines(),
-        response,
+        status: parts.status,
+        headers: parts.headers,
+        refused,
+        forwarded,
     }
 }
 
 fn build_request(
-    token: Option<&str>,
-    cookie: Option<&str>,
+    probe: &Probe<'_>,
     method: &Method,
-    url_path: &str,
-    host: Option<&str>,
 ) -> Result<Request<http_body_util::Empty<bytes::Bytes>>, GatewayError> {
     let bad = |what: &str| GatewayError::BadRequest(format!("invalid {what}"));
-    let mut b = Request::builder().method(method.clone()).uri(url_path);
-    if let Some(h) = host {
+    let mut b = Request::builder()
+        .method(method.clone())
+        .uri(probe.url_path);
+    if let Some(h) = probe.host {
         b = b.header(HOST, HeaderValue::from_str(h).map_err(|_| bad("host"))?);
     }
-    if let Some(t) = token.map(str::trim).filter(|t| !t.is_empty()) {
+    if let Some(o) = probe.origin {
+        b = b.header(ORIGIN, HeaderValue::from_str(o).map_err(|_| bad("origin"))?);
+    }
+    if let Some(m) = probe.access_control_request_method {
+        b = b.header(
+            ACCESS_CONTROL_REQUEST_METHOD,
+            HeaderValue::from_str(m).map_err(|_| bad("access-control-request-method"))?,
+        );
+    }
+    if let Some(t) = probe.token.map(str::trim).filter(|t| !t.is_empty()) {
         let mut v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| bad("token"))?;
         v.set_sensitive(true);
         b = b.header(AUTHORIZATION, v);
     }
-    if let Some(c) = cookie.map(str::trim).filter(|c| !c.is_empty()) {
+    if let Some(c) = probe.cookie.map(str::trim).filter(|c| !c.is_empty()) {
         let mut v = HeaderValue::from_str(c).map_err(|_| bad("cookie"))?;
         v.set_sensitive(true);
         b = b.header(COOKIE, v);
+    }
+    for (name, value) in probe.headers {
+        b = b.header(name, value);
     }
     b.body(http_body_util::Empty::new())
         .map_err(|_| bad("request path"))

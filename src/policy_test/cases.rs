@@ -1,6 +1,8 @@
 //! The cases file of `tollgate test`: what each request is and what the policy must
-//! answer. Read like `gateway.yaml` (unknown keys are errors, every problem is
-//! reported with `file:line:col key.path`), checked completely before any case runs.
+//! answer. Read by the same collecting reader as `gateway.yaml` (`config::yaml`: unknown
+//! keys are errors with "did you mean", strings may use `${env:..}` / `${file:..}`, every
+//! problem is reported with `file:line:col key.path`), checked completely before any
+//! case runs.
 //!
 //! ```yaml
 //! mint:
@@ -19,14 +21,18 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
-use serde::Deserialize;
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Serialize;
 
 use crate::config::source::PosIndex;
-use crate::config::validate::{parse_duration, suggest, Problem, Problems};
-use crate::config::{ConfigError, Located};
+use crate::config::validate::{parse_duration, suggest, Problems};
+use crate::config::yaml::{self, read_section, section, Cx, List, Node, Places, Section};
+use crate::config::{locate, ConfigError};
 use crate::error::DenyReason;
 
 /// Statuses of auth denials, which carry a reason code: a case expecting one names the
@@ -34,59 +40,159 @@ use crate::error::DenyReason;
 /// the error code).
 const REASON_REQUIRED: [u16; 3] = [401, 403, 429];
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileModel {
-    #[serde(default)]
-    mint: Option<MintModel>,
-    cases: Vec<CaseModel>,
+section! {
+    /// The whole cases file.
+    pub struct FileModel {
+        "mint" => pub mint: Option<MintModel>,
+        "cases" => pub cases: Option<List<CaseModel>>,
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MintModel {
-    #[serde(default)]
-    issuers: Vec<String>,
+section! {
+    pub struct MintModel {
+        "issuers" => pub issuers: List<String>,
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CaseModel {
-    name: String,
-    #[serde(default)]
-    token: Option<serde_yaml::Value>,
-    #[serde(default)]
-    method: Option<String>,
-    path: String,
-    #[serde(default)]
-    host: Option<String>,
-    #[serde(default)]
-    origin: Option<String>,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    expect: ExpectModel,
+section! {
+    pub struct CaseModel {
+        "name" => pub name: Option<String>,
+        "token" => pub token: Option<TokenModel>,
+        "method" => pub method: Option<String>,
+        "path" => pub path: Option<String>,
+        "host" => pub host: Option<String>,
+        "origin" => pub origin: Option<String>,
+        "headers" => pub headers: BTreeMap<String, String>,
+        "expect" => pub expect: Option<ExpectModel>,
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MintTokenModel {
-    issuer: String,
-    #[serde(default)]
-    claims: serde_yaml::Mapping,
-    #[serde(default)]
-    expires_in: Option<String>,
+section! {
+    /// `token: {issuer, claims, expires_in}`: a token to mint.
+    pub struct MintTokenModel {
+        "issuer" => pub issuer: Option<String>,
+        "claims" => pub claims: Option<JsonObject>,
+        "expires_in" => pub expires_in: Option<String>,
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExpectModel {
-    status: u16,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    headers: BTreeMap<String, Option<String>>,
+section! {
+    pub struct ExpectModel {
+        "status" => pub status: Option<u64>,
+        "reason" => pub reason: Option<String>,
+        "error" => pub error: Option<String>,
+        /// Header name -> value, or null: must be absent.
+        "headers" => pub headers: BTreeMap<String, Option<String>>,
+    }
+}
+
+/// Every block of a cases file, for "is a key of" hints on unknown keys.
+const PLACES: Places = &[
+    ("the top level", FileModel::KEYS),
+    ("mint", MintModel::KEYS),
+    ("cases[]", CaseModel::KEYS),
+    ("cases[].token", MintTokenModel::KEYS),
+    ("cases[].expect", ExpectModel::KEYS),
+];
+
+/// A case's `token`: the token itself, or what to mint one from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum TokenModel {
+    Literal(String),
+    Mint(MintTokenModel),
+}
+
+const TOKEN_EXPECTED: &str = "a token (text), or {issuer, claims, expires_in} to mint one";
+
+impl Node for TokenModel {
+    fn read<'de, D: Deserializer<'de>>(d: D, cx: &mut Cx) -> Result<Option<Self>, D::Error> {
+        d.deserialize_any(TokenVisitor(cx))
+    }
+}
+
+struct TokenVisitor<'c, 'a>(&'c mut Cx<'a>);
+
+impl TokenVisitor<'_, '_> {
+    fn wrong(self, found: &str) -> Option<TokenModel> {
+        self.0.wrong(TOKEN_EXPECTED, found);
+        None
+    }
+}
+
+impl<'de> Visitor<'de> for TokenVisitor<'_, '_> {
+    type Value = Option<TokenModel>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(TOKEN_EXPECTED)
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(self
+            .0
+            .text(s.into())
+            .map(|(s, _)| TokenModel::Literal(s.into_owned())))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let m =
+            read_section::<MintTokenModel, _>(de::value::MapAccessDeserializer::new(map), self.0)?;
+        Ok(m.map(TokenModel::Mint))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    // A token is never shown: it may be a real one.
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(self.wrong("true or false"))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(self.wrong("a number"))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(self.wrong("a number"))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(self.wrong("a number"))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(self.wrong("a list"))
+    }
+}
+
+/// The claims of a token to mint: any YAML mapping, as JSON.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(transparent)]
+pub struct JsonObject(pub serde_json::Map<String, serde_json::Value>);
+
+impl Node for JsonObject {
+    fn read<'de, D: Deserializer<'de>>(d: D, cx: &mut Cx) -> Result<Option<Self>, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Object(m) => Ok(Some(JsonObject(m))),
+            serde_json::Value::Null => Ok(None),
+            other => {
+                let found = match other {
+                    serde_json::Value::Array(_) => "a list",
+                    serde_json::Value::String(_) => "text",
+                    serde_json::Value::Bool(_) => "true or false",
+                    _ => "a number",
+                };
+                cx.wrong("a mapping of claims (name: value lines)", found);
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// A checked cases file.
@@ -163,39 +269,38 @@ pub struct IssuerInfo {
 }
 
 /// Reads and checks a cases file against the config's issuers; every problem located.
-pub fn parse(text: &str, file: &str, issuers: &[IssuerInfo]) -> Result<CasesFile, ConfigError> {
-    let single = |line: usize, column: usize, message: String| ConfigError {
-        file: file.to_owned(),
-        problems: vec![Located {
-            line,
-            column,
-            path: String::new(),
-            message,
-        }],
-    };
-    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
-        let (l, c) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((1, 1));
-        single(l, c, format!("YAML syntax error: {e}"))
-    })?;
-    if value.is_null() {
-        return Err(single(1, 1, "cases file is empty".into()));
-    }
-    let index = PosIndex::build(text);
-    let mut problems = Problems::default();
-    let model: Result<FileModel, _> = serde_path_to_error::deserialize(value);
-    let model = match model {
-        Ok(m) => m,
-        Err(e) => {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            serde_problem(&mut problems, &path, &e.inner().to_string());
-            return Err(locate(file, &index, problems));
+/// `file` names it in problems; `${file:..}` paths are relative to `base`.
+pub fn parse(
+    text: &str,
+    file: &str,
+    base: &Path,
+    issuers: &[IssuerInfo],
+) -> Result<CasesFile, ConfigError> {
+    let mut cx = Cx::new(base, PLACES);
+    let model = match yaml::read::<FileModel>(text, &mut cx) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return Err(ConfigError::at(
+                file,
+                1,
+                1,
+                "",
+                "cases file is empty".into(),
+            ))
+        }
+        Err(stop) => {
+            return Err(ConfigError::at(
+                file,
+                stop.line,
+                stop.column,
+                "",
+                stop.message,
+            ))
         }
     };
-    let mint_issuers = model.mint.map(|m| m.issuers).unwrap_or_default();
+    let mut problems = cx.problems;
+    let index = PosIndex::build(text);
+    let mint_issuers = model.mint.map(|m| m.issuers.to_vec()).unwrap_or_default();
     let names: Vec<&str> = issuers.iter().map(|i| i.name.as_str()).collect();
     for (i, name) in mint_issuers.iter().enumerate() {
         let at = format!("mint.issuers[{i}]");
@@ -211,18 +316,27 @@ pub fn parse(text: &str, file: &str, issuers: &[IssuerInfo]) -> Result<CasesFile
             Some(_) => {}
         }
     }
-    if model.cases.is_empty() {
+    let list = match model.cases {
+        Some(list) => list,
+        None => {
+            problems.missing("", "cases", " (a list of cases)");
+            List::default()
+        }
+    };
+    if list.is_empty() && !problems.has("cases") {
         problems.add("cases", "no cases");
     }
     let mut cases = Vec::new();
-    let mut names: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, c) in model.cases.into_iter().enumerate() {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, c) in list.iter() {
         let at = format!("cases[{i}]");
-        if let Some(first) = names.insert(c.name.clone(), i) {
-            problems.add(
-                format!("{at}.name"),
-                format!("name \"{}\" is also the name of cases[{first}]", c.name),
-            );
+        if let Some(name) = &c.name {
+            if let Some(first) = seen.insert(name.clone(), i) {
+                problems.add(
+                    format!("{at}.name"),
+                    format!("name \"{name}\" is also the name of cases[{first}]"),
+                );
+            }
         }
         if let Some(case) = check_case(c, &at, &mint_issuers, issuers, &mut problems) {
             let line = index.key_pos(&at).map(|p| p.line).unwrap_or(1);
@@ -230,7 +344,11 @@ pub fn parse(text: &str, file: &str, issuers: &[IssuerInfo]) -> Result<CasesFile
         }
     }
     if !problems.is_empty() {
-        return Err(locate(file, &index, problems));
+        return Err(ConfigError {
+            file: file.to_owned(),
+            problems: locate(&index, problems.errors),
+            unreadable: false,
+        });
     }
     Ok(CasesFile {
         mint_issuers,
@@ -239,15 +357,17 @@ pub fn parse(text: &str, file: &str, issuers: &[IssuerInfo]) -> Result<CasesFile
 }
 
 fn check_case(
-    c: CaseModel,
+    c: &CaseModel,
     at: &str,
     minted: &[String],
     issuers: &[IssuerInfo],
     p: &mut Problems,
 ) -> Option<Case> {
-    let before = p.0.len();
-    if c.name.trim().is_empty() {
-        p.add(format!("{at}.name"), "must not be empty");
+    let before = p.errors.len();
+    match c.name.as_deref() {
+        None => p.missing(at, "name", ""),
+        Some(n) if n.trim().is_empty() => p.add(format!("{at}.name"), "must not be empty"),
+        Some(_) => {}
     }
     let method = match c.method.as_deref() {
         None => Method::GET,
@@ -259,14 +379,13 @@ fn check_case(
             }
         },
     };
-    if !c.path.starts_with('/') || c.path.parse::<http::Uri>().is_err() {
-        p.add(
+    match c.path.as_deref() {
+        None => p.missing(at, "path", " (the request path, e.g. /v2/analytics/data)"),
+        Some(path) if !path.starts_with('/') || path.parse::<http::Uri>().is_err() => p.add(
             format!("{at}.path"),
-            format!(
-                "\"{}\" is not a request path like /v2/analytics/data",
-                c.path
-            ),
-        );
+            format!("\"{path}\" is not a request path like /v2/analytics/data"),
+        ),
+        Some(_) => {}
     }
     for (what, v) in [("host", &c.host), ("origin", &c.origin)] {
         if let Some(v) = v {
@@ -284,12 +403,12 @@ fn check_case(
         ) {
             (Ok(n), Ok(v)) => {
                 if n == http::header::AUTHORIZATION {
-                    p.add(path, "give the Bearer token as `token:`, not as a header");
+                    p.at_key(path, "give the Bearer token as `token:`, not as a header");
                 } else {
                     headers.push((n, v));
                 }
             }
-            (Err(_), _) => p.add(path, format!("invalid header name \"{k}\"")),
+            (Err(_), _) => p.at_key(path, format!("invalid header name \"{k}\"")),
             (_, Err(_)) => p.add(path, "not a valid header value"),
         }
     }
@@ -297,73 +416,74 @@ fn check_case(
         .token
         .as_ref()
         .and_then(|t| token_spec(t, &format!("{at}.token"), minted, issuers, p));
-    let expect = check_expect(c.expect, &format!("{at}.expect"), p);
-    (p.0.len() == before).then(|| Case {
-        name: c.name,
+    let expect = match &c.expect {
+        Some(e) => check_expect(e, &format!("{at}.expect"), p),
+        None => {
+            p.missing(
+                at,
+                "expect",
+                " (what the policy must answer, e.g. {status: 200})",
+            );
+            None
+        }
+    };
+    let (Some(expect), true) = (expect, p.errors.len() == before) else {
+        return None;
+    };
+    Some(Case {
+        name: c.name.clone().unwrap_or_default(),
         at: at.to_owned(),
         line: 1,
         token,
         method,
-        path: c.path,
-        host: c.host,
-        origin: c.origin,
+        path: c.path.clone().unwrap_or_default(),
+        host: c.host.clone(),
+        origin: c.origin.clone(),
         headers,
         expect,
     })
 }
 
 fn token_spec(
-    v: &serde_yaml::Value,
+    t: &TokenModel,
     at: &str,
     minted: &[String],
     issuers: &[IssuerInfo],
     p: &mut Problems,
 ) -> Option<TokenSpec> {
-    if let Some(s) = v.as_str() {
-        if s.trim().is_empty() || HeaderValue::from_str(&format!("Bearer {s}")).is_err() {
-            p.add(
-                at,
-                "not a token (leave `token` out for a request without one)",
-            );
-            return None;
-        }
-        return Some(TokenSpec::Literal(s.trim().to_owned()));
-    }
-    let m: MintTokenModel = match serde_path_to_error::deserialize(v.clone()) {
-        Ok(m) => m,
-        Err(e) => {
-            let sub = e.path().to_string();
-            let path = if sub == "." {
-                at.to_owned()
-            } else {
-                format!("{at}.{sub}")
-            };
-            let msg = e.inner().to_string();
-            if msg.starts_with("unknown field") {
-                serde_problem(p, &path, &msg);
-            } else {
-                let msg = msg.split(" at line ").next().unwrap_or(&msg);
+    let m = match t {
+        TokenModel::Literal(s) => {
+            if s.trim().is_empty() || HeaderValue::from_str(&format!("Bearer {s}")).is_err() {
                 p.add(
-                    path,
-                    format!("{msg} (a token is a string, or {{issuer, claims, expires_in}} to mint one)"),
+                    at,
+                    "not a token (leave `token` out for a request without one)",
                 );
+                return None;
             }
-            return None;
+            return Some(TokenSpec::Literal(s.trim().to_owned()));
         }
+        TokenModel::Mint(m) => m,
     };
-    if !issuers.iter().any(|i| i.name == m.issuer) {
+    let Some(issuer) = m.issuer.as_deref() else {
+        p.missing(
+            at,
+            "issuer",
+            " (the issuer to mint the token for, e.g. local)",
+        );
+        return None;
+    };
+    if !issuers.iter().any(|i| i.name == issuer) {
         let names: Vec<&str> = issuers.iter().map(|i| i.name.as_str()).collect();
-        let mut msg = unknown_issuer(&m.issuer, &names);
-        if m.issuer == "local" {
+        let mut msg = unknown_issuer(issuer, &names);
+        if issuer == "local" {
             msg.push_str(" (`local` needs a token_service block)");
         }
         p.add(format!("{at}.issuer"), msg);
-    } else if m.issuer != "local" && !minted.contains(&m.issuer) {
+    } else if issuer != "local" && !minted.iter().any(|m| m == issuer) {
         p.add(
             format!("{at}.issuer"),
             format!(
-                "issuer \"{}\" does not mint in this run: list it under mint.issuers (its keys are then replaced by a test key for this run), or use `local`",
-                m.issuer
+                "issuer \"{issuer}\" does not mint in this run: list it under mint.issuers (its keys are then replaced by a test key for this run), or use `local`"
             ),
         );
     }
@@ -390,32 +510,33 @@ fn token_spec(
             }
         }
     };
-    let mut claims = serde_json::Map::new();
-    for (k, v) in &m.claims {
-        let Some(k) = k.as_str() else {
-            p.add(format!("{at}.claims"), "claim names must be strings");
-            continue;
-        };
-        match serde_json::to_value(v) {
-            Ok(v) => {
-                claims.insert(k.to_owned(), v);
-            }
-            Err(e) => p.add(format!("{at}.claims.{k}"), e.to_string()),
-        }
-    }
     Some(TokenSpec::Mint {
-        issuer: m.issuer,
-        claims,
+        issuer: issuer.to_owned(),
+        claims: m.claims.clone().map(|c| c.0).unwrap_or_default(),
         expires_in,
     })
 }
 
-fn check_expect(e: ExpectModel, at: &str, p: &mut Problems) -> Expect {
-    if !(100..=599).contains(&e.status) {
-        p.add(format!("{at}.status"), "not an HTTP status");
-    }
-    match &e.reason {
-        Some(r) if !DenyReason::ALL.iter().any(|x| x.as_str() == r) => {
+fn check_expect(e: &ExpectModel, at: &str, p: &mut Problems) -> Option<Expect> {
+    let status = match e.status {
+        None => {
+            p.missing(
+                at,
+                "status",
+                " (the HTTP status the policy must answer with)",
+            );
+            None
+        }
+        Some(s) => match u16::try_from(s) {
+            Ok(s) if (100..=599).contains(&s) => Some(s),
+            _ => {
+                p.add(format!("{at}.status"), "not an HTTP status (100-599)");
+                None
+            }
+        },
+    };
+    match (&e.reason, status) {
+        (Some(r), _) if !DenyReason::ALL.iter().any(|x| x.as_str() == r) => {
             let codes: Vec<&str> = DenyReason::ALL.iter().map(|x| x.as_str()).collect();
             let hint = suggest(r, &codes)
                 .map(|h| format!(" (did you mean \"{h}\"?)"))
@@ -425,15 +546,13 @@ fn check_expect(e: ExpectModel, at: &str, p: &mut Problems) -> Expect {
                 format!("unknown reason code \"{r}\"{hint}"),
             );
         }
-        Some(_) => {}
-        None if REASON_REQUIRED.contains(&e.status) && e.error.is_none() => p.add(
+        (None, Some(status)) if REASON_REQUIRED.contains(&status) && e.error.is_none() => p.add(
             format!("{at}.reason"),
             format!(
-                "a {} case must name the reason code it expects (e.g. scope_missing), or the error code of an answer without one",
-                e.status
+                "a {status} case must name the reason code it expects (e.g. scope_missing), or the error code of an answer without one"
             ),
         ),
-        None => {}
+        _ => {}
     }
     if let Some(code) = &e.error {
         if !ERROR_CODES.contains(&code.as_str()) {
@@ -447,42 +566,21 @@ fn check_expect(e: ExpectModel, at: &str, p: &mut Problems) -> Expect {
         }
     }
     let mut headers = Vec::new();
-    for (k, v) in e.headers {
+    for (k, v) in &e.headers {
         match HeaderName::from_bytes(k.as_bytes()) {
-            Ok(n) => headers.push((n, v)),
-            Err(_) => p.add(
+            Ok(n) => headers.push((n, v.clone())),
+            Err(_) => p.at_key(
                 format!("{at}.headers.{k}"),
                 format!("invalid header name \"{k}\""),
             ),
         }
     }
-    Expect {
-        status: e.status,
-        reason: e.reason,
-        error: e.error,
+    Some(Expect {
+        status: status?,
+        reason: e.reason.clone(),
+        error: e.error.clone(),
         headers,
-    }
-}
-
-/// A serde error as a problem: an unknown key is reported at the key, with "did you
-/// mean" from the keys serde expected; anything else at the value.
-fn serde_problem(p: &mut Problems, path: &str, msg: &str) {
-    let msg = msg.split(" at line ").next().unwrap_or(msg);
-    if let Some(rest) = msg.strip_prefix("unknown field `") {
-        let (key, expected) = rest.split_once('`').unwrap_or((rest, ""));
-        let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-        // serde_path_to_error's path already ends at the unknown key.
-        let full = if path.is_empty() {
-            key.to_owned()
-        } else if path == key || path.ends_with(&format!(".{key}")) {
-            path.to_owned()
-        } else {
-            format!("{path}.{key}")
-        };
-        p.unknown_key(full, suggest(key, &candidates));
-        return;
-    }
-    p.add(path, msg);
+    })
 }
 
 fn unknown_issuer(name: &str, known: &[&str]) -> String {
@@ -497,38 +595,6 @@ fn unknown_issuer(name: &str, known: &[&str]) -> String {
             known.join(", ")
         }
     )
-}
-
-/// Problems at key paths -> `file:line:col key.path: message`, in file order.
-fn locate(file: &str, index: &PosIndex, problems: Problems) -> ConfigError {
-    let mut out: Vec<Located> = problems
-        .0
-        .into_iter()
-        .map(
-            |Problem {
-                 path,
-                 message,
-                 at_key,
-             }| {
-                let pos = if at_key {
-                    index.key_pos(&path)
-                } else {
-                    index.value_pos(&path)
-                };
-                Located {
-                    line: pos.map_or(1, |p| p.line),
-                    column: pos.map_or(1, |p| p.col),
-                    path,
-                    message,
-                }
-            },
-        )
-        .collect();
-    out.sort_by_key(|p| (p.line, p.column));
-    ConfigError {
-        file: file.to_owned(),
-        problems: out,
-    }
 }
 
 #[cfg(test)]
@@ -553,7 +619,9 @@ mod tests {
     }
 
     fn problems(text: &str) -> Vec<String> {
-        parse(text, "c.yaml", &issuers()).unwrap_err().lines()
+        parse(text, "c.yaml", Path::new("."), &issuers())
+            .unwrap_err()
+            .lines()
     }
 
     // Behaviour: a good file parses; defaults (GET, 300 s expiry) apply.
@@ -562,6 +630,7 @@ mod tests {
         let f = parse(
             "mint: {issuers: [corp]}\ncases:\n  - name: a\n    path: /x\n    token: {issuer: corp, claims: {sub: u, groups: [a, b]}}\n    expect: {status: 200}\n  - name: b\n    method: POST\n    path: /y?q=1\n    token: abc.def.ghi\n    expect: {status: 403, reason: scope_missing, headers: {vary: Origin, x-gone: null}}\n",
             "c.yaml",
+            Path::new("."),
             &issuers(),
         )
         .unwrap();
@@ -647,5 +716,40 @@ mod tests {
         let text = problems("mint: {issuers: [local]}\ncases:\n  - name: a\n    path: /x\n    token: {issuer: local, claims: {a: 1}, expires_in: soon}\n    expect: {status: 200}\n").join("\n");
         assert!(text.contains("c.yaml:1:18 mint.issuers[0]"), "{text}");
         assert!(text.contains("cases[0].token.expires_in"), "{text}");
+    }
+
+    // Behaviour: one run reports every problem of the file, however many cases have
+    // them: missing keys, values of the wrong kind (a token is never echoed), unknown
+    // keys with the place they belong to.
+    #[test]
+    fn every_problem_in_one_run() {
+        let text = problems(
+            "cases:\n  - name: a\n    expect: {status: 200}\n  - name: b\n    path: /x\n    token: 123456789\n    expect: {status: 200, issuer: local}\n  - name: c\n    path: /x\n    token: {issuer: local, claims: [a]}\n    expect: {reason: scope_missing}\n  - name: d\n    path: /x\n    expect: {status: 200, headers: {x-a: 5}}\n  - 7\n",
+        )
+        .join("\n");
+        for want in [
+            "c.yaml:2:5 cases[0]: missing required key \"path\"",
+            "c.yaml:6:12 cases[1].token: expected a token (text), or {issuer, claims, expires_in} to mint one, found a number",
+            "c.yaml:7:27 cases[1].expect.issuer: unknown key \"issuer\" here (\"issuer\" is a key of cases[].token)",
+            "c.yaml:10:36 cases[2].token.claims: expected a mapping of claims (name: value lines), found a list",
+            "cases[2].expect: missing required key \"status\"",
+            "c.yaml:14:42 cases[3].expect.headers.x-a: expected text, found the number 5",
+            "c.yaml:15:5 cases[4]: expected a mapping (key: value lines), found the number 7",
+        ] {
+            assert!(text.contains(want), "{want}\n---\n{text}");
+        }
+        assert!(!text.contains("123456789"), "{text}");
+    }
+
+    // Behaviour: strings may name environment variables, as in gateway.yaml (a literal
+    // token kept out of the cases file).
+    #[test]
+    fn environment_references() {
+        let text = "cases:\n  - name: a\n    path: /x\n    token: \"${env:TOLLGATE_CASES_TEST_TOKEN}\"\n    expect: {status: 200}\n";
+        let p = problems(text).join("\n");
+        assert!(
+            p.contains("cases[0].token: environment variable TOLLGATE_CASES_TEST_TOKEN is not set"),
+            "{p}"
+        );
     }
 }

@@ -18,8 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{AUTHORIZATION, HOST, ORIGIN};
-use http::{HeaderValue, Request};
+use http::HeaderValue;
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -29,7 +28,7 @@ use super::report::CaseResult;
 use crate::auth::jwks::KeyStore;
 use crate::auth::{now_secs, Issuer, IssuerKind};
 use crate::config::{self, ConfigError, Registry};
-use crate::explain::{decide, Decided};
+use crate::explain::{decide, unwritten_key_note, Explained, Probe};
 use crate::gateway::Gateway;
 use crate::token_service::keys::SigningKey;
 
@@ -80,9 +79,13 @@ pub fn prepare(
 ) -> Result<(Prepared, CasesFile), ConfigError> {
     let registry = Registry::default();
     let mut rt = config::load(config_path, &registry)?;
-    let cases = super::cases::parse(cases_text, cases_file, &issuer_infos(&rt))?;
+    let base = std::path::Path::new(cases_file)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let cases = super::cases::parse(cases_text, cases_file, base, &issuer_infos(&rt))?;
     let mut minters = Vec::new();
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = unwritten_key_note(&rt).into_iter().collect();
     if let Some(ts) = &rt.token_service {
         minters.push((
             "local".to_owned(),
@@ -98,26 +101,17 @@ pub fn prepare(
         let Some(pos) = rt.issuers.iter().position(|i| &*i.name == name) else {
             continue; // reported by parse
         };
-        let key = SigningKey::generate_es256().map_err(|e| ConfigError {
-            file: cases_file.to_owned(),
-            problems: vec![config::Located {
-                line: 1,
-                column: 1,
-                path: "mint".into(),
-                message: e,
-            }],
-        })?;
+        let key = SigningKey::generate_es256()
+            .map_err(|e| ConfigError::at(cases_file, 1, 1, "mint", e))?;
         let key = Arc::new(key);
         let Ok(old) = Arc::try_unwrap(rt.issuers.remove(pos)) else {
-            return Err(ConfigError {
-                file: cases_file.to_owned(),
-                problems: vec![config::Located {
-                    line: 1,
-                    column: 1,
-                    path: "mint.issuers".into(),
-                    message: format!("issuer {name}: its keys cannot be replaced"),
-                }],
-            });
+            return Err(ConfigError::at(
+                cases_file,
+                1,
+                1,
+                "mint.issuers",
+                format!("issuer {name}: its keys cannot be replaced"),
+            ));
         };
         let store = Arc::new(KeyStore::with_static_keys(
             old.name.clone(),
@@ -191,60 +185,53 @@ impl Prepared {
             trace: Vec::new(),
             seconds: 0.0,
         };
-        let req = match self.request(case) {
-            Ok(r) => r,
+        let token = match self.token(case) {
+            Ok(t) => t,
             Err(e) => {
                 result.got = "no request".into();
                 result.mismatches.push(e);
                 return result;
             }
         };
-        let decided = decide(&self.gw, req).await;
+        let probe = Probe {
+            token: token.as_deref(),
+            cookie: None,
+            method: Some(&case.method),
+            url_path: &case.path,
+            host: case.host.as_deref(),
+            origin: case.origin.as_deref(),
+            access_control_request_method: None,
+            headers: &case.headers,
+        };
+        let decided = decide(&self.gw, &probe).await;
         result.seconds = started.elapsed().as_secs_f64();
         result.got = describe(&decided);
         result.mismatches = compare(case, &decided);
-        result.trace = decided.lines.clone();
-        result.trace.push(format!("result: {}", result.got));
+        result.trace = decided.lines;
         result
     }
 
-    fn request(&self, case: &Case) -> Result<Request<http_body_util::Empty<bytes::Bytes>>, String> {
-        let mut b = Request::builder()
-            .method(case.method.clone())
-            .uri(case.path.as_str());
-        if let Some(h) = &case.host {
-            b = b.header(HOST, h.as_str());
-        }
-        if let Some(o) = &case.origin {
-            b = b.header(ORIGIN, o.as_str());
-        }
-        for (n, v) in &case.headers {
-            b = b.header(n, v);
-        }
+    /// The case's Bearer token: as written, or minted now.
+    fn token(&self, case: &Case) -> Result<Option<String>, String> {
         let token = match &case.token {
-            None => None,
-            Some(TokenSpec::Literal(t)) => Some(t.clone()),
+            None => return Ok(None),
+            Some(TokenSpec::Literal(t)) => t.clone(),
             Some(TokenSpec::Mint {
                 issuer,
                 claims,
                 expires_in,
-            }) => Some(self.mint(issuer, claims, *expires_in)?),
+            }) => self.mint(issuer, claims, *expires_in)?,
         };
-        if let Some(t) = token {
-            let mut v = HeaderValue::from_str(&format!("Bearer {t}"))
-                .map_err(|_| "the token is not a valid header value".to_owned())?;
-            v.set_sensitive(true);
-            b = b.header(AUTHORIZATION, v);
-        }
-        b.body(http_body_util::Empty::new())
-            .map_err(|e| format!("cannot build the request: {e}"))
+        HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "the token is not a valid header value".to_owned())?;
+        Ok(Some(token))
     }
 }
 
 /// `403 access_denied, reason client_not_allowed: client "x" is not allowed on this
 /// route`, `200, forwarded to upstream bi`, `204, answered by tollgate`.
-fn describe(d: &Decided) -> String {
-    let status = d.response.status().as_u16();
+fn describe(d: &Explained) -> String {
+    let status = d.status.as_u16();
     match &d.refused {
         Some(e) => format!(
             "{status} {}{}: {e}",
@@ -258,10 +245,10 @@ fn describe(d: &Decided) -> String {
     }
 }
 
-fn compare(case: &Case, d: &Decided) -> Vec<String> {
+fn compare(case: &Case, d: &Explained) -> Vec<String> {
     let mut out = Vec::new();
     let e = &case.expect;
-    let status = d.response.status().as_u16();
+    let status = d.status.as_u16();
     if status != e.status {
         out.push(format!("expected status {}, got {}", e.status, describe(d)));
     }
@@ -289,8 +276,7 @@ fn compare(case: &Case, d: &Decided) -> Vec<String> {
     }
     for (name, want) in &e.headers {
         let got = d
-            .response
-            .headers()
+            .headers
             .get(name)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         match (want, got) {

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use crate::cli::bin;
 use crate::common::*;
 
-/// The shipped gateway.yaml and its cases, copied into a temporary folder (loading the
-/// config creates its signing key file next to it; the checkout stays untouched).
+/// The shipped gateway.yaml and its cases, copied into a temporary folder (whose
+/// listing then shows that `tollgate test` writes nothing there).
 fn shipped() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -63,12 +63,29 @@ fn junit_counts(xml: &str) -> (usize, usize, Vec<(String, Option<String>)>) {
 #[test]
 fn shipped_cases_pass() {
     let (dir, config, cases) = shipped();
-    let junit = dir.path().join("junit.xml");
+    let out_dir = tempfile::tempdir().unwrap();
+    let junit = out_dir.path().join("junit.xml");
     let out = run_test(&config, &cases, &["--junit", junit.to_str().unwrap()]);
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&cases).unwrap()).unwrap();
-    let n = doc["cases"].as_sequence().unwrap().len();
+    // gateway.yaml asks for its signing key to be created: only `tollgate run` does.
+    let mut listing: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    listing.sort();
+    assert_eq!(
+        listing,
+        ["gateway.cases.yaml", "gateway.yaml"],
+        "tollgate test wrote"
+    );
+    assert!(
+        out.stderr.contains("signing_key does not exist yet"),
+        "{}",
+        out.stderr
+    );
+    let doc: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(&cases).unwrap()).unwrap();
+    let n = doc["cases"].as_array().unwrap().len();
     assert!(n >= 20, "{n}");
     assert_eq!(
         out.stdout
