@@ -28,3 +28,11 @@ for dir in tests/e2e/oidc tests/e2e/browser; do
 done
 
 cargo test --locked "$@"
+
+# The shipped gateway.yaml's policy tests (tests/policy/gateway.cases.yaml) through the
+# real binary; it writes nothing but the JUnit XML for the CI's test report, to
+# $POLICY_JUNIT when set.
+policy_dir=$(mktemp -d)
+trap 'rm -rf "$policy_dir"' EXIT
+cargo run --locked -q -- test --config gateway.yaml tests/policy/gateway.cases.yaml \
+  --junit "${POLICY_JUNIT:-$policy_dir/junit.xml}"

@@ -46,10 +46,13 @@ pub enum DenyReason {
     /// A browser session cookie that cannot be opened, has expired, or could not be
     /// refreshed.
     SessionInvalid,
+    /// A claim required by the route's or the permission's `claims` is missing or has
+    /// none of the allowed values (403 access_denied, naming the claim).
+    ClaimMismatch,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 16] = [
+    pub const ALL: [DenyReason; 17] = [
         DenyReason::TokenMissing,
         DenyReason::TokenMalformed,
         DenyReason::SignatureInvalid,
@@ -66,6 +69,7 @@ impl DenyReason {
         DenyReason::EndpointNotAllowed,
         DenyReason::RateLimited,
         DenyReason::SessionInvalid,
+        DenyReason::ClaimMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +90,7 @@ impl DenyReason {
             DenyReason::EndpointNotAllowed => "endpoint_not_allowed",
             DenyReason::RateLimited => "rate_limited",
             DenyReason::SessionInvalid => "session_invalid",
+            DenyReason::ClaimMismatch => "claim_mismatch",
         }
     }
 }

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::{ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION, COOKIE, HOST, ORIGIN};
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use tower::{Layer, ServiceExt};
 
 use crate::auth::IssuerKind;
 use crate::body::{empty, Body};
-use crate::config::ConfigError;
+use crate::config::{self, ConfigError, Registry};
 use crate::conn::ConnInfo;
 use crate::decision::{self, Trace};
 use crate::error::{GatewayError, Rejection, RescueLayer};
@@ -25,9 +25,22 @@ use crate::gateway::Gateway;
 use crate::route::layer::Routed;
 use crate::service::Outcome;
 
+/// What the policy decided for one request.
 pub struct Explained {
+    /// The decision trace: the request, every gate's note, the result.
     pub lines: Vec<String>,
+    /// Forwarded upstream, or answered by tollgate itself with a 2xx.
     pub allowed: bool,
+    /// The status tollgate would answer with (200 when the request would be forwarded;
+    /// the upstream's own answer is not known).
+    pub status: StatusCode,
+    /// The response headers tollgate would add (CORS, `WWW-Authenticate`, `RateLimit`,
+    /// ...), on a refusal as on an answer of its own or a forwarded request.
+    pub headers: HeaderMap,
+    /// The refusal behind a denial (its SPEC `error` code and reason code).
+    pub refused: Option<Arc<GatewayError>>,
+    /// The request passed every gate and would be forwarded upstream.
+    pub forwarded: bool,
 }
 
 /// Fact: the request got through every gate and would be forwarded.
@@ -83,6 +96,9 @@ pub struct Probe<'a> {
     pub origin: Option<&'a str>,
     /// `Access-Control-Request-Method`, for a preflight (`OPTIONS` with an origin).
     pub access_control_request_method: Option<&'a str>,
+    /// Any other request headers (`tollgate test` cases' `headers:`), added after the
+    /// ones above.
+    pub headers: &'a [(HeaderName, HeaderValue)],
 }
 
 pub async fn explain(
@@ -117,15 +133,21 @@ pub async fn explain_with_cookie(
     explain_probe(config_path, &probe).await
 }
 
-/// Loads the config at `config_path`, fetches the issuers' keys like the server does,
-/// and decides `probe` (see [`decide`]).
+/// Loads the config at `config_path` (writing nothing: a signing key that
+/// `create_signing_key` would create stays in memory), fetches the issuers' keys like
+/// the server does, and decides `probe` (see [`decide`]).
 pub async fn explain_probe(
     config_path: &std::path::Path,
     probe: &Probe<'_>,
 ) -> Result<Explained, ConfigError> {
-    let gw = Gateway::load(config_path.to_path_buf())?;
+    let registry = Registry::default();
+    let rt = config::load(config_path, &registry)?;
+    let gw = Gateway::with_runtime(config_path.to_path_buf(), registry, rt);
     let rt = gw.current();
     let mut out = Vec::new();
+    if let Some(note) = unwritten_key_note(&rt) {
+        out.push(format!("note: {note}"));
+    }
     // Keys are fetched like the server fetches them, before the request is decided.
     for i in &rt.issuers {
         if let IssuerKind::Jwt(store) = &i.kind {
@@ -150,9 +172,15 @@ pub async fn explain_probe(
     let first = decided.lines.remove(0);
     out.insert(0, first);
     out.append(&mut decided.lines);
-    Ok(Explained {
-        lines: out,
-        allowed: decided.allowed,
+    decided.lines = out;
+    Ok(decided)
+}
+
+/// A note when the token service's `signing_key` is a file `tollgate run` would create
+/// (`create_signing_key`): this run signs and verifies with a key in memory instead.
+pub fn unwritten_key_note(rt: &crate::runtime::Runtime) -> Option<String> {
+    rt.create_key_file.as_ref().map(|_| {
+        "token_service.signing_key does not exist yet (create_signing_key): this run uses a key in memory and writes nothing; `tollgate run` creates the file".to_owned()
     })
 }
 
@@ -181,6 +209,10 @@ pub async fn decide(gw: &Arc<Gateway>, probe: &Probe<'_>) -> Explained {
             return Explained {
                 lines: out,
                 allowed: false,
+                status: e.status(),
+                headers: HeaderMap::new(),
+                refused: Some(Arc::new(e)),
+                forwarded: false,
             };
         }
     };
@@ -195,12 +227,13 @@ pub async fn decide(gw: &Arc<Gateway>, probe: &Probe<'_>) -> Explained {
     let Ok(resp) = svc.oneshot(req).await;
     out.extend(trace.lines());
     let refused = resp.extensions().get::<Arc<GatewayError>>().cloned();
-    let allowed = match refused {
+    let forwarded = resp.extensions().get::<Forwarded>().is_some();
+    let allowed = match &refused {
         Some(e) => {
-            out.push(deny_line(&e));
+            out.push(deny_line(e));
             false
         }
-        None if resp.extensions().get::<Forwarded>().is_some() => {
+        None if forwarded => {
             out.push("result: ALLOW".into());
             true
         }
@@ -222,9 +255,14 @@ pub async fn decide(gw: &Arc<Gateway>, probe: &Probe<'_>) -> Explained {
             resp.status().is_success()
         }
     };
+    let (parts, _) = resp.into_parts();
     Explained {
         lines: out,
         allowed,
+        status: parts.status,
+        headers: parts.headers,
+        refused,
+        forwarded,
     }
 }
 
@@ -257,6 +295,9 @@ fn build_request(
         let mut v = HeaderValue::from_str(c).map_err(|_| bad("cookie"))?;
         v.set_sensitive(true);
         b = b.header(COOKIE, v);
+    }
+    for (name, value) in probe.headers {
+        b = b.header(name, value);
     }
     b.body(http_body_util::Empty::new())
         .map_err(|_| bad("request path"))

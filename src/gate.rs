@@ -283,8 +283,14 @@ where
 }
 
 fn describe_rule(gate: &Gate<'_>) -> String {
+    let claims = if gate.rule.claims.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = gate.rule.claims.iter().map(|c| &*c.name).collect();
+        format!(", claims required [{}]", names.join(", "))
+    };
     format!(
-        "auth: issuers [{}], scopes required [{}], clients {}",
+        "auth: issuers [{}], scopes required [{}], clients {}{claims}",
         gate.accepted()
             .map(|i| &*i.name)
             .collect::<Vec<_>>()
@@ -312,6 +318,11 @@ fn note_decision<B>(req: &Request<B>, gate: &Gate<'_>, d: &Decision) {
             )
         });
         decision::note(req, || format!("scopes granted: [{}]", id.scopes.join(" ")));
+        // The claims gate with the values (explain and test traces only; refusals and
+        // logs name the claim alone).
+        for line in crate::claims::describe(&gate.rule.claims, &id.claims.0) {
+            decision::note(req, || format!("route {line}"));
+        }
     }
     let entry = d
         .permission
@@ -330,6 +341,11 @@ fn note_decision<B>(req: &Request<B>, gate: &Gate<'_>, d: &Decision) {
         ),
         (Some(_), None) => "permission: no entry matches this path".into(),
     });
+    if let (Some(p), Some(id)) = (entry, &d.identity) {
+        for line in crate::claims::describe(&p.claims, &id.claims.0) {
+            decision::note(req, || format!("permission {line}"));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -87,6 +87,14 @@ impl Gateway {
         let mut rt = config::load(&path, &registry)?;
         rt.create_files()
             .map_err(|(key, e)| ConfigError::at_key_of(&path, key, e))?;
+        Ok(Gateway::with_runtime(path, registry, rt))
+    }
+
+    /// A gateway serving `rt`, a runtime the caller loaded from `path` with `registry`,
+    /// without writing anything (`tollgate explain` and `tollgate test`: a signing key
+    /// that `create_signing_key` would create stays in memory; `tollgate test` also
+    /// swaps chosen issuers' keys for a test key first).
+    pub fn with_runtime(path: PathBuf, registry: Registry, mut rt: Runtime) -> Arc<Gateway> {
         rt.version = 1;
         let rt_hash = config::inputs_hash(&rt.hash, &rt.files);
         let status = ReloadStatus {
@@ -95,7 +103,7 @@ impl Gateway {
             loaded_at: Some(rfc3339(rt.loaded_at)),
             ..Default::default()
         };
-        Ok(Arc::new(Gateway {
+        Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(rt),
             config_path: path,
             registry,
@@ -110,7 +118,7 @@ impl Gateway {
             last_attempt_hash: Mutex::new(rt_hash),
             next_version: AtomicU64::new(2),
             reload_lock: tokio::sync::Mutex::new(()),
-        }))
+        })
     }
 
     pub fn current(&self) -> Arc<Runtime> {

@@ -6,6 +6,8 @@ use std::sync::{Arc, OnceLock};
 
 use http::header::{HeaderName, HeaderValue};
 
+use crate::claims::TokenClaims;
+
 /// Who the token says the caller is, after verification.
 #[derive(Debug, Clone, Default)]
 pub struct Identity {
@@ -16,6 +18,9 @@ pub struct Identity {
     pub scopes: Vec<String>,
     /// Unix seconds; 0 when the token had no expiry (introspection without `exp`).
     pub expires_at: u64,
+    /// Every claim of the verified token (JWT payload or introspection response), for
+    /// the `claims` gate; `Debug` shows the names only.
+    pub claims: TokenClaims,
     /// The `X-Auth-*` headers sent upstream, built once per verified token (the
     /// identity is cached with it) rather than on every request.
     pub forward_headers: OnceLock<Vec<(HeaderName, HeaderValue)>>,

@@ -1,5 +1,5 @@
-//! The `tollgate` command: run | validate | explain | hash-secret | healthcheck | init |
-//! completions | man.
+//! The `tollgate` command: run | validate | explain | test | hash-secret | healthcheck |
+//! init | completions | man.
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, IsTerminal, Read};
@@ -90,6 +90,19 @@ enum Command {
         /// The request path, e.g. /v2/analytics/data
         url_path: String,
     },
+    /// Run policy test cases through the config's policy (nothing is sent upstream);
+    /// exit 0 when every case passes, 1 on any mismatch, 2 when the cases file or the
+    /// config has problems.
+    Test {
+        /// The cases file, e.g. tests/policy/gateway.cases.yaml (README "Policy tests").
+        cases: PathBuf,
+        /// What to print on stdout.
+        #[arg(long, value_enum, default_value = "text")]
+        format: TestFormat,
+        /// Also write the results as JUnit XML to this file (for CI test reports).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+    },
     /// Read a client secret on stdin, print an argon2id hash for `secret_hash`.
     HashSecret,
     /// GET /healthz on a running tollgate's admin listener; exit 0 on a 2xx answer, 1
@@ -129,6 +142,14 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TestFormat {
+    /// One line per case; failures with the decision trace.
+    Text,
+    /// JUnit XML.
+    Junit,
 }
 
 fn main() -> ExitCode {
@@ -178,9 +199,15 @@ fn main() -> ExitCode {
                 host: host.as_deref(),
                 origin: origin.as_deref(),
                 access_control_request_method: preflight.as_deref(),
+                headers: &[],
             };
             explain(&cli.config, &probe)
         }
+        Command::Test {
+            cases,
+            format,
+            junit,
+        } => policy_test(&cli.config, &cases, format, junit.as_deref()),
         Command::HashSecret => hash_secret(),
         Command::Healthcheck {
             url,
@@ -436,6 +463,77 @@ fn explain(config: &std::path::Path, probe: &tollgate::explain::Probe<'_>) -> Ex
             }
             ExitCode::from(2)
         }
+    }
+}
+
+fn policy_test(
+    config: &Path,
+    cases: &Path,
+    format: TestFormat,
+    junit_file: Option<&Path>,
+) -> ExitCode {
+    use tollgate::policy_test::{report, run};
+    let _log_guard = logging::init(LogFormat::Text);
+    let file = cases.display().to_string();
+    let text = match std::fs::read_to_string(cases) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{file}:1:1: cannot read cases file: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (prepared, cases) = match run::prepare(config, &text, &file) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "tollgate test: {} has {} problem(s):",
+                e.file,
+                e.problems.len()
+            );
+            for line in e.lines() {
+                eprintln!("{line}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    for n in &prepared.notes {
+        eprintln!("note: {n}");
+    }
+    let results = runtime().block_on(async {
+        let mut out = Vec::with_capacity(cases.cases.len());
+        for c in &cases.cases {
+            out.push(prepared.run(c).await);
+        }
+        out
+    });
+    let xml = match (format, junit_file) {
+        (TestFormat::Text, None) => None,
+        _ => match report::junit(&file, &results) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                eprintln!("tollgate test: cannot write JUnit XML: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match format {
+        TestFormat::Text => print!("{}", report::text(&file, &results)),
+        TestFormat::Junit => {
+            print!("{}", xml.as_deref().unwrap_or_default());
+            let failed = results.iter().filter(|r| !r.passed()).count();
+            eprintln!("{file}: {} passed, {failed} failed", results.len() - failed);
+        }
+    }
+    if let (Some(path), Some(xml)) = (junit_file, &xml) {
+        if let Err(e) = std::fs::write(path, xml) {
+            eprintln!("tollgate test: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    if results.iter().all(|r| r.passed()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

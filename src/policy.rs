@@ -2,8 +2,8 @@
 //!
 //! Given a verified [`Identity`], a route's `auth` rule and its optional `permissions`,
 //! decide allow or deny — and say which gate said no, with SPEC's reason code. The
-//! gates run in a fixed order: trusted client, route scopes, endpoint, method, endpoint
-//! scopes. Everything is matched on the normalised path; whatever no permission entry
+//! gates run in a fixed order: trusted client, route scopes, route claims, endpoint,
+//! method, endpoint scopes, endpoint claims ([`crate::claims`]). Everything is matched on the normalised path; whatever no permission entry
 //! allows is denied.
 
 use std::collections::HashMap;
@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use http::Method;
 
+use crate::claims::{self, ClaimRule};
 use crate::error::{DenyReason, GatewayError};
 pub use crate::identity::Identity;
 
@@ -30,6 +31,8 @@ pub struct AuthRule {
     pub issuers: Vec<usize>,
     pub scopes: Vec<String>,
     pub clients: Option<Vec<String>>,
+    /// `claims`: every one required (empty: none).
+    pub claims: Vec<ClaimRule>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +57,8 @@ pub struct Permission {
     /// None: any method (`methods: ["*"]`).
     pub methods: Option<Vec<Method>>,
     pub scopes: Vec<String>,
+    /// `claims` this endpoint requires besides the route's.
+    pub claims: Vec<ClaimRule>,
 }
 
 /// A literal permission segment in the form request paths are compared in. Made only
@@ -116,7 +121,14 @@ impl Permission {
             rest,
             methods,
             scopes,
+            claims: Vec::new(),
         })
+    }
+
+    /// This entry with `claims` required.
+    pub fn with_claims(mut self, claims: Vec<ClaimRule>) -> Self {
+        self.claims = claims;
+        self
     }
 
     fn matches(&self, segs: &[&str]) -> bool {
@@ -244,13 +256,21 @@ pub fn authorize<'a>(
             result: Err(err),
         };
     }
+    // Gate 3: the route's claims, every one required.
+    if let Some(err) = claim_mismatch(&rule.claims, id) {
+        return Verdict {
+            permission: None,
+            result: Err(err),
+        };
+    }
     let Some(perms) = permissions else {
         return Verdict {
             permission: None,
             result: Ok(()),
         };
     };
-    // Gates 3-5: endpoint, method, endpoint scopes.
+    // Gates 4-7: endpoint, method, endpoint scopes, endpoint claims. The first entry
+    // that allows the request decides; otherwise the first that came close explains.
     let mut path_matched: Option<&Permission> = None;
     let mut scope_short: Option<(&Permission, GatewayError)> = None;
     for p in perms.matching(path) {
@@ -258,7 +278,9 @@ pub fn authorize<'a>(
         if !p.allows_method(method) {
             continue;
         }
-        match missing_scopes(&rule.scopes, &p.scopes, id) {
+        let short =
+            missing_scopes(&rule.scopes, &p.scopes, id).or_else(|| claim_mismatch(&p.claims, id));
+        match short {
             None => {
                 return Verdict {
                     permission: Some(p),
@@ -292,6 +314,19 @@ pub fn authorize<'a>(
             }),
         },
     }
+}
+
+/// `claim_mismatch` naming the claim (never its values), if `rules` are not met.
+fn claim_mismatch(rules: &[ClaimRule], id: &Identity) -> Option<GatewayError> {
+    if rules.is_empty() {
+        return None;
+    }
+    claims::check(rules, &id.claims.0)
+        .err()
+        .map(|m| GatewayError::AccessDenied {
+            reason: DenyReason::ClaimMismatch,
+            description: m.to_string(),
+        })
 }
 
 fn missing_scopes(route: &[String], extra: &[String], id: &Identity) -> Option<GatewayError> {
@@ -336,6 +371,7 @@ mod tests {
             issuers: vec![0],
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             clients: clients.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            claims: Vec::new(),
         }
     }
 
@@ -445,6 +481,64 @@ mod tests {
             &id("c", &["analytics.read.all", "analytics"]),
         );
         assert_eq!(reason(&v), Some(DenyReason::ScopeMissing));
+    }
+
+    // Behaviour: route claims are checked after the route's scopes; a permission's
+    // claims after its scopes; a miss is claim_mismatch naming the claim only.
+    #[test]
+    fn claims_gates() {
+        let claim = |n: &str, v: &str| ClaimRule {
+            name: n.into(),
+            values: vec![v.into()],
+        };
+        let mut r = rule(&["analytics.read"], None);
+        r.claims = vec![claim("groups", "bi-admins")];
+        let p = Permissions::new(vec![Permission::new("/x", None, vec![])
+            .unwrap()
+            .with_claims(vec![claim("dept", "finance")])]);
+        let with = |scopes: &[&str], c: serde_json::Value| Identity {
+            claims: crate::claims::TokenClaims(std::sync::Arc::new(c.as_object().unwrap().clone())),
+            ..id("c", scopes)
+        };
+        let ok = with(
+            &["analytics.read"],
+            serde_json::json!({"groups": ["bi-admins"], "dept": "finance"}),
+        );
+        assert!(authorize(&r, Some(&p), &Method::GET, "/x", &ok)
+            .result
+            .is_ok());
+        let no_scope = with(&[], serde_json::json!({}));
+        let v = authorize(&r, Some(&p), &Method::GET, "/x", &no_scope);
+        assert_eq!(reason(&v), Some(DenyReason::ScopeMissing));
+        let v = authorize(
+            &r,
+            Some(&p),
+            &Method::GET,
+            "/x",
+            &with(
+                &["analytics.read"],
+                serde_json::json!({"groups": ["other"]}),
+            ),
+        );
+        assert_eq!(reason(&v), Some(DenyReason::ClaimMismatch));
+        assert!(v.permission.is_none());
+        let v = authorize(
+            &r,
+            Some(&p),
+            &Method::GET,
+            "/x",
+            &with(
+                &["analytics.read"],
+                serde_json::json!({"groups": "bi-admins", "dept": "sales"}),
+            ),
+        );
+        assert_eq!(reason(&v), Some(DenyReason::ClaimMismatch));
+        assert_eq!(v.permission.map(|p| &*p.path), Some("/x"));
+        let text = v.result.unwrap_err().to_string();
+        assert!(
+            text.contains("\"dept\"") && !text.contains("sales"),
+            "{text}"
+        );
     }
 
     #[test]

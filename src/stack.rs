@@ -22,7 +22,7 @@
 //!     redirect to sign in, callback, logout ............ `session`
 //!  6. `body_credentials` rewrite ........................ `credentials::body`
 //!  7. authenticate the Bearer token, and
-//!  8. authorise: clients, scopes, permissions ........... `gate` (`auth`, `policy`)
+//!  8. authorise: clients, scopes, claims, permissions ... `gate` (`auth`, `policy`, `claims`)
 //!     rate limits and quotas (429 / 503) ................ `ratelimit`
 //!  9. upstream credentials .............................. `credentials`
 //!     strip_cookies; the upstream's session (X-CSRF-Token) `upstream_session`

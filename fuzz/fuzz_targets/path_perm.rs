@@ -78,6 +78,7 @@ fn fixture() -> &'static Fixture {
                 issuers: vec![0],
                 scopes: vec!["analytics.read".into()],
                 clients: None,
+                claims: Vec::new(),
             },
             perms: Permissions::new(entries),
             id: Identity {

@@ -480,6 +480,7 @@ pub fn check_claims(
         client_id,
         scopes,
         expires_at: exp.unwrap_or(0).max(0) as u64,
+        claims: crate::claims::TokenClaims(Arc::new(claims.clone())),
         ..Identity::default()
     };
     Ok((identity, exp.map(|e| e.saturating_add(leeway))))

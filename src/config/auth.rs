@@ -1,5 +1,5 @@
 //! The Bearer rule block shared by `routes[].auth` and `server.admin_auth`: which
-//! issuers, scopes and clients a token must match (model, checks, compile to
+//! issuers, scopes, clients and claims a token must match (model, checks, compile to
 //! [`AuthRule`], which `policy.rs` applies to every request of the route).
 
 use std::fmt;
@@ -7,6 +7,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 
+use super::claims::{self, ClaimsModel};
 use super::refs::Refs;
 use super::validate::{self as v, At, Problems};
 use super::yaml::{read_section, section, Cx, List, Node};
@@ -20,6 +21,8 @@ section! {
         "clients" => pub clients: Option<List<String>>,
         /// Accept a browser session (`login:`) as well as a Bearer token (routes only).
         "login" => pub login: Option<bool>,
+        /// Claim values the token must carry (`claims.rs`).
+        "claims" => pub claims: Option<ClaimsModel>,
     }
 }
 
@@ -123,10 +126,12 @@ pub fn compile(b: &AuthBlockModel, refs: &Refs, path: At, p: &mut Problems) -> A
         }
         c.to_vec()
     });
+    let claims = claims::compile(b.claims.as_ref(), path.key("claims"), p);
     AuthRule {
         issuers,
         scopes,
         clients,
+        claims,
     }
 }
 

@@ -13,6 +13,7 @@
 //! ([`Runtime::create_key_file`]).
 
 mod auth;
+mod claims;
 pub mod compile;
 mod cors;
 mod issuers;
@@ -328,7 +329,7 @@ fn redacted(model: ConfigModel) -> crate::runtime::RedactedConfig {
 }
 
 /// Problems in file order, each once.
-fn locate(index: &PosIndex, problems: Vec<Problem>) -> Vec<Located> {
+pub(crate) fn locate(index: &PosIndex, problems: Vec<Problem>) -> Vec<Located> {
     let mut out: Vec<Located> = problems
         .into_iter()
         .map(|p| {

@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use super::claims::ClaimsModel;
 use super::refs::Refs;
 use super::validate::{self as v, At, Problems};
 use super::yaml::{section, List};
@@ -42,6 +43,8 @@ section! {
         "path" => pub path: Option<String>,
         "methods" => pub methods: Option<List<String>>,
         "scopes" => pub scopes: List<String>,
+        /// Claim values this endpoint requires besides the route's (`claims.rs`).
+        "claims" => pub claims: Option<ClaimsModel>,
     }
 }
 
@@ -257,8 +260,9 @@ fn permissions(
                 ),
             );
         }
+        let claims = super::claims::compile(pm.claims.as_ref(), ppath.key("claims"), p);
         match Permission::new(ppath_s, methods, pm.scopes.to_vec()) {
-            Ok(e) => entries.push(e),
+            Ok(e) => entries.push(e.with_claims(claims)),
             Err(e) => p.add(ppath.key("path").to_string(), e),
         }
     }

@@ -481,6 +481,7 @@ fn man_pages_render() {
         "run",
         "validate",
         "explain",
+        "test",
         "healthcheck",
         "init",
         "completions",
@@ -510,6 +511,7 @@ fn man_pages_render() {
             "tollgate-init.1",
             "tollgate-man.1",
             "tollgate-run.1",
+            "tollgate-test.1",
             "tollgate-validate.1",
             "tollgate.1"
         ]
@@ -852,7 +854,7 @@ fn run_names_the_address_it_cannot_listen_on() {
     drop(taken);
 }
 
-// Behaviour: validate never writes; the signing key asked for with create_signing_key
+// Behaviour: validate and explain never write; the signing key asked for with create_signing_key
 // is written by run only (owner-readable), and the tokens it signs verify with it.
 #[tokio::test]
 async fn only_run_creates_the_signing_key() {
@@ -883,6 +885,23 @@ async fn only_run_creates_the_signing_key() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(before, after, "validate wrote something");
+    // Neither does explain: it signs and verifies with a key in memory, and says so.
+    let out = bin()
+        .args(["explain", "--config"])
+        .arg(&p)
+        .arg("/nowhere")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("note: token_service.signing_key does not exist yet"),
+        "{stdout}"
+    );
+    let after: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after, "explain wrote something");
 
     let b = spawn_binary(&p, &["run"]);
     let key = dir.path().join("keys/signing.pem");

@@ -318,6 +318,7 @@ fn tollgate_verdict(c: &Case, raw_path: &str) -> Result<(), DenyReason> {
         issuers: vec![0],
         scopes: strings(&c.route_scopes),
         clients: c.clients.as_deref().map(strings),
+        claims: Vec::new(),
     };
     let perms = c.rules.as_ref().map(|rules| {
         Permissions::new(
