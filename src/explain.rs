@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{AUTHORIZATION, COOKIE, HOST};
+use http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN};
 use http::{HeaderValue, Method, Request, Response};
 use tower::{Layer, ServiceExt};
 
@@ -28,6 +28,11 @@ use crate::service::Outcome;
 pub struct Explained {
     pub lines: Vec<String>,
     pub allowed: bool,
+    /// The refusal's status (200 when it would be forwarded).
+    pub status: u16,
+    /// The step that refused (see `GatewayError::gate`), and the reason code.
+    pub gate: Option<&'static str>,
+    pub reason: Option<&'static str>,
 }
 
 /// Fact: the request got through every gate and would be forwarded.
@@ -112,14 +117,52 @@ pub async fn explain_with_cookie(
             }
         }
     }
-    let req = match build_request(token, cookie, method, url_path, host) {
+    let mut x = run(&gw, token, cookie, None, method, url_path, host).await;
+    out.append(&mut x.lines);
+    x.lines = out;
+    Ok(x)
+}
+
+/// [`explain`] on a running gateway (the admin API's explain form): its config, its
+/// keys as fetched, its caches; with an `Origin` for the CORS step. Nothing is sent
+/// upstream and no rate limit is counted (limits are peeked under a trace).
+pub async fn explain_live(
+    gw: &Arc<Gateway>,
+    token: Option<&str>,
+    method: &Method,
+    url_path: &str,
+    host: Option<&str>,
+    origin: Option<&str>,
+) -> Explained {
+    let mut x = run(gw, token, None, origin, method, url_path, host).await;
+    let rt = gw.current();
+    x.lines.insert(
+        0,
+        format!(
+            "request: {method} {url_path}{}{} (config version {})",
+            host.map(|h| format!(" (Host {h})")).unwrap_or_default(),
+            origin.map(|o| format!(" (Origin {o})")).unwrap_or_default(),
+            rt.version
+        ),
+    );
+    x
+}
+
+async fn run(
+    gw: &Arc<Gateway>,
+    token: Option<&str>,
+    cookie: Option<&str>,
+    origin: Option<&str>,
+    method: &Method,
+    url_path: &str,
+    host: Option<&str>,
+) -> Explained {
+    let mut out = Vec::new();
+    let req = match build_request(token, cookie, origin, method, url_path, host) {
         Ok(r) => r,
         Err(e) => {
             out.push(deny_line(&e));
-            return Ok(Explained {
-                lines: out,
-                allowed: false,
-            });
+            return refused(out, &e);
         }
     };
     let trace = Trace::default();
@@ -129,36 +172,52 @@ pub async fn explain_with_cookie(
         SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         false,
     )));
-    let svc = RescueLayer.layer(crate::stack::policy(&gw, Recorder));
+    let svc = RescueLayer.layer(crate::stack::policy(gw, Recorder));
     let Ok(resp) = svc.oneshot(req).await;
     out.extend(trace.lines());
-    let refused = resp.extensions().get::<Arc<GatewayError>>().cloned();
-    let allowed = match refused {
+    let status = resp.status().as_u16();
+    match resp.extensions().get::<Arc<GatewayError>>().cloned() {
         Some(e) => {
             out.push(deny_line(&e));
-            false
+            refused(out, &e)
         }
         None if resp.extensions().get::<Forwarded>().is_some() => {
             out.push("result: ALLOW".into());
-            true
+            Explained {
+                lines: out,
+                allowed: true,
+                status: 200,
+                gate: None,
+                reason: None,
+            }
         }
         None => {
-            out.push(format!(
-                "result: answered by tollgate itself with {}",
-                resp.status().as_u16()
-            ));
-            resp.status().is_success()
+            out.push(format!("result: answered by tollgate itself with {status}"));
+            Explained {
+                lines: out,
+                allowed: resp.status().is_success(),
+                status,
+                gate: None,
+                reason: None,
+            }
         }
-    };
-    Ok(Explained {
-        lines: out,
-        allowed,
-    })
+    }
+}
+
+fn refused(lines: Vec<String>, e: &GatewayError) -> Explained {
+    Explained {
+        lines,
+        allowed: false,
+        status: e.status().as_u16(),
+        gate: Some(e.gate()),
+        reason: e.deny_reason().map(|r| r.as_str()),
+    }
 }
 
 fn build_request(
     token: Option<&str>,
     cookie: Option<&str>,
+    origin: Option<&str>,
     method: &Method,
     url_path: &str,
     host: Option<&str>,
@@ -167,6 +226,9 @@ fn build_request(
     let mut b = Request::builder().method(method.clone()).uri(url_path);
     if let Some(h) = host {
         b = b.header(HOST, HeaderValue::from_str(h).map_err(|_| bad("host"))?);
+    }
+    if let Some(o) = origin.map(str::trim).filter(|o| !o.is_empty()) {
+        b = b.header(ORIGIN, HeaderValue::from_str(o).map_err(|_| bad("origin"))?);
     }
     if let Some(t) = token.map(str::trim).filter(|t| !t.is_empty()) {
         let mut v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| bad("token"))?;
@@ -183,13 +245,5 @@ fn build_request(
 }
 
 fn deny_line(e: &GatewayError) -> String {
-    format!(
-        "result: DENY {} {}{}: {}",
-        e.status().as_u16(),
-        e.code(),
-        e.deny_reason()
-            .map(|r| format!(" (reason {})", r.as_str()))
-            .unwrap_or_default(),
-        e
-    )
+    e.explain_line()
 }

@@ -282,7 +282,8 @@ where
     }
 }
 
-fn describe_rule(gate: &Gate<'_>) -> String {
+/// The explain line of a route's Bearer rule.
+pub fn describe_rule(gate: &Gate<'_>) -> String {
     format!(
         "auth: issuers [{}], scopes required [{}], clients {}",
         gate.accepted()
@@ -299,25 +300,34 @@ fn describe_rule(gate: &Gate<'_>) -> String {
 }
 
 fn note_decision<B>(req: &Request<B>, gate: &Gate<'_>, d: &Decision) {
-    if decision::of(req).is_none() {
+    let Some(trace) = decision::of(req) else {
         return;
+    };
+    for line in decision_lines(gate, d.identity.as_deref(), d.permission.as_deref()) {
+        trace.push(line);
     }
-    if let Some(id) = &d.identity {
-        decision::note(req, || {
-            format!(
-                "identity: issuer {}, client {}, subject {}",
-                id.issuer,
-                id.client_id.as_deref().unwrap_or("-"),
-                id.subject.as_deref().unwrap_or("-")
-            )
-        });
-        decision::note(req, || format!("scopes granted: [{}]", id.scopes.join(" ")));
+}
+
+/// The explain lines of the gate's decision: who the token says the caller is, and the
+/// permission entry that applied (for a trace, and for a refusal's record in
+/// `decisions`, which rebuilds them on the refusal path only).
+pub fn decision_lines(
+    gate: &Gate<'_>,
+    identity: Option<&Identity>,
+    permission: Option<&str>,
+) -> Vec<String> {
+    let mut out = Vec::with_capacity(3);
+    if let Some(id) = identity {
+        out.push(format!(
+            "identity: issuer {}, client {}, subject {}",
+            id.issuer,
+            id.client_id.as_deref().unwrap_or("-"),
+            id.subject.as_deref().unwrap_or("-")
+        ));
+        out.push(format!("scopes granted: [{}]", id.scopes.join(" ")));
     }
-    let entry = d
-        .permission
-        .as_ref()
-        .and_then(|p| gate.permissions.and_then(|ps| ps.entry(p)));
-    decision::note(req, || match (gate.permissions, entry) {
+    let entry = permission.and_then(|p| gate.permissions.and_then(|ps| ps.entry(p)));
+    out.push(match (gate.permissions, entry) {
         (None, _) => "permissions: none on this route (route scopes decide)".into(),
         (Some(_), Some(p)) => format!(
             "permission: {} methods [{}] extra scopes [{}]",
@@ -330,6 +340,7 @@ fn note_decision<B>(req: &Request<B>, gate: &Gate<'_>, d: &Decision) {
         ),
         (Some(_), None) => "permission: no entry matches this path".into(),
     });
+    out
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Integration tests: real sockets on 127.0.0.1:0, real upstreams and identity
 //! providers, real HTTP clients. One test binary (faster to link).
 
+mod admin_ui;
 mod auth;
 mod browser_cors;
 mod browser_login;
