@@ -33,6 +33,7 @@ use crate::gateway::Gateway;
 
 const PAGE_CSS: &str = include_str!("../assets/admin/page.css");
 const PAGE_JS: &str = include_str!("../assets/admin/page.js");
+const ICON_SVG: &str = include_str!("../assets/admin/icon.svg");
 
 /// The page's Content-Security-Policy: its own script, style and API only.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -310,6 +311,7 @@ pub fn asset(path: &str) -> Option<Response<Body>> {
     let (body, ct) = match path {
         "/admin/ui/page.js" => (PAGE_JS, "text/javascript; charset=utf-8"),
         "/admin/ui/page.css" => (PAGE_CSS, "text/css; charset=utf-8"),
+        "/admin/ui/icon.svg" => (ICON_SVG, "image/svg+xml"),
         _ => return None,
     };
     let mut r = Response::new(full(Bytes::from_static(body.as_bytes())));
@@ -357,6 +359,7 @@ pub fn page(gw: &Gateway) -> Response<Body> {
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>tollgate admin</title><link rel=\"stylesheet\" href=\"/admin/ui/page.css\">\
+         <link rel=\"icon\" href=\"/admin/ui/icon.svg\" type=\"image/svg+xml\">\
          <script src=\"/admin/ui/page.js\" defer></script></head><body>\
          <header><h1>tollgate</h1><span class=\"meta\">config version {} · {} · {} route(s)</span>\
          <nav><a href=\"/metrics\">/metrics</a> <a href=\"/admin/status\">/admin/status</a> \

@@ -3,6 +3,7 @@
 
 mod admin_ui;
 mod auth;
+mod browser_admin;
 mod browser_cors;
 mod browser_login;
 mod cli;
