@@ -15,13 +15,13 @@ use hyper::body::Incoming;
 use tower::ServiceBuilder;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
+use crate::admin_auth::AdminAuth;
 use crate::admin_ui;
 use crate::auth;
 use crate::body::{full, Body};
 use crate::error::GatewayError;
 use crate::gate::Gate;
 use crate::gateway::Gateway;
-use crate::policy::AuthRule;
 use crate::request_id::{self, SaneRequestId, X_REQUEST_ID};
 
 /// The admin listener's service: request ids, then [`handle`].
@@ -54,12 +54,25 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     r
 }
 
-/// `server.admin_auth`: the same gate as a route (issuers, scopes, clients).
+/// `server.admin_auth`: the same gate as a route (issuers, scopes, clients), or Basic
+/// credentials against an argon2 hash.
 async fn authorize(
     gw: &Gateway,
-    rule: &AuthRule,
+    auth: &AdminAuth,
     req: &Request<Incoming>,
 ) -> Result<(), GatewayError> {
+    let rule = match auth {
+        AdminAuth::Bearer(rule) => rule,
+        AdminAuth::Basic(b) => {
+            return if b.check(req.headers()).await {
+                Ok(())
+            } else {
+                Err(GatewayError::InvalidClient(
+                    "admin credentials missing or wrong".into(),
+                ))
+            };
+        }
+    };
     let rt = gw.current();
     let gate = Gate {
         issuers: &rt.issuers,

@@ -124,13 +124,17 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         if server.admin_listen.is_none() {
             p.add("server.admin_auth", "admin_auth needs admin_listen");
         }
-        server.admin_auth = Some(compile_auth_rule(
-            b,
-            &issuers,
-            m.token_service.is_some(),
-            At::Path("server.admin_auth"),
-            p,
-        ));
+        let block = AuthBlockModel {
+            issuers: b.issuers.clone(),
+            scopes: b.scopes.clone(),
+            clients: b.clients.clone(),
+            login: None,
+        };
+        let has_ts = m.token_service.is_some();
+        server.admin_auth = super::admin_auth::compile(b, p, |p| {
+            compile_auth_rule(&block, &issuers, has_ts, At::Path("server.admin_auth"), p)
+        })
+        .map(Arc::new);
     }
     if !p.is_empty() {
         return None;

@@ -2,6 +2,7 @@
 //! every problem with `file:line:col` and key path ([`validate`], [`source`]) ->
 //! [`compile`] into the runtime model. [`load`] runs the three.
 
+pub mod admin_auth;
 pub mod compile;
 pub mod fast;
 pub mod login;
@@ -146,6 +147,7 @@ const KNOWN_KEYS: &[&str] = &[
     "request_format",
     "extra_params",
     "username",
+    "password_hash",
     "password",
     "routes",
     "path_prefix",

@@ -38,7 +38,7 @@ pub struct ServerModel {
     pub redirect_https_port: Option<u16>,
     pub admin_listen: Option<String>,
     /// Optional Bearer protection of the admin API (all but /healthz and /readyz).
-    pub admin_auth: Option<AuthBlockModel>,
+    pub admin_auth: Option<super::admin_auth::AdminAuthModel>,
     #[serde(default)]
     pub limits: LimitsModel,
 }

@@ -496,3 +496,170 @@ async fn admin_page_served() {
     assert_eq!(r.status(), 404);
     gw.stop().await;
 }
+
+// Behaviour: `server.admin_auth` on and off. Off: the admin API answers anyone who
+// reaches it. `type: basic`: every admin path but /healthz and /readyz needs the user
+// name and the password (checked against its argon2 hash), else 401 with a Basic
+// challenge (a browser asks for them, then the page and its event stream work).
+// `type: bearer` (or no type): the route gate, 401 Bearer challenge, 403 without the
+// scope. A bad admin_auth is a located config error.
+#[tokio::test]
+async fn admin_auth_on_and_off() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let status = |url: String, auth: Option<String>| async move {
+        let mut b = client().get(url);
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        let r = b.send().await.unwrap();
+        (
+            r.status().as_u16(),
+            r.headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_owned()),
+        )
+    };
+    let basic = |u: &str, p: &str| {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+        )
+    };
+
+    // Off.
+    let gw = spawn_gateway(&gateway_yaml(&idp, &up, "")).await;
+    for p in ["/admin/ui", "/admin/decisions", "/admin/status"] {
+        assert_eq!(status(gw.admin_url(p), None).await.0, 200, "{p}");
+    }
+    gw.stop().await;
+
+    // Basic.
+    let hash = tollgate::token_service::hash_secret("correct horse").unwrap();
+    let gw = spawn_gateway(&gateway_yaml(
+        &idp,
+        &up,
+        &format!(
+            "  admin_auth:\n    type: basic\n    username: ops\n    password_hash: '{hash}'\n"
+        ),
+    ))
+    .await;
+    for p in ["/healthz", "/readyz"] {
+        assert_eq!(status(gw.admin_url(p), None).await.0, 200, "{p} stays open");
+    }
+    for p in [
+        "/admin/ui",
+        "/admin/ui/page.js",
+        "/admin/events",
+        "/admin/decisions",
+        "/admin/decisions/x",
+        "/metrics",
+        "/admin/config",
+    ] {
+        let (s, challenge) = status(gw.admin_url(p), None).await;
+        assert_eq!(s, 401, "{p}");
+        assert_eq!(
+            challenge.as_deref(),
+            Some("Basic realm=\"tollgate\""),
+            "{p}"
+        );
+        assert_eq!(
+            status(gw.admin_url(p), Some(basic("ops", "wrong"))).await.0,
+            401,
+            "{p}"
+        );
+        assert_eq!(
+            status(gw.admin_url(p), Some(basic("root", "correct horse")))
+                .await
+                .0,
+            401,
+            "{p}"
+        );
+    }
+    for (p, want) in [
+        ("/admin/ui", 200),
+        ("/admin/decisions", 200),
+        ("/admin/decisions/x", 404),
+        ("/metrics", 200),
+    ] {
+        assert_eq!(
+            status(gw.admin_url(p), Some(basic("ops", "correct horse")))
+                .await
+                .0,
+            want,
+            "{p}"
+        );
+    }
+    // The hash is redacted in the running config.
+    let cfg = client()
+        .get(gw.admin_url("/admin/config"))
+        .header("authorization", basic("ops", "correct horse"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!cfg.contains(&hash), "{cfg}");
+    gw.stop().await;
+
+    // Bearer, with `type` spelt out.
+    let gw = spawn_gateway(&gateway_yaml(
+        &idp,
+        &up,
+        "  admin_auth: {type: bearer, issuers: [corp], scopes: [tollgate.admin]}\n",
+    ))
+    .await;
+    assert_eq!(status(gw.admin_url("/readyz"), None).await.0, 200);
+    let (s, challenge) = status(gw.admin_url("/admin/decisions"), None).await;
+    assert_eq!(s, 401);
+    assert_eq!(challenge.as_deref(), Some("Bearer realm=\"tollgate\""));
+    let weak = idp.token(json!({"scope": "analytics.read"}));
+    let strong = idp.token(json!({"scope": "tollgate.admin"}));
+    assert_eq!(
+        status(
+            gw.admin_url("/admin/decisions"),
+            Some(format!("Bearer {weak}"))
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        status(gw.admin_url("/admin/ui"), Some(format!("Bearer {strong}")))
+            .await
+            .0,
+        200
+    );
+    gw.stop().await;
+
+    // Config errors, located.
+    for (block, want) in [
+        (
+            "  admin_auth: {type: basic, username: ops, password_hash: 'plain'}\n",
+            "server.admin_auth.password_hash: not an argon2 PHC string",
+        ),
+        (
+            "  admin_auth: {type: basic, password_hash: 'x', scopes: [a]}\n",
+            "server.admin_auth.scopes: scopes is for `type: bearer`",
+        ),
+        (
+            "  admin_auth: {type: digest}\n",
+            "server.admin_auth.type: unknown admin_auth type \"digest\"",
+        ),
+        (
+            "  admin_auth: {issuers: [corp], username: ops}\n",
+            "server.admin_auth.username: username is for `type: basic`",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, gateway_yaml(&idp, &up, block)).unwrap();
+        let e = tollgate::Gateway::load(path)
+            .err()
+            .expect(block)
+            .to_string();
+        assert!(e.contains(want), "{block}: {e}");
+    }
+}
