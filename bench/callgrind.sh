@@ -111,7 +111,6 @@ run() { # name n url [header]
   grep -m1 "^summary:\|^totals:" "$out" | awk '{print $2}'
 }
 
-TOKEN=""
 per_request() { # name url [header]
   local a b
   a=$(run "$1" "$N1" "$2" "${3:-}")
@@ -119,16 +118,18 @@ per_request() { # name url [header]
   echo $(( (b - a) / (N2 - N1) ))
 }
 
-plain=$(per_request plain "http://127.0.0.1:$TG/plain/x")
-local_rl=$(per_request local "http://127.0.0.1:$TG/local/x")
-redis_rl="(redis-server not installed)"
-if [ "$HAVE_REDIS" = 1 ]; then redis_rl=$(per_request redis "http://127.0.0.1:$TG/redis/x"); fi
-# A token from tollgate's own token service (issuer local), fetched from a plain run.
+# A token from tollgate's own token service (issuer local), fetched from a run outside
+# valgrind. This first run also creates the signing key (create_signing_key): done here,
+# before any measured run, so that no measured run pays for generating it.
 RUST_LOG=warn "$BIN" run --config "$W/gateway.yaml" >/dev/null 2>&1 & TP=$!; PIDS+=($TP)
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$ADM/readyz" >/dev/null && break; sleep 0.1; done
 TOKEN=$(curl -sf -u cg:cg-secret -d grant_type=client_credentials "http://127.0.0.1:$TG/oauth2/token" \
   | python3 -c 'import sys,json; print(json.load(sys.stdin)["access_token"])')
 kill -TERM "$TP"; wait "$TP" || true
+plain=$(per_request plain "http://127.0.0.1:$TG/plain/x")
+local_rl=$(per_request local "http://127.0.0.1:$TG/local/x")
+redis_rl="(redis-server not installed)"
+if [ "$HAVE_REDIS" = 1 ]; then redis_rl=$(per_request redis "http://127.0.0.1:$TG/redis/x"); fi
 jwt=$(per_request jwt "http://127.0.0.1:$TG/api/data" "authorization: Bearer $TOKEN")
 echo "binary: $BIN"
 echo "instructions per request, plain proxy:        $plain"

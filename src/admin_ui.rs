@@ -123,9 +123,13 @@ struct ExplainAsk {
     host: Option<String>,
     #[serde(default)]
     origin: Option<String>,
+    /// A CORS preflight instead: `OPTIONS` with `Access-Control-Request-Method: this`
+    /// (needs `origin`).
+    #[serde(default)]
+    preflight: Option<String>,
 }
 
-/// `POST /admin/explain` `{token, method, path, host, origin}` (JSON only: a form
+/// `POST /admin/explain` `{token, method, path, host, origin, preflight}` (JSON only: a form
 /// post from another site cannot send it without a preflight, which gets no CORS
 /// headers here).
 pub async fn explain(gw: &Arc<Gateway>, req: Request<hyper::body::Incoming>) -> Response<Body> {
@@ -168,15 +172,34 @@ pub async fn explain(gw: &Arc<Gateway>, req: Request<hyper::body::Incoming>) -> 
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
     };
-    let x = crate::explain::explain_live(
+    let origin = nonempty(&ask.origin);
+    let preflight = nonempty(&ask.preflight);
+    if preflight.is_some() && origin.is_none() {
+        return bad("preflight needs origin".into());
+    }
+    let method = if preflight.is_some() {
+        Method::OPTIONS
+    } else {
+        method
+    };
+    let host = nonempty(&ask.host);
+    let version = gw.current().version;
+    let mut x = crate::explain::decide(
         gw,
-        ask.token.as_ref().map(|t| t.expose()),
-        &method,
-        &ask.path,
-        nonempty(&ask.host).as_deref(),
-        nonempty(&ask.origin).as_deref(),
+        &crate::explain::Probe {
+            token: ask.token.as_ref().map(|t| t.expose()),
+            cookie: None,
+            method: Some(&method),
+            url_path: &ask.path,
+            host: host.as_deref(),
+            origin: origin.as_deref(),
+            access_control_request_method: preflight.as_deref(),
+        },
     )
     .await;
+    if let Some(first) = x.lines.first_mut() {
+        first.push_str(&format!(" (config version {version})"));
+    }
     json_response(
         StatusCode::OK,
         &json!({

@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN};
+use http::header::{ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION, COOKIE, HOST, ORIGIN};
 use http::{HeaderValue, Method, Request, Response};
 use tower::{Layer, ServiceExt};
 
@@ -70,6 +70,26 @@ impl<B> tower::Service<Request<B>> for Recorder {
     }
 }
 
+/// One request to decide: what a client would send, as far as the policy looks at it.
+#[derive(Clone, Copy, Default)]
+pub struct Probe<'a> {
+    /// The Bearer token (without `Bearer `).
+    pub token: Option<&'a str>,
+    /// A browser's `Cookie` header (a `login: true` route's session).
+    pub cookie: Option<&'a str>,
+    /// `GET` when absent.
+    pub method: Option<&'a Method>,
+    /// The request path (and query).
+    pub url_path: &'a str,
+    /// The `Host` header, for routes with `hosts`.
+    pub host: Option<&'a str>,
+    /// The `Origin` header: a browser's cross-origin call (CORS is decided too). With
+    /// `OPTIONS` and `access_control_request_method`, a preflight.
+    pub origin: Option<&'a str>,
+    /// `Access-Control-Request-Method`, for a preflight (`OPTIONS` with an origin).
+    pub access_control_request_method: Option<&'a str>,
+}
+
 pub async fn explain(
     config_path: &std::path::Path,
     token: Option<&str>,
@@ -91,12 +111,26 @@ pub async fn explain_with_cookie(
     url_path: &str,
     host: Option<&str>,
 ) -> Result<Explained, ConfigError> {
+    let probe = Probe {
+        token,
+        cookie,
+        method: Some(method),
+        url_path,
+        host,
+        ..Probe::default()
+    };
+    explain_probe(config_path, &probe).await
+}
+
+/// Loads the config at `config_path`, fetches the issuers' keys like the server does,
+/// and decides `probe` (see [`decide`]).
+pub async fn explain_probe(
+    config_path: &std::path::Path,
+    probe: &Probe<'_>,
+) -> Result<Explained, ConfigError> {
     let gw = Gateway::load(config_path.to_path_buf())?;
     let rt = gw.current();
-    let mut out = vec![format!(
-        "request: {method} {url_path}{}",
-        host.map(|h| format!(" (Host {h})")).unwrap_or_default()
-    )];
+    let mut out = Vec::new();
     // Keys are fetched like the server fetches them, before the request is decided.
     for i in &rt.issuers {
         if let IssuerKind::Jwt(store) = &i.kind {
@@ -117,48 +151,33 @@ pub async fn explain_with_cookie(
             }
         }
     }
-    let mut x = run(&gw, token, cookie, None, method, url_path, host).await;
-    out.append(&mut x.lines);
-    x.lines = out;
-    Ok(x)
+    let mut decided = decide(&gw, probe).await;
+    let first = decided.lines.remove(0);
+    out.insert(0, first);
+    out.append(&mut decided.lines);
+    decided.lines = out;
+    Ok(decided)
 }
 
-/// [`explain`] on a running gateway (the admin API's explain form): its config, its
-/// keys as fetched, its caches; with an `Origin` for the CORS step. Nothing is sent
-/// upstream and no rate limit is counted (limits are peeked under a trace).
-pub async fn explain_live(
-    gw: &Arc<Gateway>,
-    token: Option<&str>,
-    method: &Method,
-    url_path: &str,
-    host: Option<&str>,
-    origin: Option<&str>,
-) -> Explained {
-    let mut x = run(gw, token, None, origin, method, url_path, host).await;
-    let rt = gw.current();
-    x.lines.insert(
-        0,
-        format!(
-            "request: {method} {url_path}{}{} (config version {})",
-            host.map(|h| format!(" (Host {h})")).unwrap_or_default(),
-            origin.map(|o| format!(" (Origin {o})")).unwrap_or_default(),
-            rt.version
-        ),
-    );
-    x
-}
-
-async fn run(
-    gw: &Arc<Gateway>,
-    token: Option<&str>,
-    cookie: Option<&str>,
-    origin: Option<&str>,
-    method: &Method,
-    url_path: &str,
-    host: Option<&str>,
-) -> Explained {
-    let mut out = Vec::new();
-    let req = match build_request(token, cookie, origin, method, url_path, host) {
+/// Runs `probe` through the very layers the server runs ([`crate::stack::policy`]) in
+/// front of a recorder instead of the upstream, on a gateway already loaded (the server's
+/// own, for the admin API), and returns the decision trace. Nothing is forwarded and
+/// nothing is counted (rate limits are looked at, not spent).
+pub async fn decide(gw: &Arc<Gateway>, probe: &Probe<'_>) -> Explained {
+    let method = probe.method.cloned().unwrap_or(Method::GET);
+    let mut out = vec![format!(
+        "request: {method} {}{}{}",
+        probe.url_path,
+        probe
+            .host
+            .map(|h| format!(" (Host {h})"))
+            .unwrap_or_default(),
+        probe
+            .origin
+            .map(|o| format!(" (Origin {o})"))
+            .unwrap_or_default()
+    )];
+    let req = match build_request(probe, &method) {
         Ok(r) => r,
         Err(e) => {
             out.push(deny_line(&e));
@@ -192,6 +211,16 @@ async fn run(
             }
         }
         None => {
+            if probe.origin.is_some() {
+                for (name, value) in resp.headers() {
+                    if name.as_str().starts_with("access-control-") {
+                        out.push(format!(
+                            "cors: {name}: {}",
+                            value.to_str().unwrap_or("(not text)")
+                        ));
+                    }
+                }
+            }
             out.push(format!("result: answered by tollgate itself with {status}"));
             Explained {
                 lines: out,
@@ -215,27 +244,31 @@ fn refused(lines: Vec<String>, e: &GatewayError) -> Explained {
 }
 
 fn build_request(
-    token: Option<&str>,
-    cookie: Option<&str>,
-    origin: Option<&str>,
+    probe: &Probe<'_>,
     method: &Method,
-    url_path: &str,
-    host: Option<&str>,
 ) -> Result<Request<http_body_util::Empty<bytes::Bytes>>, GatewayError> {
     let bad = |what: &str| GatewayError::BadRequest(format!("invalid {what}"));
-    let mut b = Request::builder().method(method.clone()).uri(url_path);
-    if let Some(h) = host {
+    let mut b = Request::builder()
+        .method(method.clone())
+        .uri(probe.url_path);
+    if let Some(h) = probe.host {
         b = b.header(HOST, HeaderValue::from_str(h).map_err(|_| bad("host"))?);
     }
-    if let Some(o) = origin.map(str::trim).filter(|o| !o.is_empty()) {
+    if let Some(o) = probe.origin {
         b = b.header(ORIGIN, HeaderValue::from_str(o).map_err(|_| bad("origin"))?);
     }
-    if let Some(t) = token.map(str::trim).filter(|t| !t.is_empty()) {
+    if let Some(m) = probe.access_control_request_method {
+        b = b.header(
+            ACCESS_CONTROL_REQUEST_METHOD,
+            HeaderValue::from_str(m).map_err(|_| bad("access-control-request-method"))?,
+        );
+    }
+    if let Some(t) = probe.token.map(str::trim).filter(|t| !t.is_empty()) {
         let mut v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| bad("token"))?;
         v.set_sensitive(true);
         b = b.header(AUTHORIZATION, v);
     }
-    if let Some(c) = cookie.map(str::trim).filter(|c| !c.is_empty()) {
+    if let Some(c) = probe.cookie.map(str::trim).filter(|c| !c.is_empty()) {
         let mut v = HeaderValue::from_str(c).map_err(|_| bad("cookie"))?;
         v.set_sensitive(true);
         b = b.header(COOKIE, v);

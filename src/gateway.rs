@@ -76,7 +76,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Loads the config for the first time. Starts nothing yet.
+    /// Loads the config for the first time, and writes the files it needs that do not
+    /// exist yet (a signing key to create). Starts nothing yet.
     pub fn load(path: PathBuf) -> Result<Arc<Gateway>, ConfigError> {
         Gateway::load_with(path, Registry::default())
     }
@@ -85,6 +86,8 @@ impl Gateway {
     /// with `embedded` set: routes need no upstream).
     pub fn load_with(path: PathBuf, registry: Registry) -> Result<Arc<Gateway>, ConfigError> {
         let mut rt = config::load(&path, &registry)?;
+        rt.create_files()
+            .map_err(|(key, e)| ConfigError::at_key_of(&path, key, e))?;
         rt.version = 1;
         let rt_hash = config::inputs_hash(&rt.hash, &rt.files);
         let status = ReloadStatus {
@@ -170,15 +173,13 @@ impl Gateway {
         .await
         .unwrap_or_else(|e| {
             (
-                Err(ConfigError {
-                    file: file.clone(),
-                    problems: vec![config::Located {
-                        line: 1,
-                        column: 1,
-                        path: String::new(),
-                        message: format!("reload task failed: {e}"),
-                    }],
-                }),
+                Err(ConfigError::at(
+                    &file,
+                    1,
+                    1,
+                    "",
+                    format!("reload task failed: {e}"),
+                )),
                 LoadTimings::default(),
             )
         });
@@ -189,20 +190,26 @@ impl Gateway {
             let old = self.current();
             if rt.server.tls.is_some() != old.server.tls.is_some() {
                 let (line, column) = tls_key_position(&rt.path);
-                return Err(ConfigError {
-                    file: file.clone(),
-                    problems: vec![config::Located {
-                        line,
-                        column,
-                        path: "server.tls".into(),
-                        message: if rt.server.tls.is_some() {
-                            "TLS cannot be turned on by a reload; restart tollgate".into()
-                        } else {
-                            "TLS cannot be turned off by a reload; restart tollgate".into()
-                        },
-                    }],
-                });
+                let message = if rt.server.tls.is_some() {
+                    "TLS cannot be turned on by a reload; restart tollgate"
+                } else {
+                    "TLS cannot be turned off by a reload; restart tollgate"
+                };
+                return Err(ConfigError::at(
+                    &file,
+                    line,
+                    column,
+                    "server.tls",
+                    message.into(),
+                ));
             }
+            Ok(rt)
+        });
+        // Only a config that is about to serve writes the files it needs (validate and
+        // explain never do).
+        let result = result.and_then(|mut rt| {
+            rt.create_files()
+                .map_err(|(key, e)| ConfigError::at_key_of(&self.config_path, key, e))?;
             Ok(rt)
         });
         let now = SystemTime::now();

@@ -97,33 +97,33 @@ pub fn from_admin(addr: &str, path: &str) -> Result<Target, String> {
     })
 }
 
-/// `server.admin_listen` of the config file, `${env:..}`/`${file:..}` resolved.
+/// `server.admin_listen` of the config file, `${env:..}`/`${file:..}` resolved. Only
+/// that key has to be right: the rest of the file is the running gateway's business.
 pub fn admin_listen_from_config(config: &Path) -> Result<String, String> {
+    use crate::config::{model::ConfigModel, yaml};
     let text = std::fs::read_to_string(config)
         .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text)
-        .map_err(|e| format!("{}: not valid YAML: {e}", config.display()))?;
-    let Some(value) = doc.get("server").and_then(|s| s.get("admin_listen")) else {
-        return Err(format!(
+    let base = config.parent().unwrap_or(Path::new("."));
+    let mut cx = yaml::Cx::new(base, crate::config::model::PLACES);
+    let model = yaml::read::<ConfigModel>(&text, &mut cx).map_err(|stop| {
+        format!(
+            "{}:{}:{}: {}",
+            config.display(),
+            stop.line,
+            stop.column,
+            stop.message
+        )
+    })?;
+    const KEY: &str = "server.admin_listen";
+    if let Some(problem) = cx.problems.errors.iter().find(|p| p.path == KEY) {
+        return Err(format!("{}: {KEY}: {}", config.display(), problem.message));
+    }
+    match model.and_then(|m| m.server).and_then(|s| s.admin_listen) {
+        Some(a) => Ok(a.0),
+        None => Err(format!(
             "{} has no server.admin_listen, so there is no admin listener to check \
              (set one, or pass --admin HOST:PORT or --url URL)",
             config.display()
-        ));
-    };
-    let mut value = value.clone();
-    let base = config.parent().unwrap_or(Path::new("."));
-    if let Some((_, msg)) = crate::config::source::substitute(&mut value, base)
-        .into_iter()
-        .next()
-    {
-        return Err(format!("{}: server.admin_listen: {msg}", config.display()));
-    }
-    match value {
-        serde_yaml::Value::String(s) => Ok(s),
-        other => Err(format!(
-            "{}: server.admin_listen is not an address: {}",
-            config.display(),
-            serde_yaml::to_string(&other).unwrap_or_default().trim()
         )),
     }
 }

@@ -51,46 +51,15 @@ struct Cli {
 enum Command {
     /// Serve (the default).
     Run,
-    /// Check the config; exit 0 with a summary, or 1 with every problem.
-    Validate,
-    /// Print the decision trace a request would get; exit 0 allowed, 1 denied.
-    Explain {
-        /// The Bearer token to check (visible in the shell history and `ps`: prefer
-        /// --token-file).
-        #[arg(long)]
-        token: Option<String>,
-        /// Read the Bearer token from this file; `-` reads it from stdin. One trailing
-        /// newline is ignored.
-        #[arg(long, value_name = "FILE", conflicts_with = "token")]
-        token_file: Option<PathBuf>,
-        /// A browser's Cookie header, e.g. 'tollgate_session=...', for a `login: true`
-        /// route (a session is a credential: prefer --cookie-file).
-        #[arg(long)]
-        cookie: Option<String>,
-        /// Read the Cookie header from this file; `-` reads it from stdin.
-        #[arg(long, value_name = "FILE", conflicts_with = "cookie")]
-        cookie_file: Option<PathBuf>,
-        #[arg(long, default_value = "GET")]
-        method: String,
-        /// Host header, for routes with `hosts`.
-        #[arg(long)]
-        host: Option<String>,
-        /// Instead of a request: look up the decision a running tollgate recorded for
-        /// this X-Request-Id (a refused or failed request, among the last 1000).
-        #[arg(long, value_name = "ID", conflicts_with_all = ["token", "token_file", "cookie", "cookie_file", "host"])]
-        request_id: Option<String>,
-        /// With --request-id: the admin listener's URL, e.g. http://127.0.0.1:9901
-        /// [default: server.admin_listen from the config file]
-        #[arg(long, value_name = "URL", requires = "request_id")]
-        admin: Option<String>,
-        /// With --request-id: a file holding the Authorization header value for
-        /// `server.admin_auth` (`Bearer eyJ...` or `Basic dXNlcjpwYXNz`); `-` reads stdin.
-        #[arg(long, value_name = "FILE", requires = "request_id")]
-        admin_auth_file: Option<PathBuf>,
-        /// The request path, e.g. /v2/analytics/data
-        #[arg(required_unless_present = "request_id")]
-        url_path: Option<String>,
+    /// Check the config without starting anything (writes nothing); exit 0 with a
+    /// summary (and any warnings), or 1 with every problem.
+    Validate {
+        /// `text`: one line per problem; `json`: one JSON document for CI pipelines.
+        #[arg(long, value_enum, default_value = "text")]
+        format: ValidateFormat,
     },
+    /// Print the decision trace a request would get; exit 0 allowed, 1 denied.
+    Explain(Box<ExplainArgs>),
     /// Read a client secret on stdin, print an argon2id hash for `secret_hash`.
     HashSecret,
     /// GET /healthz on a running tollgate's admin listener; exit 0 on a 2xx answer, 1
@@ -132,23 +101,73 @@ enum Command {
     },
 }
 
+/// `tollgate explain`'s arguments (boxed in [`Command`]: the largest variant by far).
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// The Bearer token to check (visible in the shell history and `ps`: prefer
+    /// --token-file).
+    #[arg(long)]
+    token: Option<String>,
+    /// Read the Bearer token from this file; `-` reads it from stdin. One trailing
+    /// newline is ignored.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// A browser's Cookie header, e.g. 'tollgate_session=...', for a `login: true`
+    /// route (a session is a credential: prefer --cookie-file).
+    #[arg(long)]
+    cookie: Option<String>,
+    /// Read the Cookie header from this file; `-` reads it from stdin.
+    #[arg(long, value_name = "FILE", conflicts_with = "cookie")]
+    cookie_file: Option<PathBuf>,
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// Host header, for routes with `hosts`.
+    #[arg(long)]
+    host: Option<String>,
+    /// Origin header: a browser's cross-origin call (the route's CORS is decided too).
+    #[arg(long)]
+    origin: Option<String>,
+    /// A CORS preflight instead: OPTIONS with `Access-Control-Request-Method: METHOD`
+    /// (needs --origin).
+    #[arg(long, value_name = "METHOD", requires = "origin")]
+    preflight: Option<String>,
+    /// Instead of a request: look up the decision a running tollgate recorded for
+    /// this X-Request-Id (a refused or failed request, among the last 1000).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["token", "token_file", "cookie", "cookie_file", "host", "origin", "preflight"])]
+    request_id: Option<String>,
+    /// With --request-id: the admin listener's URL, e.g. http://127.0.0.1:9901
+    /// [default: server.admin_listen from the config file]
+    #[arg(long, value_name = "URL", requires = "request_id")]
+    admin: Option<String>,
+    /// With --request-id: a file holding the Authorization header value for
+    /// `server.admin_auth` (`Bearer eyJ...` or `Basic dXNlcjpwYXNz`); `-` reads stdin.
+    #[arg(long, value_name = "FILE", requires = "request_id")]
+    admin_auth_file: Option<PathBuf>,
+    /// The request path, e.g. /v2/analytics/data
+    #[arg(required_unless_present = "request_id")]
+    url_path: Option<String>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config, cli.log_format),
-        Command::Validate => validate(&cli.config),
-        Command::Explain {
-            token,
-            token_file,
-            cookie,
-            cookie_file,
-            method,
-            host,
-            request_id,
-            admin,
-            admin_auth_file,
-            url_path,
-        } => {
+        Command::Validate { format } => validate(&cli.config, format),
+        Command::Explain(args) => {
+            let ExplainArgs {
+                token,
+                token_file,
+                cookie,
+                cookie_file,
+                method,
+                host,
+                origin,
+                preflight,
+                request_id,
+                admin,
+                admin_auth_file,
+                url_path,
+            } = *args;
             if let Some(id) = request_id {
                 return explain_request_id(&cli.config, &id, admin, admin_auth_file);
             }
@@ -167,7 +186,25 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            explain(&cli.config, token, cookie, &method, host, &url_path)
+            let method = if preflight.is_some() {
+                "OPTIONS".to_owned()
+            } else {
+                method
+            };
+            let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+                eprintln!("tollgate: invalid method {method}");
+                return ExitCode::from(2);
+            };
+            let probe = tollgate::explain::Probe {
+                token: token.as_deref(),
+                cookie: cookie.as_deref(),
+                method: Some(&method),
+                url_path: &url_path,
+                host: host.as_deref(),
+                origin: origin.as_deref(),
+                access_control_request_method: preflight.as_deref(),
+            };
+            explain(&cli.config, &probe)
         }
         Command::HashSecret => hash_secret(),
         Command::Healthcheck {
@@ -213,6 +250,10 @@ fn run(config: PathBuf, format: LogFormat) -> ExitCode {
     let _log_guard = logging::init(format);
     let gw = match Gateway::load(config) {
         Ok(g) => g,
+        Err(e) if e.unreadable => {
+            eprintln!("tollgate: {}", unreadable(&e));
+            return ExitCode::from(1);
+        }
         Err(e) => {
             eprintln!(
                 "tollgate: refusing to start, the config has {} problem(s):",
@@ -231,7 +272,7 @@ fn run(config: PathBuf, format: LogFormat) -> ExitCode {
         let running = match tollgate::start(gw.clone()).await {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("tollgate: cannot listen: {e}");
+                eprintln!("tollgate: {e}");
                 return ExitCode::from(1);
             }
         };
@@ -294,9 +335,36 @@ impl Signals {
     }
 }
 
-fn validate(config: &std::path::Path) -> ExitCode {
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ValidateFormat {
+    Text,
+    Json,
+}
+
+/// "cannot read the config file gateway.yaml: No such file or directory (os error 2)"
+fn unreadable(e: &tollgate::config::ConfigError) -> String {
+    let why = e.problems.first().map(|p| p.message.as_str()).unwrap_or("");
+    let why = why.strip_prefix("cannot read config file: ").unwrap_or(why);
+    format!(
+        "cannot read the config file {}: {why} (name it with --config FILE or TOLLGATE_CONFIG)",
+        e.file
+    )
+}
+
+fn validate(config: &std::path::Path, format: ValidateFormat) -> ExitCode {
     let reg = tollgate::config::Registry::default();
-    match tollgate::config::load(config, &reg) {
+    let checked = tollgate::config::check(config, &reg);
+    if let ValidateFormat::Json = format {
+        return validate_json(&checked);
+    }
+    for line in checked.warning_lines() {
+        println!("{line}");
+    }
+    let warnings = match checked.warnings.len() {
+        0 => String::new(),
+        n => format!(" ({n} warning(s))"),
+    };
+    match &checked.result {
         Ok(rt) => {
             let tls = if rt.server.tls.is_some() {
                 "https"
@@ -304,7 +372,7 @@ fn validate(config: &std::path::Path) -> ExitCode {
                 "http"
             };
             println!(
-                "{}: OK — {} route(s), {} upstream(s), {} issuer(s), token service {}, listen {tls}://{}",
+                "{}: OK — {} route(s), {} upstream(s), {} issuer(s), token service {}, listen {tls}://{}{warnings}",
                 config.display(),
                 rt.routes.len(),
                 rt.upstreams.len(),
@@ -325,37 +393,56 @@ fn validate(config: &std::path::Path) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Err(e) if e.unreadable => {
+            eprintln!("tollgate: {}", unreadable(e));
+            ExitCode::from(1)
+        }
         Err(e) => {
             for line in e.lines() {
                 println!("{line}");
             }
-            eprintln!("{}: {} problem(s)", config.display(), e.problems.len());
+            eprintln!(
+                "{}: {} problem(s){warnings}",
+                config.display(),
+                e.problems.len()
+            );
             ExitCode::from(1)
         }
     }
 }
 
-fn explain(
-    config: &std::path::Path,
-    token: Option<String>,
-    cookie: Option<String>,
-    method: &str,
-    host: Option<String>,
-    path: &str,
-) -> ExitCode {
-    let _log_guard = logging::init(LogFormat::Text);
-    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
-        eprintln!("tollgate: invalid method {method}");
-        return ExitCode::from(2);
+/// `{"file", "valid", "errors": [{file, line, column, path, message}], "warnings": [..]}`
+fn validate_json(checked: &tollgate::config::Checked) -> ExitCode {
+    let entry = |l: &tollgate::config::Located| {
+        serde_json::json!({
+            "file": checked.file,
+            "line": l.line,
+            "column": l.column,
+            "path": l.path,
+            "message": l.message,
+        })
     };
-    let res = runtime().block_on(tollgate::explain::explain_with_cookie(
-        config,
-        token.as_deref(),
-        cookie.as_deref(),
-        &method,
-        path,
-        host.as_deref(),
-    ));
+    let errors: Vec<_> = match &checked.result {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems.iter().map(entry).collect(),
+    };
+    let doc = serde_json::json!({
+        "file": checked.file,
+        "valid": checked.result.is_ok(),
+        "errors": errors,
+        "warnings": checked.warnings.iter().map(entry).collect::<Vec<_>>(),
+    });
+    println!("{doc:#}");
+    if checked.result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn explain(config: &std::path::Path, probe: &tollgate::explain::Probe<'_>) -> ExitCode {
+    let _log_guard = logging::init(LogFormat::Text);
+    let res = runtime().block_on(tollgate::explain::explain_probe(config, probe));
     match res {
         Ok(x) => {
             for l in &x.lines {

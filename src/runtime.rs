@@ -1,7 +1,8 @@
-//! The compiled, typed model a request reads: built by `config::compile`, published
+//! The compiled, typed model a request reads: built by the config loader, published
 //! behind an `ArcSwap` in [`crate::gateway::Gateway`], and loaded once per request so
 //! that a reload never changes the rules under a request in flight. Nothing here is a
-//! string waiting to be parsed.
+//! string waiting to be parsed, and nothing here knows the config file's own model
+//! (`crate::config`): the loader depends on the runtime, never the other way.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use crate::policy::{Permissions, RouteAuth};
 use crate::ratelimit::RouteLimits;
 use crate::route::RouteTable;
 use crate::session::Login;
+use crate::token_service::keys::NewKeyFile;
 use crate::token_service::TokenService;
 use crate::upstream::Upstream;
 
@@ -94,11 +96,17 @@ pub struct Runtime {
     pub files: Vec<PathBuf>,
     /// The config as loaded, secrets redacted (`GET /admin/config`).
     pub redacted: RedactedConfig,
+    /// `token_service.create_signing_key` with no file yet: the key in use, to be
+    /// written by `tollgate run` before this config serves ([`Runtime::create_files`]).
+    /// `validate` and `explain` never write it.
+    pub create_key_file: Option<NewKeyFile>,
 }
 
-/// The config as loaded, for `GET /admin/config`: the model is kept and turned into JSON
-/// (every secret printed as `[redacted]`) on the first request for it, so that a reload
-/// does not pay for a view that is rarely asked for (~7% of a 10k-route reload).
+/// The config as loaded, for `GET /admin/config`, with every secret printed as
+/// `[redacted]`. The config loader hands over a way to build the JSON (it owns the
+/// config file's model; the runtime does not know it), and the JSON is built on the
+/// first request for it, so that a reload does not pay for a view that is rarely
+/// asked for (~7% of a 10k-route reload).
 #[derive(Default)]
 pub struct RedactedConfig {
     /// Renders the JSON (the config module keeps its model inside; the runtime model
@@ -122,6 +130,16 @@ impl RedactedConfig {
 }
 
 impl Runtime {
+    /// Writes the files this config needs and does not have yet (the token service's
+    /// new signing key), once: `tollgate run` calls it before the config serves.
+    /// `Err` is (key path, message).
+    pub fn create_files(&mut self) -> Result<(), (&'static str, String)> {
+        if let Some(f) = self.create_key_file.take() {
+            f.write().map_err(|e| ("token_service.signing_key", e))?;
+        }
+        Ok(())
+    }
+
     /// An issuer by its `name` (`local` for the token service).
     pub fn issuer(&self, name: &str) -> Option<&Arc<Issuer>> {
         self.issuers.iter().find(|i| &*i.name == name)

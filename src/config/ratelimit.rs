@@ -1,6 +1,6 @@
 //! The config's rate-limit section (SPEC "Rate limits and quotas"): `stores.redis`,
 //! the named `rate_limits`, each route's `rate_limits: [names]` and
-//! `token_service.failed_auth_limit` — their serde model and their compile step
+//! `token_service.failed_auth_limit` — their model ([`section!`] blocks) and their compile step
 //! (model + `Problems` -> the runtime's [`RouteLimits`] / [`FailedAuthLimit`]).
 //!
 //! The stores outlive a reload ([`Stores`], kept in the [`Registry`](super::Registry)):
@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use super::validate::{self as v, At, Problems};
+use super::yaml::{section, Cx, DurationText, List, Node};
 use crate::ratelimit::{
     FailedAuthLimit, KeySpec, KeySpecError, Limit, LimitError, LimitSpec, Limiter, LocalStore,
     OnError, RedisConfig, RedisConfigError, RedisStore, RouteLimits, StoreKind, Window,
@@ -26,25 +27,32 @@ use crate::secret::Secret;
 /// `stores.redis.timeout` when not given.
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
 
-/// `stores:`
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-pub struct StoresModel {
-    pub redis: Option<RedisStoreModel>,
+section! {
+    /// `stores:`
+    pub struct StoresModel {
+        "redis" => pub redis: Option<RedisStoreModel>,
+    }
 }
 
-/// `stores.redis:`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct RedisStoreModel {
-    pub url: RedisUrl,
-    /// Per operation (default 50ms).
-    pub timeout: Option<String>,
+section! {
+    /// `stores.redis:`
+    pub struct RedisStoreModel {
+        "url" => pub url: Option<RedisUrl>,
+        /// Per operation (default 50ms).
+        "timeout" => pub timeout: Option<DurationText>,
+    }
 }
 
-/// `stores.redis.url`: may carry a password, so it is a [`Secret`]; `/admin/config`
-/// shows it with the password replaced by `[redacted]`.
-#[derive(Clone, Default, Deserialize)]
-#[serde(transparent)]
+/// `stores.redis.url`: may carry a password, so it is a [`Secret`] (never echoed in a
+/// problem); `/admin/config` shows it with the password replaced by `[redacted]`.
+#[derive(Clone, Default)]
 pub struct RedisUrl(pub Secret);
+
+impl Node for RedisUrl {
+    fn read<'de, D: Deserializer<'de>>(d: D, cx: &mut Cx) -> Result<Option<Self>, D::Error> {
+        Ok(Secret::read(d, cx)?.map(RedisUrl))
+    }
+}
 
 impl fmt::Debug for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -77,31 +85,33 @@ fn redacted_url(raw: &str) -> String {
     }
 }
 
-/// One entry of `rate_limits:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct RateLimitModel {
-    pub name: String,
-    /// `client | subject | ip | header:NAME`
-    pub key: String,
-    pub limit: u64,
-    pub per: String,
-    /// `sliding` (default) | `fixed`
-    pub window: Option<String>,
-    /// `local` (default) | `redis`
-    pub store: Option<String>,
-    /// `allow` (default) | `deny`
-    pub on_error: Option<String>,
+section! {
+    /// One entry of `rate_limits:`.
+    pub struct RateLimitModel {
+        "name" => pub name: Option<String>,
+        /// `client | subject | ip | header:NAME`
+        "key" => pub key: Option<String>,
+        "limit" => pub limit: Option<u64>,
+        "per" => pub per: Option<DurationText>,
+        /// `sliding` (default) | `fixed`
+        "window" => pub window: Option<String>,
+        /// `local` (default) | `redis`
+        "store" => pub store: Option<String>,
+        /// `allow` (default) | `deny`
+        "on_error" => pub on_error: Option<String>,
+    }
 }
 
-/// `token_service.failed_auth_limit:`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct FailedAuthLimitModel {
-    /// Failed authentications allowed per client id and per client IP (default 10).
-    pub limit: Option<u64>,
-    /// In any window of this (default 1m).
-    pub per: Option<String>,
-    /// `local` (default: each replica counts alone) | `redis` (every replica together).
-    pub store: Option<String>,
+section! {
+    /// `token_service.failed_auth_limit:`
+    pub struct FailedAuthLimitModel {
+        /// Failed authentications allowed per client id and per client IP (default 10).
+        "limit" => pub limit: Option<u64>,
+        /// In any window of this (default 1m).
+        "per" => pub per: Option<DurationText>,
+        /// `local` (default: each replica counts alone) | `redis` (every replica together).
+        "store" => pub store: Option<String>,
+    }
 }
 
 /// The rate-limit stores of the process, kept across reloads in the registry.
@@ -167,7 +177,7 @@ impl Compiled {
 /// `stores` and `rate_limits`: every problem recorded in `p`.
 pub fn compile(
     stores: Option<&StoresModel>,
-    limits: &[RateLimitModel],
+    limits: &List<RateLimitModel>,
     reg: &Stores,
     p: &mut Problems,
 ) -> Compiled {
@@ -179,7 +189,14 @@ pub fn compile(
             r.timeout.as_ref(),
             DEFAULT_REDIS_TIMEOUT,
         );
-        let url = &r.url.0;
+        let Some(RedisUrl(url)) = &r.url else {
+            p.missing(
+                "stores.redis",
+                "url",
+                " (e.g. url: \"redis://127.0.0.1:6379/0\")",
+            );
+            return None;
+        };
         if url.expose().trim().is_empty() {
             p.add("stores.redis.url", "must not be empty");
             return None;
@@ -198,53 +215,71 @@ pub fn compile(
     let mut by_name = HashMap::with_capacity(limits.len());
     let mut names = Vec::with_capacity(limits.len());
     let all = At::Path("rate_limits");
-    for (i, m) in limits.iter().enumerate() {
+    for (i, m) in limits.iter() {
         let at = all.index(i);
         let bad = |p: &mut Problems, key: &str, msg: String| {
             p.add(at.key(key).to_string(), msg);
         };
-        if m.name.starts_with("failed_auth_limit.") {
-            bad(
-                p,
-                "name",
-                "names starting with \"failed_auth_limit.\" are reserved for token_service.failed_auth_limit".into(),
-            );
-        } else if names.contains(&m.name) {
-            bad(
-                p,
-                "name",
-                format!("duplicate rate limit name \"{}\"", m.name),
-            );
+        for (k, given, example) in [
+            ("name", m.name.is_some(), ""),
+            (
+                "key",
+                m.key.is_some(),
+                " (client, subject, ip or header:NAME)",
+            ),
+            ("limit", m.limit.is_some(), " (requests allowed per window)"),
+            ("per", m.per.is_some(), " (the window, e.g. 1m)"),
+        ] {
+            if !given {
+                p.missing(at, k, example);
+            }
         }
-        let key = match m.key.parse::<KeySpec>() {
-            Ok(k) => Some(k),
-            Err(KeySpecError::Unknown(k)) => {
-                let hint = v::suggest(&k, &["client", "subject", "ip", "header:"])
-                    .map(|s| format!(" (did you mean \"{s}\"?)"))
-                    .unwrap_or_default();
+        if let Some(name) = &m.name {
+            if name.starts_with("failed_auth_limit.") {
                 bad(
+                    p,
+                    "name",
+                    "names starting with \"failed_auth_limit.\" are reserved for token_service.failed_auth_limit".into(),
+                );
+            } else if names.contains(name) {
+                bad(p, "name", format!("duplicate rate limit name \"{name}\""));
+            }
+        }
+        let key =
+            m.key
+                .as_deref()
+                .and_then(|key| match key.parse::<KeySpec>() {
+                    Ok(k) => Some(k),
+                    Err(KeySpecError::Unknown(k)) => {
+                        let hint = v::suggest(&k, &["client", "subject", "ip", "header:"])
+                            .map(|s| format!(" (did you mean \"{s}\"?)"))
+                            .unwrap_or_default();
+                        bad(
                     p,
                     "key",
                     format!("\"{k}\" is not a key: use client, subject, ip or header:NAME{hint}"),
                 );
-                None
-            }
-            Err(KeySpecError::BadHeader(h)) => {
-                bad(
-                    p,
-                    "key",
-                    format!("\"header:{h}\" does not name a valid HTTP header"),
-                );
-                None
-            }
-        };
-        let per = match v::parse_duration(&m.per) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                bad(p, "per", e);
-                None
-            }
-        };
+                        None
+                    }
+                    Err(KeySpecError::BadHeader(h)) => {
+                        bad(
+                            p,
+                            "key",
+                            format!("\"header:{h}\" does not name a valid HTTP header"),
+                        );
+                        None
+                    }
+                });
+        let per = m
+            .per
+            .as_ref()
+            .and_then(|written| match v::parse_duration(&written.0) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    bad(p, "per", e);
+                    None
+                }
+            });
         let window = match m.window.as_deref() {
             None | Some("sliding") => Window::Sliding,
             Some("fixed") => Window::Fixed,
@@ -278,17 +313,22 @@ pub fn compile(
                 OnError::Allow
             }
         };
-        names.push(m.name.clone());
-        for e in field_errors(&m.name, m.limit, per) {
-            bad(p, limit_error_key(&e), field_message(&e, &m.per));
+        // Known to the routes' checks even with problems, so they do not call it unknown.
+        let Some(name) = &m.name else {
+            continue;
+        };
+        names.push(name.clone());
+        let written = m.per.as_ref().map_or("", |d| d.0.as_str());
+        for e in field_errors(name, m.limit.unwrap_or(1), per) {
+            bad(p, limit_error_key(&e), field_message(&e, written));
         }
-        let (Some(key), Some(per)) = (key, per) else {
+        let (Some(key), Some(limit), Some(per)) = (key, m.limit, per) else {
             continue;
         };
         let spec = LimitSpec {
-            name: m.name.clone(),
+            name: name.clone(),
             key,
-            limit: m.limit,
+            limit,
             per,
             window,
             store,
@@ -296,8 +336,8 @@ pub fn compile(
         };
         // A limit with problems is still known to the routes' checks (so that they
         // report theirs too); the config is refused anyway.
-        if let (Ok(l), false) = (Limit::new(spec), by_name.contains_key(&m.name)) {
-            by_name.insert(m.name.clone(), Arc::new(l));
+        if let (Ok(l), false) = (Limit::new(spec), by_name.contains_key(name)) {
+            by_name.insert(name.clone(), Arc::new(l));
         }
     }
     Compiled {
@@ -362,24 +402,24 @@ fn limit_error_key(e: &LimitError) -> &'static str {
 /// `auth: none`). `None` when the route lists none or something is wrong (recorded).
 pub fn route_limits(
     c: &Compiled,
-    names: Option<&[String]>,
+    names: Option<&List<String>>,
     public: bool,
     at: At,
     p: &mut Problems,
 ) -> Option<RouteLimits> {
-    let names = names?;
+    let list = names?;
     let at = at.key("rate_limits");
-    if names.is_empty() {
+    if list.is_empty() {
         p.add(
             at.to_string(),
             "empty rate_limits list: leave the key out for a route without limits",
         );
         return None;
     }
-    let mut out = Vec::with_capacity(names.len());
-    let mut seen = HashSet::with_capacity(names.len());
-    let mut ok = true;
-    for (j, name) in names.iter().enumerate() {
+    let mut out = Vec::with_capacity(list.len());
+    let mut seen = HashSet::with_capacity(list.len());
+    let mut ok = !list.has_holes();
+    for (j, name) in list.iter() {
         let here = at.index(j);
         if !seen.insert(name.as_str()) {
             p.add(
@@ -458,7 +498,9 @@ pub fn failed_auth_limit(
         }
     };
     let errors = field_errors("x", limit, Some(per));
-    let written = m.and_then(|m| m.per.as_deref()).unwrap_or("1m");
+    let written = m
+        .and_then(|m| m.per.as_ref())
+        .map_or("1m", |d| d.0.as_str());
     for e in &errors {
         p.add(
             format!("{AT}.{}", limit_error_key(e)),
@@ -583,7 +625,7 @@ routes:
             "g.yaml:21:15 rate_limits[1].on_error: unknown on_error \"block\": use allow or deny",
             "g.yaml:22:11 rate_limits[2].name: duplicate rate limit name \"per-client\"",
             "g.yaml:27:10 rate_limits[3].key: \"header:bad name\" does not name a valid HTTP header",
-            "g.yaml:29:10 rate_limits[3].per: invalid duration \"forever\": expected e.g. 500ms, 30s, 10m, 1h",
+            "g.yaml:29:10 rate_limits[3].per: invalid duration \"forever\": expected e.g. 500ms, 1.5s, 30s, 10m, 1h",
             "g.yaml:30:11 rate_limits[4].name: names starting with \"failed_auth_limit.\" are reserved for token_service.failed_auth_limit",
             "g.yaml:37:10 rate_limits[5].per: per must be a whole number of seconds between 1s and 366d, got \"400d\"",
             "g.yaml:43:19 routes[0].rate_limits[0]: rate limit \"per-client\" counts by client, which a route with auth: none does not know (no token is checked there); use key: ip or header:NAME",

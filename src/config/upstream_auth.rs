@@ -1,15 +1,50 @@
-//! `upstreams[].auth` beyond the basics: `service_key` (a Cloud Foundry service key as
+//! `upstreams[].auth`: the credentials tollgate adds to forwarded requests — Basic, or
+//! an OAuth2 token from a token endpoint, whose client may come from `service_key` (a Cloud Foundry service key as
 //! the source of `oauth2_client_credentials`' client and token endpoint) and the
 //! identity-propagating types `token_exchange` (RFC 8693) and `jwt_bearer` (RFC 7523).
 //! Compiled into `credentials::OAuth2Source` / `credentials::Grant`, which step 9 of the
 //! request path uses.
 
-use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::model::UpstreamAuthModel;
+use http::HeaderValue;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::issuers::DEFAULT_FETCH_TIMEOUT;
+use super::refs::fingerprint;
+use super::registry::Registry;
 use super::validate::{self as v, Problems};
-use crate::credentials::{service_key, Grant};
+use super::yaml::{section, Cx, Node};
+use crate::credentials::{
+    service_key, ClientAuth, Grant, OAuth2Source, RequestFormat, UpstreamAuth,
+};
 use crate::secret::Secret;
+
+section! {
+    /// One block for every `type`, so that every key is read; [`compile_auth`] says
+    /// which keys belong to which type.
+    pub struct UpstreamAuthModel {
+        "type" => pub kind: Option<String>,
+        "token_url" => pub token_url: Option<String>,
+        "client_id" => pub client_id: Option<String>,
+        "client_secret" => pub client_secret: Option<Secret>,
+        "scope" => pub scope: Option<String>,
+        "audience" => pub audience: Option<String>,
+        "client_auth" => pub client_auth: Option<String>,
+        "request_format" => pub request_format: Option<String>,
+        "extra_params" => pub extra_params: Option<BTreeMap<String, String>>,
+        "username" => pub username: Option<String>,
+        "password" => pub password: Option<Secret>,
+        /// A Cloud Foundry service key instead of token_url / client_id / client_secret.
+        "service_key" => pub service_key: Option<ServiceKey>,
+        /// token_exchange (RFC 8693).
+        "subject_token_type" => pub subject_token_type: Option<String>,
+        "requested_token_type" => pub requested_token_type: Option<String>,
+        "resource" => pub resource: Option<String>,
+    }
+}
 
 /// The auth types that fetch a token from a token endpoint.
 pub const TOKEN_TYPES: [&str; 3] = ["oauth2_client_credentials", "token_exchange", "jwt_bearer"];
@@ -23,18 +58,53 @@ pub fn extra_keys(kind: &str) -> &'static [&'static str] {
 }
 
 /// `service_key`: the key's JSON as text (what `${file:..}` / `${env:..}` give), or
-/// written inline as a mapping. Kept as a [`Secret`]: `/admin/config` shows it as
-/// `[redacted]`, and a wrongly typed value is never echoed.
-pub fn deserialize_service_key<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Secret>, D::Error> {
-    match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Null => Ok(None),
-        serde_json::Value::String(s) => Ok(Some(Secret::new(s))),
-        o @ serde_json::Value::Object(_) => Ok(Some(Secret::new(o.to_string()))),
-        _ => Err(serde::de::Error::custom(
-            "service_key must be the service key's JSON (e.g. \"${file:/etc/tollgate/key.json}\") or a mapping",
-        )),
+/// written inline as a mapping (its text values substituted too). Kept as a [`Secret`]:
+/// `/admin/config` shows it as `[redacted]`, and a wrongly typed value is never echoed.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(transparent)]
+pub struct ServiceKey(pub Secret);
+
+const SERVICE_KEY_EXPECTED: &str = "service_key must be the service key's JSON (e.g. \"${file:/etc/tollgate/key.json}\") or a mapping";
+
+impl Node for ServiceKey {
+    fn read<'de, D: Deserializer<'de>>(d: D, cx: &mut Cx) -> Result<Option<Self>, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        let json = match value {
+            serde_json::Value::Null => return Ok(None),
+            serde_json::Value::String(s) => {
+                return Ok(cx
+                    .text(s.into())
+                    .map(|(s, _)| ServiceKey(Secret::new(s.into_owned()))));
+            }
+            mut o @ serde_json::Value::Object(_) => {
+                if !substitute(&mut o, cx) {
+                    return Ok(None);
+                }
+                o
+            }
+            _ => {
+                cx.error(SERVICE_KEY_EXPECTED);
+                return Ok(None);
+            }
+        };
+        Ok(Some(ServiceKey(Secret::new(json.to_string()))))
+    }
+}
+
+/// `${env:..}` / `${file:..}` in the text values of an inline service key; false when one
+/// cannot be resolved (recorded).
+fn substitute(v: &mut serde_json::Value, cx: &mut Cx) -> bool {
+    match v {
+        serde_json::Value::String(s) => match cx.text(std::mem::take(s).into()) {
+            Some((t, _)) => {
+                *s = t.into_owned();
+                true
+            }
+            None => false,
+        },
+        serde_json::Value::Array(a) => a.iter_mut().all(|x| substitute(x, cx)),
+        serde_json::Value::Object(o) => o.values_mut().all(|x| substitute(x, cx)),
+        _ => true,
     }
 }
 
@@ -58,7 +128,7 @@ pub fn client(
                 );
             }
         }
-        return match service_key::parse(key.expose()) {
+        return match service_key::parse(key.0.expose()) {
             Ok(k) => {
                 let url = v::http_url(p, &format!("{path}.service_key"), &k.token_url);
                 (url, k.client_id, k.client_secret)
@@ -72,19 +142,17 @@ pub fn client(
     let url = match &a.token_url {
         Some(u) => v::http_url(p, &format!("{path}.token_url"), u),
         None => {
-            p.add(
-                path,
-                "missing required key \"token_url\" (or a service_key that has it)",
-            );
+            p.missing(path, "token_url", " (or a service_key that has it)");
             None
         }
     };
+    // A value that could not be read has its own problem already.
     let client_id = a.client_id.clone().unwrap_or_default();
-    if client_id.trim().is_empty() {
+    if client_id.trim().is_empty() && !p.has(&format!("{path}.client_id")) {
         p.add(format!("{path}.client_id"), "missing or empty client_id");
     }
     let secret = a.client_secret.clone().unwrap_or_default();
-    if secret.is_empty() {
+    if secret.is_empty() && !p.has(&format!("{path}.client_secret")) {
         p.add(
             format!("{path}.client_secret"),
             "missing or empty client_secret",
@@ -117,7 +185,7 @@ fn token_type(p: &mut Problems, path: String, t: &str) -> String {
 
 /// The grant of a token-fetching auth type.
 pub fn grant(a: &UpstreamAuthModel, path: &str, p: &mut Problems) -> Grant {
-    match a.kind.as_str() {
+    match a.kind.as_deref().unwrap_or_default() {
         "token_exchange" => {
             let resource = a.resource.clone();
             if let Some(r) = &resource {
@@ -162,4 +230,207 @@ pub fn reserved_params(g: &Grant) -> &'static [&'static str] {
         ],
         Grant::JwtBearer => &["grant_type", "client_id", "client_secret", "assertion"],
     }
+}
+
+/// `upstreams[i].auth` of the upstream named `upstream`, at `path`.
+pub fn compile(
+    a: &UpstreamAuthModel,
+    upstream: &str,
+    path: &str,
+    reg: &Registry,
+    p: &mut Problems,
+) -> Option<UpstreamAuth> {
+    match a.kind.as_deref() {
+        Some("basic") => {
+            only_keys(a, &["username", "password"], path, p);
+            basic(a, path, p)
+        }
+        Some(kind) if TOKEN_TYPES.contains(&kind) => {
+            let mut allowed = OAUTH2_KEYS.to_vec();
+            allowed.extend_from_slice(extra_keys(kind));
+            only_keys(a, &allowed, path, p);
+            oauth2(a, upstream, path, reg, p)
+        }
+        Some(other) => {
+            let hint = v::suggest(other, &ALL_TYPES)
+                .map(|s| format!(" (did you mean \"{s}\"?)"))
+                .unwrap_or_default();
+            p.add(
+                format!("{path}.type"),
+                format!("unknown auth type \"{other}\": use basic, oauth2_client_credentials, token_exchange or jwt_bearer{hint}"),
+            );
+            None
+        }
+        None => {
+            p.missing(
+                path,
+                "type",
+                ": basic, oauth2_client_credentials, token_exchange or jwt_bearer",
+            );
+            None
+        }
+    }
+}
+
+const ALL_TYPES: [&str; 4] = [
+    "basic",
+    "oauth2_client_credentials",
+    "token_exchange",
+    "jwt_bearer",
+];
+
+/// The keys every token-fetching type has.
+const OAUTH2_KEYS: [&str; 9] = [
+    "token_url",
+    "client_id",
+    "client_secret",
+    "service_key",
+    "scope",
+    "audience",
+    "client_auth",
+    "request_format",
+    "extra_params",
+];
+
+/// Keys given that the auth `type` does not use are problems at the key.
+fn only_keys(a: &UpstreamAuthModel, allowed: &[&str], path: &str, p: &mut Problems) {
+    let present: [(&str, bool); 14] = [
+        ("token_url", a.token_url.is_some()),
+        ("client_id", a.client_id.is_some()),
+        ("client_secret", a.client_secret.is_some()),
+        ("scope", a.scope.is_some()),
+        ("audience", a.audience.is_some()),
+        ("client_auth", a.client_auth.is_some()),
+        ("request_format", a.request_format.is_some()),
+        ("extra_params", a.extra_params.is_some()),
+        ("username", a.username.is_some()),
+        ("password", a.password.is_some()),
+        ("service_key", a.service_key.is_some()),
+        ("subject_token_type", a.subject_token_type.is_some()),
+        ("requested_token_type", a.requested_token_type.is_some()),
+        ("resource", a.resource.is_some()),
+    ];
+    let kind = a.kind.as_deref().unwrap_or_default();
+    for (k, is) in present {
+        if is && !allowed.contains(&k) {
+            p.at_key(
+                format!("{path}.{k}"),
+                format!("key \"{k}\" does not apply to auth type \"{kind}\""),
+            );
+        }
+    }
+}
+
+/// Plain Basic (RFC 7617): not form-encoded, unlike OAuth2 client auth.
+fn basic(a: &UpstreamAuthModel, path: &str, p: &mut Problems) -> Option<UpstreamAuth> {
+    let (Some(u), Some(pw)) = (&a.username, &a.password) else {
+        if !p.has(&format!("{path}.username")) && !p.has(&format!("{path}.password")) {
+            p.add(path, "auth type basic needs username and password");
+        }
+        return None;
+    };
+    if u.contains(':') {
+        p.add(
+            format!("{path}.username"),
+            "a Basic username cannot contain ':'",
+        );
+    }
+    use base64::Engine;
+    let raw = format!("{u}:{}", pw.expose());
+    let mut h = HeaderValue::from_str(&format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    ))
+    .ok()?;
+    h.set_sensitive(true);
+    Some(UpstreamAuth::Basic(h))
+}
+
+fn oauth2(
+    a: &UpstreamAuthModel,
+    upstream: &str,
+    path: &str,
+    reg: &Registry,
+    p: &mut Problems,
+) -> Option<UpstreamAuth> {
+    let (url, client_id, secret) = client(a, path, p);
+    let grant = grant(a, path, p);
+    let (client_auth, format) = client_auth_and_format(a, path, p);
+    let scope = a.scope.clone().filter(|s| !s.trim().is_empty());
+    let extra = a.extra_params.clone().unwrap_or_default();
+    for k in extra.keys() {
+        if reserved_params(&grant).contains(&k.as_str()) {
+            p.add(
+                format!("{path}.extra_params.{k}"),
+                format!("\"{k}\" is set by tollgate"),
+            );
+        }
+    }
+    let client = reg.client(p, path, None, DEFAULT_FETCH_TIMEOUT)?;
+    let url = url?.to_string();
+    let cache_key = OAuth2Source::cache_key_for(
+        upstream,
+        &url,
+        &client_id,
+        scope.as_deref(),
+        a.audience.as_deref(),
+        &extra,
+    );
+    let on_behalf = grant != Grant::ClientCredentials;
+    // Tokens of another grant (or other exchange parameters) are never shared.
+    let cache_key = if on_behalf {
+        fingerprint(&[&crate::encoding::hex(&cache_key), &format!("{grant:?}")])
+    } else {
+        cache_key
+    };
+    let src = Arc::new(OAuth2Source {
+        upstream: upstream.into(),
+        token_url: url,
+        client_id,
+        client_secret: secret,
+        scope,
+        audience: a.audience.clone(),
+        client_auth,
+        format,
+        extra_params: extra,
+        grant,
+        client,
+        timeout: Duration::from_secs(10),
+        cache_key,
+    });
+    Some(if on_behalf {
+        UpstreamAuth::OnBehalf(src)
+    } else {
+        UpstreamAuth::OAuth2(src)
+    })
+}
+
+fn client_auth_and_format(
+    a: &UpstreamAuthModel,
+    path: &str,
+    p: &mut Problems,
+) -> (ClientAuth, RequestFormat) {
+    let client_auth = match a.client_auth.as_deref() {
+        None | Some("basic") => ClientAuth::Basic,
+        Some("body") => ClientAuth::Body,
+        Some(o) => {
+            p.add(
+                format!("{path}.client_auth"),
+                format!("unknown client_auth \"{o}\": use basic or body"),
+            );
+            ClientAuth::Basic
+        }
+    };
+    let format = match a.request_format.as_deref() {
+        None | Some("form") => RequestFormat::Form,
+        Some("json") => RequestFormat::Json,
+        Some(o) => {
+            p.add(
+                format!("{path}.request_format"),
+                format!("unknown request_format \"{o}\": use form or json"),
+            );
+            RequestFormat::Form
+        }
+    };
+    (client_auth, format)
 }

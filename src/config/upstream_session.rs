@@ -1,22 +1,22 @@
-//! `upstreams[].csrf` and `routes[].strip_cookies`: their serde model and how they
+//! `upstreams[].csrf` and `routes[].strip_cookies`: their model and how they
 //! compile into the runtime model (`upstream::Csrf`, `Route::strip_cookies`), used by
 //! the upstream-session step between upstream credentials and forwarding.
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use super::validate::Problems;
+use super::yaml::section;
 use crate::upstream::Csrf;
 
-/// `upstreams[].csrf`: the SAP X-CSRF-Token protocol.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-pub struct CsrfModel {
-    /// Where the token is fetched, under the upstream URL's path (default `/`).
-    pub fetch_path: Option<String>,
-    /// Request bodies kept for the replay after `403` + `X-CSRF-Token: Required`
-    /// (default and at most `server.limits.max_body_bytes`).
-    pub replay_max_bytes: Option<u64>,
+section! {
+    /// `upstreams[].csrf`: the SAP X-CSRF-Token protocol.
+    pub struct CsrfModel {
+        /// Where the token is fetched, under the upstream URL's path (default `/`).
+        "fetch_path" => pub fetch_path: Option<String>,
+        /// Request bodies kept for the replay after `403` + `X-CSRF-Token: Required`
+        /// (default and at most `server.limits.max_body_bytes`).
+        "replay_max_bytes" => pub replay_max_bytes: Option<u64>,
+    }
 }
 
 /// Compiles `csrf` of the upstream at `url` (whose path, without a trailing `/`, is
@@ -84,7 +84,8 @@ mod tests {
         let c = compile_csrf(&m, &u, &base, "upstreams[0]", &mut p);
         (
             c,
-            p.0.into_iter()
+            p.errors
+                .into_iter()
                 .map(|x| format!("{}: {}", x.path, x.message))
                 .collect(),
         )

@@ -1,6 +1,12 @@
 //! Signing keys for tokens tollgate issues: loaded from PEM (EC P-256/P-384, RSA,
 //! Ed25519) or generated (EC P-256), each with its public JWK and a stable `kid`
 //! (the RFC 7638 thumbprint), so restarts with the same key keep earlier tokens valid.
+//!
+//! A key for `create_signing_key: true` is generated in memory while the config
+//! compiles (`validate` and `explain` use it there and write nothing); only `tollgate
+//! run` writes its file, through [`NewKeyFile::write`].
+
+use std::path::{Path, PathBuf};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self as lc, KeyPair};
@@ -66,6 +72,59 @@ fn pem(label: &str, der: &[u8]) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// A signing key generated for a `signing_key` file that does not exist yet, with the
+/// PEM to write there.
+pub struct NewKeyFile {
+    pub path: PathBuf,
+    pem: crate::secret::Secret,
+}
+
+impl std::fmt::Debug for NewKeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewKeyFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NewKeyFile {
+    /// A fresh EC P-256 key for `path`: the key to use, and the file to write.
+    pub fn generate(path: &Path) -> Result<(SigningKey, NewKeyFile), String> {
+        let pem = SigningKey::generate_es256_pem()?;
+        let key = SigningKey::from_pem(&pem)?;
+        let pem = String::from_utf8(pem).map_err(|_| "key generation failed".to_owned())?;
+        let file = NewKeyFile {
+            path: path.to_path_buf(),
+            pem: crate::secret::Secret::new(pem),
+        };
+        Ok((key, file))
+    }
+
+    /// Writes the key, readable by the owner only. Refuses to replace a file that
+    /// appeared since the config was read (another process created it).
+    pub fn write(&self) -> Result<(), String> {
+        let f = &self.path;
+        if let Some(dir) = f.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        use std::io::Write;
+        let mut file = opts
+            .open(f)
+            .map_err(|e| format!("cannot create {}: {e}", f.display()))?;
+        file.write_all(self.pem.expose().as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", f.display()))?;
+        tracing::warn!(path = %f.display(), "created a new token service signing key");
+        Ok(())
+    }
+}
 const RSA_TOO_SMALL: &str = "RSA keys must be at least 2048 bits";
 
 impl SigningKey {
@@ -281,5 +340,26 @@ mod tests {
                 "{f}"
             );
         }
+    }
+
+    // Behaviour: a generated key file holds the key that was used in memory, is
+    // readable by the owner only, and is never written over an existing file.
+    #[test]
+    fn new_key_file_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/signing.pem");
+        let (key, file) = NewKeyFile::generate(&path).unwrap();
+        assert!(!path.exists(), "generating writes nothing");
+        assert!(!format!("{file:?}").contains("PRIVATE"), "{file:?}");
+        file.write().unwrap();
+        let again = SigningKey::from_pem(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(again.kid, key.kid);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(file.write().unwrap_err().contains("cannot create"));
     }
 }

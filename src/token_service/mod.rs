@@ -18,7 +18,6 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
-use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
@@ -144,8 +143,10 @@ pub fn parse_params(
     }
 }
 
-/// `Authorization: Basic` -> (id, secret), each form-urldecoded (RFC 6749 §2.3.1).
+/// `Authorization: Basic` -> (id, secret), each form-urldecoded (RFC 6749 §2.3.1),
+/// from padded or unpadded base64. `Ok(None)`: another scheme.
 pub fn parse_basic(v: &HeaderValue) -> Result<Option<(String, String)>, GatewayError> {
+    let malformed = || GatewayError::InvalidClient("malformed Basic credentials".into());
     let Ok(s) = v.to_str() else {
         return Err(GatewayError::BadRequest(
             "invalid Authorization header".into(),
@@ -157,21 +158,34 @@ pub fn parse_basic(v: &HeaderValue) -> Result<Option<(String, String)>, GatewayE
     if !scheme.eq_ignore_ascii_case("basic") {
         return Ok(None);
     }
-    let raw = STANDARD
-        .decode(rest.trim())
+    let raw = BASIC_BASE64.decode(rest.trim()).map_err(|_| malformed())?;
+    let colon = raw.iter().position(|b| *b == b':').ok_or_else(malformed)?;
+    let (id, secret) = (&raw[..colon], &raw[colon + 1..]);
+    Ok(Some((
+        form_decode(id).ok_or_else(malformed)?,
+        form_decode(secret).ok_or_else(malformed)?,
+    )))
+}
+
+/// Base64 as clients send it in `Authorization: Basic`: padded or not.
+const BASIC_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// One form-urlencoded value (RFC 6749 §2.3.1, Appendix B): `+` is a space, `%XX` a
+/// byte; everything else, `&` and `=` included, stands for itself. `None` when the
+/// result is not UTF-8.
+fn form_decode(part: &[u8]) -> Option<String> {
+    let spaced: Vec<u8> = part
+        .iter()
+        .map(|b| if *b == b'+' { b' ' } else { *b })
+        .collect();
+    percent_encoding::percent_decode(&spaced)
+        .decode_utf8()
         .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| GatewayError::InvalidClient("malformed Basic credentials".into()))?;
-    let (id, secret) = raw
-        .split_once(':')
-        .ok_or_else(|| GatewayError::InvalidClient("malformed Basic credentials".into()))?;
-    let dec = |s: &str| -> String {
-        form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
-    Ok(Some((dec(id), dec(secret))))
+        .map(|s| s.into_owned())
 }
 
 impl TokenService {
@@ -453,5 +467,78 @@ impl TokenService {
             "scopes_supported": scopes,
             "access_token_signing_alg_values_supported": [format!("{:?}", self.key.alg)],
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD;
+
+    fn basic(raw: &str) -> HeaderValue {
+        HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(raw))).unwrap()
+    }
+
+    fn parsed(v: &HeaderValue) -> Option<(String, String)> {
+        parse_basic(v).ok().flatten()
+    }
+
+    // Behaviour: id and secret are each form-decoded (RFC 6749 §2.3.1): what
+    // `basic_header` encodes comes back unchanged, whatever characters it holds.
+    #[test]
+    fn basic_round_trip() {
+        for (id, secret) in [
+            ("gw client", "p@ss:w/rd"),
+            ("a+b", "x&y=z%41"),
+            ("ünï", "s3cr3t ✓"),
+            ("", ""),
+        ] {
+            let v = crate::credentials::basic_header(id, secret);
+            assert_eq!(
+                parsed(&v),
+                Some((id.to_owned(), secret.to_owned())),
+                "{id} {secret}"
+            );
+        }
+    }
+
+    // Behaviour: a secret that was not form-encoded keeps its `&` and `=` (they used to
+    // cut it short); `+` still reads as a space, as form encoding says.
+    #[test]
+    fn raw_ampersand_and_equals_are_kept() {
+        assert_eq!(
+            parsed(&basic("client:a&b=c&d")),
+            Some(("client".into(), "a&b=c&d".into()))
+        );
+        assert_eq!(
+            parsed(&basic("client:a+b%2Bc")),
+            Some(("client".into(), "a b+c".into()))
+        );
+        assert_eq!(
+            parsed(&basic("cli:ent:with:colons")),
+            Some(("cli".into(), "ent:with:colons".into()))
+        );
+    }
+
+    // Behaviour: unpadded base64 is accepted; other schemes are not credentials;
+    // broken credentials are an error.
+    #[test]
+    fn padding_schemes_and_malformed() {
+        let padded = STANDARD.encode("id:secret1");
+        assert!(padded.ends_with('='), "{padded}");
+        let v = HeaderValue::from_str(&format!("basic {}", padded.trim_end_matches('='))).unwrap();
+        assert_eq!(parsed(&v), Some(("id".into(), "secret1".into())));
+        let bearer = HeaderValue::from_static("Bearer abc");
+        assert!(matches!(parse_basic(&bearer), Ok(None)));
+        for bad in [
+            "Basic !!!",
+            "Basic aWQ",
+            &format!("Basic {}", STANDARD.encode("no-colon")),
+        ] {
+            let v = HeaderValue::from_str(bad).unwrap();
+            assert!(parse_basic(&v).is_err(), "{bad}");
+        }
+        let v = HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(b"id:%FF"))).unwrap();
+        assert!(parse_basic(&v).is_err(), "not UTF-8 once decoded");
     }
 }

@@ -452,6 +452,81 @@ async fn explain_endpoint() {
     gw.stop().await;
 }
 
+// Behaviour: `POST /admin/explain` decides a browser's cross-origin call like
+// `tollgate explain --origin [--preflight]`: with `origin` the route's CORS is decided,
+// with `preflight` the browser's preflight is explained with the headers it would get;
+// an origin the route does not allow gets none, and a preflight without an origin is
+// refused. The first step names the config version that decided.
+#[tokio::test]
+async fn explain_endpoint_cors() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let yaml = format!(
+        "{}  - name: partner\n    path_prefix: /partner\n    upstream: bi\n    auth: none\n    cors:\n      allow_origins: [\"https://cx.example\"]\n      allow_methods: [GET, PUT]\n",
+        gateway_yaml(&idp, &up, "")
+    );
+    let gw = spawn_gateway(&yaml).await;
+    let explain = |body: Value| {
+        let url = gw.admin_url("/admin/explain");
+        async move { client().post(url).json(&body).send().await.unwrap() }
+    };
+    let steps = |v: &Value| -> Vec<String> {
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let v = json_of(
+        explain(
+            json!({"path": "/partner/orders", "origin": "https://cx.example", "preflight": "PUT"}),
+        )
+        .await,
+    )
+    .await;
+    let s = steps(&v);
+    assert!(
+        s[0].starts_with("request: OPTIONS /partner/orders (Origin https://cx.example)")
+            && s[0].ends_with("(config version 1)"),
+        "{v:#}"
+    );
+    assert!(
+        s.iter()
+            .any(|l| l == "cors: access-control-allow-origin: https://cx.example"),
+        "{v:#}"
+    );
+    assert!(
+        s.iter()
+            .any(|l| l.starts_with("cors: access-control-allow-methods:") && l.contains("PUT")),
+        "{v:#}"
+    );
+    assert_eq!(v["allowed"], json!(true), "{v:#}");
+    // An origin the route does not allow: no CORS headers for it.
+    let v = json_of(
+        explain(json!({"path": "/partner/orders", "origin": "https://evil.example", "preflight": "PUT"})).await,
+    )
+    .await;
+    let s = steps(&v);
+    assert!(
+        !s.iter()
+            .any(|l| l.starts_with("cors: access-control-allow-origin")),
+        "{v:#}"
+    );
+    // A plain cross-origin GET is forwarded (the route has no auth).
+    let v =
+        json_of(explain(json!({"path": "/partner/orders", "origin": "https://cx.example"})).await)
+            .await;
+    assert_eq!(v["allowed"], json!(true), "{v:#}");
+    assert_eq!(steps(&v).last().unwrap(), "result: ALLOW", "{v:#}");
+    // A preflight needs an origin.
+    let r = explain(json!({"path": "/partner/orders", "preflight": "PUT"})).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("preflight needs origin"));
+    assert_eq!(up.count(), 0, "explain sent something upstream");
+    gw.stop().await;
+}
+
 // Behaviour: `GET /admin/ui` is HTML under a strict CSP, listing routes and issuers
 // (escaped), with its script and style from the admin listener itself.
 #[tokio::test]

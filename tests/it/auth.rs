@@ -1,4 +1,4 @@
-//! Issue 3: inbound Bearer auth — issuers, JWKS, introspection, scopes, clients,
+//! Inbound Bearer auth — issuers, JWKS, introspection, scopes, clients,
 //! permissions, denial logs, explain.
 
 use std::sync::atomic::Ordering;

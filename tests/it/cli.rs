@@ -601,3 +601,314 @@ async fn explain_reads_the_token_from_stdin_or_a_file() {
     assert_eq!(none.0, Some(1), "without a token the request is denied");
     assert_eq!(up.count(), 0, "explain sends no request upstream");
 }
+
+// Behaviour: `explain --origin` decides the route's CORS too (an origin outside
+// allow_origins gets no grant), and `--preflight METHOD` explains the browser's preflight:
+// answered by tollgate without a token, with the headers the browser would get; the
+// same refusal for a preflight from an origin that is not allowed; `--preflight` without
+// `--origin` is a usage error.
+#[tokio::test]
+async fn explain_decides_cors_for_an_origin_and_a_preflight() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server:\n  listen: \"127.0.0.1:0\"\nissuers:\n{}upstreams:\n  - name: bi\n    url: \"{}\"\nroutes:\n  - name: analytics\n    path_prefix: /v2/analytics\n    upstream: bi\n    auth:\n      issuers: [corp]\n      scopes: [analytics.read]\n    cors:\n      allow_origins: [\"https://cx.company.com\"]\n      allow_methods: [GET, POST]\n      allow_headers: [Authorization]\n",
+            issuer_yaml(&idp, "corp", ""),
+            up.url()
+        ),
+    )
+    .unwrap();
+    let token = idp.token(serde_json::json!({}));
+    let (cfg2, tok) = (cfg.clone(), token.clone());
+    let (allowed, foreign, preflight, foreign_preflight, no_origin) =
+        tokio::task::spawn_blocking(move || {
+            let explain = || {
+                let mut c = bin();
+                c.args(["explain", "--config"]).arg(&cfg2);
+                c
+            };
+            (
+                output(explain().args([
+                    "--token",
+                    &tok,
+                    "--origin",
+                    "https://cx.company.com",
+                    "/v2/analytics/x",
+                ])),
+                output(explain().args([
+                    "--token",
+                    &tok,
+                    "--origin",
+                    "https://evil.example",
+                    "/v2/analytics/x",
+                ])),
+                output(explain().args([
+                    "--origin",
+                    "https://cx.company.com",
+                    "--preflight",
+                    "POST",
+                    "/v2/analytics/x",
+                ])),
+                output(explain().args([
+                    "--origin",
+                    "https://evil.example",
+                    "--preflight",
+                    "POST",
+                    "/v2/analytics/x",
+                ])),
+                output(explain().args(["--preflight", "POST", "/v2/analytics/x"])),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(allowed.0, Some(0), "{}{}", allowed.1, allowed.2);
+    for needle in [
+        "(Origin https://cx.company.com)",
+        "cors: origin allowed",
+        "result: ALLOW",
+    ] {
+        assert!(allowed.1.contains(needle), "{needle}:\n{}", allowed.1);
+    }
+    assert!(
+        foreign.1.contains("cors: origin not allowed"),
+        "{}",
+        foreign.1
+    );
+    assert_eq!(preflight.0, Some(0), "{}{}", preflight.1, preflight.2);
+    for needle in [
+        "request: OPTIONS /v2/analytics/x",
+        "no token needed",
+        "cors: access-control-allow-origin: https://cx.company.com",
+        "cors: access-control-allow-methods: GET, POST",
+        "result: answered by tollgate itself with 204",
+    ] {
+        assert!(preflight.1.contains(needle), "{needle}:\n{}", preflight.1);
+    }
+    assert!(
+        !foreign_preflight.1.contains("access-control-allow-origin"),
+        "{}",
+        foreign_preflight.1
+    );
+    assert_eq!(no_origin.0, Some(2), "{}", no_origin.2);
+    assert!(no_origin.2.contains("--origin"), "{}", no_origin.2);
+    assert_eq!(up.count(), 0, "explain sends no request upstream");
+}
+
+/// Waits (bounded) for the command to exit, killing it if the test ends first; returns
+/// its status and stderr.
+fn exit_of(cmd: &mut Command) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let mut guard = ChildGuard::spawn("tollgate", cmd);
+    let status = guard.exit_within(std::time::Duration::from_secs(20));
+    let mut stderr = String::new();
+    guard
+        .child_mut()
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, stderr)
+}
+
+const WITH_WARNING: &str = r#"server:
+  listen: "127.0.0.1:0"
+issuers:
+  - name: corp
+    issuer: "https://idp.example.com"
+    jwks_uri: "http://127.0.0.1:9/jwks"
+    skip_audience_check: true
+upstreams:
+  - name: bi
+    url: "http://127.0.0.1:9000"
+routes:
+  - name: api
+    path_prefix: /api
+    upstream: bi
+    auth: {issuers: [corp]}
+"#;
+
+// Behaviour: warnings are printed, located, and do not fail validation; --format json
+// gives CI one document with every error and warning and their places.
+#[test]
+fn validate_warnings_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, WITH_WARNING);
+    let f = p.display().to_string();
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{f}:7:26 issuers[0].skip_audience_check: warning: tokens this issuer made for any other API"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].contains(": OK — 1 route(s)") && lines[1].ends_with("(1 warning(s))"),
+        "{stdout}"
+    );
+
+    let out = bin()
+        .args(["validate", "--format", "json", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], true, "{v:#}");
+    assert_eq!(v["errors"], serde_json::json!([]), "{v:#}");
+    let w = &v["warnings"][0];
+    assert_eq!(
+        (
+            w["file"].as_str(),
+            w["line"].as_u64(),
+            w["column"].as_u64(),
+            w["path"].as_str()
+        ),
+        (
+            Some(f.as_str()),
+            Some(7),
+            Some(26),
+            Some("issuers[0].skip_audience_check")
+        ),
+        "{v:#}"
+    );
+
+    let broken = WITH_WARNING.replace("upstream: bi", "upstream: bj");
+    std::fs::write(&p, broken).unwrap();
+    let out = bin()
+        .args(["validate", "--format", "json", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false, "{v:#}");
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 1, "{v:#}");
+    let e = &v["errors"][0];
+    assert_eq!(e["path"], "routes[0].upstream", "{v:#}");
+    assert_eq!(e["line"], 14, "{v:#}");
+    assert_eq!(
+        e["message"], "unknown upstream \"bj\" (did you mean \"bi\"?)",
+        "{v:#}"
+    );
+}
+
+// Behaviour: without a config file, validate and run say so in one line.
+#[test]
+fn no_config_file_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("gateway.yaml");
+    for cmd in ["validate", "run"] {
+        let (status, stderr) = exit_of(
+            bin()
+                .current_dir(dir.path())
+                .arg(cmd)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        );
+        assert_eq!(status.code(), Some(1), "{cmd}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{cmd}: {stderr}");
+        assert_eq!(
+            lines[0],
+            "tollgate: cannot read the config file gateway.yaml: No such file or directory (os error 2) (name it with --config FILE or TOLLGATE_CONFIG)",
+            "{cmd}"
+        );
+    }
+    assert!(!missing.exists());
+}
+
+// Behaviour: when the listen address is taken, run says which address.
+#[test]
+fn run_names_the_address_it_cannot_listen_on() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, &VALID.replace("127.0.0.1:0", &addr.to_string()));
+    let (status, stderr) = exit_of(
+        bin()
+            .args(["run", "--config"])
+            .arg(&p)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("tollgate: cannot listen on {addr}: ")),
+        "{stderr}"
+    );
+    drop(taken);
+}
+
+// Behaviour: validate never writes; the signing key asked for with create_signing_key
+// is written by run only (owner-readable), and the tokens it signs verify with it.
+#[tokio::test]
+async fn only_run_creates_the_signing_key() {
+    let up = spawn_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}token_service:\n  issuer: \"https://gw.example.com\"\n  audience: gw\n  signing_key: keys/signing.pem\n  create_signing_key: true\n  clients:\n    - id: c\n      secret: s3cret\n      scopes: [a]\n",
+        VALID.replace("http://127.0.0.1:9000", &up.url())
+    );
+    let p = write(&dir, &yaml);
+    let before: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("token_service.signing_key: warning: "),
+        "{stdout}"
+    );
+    let after: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after, "validate wrote something");
+
+    let b = spawn_binary(&p, &["run"]);
+    let key = dir.path().join("keys/signing.pem");
+    let pem = std::fs::read(&key).expect("run creates the key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let r = client()
+        .post(format!("http://{}/oauth2/token", b.public))
+        .basic_auth("c", Some("s3cret"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = json_of(r).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
+    let signing = tollgate::token_service::keys::SigningKey::from_pem(&pem).unwrap();
+    assert_eq!(
+        kid, signing.kid,
+        "tokens are signed with the key in the file"
+    );
+}

@@ -1,4 +1,4 @@
-//! Issue 8, part 4: fault injection. Upstreams, JWKS endpoints, introspection endpoints
+//! Fault injection. Upstreams, JWKS endpoints, introspection endpoints
 //! and upstream token endpoints that reset, stall, talk garbage or answer far too much,
 //! on real sockets on 127.0.0.1. Every case checks that the request ends within a
 //! bounded time with SPEC's status and `error` code, that the gateway keeps serving

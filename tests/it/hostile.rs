@@ -1,4 +1,4 @@
-//! Issue 8 (part): hostile input. Every case gets a clear 4xx or a closed connection —
+//! Hostile input. Every case gets a clear 4xx or a closed connection —
 //! never a panic, never a request the upstream could read differently from tollgate.
 
 use std::time::Duration;

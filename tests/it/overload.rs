@@ -1,4 +1,4 @@
-//! Issue 8, overload: load shedding at `max_concurrent_requests` (a quick 503, never an
+//! Overload: load shedding at `max_concurrent_requests` (a quick 503, never an
 //! unbounded queue), `max_connections` enforced, memory flat under a flood.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,4 +1,4 @@
-//! Issue 2: forwarding, errors, headers, limits, protocols.
+//! Forwarding, errors, headers, limits, protocols.
 
 use std::time::{Duration, Instant};
 

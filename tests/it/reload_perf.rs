@@ -1,4 +1,4 @@
-//! Issue 7: a reload of a large config, and the phase timings it reports
+//! A reload of a large config, and the phase timings it reports
 //! (`GET /admin/status` -> `last_reload.timings`).
 
 use crate::common::*;

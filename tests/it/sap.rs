@@ -1,4 +1,4 @@
-//! Issue 16: SAP-grade upstreams — the X-CSRF-Token protocol with upstream session
+//! SAP-grade upstreams — the X-CSRF-Token protocol with upstream session
 //! cookies (`upstreams[].csrf`), `strip_cookies`, Cloud Foundry service keys, and
 //! identity propagation (token exchange, JWT bearer).
 //!

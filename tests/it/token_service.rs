@@ -1,4 +1,4 @@
-//! Issue 4: the token service and body credentials.
+//! The token service and body credentials.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;

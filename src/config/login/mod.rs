@@ -1,5 +1,5 @@
 //! The `login:` section of `gateway.yaml` (browser sign-in) and `auth: {login: true}` on
-//! routes: the serde model as written ([`model`]), and its compile step into the runtime
+//! routes: the model as written ([`model`]), and its compile step into the runtime
 //! [`Login`], reporting everything that could not work (an issuer without
 //! `discovery:`, a short `cookie_secret`, a callback path a route or the token service
 //! already answers, `login: true` without a `login:` section, ...).
@@ -16,6 +16,7 @@ use super::model::{ConfigModel, RouteAuthModel};
 use super::validate::{self as v, Problems};
 use crate::auth::jwks::KeySource;
 use crate::auth::{Issuer, IssuerKind};
+use crate::config::yaml::List;
 use crate::route::normalize_path;
 use crate::runtime::Route;
 use crate::secret::Secret;
@@ -48,7 +49,7 @@ pub fn compile(
 ) -> Option<Arc<Login>> {
     let wants_login = |a: Option<&RouteAuthModel>| matches!(a, Some(RouteAuthModel::Block(b)) if b.login == Some(true));
     if m.login.is_none() {
-        for (i, r) in m.routes.iter().enumerate() {
+        for (i, r) in m.routes.iter() {
             if wants_login(r.auth.as_ref()) {
                 p.add(
                     format!("routes[{i}].auth.login"),
@@ -64,13 +65,25 @@ pub fn compile(
     {
         p.add(
             "server.admin_auth.login",
-            "browser sign-in does not apply to the admin API: it takes Bearer tokens only",
+            "browser sign-in does not apply to the admin API: it takes Bearer tokens, or Basic credentials with `type: basic`",
         );
     }
     let l = m.login.as_ref()?;
-    let before = p.0.len();
+    let before = p.errors.len();
+    for (key, given) in [
+        ("issuer", l.issuer.is_some()),
+        ("client_id", l.client_id.is_some()),
+        ("cookie_secret", l.cookie_secret.is_some()),
+    ] {
+        if !given {
+            p.missing("login", key, "");
+        }
+    }
     let id_tokens = id_token_issuer(l, m, issuers, p);
-    if l.client_id.trim().is_empty() || l.client_id.chars().any(char::is_whitespace) {
+    let client_id = l.client_id.clone().unwrap_or_default();
+    if l.client_id.is_some()
+        && (client_id.trim().is_empty() || client_id.chars().any(char::is_whitespace))
+    {
         p.add(
             "login.client_id",
             "must be a non-empty client id without spaces",
@@ -82,9 +95,14 @@ pub fn compile(
             "must not be empty (leave the key out for a public client)",
         );
     }
-    let scopes = l.scopes.clone().unwrap_or_else(|| vec!["openid".into()]);
-    for (j, s) in scopes.iter().enumerate() {
-        v::token_word(p, format!("login.scopes[{j}]"), s, "scope");
+    let scopes = l
+        .scopes
+        .as_ref()
+        .map_or_else(|| vec!["openid".into()], List::to_vec);
+    if let Some(list) = &l.scopes {
+        for (j, s) in list.iter() {
+            v::token_word(p, format!("login.scopes[{j}]"), s, "scope");
+        }
     }
     if !scopes.iter().any(|s| s == "openid") {
         p.add(
@@ -130,8 +148,9 @@ pub fn compile(
             );
         }
     }
-    let secret_len = l.cookie_secret.expose().len();
-    if secret_len < MIN_COOKIE_SECRET_BYTES {
+    let cookie_secret = l.cookie_secret.clone().unwrap_or_default();
+    let secret_len = cookie_secret.expose().len();
+    if l.cookie_secret.is_some() && secret_len < MIN_COOKIE_SECRET_BYTES {
         p.add(
             "login.cookie_secret",
             format!(
@@ -166,20 +185,23 @@ pub fn compile(
         extra_params.push((k.clone(), val.clone()));
     }
     let cookie_secure = l.cookie_secure.unwrap_or(true);
-    if p.0.len() != before {
+    if p.errors.len() != before {
         return None;
     }
     if !cookie_secure {
-        tracing::warn!("login.cookie_secure is false: session cookies go over plain HTTP; use it only for local development");
+        p.warn(
+            "login.cookie_secure",
+            "false: session cookies go over plain HTTP; use it only for local development",
+        );
     }
     Some(Arc::new(Login::new(LoginSettings {
         id_tokens: id_tokens?,
-        client_id: l.client_id.clone(),
+        client_id,
         client_secret: l.client_secret.clone(),
         scopes,
         callback_path,
         logout_path,
-        cookie_secret: l.cookie_secret.clone(),
+        cookie_secret,
         cookie_secure,
         session_ttl,
         post_logout_redirect_uri: l.post_logout_redirect_uri.clone(),
@@ -207,42 +229,47 @@ fn id_token_issuer(
     issuers: &[Arc<Issuer>],
     p: &mut Problems,
 ) -> Option<Issuer> {
-    let Some(model) = m.issuers.iter().find(|i| i.name == l.issuer) else {
-        let known: Vec<&str> = m.issuers.iter().map(|i| i.name.as_str()).collect();
-        let hint = v::suggest(&l.issuer, &known)
+    let name = l.issuer.as_deref()?;
+    let Some(model) = m.issuers.values().find(|i| i.name.as_deref() == Some(name)) else {
+        // An issuers entry that could not be read may be this one (its problem says why).
+        if m.issuers.has_holes() {
+            return None;
+        }
+        let known: Vec<&str> = m
+            .issuers
+            .values()
+            .filter_map(|i| i.name.as_deref())
+            .collect();
+        let hint = v::suggest(name, &known)
             .map(|s| format!(" (did you mean \"{s}\"?)"))
             .unwrap_or_default();
-        p.add(
-            "login.issuer",
-            format!("unknown issuer \"{}\"{hint}", l.issuer),
-        );
+        p.add("login.issuer", format!("unknown issuer \"{name}\"{hint}"));
         return None;
     };
     if model.discovery.is_none() {
         p.add(
             "login.issuer",
             format!(
-                "issuer \"{}\" has no `discovery:`; sign-in takes the authorization, token and end-session endpoints from the discovery document",
-                l.issuer
+                "issuer \"{name}\" has no `discovery:`; sign-in takes the authorization, token and end-session endpoints from the discovery document"
             ),
         );
         return None;
     }
     // An issuer with problems of its own is not compiled (they are reported already).
-    let issuer = issuers.iter().find(|i| *i.name == *l.issuer)?;
+    let issuer = issuers.iter().find(|i| *i.name == *name)?;
     let IssuerKind::Jwt(store) = &issuer.kind else {
         return None;
     };
     if !matches!(store.source, KeySource::Discovery(_)) {
         return None;
     }
-    let fingerprint =
-        Sha256::digest(format!("id-token\n{}\n{}", issuer.issuer, l.client_id)).into();
+    let client_id = l.client_id.clone().unwrap_or_default();
+    let fingerprint = Sha256::digest(format!("id-token\n{}\n{}", issuer.issuer, client_id)).into();
     Some(Issuer {
         name: issuer.name.clone(),
         issuer: issuer.issuer.clone(),
         kind: IssuerKind::Jwt(store.clone()),
-        audiences: vec![l.client_id.clone()],
+        audiences: vec![client_id],
         skip_audience_check: false,
         algorithms: issuer.algorithms.clone(),
         leeway: issuer.leeway,

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Reload time of the benchmark's 10k-route config, for one or more tollgate binaries.
+
+    bench/reload_10k.py [--reloads N] [--series S] BINARY [BINARY...]
+
+Writes the same 10,000-route file as bench.py (routes with permissions), starts each
+binary on it (pinned to core 0 when taskset exists), and runs S series of N
+`POST /admin/reload` per binary, alternating binaries between series so that load from
+other users of the machine falls on all of them alike. Prints, per binary, the median
+of the phases tollgate reports itself (`GET /admin/status` -> last_reload.timings) and
+of the wall time of the reload request. Also times `tollgate validate` on the file.
+
+Loopback only; every process started here is stopped by PID in a finally block.
+"""
+import argparse
+import http.client
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ADMIN_BASE = 18591
+PUBLIC_BASE = 18581
+
+
+def config_text(port, admin, n_routes=10_000):
+    head = f"""server:
+  listen: "127.0.0.1:{port}"
+  admin_listen: "127.0.0.1:{admin}"
+  limits:
+    max_connections: 40000
+issuers:
+  - name: bench
+    issuer: "https://idp.bench.local"
+    jwks_uri: "http://127.0.0.1:9/jwks.json"
+    audiences: ["tollgate-bench"]
+    algorithms: [RS256]
+upstreams:
+  - name: up
+    url: "http://127.0.0.1:9"
+routes:
+  - name: plain
+    path_prefix: /plain
+    upstream: up
+    auth: none
+  - name: upload
+    path_prefix: /upload
+    upstream: up
+    auth: none
+  - name: api
+    path_prefix: /api
+    upstream: up
+    auth:
+      issuers: [bench]
+      scopes: [analytics.read]
+    permissions:
+      - path: /api/data
+        methods: [GET]
+      - path: /api/items/*
+        methods: [GET, POST]
+      - path: /api/admin/**
+        methods: ["*"]
+        scopes: [admin]
+"""
+    parts = [head]
+    for i in range(n_routes - 3):
+        parts.append(f"""  - name: r{i}
+    path_prefix: /svc{i}
+    upstream: up
+    auth:
+      issuers: [bench]
+      scopes: [analytics.read]
+    permissions:
+      - path: /svc{i}/data
+        methods: [GET]
+      - path: /svc{i}/items/*
+        methods: [GET, POST]
+        scopes: [svc{i}.write]
+""")
+    return "".join(parts)
+
+
+def req(port, method, path, timeout=120):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request(method, path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def wait_ready(port, deadline):
+    while time.time() < deadline:
+        try:
+            if req(port, "GET", "/healthz", timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"admin port {port} did not answer")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("binaries", nargs="+")
+    ap.add_argument("--reloads", type=int, default=5)
+    ap.add_argument("--series", type=int, default=3)
+    a = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="tollgate-reload-")
+    procs = []
+    results = {b: {"wall": [], "read_ms": [], "parse_ms": [], "compile_ms": [], "total_ms": []}
+               for b in a.binaries}
+    validate = {}
+    try:
+        ports = {}
+        for i, b in enumerate(a.binaries):
+            port, admin = PUBLIC_BASE + i, ADMIN_BASE + i
+            cfg = os.path.join(work, f"gateway-{i}.yaml")
+            with open(cfg, "w") as f:
+                f.write(config_text(port, admin))
+            t = time.perf_counter()
+            subprocess.run([b, "validate", "--config", cfg], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            validate[b] = time.perf_counter() - t
+            cmd = [b, "run", "--config", cfg]
+            if shutil.which("taskset"):
+                cmd = ["taskset", "-c", "0"] + cmd
+            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 env={**os.environ, "RUST_LOG": "warn"})
+            procs.append(p)
+            ports[b] = admin
+        for b in a.binaries:
+            wait_ready(ports[b], time.time() + 300)
+        for _ in range(a.series):
+            for b in a.binaries:
+                for _ in range(a.reloads):
+                    t = time.perf_counter()
+                    status, body = req(ports[b], "POST", "/admin/reload")
+                    wall = time.perf_counter() - t
+                    if status != 200:
+                        raise RuntimeError(f"{b}: reload failed: {status} {body[:300]!r}")
+                    st = json.loads(req(ports[b], "GET", "/admin/status")[1])
+                    tm = st["last_reload"]["timings"]
+                    results[b]["wall"].append(wall * 1000)
+                    for k in ("read_ms", "parse_ms", "compile_ms", "total_ms"):
+                        results[b][k].append(tm[k])
+                    time.sleep(0.3)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    for b in a.binaries:
+        r = results[b]
+        med = {k: statistics.median(v) for k, v in r.items()}
+        print(f"{b}: {len(r['wall'])} reloads; median wall {med['wall']:.1f} ms "
+              f"(min {min(r['wall']):.1f}); phases: read {med['read_ms']:.1f}, "
+              f"parse {med['parse_ms']:.1f}, compile {med['compile_ms']:.1f}, "
+              f"total {med['total_ms']:.1f} ms; validate {validate[b] * 1000:.0f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

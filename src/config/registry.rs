@@ -1,0 +1,59 @@
+//! What compiling a config may reuse from the running gateway, across reloads: JWKS key
+//! stores (so key caches survive a reload), HTTP clients (so pooled upstream
+//! connections do), the token service key generated when none is configured, and the
+//! rate-limit stores (so a reload resets no counter and drops no Redis connection).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::validate::Problems;
+use crate::auth::jwks::KeyStore;
+use crate::client::{build_client, HttpClient};
+use crate::tls;
+use crate::token_service::keys::SigningKey;
+
+#[derive(Default)]
+pub struct Registry {
+    pub key_stores: dashmap::DashMap<String, Arc<KeyStore>>,
+    pub clients: dashmap::DashMap<String, HttpClient>,
+    /// The token service key generated when `signing_key` is absent, kept across
+    /// reloads so that tokens already issued stay valid.
+    pub generated_key: std::sync::Mutex<Option<Arc<SigningKey>>>,
+    /// Loaded for `tollgate::layer` (the application is the upstream): routes need no
+    /// `upstream`.
+    pub embedded: bool,
+    /// Rate-limit counters and the Redis connection, kept across reloads.
+    pub rate_limit_stores: super::ratelimit::Stores,
+}
+
+impl Registry {
+    /// An HTTP client trusting `ca` (or the system roots), shared by every user with the
+    /// same settings. A problem building it is recorded at `path`.
+    pub fn client(
+        &self,
+        p: &mut Problems,
+        path: &str,
+        ca: Option<&Path>,
+        connect_timeout: Duration,
+    ) -> Option<HttpClient> {
+        let key = format!("{:?}|{}", ca, connect_timeout.as_millis());
+        if let Some(c) = self.clients.get(&key) {
+            // A CA file may have been rotated: rebuild when it is named.
+            if ca.is_none() {
+                return Some(c.clone());
+            }
+        }
+        match tls::client_config(ca) {
+            Ok(cfg) => {
+                let c = build_client(cfg, connect_timeout);
+                self.clients.insert(key, c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                p.add(path, e);
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The `routes:` section: path prefix (and hosts) -> upstream, with the route's auth
+//! rule, endpoint/method permissions, CORS, body-credentials, cookie and rate-limit
+//! settings. Compiles to
+//! [`Route`]s and the [`RouteTable`] that matches each request to one of them.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::refs::Refs;
+use super::validate::{self as v, At, Problems};
+use super::yaml::{section, List};
+use super::{auth, cors, ratelimit, upstream_session, AuthBlockModel, CorsModel, RouteAuthModel};
+use crate::credentials::UpstreamAuth;
+use crate::policy::{Permission, Permissions, RouteAuth};
+use crate::route::{normalize_path, HostPattern, RouteTable};
+use crate::runtime::{BodyCredentials, Route};
+use crate::upstream::Upstream;
+
+section! {
+    pub struct RouteModel {
+        "name" => pub name: Option<String>,
+        "path_prefix" => pub path_prefix: Option<String>,
+        "hosts" => pub hosts: Option<List<String>>,
+        "upstream" => pub upstream: Option<String>,
+        "auth" => pub auth: Option<RouteAuthModel>,
+        "permissions" => pub permissions: Option<List<PermissionModel>>,
+        "cors" => pub cors: Option<CorsModel>,
+        "body_credentials" => pub body_credentials: Option<String>,
+        /// With body_credentials: move `grant_type` from the body to the query string
+        /// (SAP Cloud Integration's token URL wants it there).
+        "grant_type_to_query" => pub grant_type_to_query: Option<bool>,
+        /// Whether the client's `Cookie` header is withheld from the upstream (default: on
+        /// for routes with a Bearer `auth` block, see `upstream_session.rs`).
+        "strip_cookies" => pub strip_cookies: Option<bool>,
+        /// Names of `rate_limits` entries (`ratelimit.rs`).
+        "rate_limits" => pub rate_limits: Option<List<String>>,
+    }
+}
+
+section! {
+    pub struct PermissionModel {
+        "path" => pub path: Option<String>,
+        "methods" => pub methods: Option<List<String>>,
+        "scopes" => pub scopes: List<String>,
+    }
+}
+
+pub fn compile(
+    ms: &List<RouteModel>,
+    refs: &Refs,
+    p: &mut Problems,
+) -> (Vec<Arc<Route>>, RouteTable) {
+    let mut routes = Vec::with_capacity(ms.len());
+    let mut table = RouteTable::default();
+    let mut names: HashSet<&str> = HashSet::with_capacity(ms.len());
+    let all = At::Path("routes");
+    for (i, m) in ms.iter() {
+        // Key paths are written out only when a problem is reported.
+        let path = all.index(i);
+        match m.name.as_deref() {
+            None => p.missing(path, "name", ""),
+            Some(n) if n.trim().is_empty() => {
+                p.add(path.key("name").to_string(), "route name must not be empty")
+            }
+            Some(n) if !names.insert(n) => p.add(
+                path.key("name").to_string(),
+                format!("duplicate route name \"{n}\""),
+            ),
+            Some(_) => {}
+        }
+        let Some((route, hosts)) = compile_one(m, path, refs, p) else {
+            continue;
+        };
+        if !table.insert(&hosts, &route.path_prefix, routes.len()) {
+            p.add(
+                path.key("path_prefix").to_string(),
+                format!(
+                    "another route already has path_prefix \"{}\" for the same hosts",
+                    m.path_prefix.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+        routes.push(Arc::new(route));
+    }
+    (routes, table)
+}
+
+fn compile_one(
+    m: &RouteModel,
+    path: At,
+    refs: &Refs,
+    p: &mut Problems,
+) -> Option<(Route, Vec<HostPattern>)> {
+    let prefix = prefix(m.path_prefix.as_deref(), path, p)?;
+    let upstream = upstream(m.upstream.as_deref(), path, refs, p);
+    let auth = route_auth(m.auth.as_ref(), path, refs, p);
+    let permissions = m.permissions.as_ref().map(|list| {
+        if matches!(auth, RouteAuth::None) && m.auth.is_some() {
+            p.add(
+                path.key("permissions").to_string(),
+                "permissions need an auth block (they are checked against the token)",
+            );
+        }
+        let written = m.path_prefix.as_deref().unwrap_or_default();
+        permissions(list, (&prefix, written), path.key("permissions"), refs, p)
+    });
+    let cors = m
+        .cors
+        .as_ref()
+        .and_then(|c| cors::compile(c, path.key("cors"), refs.extension_methods, p));
+    let body_credentials = body_credentials(m, path, p);
+    let hosts = hosts(m.hosts.as_ref(), path.key("hosts"), p);
+    if let (RouteAuth::None, Some(u)) = (&auth, &upstream) {
+        if matches!(u.auth, Some(UpstreamAuth::OnBehalf(_))) && m.auth.is_some() {
+            p.add(
+                path.key("auth").to_string(),
+                format!("upstream \"{}\" passes on the caller's identity (token_exchange / jwt_bearer): the route needs an auth block, not `auth: none`", u.name),
+            );
+        }
+    }
+    let login = matches!(&m.auth, Some(RouteAuthModel::Block(b)) if b.login == Some(true));
+    let strip_cookies = upstream_session::strip_cookies(
+        m.strip_cookies,
+        matches!(auth, RouteAuth::Bearer(_)),
+        login,
+    );
+    let rate_limits = ratelimit::route_limits(
+        refs.limits,
+        m.rate_limits.as_ref(),
+        matches!(auth, RouteAuth::None),
+        path,
+        p,
+    );
+    let route = Route {
+        name: m.name.as_deref().unwrap_or_default().into(),
+        path_prefix: prefix,
+        upstream,
+        auth,
+        permissions,
+        cors,
+        body_credentials,
+        strip_cookies,
+        rate_limits,
+        login,
+    };
+    Some((route, hosts))
+}
+
+/// The normalised prefix (`None` when there is none to match on).
+fn prefix(prefix: Option<&str>, path: At, p: &mut Problems) -> Option<String> {
+    let Some(written) = prefix else {
+        p.missing(path, "path_prefix", " (e.g. path_prefix: /api)");
+        return None;
+    };
+    let at = || path.key("path_prefix").to_string();
+    match normalize_path(written) {
+        Ok(n) if n.trim_end_matches('/') == written.trim_end_matches('/') => Some(n),
+        Ok(n) => {
+            p.add(
+                at(),
+                format!(
+                    "path_prefix is not normalised; write \"{}\"",
+                    n.trim_end_matches('/')
+                ),
+            );
+            Some(n)
+        }
+        Err(e) => {
+            p.add(at(), format!("invalid path_prefix \"{written}\": {}", e.0));
+            None
+        }
+    }
+}
+
+/// The route's upstream. An upstream the file declares that has problems of its own
+/// is not reported again here.
+fn upstream(name: Option<&str>, path: At, refs: &Refs, p: &mut Problems) -> Option<Arc<Upstream>> {
+    let Some(name) = name else {
+        // Embedded in an application (`tollgate::layer`): the application is the upstream.
+        if !refs.embedded {
+            p.missing(path, "upstream", "");
+        }
+        return None;
+    };
+    if let Some(u) = refs.upstreams.get(name) {
+        return Some(Arc::clone(u));
+    }
+    if !refs.upstream_declared(name) {
+        let hint = v::suggest(name, &refs.upstream_names)
+            .map(|s| format!(" (did you mean \"{s}\"?)"))
+            .unwrap_or_default();
+        p.add(
+            path.key("upstream").to_string(),
+            format!("unknown upstream \"{name}\"{hint}"),
+        );
+    }
+    None
+}
+
+fn route_auth(a: Option<&RouteAuthModel>, path: At, refs: &Refs, p: &mut Problems) -> RouteAuth {
+    match a {
+        None => {
+            p.missing(
+                path,
+                "auth",
+                ": give an auth block, or `auth: none` for a public route",
+            );
+            RouteAuth::None
+        }
+        Some(RouteAuthModel::Keyword(k)) if k == "none" => RouteAuth::None,
+        Some(RouteAuthModel::Keyword(k)) => {
+            p.add(
+                path.key("auth").to_string(),
+                format!("auth must be `none` or a block, got \"{k}\""),
+            );
+            RouteAuth::None
+        }
+        Some(RouteAuthModel::Block(b)) => block(b, path, refs, p),
+    }
+}
+
+fn block(b: &AuthBlockModel, path: At, refs: &Refs, p: &mut Problems) -> RouteAuth {
+    RouteAuth::Bearer(auth::compile(b, refs, path.key("auth"), p))
+}
+
+/// `prefix`: the route's path prefix (normalised, as written).
+fn permissions(
+    list: &List<PermissionModel>,
+    (prefix, written): (&str, &str),
+    all: At,
+    refs: &Refs,
+    p: &mut Problems,
+) -> Permissions {
+    let under = prefix.trim_end_matches('/');
+    let mut entries = Vec::with_capacity(list.len());
+    for (j, pm) in list.iter() {
+        let ppath = all.index(j);
+        let Some(ppath_s) = pm.path.as_deref() else {
+            p.missing(ppath, "path", "");
+            continue;
+        };
+        let methods = permission_methods(pm.methods.as_ref(), ppath, refs, p);
+        let spath = ppath.key("scopes");
+        for (k, s) in pm.scopes.iter() {
+            v::token_word(p, spath.index(k), s, "scope");
+        }
+        let inside = ppath_s == under
+            || ppath_s
+                .strip_prefix(under)
+                .is_some_and(|rest| rest.starts_with('/'))
+            || under.is_empty();
+        if !inside {
+            p.add(
+                ppath.key("path").to_string(),
+                format!(
+                    "\"{ppath_s}\" is outside the route's path_prefix \"{written}\" and can never match"
+                ),
+            );
+        }
+        match Permission::new(ppath_s, methods, pm.scopes.to_vec()) {
+            Ok(e) => entries.push(e),
+            Err(e) => p.add(ppath.key("path").to_string(), e),
+        }
+    }
+    Permissions::new(entries)
+}
+
+/// `None` for `["*"]` (any method).
+fn permission_methods(
+    methods: Option<&List<String>>,
+    ppath: At,
+    refs: &Refs,
+    p: &mut Problems,
+) -> Option<Vec<http::Method>> {
+    let mpath = ppath.key("methods");
+    let Some(methods) = methods else {
+        p.missing(ppath, "methods", " (a list of methods, or [\"*\"] for any)");
+        return Some(Vec::new());
+    };
+    if methods.values().any(|x| x == "*") {
+        return None;
+    }
+    if methods.is_empty() {
+        p.add(mpath.to_string(), "list at least one method (or \"*\")");
+    }
+    Some(
+        methods
+            .iter()
+            .filter_map(|(k, s)| v::method(p, mpath.index(k), s, refs.extension_methods))
+            .collect(),
+    )
+}
+
+fn body_credentials(m: &RouteModel, path: At, p: &mut Problems) -> Option<BodyCredentials> {
+    let out = match m.body_credentials.as_deref() {
+        None => None,
+        Some("basic") => Some(BodyCredentials {
+            grant_type_to_query: m.grant_type_to_query.unwrap_or(false),
+        }),
+        Some(o) => {
+            p.add(
+                path.key("body_credentials").to_string(),
+                format!("unknown body_credentials \"{o}\": the only value is basic"),
+            );
+            None
+        }
+    };
+    if m.grant_type_to_query.is_some() && m.body_credentials.is_none() {
+        p.add(
+            path.key("grant_type_to_query").to_string(),
+            "only applies together with body_credentials: basic",
+        );
+    }
+    out
+}
+
+fn hosts(list: Option<&List<String>>, hpath: At, p: &mut Problems) -> Vec<HostPattern> {
+    let Some(list) = list else {
+        return Vec::new();
+    };
+    if list.is_empty() {
+        p.add(
+            hpath.to_string(),
+            "empty hosts list: leave the key out to match every host",
+        );
+    }
+    list.iter()
+        .filter_map(|(j, h)| {
+            let ok = !h.is_empty()
+                && (h.strip_prefix("*.").unwrap_or(h))
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if !ok {
+                p.add(
+                    hpath.index(j).to_string(),
+                    format!("invalid host \"{h}\": use \"api.company.com\" or \"*.company.com\""),
+                );
+                return None;
+            }
+            Some(HostPattern::parse(h))
+        })
+        .collect()
+}

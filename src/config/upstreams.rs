@@ -1,0 +1,142 @@
+//! The `upstreams:` section: where routes forward to (URL, CA, timeouts) and the
+//! credentials tollgate adds on the way (Basic, or an OAuth2 token: client credentials,
+//! a service key's, or one exchanged for the caller's, see `upstream_auth.rs`), and the
+//! SAP CSRF-token session (`upstream_session.rs`).
+//! Compiles to [`Upstream`]s, which `proxy.rs` forwards to; HTTP clients (and their
+//! pooled connections) are reused across reloads through the [`Registry`].
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::HeaderValue;
+
+use super::registry::Registry;
+use super::subst::resolve_path;
+use super::upstream_auth::{self, UpstreamAuthModel};
+use super::upstream_session::{self, CsrfModel};
+use super::validate::{self as v, Problems};
+use super::yaml::{section, DurationText, List};
+use crate::upstream::Upstream;
+
+section! {
+    pub struct UpstreamModel {
+        "name" => pub name: Option<String>,
+        "url" => pub url: Option<String>,
+        "ca" => pub ca: Option<String>,
+        "connect_timeout" => pub connect_timeout: Option<DurationText>,
+        "timeout" => pub timeout: Option<DurationText>,
+        "auth" => pub auth: Option<UpstreamAuthModel>,
+        "csrf" => pub csrf: Option<CsrfModel>,
+    }
+}
+
+/// The upstreams that compiled; each one that did not has its problems recorded.
+pub fn compile(
+    ms: &List<UpstreamModel>,
+    base: &Path,
+    reg: &Registry,
+    p: &mut Problems,
+) -> Vec<Arc<Upstream>> {
+    let mut names = HashSet::new();
+    ms.iter()
+        .filter_map(|(i, m)| {
+            let path = format!("upstreams[{i}]");
+            match m.name.as_deref() {
+                None => p.missing(&path, "name", ""),
+                Some(n) if n.trim().is_empty() => {
+                    p.add(format!("{path}.name"), "upstream name must not be empty")
+                }
+                Some(n) if !names.insert(n) => p.add(
+                    format!("{path}.name"),
+                    format!("duplicate upstream name \"{n}\""),
+                ),
+                Some(_) => {}
+            }
+            compile_one(m, &path, base, reg, p)
+        })
+        .collect()
+}
+
+fn compile_one(
+    m: &UpstreamModel,
+    path: &str,
+    base: &Path,
+    reg: &Registry,
+    p: &mut Problems,
+) -> Option<Arc<Upstream>> {
+    let duration = |p: &mut Problems, key: &str, v: &Option<DurationText>, default| {
+        v::duration(p, format!("{path}.{key}"), v.as_ref(), default)
+    };
+    let connect_timeout = duration(
+        p,
+        "connect_timeout",
+        &m.connect_timeout,
+        Duration::from_secs(5),
+    );
+    let timeout = duration(p, "timeout", &m.timeout, Duration::from_secs(30));
+    let name = m.name.as_deref().unwrap_or_default();
+    let auth = m
+        .auth
+        .as_ref()
+        .and_then(|a| upstream_auth::compile(a, name, &format!("{path}.auth"), reg, p));
+    let Some(url) = &m.url else {
+        p.missing(path, "url", " (e.g. url: \"http://127.0.0.1:9000\")");
+        return None;
+    };
+    let url = v::http_url(p, &format!("{path}.url"), url)?;
+    if url.query().is_some() || url.fragment().is_some() {
+        p.add(
+            format!("{path}.url"),
+            "upstream URL must not have a query or fragment",
+        );
+    }
+    let base_path = url.path().trim_end_matches('/').to_owned();
+    let csrf = m
+        .csrf
+        .as_ref()
+        .and_then(|c| upstream_session::compile_csrf(c, &url, &base_path, path, p));
+    let https = url.scheme() == "https";
+    let ca = m.ca.as_ref().map(|c| resolve_path(base, c));
+    if ca.is_some() && !https {
+        p.add(
+            format!("{path}.ca"),
+            "`ca` only applies to https:// upstreams",
+        );
+    }
+    let Some(authority) = authority(&url) else {
+        p.add(format!("{path}.url"), "invalid host");
+        return None;
+    };
+    let client = reg.client(p, &format!("{path}.ca"), ca.as_deref(), connect_timeout)?;
+    Some(Arc::new(Upstream {
+        name: name.into(),
+        scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
+        host: HeaderValue::from_str(authority.as_str())
+            .unwrap_or(HeaderValue::from_static("localhost")),
+        authority,
+        base_path,
+        timeout,
+        client,
+        auth,
+        csrf,
+        pool: Default::default(),
+    }))
+}
+
+/// `host[:port]` of a URL, IPv6 hosts in brackets.
+fn authority(url: &url::Url) -> Option<Authority> {
+    let host = url.host_str().unwrap_or_default();
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let s = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    };
+    s.parse().ok()
+}
