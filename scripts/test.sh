@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the end-to-end tests need
 # (Debian's chromium for the browser test, Debian's redis-server for the rate-limit
-# tests, the npm packages for the OpenID provider and playwright-core), then runs every
+# tests, the npm packages for the OpenID provider and playwright-core, PyPI's
+# opentelemetry-proto in a venv for the tracing tests' OTLP receiver), then runs every
 # unit and integration test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,8 @@ if ! command -v redis-server >/dev/null; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
   else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi
 fi
+# The tracing tests' OTLP receiver: PyPI's opentelemetry-proto in target/otlp-venv.
+bash tests/otlp/install.sh
 for dir in tests/e2e/oidc tests/e2e/browser; do
   if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
     npm ci --prefix "$dir" --no-audit --no-fund >/dev/null

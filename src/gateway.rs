@@ -64,6 +64,8 @@ pub struct Gateway {
     pub sessions: Sessions,
     /// Browser sessions' refreshes in flight, and their results for a short while.
     pub login_sessions: SessionCaches,
+    /// Span export (`tracing:`), following reloads.
+    pub tracing: crate::otel::Tracing,
     pub status: Mutex<ReloadStatus>,
     /// Recent refused and failed requests, by request id (`GET /admin/decisions`).
     pub decisions: Decisions,
@@ -105,6 +107,7 @@ impl Gateway {
             tokens: TokenCache::default(),
             sessions: Sessions::default(),
             login_sessions: SessionCaches::default(),
+            tracing: crate::otel::Tracing::default(),
             status: Mutex::new(status),
             decisions: Decisions::default(),
             listeners_up: AtomicBool::new(false),
@@ -128,6 +131,8 @@ impl Gateway {
 
     /// Starts background work for the current runtime (issuer key refreshers).
     pub fn start_background(&self) {
+        // The exporter follows the config: started here, and after every reload.
+        self.tracing.apply(self.current().tracing.as_ref());
         for issuer in &self.current().issuers {
             if let IssuerKind::Jwt(store) = &issuer.kind {
                 store.start();
@@ -378,6 +383,10 @@ impl Gateway {
                 .last_reload_ok
                 != Some(false),
             redis_store_errors: self.registry.rate_limit_stores.redis_errors(),
+            trace_spans: (
+                self.tracing.counters.exported.load(Ordering::Relaxed),
+                self.tracing.counters.dropped.load(Ordering::Relaxed),
+            ),
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct Access<'a> {
     pub client: &'a str,
     /// The client's IP address, as text.
     pub remote: &'a str,
+    /// The W3C trace id (32 hex digits) the request was handled under, `-` if none.
+    pub trace_id: &'a str,
 }
 
 /// Writes the access line for one request (target `tollgate::access`, level info,
@@ -86,6 +88,7 @@ pub fn access(a: &Access<'_>) {
             upstream = a.upstream,
             client = a.client,
             remote = %a.remote,
+            trace_id = a.trace_id,
             "access"
         );
         return;
@@ -118,6 +121,8 @@ fn access_text(o: &mut String, a: &Access<'_>, now: SystemTime) {
     quoted(o, a.client, false);
     o.push_str(" remote=");
     o.push_str(a.remote);
+    o.push_str(" trace_id=");
+    quoted(o, a.trace_id, false);
     o.push('\n');
 }
 
@@ -142,7 +147,9 @@ fn access_json(o: &mut String, a: &Access<'_>, now: SystemTime) {
     quoted(o, a.client, true);
     o.push_str(",\"remote\":\"");
     o.push_str(a.remote);
-    o.push_str("\",\"target\":\"tollgate::access\"}\n");
+    o.push_str("\",\"trace_id\":");
+    quoted(o, a.trace_id, true);
+    o.push_str(",\"target\":\"tollgate::access\"}\n");
 }
 
 /// A double-quoted string with `"`, `\` and control characters escaped (JSON escapes
@@ -238,6 +245,7 @@ mod tests {
             upstream: "bi",
             client: "evil\"\nclient",
             remote: "127.0.0.1",
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
         }
     }
 
@@ -252,7 +260,8 @@ mod tests {
             o,
             "2026-11-21T03:16:13.000042Z  INFO tollgate::access: access request_id=\"abc-1\" \
              route=\"api\" method=GET path=/v2/data status=200 duration_ms=1234.567 \
-             upstream=\"bi\" client=\"evil\\\"\\nclient\" remote=127.0.0.1\n"
+             upstream=\"bi\" client=\"evil\\\"\\nclient\" remote=127.0.0.1 \
+             trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"\n"
         );
     }
 
@@ -273,6 +282,7 @@ mod tests {
         assert_eq!(v["duration_ms"], 0.005);
         assert_eq!(v["client"], "a\u{1}b");
         assert_eq!(v["remote"], "127.0.0.1");
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
     }
 }

@@ -80,6 +80,8 @@ pub struct ScrapeExtras {
     pub last_reload_ok: bool,
     /// Failed decisions of the Redis rate-limit store(s), since the start.
     pub redis_store_errors: u64,
+    /// Spans sent to the OTLP collector, and spans dropped (queue full, export failed).
+    pub trace_spans: (u64, u64),
 }
 
 impl Metrics {
@@ -397,6 +399,28 @@ impl Metrics {
             o,
             "tollgate_store_errors_total{{store=\"redis\"}} {}",
             extras.redis_store_errors
+        );
+        header(
+            &mut o,
+            "tollgate_trace_spans_exported_total",
+            "counter",
+            "Spans the OTLP collector accepted (tracing.otlp_endpoint).",
+        );
+        let _ = writeln!(
+            o,
+            "tollgate_trace_spans_exported_total {}",
+            extras.trace_spans.0
+        );
+        header(
+            &mut o,
+            "tollgate_trace_spans_dropped_total",
+            "counter",
+            "Spans dropped without reaching the collector: export failed or timed out, or the queue was full.",
+        );
+        let _ = writeln!(
+            o,
+            "tollgate_trace_spans_dropped_total {}",
+            extras.trace_spans.1
         );
         header(
             &mut o,

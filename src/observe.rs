@@ -26,6 +26,7 @@ use crate::gateway::Gateway;
 use crate::policy::GateFacts;
 use crate::request_id::X_REQUEST_ID;
 use crate::runtime::Route;
+use crate::trace_context::{self, TRACEPARENT};
 
 #[derive(Clone)]
 pub struct ObserveLayer {
@@ -72,6 +73,12 @@ where
             method: req.method().clone(),
             uri: req.uri().clone(),
             request_id: req.headers().get(&X_REQUEST_ID).cloned(),
+            // Written by the trace-context layer above: the trace id, copied (no
+            // allocation).
+            trace_id: req
+                .headers()
+                .get(&TRACEPARENT)
+                .and_then(trace_context::trace_id_text),
             conn: req.extensions().get::<Arc<ConnInfo>>().cloned(),
             gw: self.gw.clone(),
         };
@@ -88,6 +95,7 @@ struct Record {
     method: Method,
     uri: Uri,
     request_id: Option<HeaderValue>,
+    trace_id: Option<[u8; 32]>,
     conn: Option<Arc<ConnInfo>>,
     gw: Arc<Gateway>,
 }
@@ -167,6 +175,11 @@ impl Record {
                 .conn
                 .as_ref()
                 .and_then(|c| c.ip.to_str().ok())
+                .unwrap_or("-"),
+            trace_id: self
+                .trace_id
+                .as_ref()
+                .and_then(|t| std::str::from_utf8(t).ok())
                 .unwrap_or("-"),
         });
     }

@@ -12,6 +12,7 @@
 //! upstream, the normalised path, the connection, the identity) is in the request's
 //! extensions, put there by the layers above.
 
+use opentelemetry::trace::SpanKind;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -401,6 +402,16 @@ where
         let conn = req.extensions().get::<Arc<ConnInfo>>().cloned();
         let identity = req.extensions().get::<Arc<Identity>>().cloned();
         Step::boxed(async move {
+            let mut span = crate::otel::child("upstream", SpanKind::Client);
+            if span.recording() {
+                span.attr("tollgate.upstream", upstream.name.to_string())
+                    .attr("http.request.method", req.method().to_string())
+                    .attr(
+                        "server.address",
+                        upstream.host.to_str().unwrap_or("").to_owned(),
+                    )
+                    .attr("url.path", uri.path().to_owned());
+            }
             let unknown = HeaderValue::from_static("unknown");
             let cx = ForwardContext {
                 client_ip: conn.as_ref().map_or(&unknown, |c| &c.ip),
@@ -408,9 +419,18 @@ where
                 original_host: request_host(&req),
                 identity: identity.as_deref(),
             };
-            forward(&upstream, req, uri, cx, max_body)
-                .await
-                .map_err(Rejection::from)
+            let out = forward(&upstream, req, uri, cx, max_body).await;
+            match &out {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    span.attr("http.response.status_code", i64::from(status));
+                    if status >= 500 {
+                        span.fail(format!("HTTP {status}"));
+                    }
+                }
+                Err(e) => span.fail(e.to_string()),
+            }
+            out.map_err(Rejection::from)
         })
     }
 }

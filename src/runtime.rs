@@ -100,6 +100,8 @@ pub struct Runtime {
     /// written by `tollgate run` before this config serves ([`Runtime::create_files`]).
     /// `validate` and `explain` never write it.
     pub create_key_file: Option<NewKeyFile>,
+    /// `tracing:` (`None`: no block; traces are still continued and started).
+    pub tracing: Option<Arc<crate::otel::Settings>>,
 }
 
 /// The config as loaded, for `GET /admin/config`, with every secret printed as

@@ -11,6 +11,7 @@
 //!
 //!  1. accept, TLS, header size and read timeout ........ `listener`
 //!  2. request id ......................................... `request_id` (tower-http)
+//!     W3C trace context, the server span ............... `otel::layer`, `trace_context`
 //!     timer; on the way out metrics and the access log . `observe`
 //!     refusals -> SPEC's JSON errors ................... `error::Rescue`
 //!  3. normalise the path, match the route (400 / 404) ... `route`
@@ -52,6 +53,7 @@ use crate::limits::{
     RequestTimeout, RequestTimeoutLayer, Shed, ShedLayer, SizeLimit, SizeLimitLayer,
 };
 use crate::observe::ObserveLayer;
+use crate::otel::layer::TraceLayer;
 use crate::proxy::Proxy;
 use crate::ratelimit::layer::{RateLimit, RateLimitLayer};
 use crate::request_id::{self, SaneRequestId, X_REQUEST_ID};
@@ -88,6 +90,9 @@ where
         .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), SaneRequestId))
         // ... and every response carries it, errors included.
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        // W3C trace context: the client's trace continued or a new one started; the
+        // request's traceparent names tollgate's span; the server span (when exported).
+        .layer(TraceLayer::new(gw.clone()))
         // 2/11. The timer; on the way out the metrics, denial log and access log.
         .layer(ObserveLayer::new(gw.clone()))
         // 11. Refusals become SPEC's JSON errors, with the CORS headers recorded below.

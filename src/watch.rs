@@ -1,7 +1,10 @@
 //! Live reload on file change. The config file's folder is watched with inotify (via
 //! `notify`), which also sees the Kubernetes ConfigMap swap (`..data` renamed to a new
-//! folder under a symlinked `gateway.yaml`); a 1 s poll of the file's content hash backs
-//! it up on file systems that do not report events. A change is applied when the
+//! folder under a symlinked `gateway.yaml`); a 1 s poll backs it up on file systems
+//! that do not report events. The poll looks at the files' size, modification time and
+//! inode first and reads and hashes their content only when one of those moved (or
+//! every 30 s regardless, for file systems with a coarse clock), so an idle gateway
+//! does not hash its config, certificates and secrets every second. A change is applied when the
 //! content differs from what the last reload attempt (file, SIGHUP or admin) read, so
 //! an invalid edit is reported once and a file already reloaded by hand is not
 //! reloaded again.
@@ -20,6 +23,25 @@ use crate::gateway::Gateway;
 fn content_hash(path: &PathBuf) -> Option<String> {
     std::fs::read(path).ok().map(|b| hex(&Sha256::digest(&b)))
 }
+
+/// What the poll compares before reading anything: each input's size, modification
+/// time and inode (following symlinks, so a ConfigMap swap shows), or none if missing.
+type Stamp = Vec<Option<(u64, Option<std::time::SystemTime>, u64)>>;
+
+fn stamp(config: &PathBuf, files: &[PathBuf]) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    std::iter::once(config)
+        .chain(files)
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok(), m.ino()))
+        })
+        .collect()
+}
+
+/// The content is hashed at least this often, whatever the stamps say.
+const REHASH_EVERY: Duration = Duration::from_secs(30);
 
 pub fn spawn(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
     let path = gw.config_path.clone();
@@ -49,6 +71,8 @@ pub fn spawn(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
         let _keep = watcher;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_stamp: Option<Stamp> = None;
+        let mut hashed_at = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = rx.recv() => {
@@ -56,9 +80,17 @@ pub fn spawn(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
                     tokio::time::sleep(SETTLE).await;
                     while rx.try_recv().is_ok() {}
                 }
-                _ = tick.tick() => {}
+                _ = tick.tick() => {
+                    let now = stamp(&path, &gw.current().files);
+                    let unchanged = last_stamp.as_ref() == Some(&now);
+                    last_stamp = Some(now);
+                    if unchanged && hashed_at.elapsed() < REHASH_EVERY {
+                        continue;
+                    }
+                }
                 _ = shutdown.changed() => return,
             }
+            hashed_at = tokio::time::Instant::now();
             // The config text and every file it refers to (certificates rotated by
             // cert-manager, keys, `${file:}` secrets).
             let inputs = |gw: &Gateway| {

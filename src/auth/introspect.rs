@@ -3,6 +3,7 @@
 //! `cache_ttl` but never past the token's `exp`; inactive answers are cached briefly;
 //! concurrent requests with the same token make one call.
 
+use opentelemetry::trace::SpanKind;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -80,6 +81,31 @@ impl Introspection {
 
     /// Asks the endpoint about `token`. Returns the response's claims when active.
     async fn call(
+        &self,
+        token: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, IntrospectError> {
+        // The token is never an attribute: only where it was asked and the answer.
+        let mut span = crate::otel::child("introspection", SpanKind::Client);
+        if span.recording() {
+            span.attr(
+                "url.full",
+                self.url.split(['?', '#']).next().unwrap_or("").to_owned(),
+            );
+        }
+        let r = self.call_inner(token).await;
+        match &r {
+            Ok(_) => {
+                span.attr("tollgate.token_active", true);
+            }
+            Err(IntrospectError::Refused(_)) => {
+                span.attr("tollgate.token_active", false);
+            }
+            Err(IntrospectError::Unavailable(e)) => span.fail(e.clone()),
+        }
+        r
+    }
+
+    async fn call_inner(
         &self,
         token: &str,
     ) -> Result<serde_json::Map<String, serde_json::Value>, IntrospectError> {

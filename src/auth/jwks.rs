@@ -7,6 +7,7 @@
 //! parsed key verifies every token signed with it: nothing about the key (for RSA, the
 //! Montgomery constants of the modulus) is rebuilt per request.
 
+use opentelemetry::trace::SpanKind;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -419,6 +420,24 @@ impl KeyStore {
     }
 
     async fn get_json(&self, url: &str) -> Result<serde_json::Value, String> {
+        // A child span when a request waits for this fetch (an unknown kid); the
+        // scheduled refreshes run outside any request and record none.
+        let mut span = crate::otel::child("jwks.fetch", SpanKind::Client);
+        if span.recording() {
+            span.attr("tollgate.issuer", self.issuer_name.to_string())
+                .attr(
+                    "url.full",
+                    url.split(['?', '#']).next().unwrap_or("").to_owned(),
+                );
+        }
+        let r = self.get_json_inner(url).await;
+        if let Err(e) = &r {
+            span.fail(e.clone());
+        }
+        r
+    }
+
+    async fn get_json_inner(&self, url: &str) -> Result<serde_json::Value, String> {
         let client = self.client.as_ref().ok_or("no HTTP client")?;
         let req = Request::get(url)
             .header(http::header::ACCEPT, "application/json")

@@ -66,6 +66,7 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
     let admin_auth = server_model
         .and_then(|s| s.admin_auth.as_ref())
         .map(|b| admin_auth::compile(b, &refs, p));
+    let tracing = super::tracing::compile(m.tracing.as_ref(), p);
     let mut server = server?;
     if admin_auth.is_some() && server.admin_listen.is_none() {
         p.add("server.admin_auth", "admin_auth needs admin_listen");
@@ -91,6 +92,7 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         token_service,
         login,
         files: model_files(m, base),
+        tracing,
         redacted: Default::default(),
         create_key_file,
     })

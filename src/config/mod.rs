@@ -27,6 +27,7 @@ mod server;
 pub mod source;
 pub mod subst;
 mod token_service;
+pub mod tracing;
 pub mod upstream_auth;
 pub mod upstream_session;
 mod upstreams;
@@ -157,7 +158,7 @@ impl Checked {
     /// The result, with each warning logged.
     fn logged(self) -> Result<Runtime, ConfigError> {
         for w in self.warning_lines() {
-            tracing::warn!("{w}");
+            ::tracing::warn!("{w}");
         }
         self.result
     }

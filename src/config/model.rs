@@ -21,6 +21,7 @@ pub use super::ratelimit::{FailedAuthLimitModel, RateLimitModel, RedisStoreModel
 pub use super::routes::{PermissionModel, RouteModel};
 pub use super::server::{LimitsModel, ServerModel, SniModel, TlsModel};
 pub use super::token_service::{ClientModel, TokenServiceModel};
+pub use super::tracing::TracingModel;
 pub use super::upstream_auth::UpstreamAuthModel;
 pub use super::upstream_session::CsrfModel;
 pub use super::upstreams::UpstreamModel;
@@ -38,6 +39,8 @@ section! {
         "rate_limits" => pub rate_limits: List<RateLimitModel>,
         /// Browser sign-in (`login/`).
         "login" => pub login: Option<LoginModel>,
+        /// Span export and trace sampling (`tracing.rs`).
+        "tracing" => pub tracing: Option<TracingModel>,
     }
 }
 
@@ -69,6 +72,7 @@ pub const PLACES: &[(&str, &[&str])] = &[
     ("stores.redis", RedisStoreModel::KEYS),
     ("rate_limits[]", RateLimitModel::KEYS),
     ("login", LoginModel::KEYS),
+    ("tracing", TracingModel::KEYS),
 ];
 
 /// The places (at most three) that have a key named `key`.

@@ -15,6 +15,7 @@ pub mod body_layer;
 pub mod service_key;
 pub mod upstream_layer;
 
+use opentelemetry::trace::SpanKind;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -268,6 +269,31 @@ fn subject_left(s: &Subject<'_>) -> Option<Duration> {
 }
 
 async fn fetch_token(
+    src: &OAuth2Source,
+    subject: Option<&str>,
+) -> Result<(HeaderValue, Duration), TokenError> {
+    // Neither the client secret, the subject token nor the token obtained: the upstream,
+    // the endpoint and whether it worked.
+    let mut span = crate::otel::child("upstream_token.fetch", SpanKind::Client);
+    if span.recording() {
+        span.attr("tollgate.upstream", src.upstream.to_string())
+            .attr(
+                "url.full",
+                src.token_url
+                    .split(['?', '#'])
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+            );
+    }
+    let r = fetch_token_inner(src, subject).await;
+    if let Err(e) = &r {
+        span.fail(e.to_string());
+    }
+    r
+}
+
+async fn fetch_token_inner(
     src: &OAuth2Source,
     subject: Option<&str>,
 ) -> Result<(HeaderValue, Duration), TokenError> {

@@ -47,6 +47,7 @@
 //! supported by this client (each decision touches one key, so the script itself would
 //! run there).
 
+use opentelemetry::trace::SpanKind;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -408,7 +409,20 @@ impl RedisStore {
             self.errors.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::FailingFast);
         }
+        let mut span = crate::otel::child("ratelimit.redis", SpanKind::Client);
+        if span.recording() {
+            // The limit's name, not its key (a key may be a client id or an address).
+            span.attr("db.system.name", "redis")
+                .attr("tollgate.limit", limit.name().to_string());
+        }
         let result = self.eval(limit, key, commit).await;
+        match &result {
+            Ok(d) => {
+                span.attr("tollgate.limit_allowed", d.allowed);
+            }
+            Err(e) => span.fail(e.to_string()),
+        }
+        drop(span);
         let now = self.mono_ms();
         match result {
             Ok(d) => {

@@ -28,4 +28,5 @@ mod routing;
 mod sap;
 mod tls;
 mod token_service;
+mod traces;
 mod upstream_credentials;

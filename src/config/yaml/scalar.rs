@@ -164,7 +164,16 @@ macro_rules! scalar_node {
     )*};
 }
 
-scalar_node!(String, Secret, u64, u16, bool, DurationText, ListenAddr);
+scalar_node!(
+    String,
+    Secret,
+    u64,
+    u16,
+    f64,
+    bool,
+    DurationText,
+    ListenAddr
+);
 
 impl Scalar for String {
     const EXPECTED: &'static str = "text";
@@ -212,6 +221,30 @@ impl Scalar for u64 {
             Number::I(n) => Err(format!("must not be negative, found {n}")),
             Number::F(f) => Err(format!("expected a whole number, found {f}")),
         }
+    }
+}
+
+/// A number that may have a fraction (`tracing.sample_ratio: 0.25`); whole numbers too.
+impl Scalar for f64 {
+    const EXPECTED: &'static str = "a number";
+    fn from_text(s: Cow<str>, substituted: bool) -> Result<Self, String> {
+        match s.trim().parse::<f64>() {
+            Ok(n) if substituted => Ok(n),
+            Ok(_) => Err(format!(
+                "expected a number, found the text \"{s}\" (write it without quotes)"
+            )),
+            Err(_) if substituted => {
+                Err("expected a number, and the substituted value is not one".into())
+            }
+            Err(_) => Err(format!("expected a number, found \"{s}\"")),
+        }
+    }
+    fn from_number(n: Number) -> Result<Self, String> {
+        Ok(match n {
+            Number::U(n) => n as f64,
+            Number::I(n) => n as f64,
+            Number::F(n) => n,
+        })
     }
 }
 

@@ -1,0 +1,697 @@
+//! Tracing (SPEC "Tracing"): W3C trace context continued or started and forwarded with
+//! tollgate's span as the parent; the access log's trace id; spans exported over
+//! OTLP/HTTP to a real receiver that decodes them with the official protobuf definitions
+//! (tests/otlp/receiver.py on PyPI's opentelemetry-proto, installed by
+//! tests/otlp/install.sh, which scripts/test.sh runs); a collector that is down.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+fn traceparent(trace: &str, span: &str, flags: &str) -> String {
+    format!("00-{trace}-{span}-{flags}")
+}
+
+/// The fields of a `traceparent` tollgate sent, checked to be version 00 and well-formed.
+fn fields(tp: &str) -> (String, String, String) {
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert_eq!(parts[0], "00", "{tp}");
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    assert!(hex(parts[1], 32) && parts[1] != "0".repeat(32), "{tp}");
+    assert!(hex(parts[2], 16) && parts[2] != "0".repeat(16), "{tp}");
+    assert!(hex(parts[3], 2), "{tp}");
+    (parts[1].into(), parts[2].into(), parts[3].into())
+}
+
+fn plain_yaml(up: &Upstream, extra: &str) -> String {
+    format!(
+        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\nupstreams:\n  - name: bi\n    url: \"{}\"\nroutes:\n  - name: api\n    path_prefix: /api\n    upstream: bi\n    auth: none\n{extra}",
+        up.url()
+    )
+}
+
+// Behaviour: a valid traceparent is continued: the upstream receives the same trace id,
+// a new parent id (tollgate's span), the caller's sampled flag, and tracestate as sent.
+// Works without any `tracing:` block.
+#[tokio::test]
+async fn traceparent_is_continued_with_tollgates_span_as_parent() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&plain_yaml(&up, "")).await;
+    let c = client();
+    for flags in ["01", "00"] {
+        let r = c
+            .get(gw.url("/api/x"))
+            .header("traceparent", traceparent(CLIENT_TRACE, CLIENT_SPAN, flags))
+            .header("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let seen = up.last();
+        let (trace, parent, got_flags) = fields(seen.header("traceparent").unwrap());
+        assert_eq!(trace, CLIENT_TRACE, "the trace is continued");
+        assert_ne!(
+            parent, CLIENT_SPAN,
+            "the parent is tollgate's span, not the client's"
+        );
+        assert_eq!(got_flags, flags, "the caller's sampling decision is kept");
+        assert_eq!(seen.headers["traceparent"].len(), 1);
+        assert_eq!(
+            seen.header("tracestate"),
+            Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+        );
+    }
+    // Each request is a span of its own.
+    let parents: Vec<String> = up
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| fields(s.header("traceparent").unwrap()).1)
+        .collect();
+    assert_ne!(parents[0], parents[1]);
+    // A later version is read leniently (its extra fields ignored) and sent on as 00.
+    let future = format!("cc-{CLIENT_TRACE}-{CLIENT_SPAN}-01-future-stuff");
+    let r = c
+        .get(gw.url("/api/x"))
+        .header("traceparent", future)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (trace, _, flags) = fields(up.last().header("traceparent").unwrap());
+    assert_eq!((trace.as_str(), flags.as_str()), (CLIENT_TRACE, "01"));
+}
+
+// Behaviour: without a traceparent, or with an invalid one, a new trace is started (a
+// random trace id, sampled by default) and any tracestate is dropped with it.
+#[tokio::test]
+async fn absent_or_invalid_traceparent_starts_a_new_trace() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&plain_yaml(&up, "")).await;
+    let c = client();
+    let r = c.get(gw.url("/api/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (first, _, flags) = fields(up.last().header("traceparent").unwrap());
+    assert_eq!(flags, "01", "sample_ratio defaults to 1.0");
+    let invalid = [
+        traceparent(&CLIENT_TRACE.to_uppercase(), CLIENT_SPAN, "01"),
+        traceparent(&"0".repeat(32), CLIENT_SPAN, "01"),
+        traceparent(CLIENT_TRACE, &"0".repeat(16), "01"),
+        format!("ff-{CLIENT_TRACE}-{CLIENT_SPAN}-01"),
+        format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01-extra"),
+        format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}"),
+        "garbage".to_owned(),
+    ];
+    let mut traces = vec![first];
+    for bad in &invalid {
+        let r = c
+            .get(gw.url("/api/x"))
+            .header("traceparent", bad)
+            .header("tracestate", "congo=t61rcWkgMzE")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{bad}");
+        let seen = up.last();
+        let (trace, parent, _) = fields(seen.header("traceparent").unwrap());
+        assert_ne!(trace, CLIENT_TRACE, "{bad} must not be continued");
+        assert_ne!(trace.to_uppercase(), CLIENT_TRACE.to_uppercase(), "{bad}");
+        assert_ne!(parent, CLIENT_SPAN, "{bad}");
+        assert_eq!(seen.header("tracestate"), None, "{bad}: tracestate dropped");
+        traces.push(trace);
+    }
+    // Two traceparent headers are invalid too.
+    let r = c
+        .get(gw.url("/api/x"))
+        .header("traceparent", traceparent(CLIENT_TRACE, CLIENT_SPAN, "01"))
+        .header(
+            "traceparent",
+            traceparent(CLIENT_TRACE, "00f067aa0ba902b8", "01"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.headers["traceparent"].len(), 1);
+    let (trace, _, _) = fields(seen.header("traceparent").unwrap());
+    assert_ne!(trace, CLIENT_TRACE);
+    traces.push(trace);
+    let distinct: std::collections::HashSet<&String> = traces.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        traces.len(),
+        "every new trace has its own id"
+    );
+}
+
+// Behaviour: the access-log line carries the trace id (continued or new), in the real
+// binary's log output.
+#[tokio::test]
+async fn access_log_carries_the_trace_id() {
+    let up = spawn_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(&cfg, plain_yaml(&up, "")).unwrap();
+    let bin = spawn_binary(&cfg, &[]);
+    let c = client();
+    let r = c
+        .get(format!("http://{}/api/continued", bin.public))
+        .header("traceparent", traceparent(CLIENT_TRACE, CLIENT_SPAN, "01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let line = bin
+        .log_line("the access line of /api/continued", |l| {
+            l.contains("tollgate::access") && l.contains("/api/continued")
+        })
+        .await;
+    assert!(
+        line.contains(&format!("trace_id=\"{CLIENT_TRACE}\"")),
+        "{line}"
+    );
+    let r = c
+        .get(format!("http://{}/api/new", bin.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (trace, _, _) = fields(up.last().header("traceparent").unwrap());
+    let line = bin
+        .log_line("the access line of /api/new", |l| {
+            l.contains("tollgate::access") && l.contains("/api/new")
+        })
+        .await;
+    assert!(line.contains(&format!("trace_id=\"{trace}\"")), "{line}");
+    // A 404 (no route, nothing forwarded) has its trace id too.
+    let r = c
+        .get(format!("http://{}/nowhere", bin.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let line = bin
+        .log_line("the access line of /nowhere", |l| {
+            l.contains("tollgate::access") && l.contains("/nowhere")
+        })
+        .await;
+    assert!(line.contains("trace_id=\""), "{line}");
+    assert!(!line.contains("trace_id=\"-\""), "{line}");
+}
+
+/// The OTLP receiver (tests/otlp/receiver.py), killed when dropped.
+struct Receiver {
+    _process: ChildGuard,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let python = repo().join("target/otlp-venv/bin/python");
+        assert!(
+            python.exists(),
+            "{} is missing: run tests/otlp/install.sh (scripts/test.sh does)",
+            python.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port_file = dir.path().join("port");
+        let process = ChildGuard::spawn(
+            "the OTLP receiver",
+            std::process::Command::new(python)
+                .arg(repo().join("tests/otlp/receiver.py"))
+                .arg(&port_file)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null()),
+        );
+        let port = wait_until(
+            "the OTLP receiver listens",
+            STARTUP,
+            || std::fs::read_to_string(&port_file).ok(),
+            Option::is_some,
+        )
+        .unwrap();
+        Receiver {
+            _process: process,
+            base: format!("http://127.0.0.1:{}", port.trim()),
+            _dir: dir,
+        }
+    }
+
+    async fn spans(&self) -> Vec<Value> {
+        let v: Value = client()
+            .get(format!("{}/spans", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["spans"].as_array().unwrap().clone()
+    }
+
+    async fn requests(&self) -> Vec<Value> {
+        let v: Value = client()
+            .get(format!("{}/spans", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["requests"].as_array().unwrap().clone()
+    }
+
+    async fn raw(&self) -> String {
+        client()
+            .get(format!("{}/raw", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The spans of `trace`, once `ok` holds for them.
+    async fn trace(&self, trace: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        eventually(
+            &format!("spans of trace {trace} at the receiver"),
+            PATIENCE,
+            async || {
+                self.spans()
+                    .await
+                    .into_iter()
+                    .filter(|s| s["trace_id"] == trace)
+                    .collect::<Vec<_>>()
+            },
+            |spans| ok(spans),
+        )
+        .await
+    }
+}
+
+fn named<'a>(spans: &'a [Value], name: &str) -> Vec<&'a Value> {
+    spans.iter().filter(|s| s["name"] == name).collect()
+}
+
+fn server(spans: &[Value]) -> &Value {
+    let s: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["kind"] == "SPAN_KIND_SERVER")
+        .collect();
+    assert_eq!(s.len(), 1, "one server span per request: {spans:#?}");
+    s[0]
+}
+
+const UPSTREAM_SECRET: &str = "upstream-client-s3cret";
+
+fn traced_yaml(idp: &Idp, up: &Upstream, endpoint: &str, ratio: &str) -> String {
+    format!(
+        r#"server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+tracing:
+  otlp_endpoint: "{endpoint}"
+  service_name: tollgate-it
+  sample_ratio: {ratio}
+issuers:
+{corp}  - name: opaque
+    issuer: "{issuer}/opaque"
+    introspection:
+      url: "{introspect}"
+      client_id: {INTROSPECT_ID}
+      client_secret: "{INTROSPECT_SECRET}"
+      cache_ttl: 30s
+    audiences: ["https://bi-api.company.com"]
+upstreams:
+  - name: bi
+    url: "{up}"
+  - name: cc-up
+    url: "{up}"
+    auth:
+      type: oauth2_client_credentials
+      token_url: "{token}"
+      client_id: gw
+      client_secret: "{UPSTREAM_SECRET}"
+routes:
+  - name: secure
+    path_prefix: /secure
+    upstream: bi
+    auth:
+      issuers: [corp]
+      scopes: [analytics.read]
+  - name: opaque
+    path_prefix: /opaque
+    upstream: bi
+    auth:
+      issuers: [opaque]
+  - name: cc
+    path_prefix: /cc
+    upstream: cc-up
+    auth: none
+"#,
+        corp = issuer_yaml(idp, "corp", ""),
+        issuer = idp.issuer,
+        introspect = idp.url("/introspect"),
+        token = idp.url("/token"),
+        up = up.url(),
+    )
+}
+
+fn attrs(span: &Value) -> &serde_json::Map<String, Value> {
+    span["attributes"].as_object().unwrap()
+}
+
+// Behaviour: with `tracing.otlp_endpoint`, spans reach a real OTLP/HTTP receiver
+// (protobuf decoded with the official definitions): one server span per request whose
+// parent is the client's span and whose id is the parent the upstream received; child
+// spans (JWKS fetch, introspection, upstream token fetch, upstream call) whose parent is
+// the server span; route, method, status, decision and reason as attributes; the
+// resource's service.name; and no token or secret anywhere in what was exported.
+#[tokio::test]
+async fn spans_reach_a_real_otlp_receiver_with_correct_parents() {
+    let receiver = Receiver::start();
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&traced_yaml(&idp, &up, &receiver.base, "1.0")).await;
+    let c = client();
+
+    // 1. A JWT signed by a key the gateway has not seen: the JWKS is fetched again
+    //    during the request.
+    let new_key = Arc::new(
+        tollgate::token_service::keys::SigningKey::from_pem(
+            &std::fs::read(fixture("ec384.pem")).unwrap(),
+        )
+        .unwrap(),
+    );
+    idp.keys.lock().unwrap().push(new_key.clone());
+    let jwt = idp.token_with(&new_key, json!({}));
+    let trace1 = "11111111111111111111111111111111";
+    let r = c
+        .get(gw.url("/secure/data"))
+        .bearer_auth(&jwt)
+        .header("traceparent", traceparent(trace1, CLIENT_SPAN, "01"))
+        .header("tracestate", "vendor=abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, forwarded_parent, _) = fields(up.last().header("traceparent").unwrap());
+    let spans = receiver
+        .trace(trace1, |s| {
+            s.iter().any(|x| x["kind"] == "SPAN_KIND_SERVER")
+                && !named(s, "upstream").is_empty()
+                && !named(s, "jwks.fetch").is_empty()
+        })
+        .await;
+    let srv = server(&spans);
+    assert_eq!(
+        srv["parent_span_id"], CLIENT_SPAN,
+        "the client's span is the parent"
+    );
+    assert_eq!(
+        srv["span_id"], forwarded_parent,
+        "the upstream's parent is the exported server span"
+    );
+    assert_eq!(srv["name"], "GET secure");
+    assert_eq!(srv["trace_state"], "vendor=abc");
+    let a = attrs(srv);
+    assert_eq!(a["tollgate.route"], "secure");
+    assert_eq!(a["http.request.method"], "GET");
+    assert_eq!(a["http.response.status_code"], 200);
+    assert_eq!(a["tollgate.decision"], "allow");
+    assert_eq!(a["tollgate.client_id"], "sap-cx-dashboard");
+    assert_eq!(srv["resource"]["service.name"], "tollgate-it");
+    assert_eq!(srv["scope"], "tollgate");
+    for name in ["jwks.fetch", "upstream"] {
+        let children = named(&spans, name);
+        assert!(!children.is_empty(), "{name}: {spans:#?}");
+        for ch in children {
+            assert_eq!(ch["parent_span_id"], srv["span_id"], "{name}'s parent");
+            assert_eq!(ch["kind"], "SPAN_KIND_CLIENT", "{name}");
+        }
+    }
+    let upstream_span = named(&spans, "upstream")[0];
+    assert_eq!(attrs(upstream_span)["tollgate.upstream"], "bi");
+    assert_eq!(attrs(upstream_span)["http.response.status_code"], 200);
+    assert_eq!(
+        attrs(named(&spans, "jwks.fetch")[0])["tollgate.issuer"],
+        "corp"
+    );
+
+    // 2. A denial: decision and reason on the server span, no upstream call.
+    let trace2 = "22222222222222222222222222222222";
+    let weak = idp.token(json!({"scope": "other"}));
+    let r = c
+        .get(gw.url("/secure/data"))
+        .bearer_auth(&weak)
+        .header("traceparent", traceparent(trace2, CLIENT_SPAN, "01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let spans = receiver
+        .trace(trace2, |s| {
+            s.iter().any(|x| x["kind"] == "SPAN_KIND_SERVER")
+        })
+        .await;
+    let a = attrs(server(&spans));
+    assert_eq!(a["tollgate.decision"], "deny");
+    assert_eq!(a["tollgate.reason"], "scope_missing");
+    assert_eq!(a["http.response.status_code"], 403);
+    assert!(named(&spans, "upstream").is_empty());
+
+    // 3. An opaque token: introspection during the request.
+    let opaque = "opaque-very-secret-token-value";
+    idp.opaque.lock().unwrap().insert(
+        opaque.into(),
+        json!({"active": true, "iss": format!("{}/opaque", idp.issuer), "aud": "https://bi-api.company.com", "client_id": "partner", "scope": "analytics.read", "exp": now() + 300}),
+    );
+    let trace3 = "33333333333333333333333333333333";
+    let r = c
+        .get(gw.url("/opaque/x"))
+        .bearer_auth(opaque)
+        .header("traceparent", traceparent(trace3, CLIENT_SPAN, "01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let spans = receiver
+        .trace(trace3, |s| {
+            !named(s, "introspection").is_empty() && !named(s, "upstream").is_empty()
+        })
+        .await;
+    let srv = server(&spans);
+    let intro = named(&spans, "introspection")[0];
+    assert_eq!(intro["parent_span_id"], srv["span_id"]);
+    assert_eq!(attrs(intro)["tollgate.token_active"], true);
+
+    // 4. An upstream with client credentials: the token fetch during the request. A new
+    //    trace (no traceparent): the server span is a root.
+    let before = up.count();
+    let r = c.get(gw.url("/cc/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.count(), before + 1);
+    let (trace4, forwarded_parent, _) = fields(up.last().header("traceparent").unwrap());
+    let upstream_token = up.last().header("authorization").unwrap().to_owned();
+    let spans = receiver
+        .trace(&trace4, |s| {
+            !named(s, "upstream_token.fetch").is_empty() && !named(s, "upstream").is_empty()
+        })
+        .await;
+    let srv = server(&spans);
+    assert_eq!(
+        srv["parent_span_id"], "",
+        "a new trace's server span is a root"
+    );
+    assert_eq!(srv["span_id"], forwarded_parent);
+    let fetch = named(&spans, "upstream_token.fetch")[0];
+    assert_eq!(fetch["parent_span_id"], srv["span_id"]);
+    assert_eq!(attrs(fetch)["tollgate.upstream"], "cc-up");
+    assert_eq!(attrs(srv)["tollgate.route"], "cc");
+
+    // Protobuf over HTTP, to the traces path.
+    let reqs = receiver.requests().await;
+    assert!(reqs
+        .iter()
+        .all(|r| r["path"] == "/v1/traces" && r["content_type"] == "application/x-protobuf"));
+
+    // No token or secret anywhere in what was exported.
+    let raw = receiver.raw().await;
+    assert!(
+        raw.contains("tollgate.route"),
+        "the dump is the decoded spans"
+    );
+    let bearer = upstream_token.trim_start_matches("Bearer ").to_owned();
+    for secret in [
+        jwt.as_str(),
+        weak.as_str(),
+        opaque,
+        INTROSPECT_SECRET,
+        UPSTREAM_SECRET,
+        bearer.as_str(),
+    ] {
+        assert!(!raw.contains(secret), "{secret} was exported:\n{raw}");
+    }
+    // Nor a token's signature or payload part on its own.
+    for part in jwt.split('.').skip(1) {
+        assert!(!raw.contains(part));
+    }
+    let exported = metric_eventually(
+        &gw.admin_url(""),
+        "tollgate_trace_spans_exported_total",
+        |v| v >= 9.0,
+    )
+    .await;
+    assert!(exported >= 9.0);
+}
+
+// Behaviour: sample_ratio 0 leaves new traces unsampled (flag 00, nothing exported)
+// while a caller's sampled trace is still recorded; and a changed `tracing:` block takes
+// effect on reload (a new endpoint, a new service name).
+#[tokio::test]
+async fn sampling_and_reload() {
+    let receiver = Receiver::start();
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&traced_yaml(&idp, &up, &receiver.base, "0.0")).await;
+    let c = client();
+    let r = c.get(gw.url("/cc/unsampled")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (unsampled, _, flags) = fields(up.last().header("traceparent").unwrap());
+    assert_eq!(flags, "00");
+    let trace = "44444444444444444444444444444444";
+    let r = c
+        .get(gw.url("/cc/sampled"))
+        .header("traceparent", traceparent(trace, CLIENT_SPAN, "01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    receiver
+        .trace(trace, |s| s.iter().any(|x| x["kind"] == "SPAN_KIND_SERVER"))
+        .await;
+    // The sampled trace was exported after the unsampled request: had that one been
+    // recorded, its spans would have been in the same or an earlier batch.
+    assert!(receiver
+        .spans()
+        .await
+        .iter()
+        .all(|s| s["trace_id"] != unsampled.as_str()));
+
+    // Reload: another receiver, another service name, ratio 1.
+    let second = Receiver::start();
+    let yaml = traced_yaml(&idp, &up, &second.base, "1.0").replace(
+        "service_name: tollgate-it",
+        "service_name: tollgate-reloaded",
+    );
+    std::fs::write(gw.config_path(), yaml).unwrap();
+    gw.gateway().reload("test").await.unwrap();
+    let r = c.get(gw.url("/cc/after-reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (after, _, flags) = fields(up.last().header("traceparent").unwrap());
+    assert_eq!(flags, "01", "the new ratio applies");
+    let spans = second
+        .trace(&after, |s| {
+            s.iter().any(|x| x["kind"] == "SPAN_KIND_SERVER")
+        })
+        .await;
+    assert_eq!(
+        server(&spans)["resource"]["service.name"],
+        "tollgate-reloaded"
+    );
+    assert!(receiver
+        .spans()
+        .await
+        .iter()
+        .all(|s| s["trace_id"] != after.as_str()));
+}
+
+// Behaviour: with the collector down, requests are answered as usual (each within the
+// client's bound) and the spans are dropped and counted.
+#[tokio::test]
+async fn collector_down_never_fails_requests_and_drops_are_counted() {
+    let up = spawn_upstream().await;
+    let dead = format!("http://{}", dead_addr());
+    let gw = spawn_gateway(&plain_yaml(
+        &up,
+        &format!("tracing:\n  otlp_endpoint: \"{dead}\"\n"),
+    ))
+    .await;
+    let admin = gw.admin_url("");
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    for i in 0..40 {
+        let r = c.get(gw.url(&format!("/api/{i}"))).send().await.unwrap();
+        *statuses.entry(r.status().as_u16()).or_default() += 1;
+    }
+    assert_eq!(statuses, HashMap::from([(200, 40)]));
+    // 40 server spans and 40 upstream spans, all dropped.
+    let dropped =
+        metric_eventually(&admin, "tollgate_trace_spans_dropped_total", |v| v >= 80.0).await;
+    assert!(dropped >= 80.0);
+    let text = admin_metrics(&admin).await;
+    assert_eq!(
+        series_value(&text, "tollgate_trace_spans_exported_total"),
+        Some(0.0)
+    );
+}
+
+// Behaviour: a rate-limit decision made in Redis is a child span of the request's server
+// span, named by the limit (never by its key).
+#[tokio::test]
+async fn redis_rate_limit_calls_are_child_spans() {
+    let receiver = Receiver::start();
+    let redis = crate::redis_server::RedisServer::start();
+    let up = spawn_upstream().await;
+    let yaml = format!(
+        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\ntracing:\n  otlp_endpoint: \"{}\"\nstores:\n  redis:\n    url: \"{}\"\n    timeout: 2s\nrate_limits:\n  - name: per-ip\n    key: ip\n    limit: 100\n    per: 1m\n    store: redis\n    on_error: deny\nupstreams:\n  - name: bi\n    url: \"{}\"\nroutes:\n  - name: api\n    path_prefix: /api\n    upstream: bi\n    auth: none\n    rate_limits: [per-ip]\n",
+        receiver.base,
+        redis.url(),
+        up.url()
+    );
+    let gw = spawn_gateway(&yaml).await;
+    let trace = "55555555555555555555555555555555";
+    let r = client()
+        .get(gw.url("/api/limited"))
+        .header("traceparent", traceparent(trace, CLIENT_SPAN, "01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let spans = receiver
+        .trace(trace, |s| {
+            !named(s, "ratelimit.redis").is_empty() && !named(s, "upstream").is_empty()
+        })
+        .await;
+    let srv = server(&spans);
+    let rl = named(&spans, "ratelimit.redis")[0];
+    assert_eq!(rl["parent_span_id"], srv["span_id"]);
+    assert_eq!(attrs(rl)["tollgate.limit"], "per-ip");
+    assert_eq!(attrs(rl)["db.system.name"], "redis");
+    assert_eq!(attrs(rl)["tollgate.limit_allowed"], true);
+}
