@@ -1,6 +1,7 @@
 //! The admin listener (`server.admin_listen`): health, readiness, metrics, status,
-//! the running config with secrets redacted, reload and cache flush. None of these
-//! paths exist on the public listener. `server.admin_auth` guards everything but the
+//! the running config with secrets redacted, reload and cache flush, recent decisions
+//! by request id, and the admin page (`admin_ui`). None of these paths exist on the
+//! public listener. `server.admin_auth` guards everything but the
 //! probes with the same gate as a route.
 
 use std::convert::Infallible;
@@ -14,12 +15,13 @@ use hyper::body::Incoming;
 use tower::ServiceBuilder;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
+use crate::admin_auth::AdminAuth;
+use crate::admin_ui;
 use crate::auth;
 use crate::body::{full, Body};
 use crate::error::GatewayError;
 use crate::gate::Gate;
 use crate::gateway::Gateway;
-use crate::policy::AuthRule;
 use crate::request_id::{self, SaneRequestId, X_REQUEST_ID};
 
 /// The admin listener's service: request ids, then [`handle`].
@@ -52,12 +54,25 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     r
 }
 
-/// `server.admin_auth`: the same gate as a route (issuers, scopes, clients).
+/// `server.admin_auth`: the same gate as a route (issuers, scopes, clients), or Basic
+/// credentials against an argon2 hash.
 async fn authorize(
     gw: &Gateway,
-    rule: &AuthRule,
+    auth: &AdminAuth,
     req: &Request<Incoming>,
 ) -> Result<(), GatewayError> {
+    let rule = match auth {
+        AdminAuth::Bearer(rule) => rule,
+        AdminAuth::Basic(b) => {
+            return if b.check(req.headers()).await {
+                Ok(())
+            } else {
+                Err(GatewayError::InvalidClient(
+                    "admin credentials missing or wrong".into(),
+                ))
+            };
+        }
+    };
     let rt = gw.current();
     let gate = Gate {
         issuers: &rt.issuers,
@@ -82,6 +97,49 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
                 return error(e);
             }
         }
+    }
+    // A browser on another site must not drive the admin API with the admin's
+    // credentials (a cached Basic login): browsers say where a request comes from.
+    if req.method() == Method::POST
+        && req
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v != "same-origin" && v != "none")
+    {
+        return error(GatewayError::AccessDenied {
+            reason: crate::error::DenyReason::EndpointNotAllowed,
+            description: "cross-site requests to the admin API are refused".into(),
+        });
+    }
+    let rid_str = rid
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if req.method() == Method::GET {
+        if path == "/admin/ui" || path == "/admin/ui/" {
+            return admin_ui::page(&gw);
+        }
+        if let Some(r) = admin_ui::asset(path) {
+            return r;
+        }
+        if path == "/admin/events" {
+            let last = req
+                .headers()
+                .get("last-event-id")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok());
+            return admin_ui::events(&gw, last, &rid_str);
+        }
+        if path == "/admin/decisions" {
+            return admin_ui::decisions(&gw, req.uri().query());
+        }
+        if let Some(id) = path.strip_prefix("/admin/decisions/") {
+            return admin_ui::decision(&gw, id, &rid_str);
+        }
+    }
+    if path == "/admin/explain" && req.method() == Method::POST {
+        return admin_ui::explain(&gw, req).await;
     }
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/healthz") => {
@@ -159,7 +217,11 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
             | "/admin/status"
             | "/admin/config"
             | "/admin/reload"
-            | "/admin/caches/flush",
+            | "/admin/caches/flush"
+            | "/admin/ui"
+            | "/admin/events"
+            | "/admin/decisions"
+            | "/admin/explain",
         ) => error(GatewayError::MethodNotAllowed(format!(
             "{} is not allowed on {path}",
             req.method()

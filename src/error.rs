@@ -93,6 +93,28 @@ impl DenyReason {
             DenyReason::ClaimMismatch => "claim_mismatch",
         }
     }
+
+    /// The gate that gives this reason (the admin page highlights it).
+    pub fn gate(self) -> &'static str {
+        match self {
+            DenyReason::TokenMissing
+            | DenyReason::TokenMalformed
+            | DenyReason::SignatureInvalid
+            | DenyReason::AlgorithmNotAllowed
+            | DenyReason::KidUnknown
+            | DenyReason::TokenExpired
+            | DenyReason::TokenNotYetValid
+            | DenyReason::IssuerNotAccepted
+            | DenyReason::AudienceNotAccepted
+            | DenyReason::TokenInactive => "token",
+            DenyReason::ScopeMissing => "scopes",
+            DenyReason::ClientNotAllowed => "client",
+            DenyReason::ClaimMismatch => "claims",
+            DenyReason::MethodNotAllowed | DenyReason::EndpointNotAllowed => "permission",
+            DenyReason::RateLimited => "rate limit",
+            DenyReason::SessionInvalid => "session",
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -272,6 +294,38 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::RateLimited(_) => "rate_limited",
         }
+    }
+
+    /// The step of the request path that refused: a gate (see [`DenyReason::gate`]), or
+    /// `route`, `limits`, `upstream`, ...
+    pub fn gate(&self) -> &'static str {
+        if let Some(r) = self.deny_reason() {
+            return r.gate();
+        }
+        match self {
+            GatewayError::NotFound | GatewayError::BadRequest(_) => "route",
+            GatewayError::HeaderTooLarge
+            | GatewayError::PayloadTooLarge(_)
+            | GatewayError::Overloaded(_)
+            | GatewayError::TooManyConnections(_) => "limits",
+            GatewayError::BadGateway(_) | GatewayError::GatewayTimeout(_) => "upstream",
+            GatewayError::StoreUnavailable { .. } => "rate limit",
+            GatewayError::InvalidClient(_) | GatewayError::OAuth { .. } => "token service",
+            _ => "tollgate",
+        }
+    }
+
+    /// The last line of an explain trace for this refusal.
+    pub fn explain_line(&self) -> String {
+        format!(
+            "result: DENY {} {}{}: {}",
+            self.status().as_u16(),
+            self.code(),
+            self.deny_reason()
+                .map(|r| format!(" (reason {})", r.as_str()))
+                .unwrap_or_default(),
+            self
+        )
     }
 
     /// The auth reason code, when this is an auth denial.

@@ -41,6 +41,9 @@ pub struct Explained {
     pub refused: Option<Arc<GatewayError>>,
     /// The request passed every gate and would be forwarded upstream.
     pub forwarded: bool,
+    /// The step that refused (see `GatewayError::gate`), and the reason code.
+    pub gate: Option<&'static str>,
+    pub reason: Option<&'static str>,
 }
 
 /// Fact: the request got through every gate and would be forwarded.
@@ -180,7 +183,7 @@ pub async fn explain_probe(
 /// (`create_signing_key`): this run signs and verifies with a key in memory instead.
 pub fn unwritten_key_note(rt: &crate::runtime::Runtime) -> Option<String> {
     rt.create_key_file.as_ref().map(|_| {
-        "token_service.signing_key does not exist yet (create_signing_key): this run uses a key in memory and writes nothing; `tollgate run` creates the file".to_owned()
+        "token_service.signing_key does not exist yet (create_signing_key): this run uses a key in memory and writes nothing; `tollgate run` creates the file".into()
     })
 }
 
@@ -211,6 +214,8 @@ pub async fn decide(gw: &Arc<Gateway>, probe: &Probe<'_>) -> Explained {
                 allowed: false,
                 status: e.status(),
                 headers: HeaderMap::new(),
+                gate: Some(e.gate()),
+                reason: e.deny_reason().map(|r| r.as_str()),
                 refused: Some(Arc::new(e)),
                 forwarded: false,
             };
@@ -261,6 +266,11 @@ pub async fn decide(gw: &Arc<Gateway>, probe: &Probe<'_>) -> Explained {
         allowed,
         status: parts.status,
         headers: parts.headers,
+        gate: refused.as_ref().map(|e| e.gate()),
+        reason: refused
+            .as_ref()
+            .and_then(|e| e.deny_reason())
+            .map(|r| r.as_str()),
         refused,
         forwarded,
     }
@@ -304,13 +314,5 @@ fn build_request(
 }
 
 fn deny_line(e: &GatewayError) -> String {
-    format!(
-        "result: DENY {} {}{}: {}",
-        e.status().as_u16(),
-        e.code(),
-        e.deny_reason()
-            .map(|r| format!(" (reason {})", r.as_str()))
-            .unwrap_or_default(),
-        e
-    )
+    e.explain_line()
 }

@@ -282,7 +282,8 @@ where
     }
 }
 
-fn describe_rule(gate: &Gate<'_>) -> String {
+/// The explain line of a route's Bearer rule (claim names only, never values).
+pub fn describe_rule(gate: &Gate<'_>) -> String {
     let claims = if gate.rule.claims.is_empty() {
         String::new()
     } else {
@@ -305,30 +306,55 @@ fn describe_rule(gate: &Gate<'_>) -> String {
 }
 
 fn note_decision<B>(req: &Request<B>, gate: &Gate<'_>, d: &Decision) {
-    if decision::of(req).is_none() {
+    let Some(trace) = decision::of(req) else {
         return;
-    }
+    };
+    let mut lines = decision_lines(gate, d.identity.as_deref(), d.permission.as_deref());
+    // The claims gates with the values (explain and test traces only; refusals, their
+    // records and logs name the claim alone): the route's after the scopes granted, the
+    // permission's after the permission line.
     if let Some(id) = &d.identity {
-        decision::note(req, || {
-            format!(
-                "identity: issuer {}, client {}, subject {}",
-                id.issuer,
-                id.client_id.as_deref().unwrap_or("-"),
-                id.subject.as_deref().unwrap_or("-")
-            )
-        });
-        decision::note(req, || format!("scopes granted: [{}]", id.scopes.join(" ")));
-        // The claims gate with the values (explain and test traces only; refusals and
-        // logs name the claim alone).
-        for line in crate::claims::describe(&gate.rule.claims, &id.claims.0) {
-            decision::note(req, || format!("route {line}"));
+        let route_claims = crate::claims::describe(&gate.rule.claims, &id.claims.0);
+        let at = lines.len().min(2);
+        lines.splice(
+            at..at,
+            route_claims.into_iter().map(|l| format!("route {l}")),
+        );
+        let entry = d
+            .permission
+            .as_deref()
+            .and_then(|p| gate.permissions.and_then(|ps| ps.entry(p)));
+        if let Some(p) = entry {
+            for line in crate::claims::describe(&p.claims, &id.claims.0) {
+                lines.push(format!("permission {line}"));
+            }
         }
     }
-    let entry = d
-        .permission
-        .as_ref()
-        .and_then(|p| gate.permissions.and_then(|ps| ps.entry(p)));
-    decision::note(req, || match (gate.permissions, entry) {
+    for line in lines {
+        trace.push(line);
+    }
+}
+
+/// The explain lines of the gate's decision: who the token says the caller is, and the
+/// permission entry that applied (for a trace, and for a refusal's record in
+/// `decisions`, which rebuilds them on the refusal path only).
+pub fn decision_lines(
+    gate: &Gate<'_>,
+    identity: Option<&Identity>,
+    permission: Option<&str>,
+) -> Vec<String> {
+    let mut out = Vec::with_capacity(3);
+    if let Some(id) = identity {
+        out.push(format!(
+            "identity: issuer {}, client {}, subject {}",
+            id.issuer,
+            id.client_id.as_deref().unwrap_or("-"),
+            id.subject.as_deref().unwrap_or("-")
+        ));
+        out.push(format!("scopes granted: [{}]", id.scopes.join(" ")));
+    }
+    let entry = permission.and_then(|p| gate.permissions.and_then(|ps| ps.entry(p)));
+    out.push(match (gate.permissions, entry) {
         (None, _) => "permissions: none on this route (route scopes decide)".into(),
         (Some(_), Some(p)) => format!(
             "permission: {} methods [{}] extra scopes [{}]",
@@ -341,11 +367,7 @@ fn note_decision<B>(req: &Request<B>, gate: &Gate<'_>, d: &Decision) {
         ),
         (Some(_), None) => "permission: no entry matches this path".into(),
     });
-    if let (Some(p), Some(id)) = (entry, &d.identity) {
-        for line in crate::claims::describe(&p.claims, &id.claims.0) {
-            decision::note(req, || format!("permission {line}"));
-        }
-    }
+    out
 }
 
 #[cfg(test)]

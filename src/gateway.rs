@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::{AuthCaches, IssuerKind};
 use crate::config::{self, ConfigError, LoadTimings, Registry};
 use crate::credentials::TokenCache;
+use crate::decisions::Decisions;
 use crate::encoding::rfc3339;
 use crate::metrics::{Metrics, ScrapeExtras};
 use crate::runtime::Runtime;
@@ -66,6 +67,8 @@ pub struct Gateway {
     /// Span export (`tracing:`), following reloads.
     pub tracing: crate::otel::Tracing,
     pub status: Mutex<ReloadStatus>,
+    /// Recent refused and failed requests, by request id (`GET /admin/decisions`).
+    pub decisions: Decisions,
     pub listeners_up: AtomicBool,
     /// SHA-256 of the file content of the last load or reload attempt, successful or
     /// not: the watcher reloads when the file differs from it.
@@ -114,6 +117,7 @@ impl Gateway {
             login_sessions: SessionCaches::default(),
             tracing: crate::otel::Tracing::default(),
             status: Mutex::new(status),
+            decisions: Decisions::default(),
             listeners_up: AtomicBool::new(false),
             last_attempt_hash: Mutex::new(rt_hash),
             next_version: AtomicU64::new(2),

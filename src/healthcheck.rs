@@ -141,6 +141,15 @@ pub async fn check(target: &Target, timeout: Duration) -> Result<u16, String> {
 }
 
 async fn get(target: &Target) -> Result<u16, String> {
+    fetch(target, None).await.map(|(status, _)| status)
+}
+
+/// One `GET` with `Connection: close` (and `Authorization`, if given): the status and
+/// the body (at most 1 MiB). Not bounded in time: callers wrap it in a timeout.
+pub async fn fetch(
+    target: &Target,
+    authorization: Option<&str>,
+) -> Result<(u16, bytes::Bytes), String> {
     let url = target.url();
     let stream = tokio::net::TcpStream::connect(&target.authority)
         .await
@@ -150,7 +159,7 @@ async fn get(target: &Target) -> Result<u16, String> {
             .await
             .map_err(|e| format!("{url}: {e}"))?;
     let driver = tokio::spawn(conn);
-    let req = http::Request::get(target.path.as_str())
+    let mut req = http::Request::get(target.path.as_str())
         .header(http::header::HOST, target.authority.as_str())
         .header(http::header::CONNECTION, "close")
         .header(
@@ -159,15 +168,25 @@ async fn get(target: &Target) -> Result<u16, String> {
         )
         .body(Empty::<bytes::Bytes>::new())
         .map_err(|e| format!("{url}: {e}"))?;
+    if let Some(a) = authorization {
+        let mut v = http::HeaderValue::from_str(a.trim())
+            .map_err(|_| "the admin credentials are not a valid header value".to_owned())?;
+        v.set_sensitive(true);
+        req.headers_mut().insert(http::header::AUTHORIZATION, v);
+    }
     let resp = sender
         .send_request(req)
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     let status = resp.status().as_u16();
-    // Read the (small) body so the server sees a complete exchange.
-    let _ = resp.into_body().collect().await;
+    // Read the (small) body; the server also sees a complete exchange.
+    let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     driver.abort();
-    Ok(status)
+    Ok((status, body))
 }
 
 #[cfg(test)]

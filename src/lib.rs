@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_auth;
+pub mod admin_ui;
 pub mod auth;
 pub mod body;
 pub mod cache;
@@ -15,6 +17,7 @@ pub mod conn;
 pub mod cors;
 pub mod credentials;
 pub mod decision;
+pub mod decisions;
 pub mod encoding;
 pub mod error;
 pub mod explain;
@@ -73,6 +76,8 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish (up to `request_timeout`).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        // Open admin pages' event streams end, so that they do not hold shutdown up.
+        self.gateway.decisions.close();
         for t in self.tasks {
             let _ = t.await;
         }

@@ -59,37 +59,7 @@ enum Command {
         format: ValidateFormat,
     },
     /// Print the decision trace a request would get; exit 0 allowed, 1 denied.
-    Explain {
-        /// The Bearer token to check (visible in the shell history and `ps`: prefer
-        /// --token-file).
-        #[arg(long)]
-        token: Option<String>,
-        /// Read the Bearer token from this file; `-` reads it from stdin. One trailing
-        /// newline is ignored.
-        #[arg(long, value_name = "FILE", conflicts_with = "token")]
-        token_file: Option<PathBuf>,
-        /// A browser's Cookie header, e.g. 'tollgate_session=...', for a `login: true`
-        /// route (a session is a credential: prefer --cookie-file).
-        #[arg(long)]
-        cookie: Option<String>,
-        /// Read the Cookie header from this file; `-` reads it from stdin.
-        #[arg(long, value_name = "FILE", conflicts_with = "cookie")]
-        cookie_file: Option<PathBuf>,
-        #[arg(long, default_value = "GET")]
-        method: String,
-        /// Host header, for routes with `hosts`.
-        #[arg(long)]
-        host: Option<String>,
-        /// Origin header: a browser's cross-origin call (the route's CORS is decided too).
-        #[arg(long)]
-        origin: Option<String>,
-        /// A CORS preflight instead: OPTIONS with `Access-Control-Request-Method: METHOD`
-        /// (needs --origin).
-        #[arg(long, value_name = "METHOD", requires = "origin")]
-        preflight: Option<String>,
-        /// The request path, e.g. /v2/analytics/data
-        url_path: String,
-    },
+    Explain(Box<ExplainArgs>),
     /// Run policy test cases through the config's policy (nothing is sent upstream);
     /// exit 0 when every case passes, 1 on any mismatch, 2 when the cases file or the
     /// config has problems.
@@ -152,22 +122,77 @@ enum TestFormat {
     Junit,
 }
 
+/// `tollgate explain`'s arguments (boxed in [`Command`]: the largest variant by far).
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// The Bearer token to check (visible in the shell history and `ps`: prefer
+    /// --token-file).
+    #[arg(long)]
+    token: Option<String>,
+    /// Read the Bearer token from this file; `-` reads it from stdin. One trailing
+    /// newline is ignored.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// A browser's Cookie header, e.g. 'tollgate_session=...', for a `login: true`
+    /// route (a session is a credential: prefer --cookie-file).
+    #[arg(long)]
+    cookie: Option<String>,
+    /// Read the Cookie header from this file; `-` reads it from stdin.
+    #[arg(long, value_name = "FILE", conflicts_with = "cookie")]
+    cookie_file: Option<PathBuf>,
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// Host header, for routes with `hosts`.
+    #[arg(long)]
+    host: Option<String>,
+    /// Origin header: a browser's cross-origin call (the route's CORS is decided too).
+    #[arg(long)]
+    origin: Option<String>,
+    /// A CORS preflight instead: OPTIONS with `Access-Control-Request-Method: METHOD`
+    /// (needs --origin).
+    #[arg(long, value_name = "METHOD", requires = "origin")]
+    preflight: Option<String>,
+    /// Instead of a request: look up the decision a running tollgate recorded for
+    /// this X-Request-Id (a refused or failed request, among the last 1000).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["token", "token_file", "cookie", "cookie_file", "host", "origin", "preflight"])]
+    request_id: Option<String>,
+    /// With --request-id: the admin listener's URL, e.g. http://127.0.0.1:9901
+    /// [default: server.admin_listen from the config file]
+    #[arg(long, value_name = "URL", requires = "request_id")]
+    admin: Option<String>,
+    /// With --request-id: a file holding the Authorization header value for
+    /// `server.admin_auth` (`Bearer eyJ...` or `Basic dXNlcjpwYXNz`); `-` reads stdin.
+    #[arg(long, value_name = "FILE", requires = "request_id")]
+    admin_auth_file: Option<PathBuf>,
+    /// The request path, e.g. /v2/analytics/data
+    #[arg(required_unless_present = "request_id")]
+    url_path: Option<String>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config, cli.log_format),
         Command::Validate { format } => validate(&cli.config, format),
-        Command::Explain {
-            token,
-            token_file,
-            cookie,
-            cookie_file,
-            method,
-            host,
-            origin,
-            preflight,
-            url_path,
-        } => {
+        Command::Explain(args) => {
+            let ExplainArgs {
+                token,
+                token_file,
+                cookie,
+                cookie_file,
+                method,
+                host,
+                origin,
+                preflight,
+                request_id,
+                admin,
+                admin_auth_file,
+                url_path,
+            } = *args;
+            if let Some(id) = request_id {
+                return explain_request_id(&cli.config, &id, admin, admin_auth_file);
+            }
+            let url_path = url_path.unwrap_or_default();
             let read = |f: Option<PathBuf>, given: Option<String>, what| match f {
                 Some(f) => read_token_file(&f, what).map(Some),
                 None => Ok(given),
@@ -535,6 +560,88 @@ fn policy_test(
     } else {
         ExitCode::from(1)
     }
+}
+
+/// `tollgate explain --request-id ID`: the decision a running tollgate recorded, printed
+/// like `explain` prints a trace; exit 1 (it was refused or failed), 2 when there is no
+/// such record or the admin API cannot be asked.
+fn explain_request_id(
+    config: &Path,
+    id: &str,
+    admin: Option<String>,
+    auth_file: Option<PathBuf>,
+) -> ExitCode {
+    use tollgate::healthcheck;
+    let authorization = match auth_file {
+        Some(f) => match read_token_file(&f, "admin credentials") {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("tollgate: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let encoded: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+    let path = format!("/admin/decisions/{encoded}");
+    let target = match admin {
+        Some(u) => healthcheck::from_url(&u).map(|mut t| {
+            t.path = format!("{}{path}", t.path.trim_end_matches('/'));
+            t
+        }),
+        None => healthcheck::admin_listen_from_config(config)
+            .and_then(|a| healthcheck::from_admin(&a, &path)),
+    };
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let res = runtime().block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            healthcheck::fetch(&target, authorization.as_deref()),
+        )
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer from {} within 10s", target.url())))
+    });
+    let (status, body) = match res {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if status != 200 {
+        eprintln!(
+            "tollgate: {} answered {status}: {}",
+            target.url(),
+            v["error_description"]
+                .as_str()
+                .or(v["error"].as_str())
+                .unwrap_or("(no JSON error)")
+        );
+        return ExitCode::from(2);
+    }
+    println!(
+        "decision {} at {}: {} {} -> {} (route {}, client {}, remote {})",
+        v["request_id"].as_str().unwrap_or(id),
+        v["time"].as_str().unwrap_or("-"),
+        v["method"].as_str().unwrap_or("-"),
+        v["path"].as_str().unwrap_or("-"),
+        v["status"],
+        v["route"].as_str().unwrap_or("-"),
+        v["client"].as_str().unwrap_or("-"),
+        v["remote"].as_str().unwrap_or("-"),
+    );
+    println!("refused by: {}", v["gate"].as_str().unwrap_or("-"));
+    for l in v["steps"].as_array().into_iter().flatten() {
+        println!("{}", l.as_str().unwrap_or_default());
+    }
+    ExitCode::from(1)
 }
 
 fn hash_secret() -> ExitCode {

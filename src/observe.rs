@@ -18,7 +18,9 @@ use pin_project_lite::pin_project;
 
 use crate::body::Body;
 use crate::conn::ConnInfo;
-use crate::error::Denied;
+use crate::decisions::Refusal;
+use crate::error::{Denied, GatewayError};
+use crate::gate::{self, Gate};
 use crate::gateway::Gateway;
 
 use crate::policy::GateFacts;
@@ -154,6 +156,9 @@ impl Record {
                 "denied: {}", d.description
             );
         }
+        if let Some(e) = ext.get::<Arc<GatewayError>>() {
+            self.remember(e, route, facts, route_name, client, rid, status);
+        }
         self.gw.metrics.request(route_name, status, elapsed);
         crate::logging::access(&crate::logging::Access {
             request_id: rid,
@@ -176,6 +181,76 @@ impl Record {
                 .as_ref()
                 .and_then(|t| std::str::from_utf8(t).ok())
                 .unwrap_or("-"),
+        });
+    }
+}
+
+impl Record {
+    /// Keeps a refused or failed request in `gw.decisions` (the refusal path only: a
+    /// forwarded request never comes here). Its steps are rebuilt from the facts on
+    /// the response, as `tollgate explain` would print them; request headers (where
+    /// the credentials are) are not read.
+    #[allow(clippy::too_many_arguments)]
+    fn remember(
+        &self,
+        e: &GatewayError,
+        route: Option<&Arc<Route>>,
+        facts: Option<&GateFacts>,
+        route_name: &str,
+        client: &str,
+        rid: &str,
+        status: u16,
+    ) {
+        let mut steps = vec![format!("request: {} {}", self.method, self.uri.path())];
+        match route {
+            Some(r) => {
+                steps.push(format!(
+                    "route: {} (path_prefix {}, upstream {})",
+                    r.name,
+                    r.path_prefix,
+                    r.upstream.as_ref().map_or("-", |u| &*u.name)
+                ));
+                let rt = self.gw.current();
+                match Gate::of(r, &rt.issuers, &self.gw.auth_caches) {
+                    Some(g) => {
+                        steps.push(gate::describe_rule(&g));
+                        let identity = facts.and_then(|f| f.identity.as_deref());
+                        if identity.is_some() {
+                            steps.extend(gate::decision_lines(
+                                &g,
+                                identity,
+                                facts.and_then(|f| f.permission.as_deref()),
+                            ));
+                        }
+                    }
+                    None => steps.push("auth: none (public route)".into()),
+                }
+                if let Some(rl) = &r.rate_limits {
+                    let names: Vec<&str> = rl.limits().map(|l| &**l.name()).collect();
+                    steps.push(format!("rate limits: [{}]", names.join(", ")));
+                }
+            }
+            None if matches!(e, GatewayError::NotFound) => steps.push("route: none matches".into()),
+            None => {}
+        }
+        steps.push(e.explain_line());
+        self.gw.decisions.record(Refusal {
+            request_id: rid,
+            route: route_name,
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            client,
+            remote: self
+                .conn
+                .as_ref()
+                .and_then(|c| c.ip.to_str().ok())
+                .unwrap_or("-"),
+            status,
+            error: e.code(),
+            reason: e.deny_reason().map(|r| r.as_str()),
+            gate: e.gate(),
+            description: &e.to_string(),
+            steps,
         });
     }
 }

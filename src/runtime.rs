@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::auth::Issuer;
 use crate::cors::Cors;
-use crate::policy::{AuthRule, Permissions, RouteAuth};
+use crate::policy::{Permissions, RouteAuth};
 use crate::ratelimit::RouteLimits;
 use crate::route::RouteTable;
 use crate::session::Login;
@@ -49,8 +49,8 @@ pub struct Server {
     pub redirect_listen: Option<SocketAddr>,
     pub redirect_https_port: Option<u16>,
     pub admin_listen: Option<SocketAddr>,
-    /// Bearer protection of the admin API (all but /healthz and /readyz).
-    pub admin_auth: Option<AuthRule>,
+    /// Protection of the admin API (all but /healthz and /readyz): Bearer or Basic.
+    pub admin_auth: Option<Arc<crate::admin_auth::AdminAuth>>,
     pub limits: Limits,
 }
 

@@ -11,7 +11,7 @@ use opentelemetry::trace::SpanKind;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use aws_lc_rs::signature::{self as lc, ParsedPublicKey, RsaParameters, RsaPublicKeyComponents};
@@ -236,6 +236,18 @@ pub struct KeyStore {
     pub fetches_ok: AtomicU64,
     pub fetches_failed: AtomicU64,
     refresher_started: AtomicBool,
+    /// The last fetch's outcome and when the key set now in use was fetched (the admin
+    /// page shows both).
+    last_fetch: Mutex<Option<FetchOutcome>>,
+    keys_fetched_at: Mutex<Option<SystemTime>>,
+}
+
+/// How the last key fetch of an issuer went.
+#[derive(Debug, Clone)]
+pub struct FetchOutcome {
+    pub at: SystemTime,
+    /// `Err` holds why it failed (no secrets: a URL, a status, a parse error).
+    pub result: Result<usize, String>,
 }
 
 impl KeyStore {
@@ -264,7 +276,25 @@ impl KeyStore {
             fetches_ok: AtomicU64::new(0),
             fetches_failed: AtomicU64::new(0),
             refresher_started: AtomicBool::new(false),
+            last_fetch: Mutex::new(None),
+            keys_fetched_at: Mutex::new(None),
         }
+    }
+
+    /// The last key fetch's outcome (`None` before the first, and for static keys).
+    pub fn last_fetch(&self) -> Option<FetchOutcome> {
+        self.last_fetch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// When the key set in use was fetched (`None`: never, or static keys).
+    pub fn keys_fetched_at(&self) -> Option<SystemTime> {
+        *self
+            .keys_fetched_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn with_static_keys(issuer_name: Arc<str>, issuer: String, keys: KeySet) -> KeyStore {
@@ -342,11 +372,25 @@ impl KeyStore {
         match self.fetch_keys().await {
             Ok((set, skipped)) => {
                 tracing::info!(issuer = %self.issuer_name, keys = set.all.len(), skipped, "fetched issuer keys");
+                let n = set.all.len();
                 self.keys.store(Arc::new(set));
                 self.fetches_ok.fetch_add(1, Ordering::Relaxed);
+                let now = SystemTime::now();
+                *self
+                    .keys_fetched_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(now);
+                *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(FetchOutcome {
+                    at: now,
+                    result: Ok(n),
+                });
             }
             Err(e) => {
                 self.fetches_failed.fetch_add(1, Ordering::Relaxed);
+                *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(FetchOutcome {
+                    at: SystemTime::now(),
+                    result: Err(e.clone()),
+                });
                 tracing::warn!(issuer = %self.issuer_name, error = %e,
                     kept_keys = self.keys.load().all.len(), "issuer key fetch failed; keeping last good keys");
             }

@@ -8,13 +8,14 @@
 //! [`Runtime::create_key_file`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::model::ConfigModel;
 use super::refs::Refs;
 use super::registry::Registry;
 use super::subst::resolve_path;
-use super::validate::{At, Problems};
-use super::{auth, issuers, login, ratelimit, routes, server, token_service, upstreams};
+use super::validate::Problems;
+use super::{admin_auth, issuers, login, ratelimit, routes, server, token_service, upstreams};
 use crate::runtime::Runtime;
 
 pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -> Option<Runtime> {
@@ -64,13 +65,13 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
     );
     let admin_auth = server_model
         .and_then(|s| s.admin_auth.as_ref())
-        .map(|b| auth::compile(b, &refs, At::Path("server.admin_auth"), p));
+        .map(|b| admin_auth::compile(b, &refs, p));
     let tracing = super::tracing::compile(m.tracing.as_ref(), p);
     let mut server = server?;
     if admin_auth.is_some() && server.admin_listen.is_none() {
         p.add("server.admin_auth", "admin_auth needs admin_listen");
     }
-    server.admin_auth = admin_auth;
+    server.admin_auth = admin_auth.flatten().map(Arc::new);
     if !p.is_empty() {
         return None;
     }

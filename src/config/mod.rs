@@ -12,6 +12,7 @@
 //! Loading never writes a file: a signing key to create is left to `tollgate run`
 //! ([`Runtime::create_key_file`]).
 
+mod admin_auth;
 mod auth;
 mod claims;
 pub mod compile;

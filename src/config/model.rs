@@ -12,6 +12,7 @@
 
 use super::yaml::{section, List, Section};
 
+pub use super::admin_auth::AdminAuthModel;
 pub use super::auth::{AuthBlockModel, RouteAuthModel};
 pub use super::cors::CorsModel;
 pub use super::issuers::{IntrospectionModel, IssuerModel};
@@ -51,7 +52,7 @@ pub const PLACES: &[(&str, &[&str])] = &[
     ("server.tls", TlsModel::KEYS),
     ("server.tls.sni[]", SniModel::KEYS),
     ("server.limits", LimitsModel::KEYS),
-    ("server.admin_auth", AuthBlockModel::KEYS),
+    ("server.admin_auth", AdminAuthModel::KEYS),
     ("issuers[]", IssuerModel::KEYS),
     ("issuers[].introspection", IntrospectionModel::KEYS),
     ("token_service", TokenServiceModel::KEYS),

@@ -9,10 +9,10 @@ use std::time::{Duration, SystemTime};
 
 use rustls::sign::CertifiedKey;
 
+use super::admin_auth::AdminAuthModel;
 use super::subst::resolve_path;
 use super::validate::{self as v, Problems};
 use super::yaml::{section, DurationText, List, ListenAddr};
-use super::AuthBlockModel;
 use crate::route::HostPattern;
 use crate::runtime::{Limits, Server};
 use crate::tls;
@@ -25,8 +25,9 @@ section! {
         /// The HTTPS port clients use, when it is not 443 (added to redirects).
         "redirect_https_port" => pub redirect_https_port: Option<u16>,
         "admin_listen" => pub admin_listen: Option<ListenAddr>,
-        /// Optional Bearer protection of the admin API (all but /healthz and /readyz).
-        "admin_auth" => pub admin_auth: Option<AuthBlockModel>,
+        /// Optional protection of the admin API (all but /healthz and /readyz): a
+        /// Bearer rule like a route's, or Basic credentials (`admin_auth.rs`).
+        "admin_auth" => pub admin_auth: Option<AdminAuthModel>,
         "limits" => pub limits: LimitsModel,
         /// HTTP methods beyond the standard nine that routes may name (`PURGE`, ...).
         "extension_methods" => pub extension_methods: Option<List<String>>,

@@ -2,7 +2,9 @@
 //! providers, real HTTP clients. One test binary (faster to link).
 
 mod admin_api;
+mod admin_ui;
 mod auth;
+mod browser_admin;
 mod browser_cors;
 mod browser_login;
 mod claims;

@@ -65,7 +65,7 @@ pub fn compile(
     {
         p.add(
             "server.admin_auth.login",
-            "browser sign-in does not apply to the admin API: it takes Bearer tokens only",
+            "browser sign-in does not apply to the admin API: it takes Bearer tokens, or Basic credentials with `type: basic`",
         );
     }
     let l = m.login.as_ref()?;
