@@ -414,6 +414,14 @@ def envoy_conf():
 
 
 def tollgate_conf(name, port, admin, extra_routes=0):
+    return write(name, tollgate_conf_text(port, admin, extra_routes))
+
+
+def tollgate_conf_text(port, admin, extra_routes=0, jwks_port=None, up_port=None):
+    """The benchmark's config: 3 routes plus filler routes with permissions (7 for the
+    "10 routes" config, 9,997 for "10k"). Also used by reload_10k.py."""
+    jwks_port = jwks_port or P["jwks"]
+    up_port = up_port or P["up"]
     lines = [f"""server:
   listen: "127.0.0.1:{port}"
   admin_listen: "127.0.0.1:{admin}"
@@ -422,12 +430,12 @@ def tollgate_conf(name, port, admin, extra_routes=0):
 issuers:
   - name: bench
     issuer: "{ISS}"
-    jwks_uri: "http://127.0.0.1:{P['jwks']}/jwks.json"
+    jwks_uri: "http://127.0.0.1:{jwks_port}/jwks.json"
     audiences: ["{AUD}"]
     algorithms: [RS256]
 upstreams:
   - name: up
-    url: "http://127.0.0.1:{P['up']}"
+    url: "http://127.0.0.1:{up_port}"
 routes:
   - name: plain
     path_prefix: /plain
@@ -468,7 +476,7 @@ routes:
         methods: [GET, POST]
         scopes: [svc{i}.write]
 """)
-    return write(name, "".join(lines))
+    return "".join(lines)
 
 
 # --------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ of the wall time of the reload request. Also times `tollgate validate` on the fi
 Loopback only; every process started here is stopped by PID in a finally block.
 """
 import argparse
-import http.client
 import json
 import os
 import shutil
@@ -23,86 +22,16 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench as B  # noqa: E402  (the benchmark config and the HTTP helpers)
+
 ADMIN_BASE = 18591
 PUBLIC_BASE = 18581
 
 
 def config_text(port, admin, n_routes=10_000):
-    head = f"""server:
-  listen: "127.0.0.1:{port}"
-  admin_listen: "127.0.0.1:{admin}"
-  limits:
-    max_connections: 40000
-issuers:
-  - name: bench
-    issuer: "https://idp.bench.local"
-    jwks_uri: "http://127.0.0.1:9/jwks.json"
-    audiences: ["tollgate-bench"]
-    algorithms: [RS256]
-upstreams:
-  - name: up
-    url: "http://127.0.0.1:9"
-routes:
-  - name: plain
-    path_prefix: /plain
-    upstream: up
-    auth: none
-  - name: upload
-    path_prefix: /upload
-    upstream: up
-    auth: none
-  - name: api
-    path_prefix: /api
-    upstream: up
-    auth:
-      issuers: [bench]
-      scopes: [analytics.read]
-    permissions:
-      - path: /api/data
-        methods: [GET]
-      - path: /api/items/*
-        methods: [GET, POST]
-      - path: /api/admin/**
-        methods: ["*"]
-        scopes: [admin]
-"""
-    parts = [head]
-    for i in range(n_routes - 3):
-        parts.append(f"""  - name: r{i}
-    path_prefix: /svc{i}
-    upstream: up
-    auth:
-      issuers: [bench]
-      scopes: [analytics.read]
-    permissions:
-      - path: /svc{i}/data
-        methods: [GET]
-      - path: /svc{i}/items/*
-        methods: [GET, POST]
-        scopes: [svc{i}.write]
-""")
-    return "".join(parts)
-
-
-def req(port, method, path, timeout=120):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        c.request(method, path)
-        r = c.getresponse()
-        return r.status, r.read()
-    finally:
-        c.close()
-
-
-def wait_ready(port, deadline):
-    while time.time() < deadline:
-        try:
-            if req(port, "GET", "/healthz", timeout=2)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"admin port {port} did not answer")
+    # bench.py's 10k-route file; the JWKS and upstream ports are closed (nothing is proxied).
+    return B.tollgate_conf_text(port, admin, n_routes - 3, jwks_port=9, up_port=9)
 
 
 def main():
@@ -135,16 +64,16 @@ def main():
             procs.append(p)
             ports[b] = admin
         for b in a.binaries:
-            wait_ready(ports[b], time.time() + 300)
+            B.wait_ready(ports[b], timeout=300)
         for _ in range(a.series):
             for b in a.binaries:
                 for _ in range(a.reloads):
                     t = time.perf_counter()
-                    status, body = req(ports[b], "POST", "/admin/reload")
+                    status, body = B.req(ports[b], "POST", "/admin/reload", timeout=120)
                     wall = time.perf_counter() - t
                     if status != 200:
                         raise RuntimeError(f"{b}: reload failed: {status} {body[:300]!r}")
-                    st = json.loads(req(ports[b], "GET", "/admin/status")[1])
+                    st = json.loads(B.req(ports[b], "GET", "/admin/status")[1])
                     tm = st["last_reload"]["timings"]
                     results[b]["wall"].append(wall * 1000)
                     for k in ("read_ms", "parse_ms", "compile_ms", "total_ms"):
