@@ -64,7 +64,11 @@ fn shipped_schema_is_current() {
 #[test]
 fn shipped_configs_validate_against_the_schema() {
     let v = validator(&printed_schema());
-    let init = output_within("tollgate init", bin().args(["init", "--output", "-"]), PATIENCE);
+    let init = output_within(
+        "tollgate init",
+        bin().args(["init", "--output", "-"]),
+        PATIENCE,
+    );
     assert_eq!(init.status.code(), Some(0), "{}", init.stderr);
     let mut configs: Vec<(String, serde_json::Value)> = vec![
         ("gateway.yaml".into(), yaml(&read("gateway.yaml"))),
@@ -93,7 +97,11 @@ fn shipped_configs_validate_against_the_schema() {
     }
     for (name, doc) in &configs {
         let found = errors(&v, doc);
-        assert!(found.is_empty(), "{name} fails the schema:\n{}", found.join("\n"));
+        assert!(
+            found.is_empty(),
+            "{name} fails the schema:\n{}",
+            found.join("\n")
+        );
     }
     assert!(configs.len() >= 10);
 }
@@ -127,10 +135,22 @@ rate_limits:
     let cases: [(&str, &str, &str); 8] = [
         ("    timeout: 30s", "    timeuot: 30s", "/upstreams/0"),
         ("    limit: 100", "    limit: lots", "/rate_limits/0/limit"),
-        ("    window: sliding", "    window: rolling", "/rate_limits/0/window"),
+        (
+            "    window: sliding",
+            "    window: rolling",
+            "/rate_limits/0/window",
+        ),
         ("    key: client", "    key: cleint", "/rate_limits/0/key"),
-        ("    timeout: 30s", "    timeout: 30", "/upstreams/0/timeout"),
-        ("  listen: \"127.0.0.1:8080\"", "  listen: \"8080\"", "/server/listen"),
+        (
+            "    timeout: 30s",
+            "    timeout: 30",
+            "/upstreams/0/timeout",
+        ),
+        (
+            "  listen: \"127.0.0.1:8080\"",
+            "  listen: \"8080\"",
+            "/server/listen",
+        ),
         ("    auth: none", "    auth: open", "/routes/0/auth"),
         ("    upstream: backend\n", "", "/routes/0"),
     ];
@@ -155,7 +175,9 @@ rate_limits:
     );
     let found = errors(&v, &yaml(&bad));
     assert!(
-        found.iter().any(|e| e.starts_with("/routes/0/permissions/0/methods/0:")),
+        found
+            .iter()
+            .any(|e| e.starts_with("/routes/0/permissions/0/methods/0:")),
         "{found:?}"
     );
 }
@@ -194,18 +216,15 @@ rate_limits:
     std::fs::write(&path, text).unwrap();
     let out = output_within(
         "tollgate validate",
-        bin()
-            .args(["validate", "--config"])
-            .arg(&path)
-            .envs([
-                ("SCHEMA_T_LISTEN", "127.0.0.1:0"),
-                ("SCHEMA_T_PORT", "8443"),
-                ("SCHEMA_T_MAX_BODY", "1024"),
-                ("SCHEMA_T_TIMEOUT", "5s"),
-                ("SCHEMA_T_URL", "http://127.0.0.1:9000"),
-                ("SCHEMA_T_STRIP", "true"),
-                ("SCHEMA_T_WINDOW", "fixed"),
-            ]),
+        bin().args(["validate", "--config"]).arg(&path).envs([
+            ("SCHEMA_T_LISTEN", "127.0.0.1:0"),
+            ("SCHEMA_T_PORT", "8443"),
+            ("SCHEMA_T_MAX_BODY", "1024"),
+            ("SCHEMA_T_TIMEOUT", "5s"),
+            ("SCHEMA_T_URL", "http://127.0.0.1:9000"),
+            ("SCHEMA_T_STRIP", "true"),
+            ("SCHEMA_T_WINDOW", "fixed"),
+        ]),
         PATIENCE,
     );
     assert_eq!(out.status.code(), Some(0), "{}{}", out.stdout, out.stderr);

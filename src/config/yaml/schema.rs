@@ -225,7 +225,10 @@ mod tests {
     // kept).
     #[test]
     fn prose_joins_lines() {
-        assert_eq!(prose(&[" One", " two.", "", " Three."]), "One two.\n\nThree.");
+        assert_eq!(
+            prose(&[" One", " two.", "", " Three."]),
+            "One two.\n\nThree."
+        );
         assert_eq!(prose(&[]), "");
     }
 }
