@@ -1,19 +1,24 @@
 //! `tollgate init`: not on the request path. Writes a commented starter `gateway.yaml`
 //! that passes `tollgate validate` as written: one identity provider, one upstream, a
 //! protected route and a public one, with the optional blocks (TLS, limits, upstream
-//! credentials, permissions, CORS, rate limits, the token service) shown commented out.
+//! credentials, permissions, CORS, rate limits, the token service) shown commented out;
+//! and beside it `gateway.schema.json`, the config's JSON Schema its first line points
+//! editors at.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The starter config. Kept valid by `tests/it/cli.rs` (written by the real binary, then
 /// checked with `tollgate validate`).
-pub const STARTER: &str = r#"# gateway.yaml: tollgate's config. Written by `tollgate init`; edit it for your setup.
+pub const STARTER: &str = r#"# yaml-language-server: $schema=./gateway.schema.json
+# gateway.yaml: tollgate's config. Written by `tollgate init`; edit it for your setup.
 #
 #   tollgate validate --config gateway.yaml   # check it: every problem, with line and key
 #   tollgate run --config gateway.yaml        # serve it; edits are applied live
 #
-# Unknown keys are errors, so a typo never silently switches a check off.
+# Unknown keys are errors, so a typo never silently switches a check off. The first
+# line points editors (VS Code's YAML extension, IntelliJ) at gateway.schema.json,
+# written beside this file (`tollgate schema` prints it): completion and checks as you type.
 # Any string may use ${env:NAME} or ${file:PATH} (keep secrets out of this file).
 # Durations: 500ms, 30s, 10m, 1h.
 
@@ -100,10 +105,46 @@ routes:
 #       scopes: [api.read]
 "#;
 
-/// Writes [`STARTER`] to `path`. An existing file is left alone unless `force`; then it
-/// is replaced atomically (a temporary file renamed over it), so a tollgate watching it
-/// never reads half a file. Missing parent folders are created.
-pub fn write(path: &Path, force: bool) -> Result<(), String> {
+/// The file name the starter's first line gives editors (beside the config).
+pub const SCHEMA_FILE: &str = "gateway.schema.json";
+
+/// The text of `gateway.schema.json`: the config's JSON Schema, pretty-printed.
+pub fn schema_text() -> String {
+    let mut text = serde_json::to_string_pretty(&crate::config::model::schema())
+        .expect("a JSON value always serialises");
+    text.push('\n');
+    text
+}
+
+/// What [`write`] did with [`SCHEMA_FILE`] beside the config.
+#[derive(Debug, PartialEq)]
+pub enum SchemaFile {
+    Written(PathBuf),
+    /// Already there with this version's schema.
+    Current,
+    /// There with other content, and not replaced (no `force`).
+    Kept(PathBuf),
+}
+
+/// Writes [`STARTER`] to `path` and the schema its first line names beside it. An
+/// existing file is left alone unless `force`; then it is replaced atomically (a
+/// temporary file renamed over it), so a tollgate watching it never reads half a file.
+/// Missing parent folders are created.
+pub fn write(path: &Path, force: bool) -> Result<SchemaFile, String> {
+    write_file(path, STARTER, force)?;
+    let schema = path.with_file_name(SCHEMA_FILE);
+    let text = schema_text();
+    match std::fs::read_to_string(&schema) {
+        Ok(old) if old == text => Ok(SchemaFile::Current),
+        Ok(_) if !force => Ok(SchemaFile::Kept(schema)),
+        _ => {
+            write_file(&schema, &text, true)?;
+            Ok(SchemaFile::Written(schema))
+        }
+    }
+}
+
+fn write_file(path: &Path, text: &str, force: bool) -> Result<(), String> {
     let shown = path.display();
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {shown}: {e}"))?;
@@ -120,12 +161,12 @@ pub fn write(path: &Path, force: bool) -> Result<(), String> {
                 _ => format!("cannot create {shown}: {e}"),
             })?;
         return f
-            .write_all(STARTER.as_bytes())
+            .write_all(text.as_bytes())
             .and_then(|()| f.sync_all())
             .map_err(|e| format!("cannot write {shown}: {e}"));
     }
     let tmp = temp_sibling(path);
-    let result = std::fs::write(&tmp, STARTER)
+    let result = std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| format!("cannot write {shown}: {e}"));
     if result.is_err() {

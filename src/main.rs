@@ -1,5 +1,5 @@
 //! The `tollgate` command: run | validate | explain | test | hash-secret | healthcheck |
-//! init | completions | man.
+//! init | schema | completions | man.
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, IsTerminal, Read};
@@ -101,6 +101,10 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print the JSON Schema of the config file (what gateway.schema.json holds) for
+    /// editors: a first line `# yaml-language-server: $schema=./gateway.schema.json` in
+    /// gateway.yaml gives completion, descriptions and checks as you type.
+    Schema,
     /// Print a shell completion script, e.g. `source <(tollgate completions bash)`.
     Completions {
         #[arg(value_enum)]
@@ -241,6 +245,7 @@ fn main() -> ExitCode {
             timeout,
         } => healthcheck(&cli.config, url, admin, ready, timeout),
         Command::Init { output, force } => init(output.as_deref().unwrap_or(&cli.config), force),
+        Command::Schema => schema(),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -761,11 +766,24 @@ fn init(output: &Path, force: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     match tollgate::init::write(output, force) {
-        Ok(()) => {
+        Ok(schema) => {
             eprintln!(
                 "tollgate: wrote {0}; check it with: tollgate validate --config {0}",
                 output.display()
             );
+            match schema {
+                tollgate::init::SchemaFile::Written(p) => eprintln!(
+                    "tollgate: wrote {} (editors complete and check the config with it)",
+                    p.display()
+                ),
+                tollgate::init::SchemaFile::Kept(p) => eprintln!(
+                    "tollgate: {} exists and differs from this version's schema; it was not \
+                     changed (--force replaces it, or: tollgate schema > {})",
+                    p.display(),
+                    p.display()
+                ),
+                tollgate::init::SchemaFile::Current => {}
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -773,6 +791,12 @@ fn init(output: &Path, force: bool) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The config file's JSON Schema on stdout.
+fn schema() -> ExitCode {
+    println!("{}", tollgate::init::schema_text().trim_end());
+    ExitCode::SUCCESS
 }
 
 /// The man page of `tollgate` on stdout, or of it and every subcommand into `dir`.

@@ -23,15 +23,15 @@ section! {
     /// `server.admin_auth`: one flat block for both types, so that a key of the other
     /// type is reported by name rather than as unknown.
     pub struct AdminAuthModel {
-        /// `bearer` (the default) or `basic`.
-        "type" => pub kind: Option<String>,
+        /// `bearer` (the default: a token like a route's) or `basic` (username and password hash).
+        "type" => pub kind: Option<String> as choice(&["bearer", "basic"]),
         "issuers" => pub issuers: Option<List<String>>,
         "scopes" => pub scopes: Option<List<String>>,
         "clients" => pub clients: Option<List<String>>,
-        /// Refused with a clear message (`login/`: browser sign-in is not for the admin
-        /// API).
+        /// Not supported: browser sign-in is not for the admin API.
         "login" => pub login: Option<bool>,
         "username" => pub username: Option<String>,
+        /// An argon2 hash of the password, made with `tollgate hash-secret`.
         "password_hash" => pub password_hash: Option<Secret>,
     }
 }

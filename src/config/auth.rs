@@ -10,18 +10,22 @@ use serde::Serialize;
 use super::claims::{self, ClaimsModel};
 use super::refs::Refs;
 use super::validate::{self as v, At, Problems};
-use super::yaml::{read_section, section, Cx, List, Node};
+use super::yaml::{read_section, section, Cx, List, Node, Schema};
 use crate::policy::AuthRule;
 
 section! {
     /// `issuers`, `scopes`, `clients` a token must match.
     pub struct AuthBlockModel {
+        /// The `issuers[].name`s (or `local`) whose tokens are accepted.
         "issuers" => pub issuers: Option<List<String>>,
+        /// Scopes a token needs (all of them).
         "scopes" => pub scopes: Option<List<String>>,
+        /// Client ids accepted (default any).
         "clients" => pub clients: Option<List<String>>,
         /// Accept a browser session (`login:`) as well as a Bearer token (routes only).
         "login" => pub login: Option<bool>,
-        /// Claim values the token must carry (`claims.rs`).
+        /// Claim values the token must carry: claim name (or dotted path) -> value or list
+        /// of values.
         "claims" => pub claims: Option<ClaimsModel>,
     }
 }
@@ -35,6 +39,18 @@ pub enum RouteAuthModel {
 }
 
 const AUTH_EXPECTED: &str = "`none` or a block with issuers / scopes / clients";
+
+impl Schema for RouteAuthModel {
+    fn schema() -> serde_json::Value {
+        serde_json::json!({
+            "anyOf": [
+                {"enum": ["none"], "description": "A public route: no token is checked."},
+                AuthBlockModel::schema(),
+            ],
+            "description": "`none` for a public route, or the issuers, scopes, clients and claims a Bearer token must match.",
+        })
+    }
+}
 
 impl Node for RouteAuthModel {
     fn read<'de, D: Deserializer<'de>>(d: D, cx: &mut Cx) -> Result<Option<Self>, D::Error> {

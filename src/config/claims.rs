@@ -15,7 +15,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 
 use super::validate::{At, Problems};
-use super::yaml::{Cx, List, Node};
+use super::yaml::{Cx, List, Node, Schema};
 use crate::claims::ClaimRule;
 
 /// The `claims` key as written: claim name -> value(s). Claim names are free-form, so
@@ -38,6 +38,15 @@ pub struct ClaimText(pub String);
 /// What a value that is not a string is, in the problem's words.
 fn not_a_string(kind: &str) -> String {
     format!("claim values are strings (or a list of strings), not {kind}; quote it, e.g. \"42\" (a token's claim matches only a string value)")
+}
+
+impl Schema for ClaimValuesModel {
+    fn schema() -> serde_json::Value {
+        serde_json::json!({
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+            "description": "The value the claim must have, or a list of values it must have one of (a list claim: contain one of).",
+        })
+    }
 }
 
 impl Node for ClaimValuesModel {

@@ -8,11 +8,17 @@ use crate::cors::{Cors, OriginPattern};
 
 section! {
     pub struct CorsModel {
+        /// Origins allowed, e.g. https://app.example.com, https://*.example.com or "*".
         "allow_origins" => pub allow_origins: List<String>,
-        "allow_methods" => pub allow_methods: List<String>,
+        /// Methods allowed.
+        "allow_methods" => pub allow_methods: List<String> as schema(v::methods_schema()),
+        /// Request headers allowed.
         "allow_headers" => pub allow_headers: List<String>,
+        /// Response headers the browser may read.
         "expose_headers" => pub expose_headers: List<String>,
+        /// Allow cookies and Authorization (never with origin "*").
         "allow_credentials" => pub allow_credentials: bool,
+        /// How long a browser may cache a preflight answer.
         "max_age" => pub max_age: Option<DurationText>,
     }
 }

@@ -18,16 +18,27 @@ use crate::secret::Secret;
 
 section! {
     pub struct IssuerModel {
-        "name" => pub name: Option<String>,
-        "issuer" => pub issuer: Option<String>,
+        /// The name routes refer to in `auth.issuers`.
+        "name" => pub name: Option<String> as required(),
+        /// The tokens' `iss` value, exactly.
+        "issuer" => pub issuer: Option<String> as required(),
+        /// Where the issuer's signing keys are (JWKS URL).
         "jwks_uri" => pub jwks_uri: Option<String>,
+        /// The OIDC discovery URL (…/.well-known/openid-configuration) instead of `jwks_uri`.
         "discovery" => pub discovery: Option<String>,
+        /// Opaque tokens: check them at the issuer's RFC 7662 introspection endpoint.
         "introspection" => pub introspection: Option<IntrospectionModel>,
+        /// A token's `aud` must contain one of these.
         "audiences" => pub audiences: Option<List<String>>,
-        "algorithms" => pub algorithms: Option<List<String>>,
+        /// Signature algorithms accepted (default: every asymmetric one; never `none` or HS*).
+        "algorithms" => pub algorithms: Option<List<String>> as schema(list(one_of(&["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]))),
+        /// Clock skew allowed on `exp` and `nbf`.
         "leeway" => pub leeway: Option<DurationText>,
+        /// Claims that carry the token's scopes (default `scope`, `scp`).
         "scope_claims" => pub scope_claims: Option<List<String>>,
+        /// Claims that carry the client id (default `client_id`, `azp`, `cid`).
         "client_claims" => pub client_claims: Option<List<String>>,
+        /// Accept tokens whatever their `aud` (a warning: prefer `audiences`).
         "skip_audience_check" => pub skip_audience_check: bool,
         /// How often the key set is refreshed in the background (default 5m).
         "jwks_refresh" => pub jwks_refresh: Option<DurationText>,
@@ -38,9 +49,13 @@ section! {
 
 section! {
     pub struct IntrospectionModel {
-        "url" => pub url: Option<String>,
+        /// The introspection endpoint.
+        "url" => pub url: Option<String> as required(),
+        /// tollgate's client id at the endpoint.
         "client_id" => pub client_id: Option<String>,
+        /// tollgate's client secret (use ${env:..} or ${file:..}).
         "client_secret" => pub client_secret: Option<Secret>,
+        /// How long an answer is reused (never past the token's `exp`).
         "cache_ttl" => pub cache_ttl: Option<DurationText>,
     }
 }

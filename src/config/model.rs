@@ -30,18 +30,40 @@ pub use super::yaml::{DurationText, ListenAddr};
 section! {
     /// The whole file.
     pub struct ConfigModel {
-        "server" => pub server: Option<ServerModel>,
+        /// The listeners, TLS, request limits and the admin API.
+        "server" => pub server: Option<ServerModel> as required(),
+        /// Who may sign the Bearer tokens routes accept: JWT issuers (JWKS or OIDC
+        /// discovery) and opaque-token issuers (RFC 7662 introspection).
         "issuers" => pub issuers: List<IssuerModel>,
+        /// tollgate's own OAuth2 token endpoint (client credentials grant): tokens for
+        /// the clients listed here, checked by routes as issuer `local`.
         "token_service" => pub token_service: Option<TokenServiceModel>,
+        /// The backends tollgate forwards to.
         "upstreams" => pub upstreams: List<UpstreamModel>,
+        /// Which requests go to which upstream, and what they must present. The longest
+        /// matching `path_prefix` wins.
         "routes" => pub routes: List<RouteModel>,
+        /// Shared state for rate limits (Redis), so every replica counts together.
         "stores" => pub stores: Option<StoresModel>,
+        /// Named request limits that routes refer to by name.
         "rate_limits" => pub rate_limits: List<RateLimitModel>,
-        /// Browser sign-in (`login/`).
+        /// Browser sign-in (OpenID Connect authorization code + PKCE) for routes with
+        /// `auth: {login: true}`.
         "login" => pub login: Option<LoginModel>,
-        /// Span export and trace sampling (`tracing.rs`).
+        /// Span export (OTLP/HTTP) and trace sampling.
         "tracing" => pub tracing: Option<TracingModel>,
     }
+}
+
+/// The JSON Schema of `gateway.yaml` (`tollgate schema`, `gateway.schema.json`): not on
+/// the request path.
+pub fn schema() -> serde_json::Value {
+    super::yaml::schema::document::<ConfigModel>(
+        "tollgate gateway.yaml",
+        "tollgate's config file. Unknown keys are errors; any text value may use \
+         ${env:NAME} or ${file:PATH} (keep secrets out of the file). Check it with \
+         `tollgate validate`; `tollgate schema` prints this schema.",
+    )
 }
 
 /// Every block of the file and its keys: an unknown key that no block nearby can
@@ -93,5 +115,60 @@ mod tests {
         }
         assert_eq!(places_with_key("timeout"), ["upstreams[]", "stores.redis"]);
         assert!(places_with_key("nope").is_empty());
+    }
+
+    /// The object schema in `v` (itself, or the object branch of an `anyOf`).
+    fn object(v: &serde_json::Value) -> &serde_json::Value {
+        if v.get("properties").is_some() {
+            return v;
+        }
+        let branches = v["anyOf"].as_array().expect("an object or anyOf");
+        branches
+            .iter()
+            .find(|b| b.get("properties").is_some())
+            .expect("an object branch")
+    }
+
+    // Behaviour: every block `tollgate validate` reads is in the schema at its place,
+    // with exactly the keys the reader accepts (in the same order), and no other key
+    // (`additionalProperties: false`); so the schema can neither miss a key nor offer one
+    // that validate refuses.
+    #[test]
+    fn schema_has_every_key_of_every_place() {
+        let doc = schema();
+        assert_eq!(doc["$schema"], "http://json-schema.org/draft-07/schema#");
+        for (place, keys) in PLACES {
+            let mut node = &doc;
+            if *place != "the top level" {
+                for seg in place.split('.') {
+                    let name = seg.trim_end_matches("[]");
+                    node = &object(node)["properties"][name];
+                    assert!(!node.is_null(), "{place}: no property {name}");
+                    if seg.ends_with("[]") {
+                        assert_eq!(node["type"], "array", "{place}");
+                        node = &node["items"];
+                    }
+                }
+            }
+            let node = object(node);
+            let found: Vec<&str> = node["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(found, *keys, "{place}");
+            assert_eq!(node["additionalProperties"], false, "{place}");
+        }
+        // Keys the compile step requires are required in the schema.
+        let routes = &doc["properties"]["routes"]["items"];
+        let required: Vec<&str> = routes["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(required, ["name", "path_prefix", "upstream", "auth"]);
+        assert_eq!(doc["required"], serde_json::json!(["server"]));
     }
 }

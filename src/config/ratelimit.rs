@@ -17,7 +17,7 @@ use serde::{Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use super::validate::{self as v, At, Problems};
-use super::yaml::{section, Cx, DurationText, List, Node};
+use super::yaml::{schema, section, Cx, DurationText, List, Node, Schema};
 use crate::ratelimit::{
     FailedAuthLimit, KeySpec, KeySpecError, Limit, LimitError, LimitSpec, Limiter, LocalStore,
     OnError, RedisConfig, RedisConfigError, RedisStore, RouteLimits, StoreKind, Window,
@@ -37,7 +37,8 @@ section! {
 section! {
     /// `stores.redis:`
     pub struct RedisStoreModel {
-        "url" => pub url: Option<RedisUrl>,
+        /// The Redis server.
+        "url" => pub url: Option<RedisUrl> as required(),
         /// Per operation (default 50ms).
         "timeout" => pub timeout: Option<DurationText>,
     }
@@ -47,6 +48,26 @@ section! {
 /// problem); `/admin/config` shows it with the password replaced by `[redacted]`.
 #[derive(Clone, Default)]
 pub struct RedisUrl(pub Secret);
+
+/// `rate_limits[].key`: one of the fixed keys or `header:NAME`.
+fn limit_key_schema() -> serde_json::Value {
+    serde_json::json!({
+        "anyOf": [
+            {"enum": ["client", "subject", "ip"]},
+            {"type": "string", "pattern": "^header:[!#$%&'*+.^_`|~0-9A-Za-z-]+$"},
+            schema::substituted(),
+        ]
+    })
+}
+
+impl Schema for RedisUrl {
+    fn schema() -> serde_json::Value {
+        schema::text_matching(
+            "^rediss?://",
+            "A redis:// or rediss:// (TLS) URL, e.g. \"redis://127.0.0.1:6379/0\"; one with a password belongs in a ${file:..} or ${env:..}.",
+        )
+    }
+}
 
 impl Node for RedisUrl {
     fn read<'de, D: Deserializer<'de>>(d: D, cx: &mut Cx) -> Result<Option<Self>, D::Error> {
@@ -88,17 +109,20 @@ fn redacted_url(raw: &str) -> String {
 section! {
     /// One entry of `rate_limits:`.
     pub struct RateLimitModel {
-        "name" => pub name: Option<String>,
-        /// `client | subject | ip | header:NAME`
-        "key" => pub key: Option<String>,
-        "limit" => pub limit: Option<u64>,
-        "per" => pub per: Option<DurationText>,
-        /// `sliding` (default) | `fixed`
-        "window" => pub window: Option<String>,
-        /// `local` (default) | `redis`
-        "store" => pub store: Option<String>,
-        /// `allow` (default) | `deny`
-        "on_error" => pub on_error: Option<String>,
+        /// The name routes refer to in `rate_limits`.
+        "name" => pub name: Option<String> as required(),
+        /// What is counted: `client`, `subject`, `ip` or `header:NAME`.
+        "key" => pub key: Option<String> as required().schema(limit_key_schema()),
+        /// Requests allowed per window.
+        "limit" => pub limit: Option<u64> as required(),
+        /// The window, e.g. 1m.
+        "per" => pub per: Option<DurationText> as required(),
+        /// `sliding` (default) or `fixed`.
+        "window" => pub window: Option<String> as choice(&["sliding", "fixed"]),
+        /// `local` (default: each replica counts alone) or `redis` (every replica together).
+        "store" => pub store: Option<String> as choice(&["local", "redis"]),
+        /// When the store cannot be reached: `allow` (default) or `deny`.
+        "on_error" => pub on_error: Option<String> as choice(&["allow", "deny"]),
     }
 }
 
@@ -110,7 +134,7 @@ section! {
         /// In any window of this (default 1m).
         "per" => pub per: Option<DurationText>,
         /// `local` (default: each replica counts alone) | `redis` (every replica together).
-        "store" => pub store: Option<String>,
+        "store" => pub store: Option<String> as choice(&["local", "redis"]),
     }
 }
 

@@ -19,31 +19,43 @@ use crate::upstream::Upstream;
 
 section! {
     pub struct RouteModel {
-        "name" => pub name: Option<String>,
-        "path_prefix" => pub path_prefix: Option<String>,
+        /// The route's name (in logs, metrics and explain).
+        "name" => pub name: Option<String> as required(),
+        /// The path this route serves, on a segment boundary: /api matches /api/x, not /apix.
+        "path_prefix" => pub path_prefix: Option<String> as required(),
+        /// Only for these Host names (default any).
         "hosts" => pub hosts: Option<List<String>>,
-        "upstream" => pub upstream: Option<String>,
-        "auth" => pub auth: Option<RouteAuthModel>,
+        /// The `upstreams[].name` requests are forwarded to (not used when tollgate is
+        /// embedded in an application).
+        "upstream" => pub upstream: Option<String> as required(),
+        "auth" => pub auth: Option<RouteAuthModel> as required(),
+        /// Per endpoint and method: the scopes (and claims) a token needs; a request that
+        /// no entry matches is denied.
         "permissions" => pub permissions: Option<List<PermissionModel>>,
+        /// Cross-origin requests from browsers (answered by tollgate).
         "cors" => pub cors: Option<CorsModel>,
-        "body_credentials" => pub body_credentials: Option<String>,
+        /// `basic`: client credentials in the form body are moved to an Authorization header.
+        "body_credentials" => pub body_credentials: Option<String> as choice(&["basic"]),
         /// With body_credentials: move `grant_type` from the body to the query string
         /// (SAP Cloud Integration's token URL wants it there).
         "grant_type_to_query" => pub grant_type_to_query: Option<bool>,
         /// Whether the client's `Cookie` header is withheld from the upstream (default: on
-        /// for routes with a Bearer `auth` block, see `upstream_session.rs`).
+        /// for routes with a Bearer `auth` block, off for `auth: none` and `login` routes).
         "strip_cookies" => pub strip_cookies: Option<bool>,
-        /// Names of `rate_limits` entries (`ratelimit.rs`).
+        /// Names of `rate_limits` entries that count this route's requests.
         "rate_limits" => pub rate_limits: Option<List<String>>,
     }
 }
 
 section! {
     pub struct PermissionModel {
-        "path" => pub path: Option<String>,
-        "methods" => pub methods: Option<List<String>>,
+        /// The endpoint, under the route's path_prefix.
+        "path" => pub path: Option<String> as required(),
+        /// The methods this entry covers, or ["*"] for any.
+        "methods" => pub methods: Option<List<String>> as required().schema(v::methods_schema()),
+        /// The scopes a token needs (all of them).
         "scopes" => pub scopes: List<String>,
-        /// Claim values this endpoint requires besides the route's (`claims.rs`).
+        /// Claim values this endpoint requires besides the route's.
         "claims" => pub claims: Option<ClaimsModel>,
     }
 }

@@ -19,15 +19,21 @@ use crate::tls;
 
 section! {
     pub struct ServerModel {
-        "listen" => pub listen: Option<ListenAddr>,
+        /// The public listener, e.g. "127.0.0.1:8080" (HTTP/1.1 and h2c; HTTPS with `tls`).
+        /// Changes apply after a restart.
+        "listen" => pub listen: Option<ListenAddr> as required(),
+        /// HTTPS on `listen` (ALPN h2 + http/1.1); the files are reloaded when they change.
         "tls" => pub tls: Option<TlsModel>,
+        /// A plain-HTTP listener that answers 308 to https://{host}{path}.
         "redirect_listen" => pub redirect_listen: Option<ListenAddr>,
         /// The HTTPS port clients use, when it is not 443 (added to redirects).
         "redirect_https_port" => pub redirect_https_port: Option<u16>,
+        /// The admin listener: /healthz /readyz /metrics /admin/*. Never expose it publicly.
         "admin_listen" => pub admin_listen: Option<ListenAddr>,
-        /// Optional protection of the admin API (all but /healthz and /readyz): a
-        /// Bearer rule like a route's, or Basic credentials (`admin_auth.rs`).
+        /// Protection of the admin API (all but /healthz and /readyz): a Bearer rule like
+        /// a route's, or Basic credentials.
         "admin_auth" => pub admin_auth: Option<AdminAuthModel>,
+        /// Request size, time and concurrency limits.
         "limits" => pub limits: LimitsModel,
         /// HTTP methods beyond the standard nine that routes may name (`PURGE`, ...).
         "extension_methods" => pub extension_methods: Option<List<String>>,
@@ -36,27 +42,39 @@ section! {
 
 section! {
     pub struct TlsModel {
-        "cert" => pub cert: Option<String>,
-        "key" => pub key: Option<String>,
+        /// The certificate chain (PEM file).
+        "cert" => pub cert: Option<String> as required(),
+        /// The certificate's private key (PEM file).
+        "key" => pub key: Option<String> as required(),
+        /// Require client certificates signed by this CA (PEM file): mutual TLS.
         "client_ca" => pub client_ca: Option<String>,
+        /// More certificates, chosen by the host name the client asks for (SNI).
         "sni" => pub sni: List<SniModel>,
     }
 }
 
 section! {
     pub struct SniModel {
-        "hosts" => pub hosts: List<String>,
-        "cert" => pub cert: Option<String>,
-        "key" => pub key: Option<String>,
+        /// The host names this certificate serves.
+        "hosts" => pub hosts: List<String> as required(),
+        /// The certificate chain (PEM file).
+        "cert" => pub cert: Option<String> as required(),
+        /// The certificate's private key (PEM file).
+        "key" => pub key: Option<String> as required(),
     }
 }
 
 section! {
     pub struct LimitsModel {
+        /// Largest request head (default 16384); larger -> 431.
         "max_header_bytes" => pub max_header_bytes: Option<u64>,
+        /// Largest request body (default 10485760); larger -> 413.
         "max_body_bytes" => pub max_body_bytes: Option<u64>,
+        /// Time allowed to send the request head (default 10s).
         "header_read_timeout" => pub header_read_timeout: Option<DurationText>,
+        /// End-to-end time allowed for a request (default 60s); longer -> 504.
         "request_timeout" => pub request_timeout: Option<DurationText>,
+        /// Open client connections at most (default 10000).
         "max_connections" => pub max_connections: Option<u64>,
         /// Requests being handled at once; more are answered 503 at once (load shedding).
         "max_concurrent_requests" => pub max_concurrent_requests: Option<u64>,

@@ -24,24 +24,35 @@ use crate::token_service::{Client, ClientSecret, TokenService, LOCAL_LEEWAY};
 
 section! {
     pub struct TokenServiceModel {
+        /// Where the token endpoint is served (default /oauth2/token).
         "path" => pub path: Option<String>,
-        "issuer" => pub issuer: Option<String>,
-        "audience" => pub audience: Option<String>,
+        /// The `iss` of the tokens it signs.
+        "issuer" => pub issuer: Option<String> as required(),
+        /// The `aud` of the tokens it signs.
+        "audience" => pub audience: Option<String> as required(),
+        /// The EC P-256 signing key (PEM file), shared by every replica; without it a key
+        /// is made at start.
         "signing_key" => pub signing_key: Option<String>,
-        /// Create `signing_key` (EC P-256) when the file does not exist yet.
+        /// Create `signing_key` when the file does not exist yet (`tollgate run` only).
         "create_signing_key" => pub create_signing_key: bool,
+        /// Lifetime of the tokens it signs.
         "token_ttl" => pub token_ttl: Option<DurationText>,
+        /// The clients that may ask for tokens.
         "clients" => pub clients: List<ClientModel>,
-        /// Failed client authentications allowed per client id and IP (`ratelimit.rs`).
+        /// Failed client authentications allowed per client id and IP.
         "failed_auth_limit" => pub failed_auth_limit: Option<FailedAuthLimitModel>,
     }
 }
 
 section! {
     pub struct ClientModel {
-        "id" => pub id: Option<String>,
+        /// The client id.
+        "id" => pub id: Option<String> as required(),
+        /// The client secret (use ${env:..} or ${file:..}); prefer `secret_hash`.
         "secret" => pub secret: Option<Secret>,
+        /// An argon2id hash of the secret, made with `tollgate hash-secret`.
         "secret_hash" => pub secret_hash: Option<Secret>,
+        /// The scopes the client may be given.
         "scopes" => pub scopes: List<String>,
     }
 }

@@ -20,7 +20,7 @@ section! {
         "service_name" => pub service_name: Option<String>,
         /// The share of new traces that are sampled, 0.0 to 1.0 (default 1.0). A
         /// request with a valid `traceparent` keeps its caller's sampled flag.
-        "sample_ratio" => pub sample_ratio: Option<f64>,
+        "sample_ratio" => pub sample_ratio: Option<f64> as schema(or_substituted(serde_json::json!({"type": "number", "minimum": 0, "maximum": 1}))),
     }
 }
 

@@ -16,7 +16,7 @@ use super::issuers::DEFAULT_FETCH_TIMEOUT;
 use super::refs::fingerprint;
 use super::registry::Registry;
 use super::validate::{self as v, Problems};
-use super::yaml::{section, Cx, Node};
+use super::yaml::{section, Cx, Node, Schema};
 use crate::credentials::{
     service_key, ClientAuth, Grant, OAuth2Source, RequestFormat, UpstreamAuth,
 };
@@ -26,14 +26,20 @@ section! {
     /// One block for every `type`, so that every key is read; [`compile_auth`] says
     /// which keys belong to which type.
     pub struct UpstreamAuthModel {
-        "type" => pub kind: Option<String>,
+        /// How credentials are made: `basic` (username/password), `oauth2_client_credentials`,
+        /// `token_exchange` (RFC 8693, on behalf of the caller) or `jwt_bearer` (RFC 7523).
+        "type" => pub kind: Option<String> as required().schema(one_of(&["basic", "oauth2_client_credentials", "token_exchange", "jwt_bearer"])),
+        /// The token endpoint.
         "token_url" => pub token_url: Option<String>,
         "client_id" => pub client_id: Option<String>,
         "client_secret" => pub client_secret: Option<Secret>,
         "scope" => pub scope: Option<String>,
         "audience" => pub audience: Option<String>,
-        "client_auth" => pub client_auth: Option<String>,
-        "request_format" => pub request_format: Option<String>,
+        /// How the client authenticates at the token endpoint (default basic).
+        "client_auth" => pub client_auth: Option<String> as choice(&["basic", "body"]),
+        /// The token request's body (default form).
+        "request_format" => pub request_format: Option<String> as choice(&["form", "json"]),
+        /// More parameters for the token request.
         "extra_params" => pub extra_params: Option<BTreeMap<String, String>>,
         "username" => pub username: Option<String>,
         "password" => pub password: Option<Secret>,
@@ -65,6 +71,15 @@ pub fn extra_keys(kind: &str) -> &'static [&'static str] {
 pub struct ServiceKey(pub Secret);
 
 const SERVICE_KEY_EXPECTED: &str = "service_key must be the service key's JSON (e.g. \"${file:/etc/tollgate/key.json}\") or a mapping";
+
+impl Schema for ServiceKey {
+    fn schema() -> serde_json::Value {
+        serde_json::json!({
+            "anyOf": [{"type": "string"}, {"type": "object"}],
+            "description": "A Cloud Foundry (SAP BTP) service key: its JSON as text, e.g. \"${file:/etc/tollgate/key.json}\", or written inline as a mapping.",
+        })
+    }
+}
 
 impl Node for ServiceKey {
     fn read<'de, D: Deserializer<'de>>(d: D, cx: &mut Cx) -> Result<Option<Self>, D::Error> {

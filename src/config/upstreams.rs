@@ -23,12 +23,20 @@ use crate::upstream::Upstream;
 
 section! {
     pub struct UpstreamModel {
-        "name" => pub name: Option<String>,
-        "url" => pub url: Option<String>,
+        /// The name routes refer to in `upstream`.
+        "name" => pub name: Option<String> as required(),
+        /// The backend's base URL, e.g. "http://127.0.0.1:9000" (https:// is verified
+        /// against the system roots or `ca`).
+        "url" => pub url: Option<String> as required(),
+        /// Verify an https:// upstream against this CA (PEM file) instead of the system roots.
         "ca" => pub ca: Option<String>,
+        /// Time allowed to connect (default 5s); longer -> 502.
         "connect_timeout" => pub connect_timeout: Option<DurationText>,
+        /// Time allowed until the response head (default 30s); longer -> 504.
         "timeout" => pub timeout: Option<DurationText>,
+        /// Credentials tollgate adds on the way upstream.
         "auth" => pub auth: Option<UpstreamAuthModel>,
+        /// The SAP X-CSRF-Token protocol: fetch a token, send it with changing requests.
         "csrf" => pub csrf: Option<CsrfModel>,
     }
 }

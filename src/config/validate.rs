@@ -299,6 +299,23 @@ pub const KNOWN_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
 ];
 
+/// The schema of a list of methods (`permissions[].methods`, `cors.allow_methods`):
+/// the known methods (offered by editors), `*`, or another method token (valid when
+/// `server.extension_methods` lists it, which only `tollgate validate` can tell).
+pub fn methods_schema() -> serde_json::Value {
+    let mut known: Vec<&str> = KNOWN_METHODS.to_vec();
+    known.push("*");
+    serde_json::json!({
+        "type": "array",
+        "items": {
+            "anyOf": [
+                {"enum": known},
+                {"type": "string", "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"},
+            ]
+        }
+    })
+}
+
 /// Whether `s` is a method token (RFC 9110 §5.6.2 `tchar`s).
 pub fn is_token(s: &str) -> bool {
     !s.is_empty()

@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use crate::config::source::PosIndex;
 use crate::config::validate::{parse_duration, suggest, Problems};
-use crate::config::yaml::{self, read_section, section, Cx, List, Node, Places, Section};
+use crate::config::yaml::{self, read_section, section, Cx, List, Node, Places, Schema, Section};
 use crate::config::{locate, ConfigError};
 use crate::error::DenyReason;
 
@@ -105,6 +105,12 @@ pub enum TokenModel {
 
 const TOKEN_EXPECTED: &str = "a token (text), or {issuer, claims, expires_in} to mint one";
 
+impl Schema for TokenModel {
+    fn schema() -> serde_json::Value {
+        serde_json::json!({"anyOf": [{"type": "string"}, MintTokenModel::schema()]})
+    }
+}
+
 impl Node for TokenModel {
     fn read<'de, D: Deserializer<'de>>(d: D, cx: &mut Cx) -> Result<Option<Self>, D::Error> {
         d.deserialize_any(TokenVisitor(cx))
@@ -175,6 +181,12 @@ impl<'de> Visitor<'de> for TokenVisitor<'_, '_> {
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(transparent)]
 pub struct JsonObject(pub serde_json::Map<String, serde_json::Value>);
+
+impl Schema for JsonObject {
+    fn schema() -> serde_json::Value {
+        serde_json::json!({"type": "object"})
+    }
+}
 
 impl Node for JsonObject {
     fn read<'de, D: Deserializer<'de>>(d: D, cx: &mut Cx) -> Result<Option<Self>, D::Error> {

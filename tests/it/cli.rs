@@ -381,11 +381,16 @@ fn init_writes_a_valid_starter_and_keeps_existing_files() {
     let (code, _, err) = output(bin().args(["init", "--force", "--output"]).arg(&target));
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), written);
-    let leftovers: Vec<_> = std::fs::read_dir(target.parent().unwrap())
+    let mut leftovers: Vec<_> = std::fs::read_dir(target.parent().unwrap())
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(leftovers.len(), 1, "temporary files left: {leftovers:?}");
+    leftovers.sort();
+    assert_eq!(
+        leftovers,
+        ["gateway.schema.json", "gateway.yaml"],
+        "temporary files left"
+    );
 
     // Without --output: the --config path (or TOLLGATE_CONFIG).
     let other = dir.path().join("other.yaml");
@@ -430,6 +435,8 @@ fn completions_complete_in_bash() {
         assert!(subs.iter().any(|w| w == s), "{s} not in {subs:?}");
     }
     assert!(!subs.iter().any(|w| w == "validate"), "{subs:?}");
+    let subs = complete(&["tollgate", "sc"]);
+    assert_eq!(subs, ["schema"]);
     let opts = complete(&["tollgate", "healthcheck", "--"]);
     for o in ["--url", "--admin", "--ready", "--timeout", "--config"] {
         assert!(opts.iter().any(|w| w == o), "{o} not in {opts:?}");
@@ -484,6 +491,7 @@ fn man_pages_render() {
         "test",
         "healthcheck",
         "init",
+        "schema",
         "completions",
         "man",
     ] {
@@ -511,6 +519,7 @@ fn man_pages_render() {
             "tollgate-init.1",
             "tollgate-man.1",
             "tollgate-run.1",
+            "tollgate-schema.1",
             "tollgate-test.1",
             "tollgate-validate.1",
             "tollgate.1"

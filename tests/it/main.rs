@@ -28,6 +28,7 @@ mod reload;
 mod reload_perf;
 mod routing;
 mod sap;
+mod schema;
 mod tls;
 mod token_service;
 mod traces;

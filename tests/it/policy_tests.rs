@@ -109,7 +109,7 @@ fn shipped_cases_pass() {
         .any(|(name, _)| name == "dashboard reads data"));
 }
 
-const CONFIG: &str = r#"server:
+pub const CONFIG: &str = r#"server:
   listen: "127.0.0.1:0"
 token_service:
   issuer: "https://gw.test"

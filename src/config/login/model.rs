@@ -10,16 +10,19 @@ section! {
     /// `login:` as written.
     pub struct LoginModel {
         /// An `issuers[].name` with `discovery:`.
-        "issuer" => pub issuer: Option<String>,
-        "client_id" => pub client_id: Option<String>,
+        "issuer" => pub issuer: Option<String> as required(),
+        /// tollgate's client id at the identity provider.
+        "client_id" => pub client_id: Option<String> as required(),
         /// Absent: a public client (PKCE only).
         "client_secret" => pub client_secret: Option<Secret>,
         /// Default `[openid]`; must include `openid`.
         "scopes" => pub scopes: Option<List<String>>,
+        /// Where the identity provider sends the browser back (default /oauth2/callback).
         "callback_path" => pub callback_path: Option<String>,
+        /// Where a browser signs out (default /oauth2/logout).
         "logout_path" => pub logout_path: Option<String>,
         /// At least 32 bytes; seals the session and sign-in-state cookies.
-        "cookie_secret" => pub cookie_secret: Option<Secret>,
+        "cookie_secret" => pub cookie_secret: Option<Secret> as required(),
         /// Default true; false only for plain-HTTP development.
         "cookie_secure" => pub cookie_secure: Option<bool>,
         /// Default 8h.

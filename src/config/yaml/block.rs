@@ -11,6 +11,7 @@ use std::marker::PhantomData;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 
+use super::schema::{self, Schema};
 use super::{Cx, Node, Seed, Seg};
 
 /// A YAML list. An element that could not be read is kept as a hole, so that every
@@ -68,6 +69,12 @@ impl<T> FromIterator<T> for List<T> {
 impl<T: Serialize> Serialize for List<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.values())
+    }
+}
+
+impl<T: Schema> Schema for List<T> {
+    fn schema() -> serde_json::Value {
+        schema::list(T::schema())
     }
 }
 
@@ -378,32 +385,42 @@ impl<'de, S: Section> Visitor<'de> for SectionVisitor<'_, '_, S> {
 
 /// Declares a block of `gateway.yaml`: a struct whose fields are read by [`Node`]
 /// (absent or unusable values become the field's `Default`), with `KEYS` for
-/// suggestions and a `Serialize` impl under the YAML key names (`GET /admin/config`).
+/// suggestions, a `Serialize` impl under the YAML key names (`GET /admin/config`) and
+/// its JSON Schema ([`Schema`]: the fields' doc comments are the keys' descriptions, so
+/// write them for the people who edit the file; the struct's doc is for the code).
+///
+/// After a field's type, `as SPEC` says more about the key for the schema (the
+/// functions of [`schema::spec`] are in scope): `required()` when the compile step
+/// reports it missing, `choice(&[..])` for a fixed set of values, `matching(..)` for a
+/// pattern, `schema(..)` for a schema of its own; `.required()` adds to any of them.
+/// Reading is not affected. Only doc comments may stand on the struct and its fields.
 ///
 /// ```ignore
 /// section! {
 ///     /// `upstreams[]`
 ///     pub struct UpstreamModel {
-///         "name" => pub name: Option<String>,
+///         "name" => pub name: Option<String> as required(),
+///         /// Until the response head arrives (default 30s).
 ///         "timeout" => pub timeout: Option<DurationText>,
+///         "window" => pub window: Option<String> as choice(&["sliding", "fixed"]),
 ///     }
 /// }
 /// ```
 macro_rules! section {
     (
-        $(#[$meta:meta])*
+        $(#[doc = $doc:literal])*
         pub struct $name:ident {
             $(
-                $(#[$fmeta:meta])*
-                $key:literal => pub $field:ident : $ty:ty,
+                $(#[doc = $fdoc:literal])*
+                $key:literal => pub $field:ident : $ty:ty $(as $spec:expr)?,
             )*
         }
     ) => {
-        $(#[$meta])*
+        $(#[doc = $doc])*
         #[derive(Debug, Clone, Default, serde::Serialize)]
         pub struct $name {
             $(
-                $(#[$fmeta])*
+                $(#[doc = $fdoc])*
                 #[serde(rename = $key)]
                 pub $field: $ty,
             )*
@@ -437,6 +454,27 @@ macro_rules! section {
                 cx: &mut $crate::config::yaml::Cx,
             ) -> Result<Option<Self>, D::Error> {
                 $crate::config::yaml::read_section(d, cx)
+            }
+        }
+
+        impl $crate::config::yaml::Schema for $name {
+            fn schema() -> serde_json::Value {
+                #[allow(unused_imports)]
+                use $crate::config::yaml::schema::spec::*;
+                let mut properties = serde_json::Map::new();
+                let mut required: Vec<&str> = Vec::new();
+                $(
+                    let mut spec: $crate::config::yaml::schema::Spec =
+                        None$(.or(Some($spec)))?.unwrap_or_default();
+                    if spec.required {
+                        required.push($key);
+                    }
+                    properties.insert(
+                        $key.into(),
+                        $crate::config::yaml::schema::property::<$ty>(&mut spec, &[$($fdoc),*]),
+                    );
+                )*
+                $crate::config::yaml::schema::section(properties, required)
             }
         }
     };

@@ -21,6 +21,7 @@
 
 mod block;
 mod scalar;
+pub mod schema;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -32,6 +33,7 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess};
 pub(crate) use block::section;
 pub use block::{read_section, List, Section};
 pub use scalar::{DurationText, ListenAddr, Number, Scalar};
+pub use schema::Schema;
 
 use super::subst;
 use super::validate::{self as v, Problems};

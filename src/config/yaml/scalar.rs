@@ -10,6 +10,9 @@ use std::marker::PhantomData;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 
+use serde_json::{json, Value};
+
+use super::schema::{self, Schema};
 use super::{Cx, Node};
 use crate::secret::Secret;
 
@@ -316,5 +319,60 @@ impl Scalar for ListenAddr {
     }
     fn from_number(n: Number) -> Result<Self, String> {
         Ok(ListenAddr(n.to_string()))
+    }
+}
+
+impl Schema for String {
+    fn schema() -> Value {
+        schema::text()
+    }
+}
+
+impl Schema for Secret {
+    fn schema() -> Value {
+        schema::text()
+    }
+}
+
+impl Schema for u64 {
+    fn schema() -> Value {
+        schema::or_substituted(json!({"type": "integer", "minimum": 0}))
+    }
+}
+
+impl Schema for u16 {
+    fn schema() -> Value {
+        schema::or_substituted(json!({"type": "integer", "minimum": 1, "maximum": 65535}))
+    }
+}
+
+impl Schema for f64 {
+    fn schema() -> Value {
+        schema::or_substituted(json!({"type": "number"}))
+    }
+}
+
+impl Schema for bool {
+    fn schema() -> Value {
+        schema::or_substituted(json!({"type": "boolean"}))
+    }
+}
+
+impl Schema for DurationText {
+    fn schema() -> Value {
+        schema::text_matching(
+            schema::DURATION,
+            "A duration: a number and a unit (ms, s, m, h, d), e.g. 500ms, 1.5s, 30s, 1m30s.",
+        )
+    }
+}
+
+impl Schema for ListenAddr {
+    fn schema() -> Value {
+        schema::text_matching(
+            schema::LISTEN_ADDRESS,
+            "An address and port: \"127.0.0.1:8080\" (this machine only), \"0.0.0.0:8080\" \
+             or \":8080\" (every interface), \"[::1]:8080\".",
+        )
     }
 }
