@@ -256,6 +256,39 @@ impl Pool {
     }
 }
 
+/// Sends an upgrade request (a WebSocket handshake) to `pool`'s upstream on a new
+/// connection of its own, which can switch protocols and never goes back to the pool;
+/// waits for the response head at most `timeout`.
+pub async fn connect_upgradable(
+    pool: &Arc<Pool>,
+    req: Request<Body>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, UpstreamFailure> {
+    let work = async {
+        let io = pool
+            .connector
+            .clone()
+            .oneshot(pool.uri.clone())
+            .await
+            .map_err(|e| UpstreamFailure::Connect(Cause(Arc::from(e))))?;
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| UpstreamFailure::Connect(Cause::new(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upgraded upstream connection ended");
+            }
+        });
+        tx.send_request(req)
+            .await
+            .map_err(|e| UpstreamFailure::Broken(Cause::new(e)))
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamFailure::Timeout),
+    }
+}
+
 /// Sends `req` (origin-form URI, `Host` set) to `pool`'s upstream and waits for the
 /// response head at most `timeout`. A pooled connection that turns out closed before
 /// the request was written is replaced by a new one, once; a request that was written

@@ -49,6 +49,7 @@ mod testing;
 pub mod tls;
 pub mod token_service;
 pub mod trace_context;
+pub mod upgrade;
 pub mod upstream;
 pub mod upstream_session;
 pub mod watch;

@@ -27,6 +27,7 @@
 //!  9. upstream credentials .............................. `credentials`
 //!     strip_cookies; the upstream's session (X-CSRF-Token) `upstream_session`
 //! 10. forward, streaming ................................ `proxy`
+//!     WebSocket: handshake, then a tunnel ............... `upgrade`
 //!
 //! [`policy`] (steps 3-8, rate limits included) is shared by the server and `tollgate explain`, which runs the
 //! very same layers in front of a recording inner service instead of the upstream.
@@ -60,6 +61,7 @@ use crate::request_id::{self, SaneRequestId, X_REQUEST_ID};
 use crate::route::layer::{RouteLayer, Routing};
 use crate::session::layer::{SessionLayer, Sessions};
 use crate::token_service::layer::{TokenEndpoints, TokenServiceLayer};
+use crate::upgrade::WebSocketLayer;
 use crate::upstream_session::layer::UpstreamSessionLayer;
 
 /// The public listener's service: every step of the request path.
@@ -105,6 +107,9 @@ where
                 // strip_cookies; the upstream's session: X-CSRF-Token fetch, session
                 // cookies, one replay after 403 + X-CSRF-Token: Required.
                 .layer(UpstreamSessionLayer::new(gw.clone()))
+                // 10. WebSocket on `websocket:` routes: the handshake on a connection of
+                //     its own, then a tunnel with idle and total timeouts.
+                .layer(WebSocketLayer::new(gw.clone()))
                 // 10. Forward to the route's upstream, streaming both ways.
                 .service(Proxy),
         ))

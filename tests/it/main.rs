@@ -32,3 +32,4 @@ mod tls;
 mod token_service;
 mod traces;
 mod upstream_credentials;
+mod websocket;
