@@ -23,6 +23,7 @@ pub mod error;
 pub mod explain;
 pub mod gate;
 pub mod gateway;
+pub mod grpc;
 pub mod healthcheck;
 pub mod identity;
 pub mod init;

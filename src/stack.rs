@@ -14,6 +14,7 @@
 //!     W3C trace context, the server span ............... `otel::layer`, `trace_context`
 //!     timer; on the way out metrics and the access log . `observe`
 //!     refusals -> SPEC's JSON errors ................... `error::Rescue`
+//!     ... or gRPC statuses for gRPC clients ............ `grpc`
 //!  3. normalise the path, match the route (400 / 404) ... `route`
 //!  4. CORS: answer preflights, headers on every answer .. `cors`
 //!     request_timeout, load shedding, head/body size ... `limits`
@@ -50,6 +51,7 @@ use crate::credentials::upstream_layer::UpstreamAuthLayer;
 use crate::error::RescueLayer;
 use crate::gate::{GateLayer, GateService};
 use crate::gateway::Gateway;
+use crate::grpc::GrpcStatusLayer;
 use crate::limits::{
     RequestTimeout, RequestTimeoutLayer, Shed, ShedLayer, SizeLimit, SizeLimitLayer,
 };
@@ -92,6 +94,9 @@ where
         .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), SaneRequestId))
         // ... and every response carries it, errors included.
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        // 11. A gRPC client gets tollgate's refusals as gRPC statuses (grpc-status
+        //     16/7/8/14...); outside the metrics and log, which keep the HTTP status.
+        .layer(GrpcStatusLayer)
         // W3C trace context: the client's trace continued or a new one started; the
         // request's traceparent names tollgate's span; the server span (when exported).
         .layer(TraceLayer::new(gw.clone()))

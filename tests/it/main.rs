@@ -14,6 +14,7 @@ mod cors;
 mod deploy;
 mod embed;
 mod faults;
+mod grpc;
 mod hostile;
 mod login;
 mod oidc_e2e;
