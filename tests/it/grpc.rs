@@ -215,3 +215,101 @@ async fn refusals_are_grpc_statuses() {
     );
     assert!(metrics.contains(r#"reason="scope_missing""#));
 }
+
+// Behaviour: both directions stream at once through an h2c upstream (the shape of
+// gRPC client and bidirectional streaming): each request frame is echoed before the
+// next is sent, and the upstream's trailers reach the client.
+#[tokio::test]
+async fn bidirectional_streams_flow_both_ways() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    // An h2c upstream that echoes every data frame as it arrives, then sends trailers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let (tx, rx) = tokio::sync::mpsc::channel::<
+                            Result<Frame<Bytes>, std::convert::Infallible>,
+                        >(4);
+                        tokio::spawn(async move {
+                            let mut body = req.into_body();
+                            while let Some(Ok(f)) = body.frame().await {
+                                if let Ok(d) = f.into_data() {
+                                    let _ = tx.send(Ok(Frame::data(d))).await;
+                                }
+                            }
+                            let mut t = http::HeaderMap::new();
+                            t.insert("grpc-status", "0".parse().unwrap());
+                            let _ = tx.send(Ok(Frame::trailers(t))).await;
+                        });
+                        let stream = tokio_stream_of(rx);
+                        Ok::<_, std::convert::Infallible>(http::Response::new(StreamBody::new(
+                            stream,
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let idp = spawn_idp().await;
+    let gw = spawn_gateway(&format!(
+        "server:\n  listen: \"127.0.0.1:0\"\nissuers:\n{}upstreams:\n  - name: echo\n    url: \"http://{echo}\"\n    protocol: h2c\nroutes:\n  - name: echo\n    path_prefix: /echo.Echo\n    upstream: echo\n    auth:\n      scopes: [analytics.read]\n",
+        issuer_yaml(&idp, "corp", "")
+    ))
+    .await;
+    let token = idp.token(serde_json::json!({}));
+    let io = TokioIo::new(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+    let req = http::Request::post(format!("http://{}/echo.Echo/Chat", gw.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {token}"))
+        .body(StreamBody::new(tokio_stream_of(rx)))
+        .unwrap();
+    tx.send(Ok(Frame::data(Bytes::from_static(b"one"))))
+        .await
+        .unwrap();
+    let resp = tokio::time::timeout(PATIENCE, send.send_request(req))
+        .await
+        .expect("response head in time")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut next = async || {
+        tokio::time::timeout(PATIENCE, body.frame())
+            .await
+            .expect("a frame in time")
+            .expect("stream open")
+            .unwrap()
+    };
+    assert_eq!(next().await.into_data().unwrap(), "one");
+    // The second frame is sent only after the first came back: both ways at once.
+    tx.send(Ok(Frame::data(Bytes::from_static(b"two"))))
+        .await
+        .unwrap();
+    assert_eq!(next().await.into_data().unwrap(), "two");
+    drop(tx);
+    let trailers = next().await.into_trailers().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+}
+
+/// An mpsc receiver as a stream of body frames.
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
