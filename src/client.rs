@@ -33,6 +33,7 @@ use crate::error::Cause;
 
 pub(crate) type Connector = TimeoutConnector<HttpsConnector<HttpConnector>>;
 type Pools = std::collections::HashMap<(Scheme, Authority), Arc<Pool>>;
+type H2Conns = std::collections::HashMap<(Scheme, Authority), Arc<H2Conn>>;
 
 /// Idle connections of the general client are closed after this long unused (below the
 /// common keep-alive timeouts, e.g. nginx's 75 s, so that tollgate closes first).
@@ -49,6 +50,10 @@ pub struct HttpClient {
     /// One pool per origin. The client outlives reloads (the config registry keeps it),
     /// so warm upstream connections survive a reload too.
     pub(crate) pools: Arc<Mutex<Pools>>,
+    /// For `protocol: h2` upstreams: the same TLS settings, offering only `h2` by ALPN.
+    pub(crate) h2_connector: Connector,
+    /// One HTTP/2 connection per origin (`protocol: h2 | h2c`), kept across reloads.
+    pub(crate) h2_conns: Arc<Mutex<H2Conns>>,
 }
 
 impl HttpClient {
@@ -67,9 +72,17 @@ pub fn build_client(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) -
         .with_tls_config((*tls).clone())
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
+        .wrap_connector(http.clone());
     let connector = TimeoutConnector {
         inner: https,
+        timeout: connect_timeout,
+    };
+    let h2_connector = TimeoutConnector {
+        inner: hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(http),
         timeout: connect_timeout,
     };
     let general = Client::builder(TokioExecutor::new())
@@ -80,6 +93,8 @@ pub fn build_client(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) -
         general,
         connector,
         pools: Arc::default(),
+        h2_connector,
+        h2_conns: Arc::default(),
     }
 }
 
@@ -256,6 +271,39 @@ impl Pool {
     }
 }
 
+/// Sends an upgrade request (a WebSocket handshake) to `pool`'s upstream on a new
+/// connection of its own, which can switch protocols and never goes back to the pool;
+/// waits for the response head at most `timeout`.
+pub async fn connect_upgradable(
+    pool: &Arc<Pool>,
+    req: Request<Body>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, UpstreamFailure> {
+    let work = async {
+        let io = pool
+            .connector
+            .clone()
+            .oneshot(pool.uri.clone())
+            .await
+            .map_err(|e| UpstreamFailure::Connect(Cause(Arc::from(e))))?;
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| UpstreamFailure::Connect(Cause::new(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upgraded upstream connection ended");
+            }
+        });
+        tx.send_request(req)
+            .await
+            .map_err(|e| UpstreamFailure::Broken(Cause::new(e)))
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamFailure::Timeout),
+    }
+}
+
 /// Sends `req` (origin-form URI, `Host` set) to `pool`'s upstream and waits for the
 /// response head at most `timeout`. A pooled connection that turns out closed before
 /// the request was written is replaced by a new one, once; a request that was written
@@ -350,6 +398,80 @@ impl HttpBody for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// One multiplexed HTTP/2 connection to an upstream (`protocol: h2` over TLS, `h2c`
+/// cleartext with prior knowledge), made on first use and made again once it has
+/// closed. Every request to the upstream is a stream on it (gRPC's model).
+pub struct H2Conn {
+    connector: Connector,
+    /// `scheme://authority/`, what the connector dials.
+    uri: Uri,
+    tx: tokio::sync::Mutex<Option<hyper::client::conn::http2::SendRequest<Body>>>,
+}
+
+impl H2Conn {
+    pub fn new(connector: Connector, uri: Uri) -> H2Conn {
+        H2Conn {
+            connector,
+            uri,
+            tx: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The open connection's sender, or a new connection's.
+    async fn sender(
+        &self,
+    ) -> Result<hyper::client::conn::http2::SendRequest<Body>, UpstreamFailure> {
+        let mut slot = self.tx.lock().await;
+        if let Some(tx) = slot.as_ref() {
+            if !tx.is_closed() {
+                return Ok(tx.clone());
+            }
+        }
+        let io = self
+            .connector
+            .clone()
+            .oneshot(self.uri.clone())
+            .await
+            .map_err(|e| UpstreamFailure::Connect(Cause(Arc::from(e))))?;
+        let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(false)
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamFailure::Connect(Cause::new(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        *slot = Some(tx.clone());
+        Ok(tx)
+    }
+}
+
+/// Sends `req` (absolute URI, HTTP/2) as a stream on the upstream's HTTP/2 connection
+/// and waits for the response head at most `timeout`.
+pub async fn send_h2(
+    conn: &H2Conn,
+    req: Request<Body>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, UpstreamFailure> {
+    let work = async {
+        let mut tx = conn.sender().await?;
+        tx.ready()
+            .await
+            .map_err(|e| UpstreamFailure::Broken(Cause::new(e)))?;
+        tx.send_request(req)
+            .await
+            .map_err(|e| UpstreamFailure::Broken(Cause::new(e)))
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamFailure::Timeout),
     }
 }
 

@@ -2,8 +2,11 @@
 //! the listener for the layers that need them (`X-Forwarded-For`, logs, rate-limit keys).
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use http::HeaderValue;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Facts about the client connection, in every request's extensions.
 #[derive(Debug, Clone)]
@@ -12,12 +15,34 @@ pub struct ConnInfo {
     pub tls: bool,
     /// `remote`'s IP as text, formatted once per connection (`X-Forwarded-For`, logs).
     pub ip: HeaderValue,
+    /// The connection's slot under `max_connections`: an upgraded connection (a
+    /// WebSocket tunnel) keeps it after the HTTP exchange has ended.
+    pub slot: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 impl ConnInfo {
     pub fn new(remote: SocketAddr, tls: bool) -> Self {
         let ip = HeaderValue::from_str(&remote.ip().to_string())
             .expect("an IP address is a valid header value");
-        ConnInfo { remote, tls, ip }
+        ConnInfo {
+            remote,
+            tls,
+            ip,
+            slot: None,
+        }
     }
+
+    pub fn with_slot(mut self, slot: Arc<OwnedSemaphorePermit>) -> Self {
+        self.slot = Some(slot);
+        self
+    }
+}
+
+/// Counts of WebSocket tunnels (`upgrade`), for the metrics.
+#[derive(Debug, Default)]
+pub struct Tunnels {
+    /// Upgrades the upstream accepted, ever.
+    pub opened: AtomicU64,
+    /// Tunnels open now.
+    pub open: AtomicU64,
 }

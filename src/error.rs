@@ -49,10 +49,13 @@ pub enum DenyReason {
     /// A claim required by the route's or the permission's `claims` is missing or has
     /// none of the allowed values (403 access_denied, naming the claim).
     ClaimMismatch,
+    /// A WebSocket handshake from a browser page whose `Origin` the route does not
+    /// allow (cross-site WebSocket hijacking; 403 access_denied).
+    OriginNotAllowed,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 17] = [
+    pub const ALL: [DenyReason; 18] = [
         DenyReason::TokenMissing,
         DenyReason::TokenMalformed,
         DenyReason::SignatureInvalid,
@@ -70,6 +73,7 @@ impl DenyReason {
         DenyReason::RateLimited,
         DenyReason::SessionInvalid,
         DenyReason::ClaimMismatch,
+        DenyReason::OriginNotAllowed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +95,7 @@ impl DenyReason {
             DenyReason::RateLimited => "rate_limited",
             DenyReason::SessionInvalid => "session_invalid",
             DenyReason::ClaimMismatch => "claim_mismatch",
+            DenyReason::OriginNotAllowed => "origin_not_allowed",
         }
     }
 
@@ -113,6 +118,7 @@ impl DenyReason {
             DenyReason::MethodNotAllowed | DenyReason::EndpointNotAllowed => "permission",
             DenyReason::RateLimited => "rate limit",
             DenyReason::SessionInvalid => "session",
+            DenyReason::OriginNotAllowed => "origin",
         }
     }
 }

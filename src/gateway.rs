@@ -69,6 +69,8 @@ pub struct Gateway {
     pub status: Mutex<ReloadStatus>,
     /// Recent refused and failed requests, by request id (`GET /admin/decisions`).
     pub decisions: Decisions,
+    /// WebSocket tunnels (`upgrade`).
+    pub tunnels: crate::conn::Tunnels,
     pub listeners_up: AtomicBool,
     /// SHA-256 of the file content of the last load or reload attempt, successful or
     /// not: the watcher reloads when the file differs from it.
@@ -118,6 +120,7 @@ impl Gateway {
             tracing: crate::otel::Tracing::default(),
             status: Mutex::new(status),
             decisions: Decisions::default(),
+            tunnels: Default::default(),
             listeners_up: AtomicBool::new(false),
             last_attempt_hash: Mutex::new(rt_hash),
             next_version: AtomicU64::new(2),

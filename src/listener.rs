@@ -44,6 +44,8 @@ pub fn http_builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32 * 2)
         .max_concurrent_streams(256)
+        // RFC 8441: WebSocket over HTTP/2 (extended CONNECT), for `websocket:` routes.
+        .enable_connect_protocol()
         .keep_alive_interval(Some(Duration::from_secs(30)));
     b
 }
@@ -117,7 +119,8 @@ pub async fn serve<S>(
             } else {
                 None
             };
-            let info = Arc::new(ConnInfo::new(remote, tls_cfg.is_some()));
+            let permit = Arc::new(permit);
+            let info = Arc::new(ConnInfo::new(remote, tls_cfg.is_some()).with_slot(permit.clone()));
             // One service per connection, called in place rather than cloned per
             // request (a clone is an atomic increment and decrement per layer).
             let svc = std::sync::Mutex::new(svc);
@@ -126,6 +129,7 @@ pub async fn serve<S>(
             // per idle keep-alive connection.
             let service = service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(info.clone());
+                crate::upgrade::from_extended_connect(&mut req);
                 Box::pin(call_ready(&svc, req))
             });
             match tls_cfg {
@@ -134,7 +138,8 @@ pub async fn serve<S>(
                     let timeout = gw2.current().server.limits.header_read_timeout;
                     match tokio::time::timeout(timeout, handshake).await {
                         Ok(Ok(s)) => {
-                            let conn = builder.serve_connection(TokioIo::new(s), service);
+                            let conn =
+                                builder.serve_connection_with_upgrades(TokioIo::new(s), service);
                             let _ = watcher.watch(conn.into_owned()).await;
                         }
                         Ok(Err(e)) => {
@@ -144,7 +149,8 @@ pub async fn serve<S>(
                     }
                 }
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
             }

@@ -27,7 +27,7 @@ use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 
 use crate::body::{Body, BoxError};
-use crate::client::{send_pooled, UpstreamFailure};
+use crate::client::{send_h2, send_pooled, UpstreamFailure};
 use crate::conn::ConnInfo;
 use crate::error::{BadGateway, GatewayError, Rejection, Timeout};
 use crate::identity::Identity;
@@ -35,7 +35,7 @@ pub use crate::request_id::X_REQUEST_ID;
 use crate::route::layer::{request_host, routed};
 
 use crate::service::{Outcome, Step};
-use crate::upstream::Upstream;
+use crate::upstream::{Protocol, Upstream};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -314,6 +314,21 @@ pub fn prepare_headers(h: &mut HeaderMap, up: &Upstream, cx: &ForwardContext<'_>
     }
 }
 
+/// The upstream's response for the client: hop-by-hop headers and the upstream's own
+/// request id removed, the body (trailers included) streamed with the idle timeout.
+fn from_upstream<B>(up: &Upstream, resp: Response<B>) -> Response<Body>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // The client gets tollgate's request id, never one the upstream made up.
+    parts.headers.remove(&X_REQUEST_ID);
+    let body = IdleTimeoutBody::new(body, up.timeout, up.name.clone()).boxed_unsync();
+    Response::from_parts(parts, body)
+}
+
 /// Forwards the request and returns the upstream's response, streaming.
 pub async fn forward<B>(
     up: &Upstream,
@@ -327,21 +342,47 @@ where
     B::Error: Into<BoxError>,
 {
     let (mut parts, body) = req.into_parts();
-    parts.uri = uri;
-    parts.version = Version::HTTP_11;
-    parts.extensions = http::Extensions::new();
+    // gRPC needs `TE: trailers` end to end; it is hop-by-hop, so it is sent again on
+    // an HTTP/2 hop when the client sent it.
+    let te_trailers = up.protocol != Protocol::Http1
+        && parts
+            .headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     prepare_headers(&mut parts.headers, up, &cx);
-    let body = LimitedBody::new(body, max_body).boxed_unsync();
-    let out = Request::from_parts(parts, body);
-    match send_pooled(up.pool(), out, up.timeout).await {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            // The client gets tollgate's request id, never one the upstream made up.
-            parts.headers.remove(&X_REQUEST_ID);
-            let body = IdleTimeoutBody::new(body, up.timeout, up.name.clone()).boxed_unsync();
-            Ok(Response::from_parts(parts, body))
+    parts.extensions = http::Extensions::new();
+    let sent = match up.protocol {
+        Protocol::Http1 => {
+            parts.uri = uri;
+            parts.version = Version::HTTP_11;
+            let body = LimitedBody::new(body, max_body).boxed_unsync();
+            send_pooled(up.pool(), Request::from_parts(parts, body), up.timeout)
+                .await
+                .map(|resp| from_upstream(up, resp))
         }
+        Protocol::H2 | Protocol::H2c => {
+            // HTTP/2 names the upstream by :scheme and :authority, not `Host`.
+            let mut abs = http::uri::Parts::from(uri);
+            abs.scheme = Some(up.scheme.clone());
+            abs.authority = Some(up.authority.clone());
+            parts.uri = Uri::from_parts(abs).map_err(|_| {
+                GatewayError::BadRequest("request target cannot be forwarded".into())
+            })?;
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(header::HOST);
+            if te_trailers {
+                parts
+                    .headers
+                    .insert(header::TE, HeaderValue::from_static("trailers"));
+            }
+            let body = LimitedBody::new(body, max_body).boxed_unsync();
+            send_h2(up.h2(), Request::from_parts(parts, body), up.timeout)
+                .await
+                .map(|resp| from_upstream(up, resp))
+        }
+    };
+    match sent {
+        Ok(resp) => Ok(resp),
         Err(f) if f.caused_by::<BodyTooLarge>() => Err(GatewayError::PayloadTooLarge(max_body)),
         Err(f) if f.caused_by::<ClientBodyError>() => Err(GatewayError::BadRequest(
             "the request body could not be read (malformed chunked encoding or a reset)".into(),

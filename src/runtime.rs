@@ -75,6 +75,23 @@ pub struct Route {
     pub rate_limits: Option<RouteLimits>,
     /// `auth: {login: true}`: a browser session is accepted as well as a Bearer token.
     pub login: bool,
+    /// `websocket:`: upgrades are forwarded (`None`: an `Upgrade` header is removed like
+    /// any hop-by-hop header).
+    pub websocket: Option<WebSocket>,
+}
+
+/// A route's `websocket:` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebSocket {
+    /// The tunnel is closed after this long with no data either way.
+    pub idle_timeout: Duration,
+    /// The tunnel is closed after this long whatever the traffic.
+    pub max_duration: Duration,
+}
+
+impl WebSocket {
+    pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
+    pub const DEFAULT_MAX: Duration = Duration::from_secs(24 * 3600);
 }
 
 pub struct Runtime {

@@ -14,6 +14,7 @@
 //!     W3C trace context, the server span ............... `otel::layer`, `trace_context`
 //!     timer; on the way out metrics and the access log . `observe`
 //!     refusals -> SPEC's JSON errors ................... `error::Rescue`
+//!     ... or gRPC statuses for gRPC clients ............ `grpc`
 //!  3. normalise the path, match the route (400 / 404) ... `route`
 //!  4. CORS: answer preflights, headers on every answer .. `cors`
 //!     request_timeout, load shedding, head/body size ... `limits`
@@ -27,6 +28,7 @@
 //!  9. upstream credentials .............................. `credentials`
 //!     strip_cookies; the upstream's session (X-CSRF-Token) `upstream_session`
 //! 10. forward, streaming ................................ `proxy`
+//!     WebSocket: handshake, then a tunnel ............... `upgrade`
 //!
 //! [`policy`] (steps 3-8, rate limits included) is shared by the server and `tollgate explain`, which runs the
 //! very same layers in front of a recording inner service instead of the upstream.
@@ -49,6 +51,7 @@ use crate::credentials::upstream_layer::UpstreamAuthLayer;
 use crate::error::RescueLayer;
 use crate::gate::{GateLayer, GateService};
 use crate::gateway::Gateway;
+use crate::grpc::GrpcStatusLayer;
 use crate::limits::{
     RequestTimeout, RequestTimeoutLayer, Shed, ShedLayer, SizeLimit, SizeLimitLayer,
 };
@@ -60,6 +63,7 @@ use crate::request_id::{self, SaneRequestId, X_REQUEST_ID};
 use crate::route::layer::{RouteLayer, Routing};
 use crate::session::layer::{SessionLayer, Sessions};
 use crate::token_service::layer::{TokenEndpoints, TokenServiceLayer};
+use crate::upgrade::WebSocketLayer;
 use crate::upstream_session::layer::UpstreamSessionLayer;
 
 /// The public listener's service: every step of the request path.
@@ -90,6 +94,9 @@ where
         .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), SaneRequestId))
         // ... and every response carries it, errors included.
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        // 11. A gRPC client gets tollgate's refusals as gRPC statuses (grpc-status
+        //     16/7/8/14...); outside the metrics and log, which keep the HTTP status.
+        .layer(GrpcStatusLayer)
         // W3C trace context: the client's trace continued or a new one started; the
         // request's traceparent names tollgate's span; the server span (when exported).
         .layer(TraceLayer::new(gw.clone()))
@@ -105,6 +112,9 @@ where
                 // strip_cookies; the upstream's session: X-CSRF-Token fetch, session
                 // cookies, one replay after 403 + X-CSRF-Token: Required.
                 .layer(UpstreamSessionLayer::new(gw.clone()))
+                // 10. WebSocket on `websocket:` routes: the handshake on a connection of
+                //     its own, then a tunnel with idle and total timeouts.
+                .layer(WebSocketLayer::new(gw.clone()))
                 // 10. Forward to the route's upstream, streaming both ways.
                 .service(Proxy),
         ))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
 
-use crate::client::{HttpClient, Pool};
+use crate::client::{H2Conn, HttpClient, Pool};
 use crate::credentials::UpstreamAuth;
 
 /// A compiled `upstreams[]` entry.
@@ -28,6 +28,23 @@ pub struct Upstream {
     /// Idle connections to this upstream (shared with the previous config's upstream
     /// of the same origin and client), looked up on first use.
     pub pool: OnceLock<Arc<Pool>>,
+    /// `protocol`: how requests are sent (HTTP/1.1 by default).
+    pub protocol: Protocol,
+    /// The HTTP/2 connection (`protocol: h2 | h2c`), looked up on first use.
+    pub h2: OnceLock<Arc<H2Conn>>,
+}
+
+/// `upstreams[].protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// HTTP/1.1, pooled connections (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS (`https://`, ALPN `h2`): gRPC upstreams.
+    H2,
+    /// HTTP/2 in cleartext with prior knowledge (`http://`): gRPC upstreams in the
+    /// cluster.
+    H2c,
 }
 
 /// `upstreams[].csrf`, compiled.
@@ -44,6 +61,32 @@ pub struct Csrf {
 }
 
 impl Upstream {
+    fn origin(&self) -> Uri {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("scheme and authority were validated")
+    }
+
+    /// The HTTP/2 connection to this upstream's origin (shared across reloads).
+    pub fn h2(&self) -> &Arc<H2Conn> {
+        self.h2.get_or_init(|| {
+            let mut conns = self
+                .client
+                .h2_conns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            conns
+                .entry((self.scheme.clone(), self.authority.clone()))
+                .or_insert_with(|| {
+                    Arc::new(H2Conn::new(self.client.h2_connector.clone(), self.origin()))
+                })
+                .clone()
+        })
+    }
+
     pub fn pool(&self) -> &Arc<Pool> {
         self.pool.get_or_init(|| {
             let mut pools = self.client.pools.lock().unwrap_or_else(|p| p.into_inner());
@@ -51,13 +94,7 @@ impl Upstream {
             pools
                 .entry(key)
                 .or_insert_with(|| {
-                    let uri = Uri::builder()
-                        .scheme(self.scheme.clone())
-                        .authority(self.authority.clone())
-                        .path_and_query("/")
-                        .build()
-                        .expect("scheme and authority were validated");
-                    Arc::new(Pool::new(self.client.connector.clone(), uri))
+                    Arc::new(Pool::new(self.client.connector.clone(), self.origin()))
                 })
                 .clone()
         })

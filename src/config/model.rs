@@ -18,7 +18,7 @@ pub use super::cors::CorsModel;
 pub use super::issuers::{IntrospectionModel, IssuerModel};
 pub use super::login::model::LoginModel;
 pub use super::ratelimit::{FailedAuthLimitModel, RateLimitModel, RedisStoreModel, StoresModel};
-pub use super::routes::{PermissionModel, RouteModel};
+pub use super::routes::{PermissionModel, RouteModel, WebSocketModel};
 pub use super::server::{LimitsModel, ServerModel, SniModel, TlsModel};
 pub use super::token_service::{ClientModel, TokenServiceModel};
 pub use super::tracing::TracingModel;
@@ -90,6 +90,7 @@ pub const PLACES: &[(&str, &[&str])] = &[
     ("routes[].auth", AuthBlockModel::KEYS),
     ("routes[].permissions[]", PermissionModel::KEYS),
     ("routes[].cors", CorsModel::KEYS),
+    ("routes[].websocket", WebSocketModel::KEYS),
     ("stores", StoresModel::KEYS),
     ("stores.redis", RedisStoreModel::KEYS),
     ("rate_limits[]", RateLimitModel::KEYS),

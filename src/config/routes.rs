@@ -9,12 +9,12 @@ use std::sync::Arc;
 use super::claims::ClaimsModel;
 use super::refs::Refs;
 use super::validate::{self as v, At, Problems};
-use super::yaml::{section, List};
+use super::yaml::{section, DurationText, List};
 use super::{auth, cors, ratelimit, upstream_session, AuthBlockModel, CorsModel, RouteAuthModel};
 use crate::credentials::UpstreamAuth;
 use crate::policy::{Permission, Permissions, RouteAuth};
 use crate::route::{normalize_path, HostPattern, RouteTable};
-use crate::runtime::{BodyCredentials, Route};
+use crate::runtime::{BodyCredentials, Route, WebSocket};
 use crate::upstream::Upstream;
 
 section! {
@@ -44,6 +44,20 @@ section! {
         "strip_cookies" => pub strip_cookies: Option<bool>,
         /// Names of `rate_limits` entries that count this route's requests.
         "rate_limits" => pub rate_limits: Option<List<String>>,
+        /// WebSocket upgrades are forwarded after the route's gates said yes
+        /// (`websocket: {}` for the defaults).
+        "websocket" => pub websocket: Option<WebSocketModel>,
+    }
+}
+
+section! {
+    /// A route's `websocket:` block: the upgrade is passed to the upstream after the
+    /// route's auth and permissions said yes, then bytes flow both ways.
+    pub struct WebSocketModel {
+        /// Closed after this long with no data either way (default 5m).
+        "idle_timeout" => pub idle_timeout: Option<DurationText>,
+        /// Closed after this long whatever the traffic (default 24h).
+        "max_duration" => pub max_duration: Option<DurationText>,
     }
 }
 
@@ -146,6 +160,10 @@ fn compile_one(
         path,
         p,
     );
+    let websocket = m
+        .websocket
+        .as_ref()
+        .map(|w| websocket(w, path.key("websocket"), p));
     let route = Route {
         name: m.name.as_deref().unwrap_or_default().into(),
         path_prefix: prefix,
@@ -157,6 +175,7 @@ fn compile_one(
         strip_cookies,
         rate_limits,
         login,
+        websocket,
     };
     Some((route, hosts))
 }
@@ -305,6 +324,31 @@ fn permission_methods(
             .filter_map(|(k, s)| v::method(p, mpath.index(k), s, refs.extension_methods))
             .collect(),
     )
+}
+
+fn websocket(w: &WebSocketModel, path: At, p: &mut Problems) -> WebSocket {
+    let idle = v::duration(
+        p,
+        path.key("idle_timeout"),
+        w.idle_timeout.as_ref(),
+        WebSocket::DEFAULT_IDLE,
+    );
+    let max = v::duration(
+        p,
+        path.key("max_duration"),
+        w.max_duration.as_ref(),
+        WebSocket::DEFAULT_MAX,
+    );
+    if idle > max {
+        p.add(
+            path.key("idle_timeout").to_string(),
+            "idle_timeout is longer than max_duration and could never apply",
+        );
+    }
+    WebSocket {
+        idle_timeout: idle,
+        max_duration: max,
+    }
 }
 
 fn body_credentials(m: &RouteModel, path: At, p: &mut Problems) -> Option<BodyCredentials> {

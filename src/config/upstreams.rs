@@ -19,7 +19,7 @@ use super::upstream_auth::{self, UpstreamAuthModel};
 use super::upstream_session::{self, CsrfModel};
 use super::validate::{self as v, Problems};
 use super::yaml::{section, DurationText, List};
-use crate::upstream::Upstream;
+use crate::upstream::{Protocol, Upstream};
 
 section! {
     pub struct UpstreamModel {
@@ -38,6 +38,9 @@ section! {
         "auth" => pub auth: Option<UpstreamAuthModel>,
         /// The SAP X-CSRF-Token protocol: fetch a token, send it with changing requests.
         "csrf" => pub csrf: Option<CsrfModel>,
+        /// `http1` (default), `h2` (HTTP/2 over TLS) or `h2c` (cleartext HTTP/2): gRPC
+        /// upstreams speak HTTP/2.
+        "protocol" => pub protocol: Option<String> as choice(&["http1", "h2", "h2c"]),
     }
 }
 
@@ -118,6 +121,13 @@ fn compile_one(
         p.add(format!("{path}.url"), "invalid host");
         return None;
     };
+    let protocol = protocol(m.protocol.as_deref(), https, path, p);
+    if protocol != Protocol::Http1 && csrf.is_some() {
+        p.add(
+            format!("{path}.csrf"),
+            "csrf applies to HTTP/1.1 upstreams (SAP OData); remove it or protocol",
+        );
+    }
     let client = reg.client(p, &format!("{path}.ca"), ca.as_deref(), connect_timeout)?;
     Some(Arc::new(Upstream {
         name: name.into(),
@@ -131,7 +141,39 @@ fn compile_one(
         auth,
         csrf,
         pool: Default::default(),
+        protocol,
+        h2: Default::default(),
     }))
+}
+
+fn protocol(written: Option<&str>, https: bool, path: &str, p: &mut Problems) -> Protocol {
+    let at = || format!("{path}.protocol");
+    match written {
+        None | Some("http1") => Protocol::Http1,
+        Some("h2") if https => Protocol::H2,
+        Some("h2") => {
+            p.add(
+                at(),
+                "h2 is HTTP/2 over TLS and needs an https:// url; for cleartext HTTP/2 write h2c",
+            );
+            Protocol::H2
+        }
+        Some("h2c") if !https => Protocol::H2c,
+        Some("h2c") => {
+            p.add(
+                at(),
+                "h2c is cleartext HTTP/2 and needs an http:// url; over TLS write h2",
+            );
+            Protocol::H2c
+        }
+        Some(other) => {
+            p.add(
+                at(),
+                format!("unknown protocol \"{other}\": http1, h2 (HTTP/2 over TLS) or h2c (cleartext HTTP/2)"),
+            );
+            Protocol::Http1
+        }
+    }
 }
 
 /// `host[:port]` of a URL, IPv6 hosts in brackets.
