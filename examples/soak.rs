@@ -64,7 +64,10 @@ const UPSTREAM_TOKEN_TTL: u64 = 120;
 // ---------------------------------------------------------------------------------------
 
 #[derive(Parser, Debug)]
-#[command(about = "Soak test: bounded mixed traffic against the tollgate binary on 127.0.0.1")]
+#[command(
+    about = "Soak test: bounded mixed traffic against the tollgate binary on 127.0.0.1",
+    args_override_self = true
+)]
 struct Args {
     /// The tollgate binary to start (the release build).
     #[arg(long)]
@@ -106,6 +109,37 @@ struct Args {
     /// Shown in the report (scripts/soak.sh passes `git describe`).
     #[arg(long, default_value = "")]
     commit: String,
+    /// tollgate replicas to start, all watching the same config file; the workers are
+    /// spread over them (worker i talks to replica i mod N).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Start a real `redis-server` on a free loopback port (owned by the driver) and add
+    /// the rate-limited client classes, whose limits use `store: redis` (shared by every
+    /// replica); Redis is restarted every `--redis-restart-every`.
+    #[arg(long)]
+    redis: bool,
+    /// The Redis server binary (Debian: redis-server).
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
+    /// Kill Redis (by PID) and start it again on the same port this often; default 5m,
+    /// or a third of the run when that is shorter than 15 minutes (so a short run sees
+    /// two outages). `0s`: never.
+    #[arg(long, value_parser = parse_duration)]
+    redis_restart_every: Option<Duration>,
+    /// How long Redis stays down at each restart (the outage the probes observe).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    redis_down: Duration,
+    /// Over-limit clients per rate-limited class (each sends `--rl-rate` requests per
+    /// second, alternating between the replicas).
+    #[arg(long, default_value_t = 2)]
+    rl_clients: usize,
+    /// Free text for the report's header (what else was running on the machine).
+    #[arg(long, default_value = "")]
+    note: String,
+    /// Requests per second of each rate-limited client: 5/s is 50 per 10 s window
+    /// against a limit of 20.
+    #[arg(long, default_value_t = 5.0)]
+    rl_rate: f64,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -173,6 +207,13 @@ enum K {
     UpstreamDown,
     UpstreamTimeout,
     ClientAbort,
+    /// Rate-limited clients (`--redis`): sent by their own tasks, not by the workers.
+    RlFixed,
+    RlSliding,
+    RlDeny,
+    /// The Redis restarter's probes (a fresh client key each, never over a limit).
+    RlProbeAllow,
+    RlProbeDeny,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -259,6 +300,47 @@ static CLASSES: &[Class] = &[
     class!(UpstreamDown,    "fault_upstream_down", 3, &[502], Some("bad_gateway"), false, Fault),
     class!(UpstreamTimeout, "fault_upstream_timeout", 3, &[504], Some("gateway_timeout"), true, Fault),
     class!(ClientAbort,     "fault_client_abort",  2, &[], None, true, Fault),
+    // Weight 0: sent by the rate-limited clients and the Redis restarter (`--redis`),
+    // judged afterwards against the windows and the Redis outages (`rl_judge`).
+    class!(RlFixed,         "rl_fixed_over_limit", 0, &[200, 429], None, true, Other),
+    class!(RlSliding,       "rl_sliding_over_limit", 0, &[200, 429], None, true, Other),
+    class!(RlDeny,          "rl_deny_over_limit", 0, &[200, 429], None, true, Other),
+    class!(RlProbeAllow,    "redis_probe_on_error_allow", 0, &[200], None, true, Other),
+    class!(RlProbeDeny,     "redis_probe_on_error_deny", 0, &[200, 503], None, true, Other),
+];
+
+/// The rate-limited routes (`--redis`): route path, limit name, window, on_error.
+const RL_LIMIT: u64 = 20;
+const RL_PER_S: u64 = 10;
+struct RlRoute {
+    k: K,
+    path: &'static str,
+    limit: &'static str,
+    fixed: bool,
+    deny: bool,
+}
+static RL_ROUTES: &[RlRoute] = &[
+    RlRoute {
+        k: K::RlFixed,
+        path: "/limited/fixed",
+        limit: "rl-fixed",
+        fixed: true,
+        deny: false,
+    },
+    RlRoute {
+        k: K::RlSliding,
+        path: "/limited/sliding",
+        limit: "rl-sliding",
+        fixed: false,
+        deny: false,
+    },
+    RlRoute {
+        k: K::RlDeny,
+        path: "/limited/deny",
+        limit: "rl-deny",
+        fixed: true,
+        deny: true,
+    },
 ];
 
 /// The class weights with `--weight CLASS=N` applied.
@@ -278,6 +360,11 @@ fn weights(overrides: &[String]) -> Result<Vec<u32>, String> {
         w[i] = n
             .parse()
             .map_err(|_| format!("--weight {o}: N must be a whole number"))?;
+        if CLASSES[i].weight == 0 && w[i] != 0 {
+            return Err(format!(
+                "--weight {o}: {name} is sent by its own clients (--redis, --rl-clients, --rl-rate)"
+            ));
+        }
     }
     if w.iter().sum::<u32>() == 0 {
         return Err("every class weight is 0".into());
@@ -634,6 +721,16 @@ fn judge(
     if path.starts_with("/open/") || path.starts_with("/faults/slow/") {
         return None;
     }
+    if path.starts_with("/limited/") {
+        // Counted per client key; 429s must never arrive (the upstream's count per class
+        // is compared with the 200s the clients got).
+        if header(h, "x-soak-rl-client").is_empty() {
+            return Some(format!(
+                "{method} {path}: no rate-limit client key ({name})"
+            ));
+        }
+        return None;
+    }
     Some(format!(
         "{method} {path}: a path no class sends to the upstream ({name})"
     ))
@@ -714,6 +811,8 @@ struct Setup {
     dead_port: u16,
     signing_key: PathBuf,
     hashed_secret: String,
+    /// `--redis`: the port of the driver's redis-server (the rate-limited routes).
+    redis_port: Option<u16>,
 }
 
 /// Two variants that differ in harmless ways (token TTL, CORS max_age, an upstream
@@ -740,6 +839,9 @@ token_service:
   audience: "{AUD}"
   signing_key: "{key}"
   token_ttl: {ttl}
+  # The bad-secret class sends ~3 failures a second on purpose; the default (10 per
+  # minute per client id and IP) would turn the good classes of that client into 429s.
+  failed_auth_limit: {{limit: 1000000, per: 1m}}
   clients:
     - id: soak-app
       secret: app-secret
@@ -831,6 +933,31 @@ routes:
             "  - name: reload-marker\n    path_prefix: /reload-marker\n    upstream: plain\n    auth: none\n",
         );
     }
+    if let Some(port) = s.redis_port {
+        for r in RL_ROUTES {
+            let _ = write!(
+                y,
+                "  - name: {l}\n    path_prefix: {p}\n    upstream: plain\n    auth: none\n    rate_limits: [{l}]\n",
+                l = r.limit,
+                p = r.path
+            );
+        }
+        // 250 ms per operation rather than the 50 ms default: the machine is shared and
+        // loaded; an operation slower than that is a store error (counted and reported).
+        let _ = write!(
+            y,
+            "\nstores:\n  redis:\n    url: \"redis://127.0.0.1:{port}/0\"\n    timeout: 250ms\n\nrate_limits:\n"
+        );
+        for r in RL_ROUTES {
+            let _ = write!(
+                y,
+                "  - name: {}\n    key: header:x-soak-rl-client\n    limit: {RL_LIMIT}\n    per: {RL_PER_S}s\n    window: {}\n    store: redis\n    on_error: {}\n",
+                r.limit,
+                if r.fixed { "fixed" } else { "sliding" },
+                if r.deny { "deny" } else { "allow" }
+            );
+        }
+    }
     y
 }
 
@@ -864,6 +991,9 @@ fn explained(target: &str, line: &str) -> bool {
         || (target == "tollgate::token" && line.contains("client authentication failed"))
         || line.contains("upstream=dead")
         || line.contains("upstream=slowpoke")
+        // The driver's Redis restarts (`--redis`); store errors outside them are
+        // counted from tollgate_store_errors_total and reported.
+        || line.contains("rate-limit store unavailable")
 }
 
 fn spawn_tollgate(bin: &Path, config: &Path) -> Result<(Child, Arc<Mutex<LogStats>>), String> {
@@ -951,6 +1081,8 @@ struct Fds {
 
 #[derive(Clone, Default)]
 struct Sample {
+    /// The replica (index in start order).
+    rep: usize,
     t: f64,
     rss_kib: u64,
     /// utime + stime, clock ticks.
@@ -959,6 +1091,8 @@ struct Sample {
     open_connections: f64,
     caches: Vec<(String, f64)>,
     checkpoint: Option<&'static str>,
+    /// The machine's 1-minute load average.
+    load: f64,
 }
 
 /// The 1-minute load average.
@@ -1159,9 +1293,15 @@ struct Live {
     transport: AtomicU64,
 }
 
-struct Ctx {
+/// One tollgate replica's listeners.
+struct Rep {
     base: String,
     admin: String,
+}
+
+struct Ctx {
+    /// The replicas, in start order; worker i talks to replica i mod N.
+    reps: Vec<Rep>,
     minter: Minter,
     book: RwLock<Book>,
     clients: Clients,
@@ -1173,6 +1313,8 @@ struct Ctx {
     gate: tokio::sync::RwLock<()>,
     live: Live,
     unexpected_log: Mutex<Vec<String>>,
+    /// Status reads that needed their retry on a new connection.
+    status_retries: AtomicU64,
     t0: Instant,
     cum_weights: Vec<u32>,
 }
@@ -1332,6 +1474,10 @@ fn spec(ctx: &Ctx, k: K, rng: &mut StdRng) -> Spec {
             abort_after: Some(Duration::from_millis(80)),
             ..s(Method::GET, "/faults/slow/400", vec![])
         },
+        // Sent by their own tasks (`rl_client`, `rl_probe`); `weights` keeps them at 0.
+        K::RlFixed | K::RlSliding | K::RlDeny | K::RlProbeAllow | K::RlProbeDeny => {
+            s(Method::GET, "/nowhere/x", vec![])
+        }
     }
 }
 
@@ -1400,7 +1546,7 @@ struct WorkerOut {
     lat: Vec<Lat>,
 }
 
-async fn worker(ctx: Arc<Ctx>, conn: Conn, period: Duration, seed: u64) -> WorkerOut {
+async fn worker(ctx: Arc<Ctx>, conn: Conn, rep: usize, period: Duration, seed: u64) -> WorkerOut {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = WorkerOut::default();
     let total = *ctx.cum_weights.last().unwrap_or(&1);
@@ -1427,7 +1573,10 @@ async fn worker(ctx: Arc<Ctx>, conn: Conn, period: Duration, seed: u64) -> Worke
         let c = &CLASSES[ci];
         let sp = spec(&ctx, c.k, &mut rng);
         let mut rb = client
-            .request(sp.method.clone(), format!("{}{}", ctx.base, sp.path))
+            .request(
+                sp.method.clone(),
+                format!("{}{}", ctx.reps[rep].base, sp.path),
+            )
             .header("x-soak-class", c.name);
         for (k, v) in &sp.headers {
             rb = rb.header(*k, v);
@@ -1484,7 +1633,7 @@ async fn worker(ctx: Arc<Ctx>, conn: Conn, period: Duration, seed: u64) -> Worke
             let mut l = ctx.unexpected_log.lock().unwrap_or_else(|e| e.into_inner());
             if l.len() < 30 {
                 l.push(format!(
-                    "t={:.1}s {} {} {}: {p}",
+                    "t={:.1}s replica {rep} {} {} {}: {p}",
                     ctx.t0.elapsed().as_secs_f64(),
                     c.name,
                     sp.method,
@@ -1497,11 +1646,735 @@ async fn worker(ctx: Arc<Ctx>, conn: Conn, period: Duration, seed: u64) -> Worke
     out
 }
 
+// ---------------------------------------------------------------------------------------
+// Redis (`--redis`): a real redis-server owned by the driver, restarted during the run
+// ---------------------------------------------------------------------------------------
+
+/// Unix time in milliseconds (the clock Redis `TIME` and tollgate's windows use).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// The PIDs scripts/soak.sh must stop if the driver dies without cleaning up: one line
+/// per process, rewritten whenever one changes (Redis gets a new PID at every restart).
+#[derive(Default)]
+struct PidBook {
+    file: Option<PathBuf>,
+    tollgate: Vec<u32>,
+    redis: Option<u32>,
+}
+
+impl PidBook {
+    fn write(&self) {
+        let Some(f) = &self.file else { return };
+        let mut s = String::new();
+        for p in self.tollgate.iter().chain(self.redis.iter()) {
+            let _ = writeln!(s, "{p}");
+        }
+        let tmp = f.with_extension("tmp");
+        if std::fs::write(&tmp, s).is_ok() {
+            let _ = std::fs::rename(tmp, f);
+        }
+    }
+}
+
+/// The driver's redis-server. Killed by PID (SIGKILL) when stopped and when dropped,
+/// so a panic or an early return never leaves it running.
+struct RedisProc {
+    bin: PathBuf,
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    pids: Arc<Mutex<PidBook>>,
+}
+
+impl RedisProc {
+    fn start(&mut self) -> Result<(), String> {
+        let child = Command::new(&self.bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .args(["--daemonize", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
+        let mut p = self.pids.lock().unwrap_or_else(|e| e.into_inner());
+        p.redis = Some(child.id());
+        p.write();
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL by PID and reap it: an abrupt outage, as a crashed or evicted Redis.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            let mut p = self.pids.lock().unwrap_or_else(|e| e.into_inner());
+            p.redis = None;
+            p.write();
+        }
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Does Redis on `port` answer PING?
+async fn redis_ping(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).await.ok()?;
+        Some(buf[..n].starts_with(b"+PONG"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), attempt).await,
+        Ok(Some(true))
+    )
+}
+
+/// Polls PING until Redis answers or `within` has passed.
+async fn wait_redis(port: u16, within: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if redis_ping(port).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// One Redis restart as the driver saw it (unix ms).
+#[derive(Clone, Default)]
+struct Outage {
+    killed: u64,
+    started: u64,
+    /// Redis answered PING again.
+    answered: Option<u64>,
+    /// Per replica: the first `on_error: deny` probe admitted again after the restart.
+    recovered: Vec<Option<u64>>,
+    /// Probes while Redis was down, per replica: (allow answered 200, deny answered 503).
+    during: Vec<(u64, u64)>,
+    /// Probes answered otherwise (while down or after recovery).
+    wrong: Vec<String>,
+    /// tollgate_store_errors_total{store="redis"} summed over replicas, before and after.
+    errors_before: f64,
+    errors_after: f64,
+}
+
+impl Outage {
+    /// From the kill until every replica decided with Redis again (+1 s for requests
+    /// already in flight); an unrecovered outage lasts 30 s past the restart.
+    fn end(&self) -> u64 {
+        let rec = self.recovered.iter().map(|r| r.unwrap_or(u64::MAX)).max();
+        match rec {
+            Some(u64::MAX) | None => self.started + 30_000,
+            Some(r) => r + 1_000,
+        }
+    }
+}
+
+/// A rate-limited request as its client saw it.
+struct RlRec {
+    ci: usize,
+    client: usize,
+    rep: usize,
+    sent: u64,
+    recv: u64,
+    /// 0: transport error.
+    status: u16,
+    problem: Option<String>,
+}
+
+/// `"name";r=N;t=T` -> (name, r, t).
+fn parse_ratelimit(v: &str) -> Option<(&str, u64, u64)> {
+    let mut it = v.split(';');
+    let name = it.next()?.trim().trim_matches('"');
+    let (mut r, mut t) = (None, None);
+    for p in it {
+        match p.trim().split_once('=') {
+            Some(("r", n)) => r = n.parse().ok(),
+            Some(("t", n)) => t = n.parse().ok(),
+            _ => {}
+        }
+    }
+    Some((name, r?, t?))
+}
+
+/// The headers and body SPEC "Rate limits and quotas" asks for, for one answer of a
+/// limited route. 503 is checked for its form here; whether it was expected (a Redis
+/// outage) is judged afterwards.
+fn rl_check(r: &RlRoute, status: u16, h: &HeaderMap, body: &[u8], sent: u64) -> Result<(), String> {
+    if h.get("x-request-id").is_none() {
+        return Err("no X-Request-Id".into());
+    }
+    let json = || serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default();
+    let policy = format!("\"{}\";q={RL_LIMIT};w={RL_PER_S}", r.limit);
+    let rl_headers = |want_zero: bool| -> Result<(), String> {
+        let got = header(h, "ratelimit-policy");
+        if got != policy {
+            return Err(format!("RateLimit-Policy {got:?}, expected {policy:?}"));
+        }
+        let v = header(h, "ratelimit");
+        let Some((name, rem, t)) = parse_ratelimit(v) else {
+            return Err(format!("RateLimit {v:?} unreadable"));
+        };
+        if name != r.limit || rem >= RL_LIMIT || (want_zero && rem != 0) || t > RL_PER_S + 1 {
+            return Err(format!("RateLimit {v:?}"));
+        }
+        Ok(())
+    };
+    match status {
+        200 => {
+            rl_headers(false)?;
+            let c = json();
+            if c["class"].as_str().is_none() {
+                return Err("answer did not come from the upstream".into());
+            }
+            Ok(())
+        }
+        429 => {
+            let e = json()["error"].as_str().unwrap_or("").to_owned();
+            if e != "rate_limited" {
+                return Err(format!("429 with error {e:?}"));
+            }
+            rl_headers(true)?;
+            let ra = header(h, "retry-after");
+            let Ok(secs) = ra.parse::<u64>() else {
+                return Err(format!("429 with Retry-After {ra:?}"));
+            };
+            if !(1..=RL_PER_S + 1).contains(&secs) {
+                return Err(format!("429 with Retry-After {secs}"));
+            }
+            if r.fixed {
+                // The wait is to the end of the window the request was decided in (its
+                // sending time's: a serial client's first request in a window is admitted).
+                let per = RL_PER_S * 1000;
+                let end = (sent / per + 1) * per;
+                let most = (end - sent).div_ceil(1000).max(1);
+                if secs > most + 1 {
+                    return Err(format!(
+                        "429 with Retry-After {secs}, the window ends in at most {most} s"
+                    ));
+                }
+            }
+            Ok(())
+        }
+        503 if r.deny => {
+            let e = json()["error"].as_str().unwrap_or("").to_owned();
+            if e != "service_unavailable" {
+                return Err(format!("503 with error {e:?}"));
+            }
+            if header(h, "retry-after").parse::<u64>().is_err() {
+                return Err("503 without a Retry-After".into());
+            }
+            Ok(())
+        }
+        s => Err(format!(
+            "status {s}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(160)])
+        )),
+    }
+}
+
+fn k_index(k: K) -> usize {
+    CLASSES.iter().position(|c| c.k == k).unwrap_or(0)
+}
+
+/// One over-limit client: `rate` requests a second on one limited route, alternating
+/// between the replicas, one at a time (so its order is the order of the decisions).
+async fn rl_client(
+    ctx: Arc<Ctx>,
+    route: usize,
+    client_no: usize,
+    rate: f64,
+) -> (Vec<RlRec>, Vec<Lat>) {
+    let r = &RL_ROUTES[route];
+    let ci = k_index(r.k);
+    let client = builder()
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .build()
+        .expect("client");
+    let key = format!("{}-{client_no}", r.limit);
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let (mut recs, mut lat) = (Vec::new(), Vec::new());
+    let mut i = client_no;
+    let _ = ctx
+        .until_stopped(tokio::time::sleep(period.mul_f64(rand::random::<f64>())))
+        .await;
+    let mut iv = tokio::time::interval(period);
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if ctx.until_stopped(iv.tick()).await.is_none() {
+            break;
+        }
+        let _g = ctx.gate.read().await;
+        if ctx.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let rep = i % ctx.reps.len();
+        i += 1;
+        let started = Instant::now();
+        let sent = unix_ms();
+        let res = async {
+            let resp = client
+                .get(format!("{}{}/x", ctx.reps[rep].base, r.path))
+                .header("x-soak-class", CLASSES[ci].name)
+                .header("x-soak-rl-client", &key)
+                .send()
+                .await?;
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = resp.bytes().await?;
+            Ok::<_, reqwest::Error>((status, headers, body))
+        }
+        .await;
+        let recv = unix_ms();
+        ctx.live.sent.fetch_add(1, Ordering::Relaxed);
+        let (status, problem) = match res {
+            Ok((status, h, body)) => {
+                let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                let t_ms = ctx.t0.elapsed().as_millis().min(u32::MAX as u128) as u32;
+                lat.push((t_ms, ci as u8, us));
+                (status, rl_check(r, status, &h, &body, sent).err())
+            }
+            Err(e) => {
+                ctx.live.transport.fetch_add(1, Ordering::Relaxed);
+                (0, Some(transport_kind(&e)))
+            }
+        };
+        recs.push(RlRec {
+            ci,
+            client: client_no,
+            rep,
+            sent,
+            recv,
+            status,
+            problem,
+        });
+    }
+    (recs, lat)
+}
+
+/// The store errors of every replica (`tollgate_store_errors_total{store="redis"}`).
+async fn store_errors(ctx: &Ctx) -> f64 {
+    let mut sum = 0.0;
+    for rep in &ctx.reps {
+        if let Ok(r) = ctx
+            .clients
+            .admin
+            .get(format!("{}/metrics", rep.admin))
+            .send()
+            .await
+        {
+            sum += metric_lines(&r.text().await.unwrap_or_default())
+                .iter()
+                .filter(|(k, _)| k.starts_with("tollgate_store_errors_total{"))
+                .map(|(_, v)| v)
+                .sum::<f64>();
+        }
+    }
+    sum
+}
+
+/// A probe of one limited route on one replica with a key of its own (never over the
+/// limit): the status and whether the answer has the form its status calls for.
+async fn rl_probe(ctx: &Ctx, rep: usize, k: K, key: &str) -> (u16, Result<(), String>) {
+    let r = RL_ROUTES.iter().find(|r| r.k == k).expect("route");
+    let class = if r.deny {
+        K::RlProbeDeny
+    } else {
+        K::RlProbeAllow
+    };
+    let sent = unix_ms();
+    let res = async {
+        let resp = ctx
+            .clients
+            .admin
+            .get(format!("{}{}/probe", ctx.reps[rep].base, r.path))
+            .header("x-soak-class", CLASSES[k_index(class)].name)
+            .header("x-soak-rl-client", key)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let h = resp.headers().clone();
+        let body = resp.bytes().await?;
+        Ok::<_, reqwest::Error>((status, h, body))
+    }
+    .await;
+    ctx.live.sent.fetch_add(1, Ordering::Relaxed);
+    match res {
+        Ok((s, h, b)) => (s, rl_check(r, s, &h, &b, sent)),
+        Err(e) => (0, Err(transport_kind(&e))),
+    }
+}
+
+/// Counts one probe answer in the per-class table (and as wrong when it is).
+fn probe_note(
+    out: &mut RestartOut,
+    o: &mut Outage,
+    k: K,
+    s: u16,
+    res: &Result<(), String>,
+    what: &str,
+) {
+    let ci = k_index(if k == K::RlDeny {
+        K::RlProbeDeny
+    } else {
+        K::RlProbeAllow
+    });
+    let outcome = if s == 0 {
+        Outcome::Transport("probe".into())
+    } else {
+        Outcome::Status(s)
+    };
+    *out.outcomes.entry((ci, outcome)).or_default() += 1;
+    if let Err(e) = res {
+        *out.problems.entry(ci).or_default() += 1;
+        if o.wrong.len() < 10 {
+            o.wrong
+                .push(format!("{what}: {} {s}: {e}", CLASSES[ci].name));
+        }
+    }
+}
+
+#[derive(Default)]
+struct RestartOut {
+    outages: Vec<Outage>,
+    /// Probe outcomes for the per-class table: (class, status) -> count.
+    outcomes: HashMap<(usize, Outcome), u64>,
+    problems: HashMap<usize, u64>,
+    errors: Vec<String>,
+}
+
+/// Every `every`: kill Redis by PID, probe both routes on every replica while it is down
+/// (`on_error: allow` must keep answering 200 from the local limiter, `deny` must answer
+/// 503 service_unavailable with Retry-After), start it again on the same port, poll
+/// PING, then probe until every replica decides with Redis again (recovery).
+async fn redis_restarter(
+    ctx: Arc<Ctx>,
+    redis: Arc<Mutex<RedisProc>>,
+    every: Duration,
+    down: Duration,
+) -> RestartOut {
+    let mut out = RestartOut::default();
+    let port = redis.lock().unwrap_or_else(|e| e.into_inner()).port;
+    let n = ctx.reps.len();
+    let mut seq = 0u64;
+    let mut key = |tag: &str| {
+        seq += 1;
+        format!("probe-{tag}-{seq}")
+    };
+    let mut iv = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        if ctx.until_stopped(iv.tick()).await.is_none() {
+            break;
+        }
+        // Held through the outage: a checkpoint waits for it to end.
+        let _g = ctx.gate.read().await;
+        if ctx.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut o = Outage {
+            errors_before: store_errors(&ctx).await,
+            recovered: vec![None; n],
+            during: vec![(0, 0); n],
+            ..Default::default()
+        };
+        o.killed = unix_ms();
+        redis.lock().unwrap_or_else(|e| e.into_inner()).stop();
+        let t = Instant::now();
+        while t.elapsed() < down {
+            for rep in 0..n {
+                let (s, res) = rl_probe(&ctx, rep, K::RlFixed, &key("allow")).await;
+                let res = res.and_then(|()| {
+                    if s == 200 {
+                        Ok(())
+                    } else {
+                        Err("expected 200 (local limiter)".into())
+                    }
+                });
+                if res.is_ok() {
+                    o.during[rep].0 += 1;
+                }
+                probe_note(
+                    &mut out,
+                    &mut o,
+                    K::RlFixed,
+                    s,
+                    &res,
+                    &format!("Redis down, replica {rep}"),
+                );
+                let (s, res) = rl_probe(&ctx, rep, K::RlDeny, &key("deny")).await;
+                let res = res.and_then(|()| {
+                    if s == 503 {
+                        Ok(())
+                    } else {
+                        Err("expected 503".into())
+                    }
+                });
+                if res.is_ok() {
+                    o.during[rep].1 += 1;
+                }
+                probe_note(
+                    &mut out,
+                    &mut o,
+                    K::RlDeny,
+                    s,
+                    &res,
+                    &format!("Redis down, replica {rep}"),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        o.started = unix_ms();
+        if let Err(e) = redis.lock().unwrap_or_else(|e| e.into_inner()).start() {
+            out.errors.push(e);
+        }
+        if wait_redis(port, Duration::from_secs(10)).await {
+            o.answered = Some(unix_ms());
+        } else {
+            out.errors.push(format!(
+                "Redis did not answer PING within 10 s of restart #{}",
+                out.outages.len() + 1
+            ));
+        }
+        // Recovery: every replica admits an `on_error: deny` request again.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) && o.recovered.iter().any(Option::is_none) {
+            for rep in 0..n {
+                if o.recovered[rep].is_some() {
+                    continue;
+                }
+                let (s, res) = rl_probe(&ctx, rep, K::RlDeny, &key("recover")).await;
+                let res = res.and_then(|()| {
+                    if matches!(s, 200 | 503) {
+                        Ok(())
+                    } else {
+                        Err("expected 200 or 503".into())
+                    }
+                });
+                probe_note(
+                    &mut out,
+                    &mut o,
+                    K::RlDeny,
+                    s,
+                    &res,
+                    &format!("recovering, replica {rep}"),
+                );
+                if s == 200 {
+                    o.recovered[rep] = Some(unix_ms());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        o.errors_after = store_errors(&ctx).await;
+        out.outages.push(o);
+    }
+    out
+}
+
+/// Judged after the run, against the outages: outcomes and problems per class, the
+/// 5xx the outages explain and those they do not, and limit exactness per window.
+#[derive(Default)]
+struct RlJudged {
+    outcomes: HashMap<(usize, Outcome), u64>,
+    problems: HashMap<usize, u64>,
+    unexpected: Vec<String>,
+    unexpected_total: u64,
+    unexpected_5xx: u64,
+    outage_5xx: u64,
+    /// Per route: a line for the report and whether it holds.
+    exact: Vec<(String, bool)>,
+    /// Per class: 200s the clients got (to compare with the upstream's count).
+    admitted: HashMap<usize, u64>,
+    transport: HashMap<usize, u64>,
+}
+
+fn rl_judge(recs: &[RlRec], outages: &[Outage], t0_ms: u64) -> RlJudged {
+    let mut j = RlJudged::default();
+    let in_outage = |a: u64, b: u64| outages.iter().any(|o| a < o.end() && b >= o.killed);
+    for x in recs {
+        let c = &CLASSES[x.ci];
+        let outcome = if x.status == 0 {
+            *j.transport.entry(x.ci).or_default() += 1;
+            Outcome::Transport(x.problem.clone().unwrap_or_default())
+        } else {
+            Outcome::Status(x.status)
+        };
+        *j.outcomes.entry((x.ci, outcome)).or_default() += 1;
+        if x.status == 200 {
+            *j.admitted.entry(x.ci).or_default() += 1;
+        }
+        let mut problem = x.problem.clone();
+        if x.status == 503 && problem.is_none() {
+            if in_outage(x.sent, x.recv) {
+                j.outage_5xx += 1;
+            } else {
+                problem = Some("503 outside a Redis outage".into());
+            }
+        }
+        if let Some(p) = problem {
+            *j.problems.entry(x.ci).or_default() += 1;
+            j.unexpected_total += 1;
+            if x.status >= 500 {
+                j.unexpected_5xx += 1;
+            }
+            if j.unexpected.len() < 30 {
+                j.unexpected.push(format!(
+                    "t={:.1}s {} client {} replica {}: {p}",
+                    x.sent.saturating_sub(t0_ms) as f64 / 1000.0,
+                    c.name,
+                    x.client,
+                    x.rep
+                ));
+            }
+        }
+    }
+    let per = RL_PER_S * 1000;
+    for r in RL_ROUTES {
+        let ci = k_index(r.k);
+        let mut clients: BTreeMap<usize, Vec<&RlRec>> = BTreeMap::new();
+        for x in recs.iter().filter(|x| x.ci == ci) {
+            clients.entry(x.client).or_default().push(x);
+        }
+        let (mut exact, mut over, mut under, mut underfed, mut excluded) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut sets, mut violations, mut tightest) = (0u64, 0u64, u64::MAX);
+        let mut per_rep: BTreeMap<usize, u64> = BTreeMap::new();
+        let mut notes: Vec<String> = Vec::new();
+        for (client, xs) in &clients {
+            let (Some(first), Some(last)) = (xs.first(), xs.last()) else {
+                continue;
+            };
+            for x in xs.iter().filter(|x| x.status == 200) {
+                *per_rep.entry(x.rep).or_default() += 1;
+            }
+            if r.fixed {
+                // Whole windows inside this client's traffic, attributed by arrival: a
+                // 200 is decided before it arrives, and a window is exhausted long before
+                // it ends, so a 200 arriving in window k was decided in window k.
+                let mut k = first.sent.div_ceil(per);
+                while (k + 1) * per <= last.sent {
+                    let (a, b) = (k * per, (k + 1) * per);
+                    k += 1;
+                    if outages.iter().any(|o| a < o.end() && b > o.killed) {
+                        excluded += 1;
+                        continue;
+                    }
+                    let admitted = xs
+                        .iter()
+                        .filter(|x| x.status == 200 && x.recv >= a && x.recv < b)
+                        .count() as u64;
+                    let demand = xs.iter().filter(|x| x.sent >= a && x.sent < b).count() as u64;
+                    if admitted > RL_LIMIT {
+                        over += 1;
+                        if notes.len() < 5 {
+                            notes.push(format!(
+                                "client {client}: {admitted} admitted in the window at t={:.0}s",
+                                a.saturating_sub(t0_ms) as f64 / 1000.0
+                            ));
+                        }
+                    } else if demand <= RL_LIMIT + 1 {
+                        underfed += 1;
+                    } else if admitted < RL_LIMIT {
+                        under += 1;
+                        if notes.len() < 5 {
+                            notes.push(format!("client {client}: {admitted} admitted of {demand} sent in the window at t={:.0}s", a.saturating_sub(t0_ms) as f64 / 1000.0));
+                        }
+                    } else {
+                        exact += 1;
+                    }
+                }
+            } else {
+                // Sliding: no LIMIT+1 admitted requests may fit in one `per`. Proven when
+                // the last one's arrival minus the first one's sending is shorter.
+                let ok: Vec<&&RlRec> = xs.iter().filter(|x| x.status == 200).collect();
+                for w in ok.windows(RL_LIMIT as usize + 1) {
+                    let lo = w[0].sent;
+                    let hi = w.iter().map(|x| x.recv).max().unwrap_or(lo);
+                    if outages
+                        .iter()
+                        .any(|o| lo < o.end() + per && hi + per > o.killed)
+                    {
+                        continue;
+                    }
+                    sets += 1;
+                    let span = hi - lo;
+                    tightest = tightest.min(span);
+                    if span < per {
+                        violations += 1;
+                        if notes.len() < 5 {
+                            notes.push(format!(
+                                "client {client}: {} admitted within {span} ms at t={:.0}s",
+                                RL_LIMIT + 1,
+                                lo.saturating_sub(t0_ms) as f64 / 1000.0
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let reps = per_rep
+            .iter()
+            .map(|(r, n)| format!("replica {r}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (line, ok) = if r.fixed {
+            (
+                format!(
+                    "`{}` (fixed, {RL_LIMIT} per {RL_PER_S} s, on_error {}): {exact} windows exactly {RL_LIMIT}, {over} above, {under} below; {underfed} with too little demand, {excluded} overlapping a Redis outage left out; admitted by {reps}{}",
+                    r.limit,
+                    if r.deny { "deny" } else { "allow" },
+                    if notes.is_empty() { String::new() } else { format!(" ({})", notes.join("; ")) }
+                ),
+                over == 0 && under == 0 && exact > 0,
+            )
+        } else {
+            (
+                format!(
+                    "`{}` (sliding, {RL_LIMIT} per {RL_PER_S} s): {violations} of {sets} runs of {} admitted requests fit in {RL_PER_S} s (tightest {:.2} s); admitted by {reps}{}",
+                    r.limit,
+                    RL_LIMIT + 1,
+                    if tightest == u64::MAX { f64::NAN } else { tightest as f64 / 1000.0 },
+                    if notes.is_empty() { String::new() } else { format!(" ({})", notes.join("; ")) }
+                ),
+                violations == 0 && sets > 0,
+            )
+        };
+        j.exact.push((line, ok));
+    }
+    j
+}
+
 async fn fetch_local_token(ctx: &Ctx) -> Option<String> {
     let r = ctx
         .clients
         .admin
-        .post(format!("{}/oauth2/token", ctx.base))
+        .post(format!("{}/oauth2/token", ctx.reps[0].base))
         .basic_auth("soak-app", Some("app-secret"))
         .header("x-soak-class", "token_service_basic")
         .form(&[("grant_type", "client_credentials")])
@@ -1538,52 +2411,90 @@ async fn rotator(ctx: Arc<Ctx>, errors: Arc<AtomicU64>) {
     }
 }
 
-async fn status_version(ctx: &Ctx) -> Option<u64> {
-    let v: serde_json::Value = ctx
-        .clients
-        .admin
-        .get(format!("{}/admin/status", ctx.admin))
+/// A replica's `config_version`, or why it could not be read.
+async fn status_version_once(c: &reqwest::Client, admin: &str) -> Result<u64, String> {
+    let resp = c
+        .get(format!("{admin}/admin/status"))
         .send()
         .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    v["config_version"].as_u64()
+        .map_err(|e| transport_kind(&e))?;
+    let st = resp.status();
+    let v: serde_json::Value = resp.json().await.map_err(|e| transport_kind(&e))?;
+    v["config_version"]
+        .as_u64()
+        .ok_or_else(|| format!("status {st}, no config_version"))
+}
+
+/// The same, retried once on a new connection: a pooled keep-alive connection the
+/// server closes just as it is reused fails without tollgate being at fault (the
+/// keep-alive race, see `builder`); a read that fails on a fresh connection too is
+/// tollgate's and is reported with its cause.
+async fn status_version(ctx: &Ctx, rep: usize) -> Result<u64, String> {
+    let admin = &ctx.reps[rep].admin;
+    match status_version_once(&ctx.clients.admin, admin).await {
+        Ok(v) => Ok(v),
+        Err(first) => {
+            ctx.status_retries.fetch_add(1, Ordering::Relaxed);
+            status_version_once(&ctx.clients.fresh, admin)
+                .await
+                .map_err(|e| format!("replica {rep}: {first}; on a new connection: {e}"))
+        }
+    }
 }
 
 #[derive(Default)]
 struct Reloads {
+    /// File rewrites applied by every replica (latency: the slowest replica's).
     file_ok: u64,
     file_missed: u64,
     file_latency: Vec<f64>,
+    /// POST /admin/reload, counted per replica.
     admin_ok: u64,
     admin_failed: u64,
     /// Version bumps nobody asked for (e.g. one file write reloaded twice).
     unrequested: u64,
+    /// Reload failures (a rewrite not applied, a refused admin reload, a write error).
     errors: Vec<String>,
+    /// `GET /admin/status` reads that failed on a fresh connection too (the tick is
+    /// skipped: nothing was reloaded); not a reload failure, reported on its own.
+    status_failed: u64,
+    status_errors: Vec<String>,
 }
 
 async fn reloader(ctx: Arc<Ctx>, setup: Arc<Setup>, every: Duration) -> Reloads {
     let mut r = Reloads::default();
+    let n = ctx.reps.len();
     let mut variant = false;
-    let mut last = status_version(&ctx).await.unwrap_or(0);
+    let mut last = Vec::new();
+    for rep in 0..n {
+        last.push(status_version(&ctx, rep).await.unwrap_or(0));
+    }
     let mut i = 0u64;
     let mut iv = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    loop {
+    'tick: loop {
         if ctx.until_stopped(iv.tick()).await.is_none() {
             break;
         }
         let _g = ctx.gate.read().await;
-        let before = match status_version(&ctx).await {
-            Some(v) => Some(v),
-            None => status_version(&ctx).await, // one retry: see `builder`
-        };
-        let Some(before) = before else {
-            r.errors.push("GET /admin/status failed".into());
-            continue;
-        };
-        r.unrequested += before.saturating_sub(last);
+        let mut before = Vec::new();
+        for rep in 0..n {
+            match status_version(&ctx, rep).await {
+                Ok(v) => before.push(v),
+                Err(e) => {
+                    r.status_failed += 1;
+                    if r.status_errors.len() < 10 {
+                        r.status_errors.push(format!(
+                            "t={:.1}s GET /admin/status: {e}",
+                            ctx.t0.elapsed().as_secs_f64()
+                        ));
+                    }
+                    continue 'tick;
+                }
+            }
+        }
+        for rep in 0..n {
+            r.unrequested += before[rep].saturating_sub(last[rep]);
+        }
         i += 1;
         if i % 2 == 1 {
             variant = !variant;
@@ -1593,57 +2504,75 @@ async fn reloader(ctx: Arc<Ctx>, setup: Arc<Setup>, every: Duration) -> Reloads 
                 continue;
             }
             // SPEC: a change is applied within 2 s; allow 5 before calling it missed.
-            let mut applied = None;
-            while t.elapsed() < Duration::from_secs(5) {
+            // Every replica watches the same file.
+            let mut applied: Vec<Option<u64>> = vec![None; n];
+            while t.elapsed() < Duration::from_secs(5) && applied.iter().any(Option::is_none) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                if let Some(v) = status_version(&ctx).await.filter(|v| *v > before) {
-                    applied = Some(v);
-                    break;
-                }
-            }
-            match applied {
-                Some(v) => {
-                    r.file_ok += 1;
-                    r.file_latency.push(t.elapsed().as_secs_f64());
-                    last = v;
-                }
-                None => {
-                    r.file_missed += 1;
-                    last = before;
-                    if r.errors.len() < 10 {
-                        r.errors
-                            .push(format!("file rewrite #{i} not applied within 5 s"));
+                for rep in 0..n {
+                    if applied[rep].is_none() {
+                        if let Ok(v) =
+                            status_version_once(&ctx.clients.admin, &ctx.reps[rep].admin).await
+                        {
+                            if v > before[rep] {
+                                applied[rep] = Some(v);
+                            }
+                        }
                     }
                 }
+            }
+            if applied.iter().all(Option::is_some) {
+                r.file_ok += 1;
+                r.file_latency.push(t.elapsed().as_secs_f64());
+            } else {
+                r.file_missed += 1;
+                if r.errors.len() < 10 {
+                    let missing: Vec<String> = (0..n)
+                        .filter(|rep| applied[*rep].is_none())
+                        .map(|rep| rep.to_string())
+                        .collect();
+                    r.errors.push(format!(
+                        "file rewrite #{i} not applied within 5 s by replica {}",
+                        missing.join(", ")
+                    ));
+                }
+            }
+            for rep in 0..n {
+                last[rep] = applied[rep].unwrap_or(before[rep]);
             }
         } else {
-            let res = ctx
-                .clients
-                .admin
-                .post(format!("{}/admin/reload", ctx.admin))
-                .send()
-                .await;
-            match res {
-                Ok(resp) if resp.status() == 200 => {
-                    let v: serde_json::Value = resp.json().await.unwrap_or_default();
-                    r.admin_ok += 1;
-                    last = v["config_version"].as_u64().unwrap_or(before + 1);
-                }
-                Ok(resp) => {
-                    r.admin_failed += 1;
-                    let st = resp.status();
-                    let body = resp.text().await.unwrap_or_default();
-                    if r.errors.len() < 10 {
-                        r.errors.push(format!("POST /admin/reload: {st} {body}"));
+            for rep in 0..n {
+                let res = ctx
+                    .clients
+                    .admin
+                    .post(format!("{}/admin/reload", ctx.reps[rep].admin))
+                    .send()
+                    .await;
+                match res {
+                    Ok(resp) if resp.status() == 200 => {
+                        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+                        r.admin_ok += 1;
+                        last[rep] = v["config_version"].as_u64().unwrap_or(before[rep] + 1);
                     }
-                    last = before;
-                }
-                Err(e) => {
-                    r.admin_failed += 1;
-                    if r.errors.len() < 10 {
-                        r.errors.push(format!("POST /admin/reload: {e}"));
+                    Ok(resp) => {
+                        r.admin_failed += 1;
+                        let st = resp.status();
+                        let body = resp.text().await.unwrap_or_default();
+                        if r.errors.len() < 10 {
+                            r.errors
+                                .push(format!("replica {rep}: POST /admin/reload: {st} {body}"));
+                        }
+                        last[rep] = before[rep];
                     }
-                    last = before;
+                    Err(e) => {
+                        r.admin_failed += 1;
+                        if r.errors.len() < 10 {
+                            r.errors.push(format!(
+                                "replica {rep}: POST /admin/reload: {}",
+                                transport_kind(&e)
+                            ));
+                        }
+                        last[rep] = before[rep];
+                    }
                 }
             }
         }
@@ -1652,6 +2581,7 @@ async fn reloader(ctx: Arc<Ctx>, setup: Arc<Setup>, every: Duration) -> Reloads 
 }
 
 struct Probe {
+    rep: usize,
     pid: u32,
     own_ports: Vec<u16>,
     backend_ports: Vec<u16>,
@@ -1661,7 +2591,7 @@ async fn take_sample(ctx: &Ctx, p: &Probe, checkpoint: Option<&'static str>) -> 
     let metrics = match ctx
         .clients
         .admin
-        .get(format!("{}/metrics", ctx.admin))
+        .get(format!("{}/metrics", ctx.reps[p.rep].admin))
         .send()
         .await
     {
@@ -1690,6 +2620,7 @@ async fn take_sample(ctx: &Ctx, p: &Probe, checkpoint: Option<&'static str>) -> 
     .await
     .unwrap_or_default();
     Sample {
+        rep: p.rep,
         t: ctx.t0.elapsed().as_secs_f64(),
         rss_kib,
         cpu_ticks,
@@ -1697,14 +2628,19 @@ async fn take_sample(ctx: &Ctx, p: &Probe, checkpoint: Option<&'static str>) -> 
         open_connections: get("tollgate_open_connections"),
         caches,
         checkpoint,
+        load: loadavg().parse().unwrap_or(f64::NAN),
     }
 }
 
-/// Pauses traffic and reloads, lets tollgate settle, and samples.
-async fn checkpoint(ctx: &Ctx, p: &Probe, name: &'static str) -> Sample {
+/// Pauses traffic and reloads, lets the replicas settle, and samples each.
+async fn checkpoint(ctx: &Ctx, probes: &[Probe], name: &'static str) -> Vec<Sample> {
     let _w = ctx.gate.write().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    take_sample(ctx, p, Some(name)).await
+    let mut v = Vec::new();
+    for p in probes {
+        v.push(take_sample(ctx, p, Some(name)).await);
+    }
+    v
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1765,7 +2701,7 @@ fn utc_now() -> String {
 }
 
 struct Criterion {
-    name: &'static str,
+    name: String,
     target: String,
     measured: String,
     ok: bool,
@@ -1793,8 +2729,43 @@ async fn run(args: Args) -> Result<u8, String> {
     if workers == 0 || args.rate <= 0.0 {
         return Err("need at least one worker and a positive rate".into());
     }
+    if args.replicas == 0 {
+        return Err("--replicas must be at least 1".into());
+    }
     let tmp = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let dir = tmp.path().to_path_buf();
+    let pids = Arc::new(Mutex::new(PidBook {
+        file: args.pidfile.clone(),
+        ..Default::default()
+    }));
+
+    // `--redis`: a real redis-server on a free loopback port, owned by us (killed by PID
+    // when dropped: at the end, on an error return and on a panic).
+    let redis = if args.redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("a free port for Redis: {e}"))?
+            .port();
+        let rdir = dir.join("redis");
+        std::fs::create_dir_all(&rdir).map_err(|e| e.to_string())?;
+        let mut r = RedisProc {
+            bin: args.redis_server.clone(),
+            port,
+            dir: rdir,
+            child: None,
+            pids: pids.clone(),
+        };
+        r.start()?;
+        if !wait_redis(port, Duration::from_secs(10)).await {
+            return Err(format!(
+                "{} did not answer PING on 127.0.0.1:{port} within 10 s",
+                args.redis_server.display()
+            ));
+        }
+        Some(Arc::new(Mutex::new(r)))
+    } else {
+        None
+    };
 
     let signing_key = dir.join("signing.pem");
     std::fs::write(&signing_key, SigningKey::generate_es256_pem()?)
@@ -1858,6 +2829,9 @@ async fn run(args: Args) -> Result<u8, String> {
         dead_port,
         signing_key,
         hashed_secret,
+        redis_port: redis
+            .as_ref()
+            .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).port),
     });
     write_config(&setup, false).map_err(|e| format!("writing the config: {e}"))?;
     let config_path = dir.join("gateway.yaml");
@@ -1874,26 +2848,71 @@ async fn run(args: Args) -> Result<u8, String> {
         ));
     }
 
-    let (mut child, logs) = spawn_tollgate(&args.tollgate, &config_path)?;
-    let pid = child.id();
-    if let Some(p) = &args.pidfile {
-        let _ = std::fs::write(p, format!("{pid}\n"));
+    let mut replicas = Vec::new();
+    for _ in 0..args.replicas {
+        let (child, logs) = spawn_tollgate(&args.tollgate, &config_path)?;
+        {
+            let mut p = pids.lock().unwrap_or_else(|e| e.into_inner());
+            p.tollgate.push(child.id());
+            p.write();
+        }
+        replicas.push(Replica { child, logs });
     }
-    let result = drive(&args, duration, warmup, &setup, minter, obs, pid, &logs).await;
-    let (exit, stop_time) = stop_tollgate(&mut child);
+    let result = drive(
+        &args,
+        duration,
+        warmup,
+        &setup,
+        minter,
+        obs,
+        &replicas,
+        redis.clone(),
+    )
+    .await;
+    let mut stops = Vec::new();
+    for r in &mut replicas {
+        stops.push(stop_tollgate(&mut r.child));
+    }
+    // Redis last: the replicas must not see an outage while they drain.
+    if let Some(r) = &redis {
+        r.lock().unwrap_or_else(|e| e.into_inner()).stop();
+    }
     if let Some(p) = &args.pidfile {
         let _ = std::fs::remove_file(p);
     }
     let mut d = result?;
-    if d.died_at.is_some() {
-        d.shutdown = format!("had already exited: {exit}");
-    } else {
-        d.shutdown = format!("{exit} after SIGTERM, in {:.2} s", stop_time.as_secs_f64());
-        d.shutdown_ok = exit.contains("exit status: 0");
+    for (i, (exit, stop_time)) in stops.into_iter().enumerate() {
+        if d.died_at.is_some_and(|(r, _)| r == i) {
+            d.shutdown.push(format!("had already exited: {exit}"));
+            d.shutdown_ok.push(false);
+        } else {
+            d.shutdown.push(format!(
+                "{exit} after SIGTERM, in {:.2} s",
+                stop_time.as_secs_f64()
+            ));
+            d.shutdown_ok.push(exit.contains("exit status: 0"));
+        }
     }
+    let logs: Vec<Arc<Mutex<LogStats>>> = replicas.iter().map(|r| r.logs.clone()).collect();
     let code = report(&args, duration, warmup, workers, &d, &logs)?;
     drop(tmp);
     Ok(code)
+}
+
+/// A tollgate replica, killed (by PID) if still running when dropped: a driver that
+/// panics or returns early leaves no replica behind.
+struct Replica {
+    child: Child,
+    logs: Arc<Mutex<LogStats>>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 struct Driven {
@@ -1915,13 +2934,24 @@ struct Driven {
     interrupted: bool,
     load_start: String,
     load_end: String,
-    /// When tollgate exited by itself, seconds into the run.
-    died_at: Option<f64>,
-    client_bound: u64,
-    upstream_bound: u64,
-    tollgate_5xx: f64,
-    shutdown: String,
-    shutdown_ok: bool,
+    /// When a replica exited by itself: which, and seconds into the run.
+    died_at: Option<(usize, f64)>,
+    /// Per replica.
+    client_bound: Vec<u64>,
+    upstream_bound: Vec<u64>,
+    /// tollgate's own count of 5xx, and of requests, per replica.
+    tollgate_5xx: Vec<f64>,
+    tollgate_requests: Vec<f64>,
+    shutdown: Vec<String>,
+    shutdown_ok: Vec<bool>,
+    addrs: Vec<(u32, String, String)>,
+    /// Unix ms when traffic started (t=0 of the report).
+    t0_ms: u64,
+    status_retries: u64,
+    /// `--redis`: the restarts and the rate-limited clients, judged.
+    restarts: Option<RestartOut>,
+    rl: Option<RlJudged>,
+    store_errors_end: f64,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1932,40 +2962,57 @@ async fn drive(
     setup: &Arc<Setup>,
     minter: Minter,
     obs: Arc<Observed>,
-    pid: u32,
-    logs: &Arc<Mutex<LogStats>>,
+    replicas: &[Replica],
+    redis: Option<Arc<Mutex<RedisProc>>>,
 ) -> Result<Driven, String> {
-    // The listening addresses, from tollgate's startup line.
-    let t = Instant::now();
-    let (public, admin) = loop {
-        if let Some(s) = logs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .startup
-            .clone()
-        {
-            break s;
-        }
-        if t.elapsed() > Duration::from_secs(30) || !Path::new(&format!("/proc/{pid}")).exists() {
-            let l = logs.lock().unwrap_or_else(|e| e.into_inner());
-            return Err(format!(
-                "tollgate did not start (no startup line); it said:\n{}",
-                l.tail.iter().cloned().collect::<Vec<_>>().join("\n")
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let n = replicas.len();
+    // The listening addresses, from each replica's startup line.
+    let mut addrs = Vec::new();
+    for r in replicas {
+        let pid = r.child.id();
+        let t = Instant::now();
+        let (public, admin) = loop {
+            if let Some(s) = r
+                .logs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .startup
+                .clone()
+            {
+                break s;
+            }
+            if t.elapsed() > Duration::from_secs(30) || !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let l = r.logs.lock().unwrap_or_else(|e| e.into_inner());
+                return Err(format!(
+                    "tollgate did not start (no startup line); it said:\n{}",
+                    l.tail.iter().cloned().collect::<Vec<_>>().join("\n")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        addrs.push((pid, public, admin));
+    }
     let port = |a: &str| {
         a.rsplit(':')
             .next()
             .and_then(|p| p.parse::<u16>().ok())
             .unwrap_or(0)
     };
-    let probe = Probe {
-        pid,
-        own_ports: vec![port(&public), port(&admin)],
-        backend_ports: vec![port(&setup.upstream), port(&setup.ext_iss)],
-    };
+    let redis_port = setup.redis_port;
+    let probes: Vec<Probe> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (pid, public, admin))| Probe {
+            rep: i,
+            pid: *pid,
+            own_ports: vec![port(public), port(admin)],
+            backend_ports: [port(&setup.upstream), port(&setup.ext_iss)]
+                .into_iter()
+                .chain(redis_port)
+                .collect(),
+        })
+        .collect();
     let mut total = 0;
     let cum_weights = weights(&args.weight)?
         .into_iter()
@@ -1975,8 +3022,13 @@ async fn drive(
         })
         .collect();
     let ctx = Arc::new(Ctx {
-        base: format!("http://{public}"),
-        admin: format!("http://{admin}"),
+        reps: addrs
+            .iter()
+            .map(|(_, public, admin)| Rep {
+                base: format!("http://{public}"),
+                admin: format!("http://{admin}"),
+            })
+            .collect(),
         minter,
         book: RwLock::new(Book::default()),
         clients: clients(args.keepalive),
@@ -1985,25 +3037,31 @@ async fn drive(
         gate: tokio::sync::RwLock::new(()),
         live: Live::default(),
         unexpected_log: Mutex::default(),
+        status_retries: AtomicU64::new(0),
         t0: Instant::now(),
         cum_weights,
     });
     // Ready?
-    let t = Instant::now();
-    loop {
-        let r = ctx
-            .clients
-            .admin
-            .get(format!("{}/readyz", ctx.admin))
-            .send()
-            .await;
-        if matches!(&r, Ok(r) if r.status() == 200) {
-            break;
+    for rep in &ctx.reps {
+        let t = Instant::now();
+        loop {
+            let r = ctx
+                .clients
+                .admin
+                .get(format!("{}/readyz", rep.admin))
+                .send()
+                .await;
+            if matches!(&r, Ok(r) if r.status() == 200) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                return Err(format!(
+                    "tollgate {} not ready (/readyz) within 30 s",
+                    rep.admin
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if t.elapsed() > Duration::from_secs(30) {
-            return Err("tollgate not ready (/readyz) within 30 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let local = fetch_local_token(&ctx)
         .await
@@ -2013,9 +3071,19 @@ async fn drive(
         *ctx.book.write().unwrap_or_else(|e| e.into_inner()) =
             mint_book(&ctx.minter, &mut rng, local);
     }
+    for (i, (pid, public, admin)) in addrs.iter().enumerate() {
+        println!("soak: replica {i}: tollgate pid {pid} on {public} (admin {admin})");
+    }
+    let restart_every =
+        args.redis_restart_every
+            .unwrap_or(if duration < Duration::from_secs(15 * 60) {
+                duration / 3
+            } else {
+                Duration::from_secs(300)
+            });
     println!(
-        "soak: tollgate pid {pid} on {public} (admin {admin}); {} for {} (warm-up {}), {:.0} req/s over {} keep-alive + {} h2c + {} new-connection workers, reload every {}",
-        ctx.base,
+        "soak: {} for {} (warm-up {}), {:.0} req/s over {} keep-alive + {} h2c + {} new-connection workers spread over {n} replica(s), reload every {}{}",
+        ctx.reps[0].base,
         dur(duration.as_secs_f64()),
         dur(warmup.as_secs_f64()),
         args.rate,
@@ -2023,10 +3091,21 @@ async fn drive(
         args.h2,
         args.fresh,
         dur(args.reload_every.as_secs_f64()),
+        match redis_port {
+            Some(p) => format!(
+                "; Redis on 127.0.0.1:{p}, restarted every {} (down {}), {} over-limit clients per limited route at {:.1}/s",
+                dur(restart_every.as_secs_f64()),
+                dur(args.redis_down.as_secs_f64()),
+                args.rl_clients,
+                args.rl_rate
+            ),
+            None => String::new(),
+        }
     );
 
     let load_start = loadavg();
     let t0 = Instant::now();
+    let t0_ms = unix_ms();
     let workers = args.keepalive + args.h2 + args.fresh;
     let period = Duration::from_secs_f64(workers as f64 / args.rate);
     let mut handles = Vec::new();
@@ -2035,19 +3114,58 @@ async fn drive(
         .map(Conn::KeepAlive)
         .chain((0..args.h2).map(|_| Conn::H2))
         .chain((0..args.fresh).map(|_| Conn::Fresh));
-    for conn in conns {
+    // Live connections a quiescent replica may legitimately hold (see the report).
+    let mut client_bound = vec![2u64; n];
+    let mut upstream_bound = vec![2u64; n];
+    let mut h2_on = vec![false; n];
+    for (i, conn) in conns.enumerate() {
         seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        handles.push(tokio::spawn(worker(ctx.clone(), conn, period, seed)));
+        let rep = i % n;
+        upstream_bound[rep] += 1;
+        match conn {
+            Conn::H2 => h2_on[rep] = true,
+            _ => client_bound[rep] += 1,
+        }
+        handles.push(tokio::spawn(worker(ctx.clone(), conn, rep, period, seed)));
+    }
+    for rep in 0..n {
+        client_bound[rep] += u64::from(h2_on[rep]);
+    }
+    let mut rl_handles = Vec::new();
+    let mut restarter = None;
+    if let Some(redis) = &redis {
+        for (route, _) in RL_ROUTES.iter().enumerate() {
+            for c in 0..args.rl_clients {
+                rl_handles.push(tokio::spawn(rl_client(ctx.clone(), route, c, args.rl_rate)));
+            }
+        }
+        // Each over-limit client keeps one connection to every replica; the probes
+        // share the admin client.
+        let rl = (RL_ROUTES.len() * args.rl_clients) as u64;
+        for rep in 0..n {
+            client_bound[rep] += rl;
+            // ...and towards the backends one per over-limit client, the probes, and
+            // tollgate's own Redis connection.
+            upstream_bound[rep] += rl + 2;
+        }
+        if !restart_every.is_zero() {
+            restarter = Some(tokio::spawn(redis_restarter(
+                ctx.clone(),
+                redis.clone(),
+                restart_every,
+                args.redis_down,
+            )));
+        }
     }
     let rotate_errors = Arc::new(AtomicU64::new(0));
     tokio::spawn(rotator(ctx.clone(), rotate_errors.clone()));
     let reload_task = tokio::spawn(reloader(ctx.clone(), setup.clone(), args.reload_every));
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
-    let probe = Arc::new(probe);
+    let probes = Arc::new(probes);
     let sampler = {
-        let (ctx, probe, samples, every) = (
+        let (ctx, probes, samples, every) = (
             ctx.clone(),
-            probe.clone(),
+            probes.clone(),
             samples.clone(),
             args.sample_every,
         );
@@ -2058,8 +3176,10 @@ async fn drive(
                 let Ok(_g) = ctx.gate.try_read() else {
                     continue;
                 };
-                let s = take_sample(&ctx, &probe, None).await;
-                samples.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+                for p in probes.iter() {
+                    let s = take_sample(&ctx, p, None).await;
+                    samples.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+                }
             }
         })
     };
@@ -2086,23 +3206,26 @@ async fn drive(
         if interrupted {
             break;
         }
-        if !alive(pid) {
-            died_at = Some(t0.elapsed().as_secs_f64());
-            eprintln!("soak: tollgate exited during the run; stopping");
+        if let Some(i) = probes.iter().position(|p| !alive(p.pid)) {
+            died_at = Some((i, t0.elapsed().as_secs_f64()));
+            eprintln!("soak: tollgate replica {i} exited during the run; stopping");
             break;
         }
         if !warm_done && Instant::now() >= warm_end {
-            let s = checkpoint(&ctx, &probe, "start").await;
-            println!(
-                "soak: warm-up over at {}: RSS {}, fds {} ({} base, {} client, {} upstream)",
-                dur(t0.elapsed().as_secs_f64()),
-                mib(s.rss_kib),
-                s.fds.total,
-                s.fds.base,
-                s.fds.client,
-                s.fds.upstream
-            );
-            samples.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+            let v = checkpoint(&ctx, &probes, "start").await;
+            for s in &v {
+                println!(
+                    "soak: warm-up over at {}: replica {}: RSS {}, fds {} ({} base, {} client, {} upstream)",
+                    dur(t0.elapsed().as_secs_f64()),
+                    s.rep,
+                    mib(s.rss_kib),
+                    s.fds.total,
+                    s.fds.base,
+                    s.fds.client,
+                    s.fds.upstream
+                );
+            }
+            samples.lock().unwrap_or_else(|e| e.into_inner()).extend(v);
             warm_done = true;
         }
         if Instant::now() >= next {
@@ -2111,20 +3234,28 @@ async fn drive(
             let rate = (sent - last_sent) as f64 / last_t.elapsed().as_secs_f64();
             last_sent = sent;
             last_t = Instant::now();
-            let last = samples
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .last()
-                .cloned()
-                .unwrap_or_default();
+            let last: Vec<Sample> = {
+                let l = samples.lock().unwrap_or_else(|e| e.into_inner());
+                (0..n)
+                    .map(|r| {
+                        l.iter()
+                            .rev()
+                            .find(|s| s.rep == r)
+                            .cloned()
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            };
             println!(
-                "[soak {:>7}] {sent} requests ({rate:.0}/s), unexpected {}, unexpected 5xx {}, violations {}, RSS {}, fds {}",
+                "[soak {:>7}] {sent} requests ({rate:.0}/s), unexpected {}, unexpected 5xx {}, violations {}, {}",
                 dur(t0.elapsed().as_secs_f64()),
                 ctx.live.unexpected.load(Ordering::Relaxed),
                 ctx.live.unexpected_5xx.load(Ordering::Relaxed),
                 obs.violations.load(Ordering::Relaxed),
-                mib(last.rss_kib),
-                last.fds.total,
+                last.iter()
+                    .map(|s| format!("replica {}: RSS {}, fds {}", s.rep, mib(s.rss_kib), s.fds.total))
+                    .collect::<Vec<_>>()
+                    .join("; "),
             );
         }
     }
@@ -2144,38 +3275,103 @@ async fn drive(
             lat.extend(w.lat);
         }
     }
+    let mut rl_recs = Vec::new();
+    for h in rl_handles {
+        if let Ok((recs, l)) = h.await {
+            rl_recs.extend(recs);
+            lat.extend(l);
+        }
+    }
+    let restarts = match restarter {
+        Some(h) => Some(h.await.unwrap_or_default()),
+        None => redis.as_ref().map(|_| RestartOut::default()),
+    };
     let reloads = reload_task.await.unwrap_or_default();
     let _ = sampler.await;
     let mut samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
     if warm_done {
-        let s = checkpoint(&ctx, &probe, "end").await;
-        println!(
-            "soak: traffic stopped at {}: RSS {}, fds {} ({} base, {} client, {} upstream)",
-            dur(elapsed),
-            mib(s.rss_kib),
-            s.fds.total,
-            s.fds.base,
-            s.fds.client,
-            s.fds.upstream
-        );
-        samples.push(s);
+        let v = checkpoint(&ctx, &probes, "end").await;
+        for s in &v {
+            println!(
+                "soak: traffic stopped at {}: replica {}: RSS {}, fds {} ({} base, {} client, {} upstream)",
+                dur(elapsed),
+                s.rep,
+                mib(s.rss_kib),
+                s.fds.total,
+                s.fds.base,
+                s.fds.client,
+                s.fds.upstream
+            );
+        }
+        samples.extend(v);
     }
-    let tollgate_5xx = match ctx
-        .clients
-        .admin
-        .get(format!("{}/metrics", ctx.admin))
-        .send()
-        .await
-    {
-        Ok(r) => metric_lines(&r.text().await.unwrap_or_default())
-            .iter()
-            .filter(|(k, _)| k.starts_with("tollgate_requests_total{") && k.contains("status=\"5"))
-            .map(|(_, v)| v)
-            .sum(),
-        Err(_) => f64::NAN,
+    let mut tollgate_5xx = Vec::new();
+    let mut tollgate_requests = Vec::new();
+    for rep in &ctx.reps {
+        let m = match ctx
+            .clients
+            .admin
+            .get(format!("{}/metrics", rep.admin))
+            .send()
+            .await
+        {
+            Ok(r) => metric_lines(&r.text().await.unwrap_or_default()),
+            Err(_) => Vec::new(),
+        };
+        let sum = |f: &dyn Fn(&str) -> bool| -> f64 {
+            if m.is_empty() {
+                return f64::NAN;
+            }
+            m.iter()
+                .filter(|(k, _)| f(k.as_str()))
+                .map(|(_, v)| v)
+                .sum()
+        };
+        tollgate_5xx.push(sum(&|k| {
+            k.starts_with("tollgate_requests_total{") && k.contains("status=\"5")
+        }));
+        tollgate_requests.push(sum(&|k| k.starts_with("tollgate_requests_total{")));
+    }
+    let store_errors_end = if redis.is_some() {
+        store_errors(&ctx).await
+    } else {
+        0.0
     };
-    let unexpected =
+    let rl = restarts
+        .as_ref()
+        .map(|r| rl_judge(&rl_recs, &r.outages, t0_ms));
+    let mut unexpected =
         std::mem::take(&mut *ctx.unexpected_log.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut unexpected_total = ctx.live.unexpected.load(Ordering::Relaxed);
+    let mut unexpected_5xx = ctx.live.unexpected_5xx.load(Ordering::Relaxed);
+    if let Some(j) = &rl {
+        for (k, v) in &j.outcomes {
+            *outcomes.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &j.problems {
+            *problems.entry(*k).or_default() += v;
+        }
+        unexpected.extend(
+            j.unexpected
+                .iter()
+                .take(30usize.saturating_sub(unexpected.len()))
+                .cloned(),
+        );
+        unexpected_total += j.unexpected_total;
+        unexpected_5xx += j.unexpected_5xx;
+    }
+    if let Some(r) = &restarts {
+        for (k, v) in &r.outcomes {
+            *outcomes.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &r.problems {
+            *problems.entry(*k).or_default() += v;
+            unexpected_total += v;
+        }
+        for o in &r.outages {
+            unexpected.extend(o.wrong.iter().cloned());
+        }
+    }
     Ok(Driven {
         samples,
         outcomes,
@@ -2185,8 +3381,8 @@ async fn drive(
         rotate_errors: rotate_errors.load(Ordering::Relaxed),
         obs,
         unexpected,
-        unexpected_total: ctx.live.unexpected.load(Ordering::Relaxed),
-        unexpected_5xx: ctx.live.unexpected_5xx.load(Ordering::Relaxed),
+        unexpected_total,
+        unexpected_5xx,
         fault_5xx: ctx.live.fault_5xx.load(Ordering::Relaxed),
         transport: ctx.live.transport.load(Ordering::Relaxed),
         sent: ctx.live.sent.load(Ordering::Relaxed),
@@ -2196,16 +3392,18 @@ async fn drive(
         load_start,
         load_end: loadavg(),
         died_at,
-        // Live connections a quiescent tollgate may legitimately hold: one per
-        // keep-alive worker, the h2c connection, one per new-connection worker,
-        // the driver's admin client (to the admin and the public listener); towards
-        // the backends one per worker that can be in flight at once, plus the JWKS /
-        // token fetches. A leak grows past these over a long run.
-        client_bound: (args.keepalive + usize::from(args.h2 > 0) + args.fresh + 2) as u64,
-        upstream_bound: (workers + 2) as u64,
+        client_bound,
+        upstream_bound,
         tollgate_5xx,
-        shutdown: String::new(),
-        shutdown_ok: false,
+        tollgate_requests,
+        shutdown: Vec::new(),
+        shutdown_ok: Vec::new(),
+        addrs,
+        t0_ms,
+        status_retries: ctx.status_retries.load(Ordering::Relaxed),
+        restarts,
+        rl,
+        store_errors_end,
     })
 }
 
@@ -2215,159 +3413,279 @@ fn report(
     warmup: Duration,
     workers: usize,
     d: &Driven,
-    logs: &Arc<Mutex<LogStats>>,
+    logs: &[Arc<Mutex<LogStats>>],
 ) -> Result<u8, String> {
-    let start = d.samples.iter().find(|s| s.checkpoint == Some("start"));
-    let end = d.samples.iter().find(|s| s.checkpoint == Some("end"));
-    let after: Vec<&Sample> = d
-        .samples
-        .iter()
-        .filter(|s| s.t >= d.warmup_at && s.checkpoint.is_none())
-        .collect();
-    let rss_max = after.iter().map(|s| s.rss_kib).max().unwrap_or(0);
-    // Under load, right after the warm-up and at the end: 10% of the run, at least a
-    // minute, at most half of what follows the warm-up.
+    let n = d.addrs.len();
     let window = (duration.as_secs_f64() / 10.0)
         .max(60.0)
         .min((d.elapsed - d.warmup_at).max(0.0) / 2.0);
-    let rss_in = |from: f64, to: f64| {
-        let mut v: Vec<u64> = after
-            .iter()
-            .filter(|s| s.t >= from && s.t < to)
-            .map(|s| s.rss_kib)
-            .collect();
-        v.sort_unstable();
-        (v.first().copied(), v.get(v.len() / 2).copied())
-    };
-    let (floor_start, median_start) = rss_in(d.warmup_at, d.warmup_at + window);
-    let (floor_end, median_end) = rss_in(d.elapsed - window, f64::INFINITY);
-    let cpu = match (start, end) {
-        (Some(s), Some(e)) if e.t > s.t => {
-            let tck = Command::new("getconf")
-                .arg("CLK_TCK")
-                .output()
+    let tck = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
                 .ok()
-                .and_then(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                })
-                .unwrap_or(100.0);
-            (e.cpu_ticks - s.cpu_ticks) as f64 / tck / (e.t - s.t) * 100.0
-        }
-        _ => f64::NAN,
-    };
-    let fds_max = after.iter().map(|s| s.fds.total).max().unwrap_or(0);
-    // Least-squares slope of RSS after warm-up, KiB per minute.
-    let slope = {
-        let n = after.len() as f64;
-        if n >= 3.0 {
-            let mx = after.iter().map(|s| s.t).sum::<f64>() / n;
-            let my = after.iter().map(|s| s.rss_kib as f64).sum::<f64>() / n;
-            let sxy: f64 = after
-                .iter()
-                .map(|s| (s.t - mx) * (s.rss_kib as f64 - my))
-                .sum();
-            let sxx: f64 = after.iter().map(|s| (s.t - mx).powi(2)).sum();
-            if sxx > 0.0 {
-                sxy / sxx * 60.0
-            } else {
-                0.0
-            }
-        } else {
-            f64::NAN
-        }
-    };
+        })
+        .unwrap_or(100.0);
     let violations = d.obs.violations.load(Ordering::Relaxed);
     let anomalies = d.obs.anomalies.load(Ordering::Relaxed);
     let other_unexpected = d.unexpected_total - d.unexpected_5xx;
 
-    let mut crit = Vec::new();
-    match (start, end, floor_start, floor_end) {
-        (Some(s), Some(e), Some(fs), Some(fe)) => {
-            let growth = (fe as f64 - fs as f64) / fs.max(1) as f64 * 100.0;
-            crit.push(Criterion {
-                name: "RSS growth after warm-up (floor under load, first vs last window)",
-                target: "≤ 10%".into(),
-                measured: format!(
-                    "{growth:+.1}% ({} → {}; medians {} → {}; max {}; trend {slope:+.0} KiB/min)",
-                    mib(fs),
-                    mib(fe),
-                    mib(median_start.unwrap_or(0)),
-                    mib(median_end.unwrap_or(0)),
-                    mib(rss_max)
-                ),
-                ok: growth <= 10.0,
-            });
-            let base_growth = e.fds.base as i64 - s.fds.base as i64;
-            crit.push(Criterion {
-                name: "fd growth (everything but live TCP connections)",
-                target: "0".into(),
-                measured: format!(
-                    "{base_growth:+} ({} → {}; all fds {} → {}, max {fds_max})",
-                    s.fds.base, e.fds.base, s.fds.total, e.fds.total
-                ),
-                ok: base_growth <= 0,
-            });
-            crit.push(Criterion {
-                name: "live connections at the end (quiescent)",
-                target: format!(
-                    "≤ {} client, ≤ {} backend, 0 CLOSE_WAIT",
-                    d.client_bound, d.upstream_bound
-                ),
-                measured: format!(
-                    "{} client ({} at start), {} backend ({} at start), {} CLOSE_WAIT, {} other sockets",
-                    e.fds.client, s.fds.client, e.fds.upstream, s.fds.upstream, e.fds.close_wait, e.fds.other
-                ),
-                ok: e.fds.client <= d.client_bound
-                    && e.fds.upstream <= d.upstream_bound
-                    && e.fds.close_wait == 0
-                    && e.fds.other <= s.fds.other,
-            });
+    let mut crit: Vec<Criterion> = Vec::new();
+    let mut cpus = Vec::new();
+    let mut complete_warm = true;
+    for rep in 0..n {
+        let mine: Vec<&Sample> = d.samples.iter().filter(|s| s.rep == rep).collect();
+        let start = mine.iter().find(|s| s.checkpoint == Some("start")).copied();
+        let end = mine.iter().find(|s| s.checkpoint == Some("end")).copied();
+        let after: Vec<&Sample> = mine
+            .iter()
+            .filter(|s| s.t >= d.warmup_at && s.checkpoint.is_none())
+            .copied()
+            .collect();
+        let rss_max = after.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+        let rss_in = |from: f64, to: f64| {
+            let mut v: Vec<u64> = after
+                .iter()
+                .filter(|s| s.t >= from && s.t < to)
+                .map(|s| s.rss_kib)
+                .collect();
+            v.sort_unstable();
+            (v.first().copied(), v.get(v.len() / 2).copied())
+        };
+        let (floor_start, median_start) = rss_in(d.warmup_at, d.warmup_at + window);
+        let (floor_end, median_end) = rss_in(d.elapsed - window, f64::INFINITY);
+        cpus.push(match (start, end) {
+            (Some(s), Some(e)) if e.t > s.t => {
+                (e.cpu_ticks - s.cpu_ticks) as f64 / tck / (e.t - s.t) * 100.0
+            }
+            _ => f64::NAN,
+        });
+        let fds_max = after.iter().map(|s| s.fds.total).max().unwrap_or(0);
+        // Least-squares slope of RSS after warm-up, KiB per minute.
+        let slope = {
+            let n = after.len() as f64;
+            if n >= 3.0 {
+                let mx = after.iter().map(|s| s.t).sum::<f64>() / n;
+                let my = after.iter().map(|s| s.rss_kib as f64).sum::<f64>() / n;
+                let sxy: f64 = after
+                    .iter()
+                    .map(|s| (s.t - mx) * (s.rss_kib as f64 - my))
+                    .sum();
+                let sxx: f64 = after.iter().map(|s| (s.t - mx).powi(2)).sum();
+                if sxx > 0.0 {
+                    sxy / sxx * 60.0
+                } else {
+                    0.0
+                }
+            } else {
+                f64::NAN
+            }
+        };
+        let who = if n > 1 {
+            format!("replica {rep}: ")
+        } else {
+            String::new()
+        };
+        match (start, end, floor_start, floor_end) {
+            (Some(s), Some(e), Some(fs), Some(fe)) => {
+                let growth = (fe as f64 - fs as f64) / fs.max(1) as f64 * 100.0;
+                crit.push(Criterion {
+                    name: format!("{who}RSS growth after warm-up (floor under load, first vs last window)"),
+                    target: "≤ 10%".into(),
+                    measured: format!(
+                        "{growth:+.1}% ({} → {}; medians {} → {}; max {}; trend {slope:+.0} KiB/min)",
+                        mib(fs),
+                        mib(fe),
+                        mib(median_start.unwrap_or(0)),
+                        mib(median_end.unwrap_or(0)),
+                        mib(rss_max)
+                    ),
+                    ok: growth <= 10.0,
+                });
+                let base_growth = e.fds.base as i64 - s.fds.base as i64;
+                crit.push(Criterion {
+                    name: format!("{who}fd growth (everything but live TCP connections)"),
+                    target: "0".into(),
+                    measured: format!(
+                        "{base_growth:+} ({} → {}; all fds {} → {}, max {fds_max})",
+                        s.fds.base, e.fds.base, s.fds.total, e.fds.total
+                    ),
+                    ok: base_growth <= 0,
+                });
+                crit.push(Criterion {
+                    name: format!("{who}live connections at the end (quiescent)"),
+                    target: format!(
+                        "≤ {} client, ≤ {} backend, 0 CLOSE_WAIT",
+                        d.client_bound[rep], d.upstream_bound[rep]
+                    ),
+                    measured: format!(
+                        "{} client ({} at start), {} backend ({} at start), {} CLOSE_WAIT, {} other sockets",
+                        e.fds.client, s.fds.client, e.fds.upstream, s.fds.upstream, e.fds.close_wait, e.fds.other
+                    ),
+                    ok: e.fds.client <= d.client_bound[rep]
+                        && e.fds.upstream <= d.upstream_bound[rep]
+                        && e.fds.close_wait == 0
+                        && e.fds.other <= s.fds.other,
+                });
+            }
+            _ => {
+                complete_warm = false;
+                crit.push(Criterion {
+                    name: format!("{who}RSS / fd growth"),
+                    target: "measured".into(),
+                    measured: "the run ended before the warm-up did".into(),
+                    ok: false,
+                })
+            }
         }
-        _ => crit.push(Criterion {
-            name: "RSS / fd growth",
-            target: "measured".into(),
-            measured: "the run ended before the warm-up did".into(),
-            ok: false,
-        }),
     }
+    let outage_5xx = d.rl.as_ref().map_or(0, |j| j.outage_5xx)
+        + d.restarts.as_ref().map_or(0, |r| {
+            r.outcomes
+                .iter()
+                .filter(|((_, o), _)| *o == Outcome::Status(503))
+                .map(|(_, v)| v)
+                .sum::<u64>()
+        });
     crit.push(Criterion {
-        name: "unexpected 5xx",
+        name: "unexpected 5xx".into(),
         target: "0".into(),
         measured: format!(
-            "{} ({} expected from fault classes; tollgate's own count of 5xx: {})",
-            d.unexpected_5xx, d.fault_5xx, d.tollgate_5xx
+            "{} ({} expected from fault classes{}; tollgate's own count of 5xx: {})",
+            d.unexpected_5xx,
+            d.fault_5xx,
+            if d.restarts.is_some() {
+                format!(", {outage_5xx} from `on_error: deny` during Redis outages")
+            } else {
+                String::new()
+            },
+            d.tollgate_5xx
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(" + ")
         ),
         ok: d.unexpected_5xx == 0,
     });
     crit.push(Criterion {
-        name: "policy violations at the upstream",
+        name: "policy violations at the upstream".into(),
         target: "0".into(),
         measured: violations.to_string(),
         ok: violations == 0,
     });
     crit.push(Criterion {
-        name: "other unexpected answers (status, error code, headers, transport)",
+        name: "other unexpected answers (status, error code, headers, transport)".into(),
         target: "0".into(),
         measured: format!("{other_unexpected} ({} transport errors)", d.transport),
         ok: other_unexpected == 0,
     });
     crit.push(Criterion {
-        name: "upstream anomalies (truncated bodies, stale upstream tokens)",
+        name: "upstream anomalies (truncated bodies, stale upstream tokens)".into(),
         target: "0".into(),
         measured: anomalies.to_string(),
         ok: anomalies == 0,
     });
+    if let (Some(j), Some(rs)) = (&d.rl, &d.restarts) {
+        for (line, ok) in &j.exact {
+            crit.push(Criterion {
+                name: "limit exactness, both replicas together (allowed per window)".into(),
+                target: format!(
+                    "fixed: = {RL_LIMIT} per window; sliding: never > {RL_LIMIT} in {RL_PER_S} s"
+                ),
+                measured: line.clone(),
+                ok: *ok,
+            });
+        }
+        // 429s never reach the upstream: what it received equals the 200s answered.
+        let mut lines = Vec::new();
+        let mut ok = true;
+        for r in RL_ROUTES {
+            let ci = k_index(r.k);
+            let hits = d.obs.hits[ci].load(Ordering::Relaxed);
+            let admitted = j.admitted.get(&ci).copied().unwrap_or(0);
+            let lost = j.transport.get(&ci).copied().unwrap_or(0);
+            ok &= hits >= admitted && hits <= admitted + lost;
+            lines.push(format!("{} {hits} / {admitted}", CLASSES[ci].name));
+        }
+        crit.push(Criterion {
+            name: "rate-limited requests reaching the upstream".into(),
+            target: "= the 200s (no 429 forwarded)".into(),
+            measured: lines.join(", "),
+            ok,
+        });
+        let (mut all_ok, mut parts) = (!rs.outages.is_empty() || d.elapsed < 1.0, Vec::new());
+        let mut rec_max = 0.0f64;
+        for (i, o) in rs.outages.iter().enumerate() {
+            let down_ok = o.during.iter().all(|(a, dn)| *a > 0 && *dn > 0);
+            let rec: Vec<Option<f64>> = o
+                .recovered
+                .iter()
+                .map(|r| {
+                    r.map(|r| r.saturating_sub(o.answered.unwrap_or(o.started)) as f64 / 1000.0)
+                })
+                .collect();
+            let rec_ok = o.answered.is_some() && rec.iter().all(|r| r.is_some_and(|s| s <= 10.0));
+            for s in rec.iter().flatten() {
+                rec_max = rec_max.max(*s);
+            }
+            all_ok &= down_ok && rec_ok && o.wrong.is_empty();
+            parts.push(format!(
+                "#{}: down {:.1} s; while down allow 200 / deny 503 per replica {}; recovered {} after PING{}",
+                i + 1,
+                (o.started - o.killed) as f64 / 1000.0,
+                o.during
+                    .iter()
+                    .map(|(a, dn)| format!("{a}/{dn}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                rec.iter()
+                    .map(|r| r.map_or("never".to_owned(), |s| format!("{s:.2} s")))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if o.wrong.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} wrong answers", o.wrong.len())
+                }
+            ));
+        }
+        all_ok &= rs.errors.is_empty();
+        crit.push(Criterion {
+            name: "Redis restarts: on_error honoured, recovery".into(),
+            target: "while down: allow → 200 (local limiter), deny → 503 service_unavailable + Retry-After, on every replica; every replica back on Redis ≤ 10 s after it answers".into(),
+            measured: if rs.outages.is_empty() {
+                "no restart happened (run too short)".into()
+            } else {
+                format!(
+                    "{} restarts (slowest recovery {rec_max:.2} s): {}{}",
+                    rs.outages.len(),
+                    parts.join("; "),
+                    if rs.errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", rs.errors.join("; "))
+                    }
+                )
+            },
+            ok: all_ok,
+        });
+    }
     let r = &d.reloads;
     crit.push(Criterion {
-        name: "reloads applied",
-        target: "all; a file change within 2 s (SPEC)".into(),
+        name: "reloads applied".into(),
+        target: format!(
+            "all{}; a file change within 2 s (SPEC)",
+            if n > 1 { ", on every replica" } else { "" }
+        ),
         measured: format!(
-            "{}/{} file rewrites (applied in p50 {:.2} s, max {:.2} s), {}/{} POST /admin/reload",
+            "{}/{} file rewrites{} (applied in p50 {:.2} s, max {:.2} s), {}/{} POST /admin/reload",
             r.file_ok,
             r.file_ok + r.file_missed,
+            if n > 1 { " on every replica" } else { "" },
             {
                 let mut v = r.file_latency.clone();
                 v.sort_by(f64::total_cmp);
@@ -2384,23 +3702,36 @@ fn report(
             && r.file_ok + r.admin_ok > 0,
     });
     crit.push(Criterion {
-        name: "tollgate stayed up",
+        name: "admin status reads (GET /admin/status)".into(),
+        target: "0 failures on a new connection".into(),
+        measured: format!(
+            "{} failed; {} needed their retry on a new connection (a pooled connection closed under it)",
+            r.status_failed, d.status_retries
+        ),
+        ok: r.status_failed == 0,
+    });
+    crit.push(Criterion {
+        name: "tollgate stayed up".into(),
         target: "until stopped".into(),
         measured: match d.died_at {
-            Some(t) => format!("exited by itself at {}", dur(t)),
+            Some((rep, t)) => format!("replica {rep} exited by itself at {}", dur(t)),
             None => "yes".into(),
         },
         ok: d.died_at.is_none(),
     });
     crit.push(Criterion {
-        name: "graceful shutdown",
+        name: "graceful shutdown".into(),
         target: "exit 0 on SIGTERM".into(),
-        measured: d.shutdown.clone(),
-        ok: d.shutdown_ok,
+        measured: d.shutdown.join("; "),
+        ok: !d.shutdown_ok.is_empty() && d.shutdown_ok.iter().all(|o| *o),
     });
-    let complete = !d.interrupted && (start.is_some() || d.died_at.is_some());
+    let complete = !d.interrupted && (complete_warm || d.died_at.is_some());
     let pass = complete && crit.iter().all(|c| c.ok);
-
+    let cpu = cpus
+        .iter()
+        .map(|c| format!("{c:.0}%"))
+        .collect::<Vec<_>>()
+        .join(" / ");
     // Per-class table.
     let mut per_class: Vec<(usize, u64, BTreeMap<String, u64>)> = Vec::new();
     for (ci, c) in CLASSES.iter().enumerate() {
@@ -2437,7 +3768,19 @@ fn report(
         *by_status.entry(key).or_default() += v;
     }
 
-    let logs = logs.lock().unwrap_or_else(|e| e.into_inner());
+    let logs: Vec<std::sync::MutexGuard<LogStats>> = logs
+        .iter()
+        .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
+        .collect();
+    let unexplained: u64 = logs.iter().map(|l| l.unexplained).sum();
+    let loads: Vec<f64> = d
+        .samples
+        .iter()
+        .filter(|s| s.rep == 0 && s.load.is_finite())
+        .map(|s| s.load)
+        .collect();
+    let load_mean = loads.iter().sum::<f64>() / loads.len().max(1) as f64;
+    let load_max = loads.iter().copied().fold(f64::NAN, f64::max);
     let mut md = String::new();
     let _ = writeln!(md, "# Soak test — latest run\n");
     let _ = writeln!(
@@ -2456,7 +3799,7 @@ fn report(
                 "FAIL ({})",
                 crit.iter()
                     .filter(|c| !c.ok)
-                    .map(|c| c.name)
+                    .map(|c| c.name.as_str())
                     .collect::<Vec<_>>()
                     .join("; ")
             )
@@ -2492,9 +3835,26 @@ fn report(
     );
     let _ = writeln!(
         md,
-        "- tollgate used {cpu:.0}% of one core on average between the checkpoints; the driver runs on the same machine; load average {} at the start, {} at the end.\n- Reloads every {} alternating a real config change written to the file and `POST /admin/reload`; RSS, fds and `/metrics` sampled every {}; start and end figures are taken with traffic paused for 2 s.\n",
+        "- {n} tollgate replica(s){}, watching one config file; worker i talks to replica i mod {n}{}.",
+        if n > 1 { " started from the same binary" } else { "" },
+        match (&d.restarts, args.redis) {
+            (Some(r), true) => format!(
+                "; a real `redis-server` ({}) on a loopback port owned by the driver holds the rate-limit counters (`store: redis`), killed by PID and started again on the same port {} times ({} down each); {} over-limit clients per limited route, {:.1} req/s each, alternating between the replicas",
+                args.redis_server.display(),
+                r.outages.len(),
+                dur(args.redis_down.as_secs_f64()),
+                args.rl_clients,
+                args.rl_rate
+            ),
+            _ => String::new(),
+        }
+    );
+    let _ = writeln!(
+        md,
+        "- tollgate used {cpu} of one core on average between the checkpoints (per replica); the driver runs on the same machine; load average (1 min) {} at the start, {} at the end, mean {load_mean:.2} and max {load_max:.2} over the run.{}\n- Reloads every {} alternating a real config change written to the file and `POST /admin/reload` (to every replica); RSS, fds and `/metrics` sampled every {}; start and end figures are taken with traffic paused for 2 s.\n- Not covered: browser sign-in sessions. The soak's identity provider is an in-process JWKS + client_credentials endpoint; a sign-in flow needs an authorization endpoint with a login (the npm oidc-provider of tests/e2e/oidc and a browser), which the driver does not run, so no sign-in traffic is sent rather than a faked one.\n",
         d.load_start,
         d.load_end,
+        if args.note.is_empty() { String::new() } else { format!(" {}", args.note) },
         dur(args.reload_every.as_secs_f64()),
         dur(args.sample_every.as_secs_f64())
     );
@@ -2581,80 +3941,135 @@ fn report(
         d.rotate_errors
     );
 
-    let _ = writeln!(md, "## tollgate process over time\n");
     let cache_names: Vec<String> = d
         .samples
         .first()
         .map(|s| s.caches.iter().map(|c| c.0.clone()).collect())
         .unwrap_or_default();
+    for rep in 0..n {
+        let (pid, public, admin) = &d.addrs[rep];
+        let _ = writeln!(
+            md,
+            "## tollgate process over time{}\n",
+            if n > 1 {
+                format!(" — replica {rep} (pid {pid}, {public}, admin {admin}; {} requests by its own count)", d.tollgate_requests[rep])
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(
+            md,
+            "| t | RSS | fds | base fds | client conns | backend conns | open_connections | {} |\n|---|---|---|---|---|---|---|{}",
+            cache_names.iter().map(|c| format!("cache {c}")).collect::<Vec<_>>().join(" | "),
+            "---|".repeat(cache_names.len())
+        );
+        let mine: Vec<&Sample> = d.samples.iter().filter(|s| s.rep == rep).collect();
+        let step = (mine.len() / 12).max(1);
+        for (i, s) in mine.iter().enumerate() {
+            if s.checkpoint.is_none() && i % step != 0 && i + 1 != mine.len() {
+                continue;
+            }
+            let _ = writeln!(
+                md,
+                "| {}{} | {} | {} | {} | {} | {} | {} | {} |",
+                dur(s.t),
+                s.checkpoint.map(|c| format!(" ({c})")).unwrap_or_default(),
+                mib(s.rss_kib),
+                s.fds.total,
+                s.fds.base,
+                s.fds.client,
+                s.fds.upstream,
+                s.open_connections,
+                cache_names
+                    .iter()
+                    .map(|n| s
+                        .caches
+                        .iter()
+                        .find(|c| &c.0 == n)
+                        .map(|c| c.1.to_string())
+                        .unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(md, "## Notes\n");
+    for rep in 0..n {
+        let mine: Vec<&Sample> = d.samples.iter().filter(|s| s.rep == rep).collect();
+        let start = mine.iter().find(|s| s.checkpoint == Some("start"));
+        let end = mine.iter().find(|s| s.checkpoint == Some("end"));
+        if let (Some(s), Some(e)) = (start, end) {
+            let minutes = ((e.t - s.t) / 60.0).max(1.0 / 60.0);
+            for (name, v) in &e.caches {
+                let before = s.caches.iter().find(|c| &c.0 == name).map_or(0.0, |c| c.1);
+                let _ = writeln!(
+                    md,
+                    "- {}Cache `{name}`: {before} → {v} entries between the checkpoints ({:+.0}/min).",
+                    if n > 1 { format!("Replica {rep}: ") } else { String::new() },
+                    (v - before) / minutes
+                );
+            }
+        }
+    }
     let _ = writeln!(
         md,
-        "| t | RSS | fds | base fds | client conns | backend conns | open_connections | {} |\n|---|---|---|---|---|---|---|{}",
-        cache_names.iter().map(|c| format!("cache {c}")).collect::<Vec<_>>().join(" | "),
-        "---|".repeat(cache_names.len())
+        "- Reloads: {} file rewrites applied{}, {} missed, {} admin reloads, {} failed, {} reloads nobody asked for; {} status reads failed, {} needed their retry on a new connection.",
+        r.file_ok,
+        if n > 1 { " by every replica" } else { "" },
+        r.file_missed,
+        r.admin_ok,
+        r.admin_failed,
+        r.unrequested,
+        r.status_failed,
+        d.status_retries
     );
-    let step = (d.samples.len() / 12).max(1);
-    for (i, s) in d.samples.iter().enumerate() {
-        if s.checkpoint.is_none() && i % step != 0 && i + 1 != d.samples.len() {
-            continue;
+    for e in r.errors.iter().chain(&r.status_errors) {
+        let _ = writeln!(md, "  - {e}");
+    }
+    if let Some(rs) = &d.restarts {
+        let mut during = 0.0;
+        for (i, o) in rs.outages.iter().enumerate() {
+            during += o.errors_after - o.errors_before;
+            let _ = writeln!(
+                md,
+                "- Redis restart #{}: killed at t={:.1}s, started again {:.1} s later, answered PING after {}; store errors counted by the replicas meanwhile: {}.",
+                i + 1,
+                o.killed.saturating_sub(d.t0_ms) as f64 / 1000.0,
+                (o.started - o.killed) as f64 / 1000.0,
+                o.answered
+                    .map_or("never".to_owned(), |a| format!("{:.2} s", (a - o.started) as f64 / 1000.0)),
+                o.errors_after - o.errors_before
+            );
+            for w in &o.wrong {
+                let _ = writeln!(md, "  - {w}");
+            }
         }
         let _ = writeln!(
             md,
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} |",
-            dur(s.t),
-            s.checkpoint.map(|c| format!(" ({c})")).unwrap_or_default(),
-            mib(s.rss_kib),
-            s.fds.total,
-            s.fds.base,
-            s.fds.client,
-            s.fds.upstream,
-            s.open_connections,
-            cache_names
-                .iter()
-                .map(|n| s
-                    .caches
-                    .iter()
-                    .find(|c| &c.0 == n)
-                    .map(|c| c.1.to_string())
-                    .unwrap_or_default())
-                .collect::<Vec<_>>()
-                .join(" | ")
+            "- `tollgate_store_errors_total{{store=\"redis\"}}` at the end, all replicas: {} ({} during the restarts, {} outside them: operations slower than the store's 250 ms timeout or failing otherwise; with `on_error: deny` such a failure is a 503, counted above).",
+            d.store_errors_end,
+            during,
+            d.store_errors_end - during
         );
     }
-    let _ = writeln!(md, "\n## Notes\n");
-    if let (Some(s), Some(e)) = (start, end) {
-        let minutes = ((e.t - s.t) / 60.0).max(1.0 / 60.0);
-        for (name, v) in &e.caches {
-            let before = s.caches.iter().find(|c| &c.0 == name).map_or(0.0, |c| c.1);
-            let _ = writeln!(
-                md,
-                "- Cache `{name}`: {before} → {v} entries between the checkpoints ({:+.0}/min).",
-                (v - before) / minutes
-            );
+    for (rep, l) in logs.iter().enumerate() {
+        let _ = writeln!(
+            md,
+            "- {}tollgate's log lines by level and target ({} WARN/ERROR lines that no request class or fault explains):",
+            if n > 1 { format!("Replica {rep}: ") } else { String::new() },
+            l.unexplained
+        );
+        for ((level, target), n) in &l.counts {
+            let _ = writeln!(md, "  - {level} {target}: {n}");
         }
-    }
-    let _ = writeln!(
-        md,
-        "- Reloads: {} file rewrites applied, {} missed, {} admin reloads, {} failed, {} reloads nobody asked for.",
-        r.file_ok, r.file_missed, r.admin_ok, r.admin_failed, r.unrequested
-    );
-    for e in &r.errors {
-        let _ = writeln!(md, "  - {e}");
-    }
-    let _ = writeln!(
-        md,
-        "- tollgate's log lines by level and target ({} WARN/ERROR lines that no request class or fault explains):",
-        logs.unexplained
-    );
-    for ((level, target), n) in &logs.counts {
-        let _ = writeln!(md, "  - {level} {target}: {n}");
-    }
-    if !logs.notable.is_empty() {
-        let _ = writeln!(md, "- Unexplained WARN/ERROR lines, first 15:\n\n```");
-        for l in &logs.notable {
-            let _ = writeln!(md, "{l}");
+        if !l.notable.is_empty() {
+            let _ = writeln!(md, "- Unexplained WARN/ERROR lines, first 15:\n\n```");
+            for x in &l.notable {
+                let _ = writeln!(md, "{x}");
+            }
+            let _ = writeln!(md, "```");
         }
-        let _ = writeln!(md, "```");
     }
     for (title, list) in [
         ("Unexpected answers (first 30)", &d.unexpected),
@@ -2680,7 +4095,7 @@ fn report(
     }
     let _ = writeln!(
         md,
-        "\nHow the criteria are measured: RSS is sampled every {} under load; the criterion compares its floor (minimum) in the first window after the warm-up with its floor in the last window ({} each). The floor, because token-service calls for the argon2id client allocate 19 MiB each (m=19456 KiB), which comes and goes within a second, so single samples swing by that much; a leak raises the floor. File descriptors are compared between two quiescent checkpoints (traffic and reloads paused for 2 s), right after the warm-up and after the last request. \"Base\" fds are every descriptor that is not a TCP connection (listeners, other sockets, epoll, eventfd, pipes, inotify, files): they must not grow at all. Live TCP connections may differ, but only up to what the driver can hold open (one per keep-alive worker, the h2c connection, one per new-connection worker, the admin client's two; towards the backends one per worker that can be in flight, plus key and token fetches), none in CLOSE_WAIT: a connection leak grows past that over a long run.",
+        "\nHow the criteria are measured: RSS is sampled every {} under load; the criterion compares its floor (minimum) in the first window after the warm-up with its floor in the last window ({} each). The floor, because token-service calls for the argon2id client allocate 19 MiB each (m=19456 KiB), which comes and goes within a second, so single samples swing by that much; a leak raises the floor. File descriptors are compared between two quiescent checkpoints (traffic and reloads paused for 2 s), right after the warm-up and after the last request. \"Base\" fds are every descriptor that is not a TCP connection (listeners, other sockets, epoll, eventfd, pipes, inotify, files): they must not grow at all. Live TCP connections may differ, but only up to what the driver can hold open (one per keep-alive worker, the h2c connection, one per new-connection worker, the admin client's two; towards the backends one per worker that can be in flight, plus key and token fetches), none in CLOSE_WAIT: a connection leak grows past that over a long run. With several replicas every figure is per replica, and each replica's bound counts only the workers that talk to it (plus, with `--redis`, one connection per over-limit client and the probes). Limit exactness (`--redis`): each over-limit client sends one request at a time, alternating between the replicas, and records when it sent it and when the answer arrived (Unix ms, the clock Redis `TIME` gives the replicas); a fixed window counts the 200s that arrived in it (a 200 is decided before it arrives, and the window is exhausted long before its end, so none belongs to the previous one) and must hold exactly the limit when the client sent more than the limit in it; for the sliding window, any run of limit+1 admitted requests whose first was sent and last answered within one `per` is a proven excess. Windows that overlap a Redis outage (from the kill until every replica decided with Redis again, plus `per` for the sliding window) are left out: while Redis is down each replica counts alone (`on_error: allow`) and a restarted Redis has lost its counters.",
         dur(args.sample_every.as_secs_f64()),
         dur(window / 1000.0)
     );
@@ -2752,24 +4167,10 @@ fn report(
     {
         println!("  VIOLATION: {l}");
     }
-    if let (Some(s), Some(e)) = (start, end) {
-        println!(
-            "  caches (entries, start → end): {}",
-            e.caches
-                .iter()
-                .map(|(n, v)| {
-                    let before = s.caches.iter().find(|c| &c.0 == n).map(|c| c.1);
-                    format!("{n} {} → {v}", before.unwrap_or(f64::NAN))
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
     println!(
-        "  tollgate CPU {cpu:.0}% of one core; {} WARN/ERROR log lines no class explains",
-        logs.unexplained
+        "  tollgate CPU {cpu} of one core; {unexplained} WARN/ERROR log lines no class explains; load average mean {load_mean:.2}, max {load_max:.2}"
     );
-    for l in logs.notable.iter().take(5) {
+    for l in logs.iter().flat_map(|l| l.notable.iter()).take(5) {
         println!("  log: {l}");
     }
     println!("report written to {}", args.report.display());
