@@ -49,6 +49,9 @@ pub struct Server {
     pub redirect_listen: Option<SocketAddr>,
     pub redirect_https_port: Option<u16>,
     pub admin_listen: Option<SocketAddr>,
+    /// The decision service's listener (`authorizer.rs`): an ingress's external
+    /// authoriser (Envoy `ext_authz`, Traefik `forwardAuth`, nginx `auth_request`).
+    pub decision_listen: Option<SocketAddr>,
     /// Protection of the admin API (all but /healthz and /readyz): Bearer or Basic.
     pub admin_auth: Option<Arc<crate::admin_auth::AdminAuth>>,
     pub limits: Limits,
