@@ -243,7 +243,11 @@ fn rebuild(c: Convention, parts: &http::request::Parts) -> Result<Rebuilt, Strin
             } else {
                 rest.to_owned()
             };
-            (parts.method.clone(), target, text("host")?.map(str::to_owned))
+            (
+                parts.method.clone(),
+                target,
+                text("host")?.map(str::to_owned),
+            )
         }
         Convention::ForwardAuth => (
             method(required(
@@ -568,11 +572,17 @@ mod tests {
         assert!(r.headers().get("x-forwarded-uri").is_none());
         assert!(r.extensions().get::<Arc<ConnInfo>>().unwrap().tls);
         // No method: refused, never guessed.
-        let r = ask("/forward-auth", &[("x-forwarded-uri", "/v2/analytics/data")]);
+        let r = ask(
+            "/forward-auth",
+            &[("x-forwarded-uri", "/v2/analytics/data")],
+        );
         assert!(problem(&r).unwrap().contains("x-forwarded-method"));
         let r = ask(
             "/forward-auth",
-            &[("x-forwarded-method", "GET"), ("x-forwarded-uri", "http://x/")],
+            &[
+                ("x-forwarded-method", "GET"),
+                ("x-forwarded-uri", "http://x/"),
+            ],
         );
         assert!(problem(&r).unwrap().contains("must be a path"));
     }
