@@ -28,7 +28,9 @@
 //! `stack::policy`, in front of [`Allow`] instead of the upstream. The answer:
 //! - allowed: 200, empty body, with `X-Auth-Client-Id`, `X-Auth-Subject`,
 //!   `X-Auth-Scopes` (the headers the proxy sends upstream), `X-Request-Id`, the route's
-//!   CORS and RateLimit headers; never the inbound token. For Envoy, the identity
+//!   CORS and RateLimit headers; never the inbound token, and the route's upstream
+//!   credentials (as `Authorization`) only when `decision.upstream_credentials` says
+//!   so. For Envoy, the identity
 //!   headers tollgate does not set are named in `x-envoy-auth-headers-to-remove`, so
 //!   that a client cannot smuggle its own `X-Auth-Subject` past a token without `sub`.
 //! - refused: SPEC's error (status, JSON body, `WWW-Authenticate`, CORS headers,
@@ -57,13 +59,14 @@ use http::header::{HeaderName, AUTHORIZATION, COOKIE, HOST, PROXY_AUTHORIZATION}
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::Empty;
 use pin_project_lite::pin_project;
-use tower::{Service, ServiceBuilder};
+use tower::{Layer, Service, ServiceBuilder};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::body::{empty, Body};
 use crate::conn::ConnInfo;
 use crate::cors::Cors;
+use crate::credentials::upstream_layer::{UpstreamAuthLayer, UpstreamCredentials};
 use crate::decision;
 use crate::error::{GatewayError, Rejection, RescueLayer};
 use crate::gateway::Gateway;
@@ -71,6 +74,7 @@ use crate::identity::Identity;
 use crate::observe::ObserveLayer;
 use crate::otel::layer::TraceLayer;
 use crate::request_id::{self, SaneRequestId, X_REQUEST_ID};
+use crate::route::layer::routed;
 use crate::service::{OnOutcome, Outcome, Step, Then};
 
 /// Envoy `ext_authz`: the check request is `{path_prefix}{the client's path}`.
@@ -151,7 +155,72 @@ where
         .layer(tower::layer::layer_fn(|inner| ForNginx { inner }))
         .layer(RescueLayer)
         .layer(tower::layer::layer_fn(|inner| Answer { inner }))
-        .service(crate::stack::policy(gw, Allow))
+        .service(crate::stack::policy(
+            gw,
+            Inner {
+                with_credentials: UpstreamAuthLayer::new(gw.clone()).layer(Allow),
+            },
+        ))
+}
+
+/// Where the upstream would be: [`Allow`], behind the upstream-credentials step when
+/// `decision.upstream_credentials` asks for the route's credentials in the answer.
+#[derive(Clone)]
+pub struct Inner {
+    with_credentials: UpstreamCredentials<Allow>,
+}
+
+/// `decision.upstream_credentials` is on and the request's route has an upstream with
+/// `auth:` (so the credentials step replaces `Authorization` before [`Allow`]).
+fn returns_credentials<B>(req: &Request<B>) -> bool {
+    routed(req).is_some_and(|r| {
+        r.snapshot.decision.upstream_credentials
+            && r.route
+                .as_ref()
+                .and_then(|r| r.upstream.as_ref())
+                .is_some_and(|u| u.auth.is_some())
+    })
+}
+
+impl<B: Send + 'static> Service<Request<B>> for Inner {
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = InnerFuture<<UpstreamCredentials<Allow> as Service<Request<B>>>::Future>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if returns_credentials(&req) {
+            InnerFuture::Credentials {
+                fut: self.with_credentials.call(req),
+            }
+        } else {
+            InnerFuture::Plain {
+                fut: Allow.call(req),
+            }
+        }
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    pub enum InnerFuture<F> {
+        Credentials { #[pin] fut: F },
+        Plain { #[pin] fut: std::future::Ready<Outcome> },
+    }
+}
+
+impl<F: Future<Output = Outcome>> Future for InnerFuture<F> {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        match self.project() {
+            InnerProj::Credentials { fut } => fut.poll(cx),
+            InnerProj::Plain { fut } => fut.poll(cx),
+        }
+    }
 }
 
 /// The client's request, rebuilt from the decision request by its endpoint's
@@ -360,6 +429,16 @@ impl<B> Service<Request<B>> for Allow {
                     HeaderValue::from_str(&unset.join(","))
                         .expect("header names are a valid header value"),
                 );
+            }
+        }
+        if returns_credentials(&req) {
+            // Set by the upstream-credentials step just before (the client's own token
+            // was replaced): what the operator asked the ingress to send upstream.
+            if let Some(v) = req.headers().get(AUTHORIZATION) {
+                decision::note(&req, || {
+                    "decision service: the upstream's credentials returned as Authorization".into()
+                });
+                resp.headers_mut().insert(AUTHORIZATION, v.clone());
             }
         }
         resp.extensions_mut().insert(Allowed);

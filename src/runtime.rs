@@ -57,6 +57,13 @@ pub struct Server {
     pub limits: Limits,
 }
 
+/// `decision:`: what the decision service adds to an "allow" (`authorizer.rs`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DecisionSettings {
+    /// Answer with the route's upstream credentials as `Authorization`.
+    pub upstream_credentials: bool,
+}
+
 /// `body_credentials: basic` on a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyCredentials {
@@ -105,6 +112,8 @@ pub struct Runtime {
     pub create_key_file: Option<NewKeyFile>,
     /// `tracing:` (`None`: no block; traces are still continued and started).
     pub tracing: Option<Arc<crate::otel::Settings>>,
+    /// `decision:` (defaults without a block).
+    pub decision: DecisionSettings,
 }
 
 /// The config as loaded, for `GET /admin/config`, with every secret printed as

@@ -15,6 +15,7 @@ use super::yaml::{section, List, Section};
 pub use super::admin_auth::AdminAuthModel;
 pub use super::auth::{AuthBlockModel, RouteAuthModel};
 pub use super::cors::CorsModel;
+pub use super::decision::DecisionModel;
 pub use super::issuers::{IntrospectionModel, IssuerModel};
 pub use super::login::model::LoginModel;
 pub use super::ratelimit::{FailedAuthLimitModel, RateLimitModel, RedisStoreModel, StoresModel};
@@ -41,6 +42,8 @@ section! {
         "login" => pub login: Option<LoginModel>,
         /// Span export and trace sampling (`tracing.rs`).
         "tracing" => pub tracing: Option<TracingModel>,
+        /// The decision service's answers (`decision.rs`).
+        "decision" => pub decision: Option<DecisionModel>,
     }
 }
 
@@ -73,6 +76,7 @@ pub const PLACES: &[(&str, &[&str])] = &[
     ("rate_limits[]", RateLimitModel::KEYS),
     ("login", LoginModel::KEYS),
     ("tracing", TracingModel::KEYS),
+    ("decision", DecisionModel::KEYS),
 ];
 
 /// The places (at most three) that have a key named `key`.

@@ -498,3 +498,60 @@ async fn traefik_forward_auth_convention() {
     assert_eq!(upstream.count(), 0, "the decision service forwards nothing");
     gw.stop().await;
 }
+
+// Behaviour: the route's upstream credentials are in an "allow" only when
+// `decision.upstream_credentials` asks for them (they are a secret); then they replace
+// the client's token for the ingress to send upstream. A `decision:` block needs the
+// decision listener.
+#[tokio::test]
+async fn upstream_credentials_only_when_asked() {
+    let idp = spawn_idp().await;
+    let upstream = spawn_upstream().await;
+    let with_basic = gateway_yaml(&idp, &upstream).replace(
+        "    url: \"",
+        "    auth: {type: basic, username: svc, password: s3cret}\n    url: \"",
+    );
+    assert!(with_basic.contains("type: basic"));
+    let token = idp.token(serde_json::json!({}));
+    let c = client();
+    for (extra, expected) in [
+        ("", None),
+        (
+            "decision:\n  upstream_credentials: true\n",
+            Some("Basic c3ZjOnMzY3JldA=="),
+        ),
+    ] {
+        let gw = spawn_gateway(&format!("{with_basic}{extra}")).await;
+        let r = c
+            .get(format!("http://{}/forward-auth", decision_addr(&gw)))
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/v2/analytics/data")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap()),
+            expected,
+            "{extra}"
+        );
+        assert_eq!(r.headers()["x-auth-client-id"], "sap-cx-dashboard");
+        gw.stop().await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &path,
+        format!("{}decision:\n  upstream_credentials: true\n", with_basic)
+            .replace("  decision_listen: \"127.0.0.1:0\"\n", ""),
+    )
+    .unwrap();
+    let e = tollgate::Gateway::load(path)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("needs server.decision_listen"), "{e}");
+}
