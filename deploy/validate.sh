@@ -18,7 +18,12 @@
 #   5. the alerts deploy/prometheus/tollgate-rules.yaml (CRD schema, `promtool check
 #      rules`, and the unit tests in tollgate-rules.test.yaml with `promtool test rules`)
 #      and the dashboard deploy/grafana/tollgate-dashboard.json (JSON, panel ids, every
-#      query parsed by promtool); the chart's copies of both must be the same.
+#      query parsed by promtool); the chart's copies of both must be the same;
+#   6. deploy/kubernetes/ext-authz (tollgate as an existing ingress's authoriser): the
+#      built-in kinds with kubernetes-validate --strict, the Gateway API HTTPRoute
+#      (ExternalAuth filter) and ReferenceGrant and Traefik's Middleware against their CRD
+#      schemas (npm @kubernetes-models/gateway-api and /traefik); Envoy Gateway's
+#      SecurityPolicy only for its shape (no registry ships its CRD schema).
 # Tools, pinned, installed into target/deploy-tools (git-ignored) when missing:
 # kubernetes-validate and helm-python-sdk (PyPI, in a venv), promtool (extracted from
 # Debian's prometheus package, not installed), the CRD schemas (npm, deploy/tools).
@@ -48,7 +53,7 @@ fi
 # Every resource file: everything in deploy/kubernetes except the kustomization itself
 # (a kustomize config, not a Kubernetes resource) and gateway.yaml (tollgate's config,
 # checked in step 3), plus the stub Secrets.
-mapfile -t MANIFESTS < <(find "$KUBE_DIR" -name '*.yaml' ! -name kustomization.yaml ! -name gateway.yaml | sort)
+mapfile -t MANIFESTS < <(find "$KUBE_DIR" -name '*.yaml' ! -name kustomization.yaml ! -name gateway.yaml ! -path "$KUBE_DIR/ext-authz/*" | sort)
 [ "${#MANIFESTS[@]}" -ge 8 ] || fail "expected at least 8 manifests in $KUBE_DIR, found ${#MANIFESTS[@]}"
 for v in "${K8S_VERSIONS[@]}"; do
   # kubernetes-validate exits non-zero on any error; --strict rejects unknown fields.
@@ -285,4 +290,54 @@ PY
 "$PROMTOOL" check rules "$TMP/dashboard-queries.yaml" >/dev/null \
   || { "$PROMTOOL" check rules "$TMP/dashboard-queries.yaml"; fail "a query in $DASH is not valid PromQL"; }
 echo "deploy/validate.sh: $DASH: $(grep -c '"expr"' "$DASH") queries parse (promtool)"
+# --- 6. ext-authz: tollgate as the authoriser of an existing ingress --------------------
+EXT_DIR=$KUBE_DIR/ext-authz
+counts=$("$VENV/bin/python" - "$EXT_DIR" "$TMP/ext" <<'PY'
+import glob, json, sys, yaml
+src, out = sys.argv[1], sys.argv[2]
+docs = []
+for f in sorted(glob.glob(src + "/*.yaml")):
+    docs += [(f, d) for d in yaml.safe_load_all(open(f)) if d]
+core = [d for f, d in docs if d["apiVersion"] in ("v1", "networking.k8s.io/v1")]
+crds = [d for f, d in docs if d["apiVersion"].split("/")[0] in ("gateway.networking.k8s.io", "traefik.io")]
+eg = [(f, d) for f, d in docs if d["apiVersion"].startswith("gateway.envoyproxy.io/")]
+rest = len(docs) - len(core) - len(crds) - len(eg)
+if rest:
+    sys.exit(f"{src}: {rest} resource(s) of a kind this script does not validate")
+yaml.safe_dump_all(core, open(out + ".core.yaml", "w"), sort_keys=False)
+json.dump(crds, open(out + ".crds.json", "w"))
+# Envoy Gateway's SecurityPolicy: its CRD schema is not in any registry; check the shape
+# the README documents (the keys Envoy Gateway's v1alpha1 API names).
+problems = []
+for f, d in eg:
+    where = f"{f}: {d['kind']}/{d['metadata']['name']}"
+    if d["kind"] != "SecurityPolicy" or d["apiVersion"] != "gateway.envoyproxy.io/v1alpha1":
+        problems.append(f"{where}: expected gateway.envoyproxy.io/v1alpha1 SecurityPolicy")
+        continue
+    spec = d.get("spec", {})
+    unknown = set(spec) - {"targetRefs", "targetSelectors", "extAuth", "cors", "jwt", "oidc", "basicAuth", "apiKeyAuth", "authorization"}
+    ext = spec.get("extAuth", {})
+    unknown |= {f"extAuth.{k}" for k in set(ext) - {"grpc", "http", "headersToExtAuth", "bodyToExtAuth", "failOpen", "recomputeRoute", "contextExtensions"}}
+    http = ext.get("http", {})
+    unknown |= {f"extAuth.http.{k}" for k in set(http) - {"backendRef", "backendRefs", "backendSettings", "path", "headersToBackend"}}
+    if unknown:
+        problems.append(f"{where}: unknown keys {sorted(unknown)}")
+    if not spec.get("targetRefs") or not http.get("backendRefs") or http.get("path") != "/ext-authz":
+        problems.append(f"{where}: needs targetRefs, extAuth.http.backendRefs and extAuth.http.path /ext-authz")
+    if ext.get("failOpen") is not False:
+        problems.append(f"{where}: extAuth.failOpen must be false (deny when tollgate cannot be asked)")
+for p in problems:
+    print(p, file=sys.stderr)
+print(f"{len(core)} {len(crds)} {len(eg)}")
+sys.exit(1 if problems else 0)
+PY
+) || fail "$EXT_DIR: a manifest is malformed or of an unexpected shape (see above)"
+read -r ncore ncrd neg <<<"$counts"
+for v in "${K8S_VERSIONS[@]}"; do
+  "$KV" --strict --quiet -k "$v" "$TMP/ext.core.yaml" \
+    || fail "kubernetes-validate --strict -k $v rejected a manifest in $EXT_DIR"
+done
+node deploy/tools/validate-ingress-crds.mjs "$TMP/ext.crds.json" "$EXT_DIR" \
+  || fail "$EXT_DIR: a Gateway API or Traefik resource does not match its CRD schema"
+echo "deploy/validate.sh: $EXT_DIR: $ncore built-in manifests pass kubernetes-validate --strict, $ncrd Gateway API/Traefik resources match their CRD schemas, $neg Envoy Gateway SecurityPolicy checked for shape only (no CRD schema in a registry)"
 echo "deploy/validate.sh: OK"

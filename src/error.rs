@@ -429,7 +429,7 @@ impl GatewayError {
         out
     }
 
-    fn body_json(&self, request_id: &str) -> String {
+    pub fn body_json(&self, request_id: &str) -> String {
         serde_json::json!({
             "error": self.code(),
             "error_description": self.to_string(),

@@ -245,6 +245,7 @@ impl Gateway {
                 if rt.server.listen != old.server.listen
                     || rt.server.admin_listen != old.server.admin_listen
                     || rt.server.redirect_listen != old.server.redirect_listen
+                    || rt.server.decision_listen != old.server.decision_listen
                 {
                     tracing::warn!(
                         "listen addresses changed in the config; they apply after a restart"

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod admin_auth;
 pub mod admin_ui;
 pub mod auth;
+pub mod authorizer;
 pub mod body;
 pub mod cache;
 pub mod claims;
@@ -70,6 +71,8 @@ pub struct Running {
     pub public: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub redirect: Option<SocketAddr>,
+    /// The decision service's listener (`server.decision_listen`).
+    pub decision: Option<SocketAddr>,
     shutdown: tokio_watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -103,6 +106,11 @@ pub async fn start(gw: Arc<Gateway>) -> std::io::Result<Running> {
         None => None,
     };
     let redirect_addr = redirect.as_ref().map(|l| l.local_addr()).transpose()?;
+    let decision = match rt.server.decision_listen {
+        Some(a) => Some(listener::bind(a).await?),
+        None => None,
+    };
+    let decision_addr = decision.as_ref().map(|l| l.local_addr()).transpose()?;
 
     gw.start_background();
     tasks.push(tokio::spawn(listener::serve_public(
@@ -126,12 +134,22 @@ pub async fn start(gw: Arc<Gateway>) -> std::io::Result<Running> {
             rx.clone(),
         )));
     }
+    if let Some(l) = decision {
+        tasks.push(tokio::spawn(listener::serve(
+            gw.clone(),
+            l,
+            false,
+            rx.clone(),
+            authorizer::service(&gw),
+        )));
+    }
     watch::spawn(gw.clone(), rx.clone());
     gw.listeners_up.store(true, Ordering::Release);
     tracing::info!(
         public = %public_addr,
         admin = %admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         redirect = %redirect_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+        decision = %decision_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
         tls = rt.server.tls.is_some(),
         routes = rt.routes.len(),
         "tollgate listening"
@@ -141,6 +159,7 @@ pub async fn start(gw: Arc<Gateway>) -> std::io::Result<Running> {
         public: public_addr,
         admin: admin_addr,
         redirect: redirect_addr,
+        decision: decision_addr,
         shutdown: tx,
         tasks,
     })

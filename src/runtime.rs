@@ -49,9 +49,19 @@ pub struct Server {
     pub redirect_listen: Option<SocketAddr>,
     pub redirect_https_port: Option<u16>,
     pub admin_listen: Option<SocketAddr>,
+    /// The decision service's listener (`authorizer.rs`): an ingress's external
+    /// authoriser (Envoy `ext_authz`, Traefik `forwardAuth`, nginx `auth_request`).
+    pub decision_listen: Option<SocketAddr>,
     /// Protection of the admin API (all but /healthz and /readyz): Bearer or Basic.
     pub admin_auth: Option<Arc<crate::admin_auth::AdminAuth>>,
     pub limits: Limits,
+}
+
+/// `decision:`: what the decision service adds to an "allow" (`authorizer.rs`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DecisionSettings {
+    /// Answer with the route's upstream credentials as `Authorization`.
+    pub upstream_credentials: bool,
 }
 
 /// `body_credentials: basic` on a route.
@@ -119,6 +129,8 @@ pub struct Runtime {
     pub create_key_file: Option<NewKeyFile>,
     /// `tracing:` (`None`: no block; traces are still continued and started).
     pub tracing: Option<Arc<crate::otel::Settings>>,
+    /// `decision:` (defaults without a block).
+    pub decision: DecisionSettings,
 }
 
 /// The config as loaded, for `GET /admin/config`, with every secret printed as

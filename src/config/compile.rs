@@ -67,6 +67,11 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         .and_then(|s| s.admin_auth.as_ref())
         .map(|b| admin_auth::compile(b, &refs, p));
     let tracing = super::tracing::compile(m.tracing.as_ref(), p);
+    let decision = super::decision::compile(
+        m.decision.as_ref(),
+        server.as_ref().is_some_and(|s| s.decision_listen.is_some()),
+        p,
+    );
     let mut server = server?;
     if admin_auth.is_some() && server.admin_listen.is_none() {
         p.add("server.admin_auth", "admin_auth needs admin_listen");
@@ -93,6 +98,7 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
         login,
         files: model_files(m, base),
         tracing,
+        decision,
         redacted: Default::default(),
         create_key_file,
     })

@@ -17,6 +17,7 @@ mod auth;
 mod claims;
 pub mod compile;
 mod cors;
+mod decision;
 mod issuers;
 pub mod login;
 pub mod model;

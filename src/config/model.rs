@@ -15,6 +15,7 @@ use super::yaml::{section, List, Section};
 pub use super::admin_auth::AdminAuthModel;
 pub use super::auth::{AuthBlockModel, RouteAuthModel};
 pub use super::cors::CorsModel;
+pub use super::decision::DecisionModel;
 pub use super::issuers::{IntrospectionModel, IssuerModel};
 pub use super::login::model::LoginModel;
 pub use super::ratelimit::{FailedAuthLimitModel, RateLimitModel, RedisStoreModel, StoresModel};
@@ -52,6 +53,8 @@ section! {
         "login" => pub login: Option<LoginModel>,
         /// Span export (OTLP/HTTP) and trace sampling.
         "tracing" => pub tracing: Option<TracingModel>,
+        /// What the decision service (server.decision_listen) answers with.
+        "decision" => pub decision: Option<DecisionModel>,
     }
 }
 
@@ -96,6 +99,7 @@ pub const PLACES: &[(&str, &[&str])] = &[
     ("rate_limits[]", RateLimitModel::KEYS),
     ("login", LoginModel::KEYS),
     ("tracing", TracingModel::KEYS),
+    ("decision", DecisionModel::KEYS),
 ];
 
 /// The places (at most three) that have a key named `key`.

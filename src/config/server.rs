@@ -1,5 +1,5 @@
 //! The `server:` section: listen addresses, TLS (certificates, SNI, client CA), limits,
-//! the admin listener and `extension_methods`. Compiles to [`Server`], which the
+//! the admin listener, the decision listener and `extension_methods`. Compiles to [`Server`], which the
 //! listeners (`listener.rs`) are bound with.
 
 use std::collections::HashMap;
@@ -30,6 +30,9 @@ section! {
         "redirect_https_port" => pub redirect_https_port: Option<u16>,
         /// The admin listener: /healthz /readyz /metrics /admin/*. Never expose it publicly.
         "admin_listen" => pub admin_listen: Option<ListenAddr>,
+        /// The decision service: Envoy `ext_authz`, Traefik `forwardAuth` and nginx
+        /// `auth_request` ask here whether to let a request pass (its own listener).
+        "decision_listen" => pub decision_listen: Option<ListenAddr>,
         /// Protection of the admin API (all but /healthz and /readyz): a Bearer rule like
         /// a route's, or Basic credentials.
         "admin_auth" => pub admin_auth: Option<AdminAuthModel>,
@@ -102,6 +105,27 @@ pub fn compile(s: Option<&ServerModel>, base: &Path, p: &mut Problems) -> Option
     }
     let redirect_listen = addr(p, "redirect_listen", &s.redirect_listen);
     let admin_listen = addr(p, "admin_listen", &s.admin_listen);
+    let decision_listen = addr(p, "decision_listen", &s.decision_listen);
+    // The decision listener trusts what the ingress says about the request (method,
+    // path, host, client address): it must not be the public listener, and it is not
+    // the admin listener (whose paths it would shadow, and which an ingress need not
+    // reach).
+    if let Some(d) = decision_listen.filter(|d| d.port() != 0) {
+        for (key, other) in [
+            ("listen", listen),
+            ("admin_listen", admin_listen),
+            ("redirect_listen", redirect_listen),
+        ] {
+            if other == Some(d) {
+                p.add(
+                    "server.decision_listen",
+                    format!(
+                        "{d} is also server.{key}: the decision service needs a listener of its own, reachable by the ingress only"
+                    ),
+                );
+            }
+        }
+    }
     let limits = compile_limits(&s.limits, p);
     let tls = s.tls.as_ref().and_then(|t| compile_tls(t, base, p));
     Some(Server {
@@ -109,6 +133,7 @@ pub fn compile(s: Option<&ServerModel>, base: &Path, p: &mut Problems) -> Option
         tls,
         redirect_listen,
         admin_listen,
+        decision_listen,
         admin_auth: None,
         redirect_https_port: s.redirect_https_port,
         limits,

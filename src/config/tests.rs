@@ -437,3 +437,20 @@ fn ported_sections_collect_every_problem() {
     // The rate limit with problems of its own is not "unknown" to the route.
     assert!(!text.contains("unknown rate limit"), "{text}");
 }
+
+// Behaviour: the decision listener trusts what the ingress says about a request, so it
+// may not share an address with the public (or admin, or redirect) listener.
+#[test]
+fn decision_listen_needs_its_own_address() {
+    let yaml = "server:\n  listen: \"127.0.0.1:8080\"\n  admin_listen: \"127.0.0.1:9901\"\n  decision_listen: \"127.0.0.1:8080\"\nupstreams:\n  - name: u\n    url: \"http://127.0.0.1:1\"\n";
+    let text = problems(yaml);
+    assert!(text.contains("server.decision_listen"), "{text}");
+    assert!(text.contains("is also server.listen"), "{text}");
+    let yaml = yaml.replace(
+        "decision_listen: \"127.0.0.1:8080\"",
+        "decision_listen: \"127.0.0.1:9191\"",
+    );
+    assert_eq!(problems(&yaml), "");
+    let yaml = yaml.replace("9191", "not-an-address");
+    assert!(problems(&yaml).contains("server.decision_listen"));
+}
