@@ -12,12 +12,40 @@ pub struct ConnInfo {
     pub tls: bool,
     /// `remote`'s IP as text, formatted once per connection (`X-Forwarded-For`, logs).
     pub ip: HeaderValue,
+    /// The client certificate the TLS handshake presented (`server.tls.client_ca`).
+    pub client_cert: ClientCert,
+}
+
+/// The client's TLS certificate, as far as sender-constrained tokens look at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCert {
+    /// A plain connection, or TLS without a client certificate.
+    None,
+    /// SHA-256 of the DER of the leaf certificate (RFC 8705 `x5t#S256`, before base64url).
+    Leaf([u8; 32]),
+    /// Not known: `tollgate explain` decides without a connection.
+    Offline,
 }
 
 impl ConnInfo {
     pub fn new(remote: SocketAddr, tls: bool) -> Self {
         let ip = HeaderValue::from_str(&remote.ip().to_string())
             .expect("an IP address is a valid header value");
-        ConnInfo { remote, tls, ip }
+        ConnInfo {
+            remote,
+            tls,
+            ip,
+            client_cert: ClientCert::None,
+        }
+    }
+
+    /// With the leaf certificate (DER) the client presented.
+    pub fn with_client_cert(mut self, der: Option<&[u8]>) -> Self {
+        use sha2::Digest;
+        self.client_cert = match der {
+            Some(d) => ClientCert::Leaf(sha2::Sha256::digest(d).into()),
+            None => ClientCert::None,
+        };
+        self
     }
 }

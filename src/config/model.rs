@@ -15,7 +15,7 @@ use super::yaml::{section, List, Section};
 pub use super::admin_auth::AdminAuthModel;
 pub use super::auth::{AuthBlockModel, RouteAuthModel};
 pub use super::cors::CorsModel;
-pub use super::issuers::{IntrospectionModel, IssuerModel};
+pub use super::issuers::{DpopModel, IntrospectionModel, IssuerModel};
 pub use super::login::model::LoginModel;
 pub use super::ratelimit::{FailedAuthLimitModel, RateLimitModel, RedisStoreModel, StoresModel};
 pub use super::routes::{PermissionModel, RouteModel};
@@ -55,6 +55,7 @@ pub const PLACES: &[(&str, &[&str])] = &[
     ("server.admin_auth", AdminAuthModel::KEYS),
     ("issuers[]", IssuerModel::KEYS),
     ("issuers[].introspection", IntrospectionModel::KEYS),
+    ("issuers[].dpop", DpopModel::KEYS),
     ("token_service", TokenServiceModel::KEYS),
     ("token_service.clients[]", ClientModel::KEYS),
     (
