@@ -28,6 +28,7 @@ mod reload;
 mod reload_perf;
 mod routing;
 mod sap;
+mod sender_constraint;
 mod tls;
 mod token_service;
 mod traces;

@@ -413,6 +413,8 @@ fn issuer() -> Issuer {
         leeway: Duration::from_secs(LEEWAY as u64),
         scope_claims: vec!["scope".into()],
         client_claims: vec!["client_id".into()],
+        sender_constraint: Default::default(),
+        dpop: Default::default(),
         fingerprint: [0; 32],
     }
 }
