@@ -111,7 +111,7 @@ pub fn parse(proof: &str) -> Result<Proof, Refusal> {
             "DPoP proof alg {alg_name} does not match its jwk's key type"
         )));
     }
-    if s.is_empty() || !key.verify(alg, proof[..h.len() + 1 + p.len()].as_bytes(), s) {
+    if s.is_empty() || !key.verify(alg, &proof.as_bytes()[..h.len() + 1 + p.len()], s) {
         return Err(invalid(
             "DPoP proof signature does not verify with its own jwk",
         ));
