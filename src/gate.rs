@@ -1,7 +1,8 @@
 //! Steps 7 and 8 of the request path as one gate: authenticate the caller's Bearer
-//! token against the route's issuers (`auth`), then authorise it (trusted clients,
-//! scopes, endpoint and method `permissions`), with SPEC's reason code for whichever
-//! gate says no.
+//! (or DPoP) token against the route's issuers (`auth`), hold a sender-constrained token
+//! to its binding (DPoP proof or client certificate, `auth::sender`), then authorise it
+//! (trusted clients, scopes, endpoint and method `permissions`), with SPEC's reason code
+//! for whichever gate says no.
 //!
 //! The same [`Gate`] serves the proxy ([`GateLayer`] in `stack.rs`), `tollgate explain`
 //! (the same layer, with a decision trace in the request), the admin API's
