@@ -24,8 +24,16 @@ pub enum Seen {
 
 /// The proofs seen, by SHA-256 of (key thumbprint, `jti`), with when each may be forgotten.
 pub struct ReplayCache {
-    seen: Mutex<HashMap<[u8; 32], i64>>,
+    seen: Mutex<Entries>,
     capacity: usize,
+}
+
+/// The entries, and when (unix seconds) expired ones were last swept out: a full set is
+/// swept at most once a second, so a flood of proofs cannot make every insert a scan.
+#[derive(Default)]
+struct Entries {
+    entries: HashMap<[u8; 32], i64>,
+    last_sweep: i64,
 }
 
 /// Proofs remembered at once per replica (about 80 bytes each): at 60 s windows, about
@@ -50,7 +58,7 @@ pub fn key(jkt: &str, jti: &str) -> [u8; 32] {
 impl ReplayCache {
     pub fn new(capacity: usize) -> Self {
         ReplayCache {
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(Entries::default()),
             capacity,
         }
     }
@@ -58,23 +66,31 @@ impl ReplayCache {
     /// Records `key` until `forget_at` (unix seconds) unless it is already there.
     pub fn insert(&self, key: [u8; 32], forget_at: i64, now: i64) -> Seen {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(until) = seen.get(&key) {
+        if let Some(until) = seen.entries.get(&key) {
             if *until >= now {
                 return Seen::Replayed;
             }
         }
-        if seen.len() >= self.capacity {
-            seen.retain(|_, until| *until >= now);
-            if seen.len() >= self.capacity {
+        if seen.entries.len() >= self.capacity {
+            if seen.last_sweep == now {
+                return Seen::Full;
+            }
+            seen.last_sweep = now;
+            seen.entries.retain(|_, until| *until >= now);
+            if seen.entries.len() >= self.capacity {
                 return Seen::Full;
             }
         }
-        seen.insert(key, forget_at);
+        seen.entries.insert(key, forget_at);
         Seen::New
     }
 
     pub fn len(&self) -> usize {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -103,6 +119,11 @@ mod tests {
             "b expired and was forgotten"
         );
         assert_eq!(c.len(), 2);
+        assert_eq!(
+            c.insert(key("k", "e"), 100, 30),
+            Seen::Full,
+            "swept at most once a second"
+        );
         assert_eq!(c.insert(a, 200, 60), Seen::Replayed);
         assert_eq!(c.insert(a, 200, 101), Seen::New, "both windows passed");
     }
