@@ -782,3 +782,74 @@ async fn token_service_issues_certificate_bound_tokens() {
     assert!(payload(&token).get("cnf").is_none());
     gw.stop().await;
 }
+
+// Behaviour: an opaque token's binding comes from the introspection response's `cnf`:
+// with its proof it passes, with another key's proof or as Bearer it is refused.
+#[tokio::test]
+async fn introspected_tokens_keep_their_binding() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    std::env::set_var("TOLLGATE_TEST_INTROSPECT_SECRET", INTROSPECT_SECRET);
+    let issuers = format!(
+        "  - name: dpop-idp\n    issuer: \"{}\"\n    sender_constraint: dpop\n    introspection:\n      url: \"{}\"\n      client_id: {INTROSPECT_ID}\n      client_secret: \"${{env:TOLLGATE_TEST_INTROSPECT_SECRET}}\"\n    audiences: [\"https://bi-api.company.com\"]\n{}",
+        idp.issuer,
+        idp.url("/introspect"),
+        issuer_yaml(&idp, "bearer-idp", "")
+    );
+    let gw = spawn_gateway(&yaml(&up, &issuers, "")).await;
+    let key = DpopKey::new();
+    idp.opaque.lock().unwrap().insert(
+        "opaque-bound".into(),
+        json!({"active": true, "iss": idp.issuer, "aud": "https://bi-api.company.com",
+            "client_id": "partner", "sub": "svc", "scope": "analytics.read",
+            "exp": now() + 300, "cnf": {"jkt": key.jkt()}}),
+    );
+    let htu = gw.url("/dpop/x");
+    let proof = key.proof("GET", &htu, Some("opaque-bound"));
+    let r = send(
+        &gw,
+        reqwest::Method::GET,
+        "/dpop/x",
+        "DPoP opaque-bound",
+        Some(&proof),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.count(), 1);
+    let other = DpopKey::new();
+    let proof = other.proof("GET", &htu, Some("opaque-bound"));
+    let r = send(
+        &gw,
+        reqwest::Method::GET,
+        "/dpop/x",
+        "DPoP opaque-bound",
+        Some(&proof),
+    )
+    .await;
+    assert_refused(
+        &gw,
+        r,
+        "invalid_token",
+        "token_binding_mismatch",
+        "another key",
+    )
+    .await;
+    let r = send(
+        &gw,
+        reqwest::Method::GET,
+        "/dpop/x",
+        "Bearer opaque-bound",
+        None,
+    )
+    .await;
+    assert_refused(
+        &gw,
+        r,
+        "invalid_token",
+        "token_binding_mismatch",
+        "as Bearer",
+    )
+    .await;
+    assert_eq!(up.count(), 1);
+    gw.stop().await;
+}
