@@ -195,6 +195,7 @@ pub async fn explain(gw: &Arc<Gateway>, req: Request<hyper::body::Incoming>) -> 
             origin: origin.as_deref(),
             access_control_request_method: preflight.as_deref(),
             headers: &[],
+            ..Default::default()
         },
     )
     .await;

@@ -18,6 +18,19 @@ pub struct ConnInfo {
     /// The connection's slot under `max_connections`: an upgraded connection (a
     /// WebSocket tunnel) keeps it after the HTTP exchange has ended.
     pub slot: Option<Arc<OwnedSemaphorePermit>>,
+    /// The client certificate the TLS handshake presented (`server.tls.client_ca`).
+    pub client_cert: ClientCert,
+}
+
+/// The client's TLS certificate, as far as sender-constrained tokens look at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCert {
+    /// A plain connection, or TLS without a client certificate.
+    None,
+    /// SHA-256 of the DER of the leaf certificate (RFC 8705 `x5t#S256`, before base64url).
+    Leaf([u8; 32]),
+    /// Not known: `tollgate explain` decides without a connection.
+    Offline,
 }
 
 impl ConnInfo {
@@ -29,11 +42,22 @@ impl ConnInfo {
             tls,
             ip,
             slot: None,
+            client_cert: ClientCert::None,
         }
     }
 
     pub fn with_slot(mut self, slot: Arc<OwnedSemaphorePermit>) -> Self {
         self.slot = Some(slot);
+        self
+    }
+
+    /// With the leaf certificate (DER) the client presented.
+    pub fn with_client_cert(mut self, der: Option<&[u8]>) -> Self {
+        use sha2::Digest;
+        self.client_cert = match der {
+            Some(d) => ClientCert::Leaf(sha2::Sha256::digest(d).into()),
+            None => ClientCert::None,
+        };
         self
     }
 }

@@ -52,10 +52,28 @@ pub enum DenyReason {
     /// A WebSocket handshake from a browser page whose `Origin` the route does not
     /// allow (cross-site WebSocket hijacking; 403 access_denied).
     OriginNotAllowed,
+    /// The `DPoP` proof JWT is missing, malformed, badly signed, or does not match the
+    /// request (`htm`, `htu`, `iat`, `ath`) (401, `WWW-Authenticate: DPoP
+    /// error="invalid_dpop_proof"`).
+    DpopProofInvalid,
+    /// The proof's `jti` was seen before within its window (401 invalid_dpop_proof).
+    DpopReplayed,
+    /// A DPoP binding does not hold: the proof's key is not the token's `cnf.jkt`, a
+    /// DPoP-bound token was sent as `Bearer`, or an issuer with `sender_constraint: dpop`
+    /// issued a token that is not DPoP-bound (401 invalid_token, DPoP challenge).
+    TokenBindingMismatch,
+    /// A certificate binding (RFC 8705 `cnf.x5t#S256`) does not hold: no client
+    /// certificate, another certificate, or an issuer with `sender_constraint: mtls`
+    /// issued a token that is not certificate-bound (401 invalid_token).
+    CertificateMismatch,
 }
 
+/// The `algs` of a DPoP challenge: the proof algorithms tollgate verifies
+/// (`auth::dpop` checks its allow-list against this).
+pub const DPOP_ALGS: &str = "ES256 ES384 RS256 RS384 RS512 PS256 PS384 PS512 EdDSA";
+
 impl DenyReason {
-    pub const ALL: [DenyReason; 18] = [
+    pub const ALL: [DenyReason; 22] = [
         DenyReason::TokenMissing,
         DenyReason::TokenMalformed,
         DenyReason::SignatureInvalid,
@@ -74,6 +92,10 @@ impl DenyReason {
         DenyReason::SessionInvalid,
         DenyReason::ClaimMismatch,
         DenyReason::OriginNotAllowed,
+        DenyReason::DpopProofInvalid,
+        DenyReason::DpopReplayed,
+        DenyReason::TokenBindingMismatch,
+        DenyReason::CertificateMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -96,6 +118,10 @@ impl DenyReason {
             DenyReason::SessionInvalid => "session_invalid",
             DenyReason::ClaimMismatch => "claim_mismatch",
             DenyReason::OriginNotAllowed => "origin_not_allowed",
+            DenyReason::DpopProofInvalid => "dpop_proof_invalid",
+            DenyReason::DpopReplayed => "dpop_replayed",
+            DenyReason::TokenBindingMismatch => "token_binding_mismatch",
+            DenyReason::CertificateMismatch => "certificate_mismatch",
         }
     }
 
@@ -119,6 +145,10 @@ impl DenyReason {
             DenyReason::RateLimited => "rate limit",
             DenyReason::SessionInvalid => "session",
             DenyReason::OriginNotAllowed => "origin",
+            DenyReason::DpopProofInvalid
+            | DenyReason::DpopReplayed
+            | DenyReason::TokenBindingMismatch
+            | DenyReason::CertificateMismatch => "sender constraint",
         }
     }
 }
@@ -350,6 +380,20 @@ impl GatewayError {
             GatewayError::Unauthorized { reason: DenyReason::TokenMissing, .. } => {
                 Some("Bearer realm=\"tollgate\"".to_owned())
             }
+            GatewayError::Unauthorized {
+                reason: DenyReason::DpopProofInvalid | DenyReason::DpopReplayed,
+                description,
+            } => Some(format!(
+                "DPoP realm=\"tollgate\", error=\"invalid_dpop_proof\", error_description=\"{}\", algs=\"{DPOP_ALGS}\"",
+                quote_safe(description)
+            )),
+            GatewayError::Unauthorized {
+                reason: DenyReason::TokenBindingMismatch,
+                description,
+            } => Some(format!(
+                "DPoP realm=\"tollgate\", error=\"invalid_token\", error_description=\"{}\", algs=\"{DPOP_ALGS}\"",
+                quote_safe(description)
+            )),
             GatewayError::Unauthorized { description, .. } => Some(format!(
                 "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"{}\"",
                 quote_safe(description)

@@ -18,7 +18,7 @@ use tower::{Layer, ServiceExt};
 use crate::auth::IssuerKind;
 use crate::body::{empty, Body};
 use crate::config::{self, ConfigError, Registry};
-use crate::conn::ConnInfo;
+use crate::conn::{ClientCert, ConnInfo};
 use crate::decision::{self, Trace};
 use crate::error::{GatewayError, Rejection, RescueLayer};
 use crate::gateway::Gateway;
@@ -102,6 +102,13 @@ pub struct Probe<'a> {
     /// Any other request headers (`tollgate test` cases' `headers:`), added after the
     /// ones above.
     pub headers: &'a [(HeaderName, HeaderValue)],
+    /// A DPoP proof (the `DPoP` header): the token is then sent as
+    /// `Authorization: DPoP`, as a DPoP client sends it.
+    pub dpop: Option<&'a str>,
+    /// The DER of a TLS client certificate, for certificate-bound tokens (RFC 8705).
+    /// Without it, a certificate binding is reported as not checked: explain has no
+    /// TLS connection.
+    pub client_cert: Option<&'a [u8]>,
 }
 
 pub async fn explain(
@@ -224,10 +231,15 @@ pub async fn decide(gw: &Arc<Gateway>, probe: &Probe<'_>) -> Explained {
     let trace = Trace::default();
     let mut req = req;
     req.extensions_mut().insert(trace.clone());
-    req.extensions_mut().insert(Arc::new(ConnInfo::new(
-        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        false,
-    )));
+    // As the server's listener would: TLS when the config has `server.tls` (a DPoP
+    // proof's htu then says https://), and the client certificate when one was given.
+    let tls = gw.current().server.tls.is_some();
+    let mut conn = ConnInfo::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), tls);
+    conn.client_cert = match probe.client_cert {
+        Some(der) => conn.clone().with_client_cert(Some(der)).client_cert,
+        None => ClientCert::Offline,
+    };
+    req.extensions_mut().insert(Arc::new(conn));
     let svc = RescueLayer.layer(crate::stack::policy(gw, Recorder));
     let Ok(resp) = svc.oneshot(req).await;
     out.extend(trace.lines());
@@ -297,7 +309,12 @@ fn build_request(
         );
     }
     if let Some(t) = probe.token.map(str::trim).filter(|t| !t.is_empty()) {
-        let mut v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| bad("token"))?;
+        let scheme = if probe.dpop.is_some() {
+            "DPoP"
+        } else {
+            "Bearer"
+        };
+        let mut v = HeaderValue::from_str(&format!("{scheme} {t}")).map_err(|_| bad("token"))?;
         v.set_sensitive(true);
         b = b.header(AUTHORIZATION, v);
     }
@@ -305,6 +322,11 @@ fn build_request(
         let mut v = HeaderValue::from_str(c).map_err(|_| bad("cookie"))?;
         v.set_sensitive(true);
         b = b.header(COOKIE, v);
+    }
+    if let Some(p) = probe.dpop.map(str::trim) {
+        let mut v = HeaderValue::from_str(p).map_err(|_| bad("DPoP proof"))?;
+        v.set_sensitive(true);
+        b = b.header("dpop", v);
     }
     for (name, value) in probe.headers {
         b = b.header(name, value);

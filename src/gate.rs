@@ -1,7 +1,8 @@
 //! Steps 7 and 8 of the request path as one gate: authenticate the caller's Bearer
-//! token against the route's issuers (`auth`), then authorise it (trusted clients,
-//! scopes, endpoint and method `permissions`), with SPEC's reason code for whichever
-//! gate says no.
+//! (or DPoP) token against the route's issuers (`auth`), hold a sender-constrained token
+//! to its binding (DPoP proof or client certificate, `auth::sender`), then authorise it
+//! (trusted clients, scopes, endpoint and method `permissions`), with SPEC's reason code
+//! for whichever gate says no.
 //!
 //! The same [`Gate`] serves the proxy ([`GateLayer`] in `stack.rs`), `tollgate explain`
 //! (the same layer, with a decision trace in the request), the admin API's
@@ -14,8 +15,10 @@ use std::task::{Context, Poll};
 
 use http::{Method, Request, Response};
 
+use crate::auth::sender::{self, Presented, Scheme};
 use crate::auth::{self, AuthCaches, Issuer};
 use crate::body::Body;
+use crate::conn::{ClientCert, ConnInfo};
 use crate::decision;
 use crate::error::{DenyReason, GatewayError, Rejection};
 use crate::identity::Identity;
@@ -81,6 +84,32 @@ impl<'a> Gate<'a> {
         auth::authenticate(&issuers, self.caches, token, trace).await
     }
 
+    /// Checks the token's sender constraint (DPoP proof, client certificate) against
+    /// what the request presented; `note` gets each step for `explain`.
+    pub fn sender_check(
+        &self,
+        id: &Identity,
+        presented: &Presented<'_>,
+        note: &mut dyn FnMut(String),
+    ) -> Result<(), GatewayError> {
+        let Some(issuer) = self.accepted().find(|i| i.name == id.issuer) else {
+            return Ok(());
+        };
+        let rule = sender::Rule {
+            issuer: &issuer.name,
+            constraint: issuer.sender_constraint,
+            dpop: issuer.dpop,
+        };
+        sender::check(
+            rule,
+            &id.claims.0,
+            presented,
+            &self.caches.dpop_replay,
+            auth::now_secs(),
+            note,
+        )
+    }
+
     /// Authorises a verified identity for `method` on the normalised `path`.
     pub fn authorize(&self, method: &Method, path: &str, id: Arc<Identity>) -> Decision {
         let verdict = policy::authorize(self.rule, self.permissions, method, path, &id);
@@ -113,8 +142,54 @@ impl<'a> Gate<'a> {
                 }
             },
         };
+        // No request here (the admin API): nothing can prove possession, so a
+        // sender-constrained token is refused.
+        let nothing = Presented {
+            scheme: Scheme::Bearer,
+            token,
+            method: method.as_str(),
+            htu: None,
+            proof: Ok(None),
+            client_cert: &ClientCert::None,
+        };
+        if let Err(e) = self.sender_check(&id, &nothing, &mut |_| {}) {
+            return Decision {
+                identity: Some(id),
+                permission: None,
+                result: Err(e),
+            };
+        }
         self.authorize(method, path, id)
     }
+}
+
+/// Checks the sender constraint of `id`'s token for `req`, noting each step.
+fn sender_check<B>(
+    req: &Request<B>,
+    gate: &Gate<'_>,
+    scheme: Scheme,
+    token: &str,
+    id: &Identity,
+) -> Result<(), GatewayError> {
+    let conn = req.extensions().get::<Arc<ConnInfo>>();
+    let htu = match scheme {
+        Scheme::Dpop => sender::target_uri(req.headers(), req.uri(), conn.is_some_and(|c| c.tls)),
+        Scheme::Bearer => None,
+    };
+    let presented = Presented {
+        scheme,
+        token,
+        method: req.method().as_str(),
+        htu: htu.as_deref(),
+        proof: sender::proof_header(req.headers()),
+        client_cert: conn.map_or(&ClientCert::None, |c| &c.client_cert),
+    };
+    let trace = decision::of(req);
+    gate.sender_check(id, &presented, &mut |line| {
+        if let Some(t) = &trace {
+            t.push(line)
+        }
+    })
 }
 
 pub fn token_missing() -> GatewayError {
@@ -214,7 +289,7 @@ where
             unreachable!("a Bearer route, matched above")
         };
         decision::note(&req, || describe_rule(&gate));
-        let Some(token) = auth::bearer(req.headers()) else {
+        let Some((scheme, token)) = sender::presented_token(req.headers()) else {
             decision::note(&req, || "token: none".into());
             return Then::new(Step::reject(token_missing()), nothing());
         };
@@ -223,6 +298,13 @@ where
             decision::note(&req, || {
                 format!("verified-token cache: hit (issuer {})", id.issuer)
             });
+            if let Err(e) = sender_check(&req, &gate, scheme, token, &id) {
+                let post = RecordDecision {
+                    identity: Some(id),
+                    permission: None,
+                };
+                return Then::new(Step::reject(e), post);
+            }
             let d = gate.authorize(req.method(), path, id);
             note_decision(&req, &gate, &d);
             let post = RecordDecision {
@@ -258,6 +340,13 @@ where
                     lines.lines.into_iter().for_each(|l| t.push(l));
                 }
                 let id = verified?;
+                if let Err(e) = sender_check(&req, &gate, scheme, &token, &id) {
+                    return RecordDecision {
+                        identity: Some(id),
+                        permission: None,
+                    }
+                    .on_outcome(Err(e.into()));
+                }
                 let path =
                     routed(&req).map_or_else(|| req.uri().path().to_owned(), |r| r.path.clone());
                 let d = gate.authorize(req.method(), &path, id);

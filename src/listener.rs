@@ -120,26 +120,40 @@ pub async fn serve<S>(
                 None
             };
             let permit = Arc::new(permit);
-            let info = Arc::new(ConnInfo::new(remote, tls_cfg.is_some()).with_slot(permit.clone()));
             // One service per connection, called in place rather than cloned per
             // request (a clone is an atomic increment and decrement per layer).
             let svc = std::sync::Mutex::new(svc);
             // Boxed: hyper keeps a slot for the request future on every connection,
             // idle ones included, so an unboxed future would cost its full size
             // per idle keep-alive connection.
-            let service = service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(info.clone());
-                crate::upgrade::from_extended_connect(&mut req);
-                Box::pin(call_ready(&svc, req))
-            });
+            let service = move |info: Arc<ConnInfo>| {
+                service_fn(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(info.clone());
+                    crate::upgrade::from_extended_connect(&mut req);
+                    Box::pin(call_ready(&svc, req))
+                })
+            };
             match tls_cfg {
                 Some(cfg) => {
                     let handshake = TlsAcceptor::from(cfg).accept(stream);
                     let timeout = gw2.current().server.limits.header_read_timeout;
                     match tokio::time::timeout(timeout, handshake).await {
                         Ok(Ok(s)) => {
-                            let conn =
-                                builder.serve_connection_with_upgrades(TokioIo::new(s), service);
+                            // The client certificate (server.tls.client_ca), for
+                            // certificate-bound tokens (RFC 8705).
+                            let leaf = s
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| c.as_ref());
+                            let info = Arc::new(
+                                ConnInfo::new(remote, true)
+                                    .with_client_cert(leaf)
+                                    .with_slot(permit.clone()),
+                            );
+                            let conn = builder
+                                .serve_connection_with_upgrades(TokioIo::new(s), service(info));
                             let _ = watcher.watch(conn.into_owned()).await;
                         }
                         Ok(Err(e)) => {
@@ -149,8 +163,9 @@ pub async fn serve<S>(
                     }
                 }
                 None => {
+                    let info = Arc::new(ConnInfo::new(remote, false).with_slot(permit.clone()));
                     let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service(info));
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
             }

@@ -144,6 +144,18 @@ struct ExplainArgs {
     /// Read the Cookie header from this file; `-` reads it from stdin.
     #[arg(long, value_name = "FILE", conflicts_with = "cookie")]
     cookie_file: Option<PathBuf>,
+    /// A DPoP proof JWT (RFC 9449) for a DPoP-bound token: the token is sent as
+    /// `Authorization: DPoP` with this `DPoP` header. Its htu must name the URL as the
+    /// server would see it (`http(s)://HOST/PATH`, HOST from --host).
+    #[arg(long, value_name = "PROOF")]
+    dpop: Option<String>,
+    /// Read the DPoP proof from this file; `-` reads it from stdin.
+    #[arg(long, value_name = "FILE", conflicts_with = "dpop")]
+    dpop_file: Option<PathBuf>,
+    /// The TLS client certificate (PEM) the request would come with, for tokens bound
+    /// to a certificate (`cnf.x5t#S256`); without it that binding is not checked.
+    #[arg(long, value_name = "PEM")]
+    client_cert: Option<PathBuf>,
     #[arg(long, default_value = "GET")]
     method: String,
     /// Host header, for routes with `hosts`.
@@ -184,6 +196,9 @@ fn main() -> ExitCode {
                 token_file,
                 cookie,
                 cookie_file,
+                dpop,
+                dpop_file,
+                client_cert,
                 method,
                 host,
                 origin,
@@ -201,13 +216,26 @@ fn main() -> ExitCode {
                 Some(f) => read_token_file(&f, what).map(Some),
                 None => Ok(given),
             };
-            let (token, cookie) = match (
+            let (token, cookie, dpop) = match (
                 read(token_file, token, "token"),
                 read(cookie_file, cookie, "cookie"),
+                read(dpop_file, dpop, "DPoP proof"),
             ) {
-                (Ok(t), Ok(c)) => (t, c),
-                (Err(e), _) | (_, Err(e)) => {
+                (Ok(t), Ok(c), Ok(d)) => (t, c, d),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                     eprintln!("tollgate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let client_cert = match client_cert.map(|f| tollgate::tls::load_certs(&f)) {
+                None => None,
+                Some(Ok(certs)) if !certs.is_empty() => Some(certs[0].to_vec()),
+                Some(Ok(_)) => {
+                    eprintln!("tollgate: --client-cert: no certificate in the file");
+                    return ExitCode::from(2);
+                }
+                Some(Err(e)) => {
+                    eprintln!("tollgate: --client-cert: {e}");
                     return ExitCode::from(2);
                 }
             };
@@ -229,6 +257,8 @@ fn main() -> ExitCode {
                 origin: origin.as_deref(),
                 access_control_request_method: preflight.as_deref(),
                 headers: &[],
+                dpop: dpop.as_deref(),
+                client_cert: client_cert.as_deref(),
             };
             explain(&cli.config, &probe)
         }

@@ -22,6 +22,7 @@ const GATE_LINES = {
   'rate limit': /^(rate limit|limit)/,
   route: /^(route|path|normalised)/,
   upstream: /^(upstream)/,
+  'sender constraint': /^(sender constraint|dpop|mtls)/,
 };
 
 function renderSteps(list, steps, gate) {

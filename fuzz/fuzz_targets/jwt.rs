@@ -91,6 +91,8 @@ fn fixture() -> &'static Fixture {
             leeway: Duration::from_secs(30),
             scope_claims: vec!["scope".into(), "scp".into(), "realm_access.roles".into()],
             client_claims: vec!["client_id".into(), "azp".into()],
+            sender_constraint: Default::default(),
+            dpop: Default::default(),
             fingerprint: [7; 32],
         };
         // `TOLLGATE_FUZZ_JWT_SEEDS=fuzz/seeds/jwt cargo fuzz run jwt -- -runs=0` rewrites

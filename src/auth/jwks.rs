@@ -140,7 +140,7 @@ impl KeySet {
     }
 }
 
-fn key_from_jwk(jwk: &Jwk) -> Option<Key> {
+pub fn key_from_jwk(jwk: &Jwk) -> Option<Key> {
     if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
         return None;
     }

@@ -5,9 +5,12 @@
 //! reason code. A JWT goes to the JWT issuer whose `issuer` equals its `iss`; anything
 //! else goes to the route's introspection issuers.
 
+pub mod dpop;
 pub mod introspect;
 pub mod jwks;
 pub mod jwt;
+pub mod replay;
+pub mod sender;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,6 +22,8 @@ use sha2::{Digest, Sha256};
 use self::introspect::{IntrospectError, Introspection, INACTIVE_TTL};
 use self::jwks::KeyStore;
 use self::jwt::{Jws, Refusal};
+use self::replay::ReplayCache;
+use self::sender::{DpopSettings, SenderConstraint};
 use crate::cache::FlightCache;
 use crate::error::{BadGateway, DenyReason, GatewayError};
 use crate::identity::Identity;
@@ -34,6 +39,10 @@ pub struct Issuer {
     pub leeway: Duration,
     pub scope_claims: Vec<String>,
     pub client_claims: Vec<String>,
+    /// `sender_constraint`: whether tokens must be DPoP- or certificate-bound.
+    pub sender_constraint: SenderConstraint,
+    /// `dpop`: how DPoP proofs are checked.
+    pub dpop: DpopSettings,
     /// Distinguishes cache entries of differently configured issuers.
     pub fingerprint: Fingerprint,
 }
@@ -59,6 +68,9 @@ pub struct AuthCaches {
     /// SHA-256 of the token -> (fingerprint of the issuer that verified it, identity).
     pub verified: FlightCache<[u8; 32], (Fingerprint, Arc<Identity>)>,
     pub introspection: FlightCache<[u8; 32], IntrospectResult>,
+    /// DPoP proofs seen recently (`jti`s), against replays. Not flushed with the others:
+    /// forgetting them would accept replays again.
+    pub dpop_replay: ReplayCache,
 }
 
 impl Default for AuthCaches {
@@ -66,6 +78,7 @@ impl Default for AuthCaches {
         AuthCaches {
             verified: FlightCache::new(100_000),
             introspection: FlightCache::new(100_000),
+            dpop_replay: ReplayCache::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ use super::validate::{self as v, Problems};
 use super::yaml::{section, DurationText, List};
 use crate::auth::introspect::Introspection;
 use crate::auth::jwks::{KeySource, KeyStore};
+use crate::auth::sender::{DpopSettings, SenderConstraint, DEFAULT_IAT_WINDOW};
 use crate::auth::{jwt, Issuer, IssuerKind};
 use crate::secret::Secret;
 
@@ -44,6 +45,16 @@ section! {
         "jwks_refresh" => pub jwks_refresh: Option<DurationText>,
         /// Timeout for JWKS, discovery and introspection HTTP calls (default 5s).
         "fetch_timeout" => pub fetch_timeout: Option<DurationText>,
+        /// `none` (default) | `dpop` | `mtls`: sender-constrained tokens (RFC 9449, 8705).
+        "sender_constraint" => pub sender_constraint: Option<String>,
+        "dpop" => pub dpop: Option<DpopModel>,
+    }
+}
+
+section! {
+    pub struct DpopModel {
+        /// How far a proof's `iat` may be from now, either way (default 60s).
+        "iat_window" => pub iat_window: Option<DurationText>,
     }
 }
 
@@ -146,6 +157,8 @@ fn compile_one(
         );
     }
     let name = m.name.as_deref().unwrap_or_default();
+    let sender = sender_constraint(m, path, p);
+    let dpop = dpop_settings(m, path, p);
     let kind = match &m.introspection {
         Some(intro) => introspection(intro, path, &c, reg, p)?,
         None => key_store(m, name, path, &c, reg, p)?,
@@ -169,6 +182,8 @@ fn compile_one(
         &c.scope_claims.join(" "),
         &c.client_claims.join(" "),
         &m.skip_audience_check.to_string(),
+        sender.as_str(),
+        &dpop.iat_window.as_secs().to_string(),
     ]);
     Some(Arc::new(Issuer {
         name: name.into(),
@@ -180,8 +195,50 @@ fn compile_one(
         leeway: c.leeway,
         scope_claims: c.scope_claims,
         client_claims: c.client_claims,
+        sender_constraint: sender,
+        dpop,
         fingerprint: fp,
     }))
+}
+
+/// `sender_constraint`: none | dpop | mtls.
+pub fn parse_sender_constraint(v: Option<&str>, at: String, p: &mut Problems) -> SenderConstraint {
+    match v {
+        None | Some("none") => SenderConstraint::None,
+        Some("dpop") => SenderConstraint::Dpop,
+        Some("mtls") => SenderConstraint::Mtls,
+        Some(other) => {
+            p.add(
+                at,
+                format!("unknown sender_constraint \"{other}\"; use none, dpop or mtls"),
+            );
+            SenderConstraint::None
+        }
+    }
+}
+
+fn sender_constraint(m: &IssuerModel, path: &str, p: &mut Problems) -> SenderConstraint {
+    parse_sender_constraint(
+        m.sender_constraint.as_deref(),
+        format!("{path}.sender_constraint"),
+        p,
+    )
+}
+
+/// Longest `dpop.iat_window`: a proof is meant for one request, now.
+const MAX_IAT_WINDOW: Duration = Duration::from_secs(600);
+
+fn dpop_settings(m: &IssuerModel, path: &str, p: &mut Problems) -> DpopSettings {
+    let Some(d) = &m.dpop else {
+        return DpopSettings::default();
+    };
+    let at = format!("{path}.dpop.iat_window");
+    let w = v::duration(p, at.clone(), d.iat_window.as_ref(), DEFAULT_IAT_WINDOW);
+    if w.is_zero() || w > MAX_IAT_WINDOW {
+        p.add(at, "iat_window must be between 1s and 10m");
+        return DpopSettings::default();
+    }
+    DpopSettings { iat_window: w }
 }
 
 fn common(m: &IssuerModel, path: &str, p: &mut Problems) -> Common {

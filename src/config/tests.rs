@@ -32,6 +32,35 @@ fn huge_leeway_is_refused() {
     assert!(text.contains("maximum"), "{text}");
 }
 
+// Behaviour: sender_constraint takes none, dpop or mtls (issuers, the token service and
+// its clients), and dpop.iat_window is bounded; each problem at its key path.
+#[test]
+fn sender_constraints_are_checked() {
+    let issuer = |extra: &str| {
+        format!("server:\n  listen: \"127.0.0.1:0\"\nissuers:\n  - name: corp\n    issuer: \"https://idp\"\n    jwks_uri: \"http://127.0.0.1:1/jwks\"\n    audiences: [a]\n{extra}upstreams:\n  - name: u\n    url: \"http://127.0.0.1:1\"\nroutes:\n  - name: r\n    path_prefix: /\n    upstream: u\n    auth: {{issuers: [corp]}}\n")
+    };
+    assert_eq!(
+        problems(&issuer(
+            "    sender_constraint: dpop\n    dpop: {iat_window: 30s}\n"
+        )),
+        ""
+    );
+    assert_eq!(problems(&issuer("    sender_constraint: mtls\n")), "");
+    let text = problems(&issuer("    sender_constraint: DPoP\n"));
+    assert!(text.contains("issuers[0].sender_constraint: unknown sender_constraint \"DPoP\"; use none, dpop or mtls"), "{text}");
+    let text = problems(&issuer("    dpop: {iat_window: 2h}\n"));
+    assert!(text.contains("issuers[0].dpop.iat_window"), "{text}");
+    let text = problems(&issuer("    dpop: {iat_windw: 2s}\n"));
+    assert!(text.contains("iat_window"), "did you mean: {text}");
+    let ts = "server:\n  listen: \"127.0.0.1:0\"\ntoken_service:\n  issuer: \"https://gw\"\n  audience: a\n  sender_constraint: bearer\n  clients:\n    - id: c\n      secret: s\n      scopes: [x]\n      sender_constraint: tls\n";
+    let text = problems(ts);
+    assert!(text.contains("token_service.sender_constraint"), "{text}");
+    assert!(
+        text.contains("token_service.clients[0].sender_constraint"),
+        "{text}"
+    );
+}
+
 fn check_text(yaml: &str, base: &Path) -> Checked {
     check_str(
         yaml,

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::issuers::parse_sender_constraint;
 use super::ratelimit::{self as rl, FailedAuthLimitModel};
 use super::refs::fingerprint;
 use super::registry::Registry;
@@ -41,6 +42,9 @@ section! {
         "clients" => pub clients: List<ClientModel>,
         /// Failed client authentications allowed per client id and IP.
         "failed_auth_limit" => pub failed_auth_limit: Option<FailedAuthLimitModel>,
+        /// `none` (default) | `dpop` | `mtls`: what a client must prove when it asks for
+        /// a token, and what routes require of the issuer `local`'s tokens.
+        "sender_constraint" => pub sender_constraint: Option<String>,
     }
 }
 
@@ -54,6 +58,8 @@ section! {
         "secret_hash" => pub secret_hash: Option<Secret>,
         /// The scopes the client may be given.
         "scopes" => pub scopes: List<String>,
+        /// Overrides `token_service.sender_constraint` for this client's token requests.
+        "sender_constraint" => pub sender_constraint: Option<String>,
     }
 }
 
@@ -95,6 +101,11 @@ pub fn compile(
     );
     let (key, new_file) = signing_key(t, base, reg, p);
     let clients = clients(&t.clients, p);
+    let sender_constraint = parse_sender_constraint(
+        t.sender_constraint.as_deref(),
+        format!("{AT}.sender_constraint"),
+        p,
+    );
     let failed_auth = rl::failed_auth_limit(t.failed_auth_limit.as_ref(), limits, p);
     let ts = TokenService {
         path,
@@ -104,6 +115,7 @@ pub fn compile(
         key: key?,
         clients,
         failed_auth: failed_auth?,
+        sender_constraint,
     };
     Some((Arc::new(ts), new_file))
 }
@@ -196,10 +208,15 @@ fn clients(ms: &List<ClientModel>, p: &mut Problems) -> HashMap<String, Client> 
         let Some(secret) = client_secret(c, &cp, p) else {
             continue;
         };
+        let sender_constraint = c
+            .sender_constraint
+            .as_deref()
+            .map(|s| parse_sender_constraint(Some(s), format!("{cp}.sender_constraint"), p));
         let client = Client {
             id: id.clone(),
             secret,
             scopes: c.scopes.to_vec(),
+            sender_constraint,
         };
         if clients.insert(id.clone(), client).is_some() {
             p.add(format!("{cp}.id"), format!("duplicate client id \"{id}\""));
@@ -253,6 +270,8 @@ pub fn local_issuer(ts: &TokenService) -> Arc<Issuer> {
         leeway: LOCAL_LEEWAY,
         scope_claims: vec!["scope".into()],
         client_claims: vec!["client_id".into()],
+        sender_constraint: ts.sender_constraint,
+        dpop: Default::default(),
         fingerprint: fingerprint(&["local", &ts.issuer, &ts.audience, &ts.key.kid]),
     })
 }

@@ -139,8 +139,10 @@ where
                     .extensions()
                     .get::<Arc<Identity>>()
                     .map(|i| i.expires_at);
-                let (Some(subject), Some(expires_at)) = (auth::bearer(req.headers()), expires_at)
-                else {
+                let (Some(subject), Some(expires_at)) = (
+                    auth::sender::presented_token(req.headers()).map(|(_, t)| t),
+                    expires_at,
+                ) else {
                     return Then::new(Step::reject(token_missing()), DropRefusedToken(None));
                 };
                 decision::note(&req, || {

@@ -202,6 +202,7 @@ impl Prepared {
             origin: case.origin.as_deref(),
             access_control_request_method: None,
             headers: &case.headers,
+            ..Probe::default()
         };
         let decided = decide(&self.gw, &probe).await;
         result.seconds = started.elapsed().as_secs_f64();

@@ -424,7 +424,7 @@ impl<S> Sessions<S> {
         F: std::future::Future<Output = Outcome> + Send,
         B: Send + 'static,
     {
-        if auth::bearer(req.headers()).is_some() {
+        if crate::auth::sender::presented_token(req.headers()).is_some() {
             decision::note(&req, || {
                 "session: a Bearer token is present; a session cookie would not be used".into()
             });

@@ -74,7 +74,9 @@ where
         let gw = self.gw.clone();
         Step::boxed(async move {
             let path = routed(&req).map(|r| r.path.clone()).unwrap_or_default();
-            ts.handle(req, &path, &gw.metrics).await.map_err(Into::into)
+            ts.handle(req, &path, &gw.metrics, &gw.auth_caches.dpop_replay)
+                .await
+                .map_err(Into::into)
         })
     }
 }

@@ -26,8 +26,11 @@ use http_body_util::BodyExt;
 use rand::Rng;
 
 use self::keys::SigningKey;
+use crate::auth::dpop::{self, Expected};
+use crate::auth::replay::{self, ReplayCache, Seen};
+use crate::auth::sender::{self, SenderConstraint, DEFAULT_IAT_WINDOW};
 use crate::body::{full, Body, BoxError};
-use crate::conn::ConnInfo;
+use crate::conn::{ClientCert, ConnInfo};
 use crate::error::{GatewayError, RateLimited};
 use crate::metrics::Metrics;
 use crate::ratelimit::applied::FAILED_AUTH_CLIENT;
@@ -53,6 +56,8 @@ pub struct Client {
     pub id: String,
     pub secret: ClientSecret,
     pub scopes: Vec<String>,
+    /// `clients[].sender_constraint`, else the token service's.
+    pub sender_constraint: Option<SenderConstraint>,
 }
 
 /// argon2id checks running at once. Each costs ~19 MiB and tens of milliseconds of CPU,
@@ -87,6 +92,18 @@ pub struct TokenService {
     pub clients: HashMap<String, Client>,
     /// `failed_auth_limit`: failed client authentications per client id and per IP.
     pub failed_auth: FailedAuthLimit,
+    /// `sender_constraint`: what clients must prove to get a token (unless a client
+    /// says otherwise), and what routes require of the `local` issuer's tokens.
+    pub sender_constraint: SenderConstraint,
+}
+
+/// What an issued token is bound to (its `cnf` claim).
+#[derive(Debug, Default)]
+struct Binding {
+    /// RFC 9449: the DPoP proof key's thumbprint.
+    jkt: Option<String>,
+    /// RFC 8705: the client certificate's SHA-256, base64url.
+    x5t: Option<String>,
 }
 
 /// An argon2id PHC string for `secret_hash`.
@@ -199,6 +216,7 @@ impl TokenService {
         req: Request<B>,
         path: &str,
         metrics: &Metrics,
+        replays: &ReplayCache,
     ) -> Result<Response<Body>, GatewayError>
     where
         B: http_body::Body<Data = Bytes>,
@@ -216,9 +234,9 @@ impl TokenService {
                 req.method()
             )));
         }
-        let ip = req
-            .extensions()
-            .get::<Arc<ConnInfo>>()
+        let conn = req.extensions().get::<Arc<ConnInfo>>().cloned();
+        let ip = conn
+            .as_ref()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.remote.ip());
         let (parts, body) = req.into_parts();
         let body = http_body_util::Limited::new(body, MAX_TOKEN_REQUEST)
@@ -312,7 +330,8 @@ impl TokenService {
             Err(e) => return Err(self.failed(Some(&id), ip, e).await),
         };
         let scopes = self.grant_scopes(client, one.get("scope").copied())?;
-        self.issue(client, &scopes, metrics)
+        let binding = self.binding(client, &parts, conn.as_deref(), replays)?;
+        self.issue(client, &scopes, binding, metrics)
     }
 
     /// A failed client authentication (`e`, 401 `invalid_client`): counted against
@@ -403,10 +422,90 @@ impl TokenService {
         Ok(out)
     }
 
+    /// What the token will be bound to: the key of a valid DPoP proof sent with the
+    /// request (RFC 9449 section 5), and for a client whose `sender_constraint` is
+    /// `mtls`, its TLS client certificate (RFC 8705). A client that must use DPoP (or
+    /// mTLS) and did not gets an error instead of a bearer token.
+    fn binding(
+        &self,
+        client: &Client,
+        parts: &http::request::Parts,
+        conn: Option<&ConnInfo>,
+        replays: &ReplayCache,
+    ) -> Result<Binding, GatewayError> {
+        let want = client.sender_constraint.unwrap_or(self.sender_constraint);
+        let bad_proof = |description: String| GatewayError::OAuth {
+            code: "invalid_dpop_proof",
+            description,
+        };
+        let mut b = Binding::default();
+        match sender::proof_header(&parts.headers).map_err(|e| bad_proof(e.into()))? {
+            Some(proof) => {
+                let proof = dpop::parse(proof).map_err(|r| bad_proof(r.description))?;
+                let htu =
+                    sender::target_uri(&parts.headers, &parts.uri, conn.is_some_and(|c| c.tls))
+                        .ok_or_else(|| {
+                            bad_proof("the request names no host to compare htu with".into())
+                        })?;
+                let now = crate::auth::now_secs();
+                let window = DEFAULT_IAT_WINDOW.as_secs() as i64;
+                // A token request carries no access token: `ath` is not checked here.
+                let want_claims = Expected {
+                    method: parts.method.as_str(),
+                    htu: &htu,
+                    token: None,
+                    now,
+                    iat_window_secs: window,
+                };
+                proof
+                    .check(&want_claims)
+                    .map_err(|r| bad_proof(r.description))?;
+                let forget_at = proof.iat.saturating_add(window).saturating_add(1);
+                match replays.insert(replay::key(&proof.jkt, &proof.jti), forget_at, now) {
+                    Seen::New => {}
+                    Seen::Replayed => {
+                        return Err(bad_proof(
+                            "DPoP proof replayed (its jti was used before)".into(),
+                        ))
+                    }
+                    Seen::Full => {
+                        return Err(GatewayError::ServiceUnavailable(
+                            "too many DPoP proofs at once to check for replays; retry shortly",
+                        ))
+                    }
+                }
+                b.jkt = Some(proof.jkt);
+            }
+            None if want == SenderConstraint::Dpop => {
+                return Err(bad_proof(format!(
+                    "client {} must send a DPoP proof (the DPoP header) with its token request",
+                    client.id
+                )))
+            }
+            None => {}
+        }
+        if want == SenderConstraint::Mtls {
+            match conn.map(|c| &c.client_cert) {
+                Some(ClientCert::Leaf(sha)) => b.x5t = Some(sender::x5t_s256(sha)),
+                _ => {
+                    return Err(GatewayError::OAuth {
+                        code: "invalid_request",
+                        description: format!(
+                            "client {} must present its TLS client certificate: its tokens are bound to it",
+                            client.id
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(b)
+    }
+
     fn issue(
         &self,
         client: &Client,
         scopes: &[String],
+        binding: Binding,
         metrics: &Metrics,
     ) -> Result<Response<Body>, GatewayError> {
         let now = crate::auth::now_secs();
@@ -423,6 +522,17 @@ impl TokenService {
             "exp": now + self.ttl.as_secs() as i64,
             "jti": crate::encoding::hex(&jti),
         });
+        let mut claims = claims;
+        let mut cnf = serde_json::Map::new();
+        if let Some(jkt) = &binding.jkt {
+            cnf.insert("jkt".into(), jkt.clone().into());
+        }
+        if let Some(x5t) = &binding.x5t {
+            cnf.insert("x5t#S256".into(), x5t.clone().into());
+        }
+        if !cnf.is_empty() {
+            claims["cnf"] = cnf.into();
+        }
         let token = self.key.sign("at+jwt", &claims).map_err(|e| {
             tracing::error!(error = %e, "signing failed");
             GatewayError::ServiceUnavailable("token signing failed")
@@ -435,7 +545,8 @@ impl TokenService {
             StatusCode::OK,
             serde_json::json!({
                 "access_token": token,
-                "token_type": "Bearer",
+                // RFC 9449 section 5: a DPoP-bound token's type is DPoP.
+                "token_type": if binding.jkt.is_some() { "DPoP" } else { "Bearer" },
                 "expires_in": self.ttl.as_secs(),
                 "scope": scope,
             }),
@@ -466,6 +577,9 @@ impl TokenService {
             "response_types_supported": ["token"],
             "scopes_supported": scopes,
             "access_token_signing_alg_values_supported": [format!("{:?}", self.key.alg)],
+            "dpop_signing_alg_values_supported": crate::error::DPOP_ALGS.split(' ').collect::<Vec<_>>(),
+            "tls_client_certificate_bound_access_tokens": self.sender_constraint == SenderConstraint::Mtls
+                || self.clients.values().any(|c| c.sender_constraint == Some(SenderConstraint::Mtls)),
         })
     }
 }

@@ -32,6 +32,7 @@ mod reload_perf;
 mod routing;
 mod sap;
 mod schema;
+mod sender_constraint;
 mod tls;
 mod token_service;
 mod traces;

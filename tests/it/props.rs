@@ -413,6 +413,8 @@ fn issuer() -> Issuer {
         leeway: Duration::from_secs(LEEWAY as u64),
         scope_claims: vec!["scope".into()],
         client_claims: vec!["client_id".into()],
+        sender_constraint: Default::default(),
+        dpop: Default::default(),
         fingerprint: [0; 32],
     }
 }
@@ -487,4 +489,113 @@ fn absurd_time_claims_are_judged_not_overflowed() {
         serde_json::json!({"iss": "https://idp.example", "aud": "api", "exp": i64::MAX, "nbf": i64::MIN}),
     );
     assert!(check_claims(&issuer(), &max, NOW, true).is_ok());
+}
+
+// ---------------------------------------------------------------------------------
+// DPoP proofs (the `dpop` fuzz target's no-forgery property, as a property test)
+
+mod dpop_proofs {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+    use std::sync::OnceLock;
+    use tollgate::auth::dpop;
+
+    fn key() -> &'static EcdsaKeyPair {
+        static K: OnceLock<EcdsaKeyPair> = OnceLock::new();
+        K.get_or_init(|| EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap())
+    }
+
+    fn jwk() -> Value {
+        let p = key().public_key().as_ref();
+        json!({"kty": "EC", "crv": "P-256",
+            "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..])})
+    }
+
+    fn signed(header: &[u8], claims: &[u8]) -> String {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
+        );
+        let sig = key().sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+
+    fn valid() -> String {
+        let h = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk()}).to_string();
+        signed(
+            h.as_bytes(),
+            br#"{"htm":"GET","htu":"https://a.example/x","iat":1,"jti":"j"}"#,
+        )
+    }
+
+    /// A header built from parts that matter: typ, alg, the jwk (ours, altered, with a
+    /// private member, or another type) and extra members.
+    fn header() -> impl Strategy<Value = Value> {
+        let typ = prop_oneof![Just("dpop+jwt"), Just("DPOP+JWT"), Just("JWT"), Just("")];
+        let alg = prop_oneof![
+            Just("ES256"),
+            Just("ES384"),
+            Just("RS256"),
+            Just("EdDSA"),
+            Just("none"),
+            Just("HS256")
+        ];
+        let jwk_kind = 0..5u8;
+        let extra = prop_oneof![
+            Just(None),
+            Just(Some("crit")),
+            Just(Some("kid")),
+            Just(Some("jku"))
+        ];
+        (typ, alg, jwk_kind, extra).prop_map(|(typ, alg, kind, extra)| {
+            let mut j = jwk();
+            match kind {
+                1 => j["d"] = "AAAA".into(),
+                2 => j["x"] = j["y"].clone(),
+                3 => j["crv"] = "P-384".into(),
+                4 => j = json!({"kty": "oct", "k": "c2VjcmV0"}),
+                _ => {}
+            }
+            let mut h = json!({"typ": typ, "alg": alg, "jwk": j});
+            if let Some(e) = extra {
+                h[e] = json!(["x"]);
+            }
+            h
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        // Behaviour: a proof is accepted only with typ dpop+jwt, alg ES256 (the key's
+        // type), our own public jwk, and no crit; never none, HMAC or a private jwk.
+        #[test]
+        fn accepted_only_as_signed(h in header()) {
+            let claims = br#"{"htm":"GET","htu":"https://a.example/x","iat":1,"jti":"j"}"#;
+            let got = dpop::parse(&signed(h.to_string().as_bytes(), claims));
+            let want = h["typ"].as_str().unwrap().eq_ignore_ascii_case("dpop+jwt")
+                && h["alg"] == "ES256"
+                && h["jwk"] == jwk()
+                && h.get("crit").is_none();
+            prop_assert_eq!(got.is_ok(), want, "{} -> {:?}", h, got);
+        }
+
+        // Behaviour: changing any one character of a valid proof never yields another
+        // accepted proof (the signature covers header and claims; base64 is canonical).
+        #[test]
+        fn one_changed_character_is_refused(at in any::<prop::sample::Index>(), c in prop::char::range('!', '~')) {
+            let p = valid();
+            let i = at.index(p.len());
+            prop_assume!(p.as_bytes()[i] != c as u8);
+            let mut changed = p.clone().into_bytes();
+            changed[i] = c as u8;
+            let changed = String::from_utf8(changed).unwrap();
+            prop_assert!(dpop::parse(&changed).is_err(), "{}", changed);
+        }
+    }
 }

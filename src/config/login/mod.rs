@@ -275,6 +275,8 @@ fn id_token_issuer(
         leeway: issuer.leeway,
         scope_claims: issuer.scope_claims.clone(),
         client_claims: issuer.client_claims.clone(),
+        sender_constraint: Default::default(),
+        dpop: Default::default(),
         fingerprint,
     })
 }
