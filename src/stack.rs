@@ -106,7 +106,7 @@ where
                 // cookies, one replay after 403 + X-CSRF-Token: Required.
                 .layer(UpstreamSessionLayer::new(gw.clone()))
                 // 10. Forward to the route's upstream, streaming both ways.
-                .service(Proxy),
+                .service(Proxy::new(gw.metrics.upstream())),
         ))
 }
 

@@ -16,6 +16,7 @@ mod embed;
 mod faults;
 mod hostile;
 mod login;
+mod metrics;
 mod oidc_e2e;
 mod overload;
 mod policy_tests;
