@@ -345,7 +345,8 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         // Counters are registered without `_total`: the encoder appends it (and in the
-        // 0.0.4 format writes it on the HELP and TYPE lines too, as before).
+        // 0.0.4 format writes it on the HELP and TYPE lines too, as before). The
+        // registry ends each HELP text with a full stop itself.
         macro_rules! reg {
             ($name:literal, $help:literal, $metric:expr) => {{
                 let m = $metric;
@@ -355,107 +356,107 @@ impl Metrics {
         }
         let requests = reg!(
             "tollgate_requests",
-            "Requests answered, by route and status.",
+            "Requests answered, by route and status",
             Family::<RouteStatus, Counter>::default()
         );
         let durations = reg!(
             "tollgate_request_duration_seconds",
-            "Time from request head to response head.",
+            "Time from request head to response head",
             Histograms::<RouteLabel>::new_with_constructor(duration_histogram)
         );
         let denied = reg!(
             "tollgate_auth_denied",
-            "Auth denials, by route and reason code.",
+            "Auth denials, by route and reason code",
             Family::<RouteReason, Counter>::default()
         );
         let token_fetches = reg!(
             "tollgate_upstream_token_fetches",
-            "Upstream OAuth2 token fetches, by upstream and result.",
+            "Upstream OAuth2 token fetches, by upstream and result",
             Family::<UpstreamResult, Counter>::default()
         );
         let csrf_fetches = reg!(
             "tollgate_upstream_csrf_fetches",
-            "X-CSRF-Token fetches (upstreams[].csrf), by upstream and result.",
+            "X-CSRF-Token fetches (upstreams[].csrf), by upstream and result",
             Family::<UpstreamResult, Counter>::default()
         );
         let csrf_replays = reg!(
             "tollgate_upstream_csrf_replays",
-            "Requests sent once more after 403 + X-CSRF-Token: Required, by upstream.",
+            "Requests sent once more after 403 + X-CSRF-Token: Required, by upstream",
             Family::<UpstreamLabel, Counter>::default()
         );
         let reloads = reg!(
             "tollgate_config_reloads",
-            "Config reloads, by result.",
+            "Config reloads, by result",
             Family::<ResultLabel, Counter>::default()
         );
         let upstream_durations = reg!(
             "tollgate_upstream_request_duration_seconds",
-            "Time from sending a request to an upstream until its response head (or the failure), by upstream.",
+            "Time from sending a request to an upstream until its response head (or the failure), by upstream",
             Histograms::<UpstreamLabel>::new_with_constructor(duration_histogram)
         );
         let upstream_errors = reg!(
             "tollgate_upstream_errors",
-            "Upstream exchanges that got no response, by upstream and kind (connect, timeout, reset).",
+            "Upstream exchanges that got no response, by upstream and kind (connect, timeout, reset)",
             Family::<UpstreamKind, Counter>::default()
         );
         let client_auth_failures = reg!(
             "tollgate_client_auth_failures",
-            "Failed client authentications at the token service, by reason.",
+            "Failed client authentications at the token service, by reason",
             Family::<ReasonLabel, Counter>::default()
         );
         let rate_limited = reg!(
             "tollgate_rate_limited",
-            "Requests refused with 429 by a rate limit or quota, by route and limit.",
+            "Requests refused with 429 by a rate limit or quota, by route and limit",
             Family::<RouteLimit, Counter>::default()
         );
         let sign_ins = reg!(
             "tollgate_sign_ins",
-            "Browser sign-ins that reached the callback, by result.",
+            "Browser sign-ins that reached the callback, by result",
             Family::<ResultLabel, Counter>::default()
         );
         let session_refreshes = reg!(
             "tollgate_session_refreshes",
-            "Browser sessions' access tokens refreshed at the identity provider, by result.",
+            "Browser sessions' access tokens refreshed at the identity provider, by result",
             Family::<ResultLabel, Counter>::default()
         );
         let tokens_issued = reg!(
             "tollgate_tokens_issued",
-            "Tokens issued by the token service.",
+            "Tokens issued by the token service",
             Counter::default()
         );
         let cache_requests = reg!(
             "tollgate_cache_requests",
-            "Lookups in each cache, by result (hit, miss): hit ratio = hit / (hit + miss).",
+            "Lookups in each cache, by result (hit, miss): hit ratio = hit / (hit + miss)",
             Family::<CacheResult, Counter>::default()
         );
         let open_connections = reg!(
             "tollgate_open_connections",
-            "Client connections open now.",
+            "Client connections open now",
             Gauge::default()
         );
         let in_flight = reg!(
             "tollgate_requests_in_flight",
-            "Requests on the public listener being handled now.",
+            "Requests on the public listener being handled now",
             Gauge::default()
         );
         let shed_total = reg!(
             "tollgate_requests_shed",
-            "Requests answered 503 because limits.max_concurrent_requests were in flight.",
+            "Requests answered 503 because limits.max_concurrent_requests were in flight",
             Counter::default()
         );
         let connections_refused_total = reg!(
             "tollgate_connections_refused",
-            "Connections answered 503 and closed because limits.max_connections were open.",
+            "Connections answered 503 and closed because limits.max_connections were open",
             Counter::default()
         );
         let connections_total = reg!(
             "tollgate_connections",
-            "Client connections accepted.",
+            "Client connections accepted",
             Counter::default()
         );
         let build_info = reg!(
             "tollgate_build_info",
-            "Always 1: the version (and, when built with TOLLGATE_GIT_COMMIT set, the commit) of this tollgate.",
+            "Always 1: the version (and, when built with TOLLGATE_GIT_COMMIT set, the commit) of this tollgate",
             Family::<BuildInfo, Gauge>::default()
         );
         let mut labels: BuildInfo = vec![("version", env!("CARGO_PKG_VERSION"))];
