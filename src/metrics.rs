@@ -709,7 +709,7 @@ impl Collector for Scraped {
         )?;
         for (cache, n) in &x.cache_sizes {
             ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX))
-                .encode(m.encode_family(&CacheLabel { cache: *cache })?)?;
+                .encode(m.encode_family(&CacheLabel { cache })?)?;
         }
         let m = encoder.encode_descriptor(
             "tollgate_config_version",
