@@ -31,6 +31,9 @@ fi
 bash tests/envoy/install.sh
 # The tracing tests' OTLP receiver: PyPI's opentelemetry-proto in target/otlp-venv.
 bash tests/otlp/install.sh
+# The metrics tests' independent /metrics parser: PyPI's prometheus-client in
+# target/metrics-venv.
+bash tests/metrics_parser/install.sh
 for dir in tests/e2e/oidc tests/e2e/browser; do
   if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
     npm ci --prefix "$dir" --no-audit --no-fund >/dev/null

@@ -22,6 +22,7 @@ use crate::body::{full, Body};
 use crate::error::GatewayError;
 use crate::gate::Gate;
 use crate::gateway::Gateway;
+use crate::metrics::Format;
 use crate::request_id::{self, SaneRequestId, X_REQUEST_ID};
 
 /// The admin listener's service: request ids, then [`handle`].
@@ -156,11 +157,17 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
             }
         }
         (&Method::GET, "/metrics") => {
-            let text = gw.metrics.render(&gw.scrape_extras());
+            // Prometheus text 0.0.4 unless the scraper asks for OpenMetrics.
+            let format = Format::negotiate(
+                req.headers()
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok()),
+            );
+            let text = gw.metrics.render(gw.scrape_extras(), format);
             let mut r = Response::new(full(text));
             r.headers_mut().insert(
                 CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                HeaderValue::from_static(format.content_type()),
             );
             r
         }

@@ -545,10 +545,18 @@ where
         let request_id = nginx
             .then(|| req.headers().get(&X_REQUEST_ID).cloned())
             .flatten();
+        let trace_id = nginx
+            .then(|| {
+                req.headers()
+                    .get(&crate::trace_context::TRACEPARENT)
+                    .and_then(crate::trace_context::trace_id_text)
+            })
+            .flatten();
         NginxFuture {
             inner: self.inner.call(req),
             nginx,
             request_id,
+            trace_id,
         }
     }
 }
@@ -559,6 +567,7 @@ pin_project! {
         inner: F,
         nginx: bool,
         request_id: Option<HeaderValue>,
+        trace_id: Option<[u8; 32]>,
     }
 }
 
@@ -578,7 +587,11 @@ where
                     .as_ref()
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
-                if let Ok(v) = HeaderValue::from_str(&e.body_json(rid)) {
+                let trace_id = this
+                    .trace_id
+                    .as_ref()
+                    .and_then(|t| std::str::from_utf8(t).ok());
+                if let Ok(v) = HeaderValue::from_str(&e.body_json(rid, trace_id)) {
                     resp.headers_mut().insert(&X_TOLLGATE_ERROR_BODY, v);
                 }
             }

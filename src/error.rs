@@ -22,6 +22,7 @@ use http::{Extensions, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 
 use crate::body::{full, Body};
+use crate::trace_context;
 
 /// Stable reason codes for auth denials: the `reason` label of
 /// `tollgate_auth_denied_total` and the `reason` field of denial logs.
@@ -410,7 +411,14 @@ impl GatewayError {
 
     /// The one mapping from error to response.
     pub fn to_response(&self, request_id: &str) -> Response<Body> {
-        let mut resp = Response::new(full(Bytes::from(self.body_json(request_id))));
+        self.to_traced_response(request_id, None)
+    }
+
+    /// [`GatewayError::to_response`] for a request in a trace: the body also carries
+    /// `"trace_id"` (32 hex digits), so that a refusal a user reports can be found in
+    /// the tracing system.
+    pub fn to_traced_response(&self, request_id: &str, trace_id: Option<&str>) -> Response<Body> {
+        let mut resp = Response::new(full(Bytes::from(self.body_json(request_id, trace_id))));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -455,7 +463,7 @@ impl GatewayError {
     /// any HTTP machinery runs (the connection-limit refusal).
     pub fn to_http1_bytes(&self, request_id: &str) -> Vec<u8> {
         let resp = self.to_response(request_id);
-        let body = self.body_json(request_id);
+        let body = self.body_json(request_id, None);
         let mut out = format!(
             "HTTP/1.1 {} {}\r\n",
             resp.status().as_u16(),
@@ -473,13 +481,16 @@ impl GatewayError {
         out
     }
 
-    pub fn body_json(&self, request_id: &str) -> String {
-        serde_json::json!({
+    pub fn body_json(&self, request_id: &str, trace_id: Option<&str>) -> String {
+        let mut body = serde_json::json!({
             "error": self.code(),
             "error_description": self.to_string(),
             "request_id": request_id,
-        })
-        .to_string()
+        });
+        if let Some(t) = trace_id {
+            body["trace_id"] = serde_json::Value::from(t);
+        }
+        body.to_string()
     }
 }
 
@@ -574,9 +585,16 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let request_id = req.headers().get(&crate::request_id::X_REQUEST_ID).cloned();
+        // The trace-context layer above has written the request's traceparent (the
+        // client's trace continued, or a new one): its trace id goes into error bodies.
+        let trace_id = req
+            .headers()
+            .get(&trace_context::TRACEPARENT)
+            .and_then(trace_context::trace_id_text);
         RescueFuture {
             inner: self.inner.call(req),
             request_id,
+            trace_id,
         }
     }
 }
@@ -586,6 +604,7 @@ pin_project! {
         #[pin]
         inner: F,
         request_id: Option<HeaderValue>,
+        trace_id: Option<[u8; 32]>,
     }
 }
 
@@ -597,16 +616,31 @@ impl<F: Future<Output = Result<Response<Body>, Rejection>>> Future for RescueFut
         let out = std::task::ready!(this.inner.poll(cx));
         Poll::Ready(Ok(match out {
             Ok(resp) => resp,
-            Err(rej) => rescue(rej, this.request_id.as_ref()),
+            Err(rej) => rescue_traced(
+                rej,
+                this.request_id.as_ref(),
+                this.trace_id
+                    .as_ref()
+                    .and_then(|t| std::str::from_utf8(t).ok()),
+            ),
         }))
     }
 }
 
 /// One refusal, as the client sees it.
 pub fn rescue(rej: Rejection, request_id: Option<&HeaderValue>) -> Response<Body> {
+    rescue_traced(rej, request_id, None)
+}
+
+/// [`rescue`] for a request in a trace (`trace_id`: 32 hex digits, into the body).
+pub fn rescue_traced(
+    rej: Rejection,
+    request_id: Option<&HeaderValue>,
+    trace_id: Option<&str>,
+) -> Response<Body> {
     let Rejection { error, facts } = rej;
     let rid = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mut resp = error.to_response(rid);
+    let mut resp = error.to_traced_response(rid, trace_id);
     if let Some(ResponseHeaders(h)) = facts.get::<ResponseHeaders>() {
         for name in h.keys() {
             // A header the error sets itself (a 429's RateLimit headers) wins.

@@ -14,7 +14,9 @@ use crate::config::{self, ConfigError, LoadTimings, Registry};
 use crate::credentials::TokenCache;
 use crate::decisions::Decisions;
 use crate::encoding::rfc3339;
-use crate::metrics::{Metrics, ScrapeExtras};
+use crate::metrics::{
+    Metrics, ScrapeExtras, CACHE_INTROSPECTION, CACHE_UPSTREAM_TOKENS, CACHE_VERIFIED,
+};
 use crate::runtime::Runtime;
 use crate::session::SessionCaches;
 use crate::upstream_session::Sessions;
@@ -108,13 +110,19 @@ impl Gateway {
             loaded_at: Some(rfc3339(rt.loaded_at)),
             ..Default::default()
         };
+        let metrics = Metrics::new();
+        let auth_caches = AuthCaches::counted(
+            metrics.cache_counters(CACHE_VERIFIED),
+            metrics.cache_counters(CACHE_INTROSPECTION),
+        );
+        let tokens = TokenCache::counted(metrics.cache_counters(CACHE_UPSTREAM_TOKENS));
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(rt),
             config_path: path,
             registry,
-            metrics: Metrics::default(),
-            auth_caches: Arc::default(),
-            tokens: TokenCache::default(),
+            metrics,
+            auth_caches: Arc::new(auth_caches),
+            tokens,
             sessions: Sessions::default(),
             login_sessions: SessionCaches::default(),
             tracing: crate::otel::Tracing::default(),
@@ -359,11 +367,9 @@ impl Gateway {
             .issuers
             .iter()
             .filter_map(|i| match &i.kind {
-                IssuerKind::Jwt(s) => Some((
-                    i.name.to_string(),
-                    s.fetches_ok.load(Ordering::Relaxed),
-                    s.fetches_failed.load(Ordering::Relaxed),
-                )),
+                IssuerKind::Jwt(s) => {
+                    Some((i.name.clone(), s.fetches_ok.get(), s.fetches_failed.get()))
+                }
                 _ => None,
             })
             .collect();
@@ -372,8 +378,10 @@ impl Gateway {
             .iter()
             .filter_map(|i| match &i.kind {
                 IssuerKind::Introspection(x) => Some((
-                    i.name.to_string(),
-                    [0, 1, 2].map(|k| x.calls[k].load(Ordering::Relaxed)),
+                    i.name.clone(),
+                    x.calls.active.get(),
+                    x.calls.inactive.get(),
+                    x.calls.failure.get(),
                 )),
                 _ => None,
             })
@@ -382,9 +390,9 @@ impl Gateway {
             jwks_fetches,
             introspections,
             cache_sizes: vec![
-                ("verified_tokens", self.auth_caches.verified.len()),
-                ("introspection", self.auth_caches.introspection.len()),
-                ("upstream_tokens", self.tokens.tokens.len()),
+                (CACHE_VERIFIED, self.auth_caches.verified.len()),
+                (CACHE_INTROSPECTION, self.auth_caches.introspection.len()),
+                (CACHE_UPSTREAM_TOKENS, self.tokens.tokens.len()),
             ],
             config_version: rt.version,
             ready: self.ready(),
@@ -398,6 +406,10 @@ impl Gateway {
             trace_spans: (
                 self.tracing.counters.exported.load(Ordering::Relaxed),
                 self.tracing.counters.dropped.load(Ordering::Relaxed),
+            ),
+            websocket_tunnels: (
+                self.tunnels.opened.load(Ordering::Relaxed),
+                self.tunnels.open.load(Ordering::Relaxed),
             ),
         }
     }

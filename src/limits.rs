@@ -11,7 +11,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -126,9 +125,10 @@ pub struct InFlight(Option<Arc<Gateway>>);
 impl InFlight {
     /// Counts the request in; `None` (and not counted) when `limit` are in flight.
     fn enter(gw: &Arc<Gateway>, limit: usize) -> Option<InFlight> {
-        let before = gw.metrics.in_flight.fetch_add(1, Ordering::AcqRel);
+        // The gauge's atomic add returns the count before this request.
+        let before = usize::try_from(gw.metrics.in_flight.inc()).unwrap_or(0);
         if before >= limit {
-            gw.metrics.in_flight.fetch_sub(1, Ordering::AcqRel);
+            gw.metrics.in_flight.dec();
             return None;
         }
         Some(InFlight(Some(gw.clone())))
@@ -138,7 +138,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(gw) = self.0.take() {
-            gw.metrics.in_flight.fetch_sub(1, Ordering::AcqRel);
+            gw.metrics.in_flight.dec();
         }
     }
 }
@@ -167,7 +167,7 @@ where
         match InFlight::enter(&self.gw, limit) {
             Some(guard) => Then::new(Step::inner(self.inner.call(req)), guard),
             None => {
-                self.gw.metrics.shed_total.fetch_add(1, Ordering::Relaxed);
+                self.gw.metrics.shed_total.inc();
                 Then::new(
                     Step::reject(GatewayError::Overloaded(limit)),
                     InFlight(None),
@@ -289,9 +289,9 @@ mod tests {
         let first = svc.call(get("/open/a"));
         let second = svc.call(get("/open/b")).await.unwrap_err();
         assert!(matches!(second.error, GatewayError::Overloaded(1)));
-        assert_eq!(gw.metrics.shed_total.load(Ordering::Relaxed), 1);
+        assert_eq!(gw.metrics.shed_total.get(), 1);
         assert!(first.await.is_ok());
-        assert_eq!(gw.metrics.in_flight.load(Ordering::Relaxed), 0);
+        assert_eq!(gw.metrics.in_flight.get(), 0);
         assert!(svc.call(get("/open/c")).await.is_ok());
         assert_eq!(reached.count(), 2);
     }

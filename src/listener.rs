@@ -7,7 +7,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,9 +89,7 @@ pub async fn serve<S>(
         let permit = match slot {
             Slot::Serve(p) => p,
             Slot::Refuse(r) => {
-                gw.metrics
-                    .connections_refused_total
-                    .fetch_add(1, Ordering::Relaxed);
+                gw.metrics.connections_refused_total.inc();
                 tracing::warn!(remote = %remote, max_connections = max_conn, "connection limit reached; refusing");
                 tokio::spawn(async move {
                     if !tls {
@@ -110,10 +107,8 @@ pub async fn serve<S>(
         let svc = svc.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            gw2.metrics.open_connections.fetch_add(1, Ordering::Relaxed);
-            gw2.metrics
-                .connections_total
-                .fetch_add(1, Ordering::Relaxed);
+            gw2.metrics.open_connections.inc();
+            gw2.metrics.connections_total.inc();
             let tls_cfg = if tls {
                 gw2.current().server.tls.clone()
             } else {
@@ -169,7 +164,7 @@ pub async fn serve<S>(
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
             }
-            gw2.metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
+            gw2.metrics.open_connections.dec();
             drop(permit);
         });
     }

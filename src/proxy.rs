@@ -17,7 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -31,6 +31,7 @@ use crate::client::{send_h2, send_pooled, UpstreamFailure};
 use crate::conn::ConnInfo;
 use crate::error::{BadGateway, GatewayError, Rejection, Timeout};
 use crate::identity::Identity;
+use crate::metrics::{UpstreamErrorKind, UpstreamMetrics};
 pub use crate::request_id::X_REQUEST_ID;
 use crate::route::layer::{request_host, routed};
 
@@ -329,13 +330,15 @@ where
     Response::from_parts(parts, body)
 }
 
-/// Forwards the request and returns the upstream's response, streaming.
+/// Forwards the request and returns the upstream's response, streaming; counts the
+/// exchange in `metrics` (time to the response head, and a failure's kind).
 pub async fn forward<B>(
     up: &Upstream,
     req: Request<B>,
     uri: Uri,
     cx: ForwardContext<'_>,
     max_body: u64,
+    metrics: &UpstreamMetrics,
 ) -> Result<Response<Body>, GatewayError>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
@@ -351,6 +354,7 @@ where
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     prepare_headers(&mut parts.headers, up, &cx);
     parts.extensions = http::Extensions::new();
+    let start = Instant::now();
     let sent = match up.protocol {
         Protocol::Http1 => {
             parts.uri = uri;
@@ -381,6 +385,15 @@ where
                 .map(|resp| from_upstream(up, resp))
         }
     };
+    let kind = match &sent {
+        Ok(_) => None,
+        // The client's body failed, not the upstream.
+        Err(f) if f.caused_by::<BodyTooLarge>() || f.caused_by::<ClientBodyError>() => None,
+        Err(UpstreamFailure::Timeout) => Some(UpstreamErrorKind::Timeout),
+        Err(UpstreamFailure::Connect(_)) => Some(UpstreamErrorKind::Connect),
+        Err(UpstreamFailure::Broken(_)) => Some(UpstreamErrorKind::Reset),
+    };
+    metrics.exchange(&up.name, start.elapsed(), kind);
     match sent {
         Ok(resp) => Ok(resp),
         Err(f) if f.caused_by::<BodyTooLarge>() => Err(GatewayError::PayloadTooLarge(max_body)),
@@ -412,8 +425,18 @@ where
 }
 
 /// Step 10: the innermost service, forwarding to the matched route's upstream.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Proxy;
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    metrics: Arc<UpstreamMetrics>,
+}
+
+impl Proxy {
+    pub fn new(metrics: UpstreamMetrics) -> Self {
+        Proxy {
+            metrics: Arc::new(metrics),
+        }
+    }
+}
 
 impl<B> tower::Service<Request<B>> for Proxy
 where
@@ -442,6 +465,7 @@ where
         };
         let conn = req.extensions().get::<Arc<ConnInfo>>().cloned();
         let identity = req.extensions().get::<Arc<Identity>>().cloned();
+        let metrics = self.metrics.clone();
         Step::boxed(async move {
             let mut span = crate::otel::child("upstream", SpanKind::Client);
             if span.recording() {
@@ -460,7 +484,7 @@ where
                 original_host: request_host(&req),
                 identity: identity.as_deref(),
             };
-            let out = forward(&upstream, req, uri, cx, max_body).await;
+            let out = forward(&upstream, req, uri, cx, max_body, &metrics).await;
             match &out {
                 Ok(resp) => {
                     let status = resp.status().as_u16();

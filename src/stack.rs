@@ -116,7 +116,7 @@ where
                 //     its own, then a tunnel with idle and total timeouts.
                 .layer(WebSocketLayer::new(gw.clone()))
                 // 10. Forward to the route's upstream, streaming both ways.
-                .service(Proxy),
+                .service(Proxy::new(gw.metrics.upstream())),
         ))
 }
 

@@ -4,7 +4,6 @@
 //! concurrent requests with the same token make one call.
 
 use opentelemetry::trace::SpanKind;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
@@ -14,6 +13,7 @@ use super::jwt::Refusal;
 use crate::body::full;
 use crate::client::{fetch, HttpClient};
 use crate::error::DenyReason;
+use crate::metrics::IntrospectionCalls;
 use crate::secret::Secret;
 
 /// How long an "inactive" answer is remembered (bounded by `cache_ttl`).
@@ -29,8 +29,8 @@ pub struct Introspection {
     pub client: HttpClient,
     /// `Basic base64(urlencode(id):urlencode(secret))`, marked sensitive.
     authorization: HeaderValue,
-    /// Calls by result: active, inactive/refused, failed (for /metrics).
-    pub calls: [AtomicU64; 3],
+    /// Calls by result (`tollgate_introspection_requests_total`).
+    pub calls: IntrospectionCalls,
 }
 
 /// Why introspection gave no identity.
@@ -70,12 +70,11 @@ impl Introspection {
         token: &str,
     ) -> Result<serde_json::Map<String, serde_json::Value>, IntrospectError> {
         let r = self.call(token).await;
-        let slot = match &r {
-            Ok(_) => 0,
-            Err(IntrospectError::Refused(_)) => 1,
-            Err(IntrospectError::Unavailable(_)) => 2,
+        match &r {
+            Ok(_) => self.calls.active.inc(),
+            Err(IntrospectError::Refused(_)) => self.calls.inactive.inc(),
+            Err(IntrospectError::Unavailable(_)) => self.calls.failure.inc(),
         };
-        self.calls[slot].fetch_add(1, Ordering::Relaxed);
         r
     }
 

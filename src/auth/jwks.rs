@@ -20,6 +20,7 @@ use base64::Engine;
 use http::Request;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::Algorithm;
+use prometheus_client::metrics::counter::Counter;
 
 use super::jwt::KeyKind;
 use crate::body::empty;
@@ -233,8 +234,9 @@ pub struct KeyStore {
     generation: AtomicU64,
     last_kid_refetch: Mutex<Option<Instant>>,
     first_done: AtomicBool,
-    pub fetches_ok: AtomicU64,
-    pub fetches_failed: AtomicU64,
+    /// Key set fetches by result (`tollgate_jwks_fetches_total`).
+    pub fetches_ok: Counter,
+    pub fetches_failed: Counter,
     refresher_started: AtomicBool,
     /// The last fetch's outcome and when the key set now in use was fetched (the admin
     /// page shows both).
@@ -273,8 +275,8 @@ impl KeyStore {
             generation: AtomicU64::new(0),
             last_kid_refetch: Mutex::new(None),
             first_done: AtomicBool::new(false),
-            fetches_ok: AtomicU64::new(0),
-            fetches_failed: AtomicU64::new(0),
+            fetches_ok: Counter::default(),
+            fetches_failed: Counter::default(),
             refresher_started: AtomicBool::new(false),
             last_fetch: Mutex::new(None),
             keys_fetched_at: Mutex::new(None),
@@ -374,7 +376,7 @@ impl KeyStore {
                 tracing::info!(issuer = %self.issuer_name, keys = set.all.len(), skipped, "fetched issuer keys");
                 let n = set.all.len();
                 self.keys.store(Arc::new(set));
-                self.fetches_ok.fetch_add(1, Ordering::Relaxed);
+                self.fetches_ok.inc();
                 let now = SystemTime::now();
                 *self
                     .keys_fetched_at
@@ -386,7 +388,7 @@ impl KeyStore {
                 });
             }
             Err(e) => {
-                self.fetches_failed.fetch_add(1, Ordering::Relaxed);
+                self.fetches_failed.inc();
                 *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(FetchOutcome {
                     at: SystemTime::now(),
                     result: Err(e.clone()),

@@ -12,6 +12,7 @@ pub mod jwt;
 pub mod replay;
 pub mod sender;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +28,7 @@ use self::sender::{DpopSettings, SenderConstraint};
 use crate::cache::FlightCache;
 use crate::error::{BadGateway, DenyReason, GatewayError};
 use crate::identity::Identity;
+use crate::metrics::CacheCounters;
 
 /// A compiled `issuers[]` entry (or the token service, named `local`).
 pub struct Issuer {
@@ -71,14 +73,26 @@ pub struct AuthCaches {
     /// DPoP proofs seen recently (`jti`s), against replays. Not flushed with the others:
     /// forgetting them would accept replays again.
     pub dpop_replay: ReplayCache,
+    /// Lookups in `verified` and `introspection` (`tollgate_cache_requests_total`).
+    pub verified_lookups: CacheCounters,
+    pub introspection_lookups: CacheCounters,
 }
 
 impl Default for AuthCaches {
     fn default() -> Self {
+        AuthCaches::counted(CacheCounters::default(), CacheCounters::default())
+    }
+}
+
+impl AuthCaches {
+    /// Empty caches whose lookups count into `verified` and `introspection`.
+    pub fn counted(verified: CacheCounters, introspection: CacheCounters) -> Self {
         AuthCaches {
             verified: FlightCache::new(100_000),
             introspection: FlightCache::new(100_000),
             dpop_replay: ReplayCache::default(),
+            verified_lookups: verified,
+            introspection_lookups: introspection,
         }
     }
 }
@@ -146,8 +160,11 @@ pub fn cached<'a>(
         return None;
     }
     let token_hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    // Only a hit is counted here: a miss goes on to `authenticate`, which counts it.
     let (fp, id) = caches.verified.get(&token_hash)?;
-    issuers.any(|i| i.fingerprint == fp).then_some(id)
+    let id = issuers.any(|i| i.fingerprint == fp).then_some(id)?;
+    caches.verified_lookups.hit();
+    Some(id)
 }
 
 /// Authenticates `token` against the allowed `issuers` (already resolved for the route).
@@ -168,10 +185,12 @@ pub async fn authenticate(
     let token_hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     if let Some((fp, id)) = caches.verified.get(&token_hash) {
         if let Some(issuer) = issuers.iter().find(|i| i.fingerprint == fp) {
+            caches.verified_lookups.hit();
             trace.note(|| format!("verified-token cache: hit (issuer {})", issuer.name));
             return Ok(id);
         }
     }
+    caches.verified_lookups.miss();
     let introspectors: Vec<&Arc<Issuer>> =
         issuers.iter().copied().filter(|i| !i.is_jwt()).collect();
     if jwt::looks_like_jwt(token) {
@@ -242,9 +261,13 @@ pub async fn authenticate(
             continue;
         };
         let key = cache_key(issuer, token);
+        // A miss is a lookup that made the call (a request that waited for another's
+        // call in flight, or found its answer, is a hit).
+        let called = AtomicBool::new(false);
         let res = caches
             .introspection
             .get_or_fetch(&key, || async {
+                called.store(true, Ordering::Relaxed);
                 let r = introspect_identity(issuer, intro, token).await;
                 let ttl = match &r {
                     Ok((_, ttl)) => *ttl,
@@ -254,6 +277,11 @@ pub async fn authenticate(
                 (r.map(|(id, _)| Arc::new(id)), ttl)
             })
             .await;
+        if called.load(Ordering::Relaxed) {
+            caches.introspection_lookups.miss();
+        } else {
+            caches.introspection_lookups.hit();
+        }
         match res {
             Ok(id) => {
                 // A cached "allow" never outlives the token.

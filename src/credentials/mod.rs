@@ -17,7 +17,7 @@ pub mod upstream_layer;
 
 use opentelemetry::trace::SpanKind;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use crate::body::full;
 use crate::cache::FlightCache;
 use crate::client::{fetch, FetchError, HttpClient};
-use crate::metrics::Metrics;
+use crate::metrics::{CacheCounters, Metrics};
 use crate::secret::Secret;
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1), sensitive.
@@ -155,13 +155,23 @@ pub enum TokenError {
 pub struct TokenCache {
     pub tokens: FlightCache<[u8; 32], TokenResult>,
     failures: DashMap<[u8; 32], AtomicU32>,
+    /// Lookups in `tokens` (`tollgate_cache_requests_total{cache="upstream_tokens"}`).
+    pub lookups: CacheCounters,
 }
 
 impl Default for TokenCache {
     fn default() -> Self {
+        TokenCache::counted(CacheCounters::default())
+    }
+}
+
+impl TokenCache {
+    /// An empty cache whose lookups count into `lookups`.
+    pub fn counted(lookups: CacheCounters) -> Self {
         TokenCache {
             tokens: FlightCache::new(10_000),
             failures: DashMap::new(),
+            lookups,
         }
     }
 }
@@ -209,8 +219,13 @@ impl TokenCache {
         subject: Option<&Subject<'_>>,
         metrics: &Metrics,
     ) -> TokenResult {
-        self.tokens
+        // A miss is a lookup that made the fetch; finding a token (or waiting for
+        // another request's fetch) is a hit.
+        let fetched = AtomicBool::new(false);
+        let r = self
+            .tokens
             .get_or_fetch(&key, || async {
+                fetched.store(true, Ordering::Relaxed);
                 let r = fetch_token(src, subject.map(|s| s.token)).await;
                 let ok = r.is_ok();
                 metrics.upstream_token_fetch(&src.upstream, ok);
@@ -239,7 +254,13 @@ impl TokenCache {
                     }
                 }
             })
-            .await
+            .await;
+        if fetched.load(Ordering::Relaxed) {
+            self.lookups.miss();
+        } else {
+            self.lookups.hit();
+        }
+        r
     }
 
     /// The upstream said 401 to a request sent with `used`: drop the token cached under

@@ -157,8 +157,13 @@ where
             }
         };
         let (src, key, need) = src;
-        // A cached token (or a cached failure, while it is backed off) decides inline.
-        match self.gw.tokens.tokens.get(&key) {
+        // A cached token (or a cached failure, while it is backed off) decides inline;
+        // a miss is counted by the fetch below.
+        let cached = self.gw.tokens.tokens.get(&key);
+        if cached.is_some() {
+            self.gw.tokens.lookups.hit();
+        }
+        match cached {
             Some(Ok(v)) => {
                 req.headers_mut().insert(AUTHORIZATION, v.clone());
                 let post = DropRefusedToken(Some((self.gw.clone(), src, key, v)));

@@ -406,7 +406,9 @@ routes:
         let free = svc().oneshot(tenant("/free/x", None)).await.unwrap();
         assert!(free.headers().get("ratelimit").is_none());
         // Only the two refusals were counted, under the route and the limit.
-        let text = gw.metrics.render(&gw.scrape_extras());
+        let text = gw
+            .metrics
+            .render(gw.scrape_extras(), crate::metrics::Format::Text);
         assert!(
             text.contains("tollgate_rate_limited_total{route=\"limited\",limit=\"by-tenant\"} 2"),
             "{text}"

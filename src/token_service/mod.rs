@@ -537,9 +537,7 @@ impl TokenService {
             tracing::error!(error = %e, "signing failed");
             GatewayError::ServiceUnavailable("token signing failed")
         })?;
-        metrics
-            .tokens_issued
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics.tokens_issued.inc();
         tracing::info!(target: "tollgate::token", client_id = %client.id, scope = %scope, "token issued");
         let mut r = json_response(
             StatusCode::OK,

@@ -19,6 +19,7 @@ mod grpc;
 mod hostile;
 mod ingress;
 mod login;
+mod metrics;
 mod oidc_e2e;
 mod overload;
 mod policy_tests;

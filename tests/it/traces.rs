@@ -214,6 +214,76 @@ async fn access_log_carries_the_trace_id() {
     assert!(!line.contains("trace_id=\"-\""), "{line}");
 }
 
+// Behaviour: an error body carries the request's W3C trace id (`trace_id`, 32 hex)
+// beside SPEC's fields, so a refusal a user reports is found in the tracing system:
+// the client's trace id on a 403 with a traceparent, a new one without; the access-log
+// line of the same request carries the same trace id; X-Request-Id is unchanged.
+#[tokio::test]
+async fn error_bodies_carry_the_trace_id() {
+    let up = spawn_upstream().await;
+    let idp = spawn_idp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    let yaml = format!(
+        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\nissuers:\n{}upstreams:\n  - name: bi\n    url: \"{}\"\nroutes:\n  - name: secure\n    path_prefix: /secure\n    upstream: bi\n    auth:\n      issuers: [corp]\n      scopes: [analytics.admin]\n",
+        issuer_yaml(&idp, "corp", ""),
+        up.url()
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let bin = spawn_binary(&cfg, &[]);
+    let c = client();
+    let tok = idp.token(json!({"scope": "analytics.read"}));
+    let r = c
+        .get(format!("http://{}/secure/report", bin.public))
+        .bearer_auth(&tok)
+        .header("traceparent", traceparent(CLIENT_TRACE, CLIENT_SPAN, "01"))
+        .header("x-request-id", "shot-403")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-request-id"], "shot-403");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "insufficient_scope", "{body}");
+    assert_eq!(body["request_id"], "shot-403", "{body}");
+    assert_eq!(body["trace_id"], CLIENT_TRACE, "{body}");
+    let line = bin
+        .log_line("the access line of the 403", |l| {
+            l.contains("tollgate::access") && l.contains("shot-403")
+        })
+        .await;
+    assert!(
+        line.contains(&format!("trace_id=\"{CLIENT_TRACE}\"")),
+        "{line}"
+    );
+    assert_eq!(up.count(), 0, "a refusal forwards nothing");
+
+    // Without a traceparent: the trace tollgate started, in the body and the log.
+    let r = c
+        .get(format!("http://{}/secure/report", bin.public))
+        .header("x-request-id", "shot-401")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    let trace = body["trace_id"].as_str().unwrap().to_owned();
+    assert!(
+        trace.len() == 32
+            && trace
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            && trace != CLIENT_TRACE,
+        "{body}"
+    );
+    let line = bin
+        .log_line("the access line of the 401", |l| {
+            l.contains("tollgate::access") && l.contains("shot-401")
+        })
+        .await;
+    assert!(line.contains(&format!("trace_id=\"{trace}\"")), "{line}");
+}
+
 /// The OTLP receiver (tests/otlp/receiver.py), killed when dropped.
 struct Receiver {
     _process: ChildGuard,

@@ -243,6 +243,16 @@ async fn websocket_through_the_gateway_after_the_policy_said_yes() {
     )
     .await;
     assert_eq!(open.opened.load(Ordering::SeqCst), 1);
+    let m = admin_metrics(&s.gw.admin_url("")).await;
+    assert_eq!(
+        series_value(&m, "tollgate_websocket_upgrades_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        series_value(&m, "tollgate_websocket_tunnels_open"),
+        Some(0.0)
+    );
 }
 
 // Behaviour: the route's gates decide the handshake like any request: no token 401,
