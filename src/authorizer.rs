@@ -547,8 +547,9 @@ where
             .flatten();
         let trace_id = nginx
             .then(|| {
-                req.headers()
-                    .get(&crate::trace_context::TRACEPARENT)
+                req.extensions()
+                    .get::<crate::trace_context::TraceRecorded>()
+                    .and_then(|_| req.headers().get(&crate::trace_context::TRACEPARENT))
                     .and_then(crate::trace_context::trace_id_text)
             })
             .flatten();

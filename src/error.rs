@@ -586,10 +586,12 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let request_id = req.headers().get(&crate::request_id::X_REQUEST_ID).cloned();
         // The trace-context layer above has written the request's traceparent (the
-        // client's trace continued, or a new one): its trace id goes into error bodies.
+        // client's trace continued, or a new one): its trace id goes into error bodies
+        // when that trace is recorded somewhere (`TraceRecorded`).
         let trace_id = req
-            .headers()
-            .get(&trace_context::TRACEPARENT)
+            .extensions()
+            .get::<trace_context::TraceRecorded>()
+            .and_then(|_| req.headers().get(&trace_context::TRACEPARENT))
             .and_then(trace_context::trace_id_text);
         RescueFuture {
             inner: self.inner.call(req),

@@ -13,6 +13,13 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use rand::RngCore;
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// In a request's extensions when its trace can be looked up somewhere — the client
+/// sent a `traceparent` (its own tracing system has the trace) or tollgate exports
+/// spans (`tracing:`) — so that error bodies name the trace id (`trace_id`). Without
+/// either, nobody records the trace and error bodies keep SPEC's three fields.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceRecorded;
 pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The `sampled` bit of `trace-flags`.

@@ -100,6 +100,9 @@ where
             // tracestate belongs to the trace it came with, and there is none.
             headers.remove(&TRACESTATE);
         }
+        if incoming.is_some() || tracer.is_some() {
+            req.extensions_mut().insert(trace_context::TraceRecorded);
+        }
         let active = match tracer {
             Some(t) if sampled && t.exporting() => {
                 let state = tracestate(req.headers());
