@@ -253,12 +253,7 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<SendRequest<Body>, UpstreamFailure> {
-        let io = self
-            .connector
-            .clone()
-            .oneshot(self.uri.clone())
-            .await
-            .map_err(|e| UpstreamFailure::Connect(Cause(Arc::from(e))))?;
+        let io = dial(&self.connector, &self.uri).await?;
         let (tx, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| UpstreamFailure::Connect(Cause::new(e)))?;
@@ -271,6 +266,19 @@ impl Pool {
     }
 }
 
+/// A new connection to `uri`'s origin (TCP, and TLS for https), within the connector's
+/// deadline.
+async fn dial(
+    connector: &Connector,
+    uri: &Uri,
+) -> Result<<Connector as tower::Service<Uri>>::Response, UpstreamFailure> {
+    connector
+        .clone()
+        .oneshot(uri.clone())
+        .await
+        .map_err(|e| UpstreamFailure::Connect(Cause(Arc::from(e))))
+}
+
 /// Sends an upgrade request (a WebSocket handshake) to `pool`'s upstream on a new
 /// connection of its own, which can switch protocols and never goes back to the pool;
 /// waits for the response head at most `timeout`.
@@ -280,12 +288,7 @@ pub async fn connect_upgradable(
     timeout: Duration,
 ) -> Result<Response<Incoming>, UpstreamFailure> {
     let work = async {
-        let io = pool
-            .connector
-            .clone()
-            .oneshot(pool.uri.clone())
-            .await
-            .map_err(|e| UpstreamFailure::Connect(Cause(Arc::from(e))))?;
+        let io = dial(&pool.connector, &pool.uri).await?;
         let (mut tx, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| UpstreamFailure::Connect(Cause::new(e)))?;
@@ -430,12 +433,7 @@ impl H2Conn {
                 return Ok(tx.clone());
             }
         }
-        let io = self
-            .connector
-            .clone()
-            .oneshot(self.uri.clone())
-            .await
-            .map_err(|e| UpstreamFailure::Connect(Cause(Arc::from(e))))?;
+        let io = dial(&self.connector, &self.uri).await?;
         let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
