@@ -213,14 +213,17 @@ fuzz_target!(|data: &[u8]| {
                 panic!("a Bearer route");
             };
             let on_route = &rule.claims;
-            let perm = &route
+            // A quoted scalar left open in the route's copy of the block runs on over
+            // the permission (it is then part of a value): there is no permission.
+            let perm = route
                 .permissions
                 .as_ref()
-                .expect("permissions")
-                .entry("/api/x")
-                .expect("the permission")
-                .claims;
-            assert_eq!(on_route, perm, "the same block compiled twice");
+                .and_then(|p| p.entry("/api/x"))
+                .map(|e| &e.claims);
+            let intact = perm.is_some();
+            if let Some(perm) = perm {
+                assert_eq!(on_route, perm, "the same block compiled twice");
+            }
             for r in on_route {
                 assert!(!r.name.is_empty() && r.name.len() <= 256, "{r:?}");
                 assert!(
@@ -235,8 +238,8 @@ fuzz_target!(|data: &[u8]| {
             // (It reads plain scalars by the YAML core schema — `02` is a number there,
             // text to tollgate's reader — and merges `<<`, which tollgate's reader takes
             // as a claim named `<<`: those blocks are compared by `judge` alone.)
-            if let (false, false, Some(parsed)) =
-                (block.contains('$'), block.contains("<<"), &direct)
+            if let (true, false, false, Some(parsed)) =
+                (intact, block.contains('$'), block.contains("<<"), &direct)
             {
                 assert_eq!(sorted(on_route), sorted(parsed), "{block:?}");
             }
