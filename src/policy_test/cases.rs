@@ -338,6 +338,18 @@ pub fn parse(
     if list.is_empty() && !problems.has("cases") {
         problems.add("cases", "no cases");
     }
+    // A `-` with nothing after it (say, a case commented out below its dash) is not a
+    // case: left alone, a file of such items would pass with nothing tested.
+    let read: Vec<usize> = list.iter().map(|(i, _)| i).collect();
+    for i in (0..list.len()).filter(|i| !read.contains(i)) {
+        let at = format!("cases[{i}]");
+        if !problems.has(&at) {
+            problems.add(
+                at,
+                "empty case: give it name, path and expect, or remove the \"-\"",
+            );
+        }
+    }
     let mut cases = Vec::new();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for (i, c) in list.iter() {
@@ -751,6 +763,25 @@ mod tests {
             assert!(text.contains(want), "{want}\n---\n{text}");
         }
         assert!(!text.contains("123456789"), "{text}");
+    }
+
+    // Behaviour: a list item with nothing in it is a located problem, not a case
+    // silently skipped; a file of only such items is refused, not a run of no cases
+    // (fuzz target `cases`).
+    #[test]
+    fn empty_items_are_problems() {
+        let p = problems("cases:\r  -\r    # a case commented out\n").join("\n");
+        assert!(p.contains("c.yaml:"), "{p}");
+        assert!(p.contains("cases[0]: empty case"), "{p}");
+        let p =
+            problems("cases:\n  -\n  - name: a\n    path: /x\n    expect: {status: 200}\n  - ~\n")
+                .join("\n");
+        assert!(
+            p.contains("c.yaml:2:") && p.contains("cases[0]: empty case"),
+            "{p}"
+        );
+        assert!(p.contains("cases[2]: empty case"), "{p}");
+        assert!(!p.contains("cases[1]"), "{p}");
     }
 
     // Behaviour: strings may name environment variables, as in gateway.yaml (a literal
