@@ -576,7 +576,7 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// How long a process a test starts (the tollgate binary, a node helper loading its
 /// packages and generating keys) may take to say it is ready, on a busy machine.
-pub const STARTUP: Duration = Duration::from_secs(60);
+pub const STARTUP: Duration = Duration::from_secs(180);
 
 /// How often [`eventually`] and [`wait_until`] look again.
 const POLL: Duration = Duration::from_millis(25);
