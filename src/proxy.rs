@@ -400,26 +400,35 @@ where
         Err(f) if f.caused_by::<ClientBodyError>() => Err(GatewayError::BadRequest(
             "the request body could not be read (malformed chunked encoding or a reset)".into(),
         )),
-        Err(UpstreamFailure::Timeout) => Err(Timeout::Upstream {
+        Err(f) => Err(upstream_error(up, f)),
+    }
+}
+
+/// What the client is told when the upstream failed (504 or 502, naming the upstream);
+/// connect and exchange failures are logged. Shared by forwarding and WebSocket
+/// handshakes.
+pub fn upstream_error(up: &Upstream, f: UpstreamFailure) -> GatewayError {
+    match f {
+        UpstreamFailure::Timeout => Timeout::Upstream {
             upstream: up.name.clone(),
             after: up.timeout,
         }
-        .into()),
-        Err(UpstreamFailure::Connect(cause)) => {
+        .into(),
+        UpstreamFailure::Connect(cause) => {
             tracing::warn!(upstream = %up.name, error = %cause, "upstream connect failed");
-            Err(BadGateway::Unreachable {
+            BadGateway::Unreachable {
                 upstream: up.name.clone(),
                 cause,
             }
-            .into())
+            .into()
         }
-        Err(UpstreamFailure::Broken(cause)) => {
+        UpstreamFailure::Broken(cause) => {
             tracing::warn!(upstream = %up.name, error = %cause, "upstream exchange failed");
-            Err(BadGateway::Reset {
+            BadGateway::Reset {
                 upstream: up.name.clone(),
                 cause,
             }
-            .into())
+            .into()
         }
     }
 }

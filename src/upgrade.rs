@@ -38,13 +38,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::{Layer, Service};
 
 use crate::body::{Body, BoxError};
-use crate::client::{connect_upgradable, UpstreamFailure};
+use crate::client::connect_upgradable;
 use crate::conn::ConnInfo;
 use crate::decision;
-use crate::error::{BadGateway, DenyReason, GatewayError, Rejection, Timeout};
+use crate::error::{DenyReason, GatewayError, Rejection};
 use crate::gateway::Gateway;
 use crate::identity::Identity;
-use crate::proxy::{prepare_headers, strip_hop_by_hop, upstream_uri, ForwardContext, X_REQUEST_ID};
+use crate::proxy::{
+    prepare_headers, strip_hop_by_hop, upstream_error, upstream_uri, ForwardContext, X_REQUEST_ID,
+};
 use crate::route::layer::{request_host, routed};
 use crate::runtime::{Route, WebSocket};
 use crate::service::Step;
@@ -289,32 +291,9 @@ where
             .or_insert(HeaderValue::from_static("13"));
     }
     let out = Request::from_parts(parts, crate::body::empty());
-    let mut resp = match connect_upgradable(up.pool(), out, up.timeout).await {
-        Ok(r) => r,
-        Err(UpstreamFailure::Timeout) => {
-            return Err(Timeout::Upstream {
-                upstream: up.name.clone(),
-                after: up.timeout,
-            }
-            .into())
-        }
-        Err(UpstreamFailure::Connect(cause)) => {
-            tracing::warn!(upstream = %up.name, error = %cause, "upstream connect failed");
-            return Err(BadGateway::Unreachable {
-                upstream: up.name.clone(),
-                cause,
-            }
-            .into());
-        }
-        Err(UpstreamFailure::Broken(cause)) => {
-            tracing::warn!(upstream = %up.name, error = %cause, "upstream exchange failed");
-            return Err(BadGateway::Reset {
-                upstream: up.name.clone(),
-                cause,
-            }
-            .into());
-        }
-    };
+    let mut resp = connect_upgradable(up.pool(), out, up.timeout)
+        .await
+        .map_err(|f| upstream_error(&up, f))?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The upstream said no (or does not speak WebSocket): its answer, as it is.
         let (mut parts, body) = resp.into_parts();
