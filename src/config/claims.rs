@@ -51,15 +51,32 @@ impl Schema for ClaimValuesModel {
 
 impl Node for ClaimValuesModel {
     fn read<'de, D: Deserializer<'de>>(d: D, cx: &mut Cx) -> Result<Option<Self>, D::Error> {
-        d.deserialize_any(ValuesVisitor(cx))
+        d.deserialize_any(ValuesVisitor { cx, in_list: false })
     }
 }
 
-struct ValuesVisitor<'c, 'a>(&'c mut Cx<'a>);
+impl Node for ClaimText {
+    fn read<'de, D: Deserializer<'de>>(d: D, cx: &mut Cx) -> Result<Option<Self>, D::Error> {
+        let one = d.deserialize_any(ValuesVisitor { cx, in_list: true })?;
+        Ok(one.and_then(|v| match v {
+            ClaimValuesModel::One(s) => Some(ClaimText(s)),
+            ClaimValuesModel::Many(_) => None, // refused in visit_seq
+        }))
+    }
+}
+
+/// Reads one claim's value(s): a string, or (outside a list) a list of strings. Every
+/// other kind is a located problem: `groups:` with nothing after it must not quietly
+/// drop the requirement, and a number or boolean would never match a token's string.
+struct ValuesVisitor<'c, 'a> {
+    cx: &'c mut Cx<'a>,
+    /// Reading an item of a list: a nested list is refused.
+    in_list: bool,
+}
 
 impl ValuesVisitor<'_, '_> {
     fn wrong(self, kind: &str) -> Option<ClaimValuesModel> {
-        self.0.error(not_a_string(kind));
+        self.cx.error(not_a_string(kind));
         None
     }
 }
@@ -68,22 +85,29 @@ impl<'de> Visitor<'de> for ValuesVisitor<'_, '_> {
     type Value = Option<ClaimValuesModel>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a string or a list of strings")
+        f.write_str(if self.in_list {
+            "a string"
+        } else {
+            "a string or a list of strings"
+        })
     }
 
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
         Ok(self
-            .0
+            .cx
             .text(s.into())
             .map(|(s, _)| ClaimValuesModel::One(s.into_owned())))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        let list = List::<ClaimText>::read(de::value::SeqAccessDeserializer::new(seq), self.0)?;
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        if self.in_list {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(self.wrong("a list"));
+        }
+        let list = List::<ClaimText>::read(de::value::SeqAccessDeserializer::new(seq), self.cx)?;
         Ok(list.map(ClaimValuesModel::Many))
     }
 
-    // `groups:` with nothing after it must not quietly drop the requirement.
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(self.wrong("nothing"))
     }
@@ -106,70 +130,6 @@ impl<'de> Visitor<'de> for ValuesVisitor<'_, '_> {
 
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
         Ok(self.wrong("a number"))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(self.wrong("a map"))
-    }
-}
-
-impl Node for ClaimText {
-    fn read<'de, D: Deserializer<'de>>(d: D, cx: &mut Cx) -> Result<Option<Self>, D::Error> {
-        d.deserialize_any(TextVisitor(cx))
-    }
-}
-
-struct TextVisitor<'c, 'a>(&'c mut Cx<'a>);
-
-impl TextVisitor<'_, '_> {
-    fn wrong(self, kind: &str) -> Option<ClaimText> {
-        self.0.error(not_a_string(kind));
-        None
-    }
-}
-
-impl<'de> Visitor<'de> for TextVisitor<'_, '_> {
-    type Value = Option<ClaimText>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a string")
-    }
-
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-        Ok(self
-            .0
-            .text(s.into())
-            .map(|(s, _)| ClaimText(s.into_owned())))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(self.wrong("nothing"))
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(self.wrong("nothing"))
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(self.wrong("a boolean"))
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(self.wrong("a number"))
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(self.wrong("a number"))
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(self.wrong("a number"))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(self.wrong("a list"))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
@@ -293,7 +253,7 @@ mod tests {
     #[test]
     fn problems_are_located() {
         let lines = load(
-            "{groups: [], level: 3, admin: [true, x], \"a..b\": x, \"\": y, t: \"\", o: {a: b}, n: , l: [x, \"\"], groups: [c]}",
+            "{groups: [], level: 3, admin: [true, x], \"a..b\": x, \"\": y, t: \"\", o: {a: b}, n: , l: [x, \"\"], groups: [c], q: [[a]]}",
             "[a]",
         )
         .err()
@@ -310,6 +270,7 @@ mod tests {
             "routes[0].auth.claims.n: claim values are strings (or a list of strings), not nothing",
             "routes[0].auth.claims.l[1]: empty value",
             "routes[0].auth.claims.groups: \"groups\" is given twice",
+            "routes[0].auth.claims.q[0]: claim values are strings (or a list of strings), not a list",
             "g.yaml:22:17 routes[0].permissions[0].claims: expected a mapping",
         ] {
             assert!(text.contains(want), "{want}\n---\n{text}");
