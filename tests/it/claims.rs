@@ -2,44 +2,38 @@
 //! (JWT via JWKS, and opaque via introspection), the real binary for the denial log and
 //! the metric, and the 403 body that names the claim but never a value.
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::cli::bin;
 use crate::common::*;
+use crate::gwconfig::{GatewayConfig, AUDIENCE};
 
-fn config(idp: &Idp, up: &Upstream, extra_issuers: &str) -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-issuers:
-{}{extra_issuers}upstreams:
-  - name: bi
-    url: "{}"
-routes:
-  - name: admin
-    path_prefix: /admin-api
-    upstream: bi
-    auth:
-      scopes: [analytics.read]
-      claims:
-        groups: [bi-admins, bi-owners]
-        "realm_access.roles": [analyst]
-        tenant: "${{env:TOLLGATE_TEST_CLAIMS_TENANT}}"
-  - name: reports
-    path_prefix: /reports
-    upstream: bi
-    auth: {{scopes: [analytics.read]}}
-    permissions:
-      - path: /reports/public
-        methods: [GET]
-      - path: /reports/finance
-        methods: [GET]
-        claims: {{department: finance}}
-"#,
-        issuer_yaml(idp, "corp", ""),
-        up.url()
-    )
+fn config(idp: &Idp, up: &Upstream, extra_issuers: &[Value]) -> String {
+    let mut cfg = GatewayConfig::new().issuer(idp, "corp");
+    for v in extra_issuers {
+        cfg = cfg.issuer_block(v.clone());
+    }
+    cfg.upstream("bi", &up.url())
+        .route(json!({
+            "name": "admin", "path_prefix": "/admin-api", "upstream": "bi",
+            "auth": {
+                "scopes": ["analytics.read"],
+                "claims": {
+                    "groups": ["bi-admins", "bi-owners"],
+                    "realm_access.roles": ["analyst"],
+                    "tenant": "${env:TOLLGATE_TEST_CLAIMS_TENANT}",
+                },
+            },
+        }))
+        .route(json!({
+            "name": "reports", "path_prefix": "/reports", "upstream": "bi",
+            "auth": {"scopes": ["analytics.read"]},
+            "permissions": [
+                {"path": "/reports/public", "methods": ["GET"]},
+                {"path": "/reports/finance", "methods": ["GET"], "claims": {"department": "finance"}},
+            ],
+        }))
+        .yaml()
 }
 
 const SECRET_VALUE: &str = "zz-private-group-4711";
@@ -55,7 +49,7 @@ async fn route_and_permission_claims() {
     let up = spawn_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.yaml");
-    std::fs::write(&cfg, config(&idp, &up, "")).unwrap();
+    std::fs::write(&cfg, config(&idp, &up, &[])).unwrap();
     let mut bin = spawn_binary(&cfg, &["run"]);
     let base = format!("http://{}", bin.public);
     let good = json!({
@@ -198,12 +192,17 @@ async fn introspected_token_claims() {
     std::env::set_var("TOLLGATE_TEST_INTROSPECT_SECRET", INTROSPECT_SECRET);
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let opaque = format!(
-        "  - name: opaque\n    issuer: \"{}\"\n    introspection:\n      url: \"{}\"\n      client_id: {INTROSPECT_ID}\n      client_secret: \"${{env:TOLLGATE_TEST_INTROSPECT_SECRET}}\"\n    audiences: [\"https://bi-api.company.com\"]\n",
-        idp.issuer,
-        idp.url("/introspect")
-    );
-    let gw = spawn_gateway(&config(&idp, &up, &opaque)).await;
+    let opaque = json!({
+        "name": "opaque",
+        "issuer": idp.issuer,
+        "introspection": {
+            "url": idp.url("/introspect"),
+            "client_id": INTROSPECT_ID,
+            "client_secret": "${env:TOLLGATE_TEST_INTROSPECT_SECRET}",
+        },
+        "audiences": [AUDIENCE],
+    });
+    let gw = spawn_gateway(&config(&idp, &up, &[opaque])).await;
     let active = |extra: serde_json::Value| {
         let mut v = json!({"active": true, "iss": idp.issuer, "aud": "https://bi-api.company.com",
             "client_id": "partner", "sub": "svc", "scope": "analytics.read", "exp": now() + 300,
@@ -255,7 +254,7 @@ async fn explain_and_policy_tests_show_claims() {
     let up = spawn_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.yaml");
-    std::fs::write(&cfg, config(&idp, &up, "")).unwrap();
+    std::fs::write(&cfg, config(&idp, &up, &[])).unwrap();
     let token = idp.token(
         json!({"groups": [SECRET_VALUE], "realm_access": {"roles": ["analyst"]}, "tenant": "acme"}),
     );

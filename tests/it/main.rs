@@ -16,6 +16,7 @@ mod deploy;
 mod embed;
 mod faults;
 mod grpc;
+mod gwconfig;
 mod hostile;
 mod ingress;
 mod login;
