@@ -36,6 +36,11 @@ impl GatewayConfig {
         )
     }
 
+    /// A public listener on a free loopback port, no admin listener.
+    pub fn public_only() -> Self {
+        Self::bare().set("server", json!({"listen": "127.0.0.1:0"}))
+    }
+
     /// No section at all (a test that writes its own `server`).
     pub fn bare() -> Self {
         GatewayConfig(Map::new())
@@ -80,6 +85,41 @@ impl GatewayConfig {
         self.push("routes", v)
     }
 
+    /// A route `name` on `path_prefix` to `upstream` with `auth: none`.
+    pub fn open_route(self, name: &str, path_prefix: &str, upstream: &str) -> Self {
+        self.route(json!({
+            "name": name, "path_prefix": path_prefix, "upstream": upstream, "auth": "none",
+        }))
+    }
+
+    /// `token_service` issuing as `issuer` for `audience` to `clients` (id, secret,
+    /// scopes); more keys with `.merge("token_service", ...)`.
+    pub fn token_service(
+        self,
+        issuer: &str,
+        audience: &str,
+        clients: &[(&str, &str, &[&str])],
+    ) -> Self {
+        let clients: Vec<Value> = clients
+            .iter()
+            .map(|(id, secret, scopes)| json!({"id": id, "secret": secret, "scopes": scopes}))
+            .collect();
+        self.set(
+            "token_service",
+            json!({"issuer": issuer, "audience": audience, "clients": clients}),
+        )
+    }
+
+    /// One `rate_limits` entry, as written.
+    pub fn rate_limit(self, v: Value) -> Self {
+        self.push("rate_limits", v)
+    }
+
+    /// `stores.redis` at `url` with the client's `timeout` (e.g. "2s").
+    pub fn redis(self, url: &str, timeout: &str) -> Self {
+        self.merge("stores", json!({"redis": {"url": url, "timeout": timeout}}))
+    }
+
     /// A whole top-level section (replaces it).
     pub fn set(mut self, section: &str, v: Value) -> Self {
         self.0.insert(section.to_owned(), v);
@@ -108,6 +148,16 @@ impl GatewayConfig {
         }
         self
     }
+}
+
+/// An upstream `auth` block: OAuth2 client credentials at the test IdP's token endpoint.
+pub fn client_credentials(idp: &Idp, client_id: &str, client_secret: &str) -> Value {
+    json!({
+        "type": "oauth2_client_credentials",
+        "token_url": idp.url("/token"),
+        "client_id": client_id,
+        "client_secret": client_secret,
+    })
 }
 
 /// Merges `extra` into `base`: maps key by key (recursively), anything else replaces.
