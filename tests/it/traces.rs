@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::common::*;
+use crate::gwconfig::{client_credentials, GatewayConfig, AUDIENCE};
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -36,11 +37,28 @@ fn fields(tp: &str) -> (String, String, String) {
     (parts[1].into(), parts[2].into(), parts[3].into())
 }
 
-fn plain_yaml(up: &Upstream, extra: &str) -> String {
-    format!(
-        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\nupstreams:\n  - name: bi\n    url: \"{}\"\nroutes:\n  - name: api\n    path_prefix: /api\n    upstream: bi\n    auth: none\n{extra}",
-        up.url()
-    )
+/// Upstream `bi` behind an open route `api` on /api.
+fn plain(up: &Upstream) -> GatewayConfig {
+    GatewayConfig::new()
+        .upstream("bi", &up.url())
+        .route(json!({"name": "api", "path_prefix": "/api", "upstream": "bi", "auth": "none"}))
+}
+
+/// The real binary on `yaml` (the directory holds its config file).
+fn run_binary(yaml: &str) -> (tempfile::TempDir, Binary) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let bin = spawn_binary(&cfg, &[]);
+    (dir, bin)
+}
+
+/// The binary's access-log line of the request whose line contains `needle`.
+async fn access_line(bin: &Binary, needle: &str) -> String {
+    bin.log_line(&format!("the access line of {needle}"), |l| {
+        l.contains("tollgate::access") && l.contains(needle)
+    })
+    .await
 }
 
 // Behaviour: a valid traceparent is continued: the upstream receives the same trace id,
@@ -49,7 +67,7 @@ fn plain_yaml(up: &Upstream, extra: &str) -> String {
 #[tokio::test]
 async fn traceparent_is_continued_with_tollgates_span_as_parent() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&plain_yaml(&up, "")).await;
+    let gw = spawn_gateway(&plain(&up).yaml()).await;
     let c = client();
     for flags in ["01", "00"] {
         let r = c
@@ -101,7 +119,7 @@ async fn traceparent_is_continued_with_tollgates_span_as_parent() {
 #[tokio::test]
 async fn absent_or_invalid_traceparent_starts_a_new_trace() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&plain_yaml(&up, "")).await;
+    let gw = spawn_gateway(&plain(&up).yaml()).await;
     let c = client();
     let r = c.get(gw.url("/api/x")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -164,10 +182,7 @@ async fn absent_or_invalid_traceparent_starts_a_new_trace() {
 #[tokio::test]
 async fn access_log_carries_the_trace_id() {
     let up = spawn_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("gateway.yaml");
-    std::fs::write(&cfg, plain_yaml(&up, "")).unwrap();
-    let bin = spawn_binary(&cfg, &[]);
+    let (_dir, bin) = run_binary(&plain(&up).yaml());
     let c = client();
     let r = c
         .get(format!("http://{}/api/continued", bin.public))
@@ -176,11 +191,7 @@ async fn access_log_carries_the_trace_id() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let line = bin
-        .log_line("the access line of /api/continued", |l| {
-            l.contains("tollgate::access") && l.contains("/api/continued")
-        })
-        .await;
+    let line = access_line(&bin, "/api/continued").await;
     assert!(
         line.contains(&format!("trace_id=\"{CLIENT_TRACE}\"")),
         "{line}"
@@ -192,11 +203,7 @@ async fn access_log_carries_the_trace_id() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let (trace, _, _) = fields(up.last().header("traceparent").unwrap());
-    let line = bin
-        .log_line("the access line of /api/new", |l| {
-            l.contains("tollgate::access") && l.contains("/api/new")
-        })
-        .await;
+    let line = access_line(&bin, "/api/new").await;
     assert!(line.contains(&format!("trace_id=\"{trace}\"")), "{line}");
     // A 404 (no route, nothing forwarded) has its trace id too.
     let r = c
@@ -205,11 +212,7 @@ async fn access_log_carries_the_trace_id() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let line = bin
-        .log_line("the access line of /nowhere", |l| {
-            l.contains("tollgate::access") && l.contains("/nowhere")
-        })
-        .await;
+    let line = access_line(&bin, "/nowhere").await;
     assert!(line.contains("trace_id=\""), "{line}");
     assert!(!line.contains("trace_id=\"-\""), "{line}");
 }
@@ -223,15 +226,15 @@ async fn access_log_carries_the_trace_id() {
 async fn error_bodies_carry_the_trace_id() {
     let up = spawn_upstream().await;
     let idp = spawn_idp().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("gateway.yaml");
-    let yaml = format!(
-        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\nissuers:\n{}upstreams:\n  - name: bi\n    url: \"{}\"\nroutes:\n  - name: secure\n    path_prefix: /secure\n    upstream: bi\n    auth:\n      issuers: [corp]\n      scopes: [analytics.admin]\n",
-        issuer_yaml(&idp, "corp", ""),
-        up.url()
-    );
-    std::fs::write(&cfg, yaml).unwrap();
-    let bin = spawn_binary(&cfg, &[]);
+    let yaml = GatewayConfig::new()
+        .issuer(&idp, "corp")
+        .upstream("bi", &up.url())
+        .route(json!({
+            "name": "secure", "path_prefix": "/secure", "upstream": "bi",
+            "auth": {"issuers": ["corp"], "scopes": ["analytics.admin"]},
+        }))
+        .yaml();
+    let (_dir, bin) = run_binary(&yaml);
     let c = client();
     let tok = idp.token(json!({"scope": "analytics.read"}));
     let r = c
@@ -248,11 +251,7 @@ async fn error_bodies_carry_the_trace_id() {
     assert_eq!(body["error"], "insufficient_scope", "{body}");
     assert_eq!(body["request_id"], "shot-403", "{body}");
     assert_eq!(body["trace_id"], CLIENT_TRACE, "{body}");
-    let line = bin
-        .log_line("the access line of the 403", |l| {
-            l.contains("tollgate::access") && l.contains("shot-403")
-        })
-        .await;
+    let line = access_line(&bin, "shot-403").await;
     assert!(
         line.contains(&format!("trace_id=\"{CLIENT_TRACE}\"")),
         "{line}"
@@ -280,11 +279,7 @@ async fn error_bodies_carry_the_trace_id() {
         ["error", "error_description", "request_id"].into(),
         "{body}"
     );
-    let line = bin
-        .log_line("the access line of the 401", |l| {
-            l.contains("tollgate::access") && l.contains("shot-401")
-        })
-        .await;
+    let line = access_line(&bin, "shot-401").await;
     assert!(line.contains("trace_id=\""), "{line}");
 }
 
@@ -331,7 +326,8 @@ impl Receiver {
         }
     }
 
-    async fn spans(&self) -> Vec<Value> {
+    /// One list (`spans` or `requests`) of what the receiver has recorded.
+    async fn recorded(&self, list: &str) -> Vec<Value> {
         let v: Value = client()
             .get(format!("{}/spans", self.base))
             .send()
@@ -340,19 +336,11 @@ impl Receiver {
             .json()
             .await
             .unwrap();
-        v["spans"].as_array().unwrap().clone()
+        v[list].as_array().unwrap().clone()
     }
 
-    async fn requests(&self) -> Vec<Value> {
-        let v: Value = client()
-            .get(format!("{}/spans", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["requests"].as_array().unwrap().clone()
+    async fn spans(&self) -> Vec<Value> {
+        self.recorded("spans").await
     }
 
     async fn raw(&self) -> String {
@@ -399,57 +387,42 @@ fn server(spans: &[Value]) -> &Value {
 
 const UPSTREAM_SECRET: &str = "upstream-client-s3cret";
 
-fn traced_yaml(idp: &Idp, up: &Upstream, endpoint: &str, ratio: &str) -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-tracing:
-  otlp_endpoint: "{endpoint}"
-  service_name: tollgate-it
-  sample_ratio: {ratio}
-issuers:
-{corp}  - name: opaque
-    issuer: "{issuer}/opaque"
-    introspection:
-      url: "{introspect}"
-      client_id: {INTROSPECT_ID}
-      client_secret: "{INTROSPECT_SECRET}"
-      cache_ttl: 30s
-    audiences: ["https://bi-api.company.com"]
-upstreams:
-  - name: bi
-    url: "{up}"
-  - name: cc-up
-    url: "{up}"
-    auth:
-      type: oauth2_client_credentials
-      token_url: "{token}"
-      client_id: gw
-      client_secret: "{UPSTREAM_SECRET}"
-routes:
-  - name: secure
-    path_prefix: /secure
-    upstream: bi
-    auth:
-      issuers: [corp]
-      scopes: [analytics.read]
-  - name: opaque
-    path_prefix: /opaque
-    upstream: bi
-    auth:
-      issuers: [opaque]
-  - name: cc
-    path_prefix: /cc
-    upstream: cc-up
-    auth: none
-"#,
-        corp = issuer_yaml(idp, "corp", ""),
-        issuer = idp.issuer,
-        introspect = idp.url("/introspect"),
-        token = idp.url("/token"),
-        up = up.url(),
-    )
+/// Spans exported to `endpoint` at `ratio`; a JWT issuer `corp`, an introspected
+/// issuer `opaque` and an upstream with client credentials, so that each kind of child
+/// span has a request that makes it.
+fn traced(idp: &Idp, up: &Upstream, endpoint: &str, ratio: f64) -> GatewayConfig {
+    GatewayConfig::new()
+        .set(
+            "tracing",
+            json!({"otlp_endpoint": endpoint, "service_name": "tollgate-it", "sample_ratio": ratio}),
+        )
+        .issuer(idp, "corp")
+        .issuer_block(json!({
+            "name": "opaque",
+            "issuer": format!("{}/opaque", idp.issuer),
+            "introspection": {
+                "url": idp.url("/introspect"),
+                "client_id": INTROSPECT_ID,
+                "client_secret": INTROSPECT_SECRET,
+                "cache_ttl": "30s",
+            },
+            "audiences": [AUDIENCE],
+        }))
+        .upstream("bi", &up.url())
+        .upstream_with(
+            "cc-up",
+            &up.url(),
+            json!({"auth": client_credentials(idp, "gw", UPSTREAM_SECRET)}),
+        )
+        .route(json!({
+            "name": "secure", "path_prefix": "/secure", "upstream": "bi",
+            "auth": {"issuers": ["corp"], "scopes": ["analytics.read"]},
+        }))
+        .route(json!({
+            "name": "opaque", "path_prefix": "/opaque", "upstream": "bi",
+            "auth": {"issuers": ["opaque"]},
+        }))
+        .route(json!({"name": "cc", "path_prefix": "/cc", "upstream": "cc-up", "auth": "none"}))
 }
 
 fn attrs(span: &Value) -> &serde_json::Map<String, Value> {
@@ -467,7 +440,7 @@ async fn spans_reach_a_real_otlp_receiver_with_correct_parents() {
     let receiver = Receiver::start();
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&traced_yaml(&idp, &up, &receiver.base, "1.0")).await;
+    let gw = spawn_gateway(&traced(&idp, &up, &receiver.base, 1.0).yaml()).await;
     let c = client();
 
     // 1. A JWT signed by a key the gateway has not seen: the JWKS is fetched again
@@ -605,7 +578,7 @@ async fn spans_reach_a_real_otlp_receiver_with_correct_parents() {
     assert_eq!(attrs(srv)["tollgate.route"], "cc");
 
     // Protobuf over HTTP, to the traces path.
-    let reqs = receiver.requests().await;
+    let reqs = receiver.recorded("requests").await;
     assert!(reqs
         .iter()
         .all(|r| r["path"] == "/v1/traces" && r["content_type"] == "application/x-protobuf"));
@@ -648,7 +621,7 @@ async fn sampling_and_reload() {
     let receiver = Receiver::start();
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&traced_yaml(&idp, &up, &receiver.base, "0.0")).await;
+    let gw = spawn_gateway(&traced(&idp, &up, &receiver.base, 0.0).yaml()).await;
     let c = client();
     let r = c.get(gw.url("/cc/unsampled")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -675,10 +648,9 @@ async fn sampling_and_reload() {
 
     // Reload: another receiver, another service name, ratio 1.
     let second = Receiver::start();
-    let yaml = traced_yaml(&idp, &up, &second.base, "1.0").replace(
-        "service_name: tollgate-it",
-        "service_name: tollgate-reloaded",
-    );
+    let yaml = traced(&idp, &up, &second.base, 1.0)
+        .merge("tracing", json!({"service_name": "tollgate-reloaded"}))
+        .yaml();
     std::fs::write(gw.config_path(), yaml).unwrap();
     gw.gateway().reload("test").await.unwrap();
     let r = c.get(gw.url("/cc/after-reload")).send().await.unwrap();
@@ -707,10 +679,11 @@ async fn sampling_and_reload() {
 async fn collector_down_never_fails_requests_and_drops_are_counted() {
     let up = spawn_upstream().await;
     let dead = format!("http://{}", dead_addr());
-    let gw = spawn_gateway(&plain_yaml(
-        &up,
-        &format!("tracing:\n  otlp_endpoint: \"{dead}\"\n"),
-    ))
+    let gw = spawn_gateway(
+        &plain(&up)
+            .set("tracing", json!({"otlp_endpoint": dead}))
+            .yaml(),
+    )
     .await;
     let admin = gw.admin_url("");
     let c = reqwest::Client::builder()
@@ -751,12 +724,19 @@ async fn redis_rate_limit_calls_are_child_spans() {
     let receiver = Receiver::start();
     let redis = crate::redis_server::RedisServer::start();
     let up = spawn_upstream().await;
-    let yaml = format!(
-        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\ntracing:\n  otlp_endpoint: \"{}\"\nstores:\n  redis:\n    url: \"{}\"\n    timeout: 2s\nrate_limits:\n  - name: per-ip\n    key: ip\n    limit: 100\n    per: 1m\n    store: redis\n    on_error: deny\nupstreams:\n  - name: bi\n    url: \"{}\"\nroutes:\n  - name: api\n    path_prefix: /api\n    upstream: bi\n    auth: none\n    rate_limits: [per-ip]\n",
-        receiver.base,
-        redis.url(),
-        up.url()
-    );
+    let yaml = GatewayConfig::new()
+        .set("tracing", json!({"otlp_endpoint": receiver.base}))
+        .redis(&redis.url(), "2s")
+        .rate_limit(json!({
+            "name": "per-ip", "key": "ip", "limit": 100, "per": "1m",
+            "store": "redis", "on_error": "deny",
+        }))
+        .upstream("bi", &up.url())
+        .route(json!({
+            "name": "api", "path_prefix": "/api", "upstream": "bi", "auth": "none",
+            "rate_limits": ["per-ip"],
+        }))
+        .yaml();
     let gw = spawn_gateway(&yaml).await;
     let trace = "55555555555555555555555555555555";
     let r = client()
