@@ -6,6 +6,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 use crate::upstream_credentials::header;
 
 // ---------------------------------------------------------------------------
@@ -14,49 +15,35 @@ use crate::upstream_credentials::header;
 
 const CX: &str = "https://cx.company.com";
 
-fn cors_yaml(idp: &Idp, up: &Upstream) -> String {
-    let cors = r#"    cors:
-      allow_origins: ["https://dash.partner.io", "https://*.company.com"]
-      allow_methods: [GET, POST]
-      allow_headers: [Authorization, Content-Type]
-      expose_headers: [X-Request-Id]
-      allow_credentials: true
-      max_age: 10m
-"#;
-    format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-issuers:
-{}
-upstreams:
-  - name: bi
-    url: "{}"
-  - name: dead
-    url: "http://{dead}"
-    connect_timeout: 500ms
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: bi
-    auth:
-      issuers: [corp]
-      scopes: [analytics.read]
-{cors}  - name: dead
-    path_prefix: /dead
-    upstream: dead
-    auth:
-      issuers: [corp]
-      scopes: [analytics.read]
-{cors}  - name: nocors
-    path_prefix: /nocors
-    upstream: bi
-    auth: none
-"#,
-        issuer_yaml(idp, "corp", ""),
-        up.url(),
-        dead = dead_addr(),
-    )
+fn cors_config(idp: &Idp, up: &Upstream) -> GatewayConfig {
+    let cors = json!({
+        "allow_origins": ["https://dash.partner.io", "https://*.company.com"],
+        "allow_methods": ["GET", "POST"],
+        "allow_headers": ["Authorization", "Content-Type"],
+        "expose_headers": ["X-Request-Id"],
+        "allow_credentials": true,
+        "max_age": "10m",
+    });
+    let auth = json!({"issuers": ["corp"], "scopes": ["analytics.read"]});
+    GatewayConfig::public_only()
+        .issuer(idp, "corp")
+        .upstream("bi", &up.url())
+        .upstream_with(
+            "dead",
+            &format!("http://{}", dead_addr()),
+            json!({"connect_timeout": "500ms"}),
+        )
+        .route(json!({
+            "name": "api", "path_prefix": "/api", "upstream": "bi",
+            "auth": auth, "cors": cors,
+        }))
+        .route(json!({
+            "name": "dead", "path_prefix": "/dead", "upstream": "dead",
+            "auth": auth, "cors": cors,
+        }))
+        .route(
+            json!({"name": "nocors", "path_prefix": "/nocors", "upstream": "bi", "auth": "none"}),
+        )
 }
 
 fn varies_on_origin(r: &reqwest::Response) -> bool {
@@ -134,7 +121,7 @@ async fn preflight(gw: &Gw, path: &str, origin: &str) -> reqwest::Response {
 async fn cors_preflight_answered_without_token() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&cors_yaml(&idp, &up)).await;
+    let gw = spawn_gateway(&cors_config(&idp, &up).yaml()).await;
     for origin in [CX, "https://dash.partner.io", "https://a.b.company.com"] {
         let r = preflight(&gw, "/api/v1/data", origin).await;
         assert_eq!(r.status(), 204, "{origin}");
@@ -175,7 +162,7 @@ async fn cors_preflight_answered_without_token() {
 async fn cors_origin_matching() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&cors_yaml(&idp, &up)).await;
+    let gw = spawn_gateway(&cors_config(&idp, &up).yaml()).await;
     for origin in [
         CX,
         "https://CX.Company.com",
@@ -223,7 +210,7 @@ async fn cors_origin_matching() {
 async fn cors_headers_on_every_response() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&cors_yaml(&idp, &up)).await;
+    let gw = spawn_gateway(&cors_config(&idp, &up).yaml()).await;
     let good = idp.token(json!({}));
     let no_scope = idp.token(json!({"scope": "other.scope"}));
 
@@ -372,27 +359,17 @@ async fn cors_headers_on_every_response() {
 async fn cors_wildcard_without_credentials() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-issuers:
-{}
-upstreams:
-  - name: bi
-    url: "{}"
-routes:
-  - name: public
-    path_prefix: /pub
-    upstream: bi
-    auth:
-      issuers: [corp]
-    cors:
-      allow_origins: ["*"]
-"#,
-        issuer_yaml(&idp, "corp", ""),
-        up.url()
-    ))
+    let gw = spawn_gateway(
+        &GatewayConfig::public_only()
+            .issuer(&idp, "corp")
+            .upstream("bi", &up.url())
+            .route(json!({
+                "name": "public", "path_prefix": "/pub", "upstream": "bi",
+                "auth": {"issuers": ["corp"]},
+                "cors": {"allow_origins": ["*"]},
+            }))
+            .yaml(),
+    )
     .await;
     let r = preflight(&gw, "/pub/x", "https://anywhere.example").await;
     assert_eq!(r.status(), 204);
@@ -444,44 +421,33 @@ fn load_err(yaml: &str) -> String {
 #[tokio::test]
 async fn cors_validation_errors() {
     let up = spawn_upstream().await;
-    let yaml = |origins: &str, creds: bool| {
-        format!(
-            r#"
-server:
-  listen: "127.0.0.1:0"
-upstreams:
-  - name: bi
-    url: "{}"
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: bi
-    auth: none
-    cors:
-      allow_origins: {origins}
-      allow_credentials: {creds}
-"#,
-            up.url()
-        )
+    let yaml = |origins: serde_json::Value, creds: bool| {
+        GatewayConfig::public_only()
+            .upstream("bi", &up.url())
+            .route(json!({
+                "name": "api", "path_prefix": "/api", "upstream": "bi", "auth": "none",
+                "cors": {"allow_origins": origins, "allow_credentials": creds},
+            }))
+            .yaml()
     };
-    let e = load_err(&yaml(r#"["https://cx.company.com", "*"]"#, true));
+    let e = load_err(&yaml(json!(["https://cx.company.com", "*"]), true));
     assert!(e.contains("routes[0].cors.allow_origins[1]"), "{e}");
     assert!(e.contains("allow_credentials"), "{e}");
 
     for bad in [
-        r#"["https://a.*.com"]"#,
-        r#"["cx.company.com"]"#,
-        r#"["https://cx.company.com/app"]"#,
-        "[]",
+        json!(["https://a.*.com"]),
+        json!(["cx.company.com"]),
+        json!(["https://cx.company.com/app"]),
+        json!([]),
     ] {
-        let e = load_err(&yaml(bad, false));
+        let e = load_err(&yaml(bad.clone(), false));
         assert!(e.contains("routes[0].cors.allow_origins"), "{bad}: {e}");
     }
 
     // The same config without credentials is fine.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");
-    std::fs::write(&path, yaml(r#"["*"]"#, false)).unwrap();
+    std::fs::write(&path, yaml(json!(["*"]), false)).unwrap();
     assert!(tollgate::Gateway::load(path).is_ok());
 }
 
@@ -494,10 +460,12 @@ routes:
 async fn cors_headers_on_limit_errors() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let yaml = cors_yaml(&idp, &up).replace(
-        "  listen: \"127.0.0.1:0\"\n",
-        "  listen: \"127.0.0.1:0\"\n  limits:\n    max_body_bytes: 1000\n    max_header_bytes: 4096\n",
-    );
+    let yaml = cors_config(&idp, &up)
+        .merge(
+            "server",
+            json!({"limits": {"max_body_bytes": 1000, "max_header_bytes": 4096}}),
+        )
+        .yaml();
     let gw = spawn_gateway(&yaml).await;
     let good = idp.token(json!({}));
 
