@@ -7,10 +7,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::admin_api::SPEC_FAMILIES;
 use crate::common::*;
+use crate::gwconfig::{client_credentials, GatewayConfig};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -61,28 +62,17 @@ async fn scrape(gw: &Gw, accept: Option<&str>) -> (String, String) {
     (ct, r.text().await.unwrap())
 }
 
-fn yaml(up: &str, idp: &Idp, issuer_extra: &str) -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-issuers:
-{corp}upstreams:
-  - name: bi
-    url: "{up}"
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: bi
-    auth: none
-  - name: secure
-    path_prefix: /secure
-    upstream: bi
-    auth:
-      issuers: [corp]
-"#,
-        corp = issuer_yaml(idp, "corp", issuer_extra),
-    )
+/// An open route `api` and a route `secure` for issuer `corp` (with `issuer_extra`).
+fn yaml(up: &str, idp: &Idp, issuer_extra: Value) -> String {
+    GatewayConfig::new()
+        .issuer_with(idp, "corp", issuer_extra)
+        .upstream("bi", up)
+        .route(json!({"name": "api", "path_prefix": "/api", "upstream": "bi", "auth": "none"}))
+        .route(json!({
+            "name": "secure", "path_prefix": "/secure", "upstream": "bi",
+            "auth": {"issuers": ["corp"]},
+        }))
+        .yaml()
 }
 
 // Behaviour: a plain scrape (no Accept, or text/plain) is Prometheus text 0.0.4 that
@@ -93,7 +83,7 @@ routes:
 async fn both_exposition_formats_parse_with_a_real_parser() {
     let up = spawn_upstream().await;
     let idp = spawn_idp().await;
-    let gw = spawn_gateway(&yaml(&up.url(), &idp, "")).await;
+    let gw = spawn_gateway(&yaml(&up.url(), &idp, json!({}))).await;
     for _ in 0..3 {
         let r = client().get(gw.url("/api/x")).send().await.unwrap();
         assert_eq!(r.status(), 200);
@@ -200,29 +190,17 @@ async fn upstream_durations_and_errors_by_kind() {
             });
         }
     });
-    let yaml = format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-upstreams:
-  - name: good
-    url: "{up}"
-  - name: slow
-    url: "{up}"
-    timeout: 300ms
-  - name: gone
-    url: "http://{dead}"
-  - name: closer
-    url: "http://{closer_addr}"
-routes:
-  - {{name: good, path_prefix: /good, upstream: good, auth: none}}
-  - {{name: slow, path_prefix: /slow, upstream: slow, auth: none}}
-  - {{name: gone, path_prefix: /gone, upstream: gone, auth: none}}
-  - {{name: closer, path_prefix: /closer, upstream: closer, auth: none}}
-"#,
-        up = up.url(),
-        dead = dead_addr(),
-    );
+    let mut cfg = GatewayConfig::new()
+        .upstream("good", &up.url())
+        .upstream_with("slow", &up.url(), json!({"timeout": "300ms"}))
+        .upstream("gone", &format!("http://{}", dead_addr()))
+        .upstream("closer", &format!("http://{closer_addr}"));
+    for name in ["good", "slow", "gone", "closer"] {
+        cfg = cfg.route(json!({
+            "name": name, "path_prefix": format!("/{name}"), "upstream": name, "auth": "none",
+        }));
+    }
+    let yaml = cfg.yaml();
     let gw = spawn_gateway(&yaml).await;
     let admin = gw.admin_url("");
     // Exported from startup (HELP/TYPE), before any exchange.
@@ -301,7 +279,7 @@ routes:
 async fn jwks_fetch_results_by_issuer() {
     let up = spawn_upstream().await;
     let idp = spawn_idp().await;
-    let gw = spawn_gateway(&yaml(&up.url(), &idp, "    jwks_refresh: 200ms\n")).await;
+    let gw = spawn_gateway(&yaml(&up.url(), &idp, json!({"jwks_refresh": "200ms"}))).await;
     let admin = gw.admin_url("");
     metric_eventually(
         &admin,
@@ -337,36 +315,20 @@ async fn jwks_fetch_results_by_issuer() {
 async fn cache_hits_and_misses() {
     let up = spawn_upstream().await;
     let idp = spawn_idp().await;
-    let yaml = format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-issuers:
-{corp}upstreams:
-  - name: bi
-    url: "{up}"
-  - name: cc-up
-    url: "{up}"
-    auth:
-      type: oauth2_client_credentials
-      token_url: "{token}"
-      client_id: gw
-      client_secret: "cc-s3cret"
-routes:
-  - name: secure
-    path_prefix: /secure
-    upstream: bi
-    auth:
-      issuers: [corp]
-  - name: cc
-    path_prefix: /cc
-    upstream: cc-up
-    auth: none
-"#,
-        corp = issuer_yaml(&idp, "corp", ""),
-        up = up.url(),
-        token = idp.url("/token"),
-    );
+    let yaml = GatewayConfig::new()
+        .issuer(&idp, "corp")
+        .upstream("bi", &up.url())
+        .upstream_with(
+            "cc-up",
+            &up.url(),
+            json!({"auth": client_credentials(&idp, "gw", "cc-s3cret")}),
+        )
+        .route(json!({
+            "name": "secure", "path_prefix": "/secure", "upstream": "bi",
+            "auth": {"issuers": ["corp"]},
+        }))
+        .route(json!({"name": "cc", "path_prefix": "/cc", "upstream": "cc-up", "auth": "none"}))
+        .yaml();
     let gw = spawn_gateway(&yaml).await;
     let admin = gw.admin_url("");
     let series = |cache: &str, result: &str| {
@@ -383,7 +345,7 @@ routes:
         }
     }
 
-    let tok = idp.token(serde_json::json!({}));
+    let tok = idp.token(json!({}));
     for _ in 0..2 {
         let r = client()
             .get(gw.url("/secure/x"))
