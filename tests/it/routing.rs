@@ -1,7 +1,10 @@
 //! Routing by host and path: exact hosts before wildcards before host-less routes, the
 //! longest path prefix on a segment boundary.
 
+use serde_json::json;
+
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 
 // Behaviour: `hosts` exact and `*.company.com` wildcard, port stripped, any case;
 // exact host beats wildcard beats no hosts, then the longest prefix.
@@ -12,52 +15,27 @@ async fn host_routing_precedence() {
     let wild = spawn_upstream().await;
     let any = spawn_upstream().await;
     let any_deep = spawn_upstream().await;
-    let yaml = format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-upstreams:
-  - name: exact
-    url: "{}"
-  - name: exact-deep
-    url: "{}"
-  - name: wild
-    url: "{}"
-  - name: any
-    url: "{}"
-  - name: any-deep
-    url: "{}"
-routes:
-  - name: any-deep
-    path_prefix: /v2/analytics
-    upstream: any-deep
-    auth: none
-  - name: any
-    path_prefix: /
-    upstream: any
-    auth: none
-  - name: wild
-    path_prefix: /v2
-    hosts: ["*.company.com"]
-    upstream: wild
-    auth: none
-  - name: exact
-    path_prefix: /
-    hosts: ["API.company.com", "bi-api.company.com"]
-    upstream: exact
-    auth: none
-  - name: exact-deep
-    path_prefix: /v2/special
-    hosts: ["api.company.com"]
-    upstream: exact-deep
-    auth: none
-"#,
-        exact.url(),
-        exact_deep.url(),
-        wild.url(),
-        any.url(),
-        any_deep.url()
-    );
+    let yaml = GatewayConfig::new()
+        .upstream("exact", &exact.url())
+        .upstream("exact-deep", &exact_deep.url())
+        .upstream("wild", &wild.url())
+        .upstream("any", &any.url())
+        .upstream("any-deep", &any_deep.url())
+        .route(json!({"name": "any-deep", "path_prefix": "/v2/analytics", "upstream": "any-deep", "auth": "none"}))
+        .route(json!({"name": "any", "path_prefix": "/", "upstream": "any", "auth": "none"}))
+        .route(json!({
+            "name": "wild", "path_prefix": "/v2", "hosts": ["*.company.com"],
+            "upstream": "wild", "auth": "none",
+        }))
+        .route(json!({
+            "name": "exact", "path_prefix": "/", "hosts": ["API.company.com", "bi-api.company.com"],
+            "upstream": "exact", "auth": "none",
+        }))
+        .route(json!({
+            "name": "exact-deep", "path_prefix": "/v2/special", "hosts": ["api.company.com"],
+            "upstream": "exact-deep", "auth": "none",
+        }))
+        .yaml();
     let gw = spawn_gateway(&yaml).await;
     let ups = [
         ("exact", &exact),
@@ -109,10 +87,13 @@ routes:
         assert_eq!(hit, vec![want], "Host: {host}, path {path}");
     }
     // Without a host-less catch-all, an unmatched host is a 404.
-    let yaml = format!(
-        "server:\n  listen: \"127.0.0.1:0\"\nupstreams:\n  - name: u\n    url: \"{}\"\nroutes:\n  - name: r\n    path_prefix: /\n    hosts: [\"*.company.com\"]\n    upstream: u\n    auth: none\n",
-        any.url()
-    );
+    let yaml = GatewayConfig::public_only()
+        .upstream("u", &any.url())
+        .route(json!({
+            "name": "r", "path_prefix": "/", "hosts": ["*.company.com"], "upstream": "u",
+            "auth": "none",
+        }))
+        .yaml();
     let gw2 = spawn_gateway(&yaml).await;
     let r = client()
         .get(gw2.url("/x"))
