@@ -9,22 +9,42 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::cli::bin;
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 use crate::redis_server::RedisServer;
 
 const ORIGIN: &str = "https://dash.example";
 
-/// A config with the test issuer `corp`, one upstream `u`, `extra` top-level YAML
-/// (stores, rate_limits, token_service) and `routes` (a YAML list body).
-fn config(idp: &Idp, up: &Upstream, extra: &str, routes: &str) -> String {
-    format!(
-        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\nissuers:\n{}upstreams:\n  - name: u\n    url: \"{}\"\n{extra}\nroutes:\n{routes}",
-        issuer_yaml(idp, "corp", ""),
-        up.url()
-    )
+/// A config with the test issuer `corp` and one upstream `u`; a test adds its limits
+/// and routes.
+fn config(idp: &Idp, up: &Upstream) -> GatewayConfig {
+    GatewayConfig::new()
+        .issuer(idp, "corp")
+        .upstream("u", &up.url())
+}
+
+/// Route `name` on `/name` to upstream `u`, counted against `limits`.
+fn limited(name: &str, auth: Value, limits: &[&str]) -> Value {
+    json!({
+        "name": name, "path_prefix": format!("/{name}"), "upstream": "u", "auth": auth,
+        "rate_limits": limits,
+    })
+}
+
+/// A rate limit counted in memory.
+fn limit(name: &str, key: &str, limit: u32, per: &str) -> Value {
+    json!({"name": name, "key": key, "limit": limit, "per": per})
+}
+
+/// A rate limit counted in Redis, `on_error` as given.
+fn redis_limit(name: &str, key: &str, n: u32, per: &str, on_error: &str) -> Value {
+    let mut v = limit(name, key, n, per);
+    v["store"] = json!("redis");
+    v["on_error"] = json!(on_error);
+    v
 }
 
 fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
@@ -81,12 +101,22 @@ async fn two_replicas_sharing_redis_admit_exactly_the_limit() {
     let redis = RedisServer::start();
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let extra = format!(
-        "stores:\n  redis:\n    url: \"{}\"\n    timeout: 2s\nrate_limits:\n  - name: per-client\n    key: client\n    limit: 25\n    per: 1h\n    store: redis\n    on_error: deny\n  - name: per-token\n    key: \"header:Authorization\"\n    limit: 1000\n    per: 1h\n    store: redis\n    on_error: deny\n",
-        redis.url()
-    );
-    let routes = "  - name: api\n    path_prefix: /api\n    upstream: u\n    auth:\n      issuers: [corp]\n    rate_limits: [per-token, per-client]\n";
-    let yaml = config(&idp, &up, &extra, routes);
+    let yaml = config(&idp, &up)
+        .redis(&redis.url(), "2s")
+        .rate_limit(redis_limit("per-client", "client", 25, "1h", "deny"))
+        .rate_limit(redis_limit(
+            "per-token",
+            "header:Authorization",
+            1000,
+            "1h",
+            "deny",
+        ))
+        .route(limited(
+            "api",
+            json!({"issuers": ["corp"]}),
+            &["per-token", "per-client"],
+        ))
+        .yaml();
     let (a, b) = (spawn_gateway(&yaml).await, spawn_gateway(&yaml).await);
     let token = idp.token(json!({}));
     let c = client();
@@ -166,11 +196,21 @@ async fn two_replicas_sharing_redis_admit_exactly_the_limit() {
 async fn refusals_follow_spec_and_only_authorised_requests_count() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let extra = "rate_limits:\n  - name: per-client\n    key: client\n    limit: 2\n    per: 1h\n";
-    let routes = format!(
-        "  - name: api\n    path_prefix: /api\n    upstream: u\n    auth:\n      issuers: [corp]\n      scopes: [analytics.read]\n    rate_limits: [per-client]\n    cors:\n      allow_origins: [\"{ORIGIN}\"]\n      allow_headers: [Authorization]\n      expose_headers: [Retry-After, RateLimit, RateLimit-Policy]\n"
+    let mut api = limited(
+        "api",
+        json!({"issuers": ["corp"], "scopes": ["analytics.read"]}),
+        &["per-client"],
     );
-    let gw = spawn_gateway(&config(&idp, &up, extra, &routes)).await;
+    api["cors"] = json!({
+        "allow_origins": [ORIGIN],
+        "allow_headers": ["Authorization"],
+        "expose_headers": ["Retry-After", "RateLimit", "RateLimit-Policy"],
+    });
+    let yaml = config(&idp, &up)
+        .rate_limit(limit("per-client", "client", 2, "1h"))
+        .route(api)
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     let c = client();
     let m = admin_metrics(&gw.admin_url("")).await;
     for family in [
@@ -292,9 +332,15 @@ async fn refusals_follow_spec_and_only_authorised_requests_count() {
 async fn header_ip_and_subject_keys() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let extra = "rate_limits:\n  - name: per-key\n    key: header:X-Api-Key\n    limit: 2\n    per: 1h\n  - name: per-ip\n    key: ip\n    limit: 3\n    per: 1h\n  - name: per-user\n    key: subject\n    limit: 1\n    per: 1h\n";
-    let routes = "  - name: partner\n    path_prefix: /partner\n    upstream: u\n    auth: none\n    rate_limits: [per-key]\n  - name: public\n    path_prefix: /public\n    upstream: u\n    auth: none\n    rate_limits: [per-ip]\n  - name: me\n    path_prefix: /me\n    upstream: u\n    auth:\n      issuers: [corp]\n    rate_limits: [per-user]\n";
-    let gw = spawn_gateway(&config(&idp, &up, extra, routes)).await;
+    let yaml = config(&idp, &up)
+        .rate_limit(limit("per-key", "header:X-Api-Key", 2, "1h"))
+        .rate_limit(limit("per-ip", "ip", 3, "1h"))
+        .rate_limit(limit("per-user", "subject", 1, "1h"))
+        .route(limited("partner", json!("none"), &["per-key"]))
+        .route(limited("public", json!("none"), &["per-ip"]))
+        .route(limited("me", json!({"issuers": ["corp"]}), &["per-user"]))
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     let c = client();
     let status = |key: Option<&'static str>| {
         let mut r = c.get(gw.url("/partner/x"));
@@ -363,12 +409,22 @@ async fn a_daily_quota_ends_at_midnight_utc_and_idle_keys_expire() {
     let redis = RedisServer::start();
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let extra = format!(
-        "stores:\n  redis:\n    url: \"{}\"\n    timeout: 2s\nrate_limits:\n  - name: daily\n    key: client\n    limit: 3\n    per: 1d\n    window: fixed\n    store: redis\n  - name: burst\n    key: client\n    limit: 100\n    per: 2s\n    store: redis\n",
-        redis.url()
-    );
-    let routes = "  - name: api\n    path_prefix: /api\n    upstream: u\n    auth:\n      issuers: [corp]\n    rate_limits: [burst, daily]\n";
-    let gw = spawn_gateway(&config(&idp, &up, &extra, routes)).await;
+    let mut daily = limit("daily", "client", 3, "1d");
+    daily["window"] = json!("fixed");
+    daily["store"] = json!("redis");
+    let mut burst = limit("burst", "client", 100, "2s");
+    burst["store"] = json!("redis");
+    let yaml = config(&idp, &up)
+        .redis(&redis.url(), "2s")
+        .rate_limit(daily)
+        .rate_limit(burst)
+        .route(limited(
+            "api",
+            json!({"issuers": ["corp"]}),
+            &["burst", "daily"],
+        ))
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     // Not within 30 s of midnight UTC, or the quota would end during the test.
     eventually(
         Duration::from_secs(40),
@@ -440,12 +496,14 @@ async fn redis_killed_deny_refuses_allow_falls_back_and_both_recover() {
     let mut redis = RedisServer::start();
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let extra = format!(
-        "stores:\n  redis:\n    url: \"{}\"\n    timeout: 1s\nrate_limits:\n  - name: strict\n    key: ip\n    limit: 1000\n    per: 1h\n    store: redis\n    on_error: deny\n  - name: lenient\n    key: ip\n    limit: 3\n    per: 1h\n    store: redis\n    on_error: allow\n",
-        redis.url()
-    );
-    let routes = "  - name: strict\n    path_prefix: /strict\n    upstream: u\n    auth: none\n    rate_limits: [strict]\n  - name: lenient\n    path_prefix: /lenient\n    upstream: u\n    auth: none\n    rate_limits: [lenient]\n";
-    let gw = spawn_gateway(&config(&idp, &up, &extra, routes)).await;
+    let yaml = config(&idp, &up)
+        .redis(&redis.url(), "1s")
+        .rate_limit(redis_limit("strict", "ip", 1000, "1h", "deny"))
+        .rate_limit(redis_limit("lenient", "ip", 3, "1h", "allow"))
+        .route(limited("strict", json!("none"), &["strict"]))
+        .route(limited("lenient", json!("none"), &["lenient"]))
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     let c = client();
     // Bounded: a request that hangs fails the test (this is no speed measurement).
     let get = |path: &'static str| {
@@ -515,9 +573,22 @@ async fn redis_killed_deny_refuses_allow_falls_back_and_both_recover() {
 async fn failed_auth_limit_refuses_even_the_right_secret_until_the_window_passes() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let extra = "token_service:\n  issuer: \"https://gw.test\"\n  audience: \"https://api.test\"\n  failed_auth_limit: {limit: 3, per: 3s}\n  clients:\n    - id: dash\n      secret: right-secret-1\n      scopes: [a]\n    - id: other\n      secret: other-secret-1\n      scopes: [a]\n";
-    let routes = "  - name: api\n    path_prefix: /api\n    upstream: u\n    auth: none\n";
-    let gw = spawn_gateway(&config(&idp, &up, extra, routes)).await;
+    let yaml = config(&idp, &up)
+        .token_service(
+            "https://gw.test",
+            "https://api.test",
+            &[
+                ("dash", "right-secret-1", &["a"]),
+                ("other", "other-secret-1", &["a"]),
+            ],
+        )
+        .merge(
+            "token_service",
+            json!({"failed_auth_limit": {"limit": 3, "per": "3s"}}),
+        )
+        .route(json!({"name": "api", "path_prefix": "/api", "upstream": "u", "auth": "none"}))
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     let from = |ip: &str| {
         tollgate::tls::install_default_provider();
         reqwest::Client::builder()
@@ -624,11 +695,13 @@ async fn failed_auth_limit_refuses_even_the_right_secret_until_the_window_passes
 async fn a_reload_keeps_the_counters() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let routes = "  - name: open\n    path_prefix: /open\n    upstream: u\n    auth: none\n    rate_limits: [per-ip]\n";
-    let limits = |n: u32| {
-        format!("rate_limits:\n  - name: per-ip\n    key: ip\n    limit: {n}\n    per: 1h\n")
+    let yaml = |n: u32| {
+        config(&idp, &up)
+            .rate_limit(limit("per-ip", "ip", n, "1h"))
+            .route(limited("open", json!("none"), &["per-ip"]))
+            .yaml()
     };
-    let gw = spawn_gateway(&config(&idp, &up, &limits(2), routes)).await;
+    let gw = spawn_gateway(&yaml(2)).await;
     let c = client();
     let status = || async {
         c.get(gw.url("/open/x"))
@@ -642,7 +715,7 @@ async fn a_reload_keeps_the_counters() {
         [status().await, status().await, status().await],
         [200, 200, 429]
     );
-    std::fs::write(gw.config_path(), config(&idp, &up, &limits(3), routes)).unwrap();
+    std::fs::write(gw.config_path(), yaml(3)).unwrap();
     let r = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!([status().await, status().await], [200, 429]);
@@ -657,12 +730,16 @@ async fn explain_lists_the_limits_without_counting() {
     let redis = RedisServer::start();
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let extra = format!(
-        "stores:\n  redis:\n    url: \"{}\"\n    timeout: 2s\nrate_limits:\n  - name: per-client\n    key: client\n    limit: 5\n    per: 1m\n  - name: shared\n    key: client\n    limit: 2\n    per: 1h\n    store: redis\n    on_error: deny\n",
-        redis.url()
-    );
-    let routes = "  - name: api\n    path_prefix: /api\n    upstream: u\n    auth:\n      issuers: [corp]\n    rate_limits: [per-client, shared]\n";
-    let yaml = config(&idp, &up, &extra, routes);
+    let yaml = config(&idp, &up)
+        .redis(&redis.url(), "2s")
+        .rate_limit(limit("per-client", "client", 5, "1m"))
+        .rate_limit(redis_limit("shared", "client", 2, "1h", "deny"))
+        .route(limited(
+            "api",
+            json!({"issuers": ["corp"]}),
+            &["per-client", "shared"],
+        ))
+        .yaml();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.yaml");
     std::fs::write(&cfg, &yaml).unwrap();
@@ -723,6 +800,7 @@ async fn explain_lists_the_limits_without_counting() {
 }
 
 // `tollgate validate` reports what cannot work with file, line, column and key path.
+// (Literal YAML: the line and column numbers are what this tests.)
 #[test]
 fn validate_locates_rate_limit_problems() {
     let dir = tempfile::tempdir().unwrap();
