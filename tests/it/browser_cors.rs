@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// Bound on one browser run (cors.mjs bounds itself at 150 s).
@@ -50,33 +51,22 @@ fn free_port() -> u16 {
 }
 
 fn cors_gateway_yaml(idp: &Idp, up: &Upstream, allowed_origin: &str) -> String {
-    format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-issuers:
-{}
-upstreams:
-  - name: bi
-    url: "{}"
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: bi
-    auth:
-      issuers: [corp]
-      scopes: [analytics.read]
-    cors:
-      allow_origins: ["{allowed_origin}"]
-      allow_methods: [GET, POST]
-      allow_headers: [Authorization, Content-Type]
-      expose_headers: [X-Request-Id]
-      allow_credentials: true
-      max_age: 10m
-"#,
-        issuer_yaml(idp, "corp", ""),
-        up.url()
-    )
+    GatewayConfig::public_only()
+        .issuer(idp, "corp")
+        .upstream("bi", &up.url())
+        .route(json!({
+            "name": "api", "path_prefix": "/api", "upstream": "bi",
+            "auth": {"issuers": ["corp"], "scopes": ["analytics.read"]},
+            "cors": {
+                "allow_origins": [allowed_origin],
+                "allow_methods": ["GET", "POST"],
+                "allow_headers": ["Authorization", "Content-Type"],
+                "expose_headers": ["X-Request-Id"],
+                "allow_credentials": true,
+                "max_age": "10m",
+            },
+        }))
+        .yaml()
 }
 
 enum Run {
