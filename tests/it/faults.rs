@@ -13,14 +13,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tollgate::token_service::keys::SigningKey;
 
 use crate::common::*;
+use crate::gwconfig::{GatewayConfig, AUDIENCE};
 
 const MIB: u64 = 1024 * 1024;
-const AUDIENCE: &str = "https://bi-api.company.com";
 /// How long an idle keep-alive connection stays open on the faulty server (like
 /// nginx's `keepalive_timeout`, only much shorter). Long enough that sequential requests
 /// on a busy machine never meet the server closing the connection they reuse (see
@@ -588,34 +589,31 @@ async fn assert_settled(what: &str, admin: &str, base: Baseline, servers: &[&Fau
     );
 }
 
+/// Listeners with `server.limits.request_timeout` (the other configs here start from it).
+fn with_request_timeout(t: &str) -> GatewayConfig {
+    GatewayConfig::new().merge("server", json!({"limits": {"request_timeout": t}}))
+}
+
+/// The faulty server as upstream `faulty` on /f (its `timeout` as given) and, under
+/// /patient, as `faulty-patient` on /p.
+fn upstream_config(up: &FaultServer, request_timeout: &str, timeout: &str) -> GatewayConfig {
+    with_request_timeout(request_timeout)
+        .upstream_with(
+            "faulty",
+            &up.url(""),
+            json!({"connect_timeout": "1s", "timeout": timeout}),
+        )
+        .upstream_with(
+            "faulty-patient",
+            &up.url("/patient"),
+            json!({"timeout": "30s"}),
+        )
+        .route(json!({"name": "faulty", "path_prefix": "/f", "upstream": "faulty", "auth": "none"}))
+        .route(json!({"name": "patient", "path_prefix": "/p", "upstream": "faulty-patient", "auth": "none"}))
+}
+
 fn upstream_yaml(up: &FaultServer) -> String {
-    format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-  limits:
-    request_timeout: 2s
-upstreams:
-  - name: faulty
-    url: "{url}"
-    connect_timeout: 1s
-    timeout: 1s
-  - name: faulty-patient
-    url: "{url}/patient"
-    timeout: 30s
-routes:
-  - name: faulty
-    path_prefix: /f
-    upstream: faulty
-    auth: none
-  - name: patient
-    path_prefix: /p
-    upstream: faulty-patient
-    auth: none
-"#,
-        url = up.url("")
-    )
+    upstream_config(up, "2s", "1s").yaml()
 }
 
 /// Sends a POST head and `sent` bytes of a body declared `declared` long on a fresh
@@ -805,9 +803,7 @@ async fn upstream_failures_before_the_response_head() {
 #[tokio::test]
 async fn upstream_reading_the_body_slowly_gets_all_of_it() {
     let up = FaultServer::spawn(Fault::OkClose).await;
-    let gw =
-        spawn_gateway(&upstream_yaml(&up).replace("request_timeout: 2s", "request_timeout: 30s"))
-            .await;
+    let gw = spawn_gateway(&upstream_config(&up, "30s", "1s").yaml()).await;
     let admin = gw.admin.unwrap().to_string();
     get_ok("warm-up", gw.url("/p/f/ok-close"), None).await;
     let base = baseline(&admin).await;
@@ -1017,40 +1013,28 @@ async fn huge_response_body_streams() {
 }
 
 fn jwks_yaml(idp: &FaultServer, up: &FaultServer) -> String {
-    let mut issuers = String::new();
+    let issuer = |name: &str, jwks: String| {
+        json!({
+            "name": name,
+            "issuer": format!("https://{name}.idp.test"),
+            "jwks_uri": jwks,
+            "audiences": [AUDIENCE],
+            "fetch_timeout": "1s",
+        })
+    };
+    let mut cfg = with_request_timeout("5s");
     for (name, path) in JWKS_FAULTS {
-        issuers.push_str(&format!(
-            "  - name: {name}\n    issuer: \"https://{name}.idp.test\"\n    jwks_uri: \"{}\"\n    audiences: [\"{AUDIENCE}\"]\n    fetch_timeout: 1s\n",
-            idp.url(path)
-        ));
+        cfg = cfg.issuer_block(issuer(name, idp.url(path)));
     }
-    format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-  limits:
-    request_timeout: 5s
-issuers:
-{issuers}  - name: flaky
-    issuer: "https://flaky.idp.test"
-    jwks_uri: "{flaky}"
-    audiences: ["{AUDIENCE}"]
-    fetch_timeout: 1s
-    jwks_refresh: 300ms
-upstreams:
-  - name: up
-    url: "{up}"
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: up
-    auth:
-      scopes: [analytics.read]
-"#,
-        flaky = idp.url("/jwks"),
-        up = up.url("/f/ok-close"),
-    )
+    let mut flaky = issuer("flaky", idp.url("/jwks"));
+    flaky["jwks_refresh"] = json!("300ms");
+    cfg.issuer_block(flaky)
+        .upstream("up", &up.url("/f/ok-close"))
+        .route(json!({
+            "name": "api", "path_prefix": "/api", "upstream": "up",
+            "auth": {"scopes": ["analytics.read"]},
+        }))
+        .yaml()
 }
 
 const JWKS_FAULTS: [(&str, &str); 6] = [
@@ -1145,36 +1129,27 @@ const INTROSPECTION_FAULTS: [(&str, &str); 6] = [
 ];
 
 fn introspection_yaml(idp: &FaultServer, up: &FaultServer) -> String {
-    let mut issuers = String::new();
-    let mut routes = String::new();
+    let mut cfg = with_request_timeout("5s").upstream("up", &up.url("/f/ok-close"));
     let faults = INTROSPECTION_FAULTS
         .iter()
         .copied()
         .chain([("flaky", "/introspect")]);
     for (name, path) in faults {
-        issuers.push_str(&format!(
-            "  - name: {name}\n    issuer: \"https://{name}.intro.test\"\n    fetch_timeout: 1s\n    introspection:\n      url: \"{}\"\n      client_id: gateway\n      client_secret: s3cret\n",
-            idp.url(path)
-        ));
-        routes.push_str(&format!(
-            "  - name: {name}\n    path_prefix: /{name}\n    upstream: up\n    auth:\n      issuers: [{name}]\n"
-        ));
+        cfg = cfg
+            .issuer_block(json!({
+                "name": name,
+                "issuer": format!("https://{name}.intro.test"),
+                "fetch_timeout": "1s",
+                "introspection": {
+                    "url": idp.url(path), "client_id": "gateway", "client_secret": "s3cret",
+                },
+            }))
+            .route(json!({
+                "name": name, "path_prefix": format!("/{name}"), "upstream": "up",
+                "auth": {"issuers": [name]},
+            }));
     }
-    format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-  limits:
-    request_timeout: 5s
-issuers:
-{issuers}upstreams:
-  - name: up
-    url: "{up}"
-routes:
-{routes}"#,
-        up = up.url("/f/ok-close"),
-    )
+    cfg.yaml()
 }
 
 // Behaviour: an RFC 7662 endpoint that hangs, answers 500, invalid JSON, 50 MiB, a reset
@@ -1244,33 +1219,28 @@ const TOKEN_FAULTS: [(&str, &str, u16, &str); 7] = [
 ];
 
 fn token_yaml(idp: &FaultServer, up: &FaultServer) -> String {
-    let mut upstreams = String::new();
-    let mut routes = String::new();
+    let mut cfg = with_request_timeout("2s");
     let all = TOKEN_FAULTS
         .iter()
         .map(|(n, p, _, _)| (*n, *p))
         .chain([("flaky", "/token")]);
     for (name, path) in all {
-        upstreams.push_str(&format!(
-            "  - name: {name}\n    url: \"{}\"\n    auth:\n      type: oauth2_client_credentials\n      token_url: \"{}\"\n      client_id: gw\n      client_secret: s3cret\n",
-            up.url("/f/ok-close"),
-            idp.url(path)
-        ));
-        routes.push_str(&format!(
-            "  - name: {name}\n    path_prefix: /{name}\n    upstream: {name}\n    auth: none\n"
-        ));
+        cfg = cfg
+            .upstream_with(
+                name,
+                &up.url("/f/ok-close"),
+                json!({"auth": {
+                    "type": "oauth2_client_credentials",
+                    "token_url": idp.url(path),
+                    "client_id": "gw",
+                    "client_secret": "s3cret",
+                }}),
+            )
+            .route(json!({
+                "name": name, "path_prefix": format!("/{name}"), "upstream": name, "auth": "none",
+            }));
     }
-    format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-  limits:
-    request_timeout: 2s
-upstreams:
-{upstreams}routes:
-{routes}"#
-    )
+    cfg.yaml()
 }
 
 // Behaviour: an upstream OAuth2 token endpoint that hangs, answers 500, invalid JSON,
@@ -1361,13 +1331,7 @@ async fn binary_keeps_no_descriptors_or_memory_after_faults() {
     // response head takes long enough to come through on a busy machine that a short
     // upstream timeout (it was 300 ms) ends some of them first: 504 where the head's
     // size must give 502.
-    std::fs::write(
-        &config,
-        upstream_yaml(&up)
-            .replace("request_timeout: 2s", "request_timeout: 3s")
-            .replace("    timeout: 1s", "    timeout: 2s"),
-    )
-    .unwrap();
+    std::fs::write(&config, upstream_config(&up, "3s", "2s").yaml()).unwrap();
     let bin = spawn_binary(&config, &["run"]);
     let pid = bin.pid();
     let public = bin.public.clone();
