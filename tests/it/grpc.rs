@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde_json::json;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
@@ -15,6 +16,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::server::HealthReporter;
 
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 
 /// A tonic server with the health service on 127.0.0.1:0 (h2c), stopped on drop.
 struct GrpcUpstream {
@@ -55,40 +57,28 @@ async fn spawn_grpc() -> GrpcUpstream {
 }
 
 fn yaml(idp: &Idp, grpc: SocketAddr) -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-issuers:
-{}upstreams:
-  - name: live
-    url: "http://{grpc}"
-    protocol: h2c
-    timeout: 5s
-  - name: gone
-    url: "http://{}"
-    protocol: h2c
-    connect_timeout: 2s
-routes:
-  - name: health
-    path_prefix: /grpc.health.v1.Health
-    upstream: live
-    auth:
-      scopes: [analytics.read]
-    permissions:
-      - path: /grpc.health.v1.Health/Check
-        methods: [POST]
-      - path: /grpc.health.v1.Health/Watch
-        methods: [POST]
-        scopes: [live.watch]
-  - name: gone
-    path_prefix: /gone.Service
-    upstream: gone
-    auth: none
-"#,
-        issuer_yaml(idp, "corp", ""),
-        dead_addr()
-    )
+    GatewayConfig::new()
+        .issuer(idp, "corp")
+        .upstream_with(
+            "live",
+            &format!("http://{grpc}"),
+            json!({"protocol": "h2c", "timeout": "5s"}),
+        )
+        .upstream_with(
+            "gone",
+            &format!("http://{}", dead_addr()),
+            json!({"protocol": "h2c", "connect_timeout": "2s"}),
+        )
+        .route(json!({
+            "name": "health", "path_prefix": "/grpc.health.v1.Health", "upstream": "live",
+            "auth": {"scopes": ["analytics.read"]},
+            "permissions": [
+                {"path": "/grpc.health.v1.Health/Check", "methods": ["POST"]},
+                {"path": "/grpc.health.v1.Health/Watch", "methods": ["POST"], "scopes": ["live.watch"]},
+            ],
+        }))
+        .route(json!({"name": "gone", "path_prefix": "/gone.Service", "upstream": "gone", "auth": "none"}))
+        .yaml()
 }
 
 async fn channel(gw: &Gw) -> Channel {
@@ -123,7 +113,7 @@ async fn unary_grpc_calls_reach_an_h2c_upstream() {
     let idp = spawn_idp().await;
     let up = spawn_grpc().await;
     let gw = spawn_gateway(&yaml(&idp, up.addr)).await;
-    let token = idp.token(serde_json::json!({}));
+    let token = idp.token(json!({}));
     let mut client = HealthClient::new(channel(&gw).await);
     for _ in 0..3 {
         let resp = client
@@ -147,7 +137,7 @@ async fn server_streaming_flows_through() {
     let idp = spawn_idp().await;
     let up = spawn_grpc().await;
     let gw = spawn_gateway(&yaml(&idp, up.addr)).await;
-    let token = idp.token(serde_json::json!({"scope": "analytics.read live.watch"}));
+    let token = idp.token(json!({"scope": "analytics.read live.watch"}));
     let mut client = HealthClient::new(channel(&gw).await);
     let mut stream = client
         .watch(with_token(check("bi.Live"), Some(&token)))
@@ -188,7 +178,7 @@ async fn refusals_are_grpc_statuses() {
     assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
     assert!(s.metadata().get("www-authenticate").is_some());
     assert!(s.metadata().get("x-request-id").is_some());
-    let token = idp.token(serde_json::json!({}));
+    let token = idp.token(json!({}));
     let s = client
         .watch(with_token(check("bi.Live"), Some(&token)))
         .await
@@ -261,12 +251,22 @@ async fn bidirectional_streams_flow_both_ways() {
         }
     });
     let idp = spawn_idp().await;
-    let gw = spawn_gateway(&format!(
-        "server:\n  listen: \"127.0.0.1:0\"\nissuers:\n{}upstreams:\n  - name: echo\n    url: \"http://{echo}\"\n    protocol: h2c\nroutes:\n  - name: echo\n    path_prefix: /echo.Echo\n    upstream: echo\n    auth:\n      scopes: [analytics.read]\n",
-        issuer_yaml(&idp, "corp", "")
-    ))
+    let gw = spawn_gateway(
+        &GatewayConfig::public_only()
+            .issuer(&idp, "corp")
+            .upstream_with(
+                "echo",
+                &format!("http://{echo}"),
+                json!({"protocol": "h2c"}),
+            )
+            .route(json!({
+                "name": "echo", "path_prefix": "/echo.Echo", "upstream": "echo",
+                "auth": {"scopes": ["analytics.read"]},
+            }))
+            .yaml(),
+    )
     .await;
-    let token = idp.token(serde_json::json!({}));
+    let token = idp.token(json!({}));
     let io = TokioIo::new(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
     let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake(io)
