@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::common::*;
+use crate::gwconfig::{client_credentials, GatewayConfig};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -23,32 +24,33 @@ const SECRET: &str = "p@ss:w/rd";
 /// A client id with a space, which RFC 6749 §2.3.1 form-encodes as `+`.
 const CLIENT_ID: &str = "gw client";
 
+/// An `oauth2_client_credentials` block with [`CLIENT_ID`], [`SECRET`] and scope
+/// analytics.read, `extra` keys merged in.
+fn oauth(token_url: &str, extra: Value) -> Value {
+    let mut v = json!({
+        "type": "oauth2_client_credentials",
+        "token_url": token_url,
+        "client_id": CLIENT_ID,
+        "client_secret": SECRET,
+        "scope": "analytics.read",
+    });
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v
+}
+
 /// A gateway with one oauth2 upstream `name` (extra keys of its `auth` block in
-/// `auth_extra`, indented by 6) behind route `/api` with `auth: none`.
-fn oauth_yaml(up: &Upstream, name: &str, token_url: &str, auth_extra: &str) -> String {
-    format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-upstreams:
-  - name: {name}
-    url: "{}"
-    auth:
-      type: oauth2_client_credentials
-      token_url: "{token_url}"
-      client_id: "{CLIENT_ID}"
-      client_secret: "{SECRET}"
-      scope: "analytics.read"
-{auth_extra}
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: {name}
-    auth: none
-"#,
-        up.url()
-    )
+/// `auth_extra`) behind route `/api` with `auth: none`.
+fn oauth_yaml(up: &Upstream, name: &str, token_url: &str, auth_extra: Value) -> String {
+    GatewayConfig::new()
+        .upstream_with(
+            name,
+            &up.url(),
+            json!({"auth": oauth(token_url, auth_extra)}),
+        )
+        .open_route("api", "/api", name)
+        .yaml()
 }
 
 pub(crate) fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
@@ -119,33 +121,17 @@ async fn spawn_slow_token_endpoint(delay: Duration) -> (SocketAddr, Arc<AtomicUs
 async fn basic_upstream_auth_replaces_inbound_authorization() {
     let up = spawn_upstream().await;
     let plain = spawn_upstream().await;
-    let gw = spawn_gateway(&format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-upstreams:
-  - name: reports
-    url: "{}"
-    auth:
-      type: basic
-      username: report-user
-      password: "pa:ss w/rd"
-  - name: plain
-    url: "{}"
-routes:
-  - name: reports
-    path_prefix: /reports
-    upstream: reports
-    auth: none
-  - name: plain
-    path_prefix: /plain
-    upstream: plain
-    auth: none
-"#,
-        up.url(),
-        plain.url()
-    ))
-    .await;
+    let yaml = GatewayConfig::public_only()
+        .upstream_with(
+            "reports",
+            &up.url(),
+            json!({"auth": {"type": "basic", "username": "report-user", "password": "pa:ss w/rd"}}),
+        )
+        .upstream("plain", &plain.url())
+        .open_route("reports", "/reports", "reports")
+        .open_route("plain", "/plain", "plain")
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     let expected = format!("Basic {}", STANDARD.encode("report-user:pa:ss w/rd"));
 
     // Without an inbound Authorization.
@@ -194,34 +180,17 @@ routes:
 async fn oauth2_token_replaces_inbound_bearer() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-issuers:
-{}
-upstreams:
-  - name: bi
-    url: "{}"
-    auth:
-      type: oauth2_client_credentials
-      token_url: "{}"
-      client_id: gw
-      client_secret: "{SECRET}"
-      scope: "analytics.read"
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: bi
-    auth:
-      issuers: [corp]
-      scopes: [analytics.read]
-"#,
-        issuer_yaml(&idp, "corp", ""),
-        up.url(),
-        idp.url("/token")
-    ))
-    .await;
+    let mut auth = client_credentials(&idp, "gw", SECRET);
+    auth["scope"] = json!("analytics.read");
+    let yaml = GatewayConfig::public_only()
+        .issuer(&idp, "corp")
+        .upstream_with("bi", &up.url(), json!({"auth": auth}))
+        .route(json!({
+            "name": "api", "path_prefix": "/api", "upstream": "bi",
+            "auth": {"issuers": ["corp"], "scopes": ["analytics.read"]},
+        }))
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     let inbound = idp.token(json!({}));
     for i in 0..3 {
         let r = client()
@@ -259,7 +228,7 @@ async fn oauth2_client_auth_basic_form() {
         &up,
         "bi",
         &idp.url("/token"),
-        "      client_auth: basic",
+        json!({"client_auth": "basic"}),
     ))
     .await;
     let r = client()
@@ -299,7 +268,7 @@ async fn oauth2_client_auth_body_form() {
         &up,
         "bi",
         &idp.url("/token"),
-        "      client_auth: body",
+        json!({"client_auth": "body"}),
     ))
     .await;
     let r = client().get(gw.url("/api/x")).send().await.unwrap();
@@ -327,48 +296,33 @@ async fn oauth2_client_auth_body_form() {
 async fn oauth2_json_request_format_with_extra_params() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-upstreams:
-  - name: learning
-    url: "{up}"
-    auth:
-      type: oauth2_client_credentials
-      token_url: "{tok}"
-      client_id: "{CLIENT_ID}"
-      client_secret: "{SECRET}"
-      scope: "analytics.read"
-      request_format: json
-      extra_params:
-        resource_type: learning_public_api
-        tenant: acme
-  - name: learning-body
-    url: "{up}"
-    auth:
-      type: oauth2_client_credentials
-      token_url: "{tok}"
-      client_id: "{CLIENT_ID}"
-      client_secret: "{SECRET}"
-      client_auth: body
-      request_format: json
-      extra_params:
-        resource_type: learning_public_api
-routes:
-  - name: basic-json
-    path_prefix: /a
-    upstream: learning
-    auth: none
-  - name: body-json
-    path_prefix: /b
-    upstream: learning-body
-    auth: none
-"#,
-        up = up.url(),
-        tok = idp.url("/token"),
-    ))
-    .await;
+    let tok = idp.url("/token");
+    let yaml = GatewayConfig::public_only()
+        .upstream_with(
+            "learning",
+            &up.url(),
+            json!({"auth": oauth(&tok, json!({
+                "request_format": "json",
+                "extra_params": {"resource_type": "learning_public_api", "tenant": "acme"},
+            }))}),
+        )
+        .upstream_with(
+            "learning-body",
+            &up.url(),
+            json!({"auth": {
+                "type": "oauth2_client_credentials",
+                "token_url": tok,
+                "client_id": CLIENT_ID,
+                "client_secret": SECRET,
+                "client_auth": "body",
+                "request_format": "json",
+                "extra_params": {"resource_type": "learning_public_api"},
+            }}),
+        )
+        .open_route("basic-json", "/a", "learning")
+        .open_route("body-json", "/b", "learning-body")
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     let r = client().get(gw.url("/a/x")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(
@@ -422,32 +376,15 @@ routes:
 async fn oauth2_tokens_are_not_shared_across_upstreams() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let auth = format!(
-        "    auth:\n      type: oauth2_client_credentials\n      token_url: \"{}\"\n      client_id: gw\n      client_secret: s\n      scope: analytics.read\n",
-        idp.url("/token")
-    );
-    let gw = spawn_gateway(&format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-upstreams:
-  - name: one
-    url: "{u}"
-{auth}  - name: two
-    url: "{u}"
-{auth}routes:
-  - name: one
-    path_prefix: /one
-    upstream: one
-    auth: none
-  - name: two
-    path_prefix: /two
-    upstream: two
-    auth: none
-"#,
-        u = up.url()
-    ))
-    .await;
+    let mut auth = client_credentials(&idp, "gw", "s");
+    auth["scope"] = json!("analytics.read");
+    let yaml = GatewayConfig::public_only()
+        .upstream_with("one", &up.url(), json!({"auth": auth}))
+        .upstream_with("two", &up.url(), json!({"auth": auth}))
+        .open_route("one", "/one", "one")
+        .open_route("two", "/two", "two")
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     for (path, token) in [
         ("/one/x", "Bearer upstream-token-1"),
         ("/two/x", "Bearer upstream-token-2"),
@@ -468,7 +405,13 @@ upstreams:
 async fn oauth2_single_flight_under_concurrency() {
     let up = spawn_upstream().await;
     let (addr, hits) = spawn_slow_token_endpoint(Duration::from_millis(300)).await;
-    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &format!("http://{addr}/token"), "")).await;
+    let gw = spawn_gateway(&oauth_yaml(
+        &up,
+        "bi",
+        &format!("http://{addr}/token"),
+        json!({}),
+    ))
+    .await;
     let mut set = tokio::task::JoinSet::new();
     for i in 0..40 {
         let url = gw.url(&format!("/api/req/{i}"));
@@ -499,7 +442,7 @@ async fn oauth2_refresh_before_expiry() {
     idp.token_expires_in
         .store(LIFETIME.as_secs(), Ordering::SeqCst);
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &idp.url("/token"), "")).await;
+    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &idp.url("/token"), json!({}))).await;
     // The token is fetched (and its lifetime starts) between t0 and t1.
     let t0 = Instant::now();
     let r = client().get(gw.url("/api/1")).send().await.unwrap();
@@ -553,7 +496,7 @@ async fn oauth2_huge_expires_in_is_survived() {
     let idp = spawn_idp().await;
     idp.token_expires_in.store(u64::MAX, Ordering::SeqCst);
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &idp.url("/token"), "")).await;
+    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &idp.url("/token"), json!({}))).await;
     for i in 0..2 {
         let r = client().get(gw.url("/api/x")).send().await.unwrap();
         assert_eq!(r.status(), 200, "request {i}");
@@ -573,7 +516,7 @@ async fn oauth2_huge_expires_in_is_survived() {
 async fn oauth2_flush_drops_cached_token() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &idp.url("/token"), "")).await;
+    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &idp.url("/token"), json!({}))).await;
     for _ in 0..2 {
         let r = client().get(gw.url("/api/x")).send().await.unwrap();
         assert_eq!(r.status(), 200);
@@ -626,7 +569,7 @@ async fn oauth2_flush_drops_cached_token() {
 async fn oauth2_upstream_401_invalidates_token() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &idp.url("/token"), "")).await;
+    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &idp.url("/token"), json!({}))).await;
     let r = client().get(gw.url("/api/ok")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r = client()
@@ -678,7 +621,13 @@ async fn oauth2_token_failure_is_502_and_backed_off() {
     let idp = spawn_idp().await;
     idp.token_fail.store(true, Ordering::SeqCst);
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&oauth_yaml(&up, "bi-warehouse", &idp.url("/token"), "")).await;
+    let gw = spawn_gateway(&oauth_yaml(
+        &up,
+        "bi-warehouse",
+        &idp.url("/token"),
+        json!({}),
+    ))
+    .await;
 
     let t0 = Instant::now();
     let r = client().get(gw.url("/api/x")).send().await.unwrap();
@@ -756,7 +705,7 @@ async fn oauth2_token_failure_is_502_and_backed_off() {
 async fn oauth2_fetch_metrics() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &idp.url("/token"), "")).await;
+    let gw = spawn_gateway(&oauth_yaml(&up, "bi", &idp.url("/token"), json!({}))).await;
     let ok = r#"tollgate_upstream_token_fetches_total{upstream="bi",result="success"}"#;
     let failed = r#"tollgate_upstream_token_fetches_total{upstream="bi",result="failure"}"#;
 
@@ -796,41 +745,23 @@ async fn admin_config_redacts_upstream_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("bi-secret");
     std::fs::write(&secret_file, "file-S3CRET-mark\n").unwrap();
-    let gw = spawn_gateway(&format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-upstreams:
-  - name: bi
-    url: "{up}"
-    auth:
-      type: oauth2_client_credentials
-      token_url: "{tok}"
-      client_id: gw-visible-id
-      client_secret: "${{file:{file}}}"
-      client_auth: body
-  - name: legacy
-    url: "{up}"
-    auth:
-      type: basic
-      username: legacy-user
-      password: "basic-PASS-mark"
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: bi
-    auth: none
-  - name: legacy
-    path_prefix: /legacy
-    upstream: legacy
-    auth: none
-"#,
-        up = up.url(),
-        tok = idp.url("/token"),
-        file = secret_file.display(),
-    ))
-    .await;
+    let mut auth = client_credentials(
+        &idp,
+        "gw-visible-id",
+        &format!("${{file:{}}}", secret_file.display()),
+    );
+    auth["client_auth"] = json!("body");
+    let yaml = GatewayConfig::new()
+        .upstream_with("bi", &up.url(), json!({"auth": auth}))
+        .upstream_with(
+            "legacy",
+            &up.url(),
+            json!({"auth": {"type": "basic", "username": "legacy-user", "password": "basic-PASS-mark"}}),
+        )
+        .open_route("api", "/api", "bi")
+        .open_route("legacy", "/legacy", "legacy")
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     let r = client().get(gw.url("/api/x")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r = client().get(gw.url("/legacy/x")).send().await.unwrap();
