@@ -19,7 +19,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
+use serde_json::{json, Value};
+
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 
 struct SapSession {
     token: String,
@@ -228,7 +231,7 @@ pub async fn spawn_sap() -> FakeSap {
             seen.session = Some(id.clone());
             let r = sap_resp(
                 201,
-                &serde_json::json!({"session": id, "body_len": body.len()}).to_string(),
+                &json!({"session": id, "body_len": body.len()}).to_string(),
             );
             record(seen, r)
         }
@@ -238,34 +241,26 @@ pub async fn spawn_sap() -> FakeSap {
     sap
 }
 
-/// A gateway in front of `sap` as upstream `s4` (Basic credentials unless `auth` says
-/// otherwise), on route `/odata` (`auth: none`), with `csrf_extra` inside `csrf:`.
-fn sap_yaml(sap: &FakeSap, auth: &str, csrf_extra: &str, server_extra: &str) -> String {
-    let auth = if auth.is_empty() {
-        "    auth: {type: basic, username: GW_USER, password: \"s3cret\"}\n".to_owned()
-    } else {
-        auth.to_owned()
-    };
-    format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-{server_extra}
-upstreams:
-  - name: s4
-    url: "{}/sap/opu/odata/sap/API_X"
-{auth}    csrf:
-      fetch_path: /
-{csrf_extra}
-routes:
-  - name: odata
-    path_prefix: /odata
-    upstream: s4
-    auth: none
-"#,
-        sap.url()
-    )
+/// The upstream credentials the SAP tests use unless a test says otherwise.
+fn gw_basic() -> Option<Value> {
+    Some(json!({"type": "basic", "username": "GW_USER", "password": "s3cret"}))
+}
+
+/// A gateway in front of `sap` as upstream `s4` with `auth` (none: the caller's
+/// Authorization goes through), on route `/odata` (`auth: none`), with `csrf_extra`
+/// merged into its `csrf:` block.
+fn sap_yaml(sap: &FakeSap, auth: Option<Value>, csrf_extra: Value) -> String {
+    let mut s4 = json!({"csrf": {"fetch_path": "/"}});
+    if let Some(auth) = auth {
+        s4["auth"] = auth;
+    }
+    for (k, v) in csrf_extra.as_object().unwrap() {
+        s4["csrf"][k] = v.clone();
+    }
+    GatewayConfig::new()
+        .upstream_with("s4", &format!("{}/sap/opu/odata/sap/API_X", sap.url()), s4)
+        .open_route("odata", "/odata", "s4")
+        .yaml()
 }
 
 fn basic(user: &str, pw: &str) -> String {
@@ -282,7 +277,7 @@ fn basic(user: &str, pw: &str) -> String {
 #[tokio::test]
 async fn post_succeeds_on_the_first_try() {
     let sap = spawn_sap().await;
-    let gw = spawn_gateway(&sap_yaml(&sap, "", "", "")).await;
+    let gw = spawn_gateway(&sap_yaml(&sap, gw_basic(), json!({}))).await;
     let r = client()
         .post(gw.url("/odata/A_Items"))
         .header("content-type", "application/json")
@@ -352,7 +347,7 @@ async fn post_succeeds_on_the_first_try() {
 #[tokio::test]
 async fn after_the_session_expires_exactly_one_replay() {
     let sap = spawn_sap().await;
-    let gw = spawn_gateway(&sap_yaml(&sap, "", "", "")).await;
+    let gw = spawn_gateway(&sap_yaml(&sap, gw_basic(), json!({}))).await;
     let c = client();
     let r = c
         .post(gw.url("/odata/A_Items"))
@@ -416,7 +411,12 @@ async fn after_the_session_expires_exactly_one_replay() {
 #[tokio::test]
 async fn a_large_streamed_body_is_not_replayed() {
     let sap = spawn_sap().await;
-    let gw = spawn_gateway(&sap_yaml(&sap, "", "      replay_max_bytes: 1024\n", "")).await;
+    let gw = spawn_gateway(&sap_yaml(
+        &sap,
+        gw_basic(),
+        json!({"replay_max_bytes": 1024}),
+    ))
+    .await;
     let c = client();
     assert_eq!(
         c.post(gw.url("/odata/A_Items"))
@@ -462,7 +462,7 @@ async fn a_large_streamed_body_is_not_replayed() {
 #[tokio::test]
 async fn two_credentials_never_share_a_session() {
     let sap = spawn_sap().await;
-    let gw = spawn_gateway(&sap_yaml(&sap, "\n", "", "")).await;
+    let gw = spawn_gateway(&sap_yaml(&sap, None, json!({}))).await;
     let c = client();
     let (alice, bob) = (basic("alice", "a"), basic("bob", "b"));
     let mut tasks = Vec::new();
@@ -509,7 +509,7 @@ async fn two_credentials_never_share_a_session() {
 #[tokio::test]
 async fn client_token_and_cookies_are_dropped() {
     let sap = spawn_sap().await;
-    let gw = spawn_gateway(&sap_yaml(&sap, "", "", "")).await;
+    let gw = spawn_gateway(&sap_yaml(&sap, gw_basic(), json!({}))).await;
     let c = client();
     // Before tollgate has a session (nothing of its own to send) ...
     let r = c
@@ -558,7 +558,7 @@ async fn client_token_and_cookies_are_dropped() {
 async fn an_expired_session_cookie_means_a_new_fetch_first() {
     let sap = spawn_sap().await;
     sap.cookie_max_age.store(1, Ordering::SeqCst);
-    let gw = spawn_gateway(&sap_yaml(&sap, "", "", "")).await;
+    let gw = spawn_gateway(&sap_yaml(&sap, gw_basic(), json!({}))).await;
     let c = client();
     assert_eq!(
         c.post(gw.url("/odata/A_Items"))
@@ -595,7 +595,7 @@ async fn an_expired_session_cookie_means_a_new_fetch_first() {
 async fn refused_credentials_on_the_fetch_are_passed_on() {
     let sap = spawn_sap().await;
     *sap.refuse_credential.lock().unwrap() = Some(basic("GW_USER", "s3cret"));
-    let gw = spawn_gateway(&sap_yaml(&sap, "", "", "")).await;
+    let gw = spawn_gateway(&sap_yaml(&sap, gw_basic(), json!({}))).await;
     let r = client()
         .post(gw.url("/odata/A_Items"))
         .body("1")
@@ -616,7 +616,7 @@ async fn refused_credentials_on_the_fetch_are_passed_on() {
 #[tokio::test]
 async fn flushing_caches_drops_upstream_sessions() {
     let sap = spawn_sap().await;
-    let gw = spawn_gateway(&sap_yaml(&sap, "", "", "")).await;
+    let gw = spawn_gateway(&sap_yaml(&sap, gw_basic(), json!({}))).await;
     let c = client();
     assert_eq!(
         c.post(gw.url("/odata/x"))
@@ -740,25 +740,25 @@ pub async fn spawn_sts(idp: &Idp) -> Sts {
                 fields: fields.clone(),
             });
             if !STS_CLIENTS.contains(&(id.as_str(), secret.as_str())) {
-                return json_resp(401, serde_json::json!({"error": "invalid_client"}));
+                return json_resp(401, json!({"error": "invalid_client"}));
             }
             let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
             let expires_in = exp.load(Ordering::SeqCst);
             let grant = fields.get("grant_type").map(String::as_str).unwrap_or("");
-            let invalid_grant = || json_resp(400, serde_json::json!({"error": "invalid_grant"}));
+            let invalid_grant = || json_resp(400, json!({"error": "invalid_grant"}));
             match grant {
                 "client_credentials" => json_resp(
                     200,
-                    serde_json::json!({"access_token": format!("cc:{id}:{n}"), "token_type": "bearer", "expires_in": expires_in}),
+                    json!({"access_token": format!("cc:{id}:{n}"), "token_type": "bearer", "expires_in": expires_in}),
                 ),
                 "urn:ietf:params:oauth:grant-type:token-exchange" => {
                     let (Some(subject), Some(tt)) =
                         (fields.get("subject_token"), fields.get("subject_token_type"))
                     else {
-                        return json_resp(400, serde_json::json!({"error": "invalid_request"}));
+                        return json_resp(400, json!({"error": "invalid_request"}));
                     };
                     if tt != "urn:ietf:params:oauth:token-type:access_token" {
-                        return json_resp(400, serde_json::json!({"error": "invalid_request"}));
+                        return json_resp(400, json!({"error": "invalid_request"}));
                     }
                     let Some(sub) = verify_subject(&iss, &jwk, subject) else {
                         return invalid_grant();
@@ -769,7 +769,7 @@ pub async fn spawn_sts(idp: &Idp) -> Sts {
                         .unwrap_or("urn:ietf:params:oauth:token-type:access_token".into());
                     json_resp(
                         200,
-                        serde_json::json!({
+                        json!({
                             "access_token": format!("exchanged:{sub}:{n}"),
                             "issued_token_type": requested,
                             "token_type": if requested.ends_with(":jwt") { "N_A" } else { "Bearer" },
@@ -786,10 +786,10 @@ pub async fn spawn_sts(idp: &Idp) -> Sts {
                     };
                     json_resp(
                         200,
-                        serde_json::json!({"access_token": format!("principal:{sub}:{n}"), "token_type": "bearer", "expires_in": expires_in}),
+                        json!({"access_token": format!("principal:{sub}:{n}"), "token_type": "bearer", "expires_in": expires_in}),
                     )
                 }
-                _ => json_resp(400, serde_json::json!({"error": "unsupported_grant_type"})),
+                _ => json_resp(400, json!({"error": "unsupported_grant_type"})),
             }
         }
     })
@@ -802,29 +802,20 @@ pub async fn spawn_sts(idp: &Idp) -> Sts {
 }
 
 /// A gateway with issuer `corp` (the test IdP), a Bearer route `/api` to `backend`
-/// whose `auth:` block is `upstream_auth`, and `more` appended to `upstreams:`.
-fn propagation_yaml(idp: &Idp, backend_url: &str, upstream_auth: &str, more: &str) -> String {
-    format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-issuers:
-{}
-upstreams:
-  - name: backend
-    url: "{backend_url}"
-    auth:
-{upstream_auth}
-{more}
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: backend
-    auth: {{issuers: [corp]}}
-"#,
-        issuer_yaml(idp, "corp", "")
-    )
+/// whose `auth:` block is `upstream_auth`, and `more` keys merged into the upstream.
+fn propagation_yaml(idp: &Idp, backend_url: &str, upstream_auth: Value, more: Value) -> String {
+    let mut backend = json!({"auth": upstream_auth});
+    for (k, v) in more.as_object().unwrap() {
+        backend[k] = v.clone();
+    }
+    GatewayConfig::new()
+        .issuer(idp, "corp")
+        .upstream_with("backend", backend_url, backend)
+        .route(json!({
+            "name": "api", "path_prefix": "/api", "upstream": "backend",
+            "auth": {"issuers": ["corp"]},
+        }))
+        .yaml()
 }
 
 // Behaviour: with `token_exchange`, the caller's verified token is exchanged (RFC 8693)
@@ -836,14 +827,19 @@ async fn caller_identity_reaches_the_backend_as_an_exchanged_token() {
     let idp = spawn_idp().await;
     let sts = spawn_sts(&idp).await;
     let backend = spawn_upstream().await;
-    let auth = format!(
-        "      type: token_exchange\n      token_url: \"{}\"\n      client_id: gw-exchanger\n      client_secret: ex-s3cret\n      audience: \"https://backend.company.com\"\n      resource: \"https://backend.company.com/api\"\n      scope: \"backend.read\"\n",
-        sts.url()
-    );
-    let gw = spawn_gateway(&propagation_yaml(&idp, &backend.url(), &auth, "")).await;
+    let auth = json!({
+        "type": "token_exchange",
+        "token_url": sts.url(),
+        "client_id": "gw-exchanger",
+        "client_secret": "ex-s3cret",
+        "audience": "https://backend.company.com",
+        "resource": "https://backend.company.com/api",
+        "scope": "backend.read",
+    });
+    let gw = spawn_gateway(&propagation_yaml(&idp, &backend.url(), auth, json!({}))).await;
     let c = client();
-    let alice = idp.token(serde_json::json!({"sub": "alice"}));
-    let bob = idp.token(serde_json::json!({"sub": "bob"}));
+    let alice = idp.token(json!({"sub": "alice"}));
+    let bob = idp.token(json!({"sub": "bob"}));
     for _ in 0..3 {
         let r = c
             .get(gw.url("/api/orders"))
@@ -891,7 +887,7 @@ async fn caller_identity_reaches_the_backend_as_an_exchanged_token() {
         "client_secret_basic by default"
     );
     // A second token of the same user is a different subject token.
-    let alice2 = idp.token(serde_json::json!({"sub": "alice", "jti": "second"}));
+    let alice2 = idp.token(json!({"sub": "alice", "jti": "second"}));
     let r = c
         .get(gw.url("/api/orders"))
         .bearer_auth(&alice2)
@@ -933,14 +929,18 @@ async fn an_exchanged_token_does_not_outlive_the_subject_token() {
     // The issued token would live two hours.
     sts.expires_in.store(7200, Ordering::SeqCst);
     let backend = spawn_upstream().await;
-    let auth = format!(
-        "      type: token_exchange\n      token_url: \"{}\"\n      client_id: gw-exchanger\n      client_secret: ex-s3cret\n      client_auth: body\n      requested_token_type: jwt\n",
-        sts.url()
-    );
-    let gw = spawn_gateway(&propagation_yaml(&idp, &backend.url(), &auth, "")).await;
+    let auth = json!({
+        "type": "token_exchange",
+        "token_url": sts.url(),
+        "client_id": "gw-exchanger",
+        "client_secret": "ex-s3cret",
+        "client_auth": "body",
+        "requested_token_type": "jwt",
+    });
+    let gw = spawn_gateway(&propagation_yaml(&idp, &backend.url(), auth, json!({}))).await;
     let c = client();
     // Expires in 2 s (the issuer's 30 s leeway still lets the gate accept it after).
-    let short = idp.token(serde_json::json!({"sub": "carol", "exp": now() + 2}));
+    let short = idp.token(json!({"sub": "carol", "exp": now() + 2}));
     let r = c
         .get(gw.url("/api/x"))
         .bearer_auth(&short)
@@ -991,30 +991,27 @@ async fn principal_propagation_with_jwt_bearer_and_csrf() {
     let idp = spawn_idp().await;
     let sts = spawn_sts(&idp).await;
     let sap = spawn_sap().await;
-    let key = serde_json::json!({
+    let key = json!({
         "clientid": "sb-s4-principal!t7",
         "clientsecret": "xsuaa-s3cret",
         "url": format!("http://{}", sts.addr),
         "uaadomain": "authentication.eu10.hana.ondemand.com",
     });
     std::env::set_var("TOLLGATE_TEST_XSUAA_KEY", key.to_string());
-    let auth = "      type: jwt_bearer\n      service_key: \"${env:TOLLGATE_TEST_XSUAA_KEY}\"\n";
+    let auth = json!({"type": "jwt_bearer", "service_key": "${env:TOLLGATE_TEST_XSUAA_KEY}"});
     let yaml = propagation_yaml(
         &idp,
         &sap.url(),
         auth,
-        "    csrf: {fetch_path: /sap/opu/odata/sap/API_X/}\n",
+        json!({"csrf": {"fetch_path": "/sap/opu/odata/sap/API_X/"}}),
     );
     let gw = spawn_gateway(&yaml).await;
     let c = client();
     let tokens = [
-        ("alice", idp.token(serde_json::json!({"sub": "alice"}))),
-        ("bob", idp.token(serde_json::json!({"sub": "bob"}))),
-        ("alice", idp.token(serde_json::json!({"sub": "alice"}))),
-        (
-            "alice",
-            idp.token(serde_json::json!({"sub": "alice", "jti": "2nd"})),
-        ),
+        ("alice", idp.token(json!({"sub": "alice"}))),
+        ("bob", idp.token(json!({"sub": "bob"}))),
+        ("alice", idp.token(json!({"sub": "alice"}))),
+        ("alice", idp.token(json!({"sub": "alice", "jti": "2nd"}))),
     ];
     for (user, t) in &tokens {
         let r = c
@@ -1068,7 +1065,7 @@ async fn a_service_key_file_is_all_the_credentials_config_needs() {
     let key_path = dir.path().join("s4-service-key.json");
     let write_key = |id: &str, secret: &str| {
         // The shape of a real XSUAA service key (pretty-printed, trailing newline).
-        let key = serde_json::json!({
+        let key = json!({
             "apiurl": "https://api.authentication.eu10.hana.ondemand.com",
             "clientid": id,
             "clientsecret": secret,
@@ -1088,26 +1085,17 @@ async fn a_service_key_file_is_all_the_credentials_config_needs() {
         std::fs::rename(&tmp, &key_path).unwrap();
     };
     write_key("sb-s4-principal!t7", "xsuaa-s3cret");
-    let yaml = format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-upstreams:
-  - name: s4
-    url: "{}"
-    auth:
-      type: oauth2_client_credentials
-      service_key: "${{file:{}}}"
-routes:
-  - name: odata
-    path_prefix: /odata
-    upstream: s4
-    auth: none
-"#,
-        backend.url(),
-        key_path.display()
-    );
+    let yaml = GatewayConfig::new()
+        .upstream_with(
+            "s4",
+            &backend.url(),
+            json!({"auth": {
+                "type": "oauth2_client_credentials",
+                "service_key": format!("${{file:{}}}", key_path.display()),
+            }}),
+        )
+        .open_route("odata", "/odata", "s4")
+        .yaml();
     let gw = spawn_gateway(&yaml).await;
     let c = client();
     let r = c.get(gw.url("/odata/x")).send().await.unwrap();
@@ -1172,11 +1160,14 @@ async fn validation_of_service_keys_and_identity_propagation() {
         "TOLLGATE_TEST_BAD_KEY",
         r#"{"clientid":"sb-x","url":"https://sub.authentication.eu10.hana.ondemand.com","verificationkey":"hunter2-not-shown"}"#,
     );
-    let base = |auth: &str, route_auth: &str| {
-        format!("server:\n  listen: \"127.0.0.1:0\"\nupstreams:\n  - name: s4\n    url: \"http://127.0.0.1:9\"\n    auth:\n{auth}routes:\n  - name: r\n    path_prefix: /\n    upstream: s4\n    auth: {route_auth}\n")
+    let base = |auth: Value, route_auth: &str| {
+        GatewayConfig::public_only()
+            .upstream_with("s4", "http://127.0.0.1:9", json!({"auth": auth}))
+            .route(json!({"name": "r", "path_prefix": "/", "upstream": "s4", "auth": route_auth}))
+            .yaml()
     };
     let e = load_error(&base(
-        "      type: oauth2_client_credentials\n      service_key: \"${env:TOLLGATE_TEST_BAD_KEY}\"\n",
+        json!({"type": "oauth2_client_credentials", "service_key": "${env:TOLLGATE_TEST_BAD_KEY}"}),
         "none",
     ));
     assert!(
@@ -1185,7 +1176,11 @@ async fn validation_of_service_keys_and_identity_propagation() {
     );
     assert!(!e.contains("hunter2") && !e.contains("sb-x"), "{e}");
     let e = load_error(&base(
-        "      type: oauth2_client_credentials\n      service_key: '{\"clientid\":\"c\",\"clientsecret\":\"hunter2\",\"url\":\"https://uaa\"}'\n      token_url: \"https://x/oauth/token\"\n",
+        json!({
+            "type": "oauth2_client_credentials",
+            "service_key": r#"{"clientid":"c","clientsecret":"hunter2","url":"https://uaa"}"#,
+            "token_url": "https://x/oauth/token",
+        }),
         "none",
     ));
     assert!(
@@ -1194,7 +1189,10 @@ async fn validation_of_service_keys_and_identity_propagation() {
     );
     assert!(!e.contains("hunter2"), "{e}");
     let e = load_error(&base(
-        "      type: token_exchange\n      token_url: \"https://x/oauth/token\"\n      client_id: c\n      client_secret: s\n",
+        json!({
+            "type": "token_exchange", "token_url": "https://x/oauth/token",
+            "client_id": "c", "client_secret": "s",
+        }),
         "none",
     ));
     assert!(
@@ -1202,12 +1200,15 @@ async fn validation_of_service_keys_and_identity_propagation() {
         "{e}"
     );
     let e = load_error(&base(
-        "      type: jwt_bearer\n      token_url: \"https://x/oauth/token\"\n      client_id: c\n      client_secret: s\n      subject_token_type: jwt\n",
+        json!({
+            "type": "jwt_bearer", "token_url": "https://x/oauth/token",
+            "client_id": "c", "client_secret": "s", "subject_token_type": "jwt",
+        }),
         "none",
     ));
     assert!(e.contains("upstreams[0].auth.subject_token_type: key \"subject_token_type\" does not apply to auth type \"jwt_bearer\""), "{e}");
     let e = load_error(&base(
-        "      type: oauth2_client_credentials\n      service_key: [1, 2]\n",
+        json!({"type": "oauth2_client_credentials", "service_key": [1, 2]}),
         "none",
     ));
     assert!(e.contains("upstreams[0].auth.service_key"), "{e}");
@@ -1220,41 +1221,24 @@ async fn validation_of_service_keys_and_identity_propagation() {
 async fn strip_cookies_defaults_and_overrides() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let yaml = format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-issuers:
-{}
-upstreams:
-  - name: u
-    url: "{}"
-routes:
-  - name: bearer
-    path_prefix: /bearer
-    upstream: u
-    auth: {{issuers: [corp]}}
-  - name: bearer-keeps
-    path_prefix: /keeps
-    upstream: u
-    auth: {{issuers: [corp]}}
-    strip_cookies: false
-  - name: public
-    path_prefix: /public
-    upstream: u
-    auth: none
-  - name: public-strips
-    path_prefix: /strips
-    upstream: u
-    auth: none
-    strip_cookies: true
-"#,
-        issuer_yaml(&idp, "corp", ""),
-        up.url()
-    );
+    let bearer = json!({"issuers": ["corp"]});
+    let yaml = GatewayConfig::public_only()
+        .issuer(&idp, "corp")
+        .upstream("u", &up.url())
+        .route(json!({"name": "bearer", "path_prefix": "/bearer", "upstream": "u", "auth": bearer}))
+        .route(json!({
+            "name": "bearer-keeps", "path_prefix": "/keeps", "upstream": "u", "auth": bearer,
+            "strip_cookies": false,
+        }))
+        .open_route("public", "/public", "u")
+        .route(json!({
+            "name": "public-strips", "path_prefix": "/strips", "upstream": "u", "auth": "none",
+            "strip_cookies": true,
+        }))
+        .yaml();
     let gw = spawn_gateway(&yaml).await;
     let c = client();
-    let t = idp.token(serde_json::json!({}));
+    let t = idp.token(json!({}));
     for (path, forwarded) in [
         ("/bearer/x", false),
         ("/keeps/x", true),
