@@ -4,8 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use serde_json::json;
+
 use crate::cli::bin;
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 
 /// The shipped gateway.yaml and its cases, copied into a temporary folder (whose
 /// listing then shows that `tollgate test` writes nothing there).
@@ -109,6 +112,7 @@ fn shipped_cases_pass() {
         .any(|(name, _)| name == "dashboard reads data"));
 }
 
+/// Literal YAML: tests/it/schema.rs also checks this text against gateway.schema.json.
 pub const CONFIG: &str = r#"server:
   listen: "127.0.0.1:0"
 token_service:
@@ -245,32 +249,26 @@ fn minted_external_issuer_keeps_its_checks() {
     let config = write(
         &dir,
         "gateway.yaml",
-        &format!(
-            r#"server:
-  listen: "127.0.0.1:0"
-issuers:
-  - name: corp
-    issuer: "https://idp.corp.test"
-    jwks_uri: "http://{}/jwks"
-    audiences: ["https://api.test"]
-    algorithms: [RS256, ES256]
-upstreams:
-  - name: bi
-    url: "http://127.0.0.1:9"
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: bi
-    auth: {{issuers: [corp], scopes: [api.read]}}
-"#,
-            dead_addr()
-        ),
+        &GatewayConfig::public_only()
+            .issuer_block(json!({
+                "name": "corp",
+                "issuer": "https://idp.corp.test",
+                "jwks_uri": format!("http://{}/jwks", dead_addr()),
+                "audiences": ["https://api.test"],
+                "algorithms": ["RS256", "ES256"],
+            }))
+            .upstream("bi", "http://127.0.0.1:9")
+            .route(json!({
+                "name": "api", "path_prefix": "/api", "upstream": "bi",
+                "auth": {"issuers": ["corp"], "scopes": ["api.read"]},
+            }))
+            .yaml(),
     );
     let stranger = tollgate::token_service::keys::SigningKey::generate_es256().unwrap();
     let foreign = stranger
         .sign(
             "JWT",
-            &serde_json::json!({"iss": "https://idp.corp.test", "aud": "https://api.test", "exp": now() + 300, "scope": "api.read"}),
+            &json!({"iss": "https://idp.corp.test", "aud": "https://api.test", "exp": now() + 300, "scope": "api.read"}),
         )
         .unwrap();
     let cases = write(
