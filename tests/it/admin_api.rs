@@ -1,7 +1,10 @@
 //! The admin listener: health and readiness, metrics families, status, the redacted
 //! config, cache flushing, admin paths never served publicly, and `server.admin_auth`.
 
+use serde_json::json;
+
 use crate::common::*;
+use crate::gwconfig::{client_credentials, GatewayConfig, AUDIENCE};
 use crate::reload::{route_yaml, status_at};
 
 pub(crate) const SPEC_FAMILIES: [(&str, &str); 5] = [
@@ -16,67 +19,49 @@ const BASIC_PASSWORD: &str = "basic-Pa55word-never-shown";
 const CLIENT_SECRET: &str = "token-service-client-s3cret";
 const UPSTREAM_CLIENT_SECRET: &str = "upstream-cc-s3cret";
 
+/// Every kind of secret the admin API must redact: an introspection secret, a token
+/// service client's secret, a basic password (`basic_password`), an upstream client
+/// secret.
+fn admin_config(up: &Upstream, idp: &Idp, basic_password: &str) -> GatewayConfig {
+    GatewayConfig::new()
+        .issuer(idp, "corp")
+        .issuer_block(json!({
+            "name": "opaque",
+            "issuer": "https://opaque.example.com",
+            "introspection": {
+                "url": idp.url("/introspect"),
+                "client_id": INTROSPECT_ID,
+                "client_secret": INTROSPECT_SECRET,
+            },
+        }))
+        .token_service(
+            "https://gateway.example.com",
+            AUDIENCE,
+            &[("dash", CLIENT_SECRET, &["analytics.read"])],
+        )
+        .merge("token_service", json!({"path": "/oauth2/token"}))
+        .upstream("bi", &up.url())
+        .upstream_with(
+            "basic-up",
+            &up.url(),
+            json!({"auth": {"type": "basic", "username": "svc", "password": basic_password}}),
+        )
+        .upstream_with(
+            "cc-up",
+            &up.url(),
+            json!({"auth": client_credentials(idp, "gw", UPSTREAM_CLIENT_SECRET)}),
+        )
+        .open_route("api", "/api", "bi")
+        .route(json!({
+            "name": "secure", "path_prefix": "/secure", "upstream": "bi",
+            "auth": {"issuers": ["corp"], "scopes": ["analytics.read"]},
+        }))
+        .open_route("basic", "/basic", "basic-up")
+        .open_route("cc", "/cc", "cc-up")
+}
+
 fn admin_yaml(up: &Upstream, idp: &Idp) -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-issuers:
-{corp}  - name: opaque
-    issuer: "https://opaque.example.com"
-    introspection:
-      url: "{introspect}"
-      client_id: {INTROSPECT_ID}
-      client_secret: "{INTROSPECT_SECRET}"
-token_service:
-  path: /oauth2/token
-  issuer: "https://gateway.example.com"
-  audience: "https://bi-api.company.com"
-  clients:
-    - id: dash
-      secret: "{CLIENT_SECRET}"
-      scopes: [analytics.read]
-upstreams:
-  - name: bi
-    url: "{up}"
-  - name: basic-up
-    url: "{up}"
-    auth:
-      type: basic
-      username: svc
-      password: "{BASIC_PASSWORD}"
-  - name: cc-up
-    url: "{up}"
-    auth:
-      type: oauth2_client_credentials
-      token_url: "{token}"
-      client_id: gw
-      client_secret: "{UPSTREAM_CLIENT_SECRET}"
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: bi
-    auth: none
-  - name: secure
-    path_prefix: /secure
-    upstream: bi
-    auth:
-      issuers: [corp]
-      scopes: [analytics.read]
-  - name: basic
-    path_prefix: /basic
-    upstream: basic-up
-    auth: none
-  - name: cc
-    path_prefix: /cc
-    upstream: cc-up
-    auth: none
-"#,
-        corp = issuer_yaml(idp, "corp", ""),
-        introspect = idp.url("/introspect"),
-        token = idp.url("/token"),
-        up = up.url(),
-    )
+    admin_config(up, idp, BASIC_PASSWORD).yaml()
 }
 
 // Behaviour: /healthz and /readyz answer 200 once started; /metrics exports every
@@ -157,7 +142,7 @@ async fn health_ready_and_metrics() {
             .status(),
         401
     );
-    let tok = idp.token(serde_json::json!({}));
+    let tok = idp.token(json!({}));
     let r = client()
         .get(gw.url("/secure/x"))
         .bearer_auth(&tok)
@@ -295,10 +280,7 @@ async fn status_and_redacted_config() {
     // running config (not the file) is what is shown.
     let secret_file = gw.dir.path().join("pw.txt");
     std::fs::write(&secret_file, "file-secret-value\n").unwrap();
-    let yaml2 = yaml.replace(
-        &format!("password: \"{BASIC_PASSWORD}\""),
-        &format!("password: \"${{file:{}}}\"", secret_file.display()),
-    );
+    let yaml2 = admin_config(&up, &idp, &format!("${{file:{}}}", secret_file.display())).yaml();
     assert_ne!(yaml2, yaml);
     std::fs::write(gw.config_path(), &yaml2).unwrap();
     let r = client()
@@ -350,7 +332,7 @@ async fn flush_caches_drops_tokens_keeps_jwks() {
     let up = spawn_upstream().await;
     let idp = spawn_idp().await;
     let gw = spawn_gateway(&admin_yaml(&up, &idp)).await;
-    let tok = idp.token(serde_json::json!({}));
+    let tok = idp.token(json!({}));
 
     for _ in 0..2 {
         assert_eq!(
@@ -461,31 +443,19 @@ async fn admin_paths_are_not_public() {
 #[tokio::test]
 async fn admin_api_bearer_protection() {
     let up = spawn_upstream().await;
-    let yaml = format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-  admin_auth:
-    issuers: [local]
-    scopes: [tollgate.admin]
-token_service:
-  issuer: "https://gw.example"
-  audience: "tollgate-admin"
-  clients:
-    - id: ops-bot
-      secret: "ops-secret"
-      scopes: [tollgate.admin, other]
-upstreams:
-  - name: bi
-    url: "{}"
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: bi
-    auth: none
-"#,
-        up.url()
-    );
+    let yaml = GatewayConfig::new()
+        .merge(
+            "server",
+            json!({"admin_auth": {"issuers": ["local"], "scopes": ["tollgate.admin"]}}),
+        )
+        .token_service(
+            "https://gw.example",
+            "tollgate-admin",
+            &[("ops-bot", "ops-secret", &["tollgate.admin", "other"])],
+        )
+        .upstream("bi", &up.url())
+        .open_route("api", "/api", "bi")
+        .yaml();
     let gw = spawn_gateway(&yaml).await;
     let token = |scope: &'static str| {
         let url = gw.url("/oauth2/token");
