@@ -7,36 +7,33 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 
-pub fn gateway_yaml(idp: &Idp, up: &Upstream, admin_auth: &str) -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-{admin_auth}issuers:
-{}
-upstreams:
-  - name: bi
-    url: "{}"
-routes:
-  - name: analytics
-    path_prefix: /api
-    upstream: bi
-    auth:
-      issuers: [corp]
-      scopes: [analytics.read]
-    permissions:
-      - path: /api/reports
-        methods: [GET]
-        scopes: [reports.read]
-  - name: open
-    path_prefix: /public
-    upstream: bi
-    auth: none
-"#,
-        issuer_yaml(idp, "corp", ""),
-        up.url()
-    )
+/// Issuer `corp`; route `analytics` on /api (analytics.read, and reports.read for GET
+/// /api/reports) and an open route on /public.
+pub fn gateway_config(idp: &Idp, up: &Upstream) -> GatewayConfig {
+    GatewayConfig::new()
+        .issuer(idp, "corp")
+        .upstream("bi", &up.url())
+        .route(json!({
+            "name": "analytics", "path_prefix": "/api", "upstream": "bi",
+            "auth": {"issuers": ["corp"], "scopes": ["analytics.read"]},
+            "permissions": [
+                {"path": "/api/reports", "methods": ["GET"], "scopes": ["reports.read"]},
+            ],
+        }))
+        .open_route("open", "/public", "bi")
+}
+
+pub fn gateway_yaml(idp: &Idp, up: &Upstream) -> String {
+    gateway_config(idp, up).yaml()
+}
+
+/// [`gateway_config`] with `server.admin_auth`.
+fn with_admin_auth(idp: &Idp, up: &Upstream, admin_auth: Value) -> String {
+    gateway_config(idp, up)
+        .merge("server", json!({"admin_auth": admin_auth}))
+        .yaml()
 }
 
 async fn get_with(url: String, token: Option<&str>, rid: Option<&str>) -> reqwest::Response {
@@ -63,7 +60,7 @@ fn request_id(r: &reqwest::Response) -> String {
 async fn decision_lookup_by_request_id() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&gateway_yaml(&idp, &up, "")).await;
+    let gw = spawn_gateway(&gateway_yaml(&idp, &up)).await;
 
     // A valid token without the permission's extra scope: 403 scope_missing.
     let token = idp.token(json!({"scope": "analytics.read"}));
@@ -191,7 +188,7 @@ async fn decision_lookup_by_request_id() {
 async fn decision_ring_is_bounded() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&gateway_yaml(&idp, &up, "")).await;
+    let gw = spawn_gateway(&gateway_yaml(&idp, &up)).await;
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let started = Instant::now();
     for i in 0..1005 {
@@ -243,7 +240,7 @@ async fn decision_ring_is_bounded() {
 async fn explain_request_id_cli() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&gateway_yaml(&idp, &up, "")).await;
+    let gw = spawn_gateway(&gateway_yaml(&idp, &up)).await;
     let expired = idp.token(json!({"exp": now() - 3600, "iat": now() - 7200}));
     let r = get_with(gw.url("/api/data"), Some(&expired), None).await;
     assert_eq!(r.status(), 401);
@@ -334,7 +331,7 @@ async fn sse_until(resp: &mut reqwest::Response, id: &str, within: Duration) -> 
 async fn events_stream_refusals() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&gateway_yaml(&idp, &up, "")).await;
+    let gw = spawn_gateway(&gateway_yaml(&idp, &up)).await;
     let r = get_with(gw.url("/api/x"), None, Some("before-stream")).await;
     assert_eq!(r.status(), 401);
     let mut s = client()
@@ -381,7 +378,7 @@ async fn events_stream_refusals() {
 async fn explain_endpoint() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&gateway_yaml(&idp, &up, "")).await;
+    let gw = spawn_gateway(&gateway_yaml(&idp, &up)).await;
     let token = idp.token(json!({"scope": "analytics.read"}));
     let r = client()
         .post(gw.admin_url("/admin/explain"))
@@ -461,10 +458,12 @@ async fn explain_endpoint() {
 async fn explain_endpoint_cors() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let yaml = format!(
-        "{}  - name: partner\n    path_prefix: /partner\n    upstream: bi\n    auth: none\n    cors:\n      allow_origins: [\"https://cx.example\"]\n      allow_methods: [GET, PUT]\n",
-        gateway_yaml(&idp, &up, "")
-    );
+    let yaml = gateway_config(&idp, &up)
+        .route(json!({
+            "name": "partner", "path_prefix": "/partner", "upstream": "bi", "auth": "none",
+            "cors": {"allow_origins": ["https://cx.example"], "allow_methods": ["GET", "PUT"]},
+        }))
+        .yaml();
     let gw = spawn_gateway(&yaml).await;
     let explain = |body: Value| {
         let url = gw.admin_url("/admin/explain");
@@ -533,7 +532,7 @@ async fn explain_endpoint_cors() {
 async fn admin_page_served() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&gateway_yaml(&idp, &up, "")).await;
+    let gw = spawn_gateway(&gateway_yaml(&idp, &up)).await;
     let r = client()
         .get(gw.admin_url("/admin/ui"))
         .send()
@@ -604,7 +603,7 @@ async fn admin_auth_on_and_off() {
     };
 
     // Off.
-    let gw = spawn_gateway(&gateway_yaml(&idp, &up, "")).await;
+    let gw = spawn_gateway(&gateway_yaml(&idp, &up)).await;
     for p in ["/admin/ui", "/admin/decisions", "/admin/status"] {
         assert_eq!(status(gw.admin_url(p), None).await.0, 200, "{p}");
     }
@@ -612,12 +611,10 @@ async fn admin_auth_on_and_off() {
 
     // Basic.
     let hash = tollgate::token_service::hash_secret("correct horse").unwrap();
-    let gw = spawn_gateway(&gateway_yaml(
+    let gw = spawn_gateway(&with_admin_auth(
         &idp,
         &up,
-        &format!(
-            "  admin_auth:\n    type: basic\n    username: ops\n    password_hash: '{hash}'\n"
-        ),
+        json!({"type": "basic", "username": "ops", "password_hash": hash}),
     ))
     .await;
     for p in ["/healthz", "/readyz"] {
@@ -680,10 +677,10 @@ async fn admin_auth_on_and_off() {
     gw.stop().await;
 
     // Bearer, with `type` spelt out.
-    let gw = spawn_gateway(&gateway_yaml(
+    let gw = spawn_gateway(&with_admin_auth(
         &idp,
         &up,
-        "  admin_auth: {type: bearer, issuers: [corp], scopes: [tollgate.admin]}\n",
+        json!({"type": "bearer", "issuers": ["corp"], "scopes": ["tollgate.admin"]}),
     ))
     .await;
     assert_eq!(status(gw.admin_url("/readyz"), None).await.0, 200);
@@ -712,28 +709,28 @@ async fn admin_auth_on_and_off() {
     // Config errors, located.
     for (block, want) in [
         (
-            "  admin_auth: {type: basic, username: ops, password_hash: 'plain'}\n",
+            json!({"type": "basic", "username": "ops", "password_hash": "plain"}),
             "server.admin_auth.password_hash: not an argon2 PHC string",
         ),
         (
-            "  admin_auth: {type: basic, password_hash: 'x', scopes: [a]}\n",
+            json!({"type": "basic", "password_hash": "x", "scopes": ["a"]}),
             "server.admin_auth.scopes: scopes is for `type: bearer`",
         ),
         (
-            "  admin_auth: {type: digest}\n",
+            json!({"type": "digest"}),
             "server.admin_auth.type: unknown admin_auth type \"digest\"",
         ),
         (
-            "  admin_auth: {issuers: [corp], username: ops}\n",
+            json!({"issuers": ["corp"], "username": "ops"}),
             "server.admin_auth.username: username is for `type: basic`",
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.yaml");
-        std::fs::write(&path, gateway_yaml(&idp, &up, block)).unwrap();
+        std::fs::write(&path, with_admin_auth(&idp, &up, block.clone())).unwrap();
         let e = tollgate::Gateway::load(path)
             .err()
-            .expect(block)
+            .unwrap_or_else(|| panic!("{block}"))
             .to_string();
         assert!(e.contains(want), "{block}: {e}");
     }

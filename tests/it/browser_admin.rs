@@ -75,7 +75,7 @@ async fn browser_admin_page_chromium() {
     require_browser_toolchain();
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&gateway_yaml(&idp, &up, "")).await;
+    let gw = spawn_gateway(&gateway_yaml(&idp, &up)).await;
     // Refused by the permission's extra scope (reports.read).
     let token = idp.token(json!({"scope": "analytics.read"}));
     let screenshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/admin-ui/admin-page.png");
