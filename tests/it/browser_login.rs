@@ -34,7 +34,7 @@ async fn browser_login_journey_chromium() {
     require_browser_toolchain();
     let op = OidcProvider::spawn_with(&["--login-access-token-ttl", ACCESS_TOKEN_TTL]);
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&login_yaml(&op, &up, Client::Web, COOKIE_SECRET, "")).await;
+    let gw = spawn_gateway(&login_yaml(&op, &up, Client::Web, COOKIE_SECRET)).await;
     // The browser uses `localhost` for tollgate and 127.0.0.1 for the provider: two
     // sites, two cookie jars, as in a real deployment.
     let gateway = format!("http://localhost:{}", gw.addr.port());

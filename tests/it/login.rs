@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use reqwest::header::{ACCEPT, COOKIE, LOCATION, SET_COOKIE};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 use crate::oidc_e2e::{OidcProvider, TOLLGATE_WEB_SECRET};
 
 /// The provider's resource server for sign-in (JWT access tokens, RS256).
@@ -45,69 +46,55 @@ pub enum Client {
 
 /// A gateway with `login:` against the provider: `/dash` (login: true, analytics.read),
 /// `/reports` (login: true, a scope nobody has), `/api` (Bearer only), `/signed-out`
-/// (public), plus `routes` (more route entries).
-pub fn login_yaml(
+/// (public); a test adds more routes with `.route(...)`.
+pub fn login_config(
     op: &OidcProvider,
     up: &Upstream,
     client: Client,
     cookie_secret: &str,
-    routes: &str,
-) -> String {
+) -> GatewayConfig {
     let iss = &op.issuer;
-    let (client_id, secret) = match client {
-        Client::Web => (
-            "tollgate-web",
-            format!("  client_secret: \"{TOLLGATE_WEB_SECRET}\"\n"),
-        ),
-        Client::Spa => ("tollgate-spa", String::new()),
-    };
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-issuers:
-  - name: corp
-    issuer: "{iss}"
-    discovery: "{iss}/.well-known/openid-configuration"
-    audiences: ["{DASHBOARD_API}"]
-login:
-  issuer: corp
-  client_id: {client_id}
-{secret}  scopes: [openid, analytics.read]
-  cookie_secret: "{cookie_secret}"
-  post_logout_redirect_uri: /signed-out
-  extra_params:
-    resource: "{DASHBOARD_API}"
-upstreams:
-  - name: bi
-    url: "{}"
-routes:
-  - name: dashboard
-    path_prefix: /dash
-    upstream: bi
-    auth:
-      login: true
-      issuers: [corp]
-      scopes: [analytics.read]
-  - name: reports
-    path_prefix: /reports
-    upstream: bi
-    auth:
-      login: true
-      scopes: [analytics.admin]
-  - name: api
-    path_prefix: /api
-    upstream: bi
-    auth:
-      issuers: [corp]
-      scopes: [analytics.read]
-  - name: public
-    path_prefix: /signed-out
-    upstream: bi
-    auth: none
-{routes}"#,
-        up.url()
-    )
+    let mut login = json!({
+        "issuer": "corp",
+        "scopes": ["openid", "analytics.read"],
+        "cookie_secret": cookie_secret,
+        "post_logout_redirect_uri": "/signed-out",
+        "extra_params": {"resource": DASHBOARD_API},
+    });
+    match client {
+        Client::Web => {
+            login["client_id"] = json!("tollgate-web");
+            login["client_secret"] = json!(TOLLGATE_WEB_SECRET);
+        }
+        Client::Spa => login["client_id"] = json!("tollgate-spa"),
+    }
+    GatewayConfig::new()
+        .issuer_block(json!({
+            "name": "corp",
+            "issuer": iss,
+            "discovery": format!("{iss}/.well-known/openid-configuration"),
+            "audiences": [DASHBOARD_API],
+        }))
+        .set("login", login)
+        .upstream("bi", &up.url())
+        .route(json!({
+            "name": "dashboard", "path_prefix": "/dash", "upstream": "bi",
+            "auth": {"login": true, "issuers": ["corp"], "scopes": ["analytics.read"]},
+        }))
+        .route(json!({
+            "name": "reports", "path_prefix": "/reports", "upstream": "bi",
+            "auth": {"login": true, "scopes": ["analytics.admin"]},
+        }))
+        .route(json!({
+            "name": "api", "path_prefix": "/api", "upstream": "bi",
+            "auth": {"issuers": ["corp"], "scopes": ["analytics.read"]},
+        }))
+        .open_route("public", "/signed-out", "bi")
+}
+
+/// [`login_config`] as YAML text.
+pub fn login_yaml(op: &OidcProvider, up: &Upstream, client: Client, cookie_secret: &str) -> String {
+    login_config(op, up, client, cookie_secret).yaml()
 }
 
 /// One `Set-Cookie` of a response.
@@ -375,11 +362,15 @@ pub async fn metric(gw: &Gw, series: &str) -> f64 {
 async fn start(
     client: Client,
     provider_args: &[&str],
-    routes: &str,
+    routes: &[Value],
 ) -> (OidcProvider, Upstream, Gw) {
     let op = OidcProvider::spawn_with(provider_args);
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&login_yaml(&op, &up, client, COOKIE_SECRET, routes)).await;
+    let mut cfg = login_config(&op, &up, client, COOKIE_SECRET);
+    for r in routes {
+        cfg = cfg.route(r.clone());
+    }
+    let gw = spawn_gateway(&cfg.yaml()).await;
     (op, up, gw)
 }
 
@@ -390,7 +381,7 @@ async fn start(
 // anything else (an API call, a POST) gets 401 invalid_token and never a redirect.
 #[tokio::test]
 async fn login_navigation_redirects_api_calls_get_401() {
-    let (op, up, gw) = start(Client::Web, &[], "").await;
+    let (op, up, gw) = start(Client::Web, &[], &[]).await;
     let meta: Value = client()
         .get(format!("{}/.well-known/openid-configuration", op.issuer))
         .send()
@@ -493,7 +484,7 @@ async fn login_navigation_redirects_api_calls_get_401() {
 // with id_token_hint, client_id and post_logout_redirect_uri.
 #[tokio::test]
 async fn login_sign_in_session_and_logout() {
-    let (op, up, gw) = start(Client::Web, &[], "").await;
+    let (op, up, gw) = start(Client::Web, &[], &[]).await;
     let (session, r) = sign_in(&gw, "/dash/page?tab=1&x=%2F", "alice").await;
     assert_eq!(location(&r), "/dash/page?tab=1&x=%2F");
     assert_eq!(r.headers()["cache-control"], "no-store");
@@ -646,7 +637,7 @@ async fn login_sign_in_session_and_logout() {
 // was changed. The untouched code then still completes the sign-in.
 #[tokio::test]
 async fn login_state_mismatch() {
-    let (_op, up, gw) = start(Client::Web, &[], "").await;
+    let (_op, up, gw) = start(Client::Web, &[], &[]).await;
     let a = start_sign_in(&gw, "/dash/a").await;
     let b = start_sign_in(&gw, "/dash/b").await;
     let cb = at_idp(&a.auth_url, AtIdp::SignIn("alice")).await;
@@ -709,7 +700,7 @@ async fn login_state_mismatch() {
 // kept) is refused by the provider, and tollgate answers 400 saying the exchange failed.
 #[tokio::test]
 async fn login_replayed_code_is_refused() {
-    let (_op, _up, gw) = start(Client::Web, &[], "").await;
+    let (_op, _up, gw) = start(Client::Web, &[], &[]).await;
     let s = start_sign_in(&gw, "/dash").await;
     let cb = at_idp(&s.auth_url, AtIdp::SignIn("alice")).await;
     let first = callback(&cb, &s.state.pair()).await;
@@ -735,7 +726,7 @@ async fn login_replayed_code_is_refused() {
 // request was altered on its way to the provider) is refused: 400, no session.
 #[tokio::test]
 async fn login_wrong_nonce_is_refused() {
-    let (_op, _up, gw) = start(Client::Web, &[], "").await;
+    let (_op, _up, gw) = start(Client::Web, &[], &[]).await;
     let s = start_sign_in(&gw, "/dash").await;
     let nonce = query(&s.auth_url)["nonce"].clone();
     let altered = s.auth_url.replace(&nonce, "a-nonce-of-the-attacker");
@@ -760,7 +751,7 @@ async fn login_wrong_nonce_is_refused() {
 // 400 invalid_request naming the provider's error; the state cookie is dropped.
 #[tokio::test]
 async fn login_idp_error_is_reported() {
-    let (_op, _up, gw) = start(Client::Web, &[], "").await;
+    let (_op, _up, gw) = start(Client::Web, &[], &[]).await;
     let s = start_sign_in(&gw, "/dash").await;
     let cb = at_idp(&s.auth_url, AtIdp::Cancel).await;
     assert_eq!(query(&cb)["error"], "access_denied", "{cb}");
@@ -788,8 +779,11 @@ async fn login_idp_error_is_reported() {
 // `/`. A path whose query holds a URL stays a path.
 #[tokio::test]
 async fn login_return_urls_stay_on_this_host() {
-    let catch_all = "  - name: everything\n    path_prefix: /\n    upstream: bi\n    auth: {login: true, issuers: [corp]}\n";
-    let (_op, _up, gw) = start(Client::Web, &[], catch_all).await;
+    let catch_all = json!({
+        "name": "everything", "path_prefix": "/", "upstream": "bi",
+        "auth": {"login": true, "issuers": ["corp"]},
+    });
+    let (_op, _up, gw) = start(Client::Web, &[], &[catch_all]).await;
     let host = gw.addr.to_string();
     let cases = [
         (
@@ -850,7 +844,7 @@ async fn login_return_urls_stay_on_this_host() {
 // again; both tell the browser to drop the cookie and both count as session_invalid.
 #[tokio::test]
 async fn login_tampered_cookie_is_session_invalid() {
-    let (_op, up, gw) = start(Client::Web, &[], "").await;
+    let (_op, up, gw) = start(Client::Web, &[], &[]).await;
     let (session, _) = sign_in(&gw, "/dash", "alice").await;
     let mut bytes = session.into_bytes();
     let i = "tollgate_session=".len() + 40;
@@ -923,7 +917,7 @@ async fn until_refresh_due(exp: i64) {
 // PKCE alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_refresh_single_flight_and_failures() {
-    let (op, up, gw) = start(Client::Spa, &["--login-access-token-ttl", "62"], "").await;
+    let (op, up, gw) = start(Client::Spa, &["--login-access-token-ttl", "62"], &[]).await;
     let (s0, _) = sign_in(&gw, "/dash", "bob").await;
     let r = api_call(&gw, "/dash/0", Some(&s0)).await;
     assert_eq!(r.status(), 200);
@@ -980,7 +974,7 @@ async fn login_refresh_single_flight_and_failures() {
 
     // Another replica (same cookie_secret, its own caches) refreshes with the rotated
     // refresh token: the provider refuses it.
-    let other = spawn_gateway(&login_yaml(&op, &up, Client::Spa, COOKIE_SECRET, "")).await;
+    let other = spawn_gateway(&login_yaml(&op, &up, Client::Spa, COOKIE_SECRET)).await;
     let r = api_call(&other, "/dash/x", Some(&s0)).await;
     assert!(set_cookies(&r)
         .iter()
@@ -1033,11 +1027,7 @@ async fn login_two_processes_share_one_session() {
     let up = spawn_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.yaml");
-    std::fs::write(
-        &config,
-        login_yaml(&op, &up, Client::Web, COOKIE_SECRET, ""),
-    )
-    .unwrap();
+    std::fs::write(&config, login_yaml(&op, &up, Client::Web, COOKIE_SECRET)).unwrap();
     let a = spawn_binary(&config, &["run"]);
     let b = spawn_binary(&config, &["run"]);
     assert_ne!(a.public, b.public);
@@ -1075,7 +1065,6 @@ async fn login_two_processes_share_one_session() {
         &up,
         Client::Web,
         "another-cookie-secret-0123456789abcdefgh",
-        "",
     ))
     .await;
     let r = api_call(&other_secret, "/dash/data", Some(&session)).await;
@@ -1107,7 +1096,8 @@ async fn login_two_processes_share_one_session() {
 
 // Behaviour: `tollgate validate` accepts a login section with cookie_secure: false but
 // says in its summary that this is for local development only; cookie_secret may come
-// from a file (the Kubernetes Secret-volume way).
+// from a file (the Kubernetes Secret-volume way). Literal YAML: `validate` on a given
+// text is what this tests.
 #[test]
 fn login_validate_warns_about_plain_http_cookies() {
     let dir = tempfile::tempdir().unwrap();
