@@ -7,43 +7,44 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::common::*;
+use crate::gwconfig::{GatewayConfig, AUDIENCE};
 
-fn yaml(up: &Upstream, issuers: &str, routes: &str) -> String {
-    format!(
-        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\nissuers:\n{issuers}upstreams:\n  - name: bi\n    url: \"{}\"\nroutes:\n{routes}",
-        up.url()
-    )
+/// Upstream `bi`; a test adds its issuers and routes.
+fn config(up: &Upstream) -> GatewayConfig {
+    GatewayConfig::new().upstream("bi", &up.url())
 }
 
-const ANALYTICS: &str = r#"  - name: analytics
-    path_prefix: /v2/analytics
-    upstream: bi
-    auth:
-      scopes: [analytics.read]
-    permissions:
-      - path: /v2/analytics/data
-        methods: [GET, POST]
-        scopes: [bi.integration.external]
-      - path: /v2/analytics/metadata
-        methods: [GET]
-      - path: /v2/analytics/reports/*/rows
-        methods: [GET]
-      - path: /v2/analytics/public/**
-        methods: ["*"]
-"#;
+/// The analytics route: analytics.read for the route, and per-endpoint permissions.
+fn analytics() -> Value {
+    json!({
+        "name": "analytics",
+        "path_prefix": "/v2/analytics",
+        "upstream": "bi",
+        "auth": {"scopes": ["analytics.read"]},
+        "permissions": [
+            {"path": "/v2/analytics/data", "methods": ["GET", "POST"], "scopes": ["bi.integration.external"]},
+            {"path": "/v2/analytics/metadata", "methods": ["GET"]},
+            {"path": "/v2/analytics/reports/*/rows", "methods": ["GET"]},
+            {"path": "/v2/analytics/public/**", "methods": ["*"]},
+        ],
+    })
+}
 
-async fn setup(issuer_extra: &str) -> (Idp, Upstream, Gw) {
+/// Issuer `corp` (the test IdP, with `issuer_extra`) in front of the analytics route.
+fn corp_yaml(idp: &Idp, up: &Upstream, issuer_extra: Value) -> String {
+    config(up)
+        .issuer_with(idp, "corp", issuer_extra)
+        .route(analytics())
+        .yaml()
+}
+
+async fn setup(issuer_extra: Value) -> (Idp, Upstream, Gw) {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&yaml(
-        &up,
-        &issuer_yaml(&idp, "corp", issuer_extra),
-        ANALYTICS,
-    ))
-    .await;
+    let gw = spawn_gateway(&corp_yaml(&idp, &up, issuer_extra)).await;
     (idp, up, gw)
 }
 
@@ -104,7 +105,7 @@ fn b64(s: &str) -> String {
 // forged X-Auth-* headers do not.
 #[tokio::test]
 async fn valid_rs256_and_es256_tokens() {
-    let (idp, up, gw) = setup("").await;
+    let (idp, up, gw) = setup(json!({})).await;
     let scopes = json!({"scope": "analytics.read bi.integration.external"});
     for key in [idp.key(0), idp.key(1)] {
         let t = idp.token_with(&key, scopes.clone());
@@ -135,7 +136,7 @@ async fn valid_rs256_and_es256_tokens() {
 // Behaviour: no token -> 401 with a bare Bearer challenge (no error attribute).
 #[tokio::test]
 async fn missing_token_challenge() {
-    let (_idp, up, gw) = setup("").await;
+    let (_idp, up, gw) = setup(json!({})).await;
     for auth in [
         None,
         Some("Basic dXNlcjpwYXNz"),
@@ -172,7 +173,7 @@ fn idp_token_for_scheme(_gw: &Gw, idp: &Idp) -> String {
 // and in tollgate_auth_denied_total.
 #[tokio::test]
 async fn bad_tokens_are_refused_with_reasons() {
-    let (idp, up, gw) = setup("    leeway: 5s\n").await;
+    let (idp, up, gw) = setup(json!({"leeway": "5s"})).await;
     let rsa = idp.key(0);
     let now = now();
     let good = idp.token(json!({}));
@@ -342,7 +343,7 @@ async fn bad_tokens_are_refused_with_reasons() {
 // Behaviour: algorithms outside the issuer's allow-list are refused.
 #[tokio::test]
 async fn algorithm_allow_list() {
-    let (idp, up, gw) = setup("    algorithms: [ES256]\n").await;
+    let (idp, up, gw) = setup(json!({"algorithms": ["ES256"]})).await;
     let (status, _, desc, _) = refusal(
         call(
             &gw,
@@ -371,7 +372,7 @@ async fn algorithm_allow_list() {
 // Behaviour: aud arrays, `scp` arrays, whole-word scopes, dotted scope claims.
 #[tokio::test]
 async fn audiences_and_scope_claims() {
-    let (idp, _up, gw) = setup("").await;
+    let (idp, _up, gw) = setup(json!({})).await;
     let g = &gw;
     let ok = |t: String| async move {
         call(g, reqwest::Method::GET, "/v2/analytics/metadata", Some(&t))
@@ -400,12 +401,11 @@ async fn audiences_and_scope_claims() {
 
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&yaml(
-        &up,
-        &issuer_yaml(&idp, "kc", "    scope_claims: [realm_access.roles]\n"),
-        ANALYTICS,
-    ))
-    .await;
+    let yaml = config(&up)
+        .issuer_with(&idp, "kc", json!({"scope_claims": ["realm_access.roles"]}))
+        .route(analytics())
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     let t = idp.token(json!({"scope": null, "realm_access": {"roles": ["analytics.read"]}}));
     assert_eq!(
         call(
@@ -425,7 +425,7 @@ async fn audiences_and_scope_claims() {
 // its own status, code and description.
 #[tokio::test]
 async fn endpoint_and_method_permissions() {
-    let (idp, up, gw) = setup("").await;
+    let (idp, up, gw) = setup(json!({})).await;
     let base = idp.token(json!({}));
     let full = idp.token(json!({"scope": "analytics.read bi.integration.external"}));
     use reqwest::Method as M;
@@ -488,7 +488,7 @@ async fn endpoint_and_method_permissions() {
 // Behaviour: no encoding, case, slash or dot trick reaches an endpoint permissions deny.
 #[tokio::test]
 async fn path_tricks_never_reach_denied_endpoints() {
-    let (idp, up, gw) = setup("").await;
+    let (idp, up, gw) = setup(json!({})).await;
     let t = idp.token(json!({"scope": "analytics.read bi.integration.external"}));
     let tricks = [
         "/v2/analytics/data/../admin",
@@ -538,8 +538,14 @@ async fn path_tricks_never_reach_denied_endpoints() {
 async fn client_allow_list_with_azp() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let routes = "  - name: r\n    path_prefix: /r\n    upstream: bi\n    auth:\n      clients: [sap-cx-dashboard]\n";
-    let gw = spawn_gateway(&yaml(&up, &issuer_yaml(&idp, "corp", ""), routes)).await;
+    let yaml = config(&up)
+        .issuer(&idp, "corp")
+        .route(json!({
+            "name": "r", "path_prefix": "/r", "upstream": "bi",
+            "auth": {"clients": ["sap-cx-dashboard"]},
+        }))
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     let g = &gw;
     let st = |t: String| async move { call(g, reqwest::Method::GET, "/r/x", Some(&t)).await };
     assert_eq!(st(idp.token(json!({}))).await.status(), 200);
@@ -565,9 +571,13 @@ async fn per_route_issuers() {
     let a = spawn_idp().await;
     let b = spawn_idp().await;
     let up = spawn_upstream().await;
-    let issuers = format!("{}{}", issuer_yaml(&a, "a", ""), issuer_yaml(&b, "b", ""));
-    let routes = "  - name: only-a\n    path_prefix: /a\n    upstream: bi\n    auth:\n      issuers: [a]\n  - name: any\n    path_prefix: /any\n    upstream: bi\n    auth: {}\n";
-    let gw = spawn_gateway(&yaml(&up, &issuers, routes)).await;
+    let yaml = config(&up)
+        .issuer(&a, "a")
+        .issuer(&b, "b")
+        .route(json!({"name": "only-a", "path_prefix": "/a", "upstream": "bi", "auth": {"issuers": ["a"]}}))
+        .route(json!({"name": "any", "path_prefix": "/any", "upstream": "bi", "auth": {}}))
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     let tb = b.token(json!({}));
     assert_eq!(
         call(&gw, reqwest::Method::GET, "/a/x", Some(&a.token(json!({}))))
@@ -595,7 +605,7 @@ async fn per_route_issuers() {
 // unknown-kid storms do not hammer the JWKS endpoint (at most one refetch per 10 s).
 #[tokio::test]
 async fn key_rotation_and_unknown_kid_storm() {
-    let (idp, _up, gw) = setup("").await;
+    let (idp, _up, gw) = setup(json!({})).await;
     let before = idp.jwks_hits.load(Ordering::SeqCst);
     let new_key = Arc::new(
         tollgate::token_service::keys::SigningKey::from_pem(
@@ -670,7 +680,7 @@ async fn key_rotation_and_unknown_kid_storm() {
 // Behaviour: a JWKS outage keeps the last good keys; readiness is not blocked by it.
 #[tokio::test]
 async fn jwks_outage_keeps_last_good_keys() {
-    let (idp, _up, gw) = setup("    jwks_refresh: 200ms\n").await;
+    let (idp, _up, gw) = setup(json!({"jwks_refresh": "200ms"})).await;
     idp.jwks_fail.store(true, Ordering::SeqCst);
     let hits = idp.jwks_hits.load(Ordering::SeqCst);
     eventually(
@@ -711,7 +721,7 @@ async fn start_during_jwks_outage() {
     let idp = spawn_idp().await;
     idp.jwks_fail.store(true, Ordering::SeqCst);
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&yaml(&up, &issuer_yaml(&idp, "corp", ""), ANALYTICS)).await;
+    let gw = spawn_gateway(&corp_yaml(&idp, &up, json!({}))).await;
     assert_eq!(
         client()
             .get(gw.admin_url("/readyz"))
@@ -741,12 +751,16 @@ async fn start_during_jwks_outage() {
 async fn discovery() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let issuer = format!(
-        "  - name: d\n    issuer: \"{}\"\n    discovery: \"{}\"\n    audiences: [\"https://bi-api.company.com\"]\n",
-        idp.issuer,
-        idp.url("/.well-known/openid-configuration")
-    );
-    let gw = spawn_gateway(&yaml(&up, &issuer, ANALYTICS)).await;
+    let yaml = config(&up)
+        .issuer_block(json!({
+            "name": "d",
+            "issuer": idp.issuer,
+            "discovery": idp.url("/.well-known/openid-configuration"),
+            "audiences": [AUDIENCE],
+        }))
+        .route(analytics())
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     assert_eq!(
         call(
             &gw,
@@ -768,12 +782,21 @@ async fn introspection() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
     std::env::set_var("TOLLGATE_TEST_INTROSPECT_SECRET", INTROSPECT_SECRET);
-    let issuer = format!(
-        "  - name: opaque\n    issuer: \"{}\"\n    introspection:\n      url: \"{}\"\n      client_id: {INTROSPECT_ID}\n      client_secret: \"${{env:TOLLGATE_TEST_INTROSPECT_SECRET}}\"\n      cache_ttl: 30s\n    audiences: [\"https://bi-api.company.com\"]\n",
-        idp.issuer,
-        idp.url("/introspect")
-    );
-    let gw = spawn_gateway(&yaml(&up, &issuer, ANALYTICS)).await;
+    let yaml = config(&up)
+        .issuer_block(json!({
+            "name": "opaque",
+            "issuer": idp.issuer,
+            "introspection": {
+                "url": idp.url("/introspect"),
+                "client_id": INTROSPECT_ID,
+                "client_secret": "${env:TOLLGATE_TEST_INTROSPECT_SECRET}",
+                "cache_ttl": "30s",
+            },
+            "audiences": [AUDIENCE],
+        }))
+        .route(analytics())
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     idp.opaque.lock().unwrap().insert("opaque-good".into(), json!({"active": true, "iss": idp.issuer, "aud": "https://bi-api.company.com", "client_id": "partner", "sub": "svc", "scope": "analytics.read", "exp": now() + 300}));
     idp.opaque.lock().unwrap().insert("opaque-expired".into(), json!({"active": true, "scope": "analytics.read", "aud": "https://bi-api.company.com", "exp": now() - 300}));
     idp.opaque.lock().unwrap().insert("opaque-wrong-aud".into(), json!({"active": true, "scope": "analytics.read", "aud": "https://elsewhere", "exp": now() + 300}));
@@ -912,7 +935,7 @@ async fn denial_logs_name_the_gate_not_the_token() {
     let up = spawn_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.yaml");
-    std::fs::write(&cfg, yaml(&up, &issuer_yaml(&idp, "corp", ""), ANALYTICS)).unwrap();
+    std::fs::write(&cfg, corp_yaml(&idp, &up, json!({}))).unwrap();
     let mut bin = spawn_binary(&cfg, &["run"]);
     let addr = bin.public.clone();
     let t = idp.token(json!({}));
@@ -976,7 +999,7 @@ async fn explain_allow_and_deny() {
     let up = spawn_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.yaml");
-    std::fs::write(&cfg, yaml(&up, &issuer_yaml(&idp, "corp", ""), ANALYTICS)).unwrap();
+    std::fs::write(&cfg, corp_yaml(&idp, &up, json!({}))).unwrap();
     let run = |token: String, method: &'static str, path: &'static str| {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || {
