@@ -8,9 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
+use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 
 /// An upstream whose `/hold` requests wait until the test adds permits to `gate`;
 /// everything else answers 200 at once. `held` counts the `/hold` requests that arrived.
@@ -32,25 +34,16 @@ async fn holding_upstream() -> (String, Arc<Semaphore>, Arc<AtomicUsize>) {
     (format!("http://{addr}"), gate, held)
 }
 
-fn config(upstream: &str, limits: &str) -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-  limits:
-{limits}
-upstreams:
-  - name: bi
-    url: "{upstream}"
-routes:
-  - name: open
-    path_prefix: /
-    upstream: bi
-    auth: none
-    cors:
-      allow_origins: ["https://dash.example.com"]
-"#
-    )
+/// One open route (with CORS) on `/` to `upstream`, with these `server.limits`.
+fn config(upstream: &str, limits: Value) -> String {
+    GatewayConfig::new()
+        .merge("server", json!({"limits": limits}))
+        .upstream("bi", upstream)
+        .route(json!({
+            "name": "open", "path_prefix": "/", "upstream": "bi", "auth": "none",
+            "cors": {"allow_origins": ["https://dash.example.com"]},
+        }))
+        .yaml()
 }
 
 async fn metric(gw: &Gw, name: &str) -> f64 {
@@ -64,7 +57,7 @@ async fn metric(gw: &Gw, name: &str) -> f64 {
 #[tokio::test]
 async fn requests_over_the_limit_are_shed_with_503() {
     let (up, gate, _) = holding_upstream().await;
-    let gw = spawn_gateway(&config(&up, "    max_concurrent_requests: 2")).await;
+    let gw = spawn_gateway(&config(&up, json!({"max_concurrent_requests": 2}))).await;
     let c = client();
     let held: Vec<_> = (0..2)
         .map(|_| {
@@ -123,7 +116,7 @@ async fn requests_over_the_limit_are_shed_with_503() {
 #[tokio::test]
 async fn a_reload_changes_the_request_limit() {
     let (up, gate, _) = holding_upstream().await;
-    let gw = spawn_gateway(&config(&up, "    max_concurrent_requests: 1")).await;
+    let gw = spawn_gateway(&config(&up, json!({"max_concurrent_requests": 1}))).await;
     let c = client();
     let url = gw.url("/hold");
     let c1 = c.clone();
@@ -136,7 +129,7 @@ async fn a_reload_changes_the_request_limit() {
 
     std::fs::write(
         gw.config_path(),
-        config(&up, "    max_concurrent_requests: 5"),
+        config(&up, json!({"max_concurrent_requests": 5})),
     )
     .unwrap();
     let r = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
@@ -150,7 +143,7 @@ async fn a_reload_changes_the_request_limit() {
 // Behaviour: zero is refused by validation (it would shed everything).
 #[tokio::test]
 async fn zero_concurrent_requests_is_a_validation_error() {
-    let yaml = config("http://127.0.0.1:9", "    max_concurrent_requests: 0");
+    let yaml = config("http://127.0.0.1:9", json!({"max_concurrent_requests": 0}));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -170,7 +163,7 @@ async fn zero_concurrent_requests_is_a_validation_error() {
 async fn connections_over_max_connections_get_503_and_close() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (up, _gate, _) = holding_upstream().await;
-    let gw = spawn_gateway(&config(&up, "    max_connections: 2")).await;
+    let gw = spawn_gateway(&config(&up, json!({"max_connections": 2}))).await;
     let req = b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n";
     let mut open = Vec::new();
     for _ in 0..2 {
@@ -235,7 +228,7 @@ async fn a_flood_is_shed_and_memory_stays_flat() {
         &path,
         config(
             &up,
-            "    max_concurrent_requests: 20\n    max_connections: 4000",
+            json!({"max_concurrent_requests": 20, "max_connections": 4000}),
         ),
     )
     .unwrap();
