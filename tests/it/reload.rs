@@ -9,9 +9,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::common::*;
+use serde_json::json;
 
-/// A config with one route `name` on `prefix` to `upstream_url`, auth none.
+use crate::common::*;
+use crate::gwconfig::GatewayConfig;
+
+/// A config with one route `name` on `prefix` to `upstream_url`, auth none. Literal
+/// YAML: the reload tests expect a bad `upstream:` here at line 10, column 15.
 pub(crate) fn route_yaml(upstream_url: &str, name: &str, prefix: &str) -> String {
     format!(
         r#"server:
@@ -149,7 +153,7 @@ async fn file_edit_is_applied_live() {
     assert_eq!(st["config_version"], 2, "{st:#}");
     assert_eq!(st["last_reload"]["success"], true, "{st:#}");
     assert_eq!(st["last_reload"]["trigger"], "file", "{st:#}");
-    assert_eq!(st["last_reload"]["errors"], serde_json::json!([]), "{st:#}");
+    assert_eq!(st["last_reload"]["errors"], json!([]), "{st:#}");
     assert!(st["last_reload"]["at"].is_string(), "{st:#}");
     // The watcher must not apply the same content twice.
     tokio::time::sleep(NOTHING_MORE_FOR).await;
@@ -212,7 +216,7 @@ async fn invalid_edit_is_rejected_then_recovers() {
     // what is already serving.
     edit(&path, &good);
     let st = wait_for_status(&admin, |s| s["last_reload"]["success"] == true).await;
-    assert_eq!(st["last_reload"]["errors"], serde_json::json!([]), "{st:#}");
+    assert_eq!(st["last_reload"]["errors"], json!([]), "{st:#}");
     assert_eq!(st["config_version"], 2, "{st:#}");
     assert_eq!(reloads_at(&admin).await, (1.0, 1.0));
 
@@ -588,8 +592,10 @@ async fn in_flight_requests_survive_a_reload() {
 #[tokio::test]
 async fn reloaded_limits_apply() {
     let up = spawn_upstream().await;
-    let base = route_yaml(&up.url(), "api", "/api");
-    let gw = spawn_gateway(&base).await;
+    let base = GatewayConfig::new()
+        .upstream("bi", &up.url())
+        .open_route("api", "/api", "bi");
+    let gw = spawn_gateway(&base.yaml()).await;
     let big = "v".repeat(3000);
     let r = client()
         .get(gw.url("/api/x"))
@@ -600,10 +606,8 @@ async fn reloaded_limits_apply() {
     assert_eq!(r.status(), 200);
     std::fs::write(
         gw.config_path(),
-        base.replace(
-            "  admin_listen: \"127.0.0.1:0\"\n",
-            "  admin_listen: \"127.0.0.1:0\"\n  limits:\n    max_header_bytes: 1024\n",
-        ),
+        base.merge("server", json!({"limits": {"max_header_bytes": 1024}}))
+            .yaml(),
     )
     .unwrap();
     let r = client()
