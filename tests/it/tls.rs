@@ -4,8 +4,11 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use serde_json::json;
+
 use crate::common::*;
-use crate::reload::{route_yaml, RELOAD_DEADLINE};
+use crate::gwconfig::GatewayConfig;
+use crate::reload::RELOAD_DEADLINE;
 
 /// A TLS client trusting the test CA, every listed name resolved to `addr`.
 pub(crate) fn ca_client(addr: SocketAddr, names: &[&str]) -> reqwest::Client {
@@ -59,31 +62,16 @@ pub(crate) fn f(name: &str) -> String {
     fixture(name).display().to_string()
 }
 
-pub(crate) fn tls_yaml(
-    up: &Upstream,
-    cert: &str,
-    key: &str,
-    extra_tls: &str,
-    extra_server: &str,
-) -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-{extra_server}  tls:
-    cert: {cert}
-    key: {key}
-{extra_tls}upstreams:
-  - name: bi
-    url: "{}"
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: bi
-    auth: none
-"#,
-        up.url()
-    )
+/// HTTPS on the public listener with `cert` and `key`, one open route on /api.
+pub(crate) fn tls_config(up: &Upstream, cert: &str, key: &str) -> GatewayConfig {
+    GatewayConfig::new()
+        .merge("server", json!({"tls": {"cert": cert, "key": key}}))
+        .upstream("bi", &up.url())
+        .open_route("api", "/api", "bi")
+}
+
+pub(crate) fn tls_yaml(up: &Upstream, cert: &str, key: &str) -> String {
+    tls_config(up, cert, key).yaml()
 }
 
 // Behaviour: `server.tls.sni` serves the certificate chosen by the client's SNI
@@ -91,18 +79,16 @@ routes:
 #[tokio::test]
 async fn sni_picks_the_certificate() {
     let up = spawn_upstream().await;
-    let sni = format!(
-        "    sni:\n      - hosts: [\"partner.company.com\", \"*.partner.company.com\"]\n        cert: {}\n        key: {}\n",
-        f("sni.pem"),
-        f("sni-key.pem")
-    );
-    let gw = spawn_gateway(&tls_yaml(
-        &up,
-        &f("server.pem"),
-        &f("server-key.pem"),
-        &sni,
-        "",
-    ))
+    let sni = json!({"tls": {"sni": [{
+        "hosts": ["partner.company.com", "*.partner.company.com"],
+        "cert": f("sni.pem"),
+        "key": f("sni-key.pem"),
+    }]}});
+    let gw = spawn_gateway(
+        &tls_config(&up, &f("server.pem"), &f("server-key.pem"))
+            .merge("server", sni)
+            .yaml(),
+    )
     .await;
     let port = gw.addr.port();
     let names = ["partner.company.com", "api.company.com"];
@@ -139,14 +125,7 @@ async fn sni_picks_the_certificate() {
 
     // Control: without `sni`, partner.company.com gets the default certificate, which
     // a verifying client refuses.
-    let gw = spawn_gateway(&tls_yaml(
-        &up,
-        &f("server.pem"),
-        &f("server-key.pem"),
-        "",
-        "",
-    ))
-    .await;
+    let gw = spawn_gateway(&tls_yaml(&up, &f("server.pem"), &f("server-key.pem"))).await;
     let res = ca_client(gw.addr, &["partner.company.com"])
         .get(format!(
             "https://partner.company.com:{}/api/x",
@@ -164,13 +143,11 @@ async fn sni_picks_the_certificate() {
 #[tokio::test]
 async fn redirect_listener_answers_308() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&tls_yaml(
-        &up,
-        &f("server.pem"),
-        &f("server-key.pem"),
-        "",
-        "  redirect_listen: \"127.0.0.1:0\"\n",
-    ))
+    let gw = spawn_gateway(
+        &tls_config(&up, &f("server.pem"), &f("server-key.pem"))
+            .merge("server", json!({"redirect_listen": "127.0.0.1:0"}))
+            .yaml(),
+    )
     .await;
     let redirect = gw
         .running
@@ -235,7 +212,7 @@ async fn certificates_reload_with_the_config() {
     std::fs::copy(fixture("server-key.pem"), &key).unwrap();
     // Relative paths: resolved against the config file's folder.
     let cfg = dir.path().join("gateway.yaml");
-    std::fs::write(&cfg, tls_yaml(&up, "tls.pem", "tls-key.pem", "", "")).unwrap();
+    std::fs::write(&cfg, tls_yaml(&up, "tls.pem", "tls-key.pem")).unwrap();
     let loaded = tollgate::Gateway::load(cfg.clone()).unwrap();
     let running = tollgate::start(loaded).await.unwrap();
     let addr = running.public;
@@ -304,15 +281,11 @@ async fn certificates_reload_with_the_config() {
 #[tokio::test]
 async fn reload_cannot_toggle_tls() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&tls_yaml(
-        &up,
-        &f("server.pem"),
-        &f("server-key.pem"),
-        "",
-        "",
-    ))
-    .await;
-    let plain = route_yaml(&up.url(), "api", "/api");
+    let gw = spawn_gateway(&tls_yaml(&up, &f("server.pem"), &f("server-key.pem"))).await;
+    let plain = GatewayConfig::new()
+        .upstream("bi", &up.url())
+        .open_route("api", "/api", "bi")
+        .yaml();
     std::fs::write(gw.config_path(), &plain).unwrap();
     let r = client()
         .post(gw.admin_url("/admin/reload"))
@@ -341,7 +314,7 @@ async fn reload_cannot_toggle_tls() {
     let gw = spawn_gateway(&plain).await;
     std::fs::write(
         gw.config_path(),
-        tls_yaml(&up, &f("server.pem"), &f("server-key.pem"), "", ""),
+        tls_yaml(&up, &f("server.pem"), &f("server-key.pem")),
     )
     .unwrap();
     let r = client()
@@ -367,11 +340,7 @@ async fn rotated_files_reload_by_themselves() {
     std::fs::copy(fixture("server.pem"), certs.join("tls.pem")).unwrap();
     std::fs::copy(fixture("server-key.pem"), certs.join("tls-key.pem")).unwrap();
     let cfg = dir.path().join("gateway.yaml");
-    std::fs::write(
-        &cfg,
-        tls_yaml(&up, "certs/tls.pem", "certs/tls-key.pem", "", ""),
-    )
-    .unwrap();
+    std::fs::write(&cfg, tls_yaml(&up, "certs/tls.pem", "certs/tls-key.pem")).unwrap();
     let running = tollgate::start(tollgate::Gateway::load(cfg.clone()).unwrap())
         .await
         .unwrap();
