@@ -10,7 +10,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 
+use serde_json::json;
+
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 
 const GATEWAY_E2E_SECRET: &str = "gateway-e2e-s3cret-from-test";
 /// The secret of the provider's `tollgate-web` sign-in client.
@@ -199,55 +202,48 @@ async fn oidc_provider_tokens_accepted_and_refused() {
 
     std::env::set_var(INTROSPECTOR_SECRET_ENV, INTROSPECTOR_SECRET);
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-issuers:
-  - name: oidc
-    issuer: "{iss}"
-    discovery: "{discovery_url}"
-    audiences: ["{BI_API}"]
-  - name: oidc-opaque
-    issuer: "{iss}"
-    introspection:
-      url: "{introspection_endpoint}"
-      client_id: introspector
-      client_secret: "${{env:{INTROSPECTOR_SECRET_ENV}}}"
-      cache_ttl: 30s
-    audiences: ["{OPAQUE_API}"]
-upstreams:
-  - name: bi
-    url: "{}"
-routes:
-  - name: analytics
-    path_prefix: /v2/analytics
-    upstream: bi
-    auth:
-      issuers: [oidc]
-      scopes: [analytics.read]
-  - name: analytics-write
-    path_prefix: /v2/analytics/write
-    upstream: bi
-    auth:
-      issuers: [oidc]
-      scopes: [analytics.write]
-  - name: partner
-    path_prefix: /v2/partner
-    upstream: bi
-    auth:
-      issuers: [oidc]
-      scopes: [analytics.read]
-      clients: [partner-dashboard]
-  - name: opaque
-    path_prefix: /v2/opaque
-    upstream: bi
-    auth:
-      issuers: [oidc-opaque]
-      scopes: [analytics.read]
-"#,
-        up.url()
-    ))
-    .await;
+    let route = |name: &str, prefix: &str, auth: serde_json::Value| json!({"name": name, "path_prefix": prefix, "upstream": "bi", "auth": auth});
+    let yaml = GatewayConfig::public_only()
+        .issuer_block(json!({
+            "name": "oidc",
+            "issuer": iss,
+            "discovery": discovery_url,
+            "audiences": [BI_API],
+        }))
+        .issuer_block(json!({
+            "name": "oidc-opaque",
+            "issuer": iss,
+            "introspection": {
+                "url": introspection_endpoint,
+                "client_id": "introspector",
+                "client_secret": format!("${{env:{INTROSPECTOR_SECRET_ENV}}}"),
+                "cache_ttl": "30s",
+            },
+            "audiences": [OPAQUE_API],
+        }))
+        .upstream("bi", &up.url())
+        .route(route(
+            "analytics",
+            "/v2/analytics",
+            json!({"issuers": ["oidc"], "scopes": ["analytics.read"]}),
+        ))
+        .route(route(
+            "analytics-write",
+            "/v2/analytics/write",
+            json!({"issuers": ["oidc"], "scopes": ["analytics.write"]}),
+        ))
+        .route(route(
+            "partner",
+            "/v2/partner",
+            json!({"issuers": ["oidc"], "scopes": ["analytics.read"], "clients": ["partner-dashboard"]}),
+        ))
+        .route(route(
+            "opaque",
+            "/v2/opaque",
+            json!({"issuers": ["oidc-opaque"], "scopes": ["analytics.read"]}),
+        ))
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     assert!(gw.gateway().ready(), "keys found through discovery");
 
     // JWT, right audience and scope: forwarded with the verified identity.
