@@ -11,35 +11,23 @@ use serde_json::json;
 use tollgate::layer::{Caller, PolicyLayer};
 
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 
+/// Routes without upstreams: the policy only, in front of the axum app.
 fn config(idp: &Idp) -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-issuers:
-  - name: corp
-    issuer: "{iss}"
-    jwks_uri: "{jwks}"
-    audiences: ["https://bi-api.company.com"]
-routes:
-  - name: analytics
-    path_prefix: /v2/analytics
-    auth:
-      scopes: [analytics.read]
-      clients: [sap-cx-dashboard]
-    permissions:
-      - path: /v2/analytics/data
-        methods: [GET]
-        scopes: [bi.integration.external]
-      - path: /v2/analytics/metadata
-        methods: [GET]
-  - name: public
-    path_prefix: /public
-    auth: none
-"#,
-        iss = idp.issuer,
-        jwks = idp.url("/jwks")
-    )
+    GatewayConfig::public_only()
+        .issuer(idp, "corp")
+        .route(json!({
+            "name": "analytics",
+            "path_prefix": "/v2/analytics",
+            "auth": {"scopes": ["analytics.read"], "clients": ["sap-cx-dashboard"]},
+            "permissions": [
+                {"path": "/v2/analytics/data", "methods": ["GET"], "scopes": ["bi.integration.external"]},
+                {"path": "/v2/analytics/metadata", "methods": ["GET"]},
+            ],
+        }))
+        .route(json!({"name": "public", "path_prefix": "/public", "auth": "none"}))
+        .yaml()
 }
 
 async fn whoami(Caller(id): Caller) -> Json<serde_json::Value> {
