@@ -5,48 +5,48 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::common::*;
+use crate::gwconfig::{GatewayConfig, AUDIENCE};
 
 const SECRET: &str = "p@ss:w/rd+%&=x";
 
-fn yaml(up: &Upstream, key: Option<&std::path::Path>, extra_routes: &str) -> String {
+/// The token service (a plain and a hashed client, the signing key file if given) and
+/// the analytics route for its tokens, plus `extra_routes`.
+fn yaml(up: &Upstream, key: Option<&std::path::Path>, extra_routes: &[Value]) -> String {
     let hash = tollgate::token_service::hash_secret("hashed-secret").unwrap();
-    let key = key
-        .map(|k| format!("  signing_key: {}\n", k.display()))
-        .unwrap_or_default();
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-token_service:
-  path: /oauth2/token
-  issuer: "https://gateway.example.com"
-  audience: "https://bi-api.company.com"
-{key}  token_ttl: 10m
-  clients:
-    - id: sap-cx-dashboard
-      secret: "{SECRET}"
-      scopes: [analytics.read, dashboard.access, bi.integration.external]
-    - id: hashed
-      secret_hash: "{hash}"
-      scopes: [analytics.read]
-upstreams:
-  - name: bi
-    url: "{}"
-routes:
-  - name: analytics
-    path_prefix: /v2/analytics
-    upstream: bi
-    auth:
-      issuers: [local]
-      scopes: [analytics.read]
-    permissions:
-      - path: /v2/analytics/data
-        methods: [GET]
-        scopes: [bi.integration.external]
-      - path: /v2/analytics/metadata
-        methods: [GET]
-{extra_routes}"#,
-        up.url()
-    )
+    let mut ts = json!({
+        "path": "/oauth2/token",
+        "issuer": "https://gateway.example.com",
+        "audience": AUDIENCE,
+        "token_ttl": "10m",
+        "clients": [
+            {
+                "id": "sap-cx-dashboard",
+                "secret": SECRET,
+                "scopes": ["analytics.read", "dashboard.access", "bi.integration.external"],
+            },
+            {"id": "hashed", "secret_hash": hash, "scopes": ["analytics.read"]},
+        ],
+    });
+    if let Some(k) = key {
+        ts["signing_key"] = json!(k.display().to_string());
+    }
+    let mut cfg = GatewayConfig::public_only()
+        .set("token_service", ts)
+        .upstream("bi", &up.url())
+        .route(json!({
+            "name": "analytics",
+            "path_prefix": "/v2/analytics",
+            "upstream": "bi",
+            "auth": {"issuers": ["local"], "scopes": ["analytics.read"]},
+            "permissions": [
+                {"path": "/v2/analytics/data", "methods": ["GET"], "scopes": ["bi.integration.external"]},
+                {"path": "/v2/analytics/metadata", "methods": ["GET"]},
+            ],
+        }));
+    for r in extra_routes {
+        cfg = cfg.route(r.clone());
+    }
+    cfg.yaml()
 }
 
 fn basic(id: &str, secret: &str) -> String {
@@ -91,7 +91,7 @@ async fn access_token(r: reqwest::Response) -> String {
 #[tokio::test]
 async fn basic_client_auth_issues_a_verifiable_jwt() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&yaml(&up, None, "")).await;
+    let gw = spawn_gateway(&yaml(&up, None, &[])).await;
     let r = token_basic(&gw, "sap-cx-dashboard", SECRET, None).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["cache-control"], "no-store");
@@ -150,7 +150,7 @@ async fn basic_client_auth_issues_a_verifiable_jwt() {
 #[tokio::test]
 async fn body_json_query_and_hashed_clients() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&yaml(&up, None, "")).await;
+    let gw = spawn_gateway(&yaml(&up, None, &[])).await;
     let form = client()
         .post(gw.url("/oauth2/token"))
         .form(&[
@@ -186,7 +186,7 @@ async fn body_json_query_and_hashed_clients() {
 #[tokio::test]
 async fn token_endpoint_errors() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&yaml(&up, None, "")).await;
+    let gw = spawn_gateway(&yaml(&up, None, &[])).await;
     let err = |r: reqwest::Response| async move {
         let s = r.status().as_u16();
         let www = r
@@ -261,7 +261,7 @@ async fn token_endpoint_errors() {
 #[tokio::test]
 async fn scopes_and_routes() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&yaml(&up, None, "")).await;
+    let gw = spawn_gateway(&yaml(&up, None, &[])).await;
     for blank in ["", " ", "   "] {
         let r = token_basic(&gw, "sap-cx-dashboard", SECRET, Some(blank)).await;
         assert_eq!(
@@ -297,7 +297,7 @@ async fn scopes_and_routes() {
 #[tokio::test]
 async fn metadata() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&yaml(&up, None, "")).await;
+    let gw = spawn_gateway(&yaml(&up, None, &[])).await;
     let m: Value = client()
         .get(gw.url("/.well-known/oauth-authorization-server"))
         .send()
@@ -328,10 +328,10 @@ async fn metadata() {
 async fn same_signing_key_survives_restart() {
     let up = spawn_upstream().await;
     let key = fixture("ec256.pem");
-    let gw = spawn_gateway(&yaml(&up, Some(&key), "")).await;
+    let gw = spawn_gateway(&yaml(&up, Some(&key), &[])).await;
     let t = access_token(token_basic(&gw, "sap-cx-dashboard", SECRET, None).await).await;
     gw.stop().await;
-    let gw = spawn_gateway(&yaml(&up, Some(&key), "")).await;
+    let gw = spawn_gateway(&yaml(&up, Some(&key), &[])).await;
     let r = client()
         .get(gw.url("/v2/analytics/metadata"))
         .bearer_auth(&t)
@@ -341,7 +341,7 @@ async fn same_signing_key_survives_restart() {
     assert_eq!(r.status(), 200);
     gw.stop().await;
     // A different key refuses it.
-    let gw = spawn_gateway(&yaml(&up, Some(&fixture("rsa-a.pem")), "")).await;
+    let gw = spawn_gateway(&yaml(&up, Some(&fixture("rsa-a.pem")), &[])).await;
     let r = client()
         .get(gw.url("/v2/analytics/metadata"))
         .bearer_auth(&t)
@@ -354,25 +354,27 @@ async fn same_signing_key_survives_restart() {
     gw.stop().await;
 }
 
-const CPI_ROUTE: &str = r#"  - name: cpi-token
-    path_prefix: /cpi/oauth/token
-    upstream: bi
-    auth: none
-    body_credentials: basic
-  - name: cpi-query
-    path_prefix: /cpiq/oauth/token
-    upstream: bi
-    auth: none
-    body_credentials: basic
-    grant_type_to_query: true
-"#;
+/// Two open routes with `body_credentials: basic`, the second with
+/// `grant_type_to_query`.
+fn cpi_routes() -> [Value; 2] {
+    [
+        json!({
+            "name": "cpi-token", "path_prefix": "/cpi/oauth/token", "upstream": "bi",
+            "auth": "none", "body_credentials": "basic",
+        }),
+        json!({
+            "name": "cpi-query", "path_prefix": "/cpiq/oauth/token", "upstream": "bi",
+            "auth": "none", "body_credentials": "basic", "grant_type_to_query": true,
+        }),
+    ]
+}
 
 // Behaviour: body_credentials moves client_id/client_secret from form and JSON bodies to
 // Authorization: Basic (RFC 6749 §2.3.1), keeping every other field.
 #[tokio::test]
 async fn body_credentials_to_basic() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&yaml(&up, None, CPI_ROUTE)).await;
+    let gw = spawn_gateway(&yaml(&up, None, &cpi_routes())).await;
     let r = client()
         .post(gw.url("/cpi/oauth/token"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -428,7 +430,7 @@ async fn body_credentials_to_basic() {
 #[tokio::test]
 async fn body_credentials_refusals() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&yaml(&up, None, CPI_ROUTE)).await;
+    let gw = spawn_gateway(&yaml(&up, None, &cpi_routes())).await;
     let cases: Vec<reqwest::RequestBuilder> = vec![
         client()
             .post(gw.url("/cpi/oauth/token"))
@@ -459,7 +461,7 @@ async fn no_secret_in_logs() {
     let up = spawn_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.yaml");
-    std::fs::write(&cfg, yaml(&up, None, CPI_ROUTE)).unwrap();
+    std::fs::write(&cfg, yaml(&up, None, &cpi_routes())).unwrap();
     let mut bin = spawn_binary(&cfg, &["run"]);
     let addr = bin.public.clone();
     let base = format!("http://{addr}");
