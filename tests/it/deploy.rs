@@ -4,7 +4,19 @@
 
 use std::collections::BTreeSet;
 
+use serde_json::json;
+
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
+
+/// Upstream `u` and one open route on `/` to `route_upstream` (`u`, or a name that
+/// does not exist to make the config invalid).
+fn open_yaml(up: &Upstream, route_upstream: &str) -> String {
+    GatewayConfig::new()
+        .upstream("u", &up.url())
+        .open_route("r", "/", route_upstream)
+        .yaml()
+}
 
 /// Every `tollgate_*` family a file names (histogram series names folded into the family).
 fn families_named_in(path: &str) -> BTreeSet<String> {
@@ -42,11 +54,7 @@ fn exported(metrics: &str) -> BTreeSet<String> {
 #[tokio::test]
 async fn dashboard_and_alerts_use_exported_families() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&format!(
-        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\nupstreams:\n  - name: u\n    url: \"{}\"\nroutes:\n  - name: r\n    path_prefix: /\n    upstream: u\n    auth: none\n",
-        up.url()
-    ))
-    .await;
+    let gw = spawn_gateway(&open_yaml(&up, "u")).await;
     let have = exported(&admin_metrics(&gw.admin_url("")).await);
     for file in [
         "deploy/grafana/tollgate-dashboard.json",
@@ -71,10 +79,7 @@ async fn dashboard_and_alerts_use_exported_families() {
 #[tokio::test]
 async fn ready_and_reload_gauges() {
     let up = spawn_upstream().await;
-    let base = format!(
-        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\nupstreams:\n  - name: u\n    url: \"{}\"\nroutes:\n  - name: r\n    path_prefix: /\n    upstream: u\n    auth: none\n",
-        up.url()
-    );
+    let base = open_yaml(&up, "u");
     let gw = spawn_gateway(&base).await;
     let admin = gw.admin_url("");
     let c = client();
@@ -93,11 +98,7 @@ async fn ready_and_reload_gauges() {
         Some(1.0)
     );
 
-    std::fs::write(
-        gw.config_path(),
-        base.replace("upstream: u", "upstream: nope"),
-    )
-    .unwrap();
+    std::fs::write(gw.config_path(), open_yaml(&up, "nope")).unwrap();
     let r = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
     assert_eq!(r.status(), 422);
     let m = admin_metrics(&admin).await;
@@ -125,10 +126,19 @@ async fn ready_and_reload_gauges() {
             held.push(s);
         }
     });
-    let pending = spawn_gateway_unready(&format!(
-        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\nissuers:\n  - name: slow\n    issuer: \"https://slow.example\"\n    jwks_uri: \"http://{silent_addr}/jwks\"\n    audiences: [a]\n    fetch_timeout: 60s\nupstreams:\n  - name: u\n    url: \"{}\"\nroutes:\n  - name: r\n    path_prefix: /\n    upstream: u\n    auth: {{issuers: [slow]}}\n",
-        up.url()
-    ))
+    let pending = spawn_gateway_unready(
+        &GatewayConfig::new()
+            .issuer_block(json!({
+                "name": "slow",
+                "issuer": "https://slow.example",
+                "jwks_uri": format!("http://{silent_addr}/jwks"),
+                "audiences": ["a"],
+                "fetch_timeout": "60s",
+            }))
+            .upstream("u", &up.url())
+            .route(json!({"name": "r", "path_prefix": "/", "upstream": "u", "auth": {"issuers": ["slow"]}}))
+            .yaml(),
+    )
     .await;
     assert_eq!(
         c.get(pending.admin_url("/readyz"))
