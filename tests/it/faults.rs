@@ -608,8 +608,8 @@ fn upstream_config(up: &FaultServer, request_timeout: &str, timeout: &str) -> Ga
             &up.url("/patient"),
             json!({"timeout": "30s"}),
         )
-        .route(json!({"name": "faulty", "path_prefix": "/f", "upstream": "faulty", "auth": "none"}))
-        .route(json!({"name": "patient", "path_prefix": "/p", "upstream": "faulty-patient", "auth": "none"}))
+        .open_route("faulty", "/f", "faulty")
+        .open_route("patient", "/p", "faulty-patient")
 }
 
 fn upstream_yaml(up: &FaultServer) -> String {
@@ -1236,9 +1236,7 @@ fn token_yaml(idp: &FaultServer, up: &FaultServer) -> String {
                     "client_secret": "s3cret",
                 }}),
             )
-            .route(json!({
-                "name": name, "path_prefix": format!("/{name}"), "upstream": name, "auth": "none",
-            }));
+            .open_route(name, &format!("/{name}"), name);
     }
     cfg.yaml()
 }

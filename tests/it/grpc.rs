@@ -77,7 +77,7 @@ fn yaml(idp: &Idp, grpc: SocketAddr) -> String {
                 {"path": "/grpc.health.v1.Health/Watch", "methods": ["POST"], "scopes": ["live.watch"]},
             ],
         }))
-        .route(json!({"name": "gone", "path_prefix": "/gone.Service", "upstream": "gone", "auth": "none"}))
+        .open_route("gone", "/gone.Service", "gone")
         .yaml()
 }
 

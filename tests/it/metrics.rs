@@ -67,7 +67,7 @@ fn yaml(up: &str, idp: &Idp, issuer_extra: Value) -> String {
     GatewayConfig::new()
         .issuer_with(idp, "corp", issuer_extra)
         .upstream("bi", up)
-        .route(json!({"name": "api", "path_prefix": "/api", "upstream": "bi", "auth": "none"}))
+        .open_route("api", "/api", "bi")
         .route(json!({
             "name": "secure", "path_prefix": "/secure", "upstream": "bi",
             "auth": {"issuers": ["corp"]},
@@ -196,9 +196,7 @@ async fn upstream_durations_and_errors_by_kind() {
         .upstream("gone", &format!("http://{}", dead_addr()))
         .upstream("closer", &format!("http://{closer_addr}"));
     for name in ["good", "slow", "gone", "closer"] {
-        cfg = cfg.route(json!({
-            "name": name, "path_prefix": format!("/{name}"), "upstream": name, "auth": "none",
-        }));
+        cfg = cfg.open_route(name, &format!("/{name}"), name);
     }
     let yaml = cfg.yaml();
     let gw = spawn_gateway(&yaml).await;
@@ -327,7 +325,7 @@ async fn cache_hits_and_misses() {
             "name": "secure", "path_prefix": "/secure", "upstream": "bi",
             "auth": {"issuers": ["corp"]},
         }))
-        .route(json!({"name": "cc", "path_prefix": "/cc", "upstream": "cc-up", "auth": "none"}))
+        .open_route("cc", "/cc", "cc-up")
         .yaml();
     let gw = spawn_gateway(&yaml).await;
     let admin = gw.admin_url("");

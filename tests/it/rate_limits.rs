@@ -586,7 +586,7 @@ async fn failed_auth_limit_refuses_even_the_right_secret_until_the_window_passes
             "token_service",
             json!({"failed_auth_limit": {"limit": 3, "per": "3s"}}),
         )
-        .route(json!({"name": "api", "path_prefix": "/api", "upstream": "u", "auth": "none"}))
+        .open_route("api", "/api", "u")
         .yaml();
     let gw = spawn_gateway(&yaml).await;
     let from = |ip: &str| {

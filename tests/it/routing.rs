@@ -21,8 +21,8 @@ async fn host_routing_precedence() {
         .upstream("wild", &wild.url())
         .upstream("any", &any.url())
         .upstream("any-deep", &any_deep.url())
-        .route(json!({"name": "any-deep", "path_prefix": "/v2/analytics", "upstream": "any-deep", "auth": "none"}))
-        .route(json!({"name": "any", "path_prefix": "/", "upstream": "any", "auth": "none"}))
+        .open_route("any-deep", "/v2/analytics", "any-deep")
+        .open_route("any", "/", "any")
         .route(json!({
             "name": "wild", "path_prefix": "/v2", "hosts": ["*.company.com"],
             "upstream": "wild", "auth": "none",

@@ -41,7 +41,7 @@ fn fields(tp: &str) -> (String, String, String) {
 fn plain(up: &Upstream) -> GatewayConfig {
     GatewayConfig::new()
         .upstream("bi", &up.url())
-        .route(json!({"name": "api", "path_prefix": "/api", "upstream": "bi", "auth": "none"}))
+        .open_route("api", "/api", "bi")
 }
 
 /// The real binary on `yaml` (the directory holds its config file).
@@ -422,7 +422,7 @@ fn traced(idp: &Idp, up: &Upstream, endpoint: &str, ratio: f64) -> GatewayConfig
             "name": "opaque", "path_prefix": "/opaque", "upstream": "bi",
             "auth": {"issuers": ["opaque"]},
         }))
-        .route(json!({"name": "cc", "path_prefix": "/cc", "upstream": "cc-up", "auth": "none"}))
+        .open_route("cc", "/cc", "cc-up")
 }
 
 fn attrs(span: &Value) -> &serde_json::Map<String, Value> {
