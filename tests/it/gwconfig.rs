@@ -161,7 +161,7 @@ pub fn client_credentials(idp: &Idp, client_id: &str, client_secret: &str) -> Va
 }
 
 /// Merges `extra` into `base`: maps key by key (recursively), anything else replaces.
-fn merge(base: &mut Value, extra: Value) {
+pub fn merge(base: &mut Value, extra: Value) {
     match (base, extra) {
         (Value::Object(b), Value::Object(e)) => {
             for (k, v) in e {

@@ -22,7 +22,7 @@ use hyper::{Request, Response};
 use serde_json::{json, Value};
 
 use crate::common::*;
-use crate::gwconfig::GatewayConfig;
+use crate::gwconfig::{merge, GatewayConfig};
 
 struct SapSession {
     token: String,
@@ -254,9 +254,7 @@ fn sap_yaml(sap: &FakeSap, auth: Option<Value>, csrf_extra: Value) -> String {
     if let Some(auth) = auth {
         s4["auth"] = auth;
     }
-    for (k, v) in csrf_extra.as_object().unwrap() {
-        s4["csrf"][k] = v.clone();
-    }
+    merge(&mut s4["csrf"], csrf_extra);
     GatewayConfig::new()
         .upstream_with("s4", &format!("{}/sap/opu/odata/sap/API_X", sap.url()), s4)
         .open_route("odata", "/odata", "s4")
@@ -805,9 +803,7 @@ pub async fn spawn_sts(idp: &Idp) -> Sts {
 /// whose `auth:` block is `upstream_auth`, and `more` keys merged into the upstream.
 fn propagation_yaml(idp: &Idp, backend_url: &str, upstream_auth: Value, more: Value) -> String {
     let mut backend = json!({"auth": upstream_auth});
-    for (k, v) in more.as_object().unwrap() {
-        backend[k] = v.clone();
-    }
+    merge(&mut backend, more);
     GatewayConfig::new()
         .issuer(idp, "corp")
         .upstream_with("backend", backend_url, backend)

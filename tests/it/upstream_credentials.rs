@@ -13,7 +13,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::common::*;
-use crate::gwconfig::{client_credentials, GatewayConfig};
+use crate::gwconfig::{client_credentials, merge, GatewayConfig};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -34,9 +34,7 @@ fn oauth(token_url: &str, extra: Value) -> Value {
         "client_secret": SECRET,
         "scope": "analytics.read",
     });
-    for (k, x) in extra.as_object().unwrap() {
-        v[k] = x.clone();
-    }
+    merge(&mut v, extra);
     v
 }
 
