@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::common::*;
-use crate::gwconfig::{client_credentials, GatewayConfig, AUDIENCE};
+use crate::gwconfig::{client_credentials, idp_introspection, GatewayConfig, AUDIENCE};
 use crate::reload::{route_yaml, status_at};
 
 pub(crate) const SPEC_FAMILIES: [(&str, &str); 5] = [
@@ -28,11 +28,7 @@ fn admin_config(up: &Upstream, idp: &Idp, basic_password: &str) -> GatewayConfig
         .issuer_block(json!({
             "name": "opaque",
             "issuer": "https://opaque.example.com",
-            "introspection": {
-                "url": idp.url("/introspect"),
-                "client_id": INTROSPECT_ID,
-                "client_secret": INTROSPECT_SECRET,
-            },
+            "introspection": idp_introspection(idp, INTROSPECT_SECRET),
         }))
         .token_service(
             "https://gateway.example.com",

@@ -10,7 +10,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::common::*;
-use crate::gwconfig::{GatewayConfig, AUDIENCE};
+use crate::gwconfig::{idp_introspection, GatewayConfig, AUDIENCE};
 
 /// Upstream `bi`; a test adds its issuers and routes.
 fn config(up: &Upstream) -> GatewayConfig {
@@ -782,16 +782,13 @@ async fn introspection() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
     std::env::set_var("TOLLGATE_TEST_INTROSPECT_SECRET", INTROSPECT_SECRET);
+    let mut intro = idp_introspection(&idp, "${env:TOLLGATE_TEST_INTROSPECT_SECRET}");
+    intro["cache_ttl"] = json!("30s");
     let yaml = config(&up)
         .issuer_block(json!({
             "name": "opaque",
             "issuer": idp.issuer,
-            "introspection": {
-                "url": idp.url("/introspect"),
-                "client_id": INTROSPECT_ID,
-                "client_secret": "${env:TOLLGATE_TEST_INTROSPECT_SECRET}",
-                "cache_ttl": "30s",
-            },
+            "introspection": intro,
             "audiences": [AUDIENCE],
         }))
         .route(analytics())

@@ -18,7 +18,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::common::Idp;
+use crate::common::{Idp, INTROSPECT_ID};
 
 /// The audience the test IdP's tokens carry (see `Idp::token`).
 pub const AUDIENCE: &str = "https://bi-api.company.com";
@@ -156,6 +156,16 @@ pub fn client_credentials(idp: &Idp, client_id: &str, client_secret: &str) -> Va
         "type": "oauth2_client_credentials",
         "token_url": idp.url("/token"),
         "client_id": client_id,
+        "client_secret": client_secret,
+    })
+}
+
+/// An issuer's `introspection` block: the test IdP's RFC 7662 endpoint, as client
+/// `INTROSPECT_ID` with `client_secret` (a value or a `${env:...}` reference).
+pub fn idp_introspection(idp: &Idp, client_secret: &str) -> Value {
+    json!({
+        "url": idp.url("/introspect"),
+        "client_id": INTROSPECT_ID,
         "client_secret": client_secret,
     })
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::common::*;
-use crate::gwconfig::{client_credentials, GatewayConfig, AUDIENCE};
+use crate::gwconfig::{client_credentials, idp_introspection, GatewayConfig, AUDIENCE};
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -391,6 +391,8 @@ const UPSTREAM_SECRET: &str = "upstream-client-s3cret";
 /// issuer `opaque` and an upstream with client credentials, so that each kind of child
 /// span has a request that makes it.
 fn traced(idp: &Idp, up: &Upstream, endpoint: &str, ratio: f64) -> GatewayConfig {
+    let mut intro = idp_introspection(idp, INTROSPECT_SECRET);
+    intro["cache_ttl"] = json!("30s");
     GatewayConfig::new()
         .set(
             "tracing",
@@ -400,12 +402,7 @@ fn traced(idp: &Idp, up: &Upstream, endpoint: &str, ratio: f64) -> GatewayConfig
         .issuer_block(json!({
             "name": "opaque",
             "issuer": format!("{}/opaque", idp.issuer),
-            "introspection": {
-                "url": idp.url("/introspect"),
-                "client_id": INTROSPECT_ID,
-                "client_secret": INTROSPECT_SECRET,
-                "cache_ttl": "30s",
-            },
+            "introspection": intro,
             "audiences": [AUDIENCE],
         }))
         .upstream("bi", &up.url())
