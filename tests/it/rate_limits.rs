@@ -6,7 +6,7 @@
 //! Redis dies and comes back.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde_json::{json, Value};
@@ -15,6 +15,7 @@ use crate::cli::bin;
 use crate::common::*;
 use crate::gwconfig::GatewayConfig;
 use crate::redis_server::RedisServer;
+use crate::upstream_credentials::header;
 
 const ORIGIN: &str = "https://dash.example";
 
@@ -47,10 +48,6 @@ fn redis_limit(name: &str, key: &str, n: u32, per: &str, on_error: &str) -> Valu
     v
 }
 
-fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
-    r.headers().get(name).map(|v| v.to_str().unwrap())
-}
-
 fn metric(text: &str, series: &str) -> f64 {
     series_value(text, series).unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
 }
@@ -74,22 +71,6 @@ async fn redis_keys(redis: &RedisServer) -> Vec<(String, i64)> {
     }
     out.sort();
     out
-}
-
-/// Polls `check` every 50 ms until it holds or `within` has passed.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 // Two replicas sharing one Redis enforce one limit exactly: 120 concurrent requests
@@ -427,9 +408,10 @@ async fn a_daily_quota_ends_at_midnight_utc_and_idle_keys_expire() {
     let gw = spawn_gateway(&yaml).await;
     // Not within 30 s of midnight UTC, or the quota would end during the test.
     eventually(
-        Duration::from_secs(40),
         "30 s away from midnight UTC",
-        || async { DAY_MS - redis_now_ms(&redis).await % DAY_MS > 30_000 },
+        Duration::from_secs(40),
+        async || DAY_MS - redis_now_ms(&redis).await % DAY_MS > 30_000,
+        |ok| *ok,
     )
     .await;
     let token = idp.token(json!({}));
@@ -479,10 +461,12 @@ async fn a_daily_quota_ends_at_midnight_utc_and_idle_keys_expire() {
         .iter()
         .any(|(k, ttl)| k.starts_with("tollgate:rl:burst:s2:") && *ttl <= 2_100));
     // The sliding limit's key expires with its window; the quota's stays.
-    eventually(Duration::from_secs(15), "the burst key expires", || async {
-        let keys = redis_keys(&redis).await;
-        keys.len() == 1 && keys[0].0.starts_with("tollgate:rl:daily:")
-    })
+    eventually(
+        "the burst key expires",
+        Duration::from_secs(15),
+        async || redis_keys(&redis).await,
+        |keys| keys.len() == 1 && keys[0].0.starts_with("tollgate:rl:daily:"),
+    )
     .await;
     gw.stop().await;
 }
@@ -551,9 +535,12 @@ async fn redis_killed_deny_refuses_allow_falls_back_and_both_recover() {
     );
 
     redis.restart();
-    eventually(Duration::from_secs(20), "strict admits again", || async {
-        get("/strict/x").await.status() == 200
-    })
+    eventually(
+        "strict admits again",
+        Duration::from_secs(20),
+        async || get("/strict/x").await.status(),
+        |s| *s == 200,
+    )
     .await;
     // Redis came back empty: the lenient limit counts there again, from zero.
     for _ in 0..3 {
@@ -675,15 +662,15 @@ async fn failed_auth_limit_refuses_even_the_right_secret_until_the_window_passes
     );
     // Once the window has passed, the right secret works again.
     eventually(
-        Duration::from_secs(20),
         "the right secret is accepted again",
-        || async {
+        Duration::from_secs(20),
+        async || {
             token(&one, "dash", "right-secret-1")
                 .await
                 .unwrap()
                 .status()
-                == 200
         },
+        |s| *s == 200,
     )
     .await;
     gw.stop().await;
