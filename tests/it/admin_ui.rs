@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::*;
-use crate::gwconfig::GatewayConfig;
+use crate::gwconfig::{load_error, GatewayConfig};
 
 /// Issuer `corp`; route `analytics` on /api (analytics.read, and reports.read for GET
 /// /api/reports) and an open route on /public.
@@ -725,13 +725,7 @@ async fn admin_auth_on_and_off() {
             "server.admin_auth.username: username is for `type: basic`",
         ),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gateway.yaml");
-        std::fs::write(&path, with_admin_auth(&idp, &up, block.clone())).unwrap();
-        let e = tollgate::Gateway::load(path)
-            .err()
-            .unwrap_or_else(|| panic!("{block}"))
-            .to_string();
+        let e = load_error(&with_admin_auth(&idp, &up, block.clone()));
         assert!(e.contains(want), "{block}: {e}");
     }
 }

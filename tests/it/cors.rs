@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::common::*;
-use crate::gwconfig::GatewayConfig;
+use crate::gwconfig::{load_error, GatewayConfig};
 use crate::upstream_credentials::header;
 
 // ---------------------------------------------------------------------------
@@ -404,16 +404,6 @@ async fn cors_wildcard_without_credentials() {
     gw.stop().await;
 }
 
-fn load_err(yaml: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    match tollgate::Gateway::load(path) {
-        Ok(_) => panic!("config accepted:\n{yaml}"),
-        Err(e) => e.to_string(),
-    }
-}
-
 // Behaviour: `"*"` together with `allow_credentials: true` is a validation error naming
 // the key; so are malformed origin patterns.
 #[tokio::test]
@@ -428,7 +418,7 @@ async fn cors_validation_errors() {
             }))
             .yaml()
     };
-    let e = load_err(&yaml(json!(["https://cx.company.com", "*"]), true));
+    let e = load_error(&yaml(json!(["https://cx.company.com", "*"]), true));
     assert!(e.contains("routes[0].cors.allow_origins[1]"), "{e}");
     assert!(e.contains("allow_credentials"), "{e}");
 
@@ -438,7 +428,7 @@ async fn cors_validation_errors() {
         json!(["https://cx.company.com/app"]),
         json!([]),
     ] {
-        let e = load_err(&yaml(bad.clone(), false));
+        let e = load_error(&yaml(bad.clone(), false));
         assert!(e.contains("routes[0].cors.allow_origins"), "{bad}: {e}");
     }
 

@@ -160,6 +160,18 @@ pub fn client_credentials(idp: &Idp, client_id: &str, client_secret: &str) -> Va
     })
 }
 
+/// Loads `yaml` as a gateway.yaml in a fresh directory: the loader's error text, or a
+/// panic showing the config when it was accepted.
+pub fn load_error(yaml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    match tollgate::Gateway::load(path) {
+        Ok(_) => panic!("config accepted:\n{yaml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// An issuer's `introspection` block: the test IdP's RFC 7662 endpoint, as client
 /// `INTROSPECT_ID` with `client_secret` (a value or a `${env:...}` reference).
 pub fn idp_introspection(idp: &Idp, client_secret: &str) -> Value {

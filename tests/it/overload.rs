@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::common::*;
-use crate::gwconfig::GatewayConfig;
+use crate::gwconfig::{load_error, GatewayConfig};
 
 /// An upstream whose `/hold` requests wait until the test adds permits to `gate`;
 /// everything else answers 200 at once. `held` counts the `/hold` requests that arrived.
@@ -143,16 +143,12 @@ async fn a_reload_changes_the_request_limit() {
 // Behaviour: zero is refused by validation (it would shed everything).
 #[tokio::test]
 async fn zero_concurrent_requests_is_a_validation_error() {
-    let yaml = config("http://127.0.0.1:9", json!({"max_concurrent_requests": 0}));
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let err = tollgate::Gateway::load(path)
-        .err()
-        .expect("must be rejected");
+    let err = load_error(&config(
+        "http://127.0.0.1:9",
+        json!({"max_concurrent_requests": 0}),
+    ));
     assert!(
-        err.to_string()
-            .contains("server.limits.max_concurrent_requests"),
+        err.contains("server.limits.max_concurrent_requests"),
         "{err}"
     );
 }

@@ -22,7 +22,7 @@ use hyper::{Request, Response};
 use serde_json::{json, Value};
 
 use crate::common::*;
-use crate::gwconfig::{merge, GatewayConfig};
+use crate::gwconfig::{load_error, merge, GatewayConfig};
 
 struct SapSession {
     token: String,
@@ -1135,16 +1135,6 @@ async fn a_service_key_file_is_all_the_credentials_config_needs() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     gw.stop().await;
-}
-
-fn load_error(yaml: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    match tollgate::Gateway::load(path) {
-        Ok(_) => panic!("config accepted:\n{yaml}"),
-        Err(e) => e.to_string(),
-    }
 }
 
 // Behaviour: validation names the service key's missing field (never a value), refuses
