@@ -143,7 +143,7 @@ fn unknown_keys_are_judged_per_block() {
     let text = problems(&with_route("  timeout: 5s\n", "    timout: 5s\n"));
     assert!(
         text.contains(
-            "server.timeout: unknown key \"timeout\" here (\"timeout\" is a key of upstreams[], stores.redis)"
+            "server.timeout: unknown key \"timeout\" here (\"timeout\" is a key of upstreams[], upstreams[].health_check, stores.redis)"
         ),
         "{text}"
     );
