@@ -574,3 +574,26 @@ fn endpoint_config_errors_are_located() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+// Behaviour: HTTP/2 (h2c) endpoints each get their own connection, requests are spread
+// over them, and a killed one costs no request (retried on the other).
+#[tokio::test]
+async fn h2c_endpoints_are_balanced_and_retried() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let extra = "    protocol: h2c\n    retries: {attempts: 2, on: [connect-failure, reset]}\n";
+    let gw = spawn_gateway(&config(&[&a, &b], extra)).await;
+    let mut by_backend: HashMap<String, usize> = HashMap::new();
+    for _ in 0..10 {
+        let (status, body) = get(&gw, "/x").await;
+        assert_eq!(status, 200);
+        *by_backend.entry(body).or_default() += 1;
+    }
+    assert_eq!(by_backend.get("a"), Some(&5), "{by_backend:?}");
+    assert_eq!(by_backend.get("b"), Some(&5), "{by_backend:?}");
+    b.kill();
+    for _ in 0..10 {
+        let (status, body) = get(&gw, "/x").await;
+        assert_eq!((status, body.as_str()), (200, "a"));
+    }
+    gw.stop().await;
+}
