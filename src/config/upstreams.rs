@@ -183,13 +183,14 @@ fn compile_one(
                 );
             }
         }
-        if let Some(j) = endpoints
+        if let Some((_, _, twin)) = endpoints
             .iter()
-            .position(|(_, a, _): &(Scheme, Authority, &String)| *a == authority)
+            .find(|(_, a, _): &&(Scheme, Authority, &String)| *a == authority)
         {
+            let twin = twin.rsplit('.').next().unwrap_or_default();
             p.add(
                 at.clone(),
-                format!("{authority} is listed twice in urls (urls[{j}])"),
+                format!("{authority} is listed twice in urls ({twin})"),
             );
         }
         endpoints.push((scheme, authority, at));

@@ -535,6 +535,10 @@ fn endpoint_config_errors_are_located() {
             "7:9 upstreams[0].urls[1]: 127.0.0.1:1 is listed twice in urls (urls[0])",
         ),
         (
+            "    urls: [\"ftp://127.0.0.1:1\", \"http://127.0.0.1:3\", \"http://127.0.0.1:3\"]\n",
+            "upstreams[0].urls[2]: 127.0.0.1:3 is listed twice in urls (urls[1])",
+        ),
+        (
             "    urls: [\"http://127.0.0.1:1\"]\n    balance: fastest\n",
             "upstreams[0].balance",
         ),
