@@ -183,6 +183,8 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
                     "loaded_at": s.loaded_at,
                     "ready": gw.ready(),
                     "routes": rt.routes.len(),
+                    // Each upstream's endpoints and their health.
+                    "upstreams": crate::gateway::upstream_status(&rt),
                     "last_reload": {
                         "at": s.last_reload_at,
                         "trigger": s.last_reload_trigger,

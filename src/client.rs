@@ -339,6 +339,49 @@ pub async fn send_pooled(
     }
 }
 
+/// A failed send, and the request when it was never written (no connection could be
+/// be made, or the pooled one had closed): such a request, its body untouched, may go
+/// to another endpoint (`proxy::forward_balanced`).
+pub type Unsent = (UpstreamFailure, Option<Request<Body>>);
+
+/// [`send_pooled`] for an upstream with several endpoints: a request that was never
+/// written is handed back with the failure instead of being dropped.
+pub async fn send_pooled_or_back(
+    pool: &Arc<Pool>,
+    req: Request<Body>,
+    timeout: Duration,
+) -> Result<Response<PooledBody>, Unsent> {
+    let work = async {
+        let mut req = req;
+        if let Some(mut tx) = pool.checkout() {
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(pooled_response(pool, tx, resp)),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => {
+                        return Err((UpstreamFailure::Broken(Cause::new(e.into_error())), None))
+                    }
+                },
+            }
+        }
+        let mut tx = match pool.connect().await {
+            Ok(tx) => tx,
+            Err(f) => return Err((f, Some(req))),
+        };
+        match tx.try_send_request(req).await {
+            Ok(resp) => Ok(pooled_response(pool, tx, resp)),
+            Err(mut e) => {
+                let back = e.take_message();
+                Err((UpstreamFailure::Broken(Cause::new(e.into_error())), back))
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err((UpstreamFailure::Timeout, None)),
+    }
+}
+
 fn pooled_response(
     pool: &Arc<Pool>,
     tx: SendRequest<Body>,
@@ -470,6 +513,35 @@ pub async fn send_h2(
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(UpstreamFailure::Timeout),
+    }
+}
+
+/// [`send_h2`] for an upstream with several endpoints: a request that was never
+/// written (no connection could be made) is handed back with the failure.
+pub async fn send_h2_or_back(
+    conn: &H2Conn,
+    req: Request<Body>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, Unsent> {
+    let work = async {
+        let mut tx = match conn.sender().await {
+            Ok(tx) => tx,
+            Err(f) => return Err((f, Some(req))),
+        };
+        if let Err(e) = tx.ready().await {
+            return Err((UpstreamFailure::Broken(Cause::new(e)), Some(req)));
+        }
+        match tx.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(mut e) => {
+                let back = e.take_message();
+                Err((UpstreamFailure::Broken(Cause::new(e.into_error())), back))
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err((UpstreamFailure::Timeout, None)),
     }
 }
 

@@ -148,14 +148,26 @@ impl Gateway {
             .clone()
     }
 
-    /// Starts background work for the current runtime (issuer key refreshers).
+    /// Starts background work for the current runtime (issuer key refreshers, upstream
+    /// endpoints' health checks).
     pub fn start_background(&self) {
         // The exporter follows the config: started here, and after every reload.
         self.tracing.apply(self.current().tracing.as_ref());
-        for issuer in &self.current().issuers {
+        let rt = self.current();
+        for issuer in &rt.issuers {
             if let IssuerKind::Jwt(store) = &issuer.kind {
                 store.start();
             }
+        }
+        for up in &rt.upstreams {
+            crate::health::start(up);
+        }
+    }
+
+    /// Stops the current runtime's upstream health checks (the gateway stops).
+    pub fn stop_background(&self) {
+        for up in &self.current().upstreams {
+            up.stop_background();
         }
     }
 
@@ -280,6 +292,10 @@ impl Gateway {
                 status.last_reload_errors.clear();
                 let rt = Arc::new(rt);
                 let previous = self.runtime.swap(rt.clone());
+                // The old config's health checks end now, not when its last request does.
+                for up in &previous.upstreams {
+                    up.stop_background();
+                }
                 self.forget_unused(&rt);
                 self.start_background();
                 // Freeing a large config takes milliseconds: not on a request worker.
@@ -334,6 +350,16 @@ impl Gateway {
         self.registry
             .key_stores
             .retain(|_, s| live.contains(&Arc::as_ptr(s)));
+        // Endpoint states of endpoints no longer in the config are forgotten.
+        let endpoints: std::collections::HashSet<*const crate::balancer::EndpointState> = rt
+            .upstreams
+            .iter()
+            .filter_map(|u| u.endpoints.as_ref())
+            .flat_map(|e| e.list.iter().map(|ep| Arc::as_ptr(&ep.state)))
+            .collect();
+        self.registry
+            .endpoint_states
+            .retain(|_, s| endpoints.contains(&Arc::as_ptr(s)));
     }
 
     /// `POST /admin/caches/flush`: upstream tokens, introspection results and
@@ -411,8 +437,87 @@ impl Gateway {
                 self.tunnels.opened.load(Ordering::Relaxed),
                 self.tunnels.open.load(Ordering::Relaxed),
             ),
+            endpoints: endpoint_samples(&rt),
         }
     }
+}
+
+/// Every endpoint of every upstream with [`crate::balancer::Endpoints`], for a scrape.
+fn endpoint_samples(rt: &Runtime) -> Vec<crate::metrics::EndpointSample> {
+    let now = crate::balancer::now_ms();
+    rt.upstreams
+        .iter()
+        .filter_map(|u| u.endpoints.as_ref().map(|e| (u, e)))
+        .flat_map(|(u, e)| {
+            e.list.iter().map(move |ep| crate::metrics::EndpointSample {
+                upstream: u.name.clone(),
+                endpoint: ep.label.clone(),
+                healthy: ep.state.healthy(now),
+                ejections: ep.state.ejections(),
+                in_flight: ep.state.in_flight(),
+            })
+        })
+        .collect()
+}
+
+/// The upstreams and their endpoints' health, for `GET /admin/status`.
+pub fn upstream_status(rt: &Runtime) -> serde_json::Value {
+    let now = crate::balancer::now_ms();
+    let list: Vec<serde_json::Value> = rt
+        .upstreams
+        .iter()
+        .map(|u| {
+            let Some(eps) = &u.endpoints else {
+                return serde_json::json!({
+                    "name": &*u.name,
+                    "balance": null,
+                    "endpoints": [{
+                        "endpoint": u.authority.as_str(),
+                        "healthy": true,
+                        "state": "healthy",
+                    }],
+                });
+            };
+            let endpoints: Vec<serde_json::Value> = eps
+                .list
+                .iter()
+                .map(|ep| {
+                    let st = &ep.state;
+                    let ejected_until = st.ejected_until(now);
+                    let check = st.check_failing();
+                    let state = if ejected_until.is_some() {
+                        "ejected"
+                    } else if check == Some(true) {
+                        "failing_health_check"
+                    } else {
+                        "healthy"
+                    };
+                    serde_json::json!({
+                        "endpoint": &*ep.label,
+                        "healthy": st.healthy(now),
+                        "state": state,
+                        "ejected_until": ejected_until.map(rfc3339),
+                        "health_check": match check {
+                            None if eps.health_check.is_some() => "pending",
+                            None => "off",
+                            Some(true) => "failing",
+                            Some(false) => "passing",
+                        },
+                        "consecutive_failures": st.consecutive_failures(),
+                        "ejections": st.ejections(),
+                        "in_flight": st.in_flight(),
+                        "requests": st.requests(),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "name": &*u.name,
+                "balance": eps.balance.as_str(),
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list)
 }
 
 /// Where `tls:` (else `server:`) sits in the file, 1-based, for a located error.

@@ -9,6 +9,7 @@ pub mod admin_auth;
 pub mod admin_ui;
 pub mod auth;
 pub mod authorizer;
+pub mod balancer;
 pub mod body;
 pub mod cache;
 pub mod claims;
@@ -25,6 +26,7 @@ pub mod explain;
 pub mod gate;
 pub mod gateway;
 pub mod grpc;
+pub mod health;
 pub mod healthcheck;
 pub mod identity;
 pub mod init;
@@ -83,6 +85,7 @@ impl Running {
         let _ = self.shutdown.send(true);
         // Open admin pages' event streams end, so that they do not hold shutdown up.
         self.gateway.decisions.close();
+        self.gateway.stop_background();
         for t in self.tasks {
             let _ = t.await;
         }

@@ -118,6 +118,12 @@ struct UpstreamKind {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamEndpoint {
+    upstream: Arc<str>,
+    endpoint: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -247,6 +253,7 @@ pub struct IntrospectionCalls {
 pub struct UpstreamMetrics {
     durations: Histograms<UpstreamLabel>,
     errors: Family<UpstreamKind, Counter>,
+    retries: Family<UpstreamLabel, Counter>,
 }
 
 impl UpstreamMetrics {
@@ -272,6 +279,15 @@ impl UpstreamMetrics {
                 .inc();
         }
     }
+
+    /// A request sent once more (`upstreams[].retries`).
+    pub fn retry(&self, upstream: &Arc<str>) {
+        self.retries
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.clone(),
+            })
+            .inc();
+    }
 }
 
 pub struct Metrics {
@@ -289,6 +305,7 @@ pub struct Metrics {
     session_refreshes: Family<ResultLabel, Counter>,
     upstream_durations: Histograms<UpstreamLabel>,
     upstream_errors: Family<UpstreamKind, Counter>,
+    upstream_retries: Family<UpstreamLabel, Counter>,
     cache_requests: Family<CacheResult, Counter>,
     pub tokens_issued: Counter,
     /// Client connections open now.
@@ -335,6 +352,18 @@ pub struct ScrapeExtras {
     pub trace_spans: (u64, u64),
     /// WebSocket tunnels: opened since the start, open now.
     pub websocket_tunnels: (u64, u64),
+    /// Upstream endpoints of the config now serving.
+    pub endpoints: Vec<EndpointSample>,
+}
+
+/// One upstream endpoint at scrape time.
+#[derive(Debug)]
+pub struct EndpointSample {
+    pub upstream: Arc<str>,
+    pub endpoint: Arc<str>,
+    pub healthy: bool,
+    pub ejections: u64,
+    pub in_flight: usize,
 }
 
 impl Default for Metrics {
@@ -400,6 +429,11 @@ impl Metrics {
             "tollgate_upstream_errors",
             "Upstream exchanges that got no response, by upstream and kind (connect, timeout, reset)",
             Family::<UpstreamKind, Counter>::default()
+        );
+        let upstream_retries = reg!(
+            "tollgate_upstream_retries",
+            "Requests sent once more after a failed try (upstreams[].retries), by upstream",
+            Family::<UpstreamLabel, Counter>::default()
         );
         let client_auth_failures = reg!(
             "tollgate_client_auth_failures",
@@ -492,6 +526,7 @@ impl Metrics {
             session_refreshes,
             upstream_durations,
             upstream_errors,
+            upstream_retries,
             cache_requests,
             tokens_issued,
             open_connections,
@@ -560,6 +595,7 @@ impl Metrics {
         UpstreamMetrics {
             durations: self.upstream_durations.clone(),
             errors: self.upstream_errors.clone(),
+            retries: self.upstream_retries.clone(),
         }
     }
 
@@ -727,6 +763,46 @@ impl Collector for Scraped {
             MetricType::Gauge,
         )?;
         ConstGauge::new(i64::try_from(x.websocket_tunnels.1).unwrap_or(i64::MAX)).encode(m)?;
+        let mut m = encoder.encode_descriptor(
+            "tollgate_upstream_endpoint_healthy",
+            "1 when the upstream endpoint takes requests (not ejected, not failing its health check), by upstream and endpoint.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for e in &x.endpoints {
+            ConstGauge::new(i64::from(e.healthy)).encode(m.encode_family(
+                &UpstreamEndpoint {
+                    upstream: e.upstream.clone(),
+                    endpoint: e.endpoint.clone(),
+                },
+            )?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "tollgate_upstream_ejections",
+            "Times an upstream endpoint was ejected after failures in a row (upstreams[].passive), by upstream and endpoint.",
+            None,
+            MetricType::Counter,
+        )?;
+        for e in &x.endpoints {
+            ConstCounter::new(e.ejections).encode(m.encode_family(&UpstreamEndpoint {
+                upstream: e.upstream.clone(),
+                endpoint: e.endpoint.clone(),
+            })?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "tollgate_upstream_endpoint_requests_in_flight",
+            "Requests in flight on each upstream endpoint (what least-requests compares), by upstream and endpoint.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for e in &x.endpoints {
+            ConstGauge::new(i64::try_from(e.in_flight).unwrap_or(i64::MAX)).encode(
+                m.encode_family(&UpstreamEndpoint {
+                    upstream: e.upstream.clone(),
+                    endpoint: e.endpoint.clone(),
+                })?,
+            )?;
+        }
         let m = encoder.encode_descriptor(
             "tollgate_config_version",
             "Version number of the config now serving.",

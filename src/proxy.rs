@@ -8,6 +8,12 @@
 //! wait for its response head (504) and every pause in its response body (after the
 //! head a 504 is too late: the body is cut off, like nginx's `proxy_read_timeout`).
 //!
+//! An upstream with several endpoints (or retries) goes through [`forward_balanced`]:
+//! the balancer (`balancer.rs`) picks an endpoint per try, each exchange's outcome
+//! counts towards the endpoint's passive ejection, and an idempotent request whose
+//! body was never streamed is tried again on another endpoint when the failure is one
+//! `retries.on` lists. A plain single `url` keeps the direct path.
+//!
 //! [`Proxy`] is the innermost service of the stack: everything it needs (the route's
 //! upstream, the normalised path, the connection, the identity) is in the request's
 //! extensions, put there by the layers above.
@@ -26,8 +32,11 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 
+use crate::balancer::{bit, Endpoint, Endpoints, InFlight};
 use crate::body::{Body, BoxError};
-use crate::client::{send_h2, send_pooled, UpstreamFailure};
+use crate::client::{
+    send_h2, send_h2_or_back, send_pooled, send_pooled_or_back, Unsent, UpstreamFailure,
+};
 use crate::conn::ConnInfo;
 use crate::error::{BadGateway, GatewayError, Rejection, Timeout};
 use crate::identity::Identity;
@@ -344,6 +353,10 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    if let Some(eps) = &up.endpoints {
+        // Boxed: the plain path's future stays as small as it was.
+        return Box::pin(forward_balanced(up, eps, req, uri, cx, max_body, metrics)).await;
+    }
     let (mut parts, body) = req.into_parts();
     // gRPC needs `TE: trailers` end to end; it is hop-by-hop, so it is sent again on
     // an HTTP/2 hop when the client sent it.
@@ -401,6 +414,185 @@ where
             "the request body could not be read (malformed chunked encoding or a reset)".into(),
         )),
         Err(f) => Err(upstream_error(up, f)),
+    }
+}
+
+pin_project! {
+    /// An endpoint's response body: its request counts as in flight on the endpoint
+    /// (least-requests) until the body ends or is dropped.
+    struct Counted<B> {
+        #[pin]
+        inner: B,
+        in_flight: InFlight,
+    }
+}
+
+impl<B: HttpBody> HttpBody for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Points a request at endpoint `ep`: its `Host` (HTTP/1.1), or its `:scheme` and
+/// `:authority` (HTTP/2).
+fn aim(req: &mut Request<Body>, ep: &Endpoint, h2: bool) -> Result<(), GatewayError> {
+    if h2 {
+        let mut abs = http::uri::Parts::default();
+        abs.scheme = Some(ep.scheme.clone());
+        abs.authority = Some(ep.authority.clone());
+        abs.path_and_query = req.uri().path_and_query().cloned();
+        *req.uri_mut() = Uri::from_parts(abs)
+            .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded".into()))?;
+    } else {
+        req.headers_mut().insert(header::HOST, ep.host.clone());
+    }
+    Ok(())
+}
+
+/// [`forward`] for an upstream with [`Endpoints`]: each try goes to the endpoint the
+/// balancer picks (another one than before while there is one), its outcome counts
+/// towards the endpoint's ejection, and a failure `retries.on` lists is tried again
+/// when the method is idempotent and the body was never streamed (a request without
+/// a body, or one handed back unsent). The route's `request_timeout` bounds all tries.
+pub async fn forward_balanced<B>(
+    up: &Upstream,
+    eps: &Endpoints,
+    req: Request<B>,
+    uri: Uri,
+    cx: ForwardContext<'_>,
+    max_body: u64,
+    metrics: &UpstreamMetrics,
+) -> Result<Response<Body>, GatewayError>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    let h2 = up.protocol != Protocol::Http1;
+    let te_trailers = h2
+        && parts
+            .headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    prepare_headers(&mut parts.headers, up, &cx);
+    parts.extensions = http::Extensions::new();
+    parts.uri = uri;
+    if h2 {
+        parts.version = Version::HTTP_2;
+        parts.headers.remove(header::HOST);
+        if te_trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    } else {
+        parts.version = Version::HTTP_11;
+    }
+    let retries = &eps.retries;
+    let may_retry = retries.method_allows(&parts.method);
+    // A request without a body can be sent again as it is.
+    let template = (may_retry && body.is_end_stream()).then(|| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.version,
+            parts.headers.clone(),
+        )
+    });
+    let body = LimitedBody::new(body, max_body).boxed_unsync();
+    let mut next = Some(Request::from_parts(parts, body));
+    let mut tried = 0u64;
+    let mut attempt = 1u32;
+    loop {
+        let i = eps.pick(tried);
+        tried |= bit(i);
+        let ep = &eps.list[i];
+        let mut req = match (next.take(), &template) {
+            (Some(r), _) => r,
+            (None, Some((method, uri, version, headers))) => {
+                let mut r = Request::new(crate::body::empty());
+                *r.method_mut() = method.clone();
+                *r.uri_mut() = uri.clone();
+                *r.version_mut() = *version;
+                *r.headers_mut() = headers.clone();
+                r
+            }
+            (None, None) => unreachable!("a try without a request is never started"),
+        };
+        aim(&mut req, ep, h2)?;
+        let in_flight = ep.state.start();
+        let start = Instant::now();
+        let sent: Result<Response<Body>, Unsent> = if h2 {
+            send_h2_or_back(ep.h2(&up.client), req, up.timeout)
+                .await
+                .map(|r| from_upstream(up, r.map(|inner| Counted { inner, in_flight })))
+        } else {
+            send_pooled_or_back(ep.pool(&up.client), req, up.timeout)
+                .await
+                .map(|r| from_upstream(up, r.map(|inner| Counted { inner, in_flight })))
+        };
+        let elapsed = start.elapsed();
+        let can_retry =
+            |back: bool| attempt < retries.attempts && may_retry && (back || template.is_some());
+        match sent {
+            Ok(resp) => {
+                metrics.exchange(&up.name, elapsed, None);
+                let status = resp.status();
+                eps.record(i, status.is_server_error());
+                if retries.on_status(status) && can_retry(false) {
+                    tracing::debug!(upstream = %up.name, endpoint = %ep.label,
+                        status = status.as_u16(), "retrying on another endpoint");
+                    metrics.retry(&up.name);
+                    attempt += 1;
+                    continue;
+                }
+                return Ok(resp);
+            }
+            Err((f, back)) => {
+                if f.caused_by::<BodyTooLarge>() {
+                    return Err(GatewayError::PayloadTooLarge(max_body));
+                }
+                if f.caused_by::<ClientBodyError>() {
+                    return Err(GatewayError::BadRequest(
+                        "the request body could not be read (malformed chunked encoding or a reset)"
+                            .into(),
+                    ));
+                }
+                metrics.exchange(&up.name, elapsed, Some(failure_kind(&f)));
+                eps.record(i, true);
+                if retries.on_failure(&f) && can_retry(back.is_some()) {
+                    tracing::debug!(upstream = %up.name, endpoint = %ep.label,
+                        error = ?f, "retrying on another endpoint");
+                    metrics.retry(&up.name);
+                    next = back;
+                    attempt += 1;
+                    continue;
+                }
+                return Err(upstream_error(up, f));
+            }
+        }
+    }
+}
+
+fn failure_kind(f: &UpstreamFailure) -> UpstreamErrorKind {
+    match f {
+        UpstreamFailure::Timeout => UpstreamErrorKind::Timeout,
+        UpstreamFailure::Connect(_) => UpstreamErrorKind::Connect,
+        UpstreamFailure::Broken(_) => UpstreamErrorKind::Reset,
     }
 }
 

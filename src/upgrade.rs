@@ -290,8 +290,17 @@ where
             .entry(header::SEC_WEBSOCKET_VERSION)
             .or_insert(HeaderValue::from_static("13"));
     }
+    // Several endpoints: the balancer picks one, and the handshake names it as `Host`.
+    let pool = match &up.endpoints {
+        Some(eps) => {
+            let ep = &eps.list[eps.pick(0)];
+            parts.headers.insert(header::HOST, ep.host.clone());
+            ep.pool(&up.client)
+        }
+        None => up.pool(),
+    };
     let out = Request::from_parts(parts, crate::body::empty());
-    let mut resp = connect_upgradable(up.pool(), out, up.timeout)
+    let mut resp = connect_upgradable(pool, out, up.timeout)
         .await
         .map_err(|f| upstream_error(&up, f))?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {

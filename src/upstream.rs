@@ -1,13 +1,15 @@
 //! A compiled `upstreams[]` entry: where forwarded requests go (origin, base path,
 //! `Host`), how long to wait for them, the credentials tollgate adds, and the
-//! connection pool (in `client`) that serves the origin.
+//! connection pool (in `client`) that serves the origin; or, for several endpoints
+//! (`urls`) or retries and health checks, the [`Endpoints`] (`balancer.rs`).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Uri};
+use http::HeaderValue;
 
+use crate::balancer::{h2_for, pool_for, Endpoints};
 use crate::client::{H2Conn, HttpClient, Pool};
 use crate::credentials::UpstreamAuth;
 
@@ -32,6 +34,10 @@ pub struct Upstream {
     pub protocol: Protocol,
     /// The HTTP/2 connection (`protocol: h2 | h2c`), looked up on first use.
     pub h2: OnceLock<Arc<H2Conn>>,
+    /// `urls` (or `retries`, `passive`, `health_check`): the endpoints requests are
+    /// balanced over. `None` for a plain single `url`, the fast path (then `scheme`,
+    /// `authority` and `host` are its endpoint's; otherwise the first endpoint's).
+    pub endpoints: Option<Box<Endpoints>>,
 }
 
 /// `upstreams[].protocol`.
@@ -61,43 +67,22 @@ pub struct Csrf {
 }
 
 impl Upstream {
-    fn origin(&self) -> Uri {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query("/")
-            .build()
-            .expect("scheme and authority were validated")
-    }
-
     /// The HTTP/2 connection to this upstream's origin (shared across reloads).
     pub fn h2(&self) -> &Arc<H2Conn> {
-        self.h2.get_or_init(|| {
-            let mut conns = self
-                .client
-                .h2_conns
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            conns
-                .entry((self.scheme.clone(), self.authority.clone()))
-                .or_insert_with(|| {
-                    Arc::new(H2Conn::new(self.client.h2_connector.clone(), self.origin()))
-                })
-                .clone()
-        })
+        self.h2
+            .get_or_init(|| h2_for(&self.client, &self.scheme, &self.authority))
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
-        self.pool.get_or_init(|| {
-            let mut pools = self.client.pools.lock().unwrap_or_else(|p| p.into_inner());
-            let key = (self.scheme.clone(), self.authority.clone());
-            pools
-                .entry(key)
-                .or_insert_with(|| {
-                    Arc::new(Pool::new(self.client.connector.clone(), self.origin()))
-                })
-                .clone()
-        })
+        self.pool
+            .get_or_init(|| pool_for(&self.client, &self.scheme, &self.authority))
+    }
+
+    /// Stops the endpoints' active health checks (`health.rs` starts them) (a reload replaced this config, or the gateway stops).
+    pub fn stop_background(&self) {
+        if let Some(eps) = &self.endpoints {
+            eps.stop();
+        }
     }
 }
 

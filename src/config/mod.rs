@@ -31,6 +31,7 @@ pub mod subst;
 mod token_service;
 pub mod tracing;
 pub mod upstream_auth;
+mod upstream_endpoints;
 pub mod upstream_session;
 mod upstreams;
 pub mod validate;

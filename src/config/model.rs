@@ -24,6 +24,7 @@ pub use super::server::{LimitsModel, ServerModel, SniModel, TlsModel};
 pub use super::token_service::{ClientModel, TokenServiceModel};
 pub use super::tracing::TracingModel;
 pub use super::upstream_auth::UpstreamAuthModel;
+pub use super::upstream_endpoints::{HealthCheckModel, PassiveModel, RetriesModel};
 pub use super::upstream_session::CsrfModel;
 pub use super::upstreams::UpstreamModel;
 pub use super::yaml::{DurationText, ListenAddr};
@@ -90,6 +91,9 @@ pub const PLACES: &[(&str, &[&str])] = &[
     ("upstreams[]", UpstreamModel::KEYS),
     ("upstreams[].auth", UpstreamAuthModel::KEYS),
     ("upstreams[].csrf", CsrfModel::KEYS),
+    ("upstreams[].passive", PassiveModel::KEYS),
+    ("upstreams[].health_check", HealthCheckModel::KEYS),
+    ("upstreams[].retries", RetriesModel::KEYS),
     ("routes[]", RouteModel::KEYS),
     ("routes[].auth", AuthBlockModel::KEYS),
     ("routes[].permissions[]", PermissionModel::KEYS),
@@ -119,7 +123,10 @@ mod tests {
         for key in ["timeout", "path_prefix", "cert", "client_secret", "max_age"] {
             assert!(!places_with_key(key).is_empty(), "{key}");
         }
-        assert_eq!(places_with_key("timeout"), ["upstreams[]", "stores.redis"]);
+        assert_eq!(
+            places_with_key("timeout"),
+            ["upstreams[]", "upstreams[].health_check", "stores.redis"]
+        );
         assert!(places_with_key("nope").is_empty());
     }
 

@@ -25,9 +25,25 @@ pub struct Registry {
     pub embedded: bool,
     /// Rate-limit counters and the Redis connection, kept across reloads.
     pub rate_limit_stores: super::ratelimit::Stores,
+    /// Upstream endpoints' health and counters, by "upstream name|endpoint", kept across
+    /// reloads while the endpoint stays in the config.
+    pub endpoint_states: dashmap::DashMap<String, Arc<crate::balancer::EndpointState>>,
 }
 
 impl Registry {
+    /// The state of endpoint `endpoint` of upstream `upstream`: the one the running
+    /// config has, or a new one.
+    pub fn endpoint_state(
+        &self,
+        upstream: &str,
+        endpoint: &str,
+    ) -> Arc<crate::balancer::EndpointState> {
+        self.endpoint_states
+            .entry(format!("{upstream}|{endpoint}"))
+            .or_default()
+            .clone()
+    }
+
     /// An HTTP client trusting `ca` (or the system roots), shared by every user with the
     /// same settings. A problem building it is recorded at `path`.
     pub fn client(

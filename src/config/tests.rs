@@ -143,7 +143,7 @@ fn unknown_keys_are_judged_per_block() {
     let text = problems(&with_route("  timeout: 5s\n", "    timout: 5s\n"));
     assert!(
         text.contains(
-            "server.timeout: unknown key \"timeout\" here (\"timeout\" is a key of upstreams[], stores.redis)"
+            "server.timeout: unknown key \"timeout\" here (\"timeout\" is a key of upstreams[], upstreams[].health_check, stores.redis)"
         ),
         "{text}"
     );
@@ -482,4 +482,50 @@ fn decision_listen_needs_its_own_address() {
     assert_eq!(problems(&yaml), "");
     let yaml = yaml.replace("9191", "not-an-address");
     assert!(problems(&yaml).contains("server.decision_listen"));
+}
+
+// Behaviour: a plain single `url` keeps the direct forwarding path (no endpoints, no
+// balancer); `urls`, or any of retries / passive / health_check / balance on a single
+// url, goes through the balancer; a reload of the same endpoints keeps their state.
+#[test]
+fn only_endpoint_keys_leave_the_direct_path() {
+    let up = |keys: &str| {
+        format!("server:\n  listen: \"127.0.0.1:0\"\nupstreams:\n  - name: u\n{keys}routes:\n  - name: r\n    path_prefix: /\n    upstream: u\n    auth: none\n")
+    };
+    let reg = Registry::default();
+    let compile = |keys: &str| {
+        load_str(&up(keys), "g.yaml", Path::new("."), &reg)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .upstreams[0]
+            .clone()
+    };
+    assert!(compile("    url: \"http://127.0.0.1:1\"\n")
+        .endpoints
+        .is_none());
+    for keys in [
+        "    urls: [\"http://127.0.0.1:1\"]\n",
+        "    url: \"http://127.0.0.1:1\"\n    retries: {attempts: 3}\n",
+        "    url: \"http://127.0.0.1:1\"\n    passive: {consecutive_failures: 2}\n",
+        "    url: \"http://127.0.0.1:1\"\n    health_check: {path: /h}\n",
+    ] {
+        let u = compile(keys);
+        let eps = u.endpoints.as_ref().unwrap_or_else(|| panic!("{keys}"));
+        assert_eq!(eps.list.len(), 1);
+    }
+    let two = "    urls: [\"http://127.0.0.1:1\", \"http://127.0.0.1:2/\"]\n";
+    let a = compile(two);
+    let b = compile(two);
+    let (a, b) = (a.endpoints.as_ref().unwrap(), b.endpoints.as_ref().unwrap());
+    assert!(std::sync::Arc::ptr_eq(&a.list[1].state, &b.list[1].state));
+    assert_eq!(&*a.list[1].label, "127.0.0.1:2");
+    // Without a retries block, several endpoints retry once on connect failure.
+    assert_eq!(a.retries, crate::balancer::Retries::default());
+    assert_eq!(
+        compile("    urls: [\"http://127.0.0.1:1\"]\n")
+            .endpoints
+            .as_ref()
+            .unwrap()
+            .retries,
+        crate::balancer::Retries::NONE
+    );
 }

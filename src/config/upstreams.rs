@@ -16,6 +16,9 @@ use http::HeaderValue;
 use super::registry::Registry;
 use super::subst::resolve_path;
 use super::upstream_auth::{self, UpstreamAuthModel};
+use super::upstream_endpoints::{
+    self, EndpointSettings, HealthCheckModel, PassiveModel, RetriesModel,
+};
 use super::upstream_session::{self, CsrfModel};
 use super::validate::{self as v, Problems};
 use super::yaml::{section, DurationText, List};
@@ -26,8 +29,24 @@ section! {
         /// The name routes refer to in `upstream`.
         "name" => pub name: Option<String> as required(),
         /// The backend's base URL, e.g. "http://127.0.0.1:9000" (https:// is verified
-        /// against the system roots or `ca`).
-        "url" => pub url: Option<String> as required(),
+        /// against the system roots or `ca`). Give `url` or `urls`.
+        "url" => pub url: Option<String>,
+        /// Several endpoints of the same backend, e.g. ["http://10.0.0.1:9000",
+        /// "http://10.0.0.2:9000"], instead of `url`: same scheme and path for all;
+        /// requests are spread by `balance`. Every other key applies to each endpoint.
+        "urls" => pub urls: Option<List<String>>,
+        /// How requests are spread over `urls`: round-robin (default) or
+        /// least-requests (of two endpoints drawn at random, the one with fewer
+        /// requests in flight).
+        "balance" => pub balance: Option<String> as choice(&["round-robin", "least-requests"]),
+        /// Passive ejection: an endpoint that fails several exchanges in a row gets no
+        /// requests for a while (on by default for `urls`).
+        "passive" => pub passive: Option<PassiveModel>,
+        /// Active health checks: GET a path on every endpoint at an interval.
+        "health_check" => pub health_check: Option<HealthCheckModel>,
+        /// Retries of idempotent requests on another endpoint (default for `urls`:
+        /// attempts 2 on connect-failure; none for a single `url`).
+        "retries" => pub retries: Option<RetriesModel>,
         /// Verify an https:// upstream against this CA (PEM file) instead of the system roots.
         "ca" => pub ca: Option<String>,
         /// Time allowed to connect (default 5s); longer -> 502.
@@ -93,15 +112,96 @@ fn compile_one(
         .auth
         .as_ref()
         .and_then(|a| upstream_auth::compile(a, name, &format!("{path}.auth"), reg, p));
-    let Some(url) = &m.url else {
-        p.missing(path, "url", " (e.g. url: \"http://127.0.0.1:9000\")");
-        return None;
+    let urls: Vec<(String, &String)> = match (&m.url, &m.urls) {
+        (Some(_), Some(_)) => {
+            p.add(
+                format!("{path}.urls"),
+                "give either url (one endpoint) or urls (several), not both",
+            );
+            return None;
+        }
+        (None, None) => {
+            p.missing(
+                path,
+                "url",
+                " (e.g. url: \"http://127.0.0.1:9000\", or urls: [...] for several endpoints)",
+            );
+            return None;
+        }
+        (Some(u), None) => vec![(format!("{path}.url"), u)],
+        (None, Some(list)) => {
+            if list.is_empty() {
+                p.add(
+                    format!("{path}.urls"),
+                    "urls needs at least one URL (e.g. urls: [\"http://10.0.0.1:9000\", \"http://10.0.0.2:9000\"])",
+                );
+                return None;
+            }
+            list.iter()
+                .map(|(i, u)| (format!("{path}.urls[{i}]"), u))
+                .collect()
+        }
     };
-    let url = v::http_url(p, &format!("{path}.url"), url)?;
-    if url.query().is_some() || url.fragment().is_some() {
+    let mut endpoints = Vec::with_capacity(urls.len());
+    let mut first: Option<(url::Url, String)> = None;
+    for (at, written) in &urls {
+        let Some(url) = v::http_url(p, at, written) else {
+            continue;
+        };
+        if url.query().is_some() || url.fragment().is_some() {
+            p.add(at.clone(), "upstream URL must not have a query or fragment");
+        }
+        let Some(authority) = authority(&url) else {
+            p.add(at.clone(), "invalid host");
+            continue;
+        };
+        let scheme = if url.scheme() == "https" {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        if let Some((f, f_at)) = &first {
+            let f_at = f_at.rsplit('.').next().unwrap_or_default();
+            if f.scheme() != url.scheme() {
+                p.add(
+                    at.clone(),
+                    format!(
+                        "every URL of urls needs the same scheme: {f_at} is {}://, this one {}://",
+                        f.scheme(),
+                        url.scheme()
+                    ),
+                );
+            }
+            if f.path().trim_end_matches('/') != url.path().trim_end_matches('/') {
+                p.add(
+                    at.clone(),
+                    format!(
+                        "every URL of urls needs the same path: {f_at} has \"{}\", this one \"{}\"",
+                        f.path(),
+                        url.path()
+                    ),
+                );
+            }
+        }
+        if let Some((_, _, twin)) = endpoints
+            .iter()
+            .find(|(_, a, _): &&(Scheme, Authority, &String)| *a == authority)
+        {
+            let twin = twin.rsplit('.').next().unwrap_or_default();
+            p.add(
+                at.clone(),
+                format!("{authority} is listed twice in urls ({twin})"),
+            );
+        }
+        endpoints.push((scheme, authority, at));
+        first.get_or_insert((url, at.clone()));
+    }
+    let (url, _) = first?;
+    let several = m.urls.is_some();
+    if several && m.csrf.is_some() && endpoints.len() > 1 {
         p.add(
-            format!("{path}.url"),
-            "upstream URL must not have a query or fragment",
+            format!("{path}.csrf"),
+            "csrf needs one endpoint (url): an SAP session and its CSRF token live on one server",
         );
     }
     let base_path = url.path().trim_end_matches('/').to_owned();
@@ -129,6 +229,27 @@ fn compile_one(
         );
     }
     let client = reg.client(p, &format!("{path}.ca"), ca.as_deref(), connect_timeout)?;
+    // The plain single `url` (no balancing, retries or checks) keeps the direct path.
+    let balanced = several
+        || m.balance.is_some()
+        || m.passive.is_some()
+        || m.health_check.is_some()
+        || m.retries.is_some();
+    let endpoints = balanced.then(|| {
+        Box::new(upstream_endpoints::compile(
+            EndpointSettings {
+                name,
+                path,
+                endpoints: endpoints.into_iter().map(|(s, a, _)| (s, a)).collect(),
+                balance: m.balance.as_deref(),
+                passive: m.passive.as_ref(),
+                health_check: m.health_check.as_ref(),
+                retries: m.retries.as_ref(),
+            },
+            reg,
+            p,
+        ))
+    });
     Some(Arc::new(Upstream {
         name: name.into(),
         scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
@@ -143,6 +264,7 @@ fn compile_one(
         pool: Default::default(),
         protocol,
         h2: Default::default(),
+        endpoints,
     }))
 }
 

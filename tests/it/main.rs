@@ -14,6 +14,7 @@ mod cors;
 mod decision_service;
 mod deploy;
 mod embed;
+mod endpoints;
 mod faults;
 mod grpc;
 mod gwconfig;

@@ -536,3 +536,36 @@ async fn an_upstream_refusing_the_upgrade_is_answered_as_it_is() {
     assert_eq!(seen.header("upgrade"), Some("websocket"));
     assert_eq!(gw.gateway().tunnels.opened.load(Ordering::SeqCst), 0);
 }
+
+// Behaviour: a route whose upstream has several endpoints (`urls`) spreads WebSocket
+// handshakes over them (round-robin), each naming its own endpoint as `Host`, and the
+// tunnels carry messages.
+#[tokio::test]
+async fn websocket_over_several_endpoints() {
+    let (a, b) = (spawn_echo().await, spawn_echo().await);
+    let gw = spawn_gateway(&format!(
+        "server:\n  listen: \"127.0.0.1:0\"\nupstreams:\n  - name: live\n    urls: [\"{}\", \"{}\"]\nroutes:\n  - name: live\n    path_prefix: /live\n    upstream: live\n    auth: none\n    websocket: {{}}\n",
+        a.url(),
+        b.url()
+    ))
+    .await;
+    let mut open = Vec::new();
+    for i in 0..4 {
+        let (mut ws, resp) =
+            tokio_tungstenite::connect_async(ws_request(&gw, "/live/feed", None, &[]))
+                .await
+                .unwrap();
+        assert_eq!(resp.status(), 101);
+        echo_once(&mut ws, &format!("hello {i}")).await;
+        open.push(ws);
+    }
+    assert_eq!((a.handshakes(), b.handshakes()), (2, 2));
+    for echo in [&a, &b] {
+        let host = echo.url().trim_start_matches("http://").to_owned();
+        for h in echo.handshakes.lock().unwrap().iter() {
+            assert_eq!(h.get("host"), Some(&host), "{h:?}");
+        }
+    }
+    drop(open);
+    gw.stop().await;
+}

@@ -32,7 +32,7 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess};
 
 pub(crate) use block::section;
 pub use block::{read_section, List, Section};
-pub use scalar::{DurationText, ListenAddr, Number, Scalar};
+pub use scalar::{DurationText, ListenAddr, Number, Scalar, Word};
 pub use schema::Schema;
 
 use super::subst;

@@ -168,6 +168,7 @@ macro_rules! scalar_node {
 }
 
 scalar_node!(
+    Word,
     String,
     Secret,
     u64,
@@ -177,6 +178,28 @@ scalar_node!(
     DurationText,
     ListenAddr
 );
+
+/// A list item that is a word or a number as written (`on: [connect-failure, 503]`),
+/// kept as text for the section's own check.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Word(pub String);
+
+impl Scalar for Word {
+    const EXPECTED: &'static str = "a word or a number";
+    fn from_text(s: Cow<str>, _: bool) -> Result<Self, String> {
+        Ok(Word(s.into_owned()))
+    }
+    fn from_number(n: Number) -> Result<Self, String> {
+        Ok(Word(n.to_string()))
+    }
+}
+
+impl Schema for Word {
+    fn schema() -> Value {
+        json!({"type": ["string", "integer"]})
+    }
+}
 
 impl Scalar for String {
     const EXPECTED: &'static str = "text";
