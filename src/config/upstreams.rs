@@ -19,6 +19,8 @@ use super::upstream_auth::{self, UpstreamAuthModel};
 use super::upstream_session::{self, CsrfModel};
 use super::validate::{self as v, Problems};
 use super::yaml::{section, DurationText, List};
+use crate::outbound::Outbound;
+use crate::secret::Secret;
 use crate::upstream::{Protocol, Upstream};
 
 section! {
@@ -41,6 +43,12 @@ section! {
         /// `http1` (default), `h2` (HTTP/2 over TLS) or `h2c` (cleartext HTTP/2): gRPC
         /// upstreams speak HTTP/2.
         "protocol" => pub protocol: Option<String> as choice(&["http1", "h2", "h2c"]),
+        /// The HTTP proxy for ALL traffic to this upstream (forwarded requests, CSRF
+        /// fetches) and its `auth` token requests: "http://[user:password@]host:port"
+        /// (https:// for TLS to the proxy; CONNECT tunnels), or `direct`. Default:
+        /// forwarded traffic goes directly (HTTPS_PROXY/HTTP_PROXY never redirect it);
+        /// `auth` token requests follow HTTPS_PROXY/HTTP_PROXY/NO_PROXY.
+        "proxy" => pub proxy: Option<Secret>,
     }
 }
 
@@ -89,10 +97,17 @@ fn compile_one(
     );
     let timeout = duration(p, "timeout", &m.timeout, Duration::from_secs(30));
     let name = m.name.as_deref().unwrap_or_default();
-    let auth = m
-        .auth
-        .as_ref()
-        .and_then(|a| upstream_auth::compile(a, name, &format!("{path}.auth"), reg, p));
+    // An upstream's own `proxy:` carries everything to it; without one, forwarded
+    // traffic goes directly and only token requests follow the environment.
+    let ppath = format!("{path}.proxy");
+    let forwarded = v::outbound(p, &ppath, m.proxy.as_ref(), Outbound::Direct);
+    let token_calls = match &m.proxy {
+        Some(_) => forwarded.clone(),
+        None => Outbound::Env,
+    };
+    let auth = m.auth.as_ref().and_then(|a| {
+        upstream_auth::compile(a, name, &format!("{path}.auth"), &token_calls, reg, p)
+    });
     let Some(url) = &m.url else {
         p.missing(path, "url", " (e.g. url: \"http://127.0.0.1:9000\")");
         return None;
@@ -128,7 +143,13 @@ fn compile_one(
             "csrf applies to HTTP/1.1 upstreams (SAP OData); remove it or protocol",
         );
     }
-    let client = reg.client(p, &format!("{path}.ca"), ca.as_deref(), connect_timeout)?;
+    let client = reg.client(
+        p,
+        &format!("{path}.ca"),
+        ca.as_deref(),
+        connect_timeout,
+        &forwarded,
+    )?;
     Some(Arc::new(Upstream {
         name: name.into(),
         scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
