@@ -191,8 +191,18 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
                 )
             };
             // Why an issuer's keys could not be fetched (e.g. the outbound proxy
-            // refused the tunnel), only when one could not.
-            let failing = issuer_errors(&gw.current());
+            // refused the tunnel), only when one could not. /readyz needs no
+            // credentials: with `admin_auth` set it names the issuers only (the reasons
+            // are in /admin/status).
+            let rt = gw.current();
+            let mut failing = issuer_errors(&rt);
+            if rt.server.admin_auth.is_some() {
+                for f in &mut failing {
+                    if let Some(o) = f.as_object_mut() {
+                        o.remove("error");
+                    }
+                }
+            }
             if !failing.is_empty() {
                 body["issuer_errors"] = serde_json::Value::Array(failing);
             }

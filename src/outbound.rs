@@ -131,9 +131,11 @@ impl ProxyServer {
                     "SOCKS proxies are not supported; use an HTTP proxy (http://host:port)".into(),
                 )
             }
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unsupported proxy scheme \"{other}\"; use http://host:port or https://host:port"
-            )),
+            ))
+            }
         };
         let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
             return Err("the proxy URL has no host".into());
@@ -344,8 +346,47 @@ pub enum ProxyError {
     Unusable { why: String },
 }
 
+impl ProxyError {
+    /// The proxy error somewhere in `e`'s cause chain.
+    pub fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ProxyError> {
+        let mut cur = Some(e);
+        while let Some(c) = cur {
+            if let Some(p) = c.downcast_ref::<ProxyError>() {
+                return Some(p);
+            }
+            cur = c.source();
+        }
+        None
+    }
+
+    /// What an API client may be told: what went wrong, without the proxy's address.
+    pub fn public(&self) -> String {
+        match self {
+            ProxyError::Unreachable { .. } => "the outbound proxy is unreachable".into(),
+            ProxyError::AuthRequired { .. } | ProxyError::AuthRejected { .. } => {
+                "the outbound proxy refused the tunnel (407)".into()
+            }
+            ProxyError::Refused { status, .. } => format!(
+                "the outbound proxy refused the tunnel ({})",
+                status.as_u16()
+            ),
+            ProxyError::BadAnswer { .. } => "the outbound proxy answered CONNECT badly".into(),
+            ProxyError::Tls { .. } => "TLS through the outbound proxy failed".into(),
+            ProxyError::Unusable { .. } => "the outbound proxy setting is not usable".into(),
+        }
+    }
+}
+
+/// Only [`ProxyError::public`]'s text (for error bodies).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PublicProxyError(pub String);
+
 /// A connection made by a [`Dialer`]: direct (TCP, TLS for https), or a CONNECT
 /// tunnel through a proxy (with TLS to the target inside it for https).
+// The direct variant is what every connection was before proxies (kept inline: the
+// common case costs nothing more); tunnels are rare and boxed.
+#[allow(clippy::large_enum_variant)]
 pub enum Conn {
     Direct(MaybeHttpsStream<TokioIo<TcpStream>>),
     Tunnel { io: TokioIo<Box<dyn Io>>, h2: bool },

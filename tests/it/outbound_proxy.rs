@@ -396,3 +396,83 @@ async fn upstream_proxy_carries_forwarded_traffic() {
     assert!(!tunnels.is_empty());
     assert!(tunnels.iter().all(|t| *t == upstream_addr), "{tunnels:?}");
 }
+
+// Behaviour: an upstream whose proxy refuses the tunnel answers 502; the API client is
+// told the proxy refused (with its status) but not where the proxy is; the log names it.
+#[tokio::test]
+async fn upstream_proxy_refusal_is_a_502_without_the_proxy_address() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let proxy = ConnectProxy::start(None).await;
+    proxy.answer(Answer::Refuse(403));
+    let (bin, _dir) = start(
+        &config(
+            &issuer(&idp, "corp", &idp.url("/jwks"), ""),
+            &up,
+            &format!("    proxy: \"{}\"\n", proxy.url()),
+        ),
+        &[],
+    );
+    status_after_fetches(&bin).await;
+    let r = client()
+        .get(format!("http://{}/open/x", bin.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().await.unwrap();
+    let d = body["error_description"].as_str().unwrap();
+    assert!(
+        d.contains("the outbound proxy refused the tunnel (403)"),
+        "{d}"
+    );
+    assert!(!d.contains(&proxy.addr.port().to_string()), "{d}");
+    assert_eq!(up.count(), 0);
+    assert_eq!(proxy.carried().len(), 1);
+    bin.log_line("the refusal is logged with the proxy", |l| {
+        l.contains("upstream connect failed")
+            && l.contains(&format!("outbound proxy {} refused CONNECT", proxy.url()))
+    })
+    .await;
+}
+
+// Behaviour: an upstream without `proxy:` gets its `auth` token from an https token
+// endpoint through HTTPS_PROXY (a CONNECT tunnel), while the forwarded request itself
+// goes directly to the upstream; /admin/status says which is which.
+#[tokio::test]
+async fn upstream_token_requests_follow_the_environment_forwarded_traffic_does_not() {
+    let idp = spawn_idp().await;
+    let front = tls_front(idp.addr).await;
+    let up = spawn_upstream().await;
+    let proxy = ConnectProxy::start(None).await;
+    let auth = format!(
+        "    auth:\n      type: oauth2_client_credentials\n      token_url: \"https://localhost:{}/token\"\n      client_id: gw\n      client_secret: gw-s3cret\n",
+        front.port()
+    );
+    let (bin, _dir) = start(
+        &config(
+            &issuer(&idp, "corp", &idp.url("/jwks"), "    proxy: direct\n"),
+            &up,
+            &auth,
+        ),
+        &[("HTTPS_PROXY", &proxy.url()), ("HTTP_PROXY", &proxy.url())],
+    );
+    let s = status_after_fetches(&bin).await;
+    assert_eq!(s["upstreams"][0]["proxy"], json!("direct"), "{s}");
+    assert_eq!(
+        s["upstreams"][0]["token_proxy"],
+        json!("environment"),
+        "{s}"
+    );
+    assert_eq!(get(&bin, "/open/x", None).await, 200);
+    assert_eq!(idp.token_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(up
+        .last()
+        .header("authorization")
+        .is_some_and(|a| a.starts_with("Bearer ")));
+    assert_eq!(
+        proxy.tunnels(),
+        vec![format!("localhost:{}", front.port())],
+        "only the token request was tunnelled"
+    );
+}
