@@ -476,3 +476,29 @@ async fn upstream_token_requests_follow_the_environment_forwarded_traffic_does_n
         "only the token request was tunnelled"
     );
 }
+
+// Behaviour: an https:// proxy URL means TLS to the proxy (verified like any endpoint),
+// with the CONNECT tunnel and the IdP's own TLS inside it.
+#[tokio::test]
+async fn https_proxy_url_speaks_tls_to_the_proxy() {
+    let idp = spawn_idp().await;
+    let front = tls_front(idp.addr).await;
+    let up = spawn_upstream().await;
+    let proxy = ConnectProxy::start(None).await;
+    let proxy_tls = tls_front(proxy.addr).await;
+    let jwks = format!("https://127.0.0.1:{}/jwks", front.port());
+    let (bin, _dir) = start(
+        &config(&issuer(&idp, "corp", &jwks, ""), &up, ""),
+        &[(
+            "HTTPS_PROXY",
+            &format!("https://localhost:{}", proxy_tls.port()),
+        )],
+    );
+    let s = status_after_fetches(&bin).await;
+    assert_eq!(s["issuers"][0]["last_key_fetch"]["ok"], json!(true), "{s}");
+    assert_eq!(
+        get(&bin, "/v2/analytics/data", Some(&idp.token(json!({})))).await,
+        200
+    );
+    assert_eq!(proxy.tunnels(), vec![at(front)]);
+}
