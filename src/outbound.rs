@@ -202,6 +202,10 @@ fn first_env(names: &[&str]) -> Option<(String, String)> {
 fn env() -> &'static EnvProxies {
     static ENV: OnceLock<EnvProxies> = OnceLock::new();
     ENV.get_or_init(|| {
+        // Under CGI, HTTP_PROXY may come from a request's `Proxy:` header (httpoxy):
+        // no variable is trusted then (as hyper-util's and curl's readers do).
+        let cgi = std::env::var_os("REQUEST_METHOD").is_some();
+        let first_env = |names: &[&str]| if cgi { None } else { first_env(names) };
         let all = first_env(&["ALL_PROXY", "all_proxy"]);
         let https = first_env(&["HTTPS_PROXY", "https_proxy"]).or_else(|| all.clone());
         let http = first_env(&["HTTP_PROXY", "http_proxy"]).or(all);
@@ -217,8 +221,8 @@ fn env() -> &'static EnvProxies {
             })
         };
         let e = EnvProxies {
-            // hyper-util decides whether a target is proxied (curl's rules, NO_PROXY
-            // without ports, and no proxy at all under CGI); the proxies are ours.
+            // hyper-util decides whether a target is proxied (curl's rules for
+            // NO_PROXY without ports); the proxies are ours.
             matcher: Matcher::builder()
                 .http(http.as_ref().map(|_| "http://proxy.invalid").unwrap_or(""))
                 .https(https.as_ref().map(|_| "http://proxy.invalid").unwrap_or(""))

@@ -502,3 +502,21 @@ async fn https_proxy_url_speaks_tls_to_the_proxy() {
     );
     assert_eq!(proxy.tunnels(), vec![at(front)]);
 }
+
+// Behaviour: under CGI (REQUEST_METHOD set) the proxy variables are not trusted
+// (httpoxy: HTTP_PROXY may come from a request's `Proxy:` header); calls go directly.
+#[tokio::test]
+async fn proxy_variables_are_ignored_under_cgi() {
+    let idp = spawn_idp().await;
+    let front = tls_front(idp.addr).await;
+    let up = spawn_upstream().await;
+    let proxy = ConnectProxy::start(None).await;
+    let jwks = format!("https://127.0.0.1:{}/jwks", front.port());
+    let (bin, _dir) = start(
+        &config(&issuer(&idp, "corp", &jwks, ""), &up, ""),
+        &[("HTTPS_PROXY", &proxy.url()), ("REQUEST_METHOD", "GET")],
+    );
+    let s = status_after_fetches(&bin).await;
+    assert_eq!(s["issuers"][0]["last_key_fetch"]["ok"], json!(true), "{s}");
+    assert!(proxy.carried().is_empty(), "{:?}", proxy.carried());
+}
