@@ -47,6 +47,41 @@ pub fn service(
         }))
 }
 
+/// Each issuer's outbound route (`direct`, `environment` or the proxy, credentials
+/// redacted) and how its last key fetch went.
+fn issuers_status(rt: &crate::runtime::Runtime) -> Vec<serde_json::Value> {
+    rt.issuers
+        .iter()
+        .map(|i| {
+            let (proxy, last) = match &i.kind {
+                auth::IssuerKind::Jwt(s) => (
+                    s.http().map(|(c, _)| c.outbound().to_string()),
+                    s.last_fetch().map(|f| match f.result {
+                        Ok(keys) => serde_json::json!({"ok": true, "keys": keys}),
+                        Err(e) => serde_json::json!({"ok": false, "error": e}),
+                    }),
+                ),
+                auth::IssuerKind::Introspection(x) => (Some(x.client.outbound().to_string()), None),
+            };
+            serde_json::json!({"name": &*i.name, "proxy": proxy, "last_key_fetch": last})
+        })
+        .collect()
+}
+
+/// Issuers whose last key fetch failed, and why.
+fn issuer_errors(rt: &crate::runtime::Runtime) -> Vec<serde_json::Value> {
+    rt.issuers
+        .iter()
+        .filter_map(|i| match &i.kind {
+            auth::IssuerKind::Jwt(s) => match s.last_fetch()?.result {
+                Err(e) => Some(serde_json::json!({"issuer": &*i.name, "error": e})),
+                Ok(_) => None,
+            },
+            auth::IssuerKind::Introspection(_) => None,
+        })
+        .collect()
+}
+
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     let mut r = Response::new(full(Bytes::from(v.to_string())));
     *r.status_mut() = status;
@@ -147,14 +182,31 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
             json(StatusCode::OK, serde_json::json!({"status": "ok"}))
         }
         (&Method::GET | &Method::HEAD, "/readyz") => {
-            if gw.ready() {
-                json(StatusCode::OK, serde_json::json!({"status": "ready"}))
+            let (status, mut body) = if gw.ready() {
+                (StatusCode::OK, serde_json::json!({"status": "ready"}))
             } else {
-                json(
+                (
                     StatusCode::SERVICE_UNAVAILABLE,
                     serde_json::json!({"status": "not ready"}),
                 )
+            };
+            // Why an issuer's keys could not be fetched (e.g. the outbound proxy
+            // refused the tunnel), only when one could not. /readyz needs no
+            // credentials: with `admin_auth` set it names the issuers only (the reasons
+            // are in /admin/status).
+            let rt = gw.current();
+            let mut failing = issuer_errors(&rt);
+            if rt.server.admin_auth.is_some() {
+                for f in &mut failing {
+                    if let Some(o) = f.as_object_mut() {
+                        o.remove("error");
+                    }
+                }
             }
+            if !failing.is_empty() {
+                body["issuer_errors"] = serde_json::Value::Array(failing);
+            }
+            json(status, body)
         }
         (&Method::GET, "/metrics") => {
             // Prometheus text 0.0.4 unless the scraper asks for OpenMetrics.
@@ -193,6 +245,12 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
                         // Milliseconds per phase (read, parse, compile, swap, total).
                         "timings": s.last_reload_timings,
                     },
+                    "issuers": issuers_status(&rt),
+                    "upstreams": rt.upstreams.iter().map(|u| serde_json::json!({
+                        "name": &*u.name,
+                        "proxy": u.client.outbound().to_string(),
+                        "token_proxy": u.auth.as_ref().and_then(|a| a.outbound()).map(|o| o.to_string()),
+                    })).collect::<Vec<_>>(),
                 }),
             )
         }

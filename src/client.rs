@@ -2,7 +2,8 @@
 //! whole connect); a lean per-upstream HTTP/1.1 connection [`Pool`] for forwarded
 //! requests; and [`fetch`], a small exchange with bounded time and body size for the
 //! gateway's calls to identity providers (JWKS, discovery, introspection, upstream
-//! token endpoints).
+//! token endpoints). Every connection is dialled by [`crate::outbound::Dialer`]: directly,
+//! or through an HTTP CONNECT tunnel when an outbound proxy applies.
 //!
 //! Forwarded requests go through [`Pool`] on `hyper::client::conn::http1` rather than
 //! hyper-util's general pooled client: one upstream is one origin, so the pool needs no
@@ -22,7 +23,6 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -30,8 +30,9 @@ use tower::ServiceExt;
 
 use crate::body::{Body, BoxError};
 use crate::error::Cause;
+use crate::outbound::{Dialer, Outbound};
 
-pub(crate) type Connector = TimeoutConnector<HttpsConnector<HttpConnector>>;
+pub(crate) type Connector = TimeoutConnector<Dialer>;
 type Pools = std::collections::HashMap<(Scheme, Authority), Arc<Pool>>;
 type H2Conns = std::collections::HashMap<(Scheme, Authority), Arc<H2Conn>>;
 
@@ -57,32 +58,59 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
+    /// How this client reaches its targets (directly, or through which proxy).
+    pub fn outbound(&self) -> &Outbound {
+        &self.connector.inner.outbound
+    }
+
     pub fn request(&self, req: Request<Body>) -> hyper_util::client::legacy::ResponseFuture {
         self.general.request(req)
     }
 }
 
-/// Builds a pooled client. `connect_timeout` covers TCP and the TLS handshake.
-pub fn build_client(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) -> HttpClient {
+/// Builds a pooled client. `connect_timeout` covers TCP, the proxy's CONNECT (when one
+/// applies, see `outbound`) and the TLS handshake.
+pub fn build_client(
+    tls: Arc<rustls::ClientConfig>,
+    connect_timeout: Duration,
+    outbound: Outbound,
+) -> HttpClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    // Inside a tunnel, TLS to the target offers what the direct connector offers:
+    // nothing for HTTP/1.1 (as hyper-rustls with only http1), `h2` for HTTP/2.
+    let h2_tls = {
+        let mut c = (*tls).clone();
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(c)
+    };
+    let to_proxy = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config((*tls).clone())
         .https_or_http()
         .enable_http1()
         .wrap_connector(http.clone());
     let connector = TimeoutConnector {
-        inner: https,
+        inner: Dialer {
+            direct: to_proxy.clone(),
+            to_proxy: to_proxy.clone(),
+            tls: tls.clone(),
+            outbound: outbound.clone(),
+        },
         timeout: connect_timeout,
     };
     let h2_connector = TimeoutConnector {
-        inner: hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
-            .https_or_http()
-            .enable_http2()
-            .wrap_connector(http),
+        inner: Dialer {
+            direct: hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config((*tls).clone())
+                .https_or_http()
+                .enable_http2()
+                .wrap_connector(http),
+            to_proxy,
+            tls: h2_tls,
+            outbound,
+        },
         timeout: connect_timeout,
     };
     let general = Client::builder(TokioExecutor::new())

@@ -37,6 +37,7 @@ pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod otel;
+pub mod outbound;
 pub mod policy;
 pub mod policy_test;
 pub mod proxy;

@@ -608,6 +608,11 @@ pub fn upstream_error(up: &Upstream, f: UpstreamFailure) -> GatewayError {
         .into(),
         UpstreamFailure::Connect(cause) => {
             tracing::warn!(upstream = %up.name, error = %cause, "upstream connect failed");
+            // The log names the outbound proxy; the client is told only what happened.
+            let cause = match crate::outbound::ProxyError::find(&*cause.0) {
+                Some(p) => crate::error::Cause::new(crate::outbound::PublicProxyError(p.public())),
+                None => cause,
+            };
             BadGateway::Unreachable {
                 upstream: up.name.clone(),
                 cause,

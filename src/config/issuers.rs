@@ -15,6 +15,7 @@ use crate::auth::introspect::Introspection;
 use crate::auth::jwks::{KeySource, KeyStore};
 use crate::auth::sender::{DpopSettings, SenderConstraint, DEFAULT_IAT_WINDOW};
 use crate::auth::{jwt, Issuer, IssuerKind};
+use crate::outbound::Outbound;
 use crate::secret::Secret;
 
 section! {
@@ -48,6 +49,11 @@ section! {
         /// `none` (default) | `dpop` | `mtls`: sender-constrained tokens (RFC 9449, 8705).
         "sender_constraint" => pub sender_constraint: Option<String>,
         "dpop" => pub dpop: Option<DpopModel>,
+        /// The HTTP proxy for this issuer's JWKS, discovery, introspection and sign-in
+        /// token calls: "http://[user:password@]host:port" (https:// for TLS to the
+        /// proxy; CONNECT tunnels), or `direct` to bypass HTTPS_PROXY/HTTP_PROXY.
+        /// Default: the environment's HTTPS_PROXY/HTTP_PROXY/NO_PROXY.
+        "proxy" => pub proxy: Option<Secret>,
     }
 }
 
@@ -116,6 +122,7 @@ fn check_name<'a>(
 /// Settings that do not depend on where the keys come from.
 struct Common {
     issuer: String,
+    outbound: Outbound,
     audiences: Vec<String>,
     algorithms: Vec<jsonwebtoken::Algorithm>,
     leeway: Duration,
@@ -184,6 +191,7 @@ fn compile_one(
         &m.skip_audience_check.to_string(),
         sender.as_str(),
         &dpop.iat_window.as_secs().to_string(),
+        &c.outbound.key(),
     ]);
     Some(Arc::new(Issuer {
         name: name.into(),
@@ -282,6 +290,7 @@ fn common(m: &IssuerModel, path: &str, p: &mut Problems) -> Common {
     }
     Common {
         issuer,
+        outbound: v::outbound(p, &format!("{path}.proxy"), m.proxy.as_ref(), Outbound::Env),
         audiences,
         algorithms: algorithms(m.algorithms.as_ref(), path, p),
         leeway,
@@ -375,7 +384,7 @@ fn introspection(
         intro.cache_ttl.as_ref(),
         Duration::from_secs(30),
     );
-    let client = reg.client(p, &ipath, None, c.fetch_timeout)?;
+    let client = reg.client(p, &ipath, None, c.fetch_timeout, &c.outbound)?;
     Some(IssuerKind::Introspection(Box::new(Introspection::new(
         url?.to_string(),
         client_id,
@@ -408,13 +417,20 @@ fn key_store(
         ),
         _ => return None,
     };
-    let client = reg.client(p, &format!("{path}.{key}"), None, c.fetch_timeout)?;
+    let client = reg.client(
+        p,
+        &format!("{path}.{key}"),
+        None,
+        c.fetch_timeout,
+        &c.outbound,
+    )?;
     let source = source?;
     let reg_key = format!(
-        "{name}|{}|{source:?}|{}|{}",
+        "{name}|{}|{source:?}|{}|{}|{}",
         c.issuer,
         c.fetch_timeout.as_millis(),
-        c.refresh.as_millis()
+        c.refresh.as_millis(),
+        c.outbound.key()
     );
     let store = reg
         .key_stores

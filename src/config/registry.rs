@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::validate::Problems;
 use crate::auth::jwks::KeyStore;
 use crate::client::{build_client, HttpClient};
+use crate::outbound::Outbound;
 use crate::tls;
 use crate::token_service::keys::SigningKey;
 
@@ -44,16 +45,23 @@ impl Registry {
             .clone()
     }
 
-    /// An HTTP client trusting `ca` (or the system roots), shared by every user with the
-    /// same settings. A problem building it is recorded at `path`.
+    /// An HTTP client trusting `ca` (or the system roots) that dials as `outbound`
+    /// says (directly or through a proxy), shared by every user with the same settings.
+    /// A problem building it is recorded at `path`.
     pub fn client(
         &self,
         p: &mut Problems,
         path: &str,
         ca: Option<&Path>,
         connect_timeout: Duration,
+        outbound: &Outbound,
     ) -> Option<HttpClient> {
-        let key = format!("{:?}|{}", ca, connect_timeout.as_millis());
+        let key = format!(
+            "{:?}|{}|{}",
+            ca,
+            connect_timeout.as_millis(),
+            outbound.key()
+        );
         if let Some(c) = self.clients.get(&key) {
             // A CA file may have been rotated: rebuild when it is named.
             if ca.is_none() {
@@ -62,7 +70,7 @@ impl Registry {
         }
         match tls::client_config(ca) {
             Ok(cfg) => {
-                let c = build_client(cfg, connect_timeout);
+                let c = build_client(cfg, connect_timeout, outbound.clone());
                 self.clients.insert(key, c.clone());
                 Some(c)
             }

@@ -529,3 +529,38 @@ fn only_endpoint_keys_leave_the_direct_path() {
         crate::balancer::Retries::NONE
     );
 }
+
+// Behaviour: `proxy:` takes a proxy URL (http:// or https://, credentials allowed),
+// `direct` or `none`; anything else is reported at its key path without repeating the
+// value (it may hold a password).
+#[test]
+fn proxy_values_are_checked() {
+    let cfg = |issuer_proxy: &str, upstream_proxy: &str| {
+        format!("server:\n  listen: \"127.0.0.1:0\"\nissuers:\n  - name: corp\n    issuer: \"https://idp\"\n    jwks_uri: \"http://127.0.0.1:1/jwks\"\n    audiences: [a]\n    proxy: \"{issuer_proxy}\"\nupstreams:\n  - name: u\n    url: \"http://127.0.0.1:1\"\n    proxy: \"{upstream_proxy}\"\nroutes:\n  - name: r\n    path_prefix: /\n    upstream: u\n    auth: {{issuers: [corp]}}\n")
+    };
+    assert_eq!(problems(&cfg("http://u:p@proxy.corp:3128", "direct")), "");
+    assert_eq!(problems(&cfg("none", "https://proxy.corp")), "");
+    assert_eq!(
+        problems(&cfg("proxy.corp:3128", "http://proxy.corp:8080/")),
+        ""
+    );
+    let text = problems(&cfg("socks5://u:hunter2@proxy:1080", "ftp://proxy"));
+    assert!(
+        text.contains("issuers[0].proxy: SOCKS proxies are not supported"),
+        "{text}"
+    );
+    assert!(
+        text.contains("upstreams[0].proxy: unsupported proxy scheme \"ftp\""),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+    let text = problems(&cfg("http://proxy:3128/path?x", ""));
+    assert!(
+        text.contains("issuers[0].proxy: a proxy URL is scheme://host:port"),
+        "{text}"
+    );
+    assert!(
+        text.contains("upstreams[0].proxy: must not be empty"),
+        "{text}"
+    );
+}

@@ -252,6 +252,7 @@ pub fn compile(
     a: &UpstreamAuthModel,
     upstream: &str,
     path: &str,
+    outbound: &crate::outbound::Outbound,
     reg: &Registry,
     p: &mut Problems,
 ) -> Option<UpstreamAuth> {
@@ -264,7 +265,7 @@ pub fn compile(
             let mut allowed = OAUTH2_KEYS.to_vec();
             allowed.extend_from_slice(extra_keys(kind));
             only_keys(a, &allowed, path, p);
-            oauth2(a, upstream, path, reg, p)
+            oauth2(a, upstream, path, outbound, reg, p)
         }
         Some(other) => {
             let hint = v::suggest(other, &ALL_TYPES)
@@ -365,6 +366,7 @@ fn oauth2(
     a: &UpstreamAuthModel,
     upstream: &str,
     path: &str,
+    outbound: &crate::outbound::Outbound,
     reg: &Registry,
     p: &mut Problems,
 ) -> Option<UpstreamAuth> {
@@ -381,7 +383,7 @@ fn oauth2(
             );
         }
     }
-    let client = reg.client(p, path, None, DEFAULT_FETCH_TIMEOUT)?;
+    let client = reg.client(p, path, None, DEFAULT_FETCH_TIMEOUT, outbound)?;
     let url = url?.to_string();
     let cache_key = OAuth2Source::cache_key_for(
         upstream,

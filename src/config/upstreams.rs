@@ -22,6 +22,8 @@ use super::upstream_endpoints::{
 use super::upstream_session::{self, CsrfModel};
 use super::validate::{self as v, Problems};
 use super::yaml::{section, DurationText, List};
+use crate::outbound::Outbound;
+use crate::secret::Secret;
 use crate::upstream::{Protocol, Upstream};
 
 section! {
@@ -60,6 +62,12 @@ section! {
         /// `http1` (default), `h2` (HTTP/2 over TLS) or `h2c` (cleartext HTTP/2): gRPC
         /// upstreams speak HTTP/2.
         "protocol" => pub protocol: Option<String> as choice(&["http1", "h2", "h2c"]),
+        /// The HTTP proxy for ALL traffic to this upstream (forwarded requests, CSRF
+        /// fetches) and its `auth` token requests: "http://[user:password@]host:port"
+        /// (https:// for TLS to the proxy; CONNECT tunnels), or `direct`. Default:
+        /// forwarded traffic goes directly (HTTPS_PROXY/HTTP_PROXY never redirect it);
+        /// `auth` token requests follow HTTPS_PROXY/HTTP_PROXY/NO_PROXY.
+        "proxy" => pub proxy: Option<Secret>,
     }
 }
 
@@ -108,10 +116,17 @@ fn compile_one(
     );
     let timeout = duration(p, "timeout", &m.timeout, Duration::from_secs(30));
     let name = m.name.as_deref().unwrap_or_default();
-    let auth = m
-        .auth
-        .as_ref()
-        .and_then(|a| upstream_auth::compile(a, name, &format!("{path}.auth"), reg, p));
+    // An upstream's own `proxy:` carries everything to it; without one, forwarded
+    // traffic goes directly and only token requests follow the environment.
+    let ppath = format!("{path}.proxy");
+    let forwarded = v::outbound(p, &ppath, m.proxy.as_ref(), Outbound::Direct);
+    let token_calls = match &m.proxy {
+        Some(_) => forwarded.clone(),
+        None => Outbound::Env,
+    };
+    let auth = m.auth.as_ref().and_then(|a| {
+        upstream_auth::compile(a, name, &format!("{path}.auth"), &token_calls, reg, p)
+    });
     let urls: Vec<(String, &String)> = match (&m.url, &m.urls) {
         (Some(_), Some(_)) => {
             p.add(
@@ -228,7 +243,13 @@ fn compile_one(
             "csrf applies to HTTP/1.1 upstreams (SAP OData); remove it or protocol",
         );
     }
-    let client = reg.client(p, &format!("{path}.ca"), ca.as_deref(), connect_timeout)?;
+    let client = reg.client(
+        p,
+        &format!("{path}.ca"),
+        ca.as_deref(),
+        connect_timeout,
+        &forwarded,
+    )?;
     // The plain single `url` (no balancing, retries or checks) keeps the direct path.
     let balanced = several
         || m.balance.is_some()

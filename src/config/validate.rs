@@ -264,6 +264,38 @@ pub fn socket_addr(p: &mut Problems, path: &str, s: &str) -> Option<SocketAddr> 
 }
 
 /// An absolute http(s) URL.
+/// A `proxy:` value: `direct` (or `none`) bypasses the environment's proxy; a URL
+/// (`http://[user:password@]host:port`, `https://` for TLS to the proxy) is that proxy.
+/// Absent: `default`. Problems never repeat the value (it may hold a password).
+pub fn outbound(
+    p: &mut Problems,
+    path: &str,
+    v: Option<&crate::secret::Secret>,
+    default: crate::outbound::Outbound,
+) -> crate::outbound::Outbound {
+    use crate::outbound::{Outbound, ProxyServer};
+    let Some(v) = v else {
+        return default;
+    };
+    match v.expose().trim() {
+        "direct" | "none" => Outbound::Direct,
+        "" => {
+            p.add(
+                path,
+                "must not be empty: a proxy URL (http://host:port), or direct",
+            );
+            default
+        }
+        url => match ProxyServer::parse(url) {
+            Ok(s) => Outbound::Via(std::sync::Arc::new(s)),
+            Err(e) => {
+                p.add(path, format!("{e} (or write direct to bypass any proxy)"));
+                default
+            }
+        },
+    }
+}
+
 pub fn http_url(p: &mut Problems, path: &str, s: &str) -> Option<url::Url> {
     match url::Url::parse(s) {
         Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some() => {

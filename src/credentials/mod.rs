@@ -64,6 +64,16 @@ pub enum UpstreamAuth {
     OnBehalf(Arc<OAuth2Source>),
 }
 
+impl UpstreamAuth {
+    /// How token requests reach the token endpoint (none for Basic).
+    pub fn outbound(&self) -> Option<&crate::outbound::Outbound> {
+        match self {
+            UpstreamAuth::Basic(_) => None,
+            UpstreamAuth::OAuth2(s) | UpstreamAuth::OnBehalf(s) => Some(s.client.outbound()),
+        }
+    }
+}
+
 /// The grant a token is requested with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Grant {
@@ -458,6 +468,7 @@ mod tests {
             client: crate::client::build_client(
                 crate::tls::client_config(None).unwrap(),
                 Duration::from_secs(1),
+                crate::outbound::Outbound::Direct,
             ),
             timeout: Duration::from_secs(1),
             cache_key: [7; 32],

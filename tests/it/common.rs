@@ -884,11 +884,33 @@ impl Binary {
 }
 
 pub fn spawn_binary(config: &std::path::Path, args: &[&str]) -> Binary {
+    spawn_binary_env(config, args, &[])
+}
+
+/// The outbound proxy variables a spawned tollgate never inherits from the test run.
+pub const PROXY_VARS: [&str; 8] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// [`spawn_binary`] with `env` set for the process (the test process's own
+/// environment is never changed; proxy variables are not inherited).
+pub fn spawn_binary_env(config: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Binary {
     use std::io::{BufRead, BufReader};
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    for v in PROXY_VARS {
+        cmd.env_remove(v);
+    }
+    cmd.envs(env.iter().copied());
     let mut process = ChildGuard::spawn(
         "the tollgate binary",
-        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .env_remove("TOLLGATE_CONFIG")
+        cmd.env_remove("TOLLGATE_CONFIG")
             .env("RUST_LOG", "info")
             .args(args)
             .arg("--config")
