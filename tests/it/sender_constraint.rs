@@ -1005,7 +1005,9 @@ async fn replicas_sharing_redis_refuse_each_others_proofs() {
     assert_eq!(keys.len(), 2, "{keys:?}");
     let mut conn = redis.conn().await;
     for k in &keys {
-        let hex = k.strip_prefix("tollgate:dpop:").unwrap_or_else(|| panic!("{k}"));
+        let hex = k
+            .strip_prefix("tollgate:dpop:")
+            .unwrap_or_else(|| panic!("{k}"));
         assert!(
             hex.len() == 32 && hex.bytes().all(|c| c.is_ascii_hexdigit()),
             "{k}"
@@ -1013,9 +1015,17 @@ async fn replicas_sharing_redis_refuse_each_others_proofs() {
         for secret in [token.as_str(), &key.jkt(), &jtis[0], &jtis[1], &proofs[0]] {
             assert!(!k.contains(secret), "{k} holds request material");
         }
-        let value: String = redis::cmd("GET").arg(k).query_async(&mut conn).await.unwrap();
+        let value: String = redis::cmd("GET")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(value, "1");
-        let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut conn).await.unwrap();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         // iat window 60s + 1s, plus the issuer's default leeway (30s).
         assert!(ttl > 0 && ttl <= 91_000, "{k}: PTTL {ttl}");
     }
@@ -1035,14 +1045,22 @@ async fn replicas_sharing_redis_refuse_each_others_proofs() {
             .contains("replay"),
         "{body}"
     );
-    assert_eq!(up.count(), 2, "a refused request never reaches the upstream");
+    assert_eq!(
+        up.count(),
+        2,
+        "a refused request never reaches the upstream"
+    );
     // on_error: allow decides on the replica alone; a replay there is still refused.
     let lenient_htu = format!("http://{LB_HOST}/lenient/x");
     let p = key.proof("GET", &lenient_htu, Some(&token));
     let r = send_lb(&a, "/lenient/x", &token, &p).await;
     assert_eq!(r.status(), 200, "on_error: allow accepts a fresh proof");
     let r = send_lb(&a, "/lenient/x", &token, &p).await;
-    assert_eq!(r.status(), 401, "the replica's own cache still refuses replays");
+    assert_eq!(
+        r.status(),
+        401,
+        "the replica's own cache still refuses replays"
+    );
     assert_eq!(up.count(), 3);
     let m = admin_metrics(&a.admin_url("")).await;
     assert!(
@@ -1126,20 +1144,31 @@ async fn admin_explain_checks_a_proof_without_using_it_up() {
         assert!(!text.contains(&token), "explain never shows the token");
         assert!(!text.contains(&proof), "explain never shows the proof");
     }
-    assert!(redis_keys(&redis).await.is_empty(), "explain wrote nothing to Redis");
+    assert!(
+        redis_keys(&redis).await.is_empty(),
+        "explain wrote nothing to Redis"
+    );
     assert_eq!(up.count(), 0);
     // The proof explained twice is still good for one real request ...
     let r = send_lb(&a, "/dpop/reports", &token, &proof).await;
     assert_eq!(r.status(), 200);
     // ... and explain now sees it as used.
     let v = explain(&proof).await;
-    assert_eq!((v["allowed"].as_bool(), v["reason"].as_str()), (Some(false), Some("dpop_replayed")), "{v:#}");
+    assert_eq!(
+        (v["allowed"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("dpop_replayed")),
+        "{v:#}"
+    );
     assert!(steps(&v).contains("jti seen before"), "{}", steps(&v));
     // Each failing check is named.
     let post = key.proof("POST", &htu, Some(&token));
     let v = explain(&post).await;
     assert_eq!(v["reason"], "dpop_proof_invalid", "{v:#}");
-    assert!(steps(&v).contains("htm \"POST\" does not match"), "{}", steps(&v));
+    assert!(
+        steps(&v).contains("htm \"POST\" does not match"),
+        "{}",
+        steps(&v)
+    );
     let mut stale = key.claims("GET", &htu, Some(&token));
     stale["iat"] = (now() - 600).into();
     let v = explain(&key.sign(&key.header(), &stale)).await;

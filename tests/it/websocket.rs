@@ -536,3 +536,147 @@ async fn an_upstream_refusing_the_upgrade_is_answered_as_it_is() {
     assert_eq!(seen.header("upgrade"), Some("websocket"));
     assert_eq!(gw.gateway().tunnels.opened.load(Ordering::SeqCst), 0);
 }
+
+/// The explain steps of a `POST /admin/explain` answer, one per line.
+fn steps(v: &serde_json::Value) -> String {
+    v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// Behaviour: explain describes a WebSocket handshake (`websocket: true` on POST
+// /admin/explain, `--websocket` on `tollgate explain`, `websocket: true` in a `tollgate
+// test` case): on a `websocket:` route the handshake would be forwarded; on a route
+// without it the trace says the upgrade is not accepted (forwarded as a plain GET); a
+// cross-site origin and a non-GET handshake are refused with the WebSocket step's
+// reason. Nothing reaches an upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_describes_websocket_upgrades() {
+    let s = setup("{idle_timeout: 30s, max_duration: 1h}").await;
+    let token = s.idp.token(serde_json::json!({}));
+    let ask = async |body: serde_json::Value| -> serde_json::Value {
+        let r = client()
+            .post(s.gw.admin_url("/admin/explain"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    };
+    let v = ask(serde_json::json!({"token": token, "path": "/live/feed", "websocket": true})).await;
+    assert_eq!(v["allowed"], true, "{v:#}");
+    let text = steps(&v);
+    assert!(text.contains("(WebSocket upgrade)"), "{text}");
+    assert!(
+        text.contains("route \"live\" accepts WebSocket upgrades")
+            && text.contains("idle_timeout 30s, max_duration 3600s"),
+        "{text}"
+    );
+    // The same request without `websocket` says nothing about upgrades.
+    let v = ask(serde_json::json!({"token": token, "path": "/live/feed"})).await;
+    assert!(!steps(&v).contains("websocket:"), "{}", steps(&v));
+    let v = ask(serde_json::json!({"token": token, "path": "/plain/x", "websocket": true})).await;
+    assert!(
+        steps(&v).contains("route \"plain\" does not accept WebSocket upgrades"),
+        "{}",
+        steps(&v)
+    );
+    let v = ask(
+        serde_json::json!({"token": token, "path": "/live/feed", "websocket": true,
+        "origin": "https://evil.example"}),
+    )
+    .await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("origin_not_allowed")),
+        "{v:#}"
+    );
+    assert!(
+        steps(&v).contains("websocket: handshake refused"),
+        "{}",
+        steps(&v)
+    );
+    let v = ask(
+        serde_json::json!({"token": token, "path": "/dash/x", "websocket": true,
+        "method": "POST"}),
+    )
+    .await;
+    assert_eq!(v["status"], 400, "{v:#}");
+    assert!(steps(&v).contains("is a GET request"), "{}", steps(&v));
+    // The gates still come first: no token, no handshake.
+    let v = ask(serde_json::json!({"path": "/live/feed", "websocket": true})).await;
+    assert_eq!(v["reason"], "token_missing", "{v:#}");
+
+    // The CLI.
+    let cli = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.arg("explain")
+            .arg("--config")
+            .arg(s.gw.config_path())
+            .args(args);
+        output_within("tollgate explain", &mut cmd, PATIENCE)
+    };
+    let out = cli(&["--token", &token, "--websocket", "/live/feed"]);
+    assert!(out.status.success(), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("accepts WebSocket upgrades"),
+        "{}",
+        out.stdout
+    );
+    let out = cli(&["--token", &token, "--websocket", "/plain/x"]);
+    assert!(
+        out.stdout.contains("does not accept WebSocket upgrades"),
+        "{}",
+        out.stdout
+    );
+    let out = cli(&[
+        "--token",
+        &token,
+        "--websocket",
+        "--origin",
+        "https://evil.example",
+        "/live/feed",
+    ]);
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(out.stdout.contains("origin_not_allowed"), "{}", out.stdout);
+
+    // `tollgate test` cases.
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.yaml");
+    std::fs::write(
+        &cases,
+        format!(
+            "cases:\n  - name: live feed opens\n    token: \"{token}\"\n    path: /live/feed\n    websocket: true\n    expect: {{status: 200}}\n  - name: foreign page cannot open it\n    token: \"{token}\"\n    path: /live/feed\n    origin: https://evil.example\n    websocket: true\n    expect: {{status: 403, reason: origin_not_allowed}}\n"
+        ),
+    )
+    .unwrap();
+    let run = |cases: &std::path::Path| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.arg("test")
+            .arg("--config")
+            .arg(s.gw.config_path())
+            .arg(cases);
+        output_within("tollgate test", &mut cmd, PATIENCE)
+    };
+    let out = run(&cases);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    // A case that expects the wrong answer fails: the field is not ignored.
+    let wrong = dir.path().join("wrong.yaml");
+    std::fs::write(
+        &wrong,
+        format!(
+            "cases:\n  - name: expects the origin to pass\n    token: \"{token}\"\n    path: /live/feed\n    origin: https://evil.example\n    websocket: true\n    expect: {{status: 200}}\n"
+        ),
+    )
+    .unwrap();
+    let out = run(&wrong);
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(out.stdout.contains("origin_not_allowed"), "{}", out.stdout);
+    assert_eq!(s.echo.handshakes(), 0);
+    assert_eq!(s.plain.count(), 0);
+}
