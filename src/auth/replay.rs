@@ -422,4 +422,54 @@ mod tests {
         assert_eq!(c.insert(a, 200, 60), Seen::Replayed);
         assert_eq!(c.insert(a, 200, 101), Seen::New, "both windows passed");
     }
+
+    fn fresh(iat: i64) -> Fresh {
+        Fresh {
+            issuer: "corp".into(),
+            iss: "https://idp".into(),
+            jkt: "thumb".into(),
+            jti: "jti-1".into(),
+            iat,
+            window: 60,
+            skew: 30,
+            store: ReplayStore::default(),
+        }
+    }
+
+    // Behaviour: the Redis mark lives until the proof could no longer pass the iat check
+    // on any replica (clock skew included); its key is a digest, never the jti or key.
+    #[test]
+    fn redis_mark_key_and_expiry() {
+        let f = fresh(1000);
+        assert_eq!(f.ttl_ms(1000), (61 + 30) * 1000);
+        assert_eq!(f.ttl_ms(1050), (11 + 30) * 1000);
+        assert_eq!(f.ttl_ms(5000), 30 * 1000, "never below the skew");
+        let k = f.redis_key();
+        assert_eq!(k.len(), 46);
+        assert!(k.starts_with("tollgate:dpop:"));
+        assert!(!k.contains("jti-1") && !k.contains("thumb"));
+        let mut other = fresh(1000);
+        other.iss = "https://other".into();
+        assert_ne!(other.redis_key(), k, "issuers do not share jtis");
+    }
+
+    // Behaviour: a dry check (explain) looks without recording; a real one records.
+    #[test]
+    fn dry_checks_do_not_use_a_proof_up() {
+        let c = ReplayCache::new(10);
+        let f = fresh(1000);
+        let mut lines = Vec::new();
+        for _ in 0..2 {
+            check_local(&c, &f, 1010, Mode::Dry, &mut |l| lines.push(l)).unwrap();
+        }
+        assert!(c.is_empty());
+        assert!(lines[0].contains("dry check"), "{lines:?}");
+        check_local(&c, &f, 1010, Mode::Record, &mut |_| {}).unwrap();
+        let e = check_local(&c, &f, 1011, Mode::Dry, &mut |_| {}).unwrap_err();
+        assert_eq!(
+            e.deny_reason(),
+            Some(crate::error::DenyReason::DpopReplayed)
+        );
+        assert!(check_local(&c, &f, 1011, Mode::Record, &mut |_| {}).is_err());
+    }
 }
