@@ -1163,6 +1163,47 @@ async fn admin_explain_checks_a_proof_without_using_it_up() {
         "{v:#}"
     );
     assert!(steps(&v).contains("jti seen before"), "{}", steps(&v));
+    // `tollgate explain --dpop` asks the same Redis, dry: a used proof is reported as
+    // replayed by another replica, a fresh one is left unused.
+    let cli = |proof: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.arg("explain")
+            .arg("--config")
+            .arg(a.config_path())
+            .args([
+                "--token",
+                &token,
+                "--dpop",
+                proof,
+                "--host",
+                LB_HOST,
+                "/dpop/reports",
+            ]);
+        output_within("tollgate explain", &mut cmd, PATIENCE)
+    };
+    let out = cli(&proof);
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("jti seen before by another replica (Redis)"),
+        "{}",
+        out.stdout
+    );
+    let unused = key.proof("GET", &htu, Some(&token));
+    let out = cli(&unused);
+    assert!(out.status.success(), "{}", out.stdout);
+    assert!(out.stdout.contains("dry check in Redis"), "{}", out.stdout);
+    assert_eq!(
+        redis_keys(&redis).await.len(),
+        1,
+        "only the real request marked"
+    );
+    let r = send_lb(&a, "/dpop/reports", &token, &unused).await;
+    assert_eq!(
+        r.status(),
+        200,
+        "a proof explained by the CLI is still good"
+    );
     // Each failing check is named.
     let post = key.proof("POST", &htu, Some(&token));
     let v = explain(&post).await;
