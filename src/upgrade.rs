@@ -20,6 +20,8 @@
 //! Upgrades on routes without `websocket:` are not forwarded as such: on HTTP/1.1 the
 //! `Upgrade` header is removed like any hop-by-hop header (as before), an HTTP/2
 //! extended CONNECT is refused (400), since it cannot be answered as a plain request.
+//! Any other CONNECT (an extended CONNECT for another `:protocol`, a plain tunnel
+//! request) is refused 400 on every route: it is never forwarded.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -245,6 +247,18 @@ where
             return Step::inner(self.inner.call(req));
         };
         let h2 = req.extensions().get::<ExtendedConnect>().is_some();
+        if req.method() == Method::CONNECT {
+            // Left a CONNECT by the listener: not a WebSocket (an HTTP/2 extended CONNECT
+            // for another `:protocol`, or a plain tunnel request). tollgate is no forward
+            // proxy and tunnels nothing else: never sent upstream.
+            decision::note(&req, || {
+                "websocket: a CONNECT that is not a WebSocket handshake is refused".into()
+            });
+            return Step::reject(GatewayError::BadRequest(
+                "CONNECT is only accepted as an HTTP/2 WebSocket handshake (:protocol websocket)"
+                    .into(),
+            ));
+        }
         let Some(ws) = route.websocket else {
             if h2 {
                 return Step::reject(GatewayError::BadRequest(format!(

@@ -680,3 +680,70 @@ async fn explain_describes_websocket_upgrades() {
     assert_eq!(s.echo.handshakes(), 0);
     assert_eq!(s.plain.count(), 0);
 }
+
+// Behaviour: hostile HTTP/2 extended CONNECTs: an unknown `:protocol` (not websocket),
+// on a WebSocket route and on a route with no permissions, is refused and never reaches
+// an upstream; so is a WebSocket CONNECT without a token. A chunked body on an HTTP/1.1
+// handshake is refused 400 like a declared length.
+#[tokio::test]
+async fn hostile_extended_connects_never_reach_an_upstream() {
+    let s = setup("{}").await;
+    let token = s.idp.token(serde_json::json!({}));
+    let io = TokioIo::new(TcpStream::connect(s.gw.addr).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<bytes::Bytes>>(io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let connect = |path: &str, protocol: &'static str, token: Option<&str>| {
+        let mut b = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("http://{}{path}", s.gw.addr))
+            .header("sec-websocket-version", "13");
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        let mut req = b.body(Empty::new()).unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static(protocol));
+        req
+    };
+    for (path, protocol, token, what) in [
+        (
+            "/live/feed",
+            "webtransport",
+            Some(token.as_str()),
+            "unknown protocol",
+        ),
+        (
+            "/dash/x",
+            "h2c",
+            Some(token.as_str()),
+            "unknown protocol, no permissions",
+        ),
+        (
+            "/plain/x",
+            "connect-udp",
+            Some(token.as_str()),
+            "unknown protocol, plain route",
+        ),
+        ("/live/feed", "websocket", None, "no token"),
+    ] {
+        // (An error is a refusal at the HTTP/2 layer: fine too.)
+        if let Ok(r) = send.send_request(connect(path, protocol, token)).await {
+            assert!(
+                r.status().is_client_error(),
+                "{what}: answered {}",
+                r.status()
+            );
+        }
+    }
+    let quiet = Duration::from_millis(300);
+    let chunked = format!(
+        "GET /live/feed HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    );
+    let r = raw(s.gw.addr, chunked.as_bytes(), quiet).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert_eq!(s.echo.handshakes(), 0);
+    assert_eq!(s.plain.count(), 0);
+}
