@@ -143,6 +143,12 @@ fn refuse<B>(req: &Request<B>, route: &Route) -> Option<GatewayError> {
 /// route without `websocket:`), the refusal otherwise. `h2` marks an HTTP/2 extended
 /// CONNECT. Nothing is sent.
 pub fn explain<B>(req: &Request<B>, route: &Route, h2: bool) -> Result<String, GatewayError> {
+    if req.method() == Method::CONNECT {
+        return Err(GatewayError::BadRequest(
+            "CONNECT is only accepted as an HTTP/2 WebSocket handshake (:protocol websocket)"
+                .into(),
+        ));
+    }
     let Some(ws) = route.websocket else {
         if h2 {
             return Err(GatewayError::BadRequest(format!(
@@ -172,10 +178,11 @@ pub fn explain<B>(req: &Request<B>, route: &Route, h2: bool) -> Result<String, G
     ))
 }
 
-/// Whether the request asks for an upgrade at all (`Upgrade` or `Connection: upgrade`),
-/// WebSocket or not: what `explain` reports on.
+/// Whether the request asks for an upgrade or a tunnel at all (`Upgrade`, `Connection:
+/// upgrade`, or `CONNECT`), WebSocket or not: what `explain` reports on.
 pub fn asks_to_upgrade<B>(req: &Request<B>) -> bool {
-    req.headers().contains_key(header::UPGRADE)
+    req.method() == Method::CONNECT
+        || req.headers().contains_key(header::UPGRADE)
         || lists(req.headers(), &header::CONNECTION, "upgrade")
 }
 

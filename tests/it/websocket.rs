@@ -608,6 +608,14 @@ async fn explain_describes_websocket_upgrades() {
     .await;
     assert_eq!(v["status"], 400, "{v:#}");
     assert!(steps(&v).contains("is a GET request"), "{}", steps(&v));
+    // A CONNECT is never tunnelled: explain says so as the server refuses it.
+    let v = ask(serde_json::json!({"token": token, "path": "/dash/x", "method": "CONNECT"})).await;
+    assert_eq!(v["status"], 400, "{v:#}");
+    assert!(
+        steps(&v).contains("CONNECT is only accepted"),
+        "{}",
+        steps(&v)
+    );
     // The gates still come first: no token, no handshake.
     let v = ask(serde_json::json!({"path": "/live/feed", "websocket": true})).await;
     assert_eq!(v["reason"], "token_missing", "{v:#}");
