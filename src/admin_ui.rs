@@ -127,9 +127,18 @@ struct ExplainAsk {
     /// (needs `origin`).
     #[serde(default)]
     preflight: Option<String>,
+    /// A DPoP proof (the `DPoP` header) for a DPoP-bound token: the token is sent as
+    /// `Authorization: DPoP`. Checked like the server does, but its `jti` is only
+    /// looked up, never recorded (explain does not use the proof up).
+    #[serde(default)]
+    dpop: Option<crate::secret::Secret>,
+    /// A WebSocket handshake (`Upgrade: websocket`, `Connection: upgrade`): the trace
+    /// says whether the route accepts it.
+    #[serde(default)]
+    websocket: bool,
 }
 
-/// `POST /admin/explain` `{token, method, path, host, origin, preflight}` (JSON only: a form
+/// `POST /admin/explain` `{token, method, path, host, origin, preflight, dpop, websocket}` (JSON only: a form
 /// post from another site cannot send it without a preflight, which gets no CORS
 /// headers here).
 pub async fn explain(gw: &Arc<Gateway>, req: Request<hyper::body::Incoming>) -> Response<Body> {
@@ -195,6 +204,12 @@ pub async fn explain(gw: &Arc<Gateway>, req: Request<hyper::body::Incoming>) -> 
             origin: origin.as_deref(),
             access_control_request_method: preflight.as_deref(),
             headers: &[],
+            dpop: ask
+                .dpop
+                .as_ref()
+                .map(|d| d.expose().trim())
+                .filter(|d| !d.is_empty()),
+            websocket: ask.websocket,
             ..Default::default()
         },
     )

@@ -214,6 +214,10 @@ pub enum GatewayError {
     /// the limit says `on_error: deny`.
     #[error("rate limit \"{limit}\" cannot be checked right now (its store is unreachable); retry shortly")]
     StoreUnavailable { limit: Arc<str>, retry_after: u64 },
+    /// 503 `service_unavailable` with `Retry-After: 1`: the DPoP replay store (Redis)
+    /// cannot answer and the issuer says `dpop.replay.on_error: deny`.
+    #[error("DPoP proofs for issuer \"{issuer}\" cannot be checked for replays right now (the replay store is unreachable); retry shortly")]
+    ReplayStoreUnavailable { issuer: Arc<str> },
 }
 
 /// What a 429 says: which limit, and the headers that tell the client when to come back.
@@ -306,7 +310,9 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::NoAdminEndpoint => StatusCode::NOT_FOUND,
             GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::StoreUnavailable { .. } | GatewayError::ReplayStoreUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -325,7 +331,8 @@ impl GatewayError {
             GatewayError::ServiceUnavailable(_)
             | GatewayError::Overloaded(_)
             | GatewayError::TooManyConnections(_)
-            | GatewayError::StoreUnavailable { .. } => "service_unavailable",
+            | GatewayError::StoreUnavailable { .. }
+            | GatewayError::ReplayStoreUnavailable { .. } => "service_unavailable",
             GatewayError::InvalidClient(_) => "invalid_client",
             GatewayError::OAuth { code, .. } => code,
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
@@ -347,6 +354,7 @@ impl GatewayError {
             | GatewayError::TooManyConnections(_) => "limits",
             GatewayError::BadGateway(_) | GatewayError::GatewayTimeout(_) => "upstream",
             GatewayError::StoreUnavailable { .. } => "rate limit",
+            GatewayError::ReplayStoreUnavailable { .. } => "sender constraint",
             GatewayError::InvalidClient(_) | GatewayError::OAuth { .. } => "token service",
             _ => "tollgate",
         }
@@ -432,7 +440,9 @@ impl GatewayError {
             }
         }
         match self {
-            GatewayError::Overloaded(_) | GatewayError::TooManyConnections(_) => {
+            GatewayError::Overloaded(_)
+            | GatewayError::TooManyConnections(_)
+            | GatewayError::ReplayStoreUnavailable { .. } => {
                 h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::RateLimited(r) => {

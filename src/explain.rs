@@ -64,6 +64,21 @@ impl<B> tower::Service<Request<B>> for Recorder {
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let route = req
+            .extensions()
+            .get::<Routed>()
+            .and_then(|r| r.route.clone());
+        if let Some(route) = route.filter(|_| crate::upgrade::asks_to_upgrade(&req)) {
+            // The WebSocket step stands between the policy and the upstream: decided here
+            // as it would decide.
+            match crate::upgrade::explain(&req, &route, false) {
+                Ok(line) => decision::note(&req, || line),
+                Err(e) => {
+                    decision::note(&req, || format!("websocket: handshake refused: {e}"));
+                    return std::future::ready(Err(e.into()));
+                }
+            }
+        }
         decision::note(&req, || {
             match req
                 .extensions()
@@ -105,6 +120,10 @@ pub struct Probe<'a> {
     /// A DPoP proof (the `DPoP` header): the token is then sent as
     /// `Authorization: DPoP`, as a DPoP client sends it.
     pub dpop: Option<&'a str>,
+    /// A WebSocket handshake: `Upgrade: websocket` and `Connection: upgrade` are added
+    /// (a `GET`, as a WebSocket client sends it), and the trace says whether the route
+    /// accepts the upgrade.
+    pub websocket: bool,
     /// The DER of a TLS client certificate, for certificate-bound tokens (RFC 8705).
     /// Without it, a certificate binding is reported as not checked: explain has no
     /// TLS connection.
@@ -201,7 +220,7 @@ pub fn unwritten_key_note(rt: &crate::runtime::Runtime) -> Option<String> {
 pub async fn decide(gw: &Arc<Gateway>, probe: &Probe<'_>) -> Explained {
     let method = probe.method.cloned().unwrap_or(Method::GET);
     let mut out = vec![format!(
-        "request: {method} {}{}{}",
+        "request: {method} {}{}{}{}",
         probe.url_path,
         probe
             .host
@@ -210,7 +229,12 @@ pub async fn decide(gw: &Arc<Gateway>, probe: &Probe<'_>) -> Explained {
         probe
             .origin
             .map(|o| format!(" (Origin {o})"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if probe.websocket {
+            " (WebSocket upgrade)"
+        } else {
+            ""
+        }
     )];
     let req = match build_request(probe, &method) {
         Ok(r) => r,
@@ -327,6 +351,13 @@ fn build_request(
         let mut v = HeaderValue::from_str(p).map_err(|_| bad("DPoP proof"))?;
         v.set_sensitive(true);
         b = b.header("dpop", v);
+    }
+    if probe.websocket {
+        b = b
+            .header(http::header::UPGRADE, "websocket")
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::SEC_WEBSOCKET_VERSION, "13")
+            .header(http::header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==");
     }
     for (name, value) in probe.headers {
         b = b.header(name, value);

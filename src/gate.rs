@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 
 use http::{Method, Request, Response};
 
+use crate::auth::replay::{self, Fresh, Mode};
 use crate::auth::sender::{self, Presented, Scheme};
 use crate::auth::{self, AuthCaches, Issuer};
 use crate::body::Body;
@@ -85,29 +86,26 @@ impl<'a> Gate<'a> {
     }
 
     /// Checks the token's sender constraint (DPoP proof, client certificate) against
-    /// what the request presented; `note` gets each step for `explain`.
+    /// what the request presented; `note` gets each step for `explain`. A DPoP proof
+    /// that passed comes back as [`Fresh`], still to be checked for a replay
+    /// ([`replay::check`] / [`replay::check_local`]).
     pub fn sender_check(
         &self,
         id: &Identity,
         presented: &Presented<'_>,
         note: &mut dyn FnMut(String),
-    ) -> Result<(), GatewayError> {
+    ) -> Result<Option<Fresh>, GatewayError> {
         let Some(issuer) = self.accepted().find(|i| i.name == id.issuer) else {
-            return Ok(());
+            return Ok(None);
         };
         let rule = sender::Rule {
             issuer: &issuer.name,
+            iss: &issuer.issuer,
+            leeway: issuer.leeway,
             constraint: issuer.sender_constraint,
-            dpop: issuer.dpop,
+            dpop: &issuer.dpop,
         };
-        sender::check(
-            rule,
-            &id.claims.0,
-            presented,
-            &self.caches.dpop_replay,
-            auth::now_secs(),
-            note,
-        )
+        sender::check(rule, &id.claims.0, presented, auth::now_secs(), note)
     }
 
     /// Authorises a verified identity for `method` on the normalised `path`.
@@ -152,7 +150,7 @@ impl<'a> Gate<'a> {
             proof: Ok(None),
             client_cert: &ClientCert::None,
         };
-        if let Err(e) = self.sender_check(&id, &nothing, &mut |_| {}) {
+        if let Err(e) = self.sender_check(&id, &nothing, &mut |_| {}).map(|_| ()) {
             return Decision {
                 identity: Some(id),
                 permission: None,
@@ -163,14 +161,15 @@ impl<'a> Gate<'a> {
     }
 }
 
-/// Checks the sender constraint of `id`'s token for `req`, noting each step.
+/// Checks the sender constraint of `id`'s token for `req`, noting each step; a DPoP
+/// proof's replay check is left to the caller ([`Fresh`]).
 fn sender_check<B>(
     req: &Request<B>,
     gate: &Gate<'_>,
     scheme: Scheme,
     token: &str,
     id: &Identity,
-) -> Result<(), GatewayError> {
+) -> Result<Option<Fresh>, GatewayError> {
     let conn = req.extensions().get::<Arc<ConnInfo>>();
     let htu = match scheme {
         Scheme::Dpop => sender::target_uri(req.headers(), req.uri(), conn.is_some_and(|c| c.tls)),
@@ -190,6 +189,63 @@ fn sender_check<B>(
             t.push(line)
         }
     })
+}
+
+/// Explain looks at a proof without using it up: a traced request's replay check is dry.
+fn replay_mode<B>(req: &Request<B>) -> Mode {
+    if decision::of(req).is_some() {
+        Mode::Dry
+    } else {
+        Mode::Record
+    }
+}
+
+/// The replay check of `fresh` for `req`, on this replica's set alone (no waiting).
+fn replay_local<B>(
+    req: &Request<B>,
+    caches: &AuthCaches,
+    fresh: &Fresh,
+) -> Result<(), GatewayError> {
+    let trace = decision::of(req);
+    replay::check_local(
+        &caches.dpop_replay,
+        fresh,
+        auth::now_secs(),
+        replay_mode(req),
+        &mut |line| {
+            if let Some(t) = &trace {
+                t.push(line)
+            }
+        },
+    )
+}
+
+/// The replay check of `fresh`, Redis included when the issuer uses it (`trace` and
+/// `mode` taken from the request before waiting).
+async fn replay_shared(
+    trace: Option<decision::Trace>,
+    mode: Mode,
+    caches: &AuthCaches,
+    fresh: &Fresh,
+) -> Result<(), GatewayError> {
+    replay::check(
+        &caches.dpop_replay,
+        fresh,
+        auth::now_secs(),
+        mode,
+        &mut |line| {
+            if let Some(t) = &trace {
+                t.push(line)
+            }
+        },
+    )
+    .await
+}
+
+/// The `DPoP` header is a credential for tollgate alone: once the gate has looked at
+/// it, it is not forwarded (a proof names tollgate's URL and is good for one request).
+fn strip_proof<B>(req: &mut Request<B>) {
+    req.headers_mut().remove("dpop");
 }
 
 pub fn token_missing() -> GatewayError {
@@ -294,34 +350,57 @@ where
             return Then::new(Step::reject(token_missing()), nothing());
         };
         let path = routed(&req).map_or(req.uri().path(), |r| r.path.as_str());
+        // A cached token whose proof must still be checked in Redis (`Some`) goes on
+        // to the boxed path below with what the fast path found.
+        let mut known: Option<(Arc<Identity>, Fresh)> = None;
         if let Some(id) = gate.cached(token) {
             decision::note(&req, || {
                 format!("verified-token cache: hit (issuer {})", id.issuer)
             });
-            if let Err(e) = sender_check(&req, &gate, scheme, token, &id) {
-                let post = RecordDecision {
-                    identity: Some(id),
-                    permission: None,
-                };
-                return Then::new(Step::reject(e), post);
-            }
-            let d = gate.authorize(req.method(), path, id);
-            note_decision(&req, &gate, &d);
-            let post = RecordDecision {
-                identity: d.identity.clone(),
-                permission: d.permission.clone(),
-            };
-            return match d.result {
-                Ok(()) => {
-                    if let Some(id) = d.identity {
-                        req.extensions_mut().insert(id);
-                    }
-                    Then::new(Step::inner(self.inner.call(req)), post)
+            let fresh = match sender_check(&req, &gate, scheme, token, &id) {
+                Ok(f) => f,
+                Err(e) => {
+                    let post = RecordDecision {
+                        identity: Some(id),
+                        permission: None,
+                    };
+                    return Then::new(Step::reject(e), post);
                 }
-                Err(e) => Then::new(Step::reject(e), post),
             };
+            match fresh {
+                // The proof is checked against every replica's: wait for Redis.
+                Some(fresh) if fresh.needs_redis() => known = Some((id, fresh)),
+                fresh => {
+                    if let Some(fresh) = fresh {
+                        if let Err(e) = replay_local(&req, &self.caches, &fresh) {
+                            let post = RecordDecision {
+                                identity: Some(id),
+                                permission: None,
+                            };
+                            return Then::new(Step::reject(e), post);
+                        }
+                    }
+                    let d = gate.authorize(req.method(), path, id);
+                    note_decision(&req, &gate, &d);
+                    let post = RecordDecision {
+                        identity: d.identity.clone(),
+                        permission: d.permission.clone(),
+                    };
+                    return match d.result {
+                        Ok(()) => {
+                            if let Some(id) = d.identity {
+                                req.extensions_mut().insert(id);
+                            }
+                            strip_proof(&mut req);
+                            Then::new(Step::inner(self.inner.call(req)), post)
+                        }
+                        Err(e) => Then::new(Step::reject(e), post),
+                    };
+                }
+            }
         }
-        // The slow path: verify the token first.
+        // The slow path: verify the token first (or, for a cached token, wait for the
+        // shared replay check).
         let token = token.to_owned();
         let mut inner = take_ready(&mut self.inner);
         let caches = self.caches.clone();
@@ -330,17 +409,35 @@ where
                 let Some(gate) = Gate::of(&route, &snapshot.issuers, &caches) else {
                     unreachable!("a Bearer route, matched above")
                 };
-                let trace = decision::of(&req);
-                let mut lines = auth::Trace {
-                    enabled: trace.is_some(),
-                    lines: Vec::new(),
+                let (id, checked) = match known {
+                    Some((id, fresh)) => {
+                        let (trace, mode) = (decision::of(&req), replay_mode(&req));
+                        let checked = replay_shared(trace, mode, &caches, &fresh).await;
+                        (id, checked)
+                    }
+                    None => {
+                        let trace = decision::of(&req);
+                        let mut lines = auth::Trace {
+                            enabled: trace.is_some(),
+                            lines: Vec::new(),
+                        };
+                        let verified = gate.authenticate(&token, &mut lines).await;
+                        if let Some(t) = &trace {
+                            lines.lines.into_iter().for_each(|l| t.push(l));
+                        }
+                        let id = verified?;
+                        let checked = match sender_check(&req, &gate, scheme, &token, &id) {
+                            Ok(Some(fresh)) => {
+                                let (trace, mode) = (decision::of(&req), replay_mode(&req));
+                                replay_shared(trace, mode, &caches, &fresh).await
+                            }
+                            Ok(None) => Ok(()),
+                            Err(e) => Err(e),
+                        };
+                        (id, checked)
+                    }
                 };
-                let verified = gate.authenticate(&token, &mut lines).await;
-                if let Some(t) = &trace {
-                    lines.lines.into_iter().for_each(|l| t.push(l));
-                }
-                let id = verified?;
-                if let Err(e) = sender_check(&req, &gate, scheme, &token, &id) {
+                if let Err(e) = checked {
                     return RecordDecision {
                         identity: Some(id),
                         permission: None,
@@ -356,6 +453,7 @@ where
                         if let Some(id) = &d.identity {
                             req.extensions_mut().insert(id.clone());
                         }
+                        strip_proof(&mut req);
                         inner.call(req).await
                     }
                     Err(e) => Err(e.into()),

@@ -152,6 +152,10 @@ struct ExplainArgs {
     /// Read the DPoP proof from this file; `-` reads it from stdin.
     #[arg(long, value_name = "FILE", conflicts_with = "dpop")]
     dpop_file: Option<PathBuf>,
+    /// A WebSocket handshake: adds `Upgrade: websocket` and `Connection: upgrade` (a
+    /// GET); the trace says whether the route accepts the upgrade, and why not.
+    #[arg(long)]
+    websocket: bool,
     /// The TLS client certificate (PEM) the request would come with, for tokens bound
     /// to a certificate (`cnf.x5t#S256`); without it that binding is not checked.
     #[arg(long, value_name = "PEM")]
@@ -198,6 +202,7 @@ fn main() -> ExitCode {
                 cookie_file,
                 dpop,
                 dpop_file,
+                websocket,
                 client_cert,
                 method,
                 host,
@@ -258,6 +263,7 @@ fn main() -> ExitCode {
                 access_control_request_method: preflight.as_deref(),
                 headers: &[],
                 dpop: dpop.as_deref(),
+                websocket,
                 client_cert: client_cert.as_deref(),
             };
             explain(&cli.config, &probe)

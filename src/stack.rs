@@ -88,6 +88,8 @@ where
             AUTHORIZATION,
             COOKIE,
             PROXY_AUTHORIZATION,
+            // A DPoP proof is a one-time credential.
+            http::HeaderName::from_static("dpop"),
         ]))
         // 2. A sane X-Request-Id is kept, anything else replaced by a generated one ...
         .map_request(request_id::drop_insane::<B> as fn(Request<B>) -> Request<B>)

@@ -20,6 +20,8 @@
 //! Upgrades on routes without `websocket:` are not forwarded as such: on HTTP/1.1 the
 //! `Upgrade` header is removed like any hop-by-hop header (as before), an HTTP/2
 //! extended CONNECT is refused (400), since it cannot be answered as a plain request.
+//! Any other CONNECT (an extended CONNECT for another `:protocol`, a plain tunnel
+//! request) is refused 400 on every route: it is never forwarded.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -136,6 +138,54 @@ fn refuse<B>(req: &Request<B>, route: &Route) -> Option<GatewayError> {
     None
 }
 
+/// What the WebSocket step would do with an upgrade request on `route`, for `explain`:
+/// `Ok(line)` when it would be forwarded (as a handshake, or as a plain request on a
+/// route without `websocket:`), the refusal otherwise. `h2` marks an HTTP/2 extended
+/// CONNECT. Nothing is sent.
+pub fn explain<B>(req: &Request<B>, route: &Route, h2: bool) -> Result<String, GatewayError> {
+    if req.method() == Method::CONNECT {
+        return Err(GatewayError::BadRequest(
+            "CONNECT is only accepted as an HTTP/2 WebSocket handshake (:protocol websocket)"
+                .into(),
+        ));
+    }
+    let Some(ws) = route.websocket else {
+        if h2 {
+            return Err(GatewayError::BadRequest(format!(
+                "route \"{}\" does not accept WebSocket connections",
+                route.name
+            )));
+        }
+        return Ok(format!(
+            "websocket: route \"{}\" does not accept WebSocket upgrades (no `websocket:` on the route): the Upgrade header is dropped and the request forwarded as a plain GET, so the client gets no 101 (over HTTP/2 the extended CONNECT is refused 400)",
+            route.name
+        ));
+    };
+    if !wants_websocket(req) {
+        return Ok(format!(
+            "websocket: not an upgrade (needs both `Connection: upgrade` and `Upgrade: websocket`): forwarded as a plain request on route \"{}\"",
+            route.name
+        ));
+    }
+    if let Some(e) = refuse(req, route) {
+        return Err(e);
+    }
+    Ok(format!(
+        "websocket: route \"{}\" accepts WebSocket upgrades: the handshake would be forwarded to the upstream, then a tunnel (idle_timeout {}s, max_duration {}s)",
+        route.name,
+        ws.idle_timeout.as_secs(),
+        ws.max_duration.as_secs()
+    ))
+}
+
+/// Whether the request asks for an upgrade or a tunnel at all (`Upgrade`, `Connection:
+/// upgrade`, or `CONNECT`), WebSocket or not: what `explain` reports on.
+pub fn asks_to_upgrade<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        || req.headers().contains_key(header::UPGRADE)
+        || lists(req.headers(), &header::CONNECTION, "upgrade")
+}
+
 /// The route's CORS origins decide; without `cors`, only the request's own host.
 fn origin_allowed<B>(req: &Request<B>, route: &Route, origin: &HeaderValue) -> bool {
     if let Some(cors) = &route.cors {
@@ -204,6 +254,18 @@ where
             return Step::inner(self.inner.call(req));
         };
         let h2 = req.extensions().get::<ExtendedConnect>().is_some();
+        if req.method() == Method::CONNECT {
+            // Left a CONNECT by the listener: not a WebSocket (an HTTP/2 extended CONNECT
+            // for another `:protocol`, or a plain tunnel request). tollgate is no forward
+            // proxy and tunnels nothing else: never sent upstream.
+            decision::note(&req, || {
+                "websocket: a CONNECT that is not a WebSocket handshake is refused".into()
+            });
+            return Step::reject(GatewayError::BadRequest(
+                "CONNECT is only accepted as an HTTP/2 WebSocket handshake (:protocol websocket)"
+                    .into(),
+            ));
+        }
         let Some(ws) = route.websocket else {
             if h2 {
                 return Step::reject(GatewayError::BadRequest(format!(

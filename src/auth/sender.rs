@@ -13,6 +13,7 @@
 //! check is noted for `explain`. The `cnf` claim is read from the verified token's
 //! claims: a JWT's payload or an introspection response.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -21,7 +22,7 @@ use http::HeaderMap;
 use serde_json::{Map, Value};
 
 use super::dpop::{self, Expected};
-use super::replay::{self, ReplayCache, Seen};
+use super::replay::{Fresh, ReplayStore};
 use crate::conn::ClientCert;
 use crate::error::{DenyReason, GatewayError};
 
@@ -45,10 +46,12 @@ impl SenderConstraint {
 }
 
 /// How an issuer's DPoP proofs are checked (`issuers[].dpop`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DpopSettings {
     /// How far a proof's `iat` may be from now, either way.
     pub iat_window: Duration,
+    /// `replay`: where the proofs' `jti`s are remembered.
+    pub replay: ReplayStore,
 }
 
 pub const DEFAULT_IAT_WINDOW: Duration = Duration::from_secs(60);
@@ -57,6 +60,7 @@ impl Default for DpopSettings {
     fn default() -> Self {
         DpopSettings {
             iat_window: DEFAULT_IAT_WINDOW,
+            replay: ReplayStore::default(),
         }
     }
 }
@@ -64,9 +68,14 @@ impl Default for DpopSettings {
 /// The issuer's rule for sender constraints, as the check needs it.
 #[derive(Debug, Clone, Copy)]
 pub struct Rule<'a> {
-    pub issuer: &'a str,
+    /// The issuer's name (`issuers[].name`).
+    pub issuer: &'a Arc<str>,
+    /// Its `iss` value.
+    pub iss: &'a str,
+    /// Its clock leeway: how far another replica's clock may be off.
+    pub leeway: Duration,
     pub constraint: SenderConstraint,
-    pub dpop: DpopSettings,
+    pub dpop: &'a DpopSettings,
 }
 
 /// The `Authorization` scheme a token came with.
@@ -162,15 +171,16 @@ pub fn x5t_s256(der_sha256: &[u8; 32]) -> String {
 }
 
 /// Checks the token's sender constraint against what the request presented. Each
-/// step goes to `note` (the explain trace).
+/// step goes to `note` (the explain trace). A DPoP proof that passed every check comes
+/// back as [`Fresh`]: its `jti` is still to be checked for a replay
+/// (`auth::replay::check`).
 pub fn check(
     rule: Rule<'_>,
     claims: &Map<String, Value>,
     p: &Presented<'_>,
-    replay: &ReplayCache,
     now: i64,
     note: &mut dyn FnMut(String),
-) -> Result<(), GatewayError> {
+) -> Result<Option<Fresh>, GatewayError> {
     let bound = cnf(claims);
     if rule.constraint == SenderConstraint::None
         && bound.jkt.is_none()
@@ -178,7 +188,7 @@ pub fn check(
         && p.scheme == Scheme::Bearer
     {
         // A bearer token for a bearer issuer: nothing to check (the common case).
-        return Ok(());
+        return Ok(None);
     }
     note(format!(
         "sender constraint: issuer {} requires {}; token bound to {}",
@@ -210,29 +220,28 @@ pub fn check(
         }
         _ => {}
     }
-    match bound.jkt {
-        Some(jkt) => check_dpop(rule, jkt, p, replay, now, note)?,
+    let fresh = match bound.jkt {
+        Some(jkt) => Some(check_dpop(rule, jkt, p, now, note)?),
         None if p.scheme == Scheme::Dpop => {
             return Err(binding(
                 "the token was sent with the DPoP scheme but is not DPoP-bound (no cnf.jkt); send it as Bearer",
             ))
         }
-        None => {}
-    }
+        None => None,
+    };
     if let Some(x5t) = bound.x5t {
         check_certificate(x5t, p.client_cert, note)?;
     }
-    Ok(())
+    Ok(fresh)
 }
 
 fn check_dpop(
     rule: Rule<'_>,
     jkt: &str,
     p: &Presented<'_>,
-    replay: &ReplayCache,
     now: i64,
     note: &mut dyn FnMut(String),
-) -> Result<(), GatewayError> {
+) -> Result<Fresh, GatewayError> {
     if p.scheme == Scheme::Bearer {
         note("dpop: the DPoP-bound token came as Bearer".into());
         return Err(binding(
@@ -242,11 +251,15 @@ fn check_dpop(
     let proof = match p.proof {
         Ok(Some(proof)) => proof,
         Ok(None) => {
+            note("dpop: no DPoP proof header with the DPoP-bound token".into());
             return Err(proof_invalid(
                 "no DPoP proof header with the DPoP-bound token",
-            ))
+            ));
         }
-        Err(e) => return Err(proof_invalid(e)),
+        Err(e) => {
+            note(format!("dpop: proof refused: {e}"));
+            return Err(proof_invalid(e));
+        }
     };
     let proof = dpop::parse(proof).map_err(|r| {
         note(format!("dpop: proof refused: {}", r.description));
@@ -257,6 +270,7 @@ fn check_dpop(
         proof.alg, proof.jkt
     ));
     let Some(htu) = p.htu else {
+        note("dpop: proof refused: the request names no host to compare htu with".into());
         return Err(proof_invalid(
             "the request names no host, so its URI cannot be compared with the proof's htu",
         ));
@@ -285,30 +299,16 @@ fn check_dpop(
         ));
     }
     note("dpop: the proof's key thumbprint equals the token's cnf.jkt".into());
-    // Remembered until the proof could no longer pass the iat check.
-    let forget_at = proof.iat.saturating_add(window).saturating_add(1);
-    match replay.insert(replay::key(&proof.jkt, &proof.jti), forget_at, now) {
-        Seen::New => {
-            note("dpop: jti not seen before (remembered for the proof's window)".into());
-            Ok(())
-        }
-        Seen::Replayed => {
-            note("dpop: jti seen before: a replayed proof".into());
-            Err(GatewayError::Unauthorized {
-                reason: DenyReason::DpopReplayed,
-                description: "DPoP proof replayed (its jti was used before); make a new proof for every request".into(),
-            })
-        }
-        Seen::Full => {
-            tracing::warn!(
-                issuer = rule.issuer,
-                "DPoP replay cache full; refusing proofs until entries expire"
-            );
-            Err(GatewayError::ServiceUnavailable(
-                "too many DPoP proofs at once to check for replays; retry shortly",
-            ))
-        }
-    }
+    Ok(Fresh {
+        issuer: rule.issuer.clone(),
+        iss: rule.iss.to_owned(),
+        jkt: proof.jkt,
+        jti: proof.jti,
+        iat: proof.iat,
+        window,
+        skew: rule.leeway.as_secs() as i64,
+        store: rule.dpop.replay.clone(),
+    })
 }
 
 fn check_certificate(

@@ -23,13 +23,13 @@ pub fn compile(m: &ConfigModel, base: &Path, reg: &Registry, p: &mut Problems) -
     let server = server::compile(server_model, base, p);
     let extension_methods = server::extension_methods(server_model, p);
     let limits = ratelimit::compile(m.stores.as_ref(), &m.rate_limits, &reg.rate_limit_stores, p);
-    let mut issuers = issuers::compile(&m.issuers, m.token_service.is_some(), reg, p);
+    let mut issuers = issuers::compile(&m.issuers, m.token_service.is_some(), &limits, reg, p);
     let token_service = m
         .token_service
         .as_ref()
         .and_then(|t| token_service::compile(t, base, reg, &limits, p));
     if let Some((ts, _)) = &token_service {
-        issuers.push(token_service::local_issuer(ts));
+        issuers.push(token_service::local_issuer(ts, &limits));
     }
     let upstreams = upstreams::compile(&m.upstreams, base, reg, p);
     let refs = Refs {

@@ -13,6 +13,7 @@ use super::validate::{self as v, Problems};
 use super::yaml::{section, DurationText, List};
 use crate::auth::introspect::Introspection;
 use crate::auth::jwks::{KeySource, KeyStore};
+use crate::auth::replay::{OnStoreError, ReplayStore};
 use crate::auth::sender::{DpopSettings, SenderConstraint, DEFAULT_IAT_WINDOW};
 use crate::auth::{jwt, Issuer, IssuerKind};
 use crate::outbound::Outbound;
@@ -61,6 +62,18 @@ section! {
     pub struct DpopModel {
         /// How far a proof's `iat` may be from now, either way (default 60s).
         "iat_window" => pub iat_window: Option<DurationText>,
+        /// Where the proofs' `jti`s are remembered against replays.
+        "replay" => pub replay: Option<DpopReplayModel>,
+    }
+}
+
+section! {
+    /// `issuers[].dpop.replay:`
+    pub struct DpopReplayModel {
+        /// `redis` (default when `stores.redis` is configured: a proof used at one replica is refused at every other) or `local` (this replica only).
+        "store" => pub store: Option<String> as choice(&["local", "redis"]),
+        /// When Redis cannot answer: `deny` (default: 503 service_unavailable) or `allow` (this replica's own check, warned).
+        "on_error" => pub on_error: Option<String> as choice(&["deny", "allow"]),
     }
 }
 
@@ -86,17 +99,28 @@ pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(300);
 pub fn compile(
     ms: &List<IssuerModel>,
     has_token_service: bool,
+    limits: &super::ratelimit::Compiled,
     reg: &Registry,
     p: &mut Problems,
 ) -> Vec<Arc<Issuer>> {
     let mut names = HashSet::new();
+    let stores = Shared {
+        redis: limits.limiter().redis(),
+        redis_configured: limits.redis_configured(),
+    };
     ms.iter()
         .filter_map(|(i, m)| {
             let path = format!("issuers[{i}]");
             check_name(m, &path, has_token_service, &mut names, p);
-            compile_one(m, &path, reg, p)
+            compile_one(m, &path, &stores, reg, p)
         })
         .collect()
+}
+
+/// The shared stores an issuer may use (`stores:`).
+struct Shared<'a> {
+    redis: Option<&'a Arc<crate::ratelimit::RedisStore>>,
+    redis_configured: bool,
 }
 
 fn check_name<'a>(
@@ -135,6 +159,7 @@ struct Common {
 fn compile_one(
     m: &IssuerModel,
     path: &str,
+    stores: &Shared<'_>,
     reg: &Registry,
     p: &mut Problems,
 ) -> Option<Arc<Issuer>> {
@@ -165,7 +190,7 @@ fn compile_one(
     }
     let name = m.name.as_deref().unwrap_or_default();
     let sender = sender_constraint(m, path, p);
-    let dpop = dpop_settings(m, path, p);
+    let dpop = dpop_settings(m, path, stores, p);
     let kind = match &m.introspection {
         Some(intro) => introspection(intro, path, &c, reg, p)?,
         None => key_store(m, name, path, &c, reg, p)?,
@@ -192,6 +217,12 @@ fn compile_one(
         sender.as_str(),
         &dpop.iat_window.as_secs().to_string(),
         &c.outbound.key(),
+        if dpop.replay.redis.is_some() {
+            "replay:redis"
+        } else {
+            "replay:local"
+        },
+        dpop.replay.on_error.as_str(),
     ]);
     Some(Arc::new(Issuer {
         name: name.into(),
@@ -236,17 +267,79 @@ fn sender_constraint(m: &IssuerModel, path: &str, p: &mut Problems) -> SenderCon
 /// Longest `dpop.iat_window`: a proof is meant for one request, now.
 const MAX_IAT_WINDOW: Duration = Duration::from_secs(600);
 
-fn dpop_settings(m: &IssuerModel, path: &str, p: &mut Problems) -> DpopSettings {
-    let Some(d) = &m.dpop else {
-        return DpopSettings::default();
-    };
+fn dpop_settings(
+    m: &IssuerModel,
+    path: &str,
+    stores: &Shared<'_>,
+    p: &mut Problems,
+) -> DpopSettings {
+    let d = m.dpop.as_ref();
     let at = format!("{path}.dpop.iat_window");
-    let w = v::duration(p, at.clone(), d.iat_window.as_ref(), DEFAULT_IAT_WINDOW);
+    let mut w = v::duration(
+        p,
+        at.clone(),
+        d.and_then(|d| d.iat_window.as_ref()),
+        DEFAULT_IAT_WINDOW,
+    );
     if w.is_zero() || w > MAX_IAT_WINDOW {
         p.add(at, "iat_window must be between 1s and 10m");
-        return DpopSettings::default();
+        w = DEFAULT_IAT_WINDOW;
     }
-    DpopSettings { iat_window: w }
+    DpopSettings {
+        iat_window: w,
+        replay: replay_store(d.and_then(|d| d.replay.as_ref()), path, stores, p),
+    }
+}
+
+/// `dpop.replay`: Redis by default when `stores.redis` is configured.
+fn replay_store(
+    m: Option<&DpopReplayModel>,
+    path: &str,
+    stores: &Shared<'_>,
+    p: &mut Problems,
+) -> ReplayStore {
+    let at = |key: &str| format!("{path}.dpop.replay.{key}");
+    let redis = match m.and_then(|m| m.store.as_deref()) {
+        None => stores.redis_configured,
+        Some("redis") => {
+            if !stores.redis_configured {
+                p.add(
+                    at("store"),
+                    "store: redis needs stores.redis (the Redis URL the replicas share)",
+                );
+            }
+            true
+        }
+        Some("local") => false,
+        Some(o) => {
+            p.add(
+                at("store"),
+                format!("unknown store \"{o}\"; use local or redis"),
+            );
+            false
+        }
+    };
+    let on_error = match m.and_then(|m| m.on_error.as_deref()) {
+        None | Some("deny") => OnStoreError::Deny,
+        Some("allow") => OnStoreError::Allow,
+        Some(o) => {
+            p.add(
+                at("on_error"),
+                format!("unknown on_error \"{o}\"; use deny or allow"),
+            );
+            OnStoreError::Deny
+        }
+    };
+    if !redis && m.is_some_and(|m| m.on_error.is_some()) {
+        p.warn(
+            at("on_error"),
+            "has no effect: the proofs are remembered by each replica alone (no Redis to fail)",
+        );
+    }
+    ReplayStore {
+        redis: if redis { stores.redis.cloned() } else { None },
+        on_error,
+    }
 }
 
 fn common(m: &IssuerModel, path: &str, p: &mut Problems) -> Common {

@@ -16,7 +16,7 @@ pub use super::admin_auth::AdminAuthModel;
 pub use super::auth::{AuthBlockModel, RouteAuthModel};
 pub use super::cors::CorsModel;
 pub use super::decision::DecisionModel;
-pub use super::issuers::{DpopModel, IntrospectionModel, IssuerModel};
+pub use super::issuers::{DpopModel, DpopReplayModel, IntrospectionModel, IssuerModel};
 pub use super::login::model::LoginModel;
 pub use super::ratelimit::{FailedAuthLimitModel, RateLimitModel, RedisStoreModel, StoresModel};
 pub use super::routes::{PermissionModel, RouteModel, WebSocketModel};
@@ -82,6 +82,7 @@ pub const PLACES: &[(&str, &[&str])] = &[
     ("issuers[]", IssuerModel::KEYS),
     ("issuers[].introspection", IntrospectionModel::KEYS),
     ("issuers[].dpop", DpopModel::KEYS),
+    ("issuers[].dpop.replay", DpopReplayModel::KEYS),
     ("token_service", TokenServiceModel::KEYS),
     ("token_service.clients[]", ClientModel::KEYS),
     (

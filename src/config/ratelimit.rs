@@ -196,6 +196,11 @@ impl Compiled {
     pub fn limiter(&self) -> &Limiter {
         &self.limiter
     }
+
+    /// `stores.redis` is in the file (valid or not).
+    pub fn redis_configured(&self) -> bool {
+        self.redis_configured
+    }
 }
 
 /// `stores` and `rate_limits`: every problem recorded in `p`.

@@ -52,6 +52,18 @@ fn sender_constraints_are_checked() {
     assert!(text.contains("issuers[0].dpop.iat_window"), "{text}");
     let text = problems(&issuer("    dpop: {iat_windw: 2s}\n"));
     assert!(text.contains("iat_window"), "did you mean: {text}");
+    // dpop.replay: store redis needs stores.redis; unknown values are named.
+    let text = problems(&issuer("    dpop: {replay: {store: redis}}\n"));
+    assert!(
+        text.contains("issuers[0].dpop.replay.store: store: redis needs stores.redis"),
+        "{text}"
+    );
+    let text = problems(&issuer("    dpop: {replay: {on_error: ignore}}\n"));
+    assert!(text.contains("issuers[0].dpop.replay.on_error"), "{text}");
+    assert_eq!(
+        problems(&issuer("    dpop: {replay: {store: local}}\n")),
+        ""
+    );
     let ts = "server:\n  listen: \"127.0.0.1:0\"\ntoken_service:\n  issuer: \"https://gw\"\n  audience: a\n  sender_constraint: bearer\n  clients:\n    - id: c\n      secret: s\n      scopes: [x]\n      sender_constraint: tls\n";
     let text = problems(ts);
     assert!(text.contains("token_service.sender_constraint"), "{text}");

@@ -254,7 +254,9 @@ fn client_secret(c: &ClientModel, cp: &str, p: &mut Problems) -> Option<ClientSe
 }
 
 /// The token service as the issuer `local`: verified in-process, no HTTP round trip.
-pub fn local_issuer(ts: &TokenService) -> Arc<Issuer> {
+/// With `stores.redis`, the DPoP proofs sent with its tokens are marked there
+/// (fail-closed), like every other issuer's by default.
+pub fn local_issuer(ts: &TokenService, limits: &super::ratelimit::Compiled) -> Arc<Issuer> {
     let store = Arc::new(KeyStore::with_static_keys(
         "local".into(),
         ts.issuer.clone(),
@@ -271,7 +273,13 @@ pub fn local_issuer(ts: &TokenService) -> Arc<Issuer> {
         scope_claims: vec!["scope".into()],
         client_claims: vec!["client_id".into()],
         sender_constraint: ts.sender_constraint,
-        dpop: Default::default(),
+        dpop: crate::auth::sender::DpopSettings {
+            replay: crate::auth::replay::ReplayStore {
+                redis: limits.limiter().redis().cloned(),
+                on_error: Default::default(),
+            },
+            ..Default::default()
+        },
         fingerprint: fingerprint(&["local", &ts.issuer, &ts.audience, &ts.key.kid]),
     })
 }

@@ -17,6 +17,8 @@
 //!     host: bi-api.company.com      # optional Host header
 //!     origin: https://cx.company.com  # optional Origin header
 //!     headers: {Access-Control-Request-Method: POST}   # optional, any other headers
+//!     websocket: true        # optional: a WebSocket handshake (Upgrade: websocket,
+//!                            # Connection: upgrade); the route must accept it
 //!     expect: {status: 200}
 //! ```
 
@@ -63,6 +65,7 @@ section! {
         "host" => pub host: Option<String>,
         "origin" => pub origin: Option<String>,
         "headers" => pub headers: BTreeMap<String, String>,
+        "websocket" => pub websocket: bool,
         "expect" => pub expect: Option<ExpectModel>,
     }
 }
@@ -228,6 +231,8 @@ pub struct Case {
     pub host: Option<String>,
     pub origin: Option<String>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// A WebSocket handshake (`websocket: true`).
+    pub websocket: bool,
     pub expect: Expect,
 }
 
@@ -464,6 +469,7 @@ fn check_case(
         host: c.host.clone(),
         origin: c.origin.clone(),
         headers,
+        websocket: c.websocket,
         expect,
     })
 }

@@ -202,6 +202,7 @@ impl Prepared {
             origin: case.origin.as_deref(),
             access_control_request_method: None,
             headers: &case.headers,
+            websocket: case.websocket,
             ..Probe::default()
         };
         let decided = decide(&self.gw, &probe).await;

@@ -276,8 +276,40 @@ pub struct RedisStore {
     last_ok: AtomicU64,
     last_rebuild: AtomicU64,
     errors: Arc<AtomicU64>,
-    last_warn: AtomicU64,
+    limit_warnings: Throttle,
+    replay_warnings: Throttle,
+}
+
+/// At most one warning per [`WARN_EVERY`], counting the ones left out.
+struct Throttle {
+    last: AtomicU64,
     unwarned: AtomicU64,
+}
+
+impl Throttle {
+    fn new() -> Throttle {
+        Throttle {
+            last: AtomicU64::new(NEVER),
+            unwarned: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(warnings left out since the last one)` when a warning is due at `now` (ms).
+    fn due(&self, now: u64) -> Option<u64> {
+        let last = self.last.load(Ordering::Relaxed);
+        let due = last == NEVER || now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64;
+        if due
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.unwarned.swap(0, Ordering::AcqRel))
+        } else {
+            self.unwarned.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 impl fmt::Debug for RedisStore {
@@ -351,8 +383,8 @@ impl RedisStore {
             last_ok: AtomicU64::new(0),
             last_rebuild: AtomicU64::new(0),
             errors: Arc::new(AtomicU64::new(0)),
-            last_warn: AtomicU64::new(NEVER),
-            unwarned: AtomicU64::new(0),
+            limit_warnings: Throttle::new(),
+            replay_warnings: Throttle::new(),
         })
     }
 
@@ -404,36 +436,90 @@ impl RedisStore {
         key: &RateKey,
         commit: bool,
     ) -> Result<Decision, StoreError> {
+        let mut span = None;
+        let result = self
+            .guarded(|| {
+                let mut s = crate::otel::child("ratelimit.redis", SpanKind::Client);
+                if s.recording() {
+                    // The limit's name, not its key (a key may be a client id or an address).
+                    s.attr("db.system.name", "redis")
+                        .attr("tollgate.limit", limit.name().to_string());
+                }
+                span = Some(s);
+                self.eval(limit, key, commit)
+            })
+            .await;
+        if let Some(mut span) = span {
+            match &result {
+                Ok(d) => {
+                    span.attr("tollgate.limit_allowed", d.allowed);
+                }
+                Err(e) => span.fail(e.to_string()),
+            }
+        }
+        result
+    }
+
+    /// Runs one operation under the store's rules: refused at once while failing fast,
+    /// its success or failure counted for the fail-fast state and the error counter.
+    async fn guarded<T, F>(&self, op: impl FnOnce() -> F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>>,
+    {
         let now = self.mono_ms();
         if !self.may_try(now) {
             self.errors.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::FailingFast);
         }
-        let mut span = crate::otel::child("ratelimit.redis", SpanKind::Client);
-        if span.recording() {
-            // The limit's name, not its key (a key may be a client id or an address).
-            span.attr("db.system.name", "redis")
-                .attr("tollgate.limit", limit.name().to_string());
-        }
-        let result = self.eval(limit, key, commit).await;
-        match &result {
-            Ok(d) => {
-                span.attr("tollgate.limit_allowed", d.allowed);
-            }
-            Err(e) => span.fail(e.to_string()),
-        }
-        drop(span);
+        let result = op().await;
         let now = self.mono_ms();
-        match result {
-            Ok(d) => {
-                self.succeeded(now);
-                Ok(d)
-            }
-            Err(e) => {
-                self.failed(now);
-                Err(e)
-            }
+        match &result {
+            Ok(_) => self.succeeded(now),
+            Err(_) => self.failed(now),
         }
+        result
+    }
+
+    /// One command with the store's timeout (connection waits included).
+    async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
+        let mut m = self.manager()?;
+        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut m)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.kind() == redis::ErrorKind::UnexpectedReturnType => {
+                Err(StoreError::Reply)
+            }
+            Ok(Err(e)) => Err(StoreError::from_redis(e, self.timeout)),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    /// `SET key 1 NX PX ttl_ms`, one atomic operation: `true` when the key was not
+    /// there (it is now, for `ttl_ms`), `false` when it was. For marks that must be
+    /// made once across every replica (a DPoP proof's `jti`). `key` must never hold
+    /// request material: callers pass a digest.
+    pub async fn set_once(&self, key: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(1).arg("NX").arg("PX").arg(ttl_ms.max(1));
+        self.guarded(|| async {
+            let mut span = crate::otel::child("dpop.replay.redis", SpanKind::Client);
+            if span.recording() {
+                span.attr("db.system.name", "redis");
+            }
+            let r = self.query::<Option<String>>(cmd).await;
+            if let Err(e) = &r {
+                span.fail(e.to_string());
+            }
+            r.map(|set| set.is_some())
+        })
+        .await
+    }
+
+    /// Whether `key` exists (`EXISTS`), writing nothing: a dry check.
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(key);
+        self.guarded(|| async { self.query::<i64>(cmd).await.map(|n| n > 0) })
+            .await
     }
 
     async fn eval(
@@ -573,31 +659,37 @@ impl RedisStore {
     /// instead (`on_error`), at most once per [`WARN_EVERY`]; the line carries the
     /// number of failures since the previous one. Never logs the URL.
     pub fn warn(&self, limit: &Limit, err: &StoreError, on_error: OnError) {
-        let now = self.mono_ms();
-        let last = self.last_warn.load(Ordering::Relaxed);
-        let due = last == NEVER || now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64;
-        if due
-            && self
-                .last_warn
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            let since_last = self.unwarned.swap(0, Ordering::AcqRel);
-            let action = match on_error {
-                OnError::Allow => "deciding with the local limiter (on_error: allow)",
-                OnError::Deny => "refusing with 503 (on_error: deny)",
-            };
-            tracing::warn!(
-                store = "redis",
-                limit = %limit.name(),
-                error = %err,
-                kind = err.kind(),
-                failures_not_logged = since_last,
-                "rate-limit store unavailable: {action}"
-            );
-        } else {
-            self.unwarned.fetch_add(1, Ordering::Relaxed);
-        }
+        let Some(since_last) = self.limit_warnings.due(self.mono_ms()) else {
+            return;
+        };
+        let action = match on_error {
+            OnError::Allow => "deciding with the local limiter (on_error: allow)",
+            OnError::Deny => "refusing with 503 (on_error: deny)",
+        };
+        tracing::warn!(
+            store = "redis",
+            limit = %limit.name(),
+            error = %err,
+            kind = err.kind(),
+            failures_not_logged = since_last,
+            "rate-limit store unavailable: {action}"
+        );
+    }
+
+    /// Logs that the DPoP replay check of `issuer` could not ask Redis and what it did
+    /// instead, at most once per [`WARN_EVERY`] (apart from the rate-limit warnings).
+    pub fn warn_replay(&self, issuer: &str, err: &StoreError, action: &str) {
+        let Some(since_last) = self.replay_warnings.due(self.mono_ms()) else {
+            return;
+        };
+        tracing::warn!(
+            store = "redis",
+            issuer,
+            error = %err,
+            kind = err.kind(),
+            failures_not_logged = since_last,
+            "DPoP replay store unavailable: {action}"
+        );
     }
 }
 

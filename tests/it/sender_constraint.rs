@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::common::*;
+use crate::redis_server::RedisServer;
 use crate::tls::{der_of, f};
 
 /// A client's DPoP key.
@@ -196,7 +197,10 @@ async fn dpop_proofs_over_real_sockets() {
     let r = send(&gw, reqwest::Method::GET, path, &auth, Some(&proof)).await;
     assert_eq!(r.status(), 200);
     assert_eq!(up.count(), 1);
-    assert_eq!(up.last().header("dpop"), Some(proof.as_str()));
+    // The proof is tollgate's to check, not the upstream's: it is not forwarded (the
+    // token is, as `Authorization: DPoP`, like a Bearer token without upstream `auth`).
+    assert_eq!(up.last().header("dpop"), None);
+    assert_eq!(up.last().header("authorization"), Some(auth.as_str()));
     assert_eq!(up.last().header("x-auth-subject"), Some("user-1"));
     // The query is not part of htu; a second fresh proof for the same token passes
     // (the verified-token cache is in front of the binding check, not instead of it).
@@ -852,4 +856,368 @@ async fn introspected_tokens_keep_their_binding() {
     .await;
     assert_eq!(up.count(), 1);
     gw.stop().await;
+}
+
+/// Two replicas sharing `redis`: routes /dpop (on_error deny, the default) and
+/// /dpop-allow (on_error allow).
+fn replicas_yaml(idp: &Idp, up: &Upstream, redis: &RedisServer) -> String {
+    let issuers = format!(
+        "{}{}",
+        issuer_yaml(idp, "dpop-idp", "    sender_constraint: dpop\n"),
+        issuer_yaml(
+            idp,
+            "dpop-allow",
+            "    sender_constraint: dpop\n    dpop:\n      replay: {store: redis, on_error: allow}\n"
+        ),
+    );
+    format!(
+        r#"server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+stores:
+  redis:
+    url: "{}"
+    timeout: 200ms
+issuers:
+{issuers}upstreams:
+  - name: bi
+    url: "{}"
+routes:
+  - name: dpop-api
+    path_prefix: /dpop
+    upstream: bi
+    auth:
+      issuers: [dpop-idp]
+      scopes: [analytics.read]
+  - name: dpop-allow
+    path_prefix: /lenient
+    upstream: bi
+    auth:
+      issuers: [dpop-allow]
+      scopes: [analytics.read]
+"#,
+        redis.url(),
+        up.url()
+    )
+}
+
+/// Both replicas sit behind one load balancer: the client addresses this host.
+const LB_HOST: &str = "api.example.com";
+
+async fn send_lb(gw: &Gw, path: &str, token: &str, proof: &str) -> reqwest::Response {
+    tollgate::tls::install_default_provider();
+    reqwest::Client::builder()
+        .no_proxy()
+        // A bound on every answer, Redis dead or alive (not a timing assertion: a
+        // request that hangs fails the test instead of hanging it).
+        .timeout(std::time::Duration::from_secs(15))
+        .build()
+        .unwrap()
+        .get(gw.url(path))
+        .header("host", LB_HOST)
+        .header("authorization", format!("DPoP {token}"))
+        .header("dpop", proof)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn redis_keys(redis: &RedisServer) -> Vec<String> {
+    let mut conn = redis.conn().await;
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+// Behaviour: two tollgate replicas sharing one real Redis share the DPoP replay check:
+// a proof accepted by A is refused by B with dpop_replayed (a token B verifies for the
+// first time, and one it has cached); Redis holds one expiring key per proof, named by
+// a digest (no token, proof, jti or key thumbprint in it). With Redis killed, the
+// default (on_error: deny) answers 503 service_unavailable with Retry-After and the
+// request never reaches the upstream, while on_error: allow checks on the replica
+// alone (a replay at the same replica is still refused); when Redis is back, proofs are
+// shared again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_redis_refuse_each_others_proofs() {
+    let mut redis = RedisServer::start();
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let yaml = replicas_yaml(&idp, &up, &redis);
+    let a = spawn_gateway(&yaml).await;
+    let b = spawn_gateway(&yaml).await;
+    let key = DpopKey::new();
+    let token = idp.token(json!({"cnf": {"jkt": key.jkt()}}));
+    let htu = format!("http://{LB_HOST}/dpop/reports");
+    let path = "/dpop/reports";
+
+    // B has never seen the token (slow path), then has it cached (fast path).
+    let mut jtis = Vec::new();
+    let mut proofs = Vec::new();
+    for round in 0..2 {
+        let claims = key.claims("GET", &htu, Some(&token));
+        jtis.push(claims["jti"].as_str().unwrap().to_owned());
+        let proof = key.sign(&key.header(), &claims);
+        let r = send_lb(&a, path, &token, &proof).await;
+        assert_eq!(r.status(), 200, "round {round}: A accepts a fresh proof");
+        let r = send_lb(&b, path, &token, &proof).await;
+        let body = json_of(r).await;
+        assert_eq!(body["error"], "invalid_token", "round {round}: {body}");
+        let id = body["request_id"].as_str().unwrap();
+        let rec = eventually(
+            "B recorded the denial",
+            PATIENCE,
+            async || {
+                let r = client()
+                    .get(b.admin_url(&format!("/admin/decisions/{id}")))
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status() == 200 {
+                    r.json::<Value>().await.ok()
+                } else {
+                    None
+                }
+            },
+            |d| d.is_some(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rec["reason"], "dpop_replayed", "round {round}: {rec:#}");
+        proofs.push(proof);
+    }
+    assert_eq!(up.count(), 2, "only A's two requests reached the upstream");
+
+    // What Redis holds: one key per proof, a digest, with an expiry.
+    let keys = redis_keys(&redis).await;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let mut conn = redis.conn().await;
+    for k in &keys {
+        let hex = k
+            .strip_prefix("tollgate:dpop:")
+            .unwrap_or_else(|| panic!("{k}"));
+        assert!(
+            hex.len() == 32 && hex.bytes().all(|c| c.is_ascii_hexdigit()),
+            "{k}"
+        );
+        for secret in [token.as_str(), &key.jkt(), &jtis[0], &jtis[1], &proofs[0]] {
+            assert!(!k.contains(secret), "{k} holds request material");
+        }
+        let value: String = redis::cmd("GET")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(value, "1");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // iat window 60s + 1s, plus the issuer's default leeway (30s).
+        assert!(ttl > 0 && ttl <= 91_000, "{k}: PTTL {ttl}");
+    }
+
+    // Redis killed.
+    redis.kill();
+    let fresh = key.proof("GET", &htu, Some(&token));
+    let r = send_lb(&a, path, &token, &fresh).await;
+    assert_eq!(r.status(), 503, "on_error: deny fails closed");
+    assert!(r.headers().contains_key("retry-after"));
+    let body = json_of(r).await;
+    assert_eq!(body["error"], "service_unavailable", "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("replay"),
+        "{body}"
+    );
+    assert_eq!(
+        up.count(),
+        2,
+        "a refused request never reaches the upstream"
+    );
+    // on_error: allow decides on the replica alone; a replay there is still refused.
+    let lenient_htu = format!("http://{LB_HOST}/lenient/x");
+    let p = key.proof("GET", &lenient_htu, Some(&token));
+    let r = send_lb(&a, "/lenient/x", &token, &p).await;
+    assert_eq!(r.status(), 200, "on_error: allow accepts a fresh proof");
+    let r = send_lb(&a, "/lenient/x", &token, &p).await;
+    assert_eq!(
+        r.status(),
+        401,
+        "the replica's own cache still refuses replays"
+    );
+    assert_eq!(up.count(), 3);
+    let m = admin_metrics(&a.admin_url("")).await;
+    assert!(
+        series_value(&m, "tollgate_store_errors_total{store=\"redis\"}").is_some_and(|v| v >= 1.0),
+        "{m}"
+    );
+
+    // Redis back (empty): proofs are shared again once the store reconnects.
+    redis.restart();
+    let accepted = eventually(
+        "A accepts a fresh proof again",
+        PATIENCE,
+        async || {
+            let p = key.proof("GET", &htu, Some(&token));
+            let status = send_lb(&a, path, &token, &p).await.status().as_u16();
+            (status, p)
+        },
+        |(status, _)| *status == 200,
+    )
+    .await
+    .1;
+    // B reconnects on its own (its first tries after the restart may still be 503:
+    // fail-closed, and nothing is recorded by them).
+    eventually(
+        "B refuses A's proof again",
+        PATIENCE,
+        async || send_lb(&b, path, &token, &accepted).await.status().as_u16(),
+        |s| *s == 401,
+    )
+    .await;
+    assert_eq!(up.count(), 4, "only A's proofs reached the upstream");
+    assert!(
+        !redis_keys(&redis).await.is_empty(),
+        "the accepted proof is marked again"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+// Behaviour: POST /admin/explain takes a DPoP proof (`dpop`) and names each DPoP check;
+// explaining a proof does not use it up (the jti is looked up in the replay cache and
+// in Redis, never recorded): the same proof is then accepted for real, after which
+// explain reports it as replayed. A proof for another method names the htm check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_explain_checks_a_proof_without_using_it_up() {
+    let redis = RedisServer::start();
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let a = spawn_gateway(&replicas_yaml(&idp, &up, &redis)).await;
+    let key = DpopKey::new();
+    let token = idp.token(json!({"cnf": {"jkt": key.jkt()}}));
+    let htu = format!("http://{LB_HOST}/dpop/reports");
+    let explain = async |proof: &str| -> Value {
+        let r = client()
+            .post(a.admin_url("/admin/explain"))
+            .json(&json!({"token": token, "path": "/dpop/reports", "host": LB_HOST, "dpop": proof}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    };
+    let steps = |v: &Value| -> String {
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let proof = key.proof("GET", &htu, Some(&token));
+    for _ in 0..2 {
+        let v = explain(&proof).await;
+        assert_eq!(v["allowed"], true, "{v:#}");
+        let text = steps(&v);
+        for line in [
+            "dpop: proof signature valid",
+            "htm GET and htu",
+            "jti not seen before by any replica (dry check",
+        ] {
+            assert!(text.contains(line), "missing {line:?}:\n{text}");
+        }
+        assert!(!text.contains(&token), "explain never shows the token");
+        assert!(!text.contains(&proof), "explain never shows the proof");
+    }
+    assert!(
+        redis_keys(&redis).await.is_empty(),
+        "explain wrote nothing to Redis"
+    );
+    assert_eq!(up.count(), 0);
+    // The proof explained twice is still good for one real request ...
+    let r = send_lb(&a, "/dpop/reports", &token, &proof).await;
+    assert_eq!(r.status(), 200);
+    // ... and explain now sees it as used.
+    let v = explain(&proof).await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("dpop_replayed")),
+        "{v:#}"
+    );
+    assert!(steps(&v).contains("jti seen before"), "{}", steps(&v));
+    // `tollgate explain --dpop` asks the same Redis, dry: a used proof is reported as
+    // replayed by another replica, a fresh one is left unused.
+    let cli = |proof: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.arg("explain")
+            .arg("--config")
+            .arg(a.config_path())
+            .args([
+                "--token",
+                &token,
+                "--dpop",
+                proof,
+                "--host",
+                LB_HOST,
+                "/dpop/reports",
+            ]);
+        output_within("tollgate explain", &mut cmd, PATIENCE)
+    };
+    let out = cli(&proof);
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("jti seen before by another replica (Redis)"),
+        "{}",
+        out.stdout
+    );
+    let unused = key.proof("GET", &htu, Some(&token));
+    let out = cli(&unused);
+    assert!(out.status.success(), "{}", out.stdout);
+    assert!(out.stdout.contains("dry check in Redis"), "{}", out.stdout);
+    assert_eq!(
+        redis_keys(&redis).await.len(),
+        1,
+        "only the real request marked"
+    );
+    let r = send_lb(&a, "/dpop/reports", &token, &unused).await;
+    assert_eq!(
+        r.status(),
+        200,
+        "a proof explained by the CLI is still good"
+    );
+    // Each failing check is named.
+    let post = key.proof("POST", &htu, Some(&token));
+    let v = explain(&post).await;
+    assert_eq!(v["reason"], "dpop_proof_invalid", "{v:#}");
+    assert!(
+        steps(&v).contains("htm \"POST\" does not match"),
+        "{}",
+        steps(&v)
+    );
+    let mut stale = key.claims("GET", &htu, Some(&token));
+    stale["iat"] = (now() - 600).into();
+    let v = explain(&key.sign(&key.header(), &stale)).await;
+    assert!(steps(&v).contains("too old"), "{}", steps(&v));
+    let v = explain(&key.proof("GET", &format!("http://{LB_HOST}/dpop/other"), Some(&token))).await;
+    assert!(steps(&v).contains("htu"), "{}", steps(&v));
+    a.stop().await;
 }

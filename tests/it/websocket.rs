@@ -569,3 +569,222 @@ async fn websocket_over_several_endpoints() {
     drop(open);
     gw.stop().await;
 }
+
+/// The explain steps of a `POST /admin/explain` answer, one per line.
+fn steps(v: &serde_json::Value) -> String {
+    v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// Behaviour: explain describes a WebSocket handshake (`websocket: true` on POST
+// /admin/explain, `--websocket` on `tollgate explain`, `websocket: true` in a `tollgate
+// test` case): on a `websocket:` route the handshake would be forwarded; on a route
+// without it the trace says the upgrade is not accepted (forwarded as a plain GET); a
+// cross-site origin and a non-GET handshake are refused with the WebSocket step's
+// reason. Nothing reaches an upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_describes_websocket_upgrades() {
+    let s = setup("{idle_timeout: 30s, max_duration: 1h}").await;
+    let token = s.idp.token(serde_json::json!({}));
+    let ask = async |body: serde_json::Value| -> serde_json::Value {
+        let r = client()
+            .post(s.gw.admin_url("/admin/explain"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    };
+    let v = ask(serde_json::json!({"token": token, "path": "/live/feed", "websocket": true})).await;
+    assert_eq!(v["allowed"], true, "{v:#}");
+    let text = steps(&v);
+    assert!(text.contains("(WebSocket upgrade)"), "{text}");
+    assert!(
+        text.contains("route \"live\" accepts WebSocket upgrades")
+            && text.contains("idle_timeout 30s, max_duration 3600s"),
+        "{text}"
+    );
+    // The same request without `websocket` says nothing about upgrades.
+    let v = ask(serde_json::json!({"token": token, "path": "/live/feed"})).await;
+    assert!(!steps(&v).contains("websocket:"), "{}", steps(&v));
+    let v = ask(serde_json::json!({"token": token, "path": "/plain/x", "websocket": true})).await;
+    assert!(
+        steps(&v).contains("route \"plain\" does not accept WebSocket upgrades"),
+        "{}",
+        steps(&v)
+    );
+    let v = ask(
+        serde_json::json!({"token": token, "path": "/live/feed", "websocket": true,
+        "origin": "https://evil.example"}),
+    )
+    .await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("origin_not_allowed")),
+        "{v:#}"
+    );
+    assert!(
+        steps(&v).contains("websocket: handshake refused"),
+        "{}",
+        steps(&v)
+    );
+    let v = ask(
+        serde_json::json!({"token": token, "path": "/dash/x", "websocket": true,
+        "method": "POST"}),
+    )
+    .await;
+    assert_eq!(v["status"], 400, "{v:#}");
+    assert!(steps(&v).contains("is a GET request"), "{}", steps(&v));
+    // A CONNECT is never tunnelled: explain says so as the server refuses it.
+    let v = ask(serde_json::json!({"token": token, "path": "/dash/x", "method": "CONNECT"})).await;
+    assert_eq!(v["status"], 400, "{v:#}");
+    assert!(
+        steps(&v).contains("CONNECT is only accepted"),
+        "{}",
+        steps(&v)
+    );
+    // The gates still come first: no token, no handshake.
+    let v = ask(serde_json::json!({"path": "/live/feed", "websocket": true})).await;
+    assert_eq!(v["reason"], "token_missing", "{v:#}");
+
+    // The CLI.
+    let cli = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.arg("explain")
+            .arg("--config")
+            .arg(s.gw.config_path())
+            .args(args);
+        output_within("tollgate explain", &mut cmd, PATIENCE)
+    };
+    let out = cli(&["--token", &token, "--websocket", "/live/feed"]);
+    assert!(out.status.success(), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("accepts WebSocket upgrades"),
+        "{}",
+        out.stdout
+    );
+    let out = cli(&["--token", &token, "--websocket", "/plain/x"]);
+    assert!(
+        out.stdout.contains("does not accept WebSocket upgrades"),
+        "{}",
+        out.stdout
+    );
+    let out = cli(&[
+        "--token",
+        &token,
+        "--websocket",
+        "--origin",
+        "https://evil.example",
+        "/live/feed",
+    ]);
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(out.stdout.contains("origin_not_allowed"), "{}", out.stdout);
+
+    // `tollgate test` cases.
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.yaml");
+    std::fs::write(
+        &cases,
+        format!(
+            "cases:\n  - name: live feed opens\n    token: \"{token}\"\n    path: /live/feed\n    websocket: true\n    expect: {{status: 200}}\n  - name: foreign page cannot open it\n    token: \"{token}\"\n    path: /live/feed\n    origin: https://evil.example\n    websocket: true\n    expect: {{status: 403, reason: origin_not_allowed}}\n"
+        ),
+    )
+    .unwrap();
+    let run = |cases: &std::path::Path| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.arg("test")
+            .arg("--config")
+            .arg(s.gw.config_path())
+            .arg(cases);
+        output_within("tollgate test", &mut cmd, PATIENCE)
+    };
+    let out = run(&cases);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    // A case that expects the wrong answer fails: the field is not ignored.
+    let wrong = dir.path().join("wrong.yaml");
+    std::fs::write(
+        &wrong,
+        format!(
+            "cases:\n  - name: expects the origin to pass\n    token: \"{token}\"\n    path: /live/feed\n    origin: https://evil.example\n    websocket: true\n    expect: {{status: 200}}\n"
+        ),
+    )
+    .unwrap();
+    let out = run(&wrong);
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(out.stdout.contains("origin_not_allowed"), "{}", out.stdout);
+    assert_eq!(s.echo.handshakes(), 0);
+    assert_eq!(s.plain.count(), 0);
+}
+
+// Behaviour: hostile HTTP/2 extended CONNECTs: an unknown `:protocol` (not websocket),
+// on a WebSocket route and on a route with no permissions, is refused and never reaches
+// an upstream; so is a WebSocket CONNECT without a token. A chunked body on an HTTP/1.1
+// handshake is refused 400 like a declared length.
+#[tokio::test]
+async fn hostile_extended_connects_never_reach_an_upstream() {
+    let s = setup("{}").await;
+    let token = s.idp.token(serde_json::json!({}));
+    let io = TokioIo::new(TcpStream::connect(s.gw.addr).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<bytes::Bytes>>(io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let connect = |path: &str, protocol: &'static str, token: Option<&str>| {
+        let mut b = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("http://{}{path}", s.gw.addr))
+            .header("sec-websocket-version", "13");
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        let mut req = b.body(Empty::new()).unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static(protocol));
+        req
+    };
+    for (path, protocol, token, what) in [
+        (
+            "/live/feed",
+            "webtransport",
+            Some(token.as_str()),
+            "unknown protocol",
+        ),
+        (
+            "/dash/x",
+            "h2c",
+            Some(token.as_str()),
+            "unknown protocol, no permissions",
+        ),
+        (
+            "/plain/x",
+            "connect-udp",
+            Some(token.as_str()),
+            "unknown protocol, plain route",
+        ),
+        ("/live/feed", "websocket", None, "no token"),
+    ] {
+        // (An error is a refusal at the HTTP/2 layer: fine too.)
+        if let Ok(r) = send.send_request(connect(path, protocol, token)).await {
+            assert!(
+                r.status().is_client_error(),
+                "{what}: answered {}",
+                r.status()
+            );
+        }
+    }
+    let quiet = Duration::from_millis(300);
+    let chunked = format!(
+        "GET /live/feed HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    );
+    let r = raw(s.gw.addr, chunked.as_bytes(), quiet).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert_eq!(s.echo.handshakes(), 0);
+    assert_eq!(s.plain.count(), 0);
+}
