@@ -419,9 +419,18 @@ impl<B> Service<Request<B>> for Allow {
             .get::<Asked>()
             .is_some_and(|a| a.convention == Some(Convention::ExtAuthz));
         if envoy {
+            // The identity headers tollgate does not set, and the client's own spelt
+            // with `_` (`X_Auth_Subject`: the same CGI variable to many backends).
             let unset: Vec<&str> = IDENTITY_HEADERS
                 .into_iter()
                 .filter(|n| !h.contains_key(*n))
+                .chain(
+                    req.headers()
+                        .keys()
+                        .filter(|n| crate::identity::is_identity_header(n))
+                        .map(HeaderName::as_str)
+                        .filter(|n| n.contains('_')),
+                )
                 .collect();
             if !unset.is_empty() {
                 h.insert(

@@ -30,7 +30,7 @@ use crate::body::{Body, BoxError};
 use crate::client::{send_h2, send_pooled, UpstreamFailure};
 use crate::conn::ConnInfo;
 use crate::error::{BadGateway, GatewayError, Rejection, Timeout};
-use crate::identity::Identity;
+use crate::identity::{is_identity_header, Identity};
 use crate::metrics::{UpstreamErrorKind, UpstreamMetrics};
 pub use crate::request_id::X_REQUEST_ID;
 use crate::route::layer::{request_host, routed};
@@ -268,16 +268,17 @@ pub fn upstream_uri(up: &Upstream, path: &str, query: Option<&str>) -> Result<Ur
         .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded".into()))
 }
 
-/// Header hygiene for the upstream: hop-by-hop and inbound `X-Auth-*` headers removed,
+/// Header hygiene for the upstream: hop-by-hop and inbound `X-Auth-*` headers (also spelt
+/// with `_`) removed,
 /// `X-Forwarded-*`, `Host` and the verified identity added. (`X-Request-Id` is already
 /// the request's own, set by the request-id layer; upstream credentials, when the
 /// upstream has `auth:`, were set by the credentials layer.)
 pub fn prepare_headers(h: &mut HeaderMap, up: &Upstream, cx: &ForwardContext<'_>) {
     strip_hop_by_hop(h);
-    if h.keys().any(|k| k.as_str().starts_with("x-auth-")) {
+    if h.keys().any(is_identity_header) {
         let inbound_auth: Vec<HeaderName> = h
             .keys()
-            .filter(|k| k.as_str().starts_with("x-auth-"))
+            .filter(|k| is_identity_header(k))
             .cloned()
             .collect();
         for k in inbound_auth {

@@ -1,0 +1,137 @@
+//! The adversarial pass (issue 19 item 5): attacks on the public request path as a
+//! hostile client would make them, each one a finding that was fixed. Every test here
+//! failed before its fix (docs/ADVERSARIAL.md lists the attacks, held or not).
+
+use serde_json::json;
+
+use crate::common::*;
+
+/// One upstream behind two routes: `/admin` needs a token with `admin`, `/` is public.
+async fn public_beside_admin() -> (Idp, Upstream, Gw) {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let yaml = format!(
+        r#"server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+  decision_listen: "127.0.0.1:0"
+issuers:
+{}upstreams:
+  - name: app
+    url: "{}"
+routes:
+  - name: admin
+    path_prefix: /admin
+    upstream: app
+    auth:
+      scopes: [admin]
+  - name: public
+    path_prefix: /
+    upstream: app
+    auth: none
+"#,
+        issuer_yaml(&idp, "corp", ""),
+        up.url()
+    );
+    let gw = spawn_gateway(&yaml).await;
+    (idp, up, gw)
+}
+
+// Finding: a `;` parameter on a route's prefix segment (`/admin;x/users`) chose the
+// public `/` route, and the upstream received `/admin;x/users`, which Tomcat, Jetty and
+// Spring read as `/admin/users`. A path is now routed by its segments' names (what
+// such a backend reads), so it meets the `/admin` route's gate.
+#[tokio::test]
+async fn path_parameters_do_not_move_a_request_to_another_route() {
+    let (_idp, up, gw) = public_beside_admin().await;
+    for path in ["/admin;x/users", "/admin;jsessionid=1", "/admin%3Bx/users"] {
+        let r = client().get(gw.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path} must meet the /admin route's gate");
+    }
+    assert_eq!(up.count(), 0, "no request reached the upstream");
+    // The public route still serves its own paths, parameters and all.
+    let r = client().get(gw.url("/page;v=1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().uri, "/page;v=1");
+}
+
+// Finding: only headers spelt `x-auth-*` were removed before forwarding. A client's
+// `X_Auth_Subject` (underscores) went through, and backends that map headers to CGI
+// variables (Rack, PHP, WSGI: HTTP_X_AUTH_SUBJECT) read it as the identity header —
+// for a token without `sub` (client credentials), tollgate sets none of its own.
+#[tokio::test]
+async fn identity_headers_spelt_with_underscores_are_not_forwarded() {
+    let (idp, up, gw) = public_beside_admin().await;
+    let token = idp.token(json!({"sub": null, "client_id": "reporting", "scope": "admin"}));
+    let r = client()
+        .get(gw.url("/admin/users"))
+        .bearer_auth(&token)
+        .header("X_Auth_Subject", "root")
+        .header("x-auth_client-id", "root-client")
+        .header("X-AUTH-SCOPES", "everything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    let forged: Vec<(&String, &Vec<String>)> = seen
+        .headers
+        .iter()
+        .filter(|(k, _)| k.replace('_', "-").starts_with("x-auth-"))
+        .filter(|(k, _)| k.as_str() != "x-auth-client-id" && k.as_str() != "x-auth-scopes")
+        .collect();
+    assert!(
+        forged.is_empty(),
+        "forged identity headers reached the upstream: {forged:?}"
+    );
+    assert_eq!(seen.header("x-auth-client-id"), Some("reporting"));
+    assert_eq!(seen.header("x-auth-scopes"), Some("admin"));
+    // And on a public route, where tollgate sets no identity at all.
+    let r = client()
+        .get(gw.url("/page"))
+        .header("X_Auth_Subject", "root")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    assert!(
+        !seen
+            .headers
+            .keys()
+            .any(|k| k.replace('_', "-").starts_with("x-auth-")),
+        "{:?}",
+        seen.headers.keys().collect::<Vec<_>>()
+    );
+}
+
+// Finding (same attack, decision service): for Envoy's `ext_authz`, tollgate names the
+// identity headers Envoy must remove before forwarding; a client's `X_Auth_Subject` was
+// not among them, and Envoy passes underscore headers by default.
+#[tokio::test]
+async fn decision_service_has_envoy_remove_underscore_identity_headers() {
+    let (idp, _up, gw) = public_beside_admin().await;
+    let decision = gw
+        .running
+        .as_ref()
+        .unwrap()
+        .decision
+        .expect("decision listener");
+    let token = idp.token(json!({"sub": null, "client_id": "reporting", "scope": "admin"}));
+    let r = client()
+        .get(format!("http://{decision}/ext-authz/admin/users"))
+        .bearer_auth(&token)
+        .header("X_Auth_Subject", "root")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let remove = r
+        .headers()
+        .get("x-envoy-auth-headers-to-remove")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let names: Vec<&str> = remove.split(',').map(str::trim).collect();
+    assert!(names.contains(&"x_auth_subject"), "{remove:?}");
+    assert!(names.contains(&"x-auth-subject"), "{remove:?}");
+}
