@@ -135,3 +135,81 @@ async fn decision_service_has_envoy_remove_underscore_identity_headers() {
     assert!(names.contains(&"x_auth_subject"), "{remove:?}");
     assert!(names.contains(&"x-auth-subject"), "{remove:?}");
 }
+
+// Finding: a key that restricts access, written with no value (`scopes:`, a YAML null,
+// often what is left after commenting out its items), was read as "not given" and so
+// silently lifted the restriction: `permissions:` allowed every endpoint, `clients:` and
+// `scopes:` every token, `admin_auth:` left the admin API open. Each is now a located
+// validation error, and tollgate does not start.
+#[tokio::test]
+async fn a_restricting_key_left_empty_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+  admin_auth:
+issuers:
+  - name: corp
+    issuer: "https://idp.example.com"
+    jwks_uri: "https://idp.example.com/jwks"
+    audiences:
+    sender_constraint:
+upstreams:
+  - name: bi
+    url: "http://127.0.0.1:9000"
+routes:
+  - name: analytics
+    path_prefix: /v2/analytics
+    hosts:
+    upstream: bi
+    auth:
+      issuers:
+      scopes:
+      clients:
+      claims:
+    permissions:
+  - name: reports
+    path_prefix: /v2/reports
+    upstream: bi
+    rate_limits:
+    auth:
+      issuers: [corp]
+    permissions:
+      - path: /v2/reports/x
+        methods: [GET]
+        scopes:
+        claims:
+"#;
+    let p = dir.path().join("gateway.yaml");
+    std::fs::write(&p, text).unwrap();
+    let out = output_within(
+        "tollgate validate",
+        crate::cli::bin().args(["validate", "--config"]).arg(&p),
+        PATIENCE,
+    );
+    let f = p.display().to_string();
+    let expect = [
+        format!("{f}:4:13 server.admin_auth: "),
+        format!("{f}:9:14 issuers[0].audiences: "),
+        format!("{f}:10:22 issuers[0].sender_constraint: "),
+        format!("{f}:17:10 routes[0].hosts: "),
+        format!("{f}:20:14 routes[0].auth.issuers: "),
+        format!("{f}:21:13 routes[0].auth.scopes: "),
+        format!("{f}:22:14 routes[0].auth.clients: "),
+        format!("{f}:23:13 routes[0].auth.claims: "),
+        format!("{f}:24:16 routes[0].permissions: "),
+        format!("{f}:28:16 routes[1].rate_limits: "),
+        format!("{f}:34:15 routes[1].permissions[0].scopes: "),
+        format!("{f}:35:15 routes[1].permissions[0].claims: "),
+    ];
+    for e in &expect {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(e.as_str()) && l.contains("no value")),
+            "missing {e:?}... no value in:\n{}",
+            out.stdout
+        );
+    }
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+}
