@@ -213,3 +213,69 @@ routes:
     }
     assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
 }
+
+// Finding: the SAP session tollgate keeps for a `csrf` upstream was keyed by the
+// credential the upstream sees only. With the upstream's own credentials (the usual
+// technical user), every caller shared one SAP session: its cookies (and whatever the
+// upstream keeps in it, such as draft and lock state) set on alice's request went with
+// bob's. A session is now also per verified caller (issuer, client, subject).
+#[tokio::test]
+async fn callers_never_share_an_upstream_session() {
+    use crate::sap::spawn_sap;
+    let idp = spawn_idp().await;
+    let sap = spawn_sap().await;
+    let yaml = format!(
+        r#"server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+issuers:
+{}upstreams:
+  - name: s4
+    url: "{}/sap/opu/odata/sap/API_X"
+    auth: {{type: basic, username: GW_USER, password: "s3cret"}}
+    csrf:
+      fetch_path: /
+routes:
+  - name: odata
+    path_prefix: /odata
+    upstream: s4
+    auth:
+      scopes: [analytics.read]
+"#,
+        issuer_yaml(&idp, "corp", ""),
+        sap.url()
+    );
+    let gw = spawn_gateway(&yaml).await;
+    let alice = idp.token(json!({"sub": "alice"}));
+    let bob = idp.token(json!({"sub": "bob"}));
+    for (who, token) in [("alice", &alice), ("bob", &bob), ("alice", &alice)] {
+        let r = client()
+            .post(gw.url("/odata/A_Items"))
+            .bearer_auth(token)
+            .body(who)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{who}");
+    }
+    let sessions: Vec<(String, String)> = sap
+        .modifying()
+        .into_iter()
+        .map(|s| {
+            (
+                String::from_utf8_lossy(&s.body).into_owned(),
+                s.session.unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+    assert_eq!(
+        sessions[0].1, sessions[2].1,
+        "alice keeps her session: {sessions:?}"
+    );
+    assert_ne!(
+        sessions[0].1, sessions[1].1,
+        "bob was served in alice's session: {sessions:?}"
+    );
+    gw.stop().await;
+}
