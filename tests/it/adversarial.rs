@@ -279,3 +279,70 @@ routes:
     );
     gw.stop().await;
 }
+
+// Finding: asked by an ingress about a CORS preflight from an origin the route does not
+// allow, the decision service answered 204 (tollgate's own answer to such a preflight,
+// without `Access-Control-*` headers). To nginx `auth_request` and Traefik
+// `forwardAuth` any 2xx means "forward it", so an unauthenticated `OPTIONS` from any
+// origin reached the upstream. A preflight the route's CORS does not grant is now
+// refused (403 `access_denied`); a granted one still gets its 204 with the headers.
+#[tokio::test]
+async fn decision_service_refuses_a_preflight_it_does_not_grant() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let yaml = format!(
+        r#"server:
+  listen: "127.0.0.1:0"
+  decision_listen: "127.0.0.1:0"
+issuers:
+{}upstreams:
+  - name: app
+    url: "{}"
+routes:
+  - name: admin
+    path_prefix: /admin
+    upstream: app
+    auth:
+      scopes: [admin]
+    cors:
+      allow_origins: ["https://app.example"]
+      allow_methods: [GET, DELETE]
+"#,
+        issuer_yaml(&idp, "corp", ""),
+        up.url()
+    );
+    let gw = spawn_gateway(&yaml).await;
+    let decision = gw
+        .running
+        .as_ref()
+        .unwrap()
+        .decision
+        .expect("decision listener");
+    let ask = |origin: &'static str, endpoint: &'static str| {
+        let mut r = client()
+            .get(format!("http://{decision}{endpoint}"))
+            .header("origin", origin)
+            .header("access-control-request-method", "DELETE");
+        r = match endpoint {
+            "/forward-auth" => r
+                .header("x-forwarded-method", "OPTIONS")
+                .header("x-forwarded-uri", "/admin/users/1"),
+            _ => r
+                .header("x-original-method", "OPTIONS")
+                .header("x-original-uri", "/admin/users/1"),
+        };
+        r.send()
+    };
+    for endpoint in ["/forward-auth", "/auth-request"] {
+        let r = ask("https://evil.example", endpoint).await.unwrap();
+        assert_eq!(r.status(), 403, "{endpoint}: a foreign origin's preflight");
+        assert!(r.headers().get("access-control-allow-origin").is_none());
+        let r = ask("https://app.example", endpoint).await.unwrap();
+        assert_eq!(r.status(), 204, "{endpoint}: an allowed origin's preflight");
+        assert_eq!(
+            r.headers()["access-control-allow-origin"],
+            "https://app.example"
+        );
+    }
+    assert_eq!(up.count(), 0);
+}
