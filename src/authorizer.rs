@@ -421,8 +421,9 @@ impl<B> Service<Request<B>> for Allow {
             .get::<Asked>()
             .is_some_and(|a| a.convention == Some(Convention::ExtAuthz));
         if envoy {
-            // The identity headers tollgate does not set, and the client's own spelt
-            // with `_` (`X_Auth_Subject`: the same CGI variable to many backends).
+            // The identity headers tollgate does not set, the client's own spelt with
+            // `_` (`X_Auth_Subject`: the same CGI variable to many backends), and the
+            // client's headers that frameworks read instead of what was checked.
             let unset: Vec<&str> = IDENTITY_HEADERS
                 .into_iter()
                 .filter(|n| !h.contains_key(*n))
@@ -432,6 +433,12 @@ impl<B> Service<Request<B>> for Allow {
                         .filter(|n| crate::identity::is_identity_header(n))
                         .map(HeaderName::as_str)
                         .filter(|n| n.contains('_')),
+                )
+                // And the client's headers that would override what was checked.
+                .chain(
+                    crate::proxy::OVERRIDING_HEADERS
+                        .into_iter()
+                        .filter(|n| req.headers().contains_key(*n)),
                 )
                 .collect();
             if !unset.is_empty() {

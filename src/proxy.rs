@@ -268,8 +268,25 @@ pub fn upstream_uri(up: &Upstream, path: &str, query: Option<&str>) -> Result<Ur
         .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded".into()))
 }
 
+/// Client headers that frameworks read in place of what tollgate checked and set: the
+/// method (`X-HTTP-Method-Override`: a `GET` that permissions allowed runs as `DELETE`),
+/// the path (`X-Original-URL`, `X-Rewrite-URL`: IIS URL Rewrite, Symfony, Zend) and the
+/// client, host, scheme, port or prefix (`Forwarded`, `X-Real-IP`, `X-Forwarded-Port`,
+/// `X-Forwarded-Prefix`: Spring, ASP.NET) beside the `X-Forwarded-*` tollgate sets.
+pub const OVERRIDING_HEADERS: [&str; 9] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+];
+
 /// Header hygiene for the upstream: hop-by-hop and inbound `X-Auth-*` headers (also spelt
-/// with `_`) removed,
+/// with `_`) removed, so are [`OVERRIDING_HEADERS`],
 /// `X-Forwarded-*`, `Host` and the verified identity added. (`X-Request-Id` is already
 /// the request's own, set by the request-id layer; upstream credentials, when the
 /// upstream has `auth:`, were set by the credentials layer.)
@@ -284,6 +301,9 @@ pub fn prepare_headers(h: &mut HeaderMap, up: &Upstream, cx: &ForwardContext<'_>
         for k in inbound_auth {
             h.remove(k);
         }
+    }
+    for name in OVERRIDING_HEADERS {
+        h.remove(name);
     }
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => {

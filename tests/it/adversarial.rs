@@ -122,6 +122,7 @@ async fn decision_service_has_envoy_remove_underscore_identity_headers() {
         .get(format!("http://{decision}/ext-authz/admin/users"))
         .bearer_auth(&token)
         .header("X_Auth_Subject", "root")
+        .header("X-HTTP-Method-Override", "DELETE")
         .send()
         .await
         .unwrap();
@@ -134,6 +135,8 @@ async fn decision_service_has_envoy_remove_underscore_identity_headers() {
     let names: Vec<&str> = remove.split(',').map(str::trim).collect();
     assert!(names.contains(&"x_auth_subject"), "{remove:?}");
     assert!(names.contains(&"x-auth-subject"), "{remove:?}");
+    // Finding 7 behind Envoy: the method override is removed too.
+    assert!(names.contains(&"x-http-method-override"), "{remove:?}");
 }
 
 // Finding: a key that restricts access, written with no value (`scopes:`, a YAML null,
@@ -345,4 +348,64 @@ routes:
         );
     }
     assert_eq!(up.count(), 0);
+}
+
+// Finding: headers with which frameworks override what tollgate checked went through.
+// `X-HTTP-Method-Override: DELETE` on a `GET` that permissions allow (Express
+// method-override, ASP.NET, many REST stacks execute the DELETE); `X-Original-URL` /
+// `X-Rewrite-URL` (IIS URL Rewrite, Symfony, Zend route by them: a check of `/public`,
+// a request for `/admin`); `Forwarded: host=...;proto=...` (RFC 7239), `X-Forwarded-Port`
+// and `X-Forwarded-Prefix` (Spring, ASP.NET build links and redirects from them), and
+// `X-Real-IP`, while tollgate sets (and overwrites) only `X-Forwarded-*`. They are now
+// removed before forwarding.
+#[tokio::test]
+async fn headers_that_override_what_was_checked_are_not_forwarded() {
+    let (idp, up, gw) = public_beside_admin().await;
+    let token = idp.token(json!({"scope": "admin"}));
+    let r = client()
+        .get(gw.url("/page"))
+        .header("X-HTTP-Method-Override", "DELETE")
+        .header("X-HTTP-Method", "DELETE")
+        .header("X-Method-Override", "DELETE")
+        .header("X-Original-URL", "/admin/users")
+        .header("X-Rewrite-URL", "/admin/users")
+        .header("Forwarded", "for=10.0.0.1;host=admin.internal;proto=https")
+        .header("X-Forwarded-Port", "443")
+        .header("X-Forwarded-Prefix", "/evil")
+        .header("X-Real-IP", "10.0.0.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    let passed: Vec<&String> = seen
+        .headers
+        .keys()
+        .filter(|k| {
+            matches!(
+                k.as_str(),
+                "x-http-method-override"
+                    | "x-http-method"
+                    | "x-method-override"
+                    | "x-original-url"
+                    | "x-rewrite-url"
+                    | "forwarded"
+                    | "x-forwarded-port"
+                    | "x-forwarded-prefix"
+                    | "x-real-ip"
+            )
+        })
+        .collect();
+    assert!(passed.is_empty(), "reached the upstream: {passed:?}");
+    assert_eq!(seen.method, "GET");
+    // The same on an authenticated route.
+    let r = client()
+        .get(gw.url("/admin/report"))
+        .bearer_auth(&token)
+        .header("X-HTTP-Method-Override", "DELETE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(up.last().header("x-http-method-override").is_none());
 }
