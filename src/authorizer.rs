@@ -39,7 +39,9 @@
 //!   the JSON body also travels in `X-Tollgate-Error-Body`, for the nginx config to
 //!   answer with (README "Keep your ingress").
 //! - a CORS preflight: tollgate's own preflight answer (204 with the
-//!   `Access-Control-*` headers, or without them for a foreign origin). It is a 2xx, so
+//!   `Access-Control-*` headers); one the route's CORS does not grant (a foreign origin,
+//!   method or header) is refused 403 `origin_not_allowed`, since any 2xx would have
+//!   the ingress forward the `OPTIONS` upstream. A granted one is a 2xx, so
 //!   the ingress lets it pass: the ingress answers it without the upstream (Envoy: a
 //!   `direct_response` route for preflights, with the `Access-Control-*` headers in
 //!   `allowed_client_headers_on_success`), as README shows.
@@ -68,7 +70,7 @@ use crate::conn::ConnInfo;
 use crate::cors::Cors;
 use crate::credentials::upstream_layer::{UpstreamAuthLayer, UpstreamCredentials};
 use crate::decision;
-use crate::error::{GatewayError, Rejection, RescueLayer};
+use crate::error::{DenyReason, GatewayError, Rejection, RescueLayer};
 use crate::gateway::Gateway;
 use crate::identity::Identity;
 use crate::observe::ObserveLayer;
@@ -419,9 +421,25 @@ impl<B> Service<Request<B>> for Allow {
             .get::<Asked>()
             .is_some_and(|a| a.convention == Some(Convention::ExtAuthz));
         if envoy {
+            // The identity headers tollgate does not set, the client's own spelt with
+            // `_` (`X_Auth_Subject`: the same CGI variable to many backends), and the
+            // client's headers that frameworks read instead of what was checked.
             let unset: Vec<&str> = IDENTITY_HEADERS
                 .into_iter()
                 .filter(|n| !h.contains_key(*n))
+                .chain(
+                    req.headers()
+                        .keys()
+                        .filter(|n| crate::identity::is_identity_header(n))
+                        .map(HeaderName::as_str)
+                        .filter(|n| n.contains('_')),
+                )
+                // And the client's headers that would override what was checked.
+                .chain(
+                    crate::proxy::OVERRIDING_HEADERS
+                        .into_iter()
+                        .filter(|n| req.headers().contains_key(*n)),
+                )
                 .collect();
             if !unset.is_empty() {
                 h.insert(
@@ -462,6 +480,24 @@ pub struct Decide {
 impl OnOutcome for Decide {
     fn on_outcome(self, out: Outcome) -> Outcome {
         match out {
+            Ok(resp)
+                if self.preflight
+                    && resp.status().is_success()
+                    && !resp
+                        .headers()
+                        .contains_key(http::header::ACCESS_CONTROL_ALLOW_ORIGIN) =>
+            {
+                // A preflight the route's CORS does not grant: tollgate's own answer
+                // (204 without `Access-Control-*`) is a 2xx, which an ingress takes for
+                // "forward it"; the browser fails such a preflight either way.
+                let mut rej = Rejection::from(GatewayError::AccessDenied {
+                    reason: DenyReason::OriginNotAllowed,
+                    description: "this preflight's origin, method or headers are not allowed by the route's cors".into(),
+                });
+                let (parts, _) = resp.into_parts();
+                rej.facts.extend(parts.extensions);
+                Err(rej)
+            }
             Ok(resp)
                 if resp.extensions().get::<Allowed>().is_none()
                     && !self.preflight

@@ -51,7 +51,8 @@ pub enum DenyReason {
     /// none of the allowed values (403 access_denied, naming the claim).
     ClaimMismatch,
     /// A WebSocket handshake from a browser page whose `Origin` the route does not
-    /// allow (cross-site WebSocket hijacking; 403 access_denied).
+    /// allow (cross-site WebSocket hijacking; 403 access_denied), or, asked by an
+    /// ingress (decision service), a CORS preflight the route's `cors` does not grant.
     OriginNotAllowed,
     /// The `DPoP` proof JWT is missing, malformed, badly signed, or does not match the
     /// request (`htm`, `htu`, `iat`, `ath`) (401, `WWW-Authenticate: DPoP

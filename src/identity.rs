@@ -52,3 +52,15 @@ impl Identity {
         self.scopes.iter().any(|x| x == s)
     }
 }
+
+/// An `X-Auth-*` header, however it is spelt: `X_Auth_Subject` is `HTTP_X_AUTH_SUBJECT`
+/// to a backend that maps headers to CGI variables (Rack, PHP, WSGI), just like
+/// `X-Auth-Subject`. (Names arrive in lower case.)
+pub fn is_identity_header(name: &http::HeaderName) -> bool {
+    let n = name.as_str().as_bytes();
+    n.len() >= 7
+        && n[..7]
+            .iter()
+            .map(|b| if *b == b'_' { b'-' } else { *b })
+            .eq(*b"x-auth-")
+}

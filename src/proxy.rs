@@ -39,7 +39,7 @@ use crate::client::{
 };
 use crate::conn::ConnInfo;
 use crate::error::{BadGateway, GatewayError, Rejection, Timeout};
-use crate::identity::Identity;
+use crate::identity::{is_identity_header, Identity};
 use crate::metrics::{UpstreamErrorKind, UpstreamMetrics};
 pub use crate::request_id::X_REQUEST_ID;
 use crate::route::layer::{request_host, routed};
@@ -277,21 +277,42 @@ pub fn upstream_uri(up: &Upstream, path: &str, query: Option<&str>) -> Result<Ur
         .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded".into()))
 }
 
-/// Header hygiene for the upstream: hop-by-hop and inbound `X-Auth-*` headers removed,
+/// Client headers that frameworks read in place of what tollgate checked and set: the
+/// method (`X-HTTP-Method-Override`: a `GET` that permissions allowed runs as `DELETE`),
+/// the path (`X-Original-URL`, `X-Rewrite-URL`: IIS URL Rewrite, Symfony, Zend) and the
+/// client, host, scheme, port or prefix (`Forwarded`, `X-Real-IP`, `X-Forwarded-Port`,
+/// `X-Forwarded-Prefix`: Spring, ASP.NET) beside the `X-Forwarded-*` tollgate sets.
+pub const OVERRIDING_HEADERS: [&str; 9] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+];
+
+/// Header hygiene for the upstream: hop-by-hop and inbound `X-Auth-*` headers (also spelt
+/// with `_`) removed, so are [`OVERRIDING_HEADERS`],
 /// `X-Forwarded-*`, `Host` and the verified identity added. (`X-Request-Id` is already
 /// the request's own, set by the request-id layer; upstream credentials, when the
 /// upstream has `auth:`, were set by the credentials layer.)
 pub fn prepare_headers(h: &mut HeaderMap, up: &Upstream, cx: &ForwardContext<'_>) {
     strip_hop_by_hop(h);
-    if h.keys().any(|k| k.as_str().starts_with("x-auth-")) {
+    if h.keys().any(is_identity_header) {
         let inbound_auth: Vec<HeaderName> = h
             .keys()
-            .filter(|k| k.as_str().starts_with("x-auth-"))
+            .filter(|k| is_identity_header(k))
             .cloned()
             .collect();
         for k in inbound_auth {
             h.remove(k);
         }
+    }
+    for name in OVERRIDING_HEADERS {
+        h.remove(name);
     }
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => {

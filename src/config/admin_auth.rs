@@ -25,9 +25,9 @@ section! {
     pub struct AdminAuthModel {
         /// `bearer` (the default: a token like a route's) or `basic` (username and password hash).
         "type" => pub kind: Option<String> as choice(&["bearer", "basic"]),
-        "issuers" => pub issuers: Option<List<String>>,
-        "scopes" => pub scopes: Option<List<String>>,
-        "clients" => pub clients: Option<List<String>>,
+        "issuers" => pub issuers: Option<List<String>> as restricting(),
+        "scopes" => pub scopes: Option<List<String>> as restricting(),
+        "clients" => pub clients: Option<List<String>> as restricting(),
         /// Not supported: browser sign-in is not for the admin API.
         "login" => pub login: Option<bool>,
         "username" => pub username: Option<String>,

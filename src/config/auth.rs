@@ -17,16 +17,16 @@ section! {
     /// `issuers`, `scopes`, `clients` a token must match.
     pub struct AuthBlockModel {
         /// The `issuers[].name`s (or `local`) whose tokens are accepted.
-        "issuers" => pub issuers: Option<List<String>>,
+        "issuers" => pub issuers: Option<List<String>> as restricting(),
         /// Scopes a token needs (all of them).
-        "scopes" => pub scopes: Option<List<String>>,
+        "scopes" => pub scopes: Option<List<String>> as restricting(),
         /// Client ids accepted (default any).
-        "clients" => pub clients: Option<List<String>>,
+        "clients" => pub clients: Option<List<String>> as restricting(),
         /// Accept a browser session (`login:`) as well as a Bearer token (routes only).
         "login" => pub login: Option<bool>,
         /// Claim values the token must carry: claim name (or dotted path) -> value or list
         /// of values.
-        "claims" => pub claims: Option<ClaimsModel>,
+        "claims" => pub claims: Option<ClaimsModel> as restricting(),
     }
 }
 

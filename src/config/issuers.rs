@@ -32,7 +32,7 @@ section! {
         /// Opaque tokens: check them at the issuer's RFC 7662 introspection endpoint.
         "introspection" => pub introspection: Option<IntrospectionModel>,
         /// A token's `aud` must contain one of these.
-        "audiences" => pub audiences: Option<List<String>>,
+        "audiences" => pub audiences: Option<List<String>> as restricting(),
         /// Signature algorithms accepted (default: every asymmetric one; never `none` or HS*).
         "algorithms" => pub algorithms: Option<List<String>> as schema(list(one_of(&["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]))),
         /// Clock skew allowed on `exp` and `nbf`.
@@ -48,7 +48,7 @@ section! {
         /// Timeout for JWKS, discovery and introspection HTTP calls (default 5s).
         "fetch_timeout" => pub fetch_timeout: Option<DurationText>,
         /// `none` (default) | `dpop` | `mtls`: sender-constrained tokens (RFC 9449, 8705).
-        "sender_constraint" => pub sender_constraint: Option<String>,
+        "sender_constraint" => pub sender_constraint: Option<String> as restricting(),
         "dpop" => pub dpop: Option<DpopModel>,
         /// The HTTP proxy for this issuer's JWKS, discovery, introspection and sign-in
         /// token calls: "http://[user:password@]host:port" (https:// for TLS to the

@@ -24,14 +24,14 @@ section! {
         /// The path this route serves, on a segment boundary: /api matches /api/x, not /apix.
         "path_prefix" => pub path_prefix: Option<String> as required(),
         /// Only for these Host names (default any).
-        "hosts" => pub hosts: Option<List<String>>,
+        "hosts" => pub hosts: Option<List<String>> as restricting(),
         /// The `upstreams[].name` requests are forwarded to (not used when tollgate is
         /// embedded in an application).
         "upstream" => pub upstream: Option<String> as required(),
         "auth" => pub auth: Option<RouteAuthModel> as required(),
         /// Per endpoint and method: the scopes (and claims) a token needs; a request that
         /// no entry matches is denied.
-        "permissions" => pub permissions: Option<List<PermissionModel>>,
+        "permissions" => pub permissions: Option<List<PermissionModel>> as restricting(),
         /// Cross-origin requests from browsers (answered by tollgate).
         "cors" => pub cors: Option<CorsModel>,
         /// `basic`: client credentials in the form body are moved to an Authorization header.
@@ -43,7 +43,7 @@ section! {
         /// for routes with a Bearer `auth` block, off for `auth: none` and `login` routes).
         "strip_cookies" => pub strip_cookies: Option<bool>,
         /// Names of `rate_limits` entries that count this route's requests.
-        "rate_limits" => pub rate_limits: Option<List<String>>,
+        "rate_limits" => pub rate_limits: Option<List<String>> as restricting(),
         /// WebSocket upgrades are forwarded after the route's gates said yes
         /// (`websocket: {}` for the defaults).
         "websocket" => pub websocket: Option<WebSocketModel>,
@@ -68,9 +68,9 @@ section! {
         /// The methods this entry covers, or ["*"] for any.
         "methods" => pub methods: Option<List<String>> as required().schema(v::methods_schema()),
         /// The scopes a token needs (all of them).
-        "scopes" => pub scopes: List<String>,
+        "scopes" => pub scopes: List<String> as restricting(),
         /// Claim values this endpoint requires besides the route's.
-        "claims" => pub claims: Option<ClaimsModel>,
+        "claims" => pub claims: Option<ClaimsModel> as restricting(),
     }
 }
 

@@ -35,7 +35,7 @@ section! {
         "decision_listen" => pub decision_listen: Option<ListenAddr>,
         /// Protection of the admin API (all but /healthz and /readyz): a Bearer rule like
         /// a route's, or Basic credentials.
-        "admin_auth" => pub admin_auth: Option<AdminAuthModel>,
+        "admin_auth" => pub admin_auth: Option<AdminAuthModel> as restricting(),
         /// Request size, time and concurrency limits.
         "limits" => pub limits: LimitsModel,
         /// HTTP methods beyond the standard nine that routes may name (`PURGE`, ...).

@@ -44,7 +44,7 @@ section! {
         "failed_auth_limit" => pub failed_auth_limit: Option<FailedAuthLimitModel>,
         /// `none` (default) | `dpop` | `mtls`: what a client must prove when it asks for
         /// a token, and what routes require of the issuer `local`'s tokens.
-        "sender_constraint" => pub sender_constraint: Option<String>,
+        "sender_constraint" => pub sender_constraint: Option<String> as restricting(),
     }
 }
 
@@ -59,7 +59,7 @@ section! {
         /// The scopes the client may be given.
         "scopes" => pub scopes: List<String>,
         /// Overrides `token_service.sender_constraint` for this client's token requests.
-        "sender_constraint" => pub sender_constraint: Option<String>,
+        "sender_constraint" => pub sender_constraint: Option<String> as restricting(),
     }
 }
 

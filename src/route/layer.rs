@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use http::header::{self, HeaderValue};
 use http::Request;
 
-use super::{normalize_host, normalize_path};
+use super::{normalize_host, normalize_path, without_parameters};
 use crate::decision;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
@@ -145,7 +145,9 @@ where
                 .and_then(|v| v.to_str().ok())
                 .map(normalize_host)
                 .unwrap_or_default();
-            let Some(id) = rt.table.lookup(&host, &path) else {
+            // By the segments' names: `/admin;x/users` is `/admin/users` to many
+            // backends, so it must meet the `/admin` route's gates, not `/`'s.
+            let Some(id) = rt.table.lookup(&host, &without_parameters(&path)) else {
                 decision::note(&req, || "route: none matches".into());
                 return refuse(GatewayError::NotFound);
             };

@@ -8,6 +8,7 @@
 
 pub mod layer;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// Why a path was refused (400 `invalid_request`).
@@ -94,14 +95,7 @@ pub fn normalize_path(raw: &str) -> Result<String, BadPath> {
                 }
             }
         }
-        // The segment's name as a backend that drops `;` parameters reads it (some
-        // decode `%3B` first, so that counts as `;` too).
-        let name_len = [seg.find(';'), seg.find("%3B")]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(seg.len());
-        let bare = &seg[..name_len];
+        let bare = &seg[..segment_name_len(&seg)];
         let dotty = bare == "." || bare == "..";
         if dotty && (escaped_dot || bare.len() != seg.len()) {
             return Err(BadPath("disguised dot-segment in path"));
@@ -130,6 +124,33 @@ pub fn normalize_path(raw: &str) -> Result<String, BadPath> {
         out.push('/');
     }
     Ok(out)
+}
+
+/// The length of a segment's name as a backend that drops `;` parameters reads it
+/// (some decode `%3B` first, so that counts as `;` too).
+fn segment_name_len(seg: &str) -> usize {
+    [seg.find(';'), seg.find("%3B")]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(seg.len())
+}
+
+/// A normalised path as a backend that drops `;` parameters reads it (Tomcat, Jetty,
+/// Spring: `/admin;x/users` is `/admin/users`). Routes are chosen by it, so a
+/// parameter cannot move a request away from the route its segments name.
+pub fn without_parameters(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') && !path.contains("%3B") {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(&seg[..segment_name_len(seg)]);
+    }
+    Cow::Owned(out)
 }
 
 fn utf8_len(first: u8) -> usize {
@@ -348,6 +369,16 @@ mod tests {
         assert_eq!(n("/a;x/b").unwrap(), "/a;x/b");
         assert_eq!(n("/data;jsessionid=1").unwrap(), "/data;jsessionid=1");
         assert_eq!(n("/a%3Bb").unwrap(), "/a%3Bb");
+    }
+
+    // Behaviour: routes are chosen by segment names, `;` parameters (and `%3B` ones)
+    // removed, as a backend that drops parameters reads the path.
+    #[test]
+    fn routing_key_drops_parameters() {
+        assert_eq!(without_parameters("/admin;x/users"), "/admin/users");
+        assert_eq!(without_parameters("/admin%3Bx/users/"), "/admin/users/");
+        assert_eq!(without_parameters("/a/b;jsessionid=1"), "/a/b");
+        assert!(matches!(without_parameters("/a/b"), Cow::Borrowed("/a/b")));
     }
 
     // Behaviour: normalisation is idempotent.

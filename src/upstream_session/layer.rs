@@ -26,6 +26,7 @@ use crate::body::{Body, BoxError};
 use crate::decision;
 use crate::error::Rejection;
 use crate::gateway::Gateway;
+use crate::identity::Identity;
 use crate::request_id::X_REQUEST_ID;
 use crate::route::layer::{route_of, routed};
 use crate::service::{take_ready, OnOutcome, Outcome, Step, Then};
@@ -180,7 +181,8 @@ where
         h.remove(COOKIE);
         h.remove(&X_CSRF_TOKEN);
         let authorization = h.get(AUTHORIZATION).cloned();
-        let key = session_key(&up, authorization.as_ref());
+        let caller = req.extensions().get::<Arc<Identity>>().cloned();
+        let key = session_key(&up, authorization.as_ref(), caller.as_deref());
         let path = match routed(&req) {
             Some(r) => r.path.as_str(),
             None => req.uri().path(),

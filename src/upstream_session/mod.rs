@@ -5,9 +5,9 @@
 //! An SAP OData service or Cloud Integration endpoint refuses a modifying request with
 //! `403` + `X-CSRF-Token: Required` unless it carries a token fetched earlier
 //! (`GET` with `X-CSRF-Token: Fetch`) *and* the session cookies that came with that
-//! token. tollgate does this for its clients: one [`Session`] per upstream and
-//! credential (the `Authorization` value sent upstream, hashed: never the token itself
-//! in a key), holding the token and a cookie [`jar::Jar`]; one fetch in flight per
+//! token. tollgate does this for its clients: one [`Session`] per upstream, credential
+//! (the `Authorization` value sent upstream, hashed: never the token itself in a key)
+//! and verified caller, holding the token and a cookie [`jar::Jar`]; one fetch in flight per
 //! session; the token and the upstream's cookies stay inside tollgate. The request
 //! orchestration (attach, send, replay once) is in [`layer`]; the body kept for the
 //! replay in [`replay`].
@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use crate::body::{empty, full, Body};
 use crate::client::{send_pooled, UpstreamFailure};
 use crate::error::{BadGateway, GatewayError, Timeout};
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::request_id::X_REQUEST_ID;
 use crate::upstream::{Csrf, Upstream};
@@ -59,9 +60,16 @@ pub fn token_required(status: StatusCode, h: &HeaderMap) -> bool {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"required"))
 }
 
-/// The session of `up` for requests sent with `authorization`: upstream name, origin and
-/// a hash of the credential. Two credentials never share a session.
-pub fn session_key(up: &Upstream, authorization: Option<&HeaderValue>) -> [u8; 32] {
+/// The session of `up` for requests sent with `authorization` by the verified caller
+/// `caller`: upstream name, origin, a hash of the credential and the caller's issuer,
+/// client and subject. Two credentials never share a session, and neither do two
+/// callers sent with the same upstream credentials (a technical user): what the
+/// upstream keeps in a session for one caller's requests never serves another's.
+pub fn session_key(
+    up: &Upstream,
+    authorization: Option<&HeaderValue>,
+    caller: Option<&Identity>,
+) -> [u8; 32] {
     let mut h = Sha256::new();
     for part in [
         up.name.as_bytes(),
@@ -77,6 +85,23 @@ pub fn session_key(up: &Upstream, authorization: Option<&HeaderValue>) -> [u8; 3
             h.update(a.as_bytes());
         }
         None => h.update([0]),
+    }
+    if let Some(id) = caller {
+        h.update([1]);
+        for part in [
+            Some(&*id.issuer),
+            id.client_id.as_deref(),
+            id.subject.as_deref(),
+        ] {
+            match part {
+                Some(p) => {
+                    h.update([1]);
+                    h.update((p.len() as u64).to_le_bytes());
+                    h.update(p.as_bytes());
+                }
+                None => h.update([0]),
+            }
+        }
     }
     h.finalize().into()
 }

@@ -3,6 +3,7 @@
 
 mod admin_api;
 mod admin_ui;
+mod adversarial;
 mod auth;
 mod browser_admin;
 mod browser_cors;

@@ -391,9 +391,10 @@ impl<'de, S: Section> Visitor<'de> for SectionVisitor<'_, '_, S> {
 ///
 /// After a field's type, `as SPEC` says more about the key for the schema (the
 /// functions of [`schema::spec`] are in scope): `required()` when the compile step
-/// reports it missing, `choice(&[..])` for a fixed set of values, `matching(..)` for a
+/// reports it missing, `restricting()` for a key that restricts access (a null value is
+/// then an error instead of "not given"; the only `as` that affects reading), `choice(&[..])` for a fixed set of values, `matching(..)` for a
 /// pattern, `schema(..)` for a schema of its own; `.required()` adds to any of them.
-/// Reading is not affected. Only doc comments may stand on the struct and its fields.
+/// Only doc comments may stand on the struct and its fields.
 ///
 /// ```ignore
 /// section! {
@@ -438,7 +439,16 @@ macro_rules! section {
                 let mut n = 0usize;
                 $(
                     if i == n {
-                        self.$field = $crate::config::yaml::field(map, cx)?;
+                        #[allow(unused_imports)]
+                        use $crate::config::yaml::schema::spec::*;
+                        let restricts = None::<$crate::config::yaml::schema::Spec>
+                            $(.or(Some($spec)))?
+                            .is_some_and(|s| s.restricts);
+                        self.$field = if restricts {
+                            $crate::config::yaml::field_not_null(map, cx)?
+                        } else {
+                            $crate::config::yaml::field(map, cx)?
+                        };
                         return Ok(());
                     }
                     n += 1;

@@ -217,6 +217,57 @@ pub fn field<'de, F: Node + Default, A: MapAccess<'de>>(
     Ok(map.next_value_seed(Seed::<F>::new(cx))?.unwrap_or_default())
 }
 
+/// The value of a key that restricts access ([`schema::Spec::restricts`]): like
+/// [`field`], but a null value is an error. Read as "not given", `scopes:` left empty
+/// would lift the restriction it was written to impose.
+pub fn field_not_null<'de, F: Node + Default, A: MapAccess<'de>>(
+    map: &mut A,
+    cx: &mut Cx,
+) -> Result<F, A::Error> {
+    Ok(map
+        .next_value_seed(NotNull::<F>(cx, PhantomData))?
+        .unwrap_or_default())
+}
+
+struct NotNull<'c, 'a, T>(&'c mut Cx<'a>, PhantomData<T>);
+
+impl<T> NotNull<'_, '_, T> {
+    fn refuse(self) -> Option<T> {
+        self.0.error(
+            "no value: this key restricts access, and left empty it would lift that \
+             restriction; give it its values, or remove the key if none is meant",
+        );
+        None
+    }
+}
+
+impl<'de, T: Node> DeserializeSeed<'de> for NotNull<'_, '_, T> {
+    type Value = Option<T>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de, T: Node> serde::de::Visitor<'de> for NotNull<'_, '_, T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a value")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+        Ok(self.refuse())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+        Ok(self.refuse())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+        T::read(d, self.0)
+    }
+}
+
 impl<T: Node> Node for Option<T> {
     fn read<'de, D: Deserializer<'de>>(d: D, cx: &mut Cx) -> Result<Option<Self>, D::Error> {
         T::read(d, cx).map(Some)

@@ -101,9 +101,18 @@ pub struct Spec {
     pub schema: Option<Value>,
     /// The compile step reports the key as missing when it is absent.
     pub required: bool,
+    /// The key restricts access: a null value (`scopes:` with nothing after it) is an
+    /// error, not "not given", which would lift the restriction.
+    pub restricts: bool,
 }
 
 impl Spec {
+    /// The key restricts access: see [`Spec::restricts`].
+    pub fn restricting(mut self) -> Self {
+        self.restricts = true;
+        self
+    }
+
     /// The key is required as well.
     pub fn required(mut self) -> Self {
         self.required = true;
@@ -125,8 +134,16 @@ pub mod spec {
     /// The compile step reports the key as missing when it is absent.
     pub fn required() -> Spec {
         Spec {
-            schema: None,
             required: true,
+            ..Spec::default()
+        }
+    }
+
+    /// The key restricts access: a null value is an error (see [`Spec::restricts`]).
+    pub fn restricting() -> Spec {
+        Spec {
+            restricts: true,
+            ..Spec::default()
         }
     }
 
@@ -144,7 +161,7 @@ pub mod spec {
     pub fn schema(schema: Value) -> Spec {
         Spec {
             schema: Some(schema),
-            required: false,
+            ..Spec::default()
         }
     }
 }
