@@ -2,8 +2,8 @@
 //! rate-limit step after authorisation.
 //!
 //! # One atomic operation per decision
-//! A decision is one `EVALSHA` of [`SCRIPT`] (loaded with `SCRIPT LOAD` when Redis answers
-//! `NOSCRIPT`: on first use and again after a Redis restart). Redis runs a
+//! A decision is one `EVALSHA` of [`SCRIPT`] (loaded with `SCRIPT LOAD` on first use and
+//! again after a Redis restart, which `redis::Script` does on `NOSCRIPT`). Redis runs a
 //! script without interleaving any other command, so read, decide and count cannot race
 //! between replicas. The script reads the time from Redis (`TIME`), so replicas with
 //! skewed clocks still agree on windows; it runs the arithmetic of the local store (see
@@ -443,16 +443,8 @@ impl RedisStore {
         commit: bool,
     ) -> Result<Decision, StoreError> {
         let mut m = self.manager()?;
-        // The EVALSHA command written straight into one `Cmd` (redis' `ScriptInvocation`
-        // first copies every key and argument into a `Vec<u8>` of its own, then into the
-        // command), and the reply read as four integers rather than a `Vec`: ~1.5k fewer
-        // instructions per decision (callgrind, bench/ANALYSIS.md, session 6). A Redis
-        // that lost the script (restart, `SCRIPT FLUSH`) answers NOSCRIPT: it is loaded
-        // and the command sent once more, as `ScriptInvocation::invoke_async` does.
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.script.get_hash())
-            .arg(1)
-            .arg(limit.redis_key(key))
+        let mut inv = self.script.prepare_invoke();
+        inv.key(limit.redis_key(key))
             .arg(limit.limit())
             .arg(limit.per_ms())
             .arg(limit.granularity_ms())
@@ -461,30 +453,18 @@ impl RedisStore {
                 Window::Sliding => "s",
             })
             .arg(if commit { "1" } else { "0" });
-        let decide = async {
-            match cmd.query_async::<(i64, i64, i64, i64)>(&mut m).await {
-                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                    self.script.prepare_invoke().load_async(&mut m).await?;
-                    cmd.query_async(&mut m).await
-                }
-                reply => reply,
-            }
-        };
-        let (allowed, counted, reset, retry) =
-            match tokio::time::timeout(self.timeout, decide).await {
+        let reply =
+            match tokio::time::timeout(self.timeout, inv.invoke_async::<Vec<i64>>(&mut m)).await {
                 Ok(Ok(r)) => r,
-                // Not four integers.
-                Ok(Err(e))
-                    if matches!(
-                        e.kind(),
-                        redis::ErrorKind::UnexpectedReturnType | redis::ErrorKind::Parse
-                    ) =>
-                {
+                Ok(Err(e)) if e.kind() == redis::ErrorKind::UnexpectedReturnType => {
                     return Err(StoreError::Reply)
                 }
                 Ok(Err(e)) => return Err(StoreError::from_redis(e, self.timeout)),
                 Err(_) => return Err(StoreError::Timeout(self.timeout)),
             };
+        let [allowed, counted, reset, retry] = reply[..] else {
+            return Err(StoreError::Reply);
+        };
         let nonneg = |v: i64| u64::try_from(v).map_err(|_| StoreError::Reply);
         Ok(Decision::from_counts(
             limit,
