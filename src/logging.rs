@@ -159,8 +159,7 @@ fn quoted(o: &mut String, s: &str, json: bool) {
     // Fast path: printable ASCII without `"` or `\` is copied as it is (the request id,
     // route, upstream and client of almost every line); char-by-char costs ~500
     // instructions per value (callgrind, bench/ANALYSIS.md).
-    if s
-        .bytes()
+    if s.bytes()
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
     {
         o.push_str(s);

@@ -134,9 +134,7 @@ where
         let this = self.project();
         let mut resp = std::task::ready!(this.inner.poll(cx))?;
         if let Some(id) = this.id.take() {
-            resp.headers_mut()
-                .entry(X_REQUEST_ID.clone())
-                .or_insert(id);
+            resp.headers_mut().entry(X_REQUEST_ID.clone()).or_insert(id);
         }
         Poll::Ready(Ok(resp))
     }
@@ -183,8 +181,10 @@ mod tests {
                 let sent = req.headers()[&X_REQUEST_ID].clone();
                 let mut resp = Response::new(sent.clone());
                 if own {
-                    resp.headers_mut()
-                        .insert(X_REQUEST_ID.clone(), HeaderValue::from_static("upstream-own"));
+                    resp.headers_mut().insert(
+                        X_REQUEST_ID.clone(),
+                        HeaderValue::from_static("upstream-own"),
+                    );
                 }
                 Ok::<_, std::convert::Infallible>(resp)
             }))
