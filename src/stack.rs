@@ -10,6 +10,7 @@
 //! CORS layer recorded), so that every error is written in one place.
 //!
 //!  1. accept, TLS, header size and read timeout ........ `listener`
+//!     credentials marked sensitive (never printed) ..... `sensitive`
 //!  2. request id ......................................... `request_id`
 //!     W3C trace context, the server span ............... `otel::layer`, `trace_context`
 //!     timer; on the way out metrics and the access log . `observe`
@@ -38,10 +39,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 use http::{Request, Response};
 use tower::{Service, ServiceBuilder};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::body::{Body, BoxError};
 use crate::cors::layer::{CorsLayer, CorsService};
@@ -60,6 +59,7 @@ use crate::proxy::Proxy;
 use crate::ratelimit::layer::{RateLimit, RateLimitLayer};
 use crate::request_id::RequestIdLayer;
 use crate::route::layer::{RouteLayer, Routing};
+use crate::sensitive::SensitiveHeadersLayer;
 use crate::session::layer::{SessionLayer, Sessions};
 use crate::token_service::layer::{TokenEndpoints, TokenServiceLayer};
 use crate::upgrade::WebSocketLayer;
@@ -83,11 +83,7 @@ where
 {
     ServiceBuilder::new()
         // Credentials are marked sensitive before anything can print them.
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            AUTHORIZATION,
-            COOKIE,
-            PROXY_AUTHORIZATION,
-        ]))
+        .layer(SensitiveHeadersLayer)
         // 2. A sane X-Request-Id is kept, anything else replaced by a generated one, and
         //    every response carries it, errors included (tollgate's own layer: one
         //    header lookup, no extensions; see `request_id`).
