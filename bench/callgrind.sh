@@ -10,6 +10,7 @@
 # HTTP/1.1 keep-alive over 8 connections from h2load. CG_KEEP=DIR keeps the callgrind
 # files (callgrind_annotate DIR/cg.jwt.2500 shows where the instructions go). Each is run with N1 and N2 requests;
 # (Ir(N2) - Ir(N1)) / (N2 - N1) cancels start-up and shutdown. Loopback only, bounded.
+# CG_ONLY="plain jwt" runs only the named workloads (plain, local, redis, jwt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${1:-target/release/tollgate}"
@@ -126,11 +127,16 @@ for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$ADM/readyz" >/dev/null && 
 TOKEN=$(curl -sf -u cg:cg-secret -d grant_type=client_credentials "http://127.0.0.1:$TG/oauth2/token" \
   | python3 -c 'import sys,json; print(json.load(sys.stdin)["access_token"])')
 kill -TERM "$TP"; wait "$TP" || true
-plain=$(per_request plain "http://127.0.0.1:$TG/plain/x")
-local_rl=$(per_request local "http://127.0.0.1:$TG/local/x")
-redis_rl="(redis-server not installed)"
-if [ "$HAVE_REDIS" = 1 ]; then redis_rl=$(per_request redis "http://127.0.0.1:$TG/redis/x"); fi
-jwt=$(per_request jwt "http://127.0.0.1:$TG/api/data" "authorization: Bearer $TOKEN")
+ONLY=" ${CG_ONLY:-plain local redis jwt} "
+want() { [[ "$ONLY" == *" $1 "* ]]; }
+plain="(not run)"; local_rl="(not run)"; redis_rl="(not run)"; jwt="(not run)"
+if want plain; then plain=$(per_request plain "http://127.0.0.1:$TG/plain/x"); fi
+if want local; then local_rl=$(per_request local "http://127.0.0.1:$TG/local/x"); fi
+if want redis; then
+  redis_rl="(redis-server not installed)"
+  if [ "$HAVE_REDIS" = 1 ]; then redis_rl=$(per_request redis "http://127.0.0.1:$TG/redis/x"); fi
+fi
+if want jwt; then jwt=$(per_request jwt "http://127.0.0.1:$TG/api/data" "authorization: Bearer $TOKEN"); fi
 echo "binary: $BIN"
 echo "instructions per request, plain proxy:        $plain"
 echo "instructions per request, cached Bearer JWT:  $jwt"

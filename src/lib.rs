@@ -46,6 +46,7 @@ pub mod request_id;
 pub mod route;
 pub mod runtime;
 pub mod secret;
+pub mod sensitive;
 pub mod service;
 pub mod session;
 pub mod stack;

@@ -10,7 +10,8 @@
 //! CORS layer recorded), so that every error is written in one place.
 //!
 //!  1. accept, TLS, header size and read timeout ........ `listener`
-//!  2. request id ......................................... `request_id` (tower-http)
+//!     credentials marked sensitive (never printed) ..... `sensitive`
+//!  2. request id ......................................... `request_id`
 //!     W3C trace context, the server span ............... `otel::layer`, `trace_context`
 //!     timer; on the way out metrics and the access log . `observe`
 //!     refusals -> SPEC's JSON errors ................... `error::Rescue`
@@ -38,11 +39,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 use http::{Request, Response};
 use tower::{Service, ServiceBuilder};
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::body::{Body, BoxError};
 use crate::cors::layer::{CorsLayer, CorsService};
@@ -59,8 +57,9 @@ use crate::observe::ObserveLayer;
 use crate::otel::layer::TraceLayer;
 use crate::proxy::Proxy;
 use crate::ratelimit::layer::{RateLimit, RateLimitLayer};
-use crate::request_id::{self, SaneRequestId, X_REQUEST_ID};
+use crate::request_id::RequestIdLayer;
 use crate::route::layer::{RouteLayer, Routing};
+use crate::sensitive::SensitiveHeadersLayer;
 use crate::session::layer::{SessionLayer, Sessions};
 use crate::token_service::layer::{TokenEndpoints, TokenServiceLayer};
 use crate::upgrade::WebSocketLayer;
@@ -84,18 +83,11 @@ where
 {
     ServiceBuilder::new()
         // Credentials are marked sensitive before anything can print them.
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            AUTHORIZATION,
-            COOKIE,
-            PROXY_AUTHORIZATION,
-            // A DPoP proof is a one-time credential.
-            http::HeaderName::from_static("dpop"),
-        ]))
-        // 2. A sane X-Request-Id is kept, anything else replaced by a generated one ...
-        .map_request(request_id::drop_insane::<B> as fn(Request<B>) -> Request<B>)
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), SaneRequestId))
-        // ... and every response carries it, errors included.
-        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        .layer(SensitiveHeadersLayer)
+        // 2. A sane X-Request-Id is kept, anything else replaced by a generated one, and
+        //    every response carries it, errors included (tollgate's own layer: one
+        //    header lookup, no extensions; see `request_id`).
+        .layer(RequestIdLayer)
         // 11. A gRPC client gets tollgate's refusals as gRPC statuses (grpc-status
         //     16/7/8/14...); outside the metrics and log, which keep the HTTP status.
         .layer(GrpcStatusLayer)

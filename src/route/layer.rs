@@ -78,18 +78,21 @@ impl OnOutcome for RecordRoute {
     }
 }
 
-/// Framing tricks hyper lets through that a proxy must refuse (request smuggling).
-fn smuggling_guard<B>(req: &Request<B>) -> Result<(), GatewayError> {
+/// Framing tricks hyper lets through that a proxy must refuse (request smuggling); else
+/// the one `Host` header, if any (read here once for routing).
+fn smuggling_guard<B>(req: &Request<B>) -> Result<Option<&HeaderValue>, GatewayError> {
     let h = req.headers();
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
         return Err(GatewayError::BadRequest(
             "both Content-Length and Transfer-Encoding present".into(),
         ));
     }
-    if h.get_all(header::HOST).iter().nth(1).is_some() {
+    let mut hosts = h.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
         return Err(GatewayError::BadRequest("more than one Host header".into()));
     }
-    Ok(())
+    Ok(host)
 }
 
 /// The host a request is routed by: `Host`, else the authority of an absolute URI.
@@ -119,9 +122,12 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let refuse = |e: GatewayError| Then::new(Step::reject(e), RecordRoute(None));
-        if let Err(e) = smuggling_guard(&req) {
-            return refuse(e);
-        }
+        // The Host header, else the authority of an absolute URI (`request_host`).
+        let host = match smuggling_guard(&req) {
+            Ok(Some(h)) => h.to_str().ok().map(normalize_host),
+            Ok(None) => req.uri().authority().map(|a| normalize_host(a.as_str())),
+            Err(e) => return refuse(e),
+        };
         let rt = self.gw.current();
         let path = match normalize_path(req.uri().path()) {
             Ok(p) => p,
@@ -140,11 +146,7 @@ where
             decision::note(&req, || "route: tollgate's sign-in endpoints".into());
             None
         } else {
-            let host = request_host(&req)
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .map(normalize_host)
-                .unwrap_or_default();
+            let host = host.unwrap_or_default();
             // By the segments' names: `/admin;x/users` is `/admin/users` to many
             // backends, so it must meet the `/admin` route's gates, not `/`'s.
             let Some(id) = rt.table.lookup(&host, &without_parameters(&path)) else {
