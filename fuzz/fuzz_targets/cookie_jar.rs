@@ -38,9 +38,10 @@ fn path_match(request: &str, cookie: &str) -> bool {
             && (cookie.ends_with('/') || request.as_bytes().get(cookie.len()) == Some(&b'/')))
 }
 
-/// RFC 6265 §5.1.3 domain-match of HOST against a Domain attribute.
+/// RFC 6265 §5.1.3 domain-match of HOST against a Domain attribute. Spaces after the
+/// leading dot are ignored, as the jar's parser does (`Domain=. host` is the host).
 fn domain_ok(attr: &str) -> bool {
-    let d = attr.trim_start_matches('.').to_ascii_lowercase();
+    let d = attr.trim_start_matches('.').trim().to_ascii_lowercase();
     d.is_empty() || HOST == d || HOST.ends_with(&format!(".{d}"))
 }
 
@@ -90,10 +91,7 @@ fuzz_target!(|data: &[u8]| {
                 if m.paths.iter().all(Option::is_some) {
                     let req_path = u.path();
                     assert!(
-                        m.paths
-                            .iter()
-                            .flatten()
-                            .any(|cp| path_match(req_path, cp)),
+                        m.paths.iter().flatten().any(|cp| path_match(req_path, cp)),
                         "{name:?} (paths {:?}) sent for {req_path}",
                         m.paths
                     );

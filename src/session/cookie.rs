@@ -138,16 +138,18 @@ impl Sealer {
     }
 }
 
-/// Every `name=value` pair of the request's `Cookie` header(s), in order.
+/// Every `name=value` pair of the request's `Cookie` header(s), in order, name and value
+/// trimmed of spaces and tabs and the value of surrounding quotes. Headers are split
+/// on `;` as bytes: a pair that is not UTF-8 (a browser sends a cookie's bytes as they
+/// are) is skipped alone, it does not hide the other cookies of its header.
 pub fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(';'))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
         .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            Some((k.trim(), v.trim().trim_matches('"')))
+            let (k, v) = std::str::from_utf8(kv).ok()?.split_once('=')?;
+            Some((k.trim_ascii(), v.trim_ascii().trim_matches('"')))
         })
 }
 
@@ -184,8 +186,9 @@ pub fn session_value(headers: &HeaderMap) -> Option<(String, usize)> {
             }
         }
     }
-    let first = parts[0]?;
-    let mut value = String::with_capacity(first.len() * sent.max(1));
+    parts[0]?;
+    let len = parts.iter().map_while(|p| *p).map(str::len).sum();
+    let mut value = String::with_capacity(len);
     for p in parts.iter().map_while(|p| *p) {
         value.push_str(p);
     }
@@ -198,7 +201,8 @@ pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Removes tollgate's own cookies from the `Cookie` header(s); other cookies stay, in
-/// order, in one header. Cheap when there is none of ours.
+/// order and byte for byte (UTF-8 or not), in one header. Cheap when there is none of
+/// ours.
 pub fn strip_own(headers: &mut HeaderMap) {
     let ours = headers
         .get_all(COOKIE)
@@ -207,21 +211,29 @@ pub fn strip_own(headers: &mut HeaderMap) {
     if !ours {
         return;
     }
-    let kept: Vec<String> = headers
+    let mut kept: Vec<u8> = Vec::new();
+    for kv in headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(';'))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(<[u8]>::trim_ascii)
         .filter(|kv| !kv.is_empty())
-        .filter(|kv| !is_own(kv.split_once('=').map_or(*kv, |(k, _)| k.trim())))
-        .map(str::to_owned)
-        .collect();
+    {
+        let name = kv.split(|b| *b == b'=').next().unwrap_or(kv).trim_ascii();
+        if std::str::from_utf8(name).is_ok_and(is_own) {
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(kv);
+    }
     headers.remove(COOKIE);
     if kept.is_empty() {
         return;
     }
-    if let Ok(mut v) = HeaderValue::from_str(&kept.join("; ")) {
+    // Every byte came from a valid header value, joined by "; ": always valid.
+    if let Ok(mut v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)) {
         v.set_sensitive(true);
         headers.insert(COOKIE, v);
     }
@@ -396,6 +408,56 @@ mod tests {
         let mut h = headers("a=1");
         strip_own(&mut h);
         assert_eq!(h[COOKIE], "a=1");
+    }
+
+    // Behaviour (issue 19, found for the `session_cookie` fuzz target): a cookie with
+    // UTF-8 or other non-ASCII bytes in the browser's Cookie header hid the session in
+    // that header (a sign-in loop) and made strip_own drop every other cookie of it. Now each pair
+    // is read on its own; everything not ours goes upstream byte for byte; names are
+    // trimmed of ASCII whitespace only, the same when reading and when stripping.
+    #[test]
+    fn non_ascii_cookies_neither_hide_the_session_nor_get_lost() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            COOKIE,
+            HeaderValue::from_bytes(b"name=Jos\xc3\xa9; tollgate_session=abc; lat=\xe9t\xe9; b=2")
+                .unwrap(),
+        );
+        assert_eq!(session_value(&h), Some(("abc".to_owned(), 1)));
+        assert_eq!(get(&h, "b"), Some("2"));
+        strip_own(&mut h);
+        assert_eq!(
+            h[COOKIE].as_bytes(),
+            b"name=Jos\xc3\xa9; lat=\xe9t\xe9; b=2"
+        );
+        assert!(h[COOKIE].is_sensitive());
+
+        // A name that only looks like ours after Unicode trimming is not ours, in
+        // both places.
+        let mut h = HeaderMap::new();
+        h.insert(
+            COOKIE,
+            HeaderValue::from_bytes(b"\xc2\xa0tollgate_session=abc; \ttollgate_state.x=1 ")
+                .unwrap(),
+        );
+        assert_eq!(session_value(&h), None);
+        strip_own(&mut h);
+        assert_eq!(h[COOKIE].as_bytes(), b"\xc2\xa0tollgate_session=abc");
+    }
+
+    // Behaviour (issue 19, found for the `session_cookie` fuzz target): the joined
+    // session reserved the first part's length times the highest part number sent, so
+    // a 3 KB cookie and a `tollgate_session.99` reserved 300 KB per request; now it
+    // reserves what it joins.
+    #[test]
+    fn session_value_reserves_what_it_joins() {
+        let big = "a".repeat(3000);
+        let (v, sent) = session_value(&headers(&format!(
+            "tollgate_session={big}; tollgate_session.99=x"
+        )))
+        .unwrap();
+        assert_eq!((v.len(), sent), (3000, 100));
+        assert!(v.capacity() < 4000, "reserved {}", v.capacity());
     }
 
     #[test]

@@ -140,7 +140,9 @@ where
                 this.next += 1;
                 return Poll::Ready(Some(Ok(Frame::data(b))));
             }
-            if s.ended {
+            // Trailers end a body: a first send that read them may not have polled on
+            // to the end, but nothing comes after them.
+            if s.ended || s.trailers.is_some() {
                 if !this.trailers_sent {
                     this.trailers_sent = true;
                     if let Some(t) = s.trailers.clone() {
@@ -250,6 +252,26 @@ mod tests {
         let again = rec.replay().expect("kept");
         assert!(first.frame().await.unwrap().is_err());
         assert_eq!(read_all(again).await.unwrap(), b"abcdef");
+    }
+
+    // Behaviour (issue 19, found for the `upstream_session` fuzz target): a first send
+    // that read the data and the trailers, but did not poll on to the end (hyper stops
+    // after trailers), left a replay without the client's trailers; it sends them now.
+    #[tokio::test]
+    async fn replays_trailers_the_first_send_read() {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Ok(Frame::trailers(t.clone())),
+        ];
+        let (mut first, rec) = record(StreamBody::new(futures_util::stream::iter(frames)), 100);
+        assert!(first.frame().await.unwrap().unwrap().is_data());
+        assert!(first.frame().await.unwrap().unwrap().is_trailers());
+        let again = rec.replay().expect("kept");
+        let got = again.collect().await.unwrap();
+        assert_eq!(got.trailers(), Some(&t));
+        assert_eq!(got.to_bytes(), "ab");
     }
 
     // Behaviour: a body longer than the limit is not kept and not replayed.
