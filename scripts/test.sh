@@ -40,6 +40,10 @@ for dir in tests/e2e/oidc tests/e2e/browser; do
   fi
 done
 
+# Every test talks to loopback only: a proxy from the environment (a CI runner's) must
+# not carry that traffic (tollgate honours HTTPS_PROXY/NO_PROXY for IdP calls), while
+# cargo and the installers above may still use it.
+export NO_PROXY="127.0.0.1,localhost,::1${NO_PROXY:+,$NO_PROXY}" no_proxy="127.0.0.1,localhost,::1${no_proxy:+,$no_proxy}"
 cargo test --locked "$@"
 
 # The shipped gateway.yaml's policy tests (tests/policy/gateway.cases.yaml) through the
