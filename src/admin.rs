@@ -235,7 +235,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
                     "loaded_at": s.loaded_at,
                     "ready": gw.ready(),
                     "routes": rt.routes.len(),
-                    // Each upstream's endpoints and their health.
+                    // Each upstream's outbound proxy, endpoints and their health.
                     "upstreams": crate::gateway::upstream_status(&rt),
                     "last_reload": {
                         "at": s.last_reload_at,
@@ -246,11 +246,6 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
                         "timings": s.last_reload_timings,
                     },
                     "issuers": issuers_status(&rt),
-                    "upstreams": rt.upstreams.iter().map(|u| serde_json::json!({
-                        "name": &*u.name,
-                        "proxy": u.client.outbound().to_string(),
-                        "token_proxy": u.auth.as_ref().and_then(|a| a.outbound()).map(|o| o.to_string()),
-                    })).collect::<Vec<_>>(),
                 }),
             )
         }

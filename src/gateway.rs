@@ -467,9 +467,18 @@ pub fn upstream_status(rt: &Runtime) -> serde_json::Value {
         .upstreams
         .iter()
         .map(|u| {
+            // Which outbound proxy carries its traffic and its `auth` token requests.
+            let proxy = u.client.outbound().to_string();
+            let token_proxy = u
+                .auth
+                .as_ref()
+                .and_then(|a| a.outbound())
+                .map(|o| o.to_string());
             let Some(eps) = &u.endpoints else {
                 return serde_json::json!({
                     "name": &*u.name,
+                    "proxy": proxy,
+                    "token_proxy": token_proxy,
                     "balance": null,
                     "endpoints": [{
                         "endpoint": u.authority.as_str(),
@@ -512,6 +521,8 @@ pub fn upstream_status(rt: &Runtime) -> serde_json::Value {
                 .collect();
             serde_json::json!({
                 "name": &*u.name,
+                "proxy": proxy,
+                "token_proxy": token_proxy,
                 "balance": eps.balance.as_str(),
                 "endpoints": endpoints,
             })

@@ -116,6 +116,10 @@ pub fn compile(
         clients,
         failed_auth: failed_auth?,
         sender_constraint,
+        replay: crate::auth::replay::ReplayStore {
+            redis: limits.limiter().redis().cloned(),
+            on_error: Default::default(),
+        },
     };
     Some((Arc::new(ts), new_file))
 }

@@ -27,7 +27,7 @@ use rand::Rng;
 
 use self::keys::SigningKey;
 use crate::auth::dpop::{self, Expected};
-use crate::auth::replay::{self, ReplayCache, Seen};
+use crate::auth::replay::{self, ReplayCache};
 use crate::auth::sender::{self, SenderConstraint, DEFAULT_IAT_WINDOW};
 use crate::body::{full, Body, BoxError};
 use crate::conn::{ClientCert, ConnInfo};
@@ -95,6 +95,10 @@ pub struct TokenService {
     /// `sender_constraint`: what clients must prove to get a token (unless a client
     /// says otherwise), and what routes require of the `local` issuer's tokens.
     pub sender_constraint: SenderConstraint,
+    /// Where the `jti`s of DPoP proofs sent with token requests are remembered: with
+    /// `stores.redis`, in Redis too (fail-closed), so a proof used at one replica's
+    /// token endpoint is refused at every other.
+    pub replay: replay::ReplayStore,
 }
 
 /// What an issued token is bound to (its `cnf` claim).
@@ -330,7 +334,9 @@ impl TokenService {
             Err(e) => return Err(self.failed(Some(&id), ip, e).await),
         };
         let scopes = self.grant_scopes(client, one.get("scope").copied())?;
-        let binding = self.binding(client, &parts, conn.as_deref(), replays)?;
+        let binding = self
+            .binding(client, &parts, conn.as_deref(), replays)
+            .await?;
         self.issue(client, &scopes, binding, metrics)
     }
 
@@ -426,7 +432,7 @@ impl TokenService {
     /// request (RFC 9449 section 5), and for a client whose `sender_constraint` is
     /// `mtls`, its TLS client certificate (RFC 8705). A client that must use DPoP (or
     /// mTLS) and did not gets an error instead of a bearer token.
-    fn binding(
+    async fn binding(
         &self,
         client: &Client,
         parts: &http::request::Parts,
@@ -460,20 +466,24 @@ impl TokenService {
                 proof
                     .check(&want_claims)
                     .map_err(|r| bad_proof(r.description))?;
-                let forget_at = proof.iat.saturating_add(window).saturating_add(1);
-                match replays.insert(replay::key(&proof.jkt, &proof.jti), forget_at, now) {
-                    Seen::New => {}
-                    Seen::Replayed => {
-                        return Err(bad_proof(
-                            "DPoP proof replayed (its jti was used before)".into(),
-                        ))
-                    }
-                    Seen::Full => {
-                        return Err(GatewayError::ServiceUnavailable(
-                            "too many DPoP proofs at once to check for replays; retry shortly",
-                        ))
-                    }
-                }
+                let fresh = replay::Fresh {
+                    issuer: "local".into(),
+                    iss: self.issuer.clone(),
+                    jkt: proof.jkt.clone(),
+                    jti: proof.jti.clone(),
+                    iat: proof.iat,
+                    window,
+                    skew: 0,
+                    store: self.replay.clone(),
+                };
+                replay::check(replays, &fresh, now, replay::Mode::Record, &mut |_| {})
+                    .await
+                    .map_err(|e| match e {
+                        GatewayError::Unauthorized { .. } => {
+                            bad_proof("DPoP proof replayed (its jti was used before)".into())
+                        }
+                        other => other,
+                    })?;
                 b.jkt = Some(proof.jkt);
             }
             None if want == SenderConstraint::Dpop => {

@@ -738,6 +738,63 @@ async fn token_service_issues_dpop_bound_tokens() {
     gw.stop().await;
 }
 
+// Behaviour: with stores.redis, the DPoP proof sent with a token request is marked in
+// Redis: used at one replica's token endpoint, it is refused at another's (400
+// invalid_dpop_proof), and the mark holds no request material.
+#[tokio::test]
+async fn token_endpoint_proofs_are_used_once_across_replicas() {
+    let redis = RedisServer::start();
+    let up = spawn_upstream().await;
+    let stores = format!(
+        "stores:\n  redis:\n    url: \"{}\"\n    timeout: 2s\n",
+        redis.url()
+    );
+    let yaml = ts_yaml(&up, &stores, "dpop");
+    let a = spawn_gateway(&yaml).await;
+    let b = spawn_gateway(&yaml).await;
+    let key = DpopKey::new();
+    // Both replicas behind one name, as behind a load balancer: one htu.
+    let claims = key.claims("POST", &format!("http://{LB_HOST}/oauth2/token"), None);
+    let jti = claims["jti"].as_str().unwrap().to_owned();
+    let proof = key.sign(&key.header(), &claims);
+    let ask = async |gw: &Gw| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(15))
+            .build()
+            .unwrap()
+            .post(gw.url("/oauth2/token"))
+            .header("host", LB_HOST)
+            .basic_auth("dash", Some("s3cret"))
+            .header("dpop", &proof)
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap()
+    };
+    let r = ask(&a).await;
+    assert_eq!(r.status(), 200, "A accepts a fresh proof");
+    assert_eq!(json_of(r).await["token_type"], "DPoP");
+    let r = ask(&b).await;
+    assert_eq!(r.status(), 400, "B refuses the proof A used");
+    let body = json_of(r).await;
+    assert_eq!(body["error"], "invalid_dpop_proof", "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("replayed"),
+        "{body}"
+    );
+    let keys = redis_keys(&redis).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    for secret in [&key.jkt(), &jti, &proof] {
+        assert!(!keys[0].contains(secret.as_str()), "{keys:?}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
 // Behaviour: a client with sender_constraint mtls gets a token bound to its TLS client
 // certificate (cnf.x5t#S256), which works over the same mTLS connection's certificate.
 #[tokio::test]
