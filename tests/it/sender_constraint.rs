@@ -757,6 +757,7 @@ async fn token_endpoint_proofs_are_used_once_across_replicas() {
     let claims = key.claims("POST", &format!("http://{LB_HOST}/oauth2/token"), None);
     let jti = claims["jti"].as_str().unwrap().to_owned();
     let proof = key.sign(&key.header(), &claims);
+    tollgate::tls::install_default_provider();
     let ask = async |gw: &Gw| {
         reqwest::Client::builder()
             .no_proxy()
