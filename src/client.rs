@@ -344,27 +344,9 @@ pub async fn send_pooled(
     req: Request<Body>,
     timeout: Duration,
 ) -> Result<Response<PooledBody>, UpstreamFailure> {
-    let work = async {
-        let mut req = req;
-        if let Some(mut tx) = pool.checkout() {
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(pooled_response(pool, tx, resp)),
-                Err(mut e) => match e.take_message() {
-                    Some(r) => req = r,
-                    None => return Err(UpstreamFailure::Broken(Cause::new(e.into_error()))),
-                },
-            }
-        }
-        let mut tx = pool.connect().await?;
-        match tx.try_send_request(req).await {
-            Ok(resp) => Ok(pooled_response(pool, tx, resp)),
-            Err(e) => Err(UpstreamFailure::Broken(Cause::new(e.into_error()))),
-        }
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(UpstreamFailure::Timeout),
-    }
+    send_pooled_or_back(pool, req, timeout)
+        .await
+        .map_err(|(failure, _)| failure)
 }
 
 /// A failed send, and the request when it was never written (no connection could be
@@ -529,19 +511,9 @@ pub async fn send_h2(
     req: Request<Body>,
     timeout: Duration,
 ) -> Result<Response<Incoming>, UpstreamFailure> {
-    let work = async {
-        let mut tx = conn.sender().await?;
-        tx.ready()
-            .await
-            .map_err(|e| UpstreamFailure::Broken(Cause::new(e)))?;
-        tx.send_request(req)
-            .await
-            .map_err(|e| UpstreamFailure::Broken(Cause::new(e)))
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(UpstreamFailure::Timeout),
-    }
+    send_h2_or_back(conn, req, timeout)
+        .await
+        .map_err(|(failure, _)| failure)
 }
 
 /// [`send_h2`] for an upstream with several endpoints: a request that was never
