@@ -7,6 +7,15 @@ baseline), HAProxy, Envoy (when installed) and tollgate on core 0; checks that e
 peer rejects a forged token and a missing token; measures with wrk / h2load on core 1,
 interleaved, warm-up + ROUNDS rounds, medians; writes bench/RESULTS.md.
 
+Two-core mode (workloads `plain2` and `jwt2`, part of every full run; alone with
+`BENCH_ONLY=plain2,jwt2`): a second set of servers spread over BOTH cores -- tollgate
+with 2 workers (`TOKIO_WORKER_THREADS=2`), HAProxy with `nbthread 2`, and their own
+nginx upstream with 2 worker processes -- and wrk with 2 threads on the same two cores,
+at the same priority (not niced: a niced load generator starves under saturation and
+the servers then idle). Everything shares the two cores, so the figures are lower than
+"2x one core": the tollgate-vs-HAProxy ratio is the fair comparison, and tollgate's
+own scaling is reported as its two-core req/s over its one-core req/s of the same run.
+
 Every server started here is appended to bench/out/pids (run.sh kills those PIDs on
 exit) and is also stopped here, by PID, in a finally block.
 """
@@ -48,7 +57,11 @@ P = dict(
     hap_plain=18100, hap_jwt=18101, hap_h2=18102,
     tg=18200, tg_admin=18290, tg10k=18210, tg10k_admin=18291, tglog=18220, tglog_admin=18292,
     env_plain=18300, env_jwt=18301, env_admin=18390,
+    # two-core mode: its own upstream, HAProxy and tollgate
+    up2=18084, hap2_plain=18110, hap2_jwt=18111, tg2=18230, tg2_admin=18293,
 )
+BOTH_CORES = "0,1"
+TWO_CORE = {"plain2", "jwt2"}
 
 # Targets. The issue's own targets were not available to the author of this harness;
 # these are the defaults it checks (edit here). Ratios are tollgate / peer, same run.
@@ -64,6 +77,11 @@ TARGETS = {
     "idle_kib_per_conn": 20.0,      # 10,000 idle keep-alive connections: under 20 KiB per connection
     "routes_10k_within": 0.05,      # 10k routes with permissions within 5% of a 10-route config
     "reload_10k_seconds": 0.10,     # a reload of the 10k-route config compiles in under 100 ms
+    # Issue 18's two-core rows: tollgate (2 workers) vs HAProxy (nbthread 2), both on both
+    # cores, and tollgate's two-core req/s over its own one-core req/s.
+    "plain2_vs_haproxy": 1.00,
+    "jwt2_vs_haproxy": 2.20,
+    "scaling_2_over_1": 1.80,
 }
 
 PIDS = []          # every process we started (Popen), stopped by PID
@@ -82,7 +100,7 @@ def record_pid(pid):
         f.write(f"{pid}\n")
 
 
-def start(name, argv, env=None, core=0, stderr_path=None):
+def start(name, argv, env=None, core="0", stderr_path=None):
     e = dict(os.environ)
     if env:
         e.update(env)
@@ -267,6 +285,36 @@ def write(name, text):
     return path
 
 
+def nginx2_conf():
+    """The two-core mode's upstream: the same fixed answer, 2 worker processes."""
+    tmp = os.path.join(OUT, "nginx2-tmp")
+    os.makedirs(tmp, exist_ok=True)
+    return write("nginx2.conf", f"""
+daemon off;
+master_process on;
+worker_processes 2;
+worker_rlimit_nofile 20000;
+pid {OUT}/nginx2.pid;
+error_log {OUT}/nginx2-error.log warn;
+events {{ worker_connections 16000; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    default_type text/plain;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{P['up2']} backlog=4096;
+        location / {{ return 200 "hello from the upstream\\n"; }}
+    }}
+}}
+""")
+
+
 def nginx_conf():
     tmp = os.path.join(OUT, "nginx-tmp")
     os.makedirs(tmp, exist_ok=True)
@@ -316,11 +364,19 @@ http {{
 """)
 
 
-def haproxy_conf():
+def haproxy_conf(threads=1):
+    """HAProxy's config; `threads=2` is the two-core mode's (own ports, own upstream)."""
     pub = os.path.join(OUT, "keys", "rsa_pub.pem")
-    return write("haproxy.cfg", f"""
+    two = threads == 2
+    up = P["up2"] if two else P["up"]
+    plain, jwt = (P["hap2_plain"], P["hap2_jwt"]) if two else (P["hap_plain"], P["hap_jwt"])
+    h2 = "" if two else f"""frontend plain_h2
+    bind 127.0.0.1:{P['hap_h2']} proto h2 backlog 4096
+    default_backend up
+"""
+    return write("haproxy2.cfg" if two else "haproxy.cfg", f"""
 global
-    nbthread 1
+    nbthread {threads}
     maxconn 9990
     tune.maxrewrite 1024
 defaults
@@ -333,16 +389,13 @@ defaults
     maxconn 9990
 backend up
     http-reuse safe
-    server s1 127.0.0.1:{P['up']} maxconn 10000
+    server s1 127.0.0.1:{up} maxconn 10000
 frontend plain
-    bind 127.0.0.1:{P['hap_plain']} backlog 4096
+    bind 127.0.0.1:{plain} backlog 4096
     default_backend up
-frontend plain_h2
-    bind 127.0.0.1:{P['hap_h2']} proto h2 backlog 4096
-    default_backend up
-# RS256 JWT: signature (jwt_verify, public key PEM), alg, iss, aud, exp, nbf, scope.
+{h2}# RS256 JWT: signature (jwt_verify, public key PEM), alg, iss, aud, exp, nbf, scope.
 frontend jwt
-    bind 127.0.0.1:{P['hap_jwt']} backlog 4096
+    bind 127.0.0.1:{jwt} backlog 4096
     http-request set-var(txn.bearer) http_auth_bearer
     http-request deny deny_status 401 unless {{ var(txn.bearer) -m found }}
     http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')
@@ -413,8 +466,8 @@ def envoy_conf():
     return write("envoy.json", json.dumps(conf, indent=1))
 
 
-def tollgate_conf(name, port, admin, extra_routes=0):
-    return write(name, tollgate_conf_text(port, admin, extra_routes))
+def tollgate_conf(name, port, admin, extra_routes=0, up_port=None):
+    return write(name, tollgate_conf_text(port, admin, extra_routes, up_port=up_port))
 
 
 def tollgate_conf_text(port, admin, extra_routes=0, jwks_port=None, up_port=None):
@@ -522,8 +575,8 @@ def unit(v, u):
     return float(v) * {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}[u]
 
 
-def run_wrk(url, conns, dur, script=None, args=None):
-    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{dur}s", "--latency", "--timeout", "5s"]
+def run_wrk(url, conns, dur, script=None, args=None, cpus="1", threads=1):
+    cmd = ["taskset", "-c", cpus, "wrk", f"-t{threads}", f"-c{conns}", f"-d{dur}s", "--latency", "--timeout", "5s"]
     if script:
         cmd += ["-s", script]
     cmd += [url]
@@ -608,12 +661,13 @@ def measure(peer, fn, upstream):
     return r
 
 
-def workload(key, title, peers, runner, direct=None, notes=""):
-    """Warm-up each peer, then ROUNDS rounds of A B C ... interleaved; medians."""
+def workload(key, title, peers, runner, direct=None, notes="", upstream=None):
+    """Warm-up each peer, then ROUNDS rounds of A B C ... interleaved; medians.
+    `upstream` gives the upstream's PIDs (default: the one-core nginx)."""
     if ONLY and key not in ONLY:
         return
     log(f"workload {key}: {title} ({', '.join(p.name for p in peers)})")
-    upstream_pids = NGINX_PIDS() if direct is not None else []
+    upstream_pids = (upstream or NGINX_PIDS)() if direct is not None else []
     for p in peers:
         runner(p, WARM)
     raw = {p.name: [] for p in peers}
@@ -646,6 +700,10 @@ NGINX = {}
 
 def NGINX_PIDS():
     return [NGINX["proc"].pid] + children(NGINX["proc"].pid)
+
+
+def NGINX2_PIDS():
+    return [NGINX["two"].pid] + children(NGINX["two"].pid)
 
 
 # --------------------------------------------------------------------------------------
@@ -807,6 +865,21 @@ def main():
     big = tollgate_conf("tollgate-10k.yaml", P["tg10k"], P["tg10k_admin"], extra_routes=N_ROUTES_BIG - 3)
     t_big = time.perf_counter()
     tg10k = start("tollgate-10k", [TOLLGATE, "run", "--config", big], env=tg_env)
+    # Two-core mode's servers, on both cores (see the module comment).
+    two_core = not ONLY or bool(ONLY & TWO_CORE)
+    if two_core:
+        NGINX["two"] = start("nginx2", ["nginx", "-p", OUT, "-c", nginx2_conf()], core=BOTH_CORES)
+        hap2_cfg = haproxy_conf(threads=2)
+        chk = subprocess.run(["haproxy", "-c", "-f", hap2_cfg], capture_output=True, text=True)
+        if chk.returncode != 0:
+            raise SystemExit(f"haproxy (2 threads) config invalid:\n{chk.stdout}{chk.stderr}")
+        hap2 = start("haproxy2", ["haproxy", "-db", "-f", hap2_cfg], core=BOTH_CORES)
+        tg2 = start("tollgate2", [TOLLGATE, "run", "--config",
+                                  tollgate_conf("tollgate2.yaml", P["tg2"], P["tg2_admin"], up_port=P["up2"])],
+                    env={"TOKIO_WORKER_THREADS": "2", "RUST_LOG": "warn"}, core=BOTH_CORES)
+        for port in (P["up2"], P["hap2_plain"], P["hap2_jwt"]):
+            wait_port(port)
+        wait_ready(P["tg2_admin"])
     for port in (P["hap_plain"], P["hap_jwt"], P["hap_h2"]):
         wait_port(port)
     wait_ready(P["tg_admin"])
@@ -829,12 +902,16 @@ def main():
                    admin=P["tg_admin"])
     tglog_peer = Peer("tollgate+log", tglog, {"plain": P["tglog"]}, admin=P["tglog_admin"])
     tg10k_peer = Peer("tollgate 10k", tg10k, {"jwt": P["tg10k"]}, admin=P["tg10k_admin"])
+    if two_core:
+        nginx2_peer = Peer("nginx direct", NGINX["two"], {"plain": P["up2"]})
+        hap2_peer = Peer("HAProxy", hap2, {"plain": P["hap2_plain"], "jwt": P["hap2_jwt"]})
+        tg2_peer = Peer("tollgate", tg2, {"plain": P["tg2"], "jwt": P["tg2"]}, admin=P["tg2_admin"])
     env_peer = Peer("Envoy", env, {"plain": P["env_plain"], "jwt": P["env_jwt"], "h2": P["env_plain"],
                                    "upload": P["env_plain"]}) if env else None
 
     # ---- 5. every peer must refuse forged / missing tokens before anything is measured ----
     log("checks: forged / tampered / missing / wrong-scope tokens must be refused")
-    for peer in [hap_peer, tg_peer, tg10k_peer]:
+    for peer in [hap_peer, tg_peer, tg10k_peer] + ([hap2_peer, tg2_peer] if two_core else []):
         check_peer(peer.name, peer.ports["jwt"], "/api/data", tokens, require=True)
     if env_peer:
         if not check_peer("Envoy", P["env_jwt"], "/api/data", tokens, require=False):
@@ -842,7 +919,8 @@ def main():
             env_jwt_ok = False
         else:
             env_jwt_ok = True
-    for peer in [nginx_peer, hap_peer, tg_peer, tglog_peer] + ([env_peer] if env_peer else []):
+    for peer in ([nginx_peer, hap_peer, tg_peer, tglog_peer] + ([env_peer] if env_peer else [])
+                 + ([nginx2_peer, hap2_peer, tg2_peer] if two_core else [])):
         st = req(peer.ports["plain"], path="/plain/x")[0]
         if st != 200:
             raise SystemExit(f"ABORT: {peer.name} plain proxy answered {st}")
@@ -890,6 +968,25 @@ def main():
     workload("h2", "HTTP/2 (h2c prior knowledge) plain proxy, h2load 64 connections x 10 streams",
              [nginx_peer, hap_peer] + opt + [tg_peer], h2, direct=nginx_peer,
              notes="Upstream side is HTTP/1.1 for every proxy.")
+
+    # Two-core mode: servers, their upstream and wrk (2 threads) all on both cores.
+    def plain2(p, d):
+        return run_wrk(f"http://127.0.0.1:{p.ports['plain']}/plain/x", 64, d, cpus=BOTH_CORES, threads=2)
+    workload("plain2", "two cores: plain proxy, HTTP/1.1, 64 connections; tollgate 2 workers, HAProxy "
+             "nbthread 2, nginx 2 workers, wrk 2 threads, all on both cores",
+             [nginx2_peer, hap2_peer, tg2_peer] if two_core else [], plain2,
+             direct=nginx2_peer if two_core else None, upstream=NGINX2_PIDS,
+             notes="The load generator shares the two cores with the servers (same priority), so no peer "
+                   "gets two whole cores; compare the ratios, not the absolute figures, with the one-core rows.")
+
+    def jwt2(p, d):
+        r = run_wrk(f"http://127.0.0.1:{p.ports['jwt']}/api/data", 64, d, lua_tokens, [hot_file, 0],
+                    cpus=BOTH_CORES, threads=2)
+        r["wrapped"] = 0
+        return r
+    workload("jwt2", f"two cores: RS256 JWT + scope, {N_HOT} hot tokens cycling, 64 connections, all on both cores",
+             [hap2_peer, tg2_peer] if two_core else [], jwt2,
+             direct=nginx2_peer if two_core else None, upstream=NGINX2_PIDS)
 
     workload("routes", f"10 routes vs {N_ROUTES_BIG} routes with permissions (RS256, hot tokens)",
              [tg_peer, tg10k_peer], jwt_hot, direct=nginx_peer)

@@ -111,6 +111,20 @@ def targets(res, T):
             m <= T["reload_10k_seconds"], "runs: " + ", ".join(f"{x:.2f}" for x in rl) + " s")
     else:
         add("reload of the 10k-route config", f"≤ {T['reload_10k_seconds']:.1f} s", "–", None)
+    # Two-core mode (issue 18): tollgate 2 workers vs HAProxy nbthread 2, all on both cores.
+    v = r("plain2", "tollgate", "HAProxy")
+    add("two cores: plain proxy vs HAProxy (nbthread 2)", f"≥ {T.get('plain2_vs_haproxy', 1.0):.2f}×",
+        f(v, 2) + "×" if v else "–", None if v is None else v >= T.get("plain2_vs_haproxy", 1.0),
+        "CPU/req ratio {}×".format(f(r("plain2", "tollgate", "HAProxy", "cpu_us_per_req"), 2)))
+    v = r("jwt2", "tollgate", "HAProxy")
+    add("two cores: RS256 + scope (hot tokens) vs HAProxy (nbthread 2)", f"≥ {T.get('jwt2_vs_haproxy', 2.2):.2f}×",
+        f(v, 2) + "×" if v else "–", None if v is None else v >= T.get("jwt2_vs_haproxy", 2.2))
+    for key1, key2, label in (("plain", "plain2", "plain"), ("jwt", "jwt2", "JWT")):
+        v = ratio(get(res, key2, "tollgate"), get(res, key1, "tollgate"))
+        add(f"tollgate's scaling, {label}: two-core req/s ÷ one-core req/s", f"≥ {T.get('scaling_2_over_1', 1.8):.2f}×",
+            f(v, 2) + "×" if v else "–", None if v is None else v >= T.get("scaling_2_over_1", 1.8),
+            "HAProxy's own: {}× (the load generator shares the two cores in two-core mode)".format(
+                f(ratio(get(res, key2, "HAProxy"), get(res, key1, "HAProxy")), 2)))
     rows = ["| target | wanted | measured | status | evidence |", "|---|---|---|---|---|"]
     rows += [f"| {a} | {b} | {c} | **{d}** | {e} |" for a, b, c, d, e in out]
     return "\n".join(rows)
@@ -145,7 +159,10 @@ def write(res, T, path, micro_path):
              f"{meta.get('duration_s')} s runs interleaved A B C A B C; medians. Server CPU µs/request = "
              "(utime+stime delta from /proc/<pid>/stat, all threads, nginx master+worker) / requests. "
              "The upstream (nginx) shares core 0 with the proxy under test, so proxy throughput is also "
-             "bounded by the upstream's CPU; CPU µs/request is the cleaner comparison.\n")
+             "bounded by the upstream's CPU; CPU µs/request is the cleaner comparison. The two-core "
+             "workloads (`plain2`, `jwt2`) run a second set of servers on both cores (tollgate "
+             "`TOKIO_WORKER_THREADS=2`, HAProxy `nbthread 2`, an nginx upstream with 2 workers) with wrk "
+             "(2 threads) on the same two cores at the same priority.\n")
     if res.get("notes"):
         L.append("**Notes**: " + " ".join(res["notes"]) + "\n")
     L.append("## Targets\n")
@@ -158,7 +175,7 @@ def write(res, T, path, micro_path):
     for c in res.get("checks", []):
         L.append(f"| {c['peer']} | {c['case']} | {c['want']} | {c['got']}{'' if c['ok'] else ' **FAIL**'} |")
     L.append("")
-    for key in ("plain", "jwt", "miss", "upload", "h2", "routes"):
+    for key in ("plain", "jwt", "miss", "upload", "h2", "plain2", "jwt2", "routes"):
         w = W.get(key)
         if not w or not w.get("median"):
             continue

@@ -8,10 +8,12 @@
 #   BENCH_ROUNDS=3
 #   BENCH_SKIP_INSTALL=1    do not apt-get / pip install (tools already present)
 #   BENCH_NO_ENVOY=1        leave Envoy out even if it installs
-#   BENCH_ONLY=plain,jwt    run a subset of workloads (plain,jwt,miss,upload,h2,idle,routes,perf)
+#   BENCH_ONLY=plain,jwt    run a subset of workloads (plain,jwt,miss,upload,h2,plain2,jwt2,idle,routes,perf)
+#                           plain2,jwt2 = two-core mode (servers AND wrk on both cores; bench/README.md)
 #
 # Everything runs on 127.0.0.1. Servers are pinned to core 0 (`taskset -c 0`), load
-# generators to core 1. Every process this script starts is recorded by PID in
+# generators to core 1; in the two-core workloads everything runs on both cores.
+# Every process this script starts is recorded by PID in
 # bench/out/pids and killed by PID on exit (never by name).
 set -euo pipefail
 
