@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzz every target for a bounded time each, one after the other (libFuzzer via
+# Fuzz every target for a bounded time each, one after the other or FUZZ_JOBS at a time (libFuzzer via
 # cargo-fuzz), then print a summary: executions, coverage, corpus and crashes per target.
 #
 #   scripts/fuzz.sh                      # every target, 60 s each
@@ -12,6 +12,7 @@
 #   FUZZ_SANITIZER  address (default) | none — `none` runs about twice as fast
 #   FUZZ_NICE       nice level for build and runs (default 19: the machine stays usable)
 #   FUZZ_RSS_MB     libFuzzer's memory limit per target (default 2048)
+#   FUZZ_JOBS       targets fuzzed at the same time (default 1; 2 on an idle 2-core machine)
 #
 # cargo-fuzz is installed when missing. The fuzz targets need nightly-only rustc flags
 # (sanitizers, coverage passes): with a stable toolchain the script sets
@@ -35,6 +36,7 @@ targets=("$@")
 sanitizer="${FUZZ_SANITIZER:-address}"
 nice_level="${FUZZ_NICE:-19}"
 rss_mb="${FUZZ_RSS_MB:-2048}"
+jobs="${FUZZ_JOBS:-1}"
 
 cd "$(dirname "$0")/../fuzz"
 
@@ -57,41 +59,74 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_odr_violation=0}"
 
 logs=logs
 mkdir -p "$logs"
-crashed=0
-rows=()
-for t in "${targets[@]}"; do
+# One target: runs it, then prints its summary row (and its findings on stderr).
+run_one() {
+    local t=$1
     mkdir -p "corpus/$t" "artifacts/$t"
+    local before after status=0 start took
     before=$(find "artifacts/$t" -type f | wc -l)
-    args=(-max_total_time="$secs" -print_final_stats=1 -rss_limit_mb="$rss_mb" -timeout=10)
+    local args=(-max_total_time="$secs" -print_final_stats=1 -rss_limit_mb="$rss_mb" -timeout=10)
     [[ -f "dicts/$t.dict" ]] && args+=(-dict="dicts/$t.dict")
-    echo "== fuzzing $t for ${secs}s"
+    echo "== fuzzing $t for ${secs}s" >&2
     start=$(date +%s)
-    status=0
-    # The outer timeout only guards against a hang of the tooling itself.
-    timeout --signal=INT --kill-after=30 $((secs + 300)) \
+    # The outer timeout only guards against a hang of the tooling itself. `times` (in the
+    # subshell, after the fuzzer ended) gives the CPU the fuzzer really got: with nice 19
+    # on a busy machine that can be far less than the wall time.
+    local cpu
+    cpu=$( (timeout --signal=INT --kill-after=30 $((secs + 300)) \
         nice -n "$nice_level" "$bin_dir/$t" -artifact_prefix="artifacts/$t/" "${args[@]}" \
-        "corpus/$t" "seeds/$t" >"$logs/$t.log" 2>&1 || status=$?
+        "corpus/$t" "seeds/$t" >"$logs/$t.log" 2>&1 || echo "exit $?" >"$logs/$t.status"; times) | tail -1)
+    [[ -f "$logs/$t.status" ]] && status=$(grep -o '[0-9]*' "$logs/$t.status") && rm -f "$logs/$t.status"
     took=$(( $(date +%s) - start ))
+    # "0m12.345s 0m0.678s" (children's user and system time) -> whole seconds
+    local cpu_s
+    cpu_s=$(awk '{ t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%d", t }' <<<"$cpu")
     after=$(find "artifacts/$t" -type f | wc -l)
+    local execs rate last cov ft corp crashes last_new plateau
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$logs/$t.log" | tail -1 | grep -o '[0-9]*$' || true)
     rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$logs/$t.log" | tail -1 | grep -o '[0-9]*$' || true)
     last=$(grep -E '^#[0-9]+' "$logs/$t.log" | tail -1 || true)
     cov=$(grep -o 'cov: [0-9]*' <<<"$last" | grep -o '[0-9]*' || true)
     ft=$(grep -o 'ft: [0-9]*' <<<"$last" | grep -o '[0-9]*' || true)
     corp=$(grep -o 'corp: [0-9]*' <<<"$last" | grep -o '[0-9]*' || true)
+    # Where in the run coverage last grew: the execution count of the last NEW unit as a
+    # share of all executions (a plateau shows as a figure well below 100 %).
+    last_new=$(grep -E '^#[0-9]+[[:space:]]+NEW' "$logs/$t.log" | tail -1 | grep -oE '^#[0-9]+' | tr -d '#' || true)
+    plateau=-
+    if [[ -n "$last_new" && -n "$execs" && "$execs" -gt 0 ]]; then
+        plateau="$(( last_new * 100 / execs ))%"
+    fi
     crashes=$((after - before))
     if [[ $status -ne 0 || $crashes -gt 0 ]]; then
-        crashed=1
-        echo "!! $t failed (exit $status); last lines of its log:"
-        grep -E 'panicked|SUMMARY|Test unit written|ERROR' "$logs/$t.log" | head -20 || true
+        echo "!! $t failed (exit $status); last lines of its log:" >&2
+        grep -E 'panicked|SUMMARY|Test unit written|ERROR' "$logs/$t.log" | head -20 >&2 || true
     fi
-    rows+=("$(printf '%-17s %6s %12s %8s %6s %7s %6s %8s %s' "$t" "$took" "${execs:--}" "${rate:--}" "${cov:--}" "${ft:--}" "${corp:--}" "$crashes" "$status")")
+    printf '%-17s %6s %6s %12s %8s %6s %7s %6s %8s %8s %s\n' "$t" "$took" "$cpu_s" "${execs:--}" "${rate:--}" \
+        "${cov:--}" "${ft:--}" "${corp:--}" "$plateau" "$crashes" "$status"
+}
+
+rows_dir=$(mktemp -d)
+trap 'rm -rf "$rows_dir"' EXIT
+running=0
+for t in "${targets[@]}"; do
+    if (( running >= jobs )); then
+        wait -n || true
+        running=$((running - 1))
+    fi
+    run_one "$t" >"$rows_dir/$t" &
+    running=$((running + 1))
 done
+wait || true
 
 echo
-echo "== summary (seconds per target: $secs, sanitizer: $sanitizer)"
-printf '%-17s %6s %12s %8s %6s %7s %6s %8s %s\n' target secs execs exec/s cov ft corpus crashes exit
-for r in "${rows[@]}"; do
-    echo "$r"
+echo "== summary (seconds per target: $secs, sanitizer: $sanitizer, $jobs at a time)"
+printf '%-17s %6s %6s %12s %8s %6s %7s %6s %8s %8s %s\n' target secs cpu_s execs exec/s cov ft corpus last_new crashes exit
+crashed=0
+for t in "${targets[@]}"; do
+    row=$(cat "$rows_dir/$t")
+    echo "$row"
+    read -r _ _ _ _ _ _ _ _ _ c e <<<"$row"
+    if [[ "$c" != 0 || "$e" != 0 ]]; then crashed=1; fi
 done
+echo "(cpu_s: CPU seconds the fuzzer got; last_new: where in the run, by executions, coverage last grew)"
 exit "$crashed"
