@@ -120,12 +120,17 @@ local lo = math.floor((now - per) / g)
 local h = redis.call('HGETALL', key)
 local total = 0
 local oldest = nil
+local live = {}
+local counts = {}
 for i = 1, #h, 2 do
   local b = tonumber(h[i])
   if b == nil or b < lo then
     redis.call('HDEL', key, h[i])
   else
-    total = total + (tonumber(h[i + 1]) or 0)
+    local n = tonumber(h[i + 1]) or 0
+    total = total + n
+    if counts[b] == nil then live[#live + 1] = b end
+    counts[b] = (counts[b] or 0) + n
     -- a bucket newer than now: the clock went back; count in it, forget nothing
     if b > c then c = b end
     if oldest == nil or b < oldest then oldest = b end
@@ -144,15 +149,6 @@ local reset = 0
 if oldest ~= nil then reset = (oldest + 1) * g + per - now end
 if allowed then return {1, total, reset, 0} end
 -- refused: the oldest buckets that must stop counting for one more to fit
-local live = {}
-local counts = {}
-for i = 1, #h, 2 do
-  local b = tonumber(h[i])
-  if b ~= nil and b >= lo then
-    live[#live + 1] = b
-    counts[b] = tonumber(h[i + 1]) or 0
-  end
-end
 table.sort(live)
 local need = total + 1 - limit
 local dropped = 0
