@@ -449,6 +449,121 @@ async fn peeks_and_refusals_are_not_counted_in_redis() {
     assert_eq!(n, 2);
 }
 
+/// The previous release's decision script (tests/fixtures/ratelimit-script-v1.lua) run
+/// as an old replica would: `{allowed, counted, reset ms, retry ms}` and the Redis time
+/// (ms) just before and just after it ran.
+async fn v1_decide(
+    conn: &mut redis::aio::MultiplexedConnection,
+    l: &Limit,
+    k: &RateKey,
+    commit: bool,
+) -> ([i64; 4], u64, u64) {
+    let script = std::fs::read_to_string(fixture("ratelimit-script-v1.lua")).unwrap();
+    let per_ms = l.per().as_millis() as u64;
+    let before = server_ms(conn).await;
+    let r: Vec<i64> = redis::cmd("EVAL")
+        .arg(script)
+        .arg(1)
+        .arg(l.redis_key(k))
+        .arg(l.limit())
+        .arg(per_ms)
+        .arg(per_ms.div_ceil(20))
+        .arg(match l.window() {
+            Window::Fixed => "f",
+            Window::Sliding => "s",
+        })
+        .arg(if commit { "1" } else { "0" })
+        .query_async(conn)
+        .await
+        .unwrap();
+    let after = server_ms(conn).await;
+    (r.try_into().unwrap(), before, after)
+}
+
+// A rolling deploy: replicas still running the previous script and replicas running
+// this one share one Redis and count into the same keys. Taking turns, they admit
+// exactly `limit` between them (each sees the other's counts), and when a lower limit
+// must wait for several of the oldest buckets to stop counting, both name the same
+// moment (Retry-After) and the same reset.
+#[tokio::test]
+async fn old_and_new_scripts_count_together_during_a_rolling_deploy() {
+    let redis = RedisServer::start();
+    let st = store(&redis.url(), Duration::from_secs(5));
+    let mut conn = redis.conn().await;
+    let now = server_ms(&mut conn).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (window, per) in [
+        (Window::Sliding, 10), // buckets of 500 ms
+        (Window::Fixed, fixed_per_far_from_boundary(now)),
+    ] {
+        'attempt: for attempt in 0.. {
+            assert!(Instant::now() < deadline, "{window:?}: no clean attempt");
+            let l = limit("rolling", 12, per, window);
+            // The same key under a lower budget (a reload that lowered the limit).
+            let lower = limit("rolling", 6, per, window);
+            let k = client_key(&format!("rolling-{window:?}-{attempt}"));
+            let start = server_ms(&mut conn).await;
+            let mut counted = Vec::new();
+            for i in 0..12 {
+                if i % 2 == 0 {
+                    let d = st.check(&l, &k).await.unwrap();
+                    assert!(d.allowed, "{window:?} request {i}: {d:?}");
+                    counted.push(12 - d.remaining as i64);
+                } else {
+                    let (r, _, _) = v1_decide(&mut conn, &l, &k, true).await;
+                    assert_eq!(r[0], 1, "{window:?} request {i}: {r:?}");
+                    counted.push(r[1]);
+                }
+                if window == Window::Sliding {
+                    // spread the requests over several buckets
+                    tokio::time::sleep(Duration::from_millis(120)).await;
+                }
+            }
+            if server_ms(&mut conn).await - start > 8_000 {
+                continue 'attempt; // a stalled machine: the first ones may have stopped counting
+            }
+            assert_eq!(counted, (1..=12).collect::<Vec<i64>>(), "{window:?}");
+            // Both refuse the 13th, and a peek of either counts nothing.
+            let before = server_ms(&mut conn).await;
+            let new = st.check(&lower, &k).await.unwrap();
+            let after = server_ms(&mut conn).await;
+            let (old, old_before, old_after) = v1_decide(&mut conn, &lower, &k, true).await;
+            assert!(!new.allowed && !st.check(&l, &k).await.unwrap().allowed);
+            assert_eq!(old[0], 0, "{old:?}");
+            assert_eq!(old[1], 12, "{old:?}: refusals are not counted");
+            assert!(!st.peek(&l, &k).await.unwrap().allowed);
+            assert_eq!(v1_decide(&mut conn, &l, &k, false).await.0[..2], [0, 12]);
+            // Each answer is `moment - now` for one moment on the Redis clock: the ranges
+            // the two put that moment in overlap.
+            let moment = |wait: u64, from: u64, to: u64| (from + wait)..=(to + wait);
+            let new_retry = moment(new.retry_after.as_millis() as u64, before, after);
+            let old_retry = moment(old[3] as u64, old_before, old_after);
+            let new_reset = moment(new.reset.as_millis() as u64, before, after);
+            let old_reset = moment(old[2] as u64, old_before, old_after);
+            for (what, a, b) in [
+                ("retry", &new_retry, &old_retry),
+                ("reset", &new_reset, &old_reset),
+            ] {
+                assert!(
+                    a.start() <= b.end() && b.start() <= a.end(),
+                    "{window:?} {what}: new {a:?}, old {b:?}"
+                );
+            }
+            if window == Window::Sliding {
+                // 7 of the 12 must stop counting for the lower limit, and at most 5 (one
+                // per 120 ms) arrived in the oldest bucket: both wait for a later bucket
+                // than the oldest, whole buckets (500 ms) after it.
+                let new_gap = new.retry_after.as_millis() as i64 - new.reset.as_millis() as i64;
+                let old_gap = old[3] - old[2];
+                for gap in [new_gap, old_gap] {
+                    assert!(gap > 0 && gap % 500 == 0, "{new:?} {old:?}");
+                }
+            }
+            break;
+        }
+    }
+}
+
 /// Decides once, never waiting much longer than the store's timeout (the bound here
 /// only catches a hang; the typed errors show which mechanism answered).
 async fn decide(l: &Limiter, limit: &Limit, k: &RateKey) -> Outcome {
