@@ -110,3 +110,57 @@ fn with_grant_type(uri: &Uri, grant: &str) -> Result<Uri, GatewayError> {
     Uri::from_parts(parts)
         .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::route::layer::RouteLayer;
+    use crate::testing::{gateway, Reached, Stub, CONFIG};
+
+    /// The shared test config (max_body_bytes 100) plus a route with body credentials.
+    fn config() -> String {
+        format!(
+            "{CONFIG}  - name: cpi\n    path_prefix: /cpi/token\n    upstream: bi\n    auth: none\n    body_credentials: basic\n"
+        )
+    }
+
+    fn post(path: &str, body: &str) -> Request<Full<Bytes>> {
+        Request::post(path)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap()
+    }
+
+    // Behaviour: on a `body_credentials: basic` route the client id and secret leave the
+    // body for `Authorization: Basic`; a route without it passes the request untouched;
+    // a body over max_body_bytes is refused with 413 before anything is passed on.
+    #[tokio::test]
+    async fn credentials_move_from_the_body_only_where_the_route_asks() {
+        let (gw, _dir) = gateway(&config());
+        let reached = Reached::default();
+        let svc = RouteLayer::new(gw).layer(BodyCredentialsLayer.layer(Stub(reached.clone())));
+
+        let form = "grant_type=client_credentials&client_id=cx&client_secret=s3cret";
+        let resp = svc.clone().oneshot(post("/cpi/token", form)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let seen = reached.last();
+        let basic = base64::engine::general_purpose::STANDARD.encode("cx:s3cret");
+        assert_eq!(
+            seen.headers()["authorization"],
+            format!("Basic {basic}").as_str()
+        );
+
+        svc.clone().oneshot(post("/open/x", form)).await.unwrap();
+        let seen = reached.last();
+        assert!(seen.headers().get("authorization").is_none());
+        assert_eq!(reached.count(), 2);
+
+        let big = format!("{form}&pad={}", "x".repeat(200));
+        let refused = svc.oneshot(post("/cpi/token", &big)).await.unwrap_err();
+        assert_eq!(refused.error.status(), 413);
+        assert_eq!(reached.count(), 2, "an oversized body was passed on");
+    }
+}

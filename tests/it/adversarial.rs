@@ -5,34 +5,22 @@
 use serde_json::json;
 
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 
 /// One upstream behind two routes: `/admin` needs a token with `admin`, `/` is public.
 async fn public_beside_admin() -> (Idp, Upstream, Gw) {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let yaml = format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-  decision_listen: "127.0.0.1:0"
-issuers:
-{}upstreams:
-  - name: app
-    url: "{}"
-routes:
-  - name: admin
-    path_prefix: /admin
-    upstream: app
-    auth:
-      scopes: [admin]
-  - name: public
-    path_prefix: /
-    upstream: app
-    auth: none
-"#,
-        issuer_yaml(&idp, "corp", ""),
-        up.url()
-    );
+    let yaml = GatewayConfig::new()
+        .merge("server", json!({"decision_listen": "127.0.0.1:0"}))
+        .issuer(&idp, "corp")
+        .upstream("app", &up.url())
+        .route(json!({
+            "name": "admin", "path_prefix": "/admin", "upstream": "app",
+            "auth": {"scopes": ["admin"]},
+        }))
+        .open_route("public", "/", "app")
+        .yaml();
     let gw = spawn_gateway(&yaml).await;
     (idp, up, gw)
 }
@@ -147,6 +135,7 @@ async fn decision_service_has_envoy_remove_underscore_identity_headers() {
 #[tokio::test]
 async fn a_restricting_key_left_empty_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
+    // Literal YAML: empty keys (YAML nulls) and their line:col are what is tested.
     let text = r#"server:
   listen: "127.0.0.1:0"
   admin_listen: "127.0.0.1:0"
@@ -227,27 +216,21 @@ async fn callers_never_share_an_upstream_session() {
     use crate::sap::spawn_sap;
     let idp = spawn_idp().await;
     let sap = spawn_sap().await;
-    let yaml = format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-issuers:
-{}upstreams:
-  - name: s4
-    url: "{}/sap/opu/odata/sap/API_X"
-    auth: {{type: basic, username: GW_USER, password: "s3cret"}}
-    csrf:
-      fetch_path: /
-routes:
-  - name: odata
-    path_prefix: /odata
-    upstream: s4
-    auth:
-      scopes: [analytics.read]
-"#,
-        issuer_yaml(&idp, "corp", ""),
-        sap.url()
-    );
+    let yaml = GatewayConfig::new()
+        .issuer(&idp, "corp")
+        .upstream_with(
+            "s4",
+            &format!("{}/sap/opu/odata/sap/API_X", sap.url()),
+            json!({
+                "auth": {"type": "basic", "username": "GW_USER", "password": "s3cret"},
+                "csrf": {"fetch_path": "/"},
+            }),
+        )
+        .route(json!({
+            "name": "odata", "path_prefix": "/odata", "upstream": "s4",
+            "auth": {"scopes": ["analytics.read"]},
+        }))
+        .yaml();
     let gw = spawn_gateway(&yaml).await;
     let alice = idp.token(json!({"sub": "alice"}));
     let bob = idp.token(json!({"sub": "bob"}));
@@ -293,27 +276,19 @@ routes:
 async fn decision_service_refuses_a_preflight_it_does_not_grant() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let yaml = format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  decision_listen: "127.0.0.1:0"
-issuers:
-{}upstreams:
-  - name: app
-    url: "{}"
-routes:
-  - name: admin
-    path_prefix: /admin
-    upstream: app
-    auth:
-      scopes: [admin]
-    cors:
-      allow_origins: ["https://app.example"]
-      allow_methods: [GET, DELETE]
-"#,
-        issuer_yaml(&idp, "corp", ""),
-        up.url()
-    );
+    let yaml = GatewayConfig::public_only()
+        .merge("server", json!({"decision_listen": "127.0.0.1:0"}))
+        .issuer(&idp, "corp")
+        .upstream("app", &up.url())
+        .route(json!({
+            "name": "admin", "path_prefix": "/admin", "upstream": "app",
+            "auth": {"scopes": ["admin"]},
+            "cors": {
+                "allow_origins": ["https://app.example"],
+                "allow_methods": ["GET", "DELETE"],
+            },
+        }))
+        .yaml();
     let gw = spawn_gateway(&yaml).await;
     let decision = gw
         .running

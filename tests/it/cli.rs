@@ -3,7 +3,10 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
+use serde_json::json;
+
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
@@ -17,23 +20,23 @@ fn write(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     p
 }
 
-const VALID: &str = r#"server:
-  listen: "127.0.0.1:0"
-upstreams:
-  - name: bi
-    url: "http://127.0.0.1:9000"
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: bi
-    auth: none
-"#;
+/// A public listener, upstream `bi` at `upstream_url` and one open route `api` on /api.
+fn valid(upstream_url: &str) -> GatewayConfig {
+    GatewayConfig::public_only()
+        .upstream("bi", upstream_url)
+        .open_route("api", "/api", "bi")
+}
+
+/// [`valid`] with an upstream nothing listens on (the config is only read).
+fn valid_yaml() -> String {
+    valid("http://127.0.0.1:9000").yaml()
+}
 
 // Behaviour: validate exits 0 with a one-line summary for a valid file.
 #[test]
 fn validate_ok() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(&dir, VALID);
+    let p = write(&dir, &valid_yaml());
     let out = output_within(
         "tollgate validate",
         bin().args(["validate", "--config"]).arg(&p),
@@ -46,6 +49,7 @@ fn validate_ok() {
 }
 
 // Behaviour: validate reports EVERY problem with file:line:col and key path, exit 1.
+// Literal YAML: the locations in this text are what the test checks.
 #[test]
 fn validate_reports_every_problem_with_location() {
     let dir = tempfile::tempdir().unwrap();
@@ -83,7 +87,13 @@ fn validate_reports_every_problem_with_location() {
 #[test]
 fn run_refuses_invalid_config() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(&dir, &VALID.replace("upstream: bi", "upstream: nope"));
+    let p = write(
+        &dir,
+        &GatewayConfig::public_only()
+            .upstream("bi", "http://127.0.0.1:9000")
+            .open_route("api", "/api", "nope")
+            .yaml(),
+    );
     let out = output_within(
         "tollgate run (invalid config)",
         bin().args(["run", "--config"]).arg(&p),
@@ -102,7 +112,7 @@ fn run_refuses_invalid_config() {
 async fn sigterm_drains_in_flight_requests() {
     let up = spawn_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let p = write(&dir, &VALID.replace("http://127.0.0.1:9000", &up.url()));
+    let p = write(&dir, &valid(&up.url()).yaml());
     let mut bin = spawn_binary(&p, &["run"]);
     let addr = bin.public.clone();
     let url = format!("http://{addr}/api/hold");
@@ -183,7 +193,7 @@ fn hash_secret_prints_argon2id() {
 async fn bare_config_env_config_and_json_logs() {
     let up = spawn_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let p = write(&dir, &VALID.replace("http://127.0.0.1:9000", &up.url()));
+    let p = write(&dir, &valid(&up.url()).yaml());
     let mut gateway = spawn_binary(&p, &[]);
     assert_eq!(
         client()
@@ -230,7 +240,7 @@ async fn bare_config_env_config_and_json_logs() {
 #[tokio::test]
 async fn sigterm_right_after_start_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(&dir, VALID);
+    let p = write(&dir, &valid_yaml());
     for i in 0..50 {
         let mut gateway = spawn_binary(&p, &["run"]);
         let status = gateway.terminate().await;
@@ -260,10 +270,9 @@ fn healthcheck_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(
         &dir,
-        &VALID.replace(
-            "  listen: \"127.0.0.1:0\"\n",
-            "  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\n",
-        ),
+        &valid("http://127.0.0.1:9000")
+            .merge("server", json!({"admin_listen": "127.0.0.1:0"}))
+            .yaml(),
     );
     let mut server = spawn_binary(&p, &["run"]);
     let admin = server
@@ -285,7 +294,9 @@ fn healthcheck_exit_codes() {
     let cfg = other.path().join("gateway.yaml");
     std::fs::write(
         &cfg,
-        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"${env:HC_ADMIN}\"\n",
+        GatewayConfig::new()
+            .merge("server", json!({"admin_listen": "${env:HC_ADMIN}"}))
+            .yaml(),
     )
     .unwrap();
     let (code, out, err) = output(
@@ -322,7 +333,7 @@ fn healthcheck_exit_codes() {
     );
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot read"), "{err}");
-    std::fs::write(&cfg, VALID).unwrap();
+    std::fs::write(&cfg, valid_yaml()).unwrap();
     let (code, _, err) = output(bin().args(["healthcheck", "--config"]).arg(&cfg));
     assert_eq!(code, Some(1));
     assert!(
@@ -544,11 +555,14 @@ async fn explain_reads_the_token_from_stdin_or_a_file() {
     let cfg = dir.path().join("gateway.yaml");
     std::fs::write(
         &cfg,
-        format!(
-            "server:\n  listen: \"127.0.0.1:0\"\nissuers:\n{}upstreams:\n  - name: bi\n    url: \"{}\"\nroutes:\n  - name: analytics\n    path_prefix: /v2/analytics\n    upstream: bi\n    auth:\n      issuers: [corp]\n      scopes: [analytics.read]\n",
-            issuer_yaml(&idp, "corp", ""),
-            up.url()
-        ),
+        GatewayConfig::public_only()
+            .issuer(&idp, "corp")
+            .upstream("bi", &up.url())
+            .route(json!({
+                "name": "analytics", "path_prefix": "/v2/analytics", "upstream": "bi",
+                "auth": {"issuers": ["corp"], "scopes": ["analytics.read"]},
+            }))
+            .yaml(),
     )
     .unwrap();
     let token = idp.token(serde_json::json!({}));
@@ -626,11 +640,19 @@ async fn explain_decides_cors_for_an_origin_and_a_preflight() {
     let cfg = dir.path().join("gateway.yaml");
     std::fs::write(
         &cfg,
-        format!(
-            "server:\n  listen: \"127.0.0.1:0\"\nissuers:\n{}upstreams:\n  - name: bi\n    url: \"{}\"\nroutes:\n  - name: analytics\n    path_prefix: /v2/analytics\n    upstream: bi\n    auth:\n      issuers: [corp]\n      scopes: [analytics.read]\n    cors:\n      allow_origins: [\"https://cx.company.com\"]\n      allow_methods: [GET, POST]\n      allow_headers: [Authorization]\n",
-            issuer_yaml(&idp, "corp", ""),
-            up.url()
-        ),
+        GatewayConfig::public_only()
+            .issuer(&idp, "corp")
+            .upstream("bi", &up.url())
+            .route(json!({
+                "name": "analytics", "path_prefix": "/v2/analytics", "upstream": "bi",
+                "auth": {"issuers": ["corp"], "scopes": ["analytics.read"]},
+                "cors": {
+                    "allow_origins": ["https://cx.company.com"],
+                    "allow_methods": ["GET", "POST"],
+                    "allow_headers": ["Authorization"],
+                },
+            }))
+            .yaml(),
     )
     .unwrap();
     let token = idp.token(serde_json::json!({}));
@@ -726,6 +748,7 @@ fn exit_of(cmd: &mut Command) -> (std::process::ExitStatus, String) {
     (status, stderr)
 }
 
+// Literal YAML: the test checks the warning's line and column in this text.
 const WITH_WARNING: &str = r#"server:
   listen: "127.0.0.1:0"
 issuers:
@@ -847,7 +870,12 @@ fn run_names_the_address_it_cannot_listen_on() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let p = write(&dir, &VALID.replace("127.0.0.1:0", &addr.to_string()));
+    let p = write(
+        &dir,
+        &valid("http://127.0.0.1:9000")
+            .set("server", json!({"listen": addr.to_string()}))
+            .yaml(),
+    );
     let (status, stderr) = exit_of(
         bin()
             .args(["run", "--config"])
@@ -869,10 +897,13 @@ fn run_names_the_address_it_cannot_listen_on() {
 async fn only_run_creates_the_signing_key() {
     let up = spawn_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        "{}token_service:\n  issuer: \"https://gw.example.com\"\n  audience: gw\n  signing_key: keys/signing.pem\n  create_signing_key: true\n  clients:\n    - id: c\n      secret: s3cret\n      scopes: [a]\n",
-        VALID.replace("http://127.0.0.1:9000", &up.url())
-    );
+    let yaml = valid(&up.url())
+        .token_service("https://gw.example.com", "gw", &[("c", "s3cret", &["a"])])
+        .merge(
+            "token_service",
+            json!({"signing_key": "keys/signing.pem", "create_signing_key": true}),
+        )
+        .yaml();
     let p = write(&dir, &yaml);
     let before: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()

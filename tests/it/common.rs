@@ -479,15 +479,6 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// The standard issuer block for the test IdP.
-pub fn issuer_yaml(idp: &Idp, name: &str, extra: &str) -> String {
-    format!(
-        "  - name: {name}\n    issuer: \"{}\"\n    jwks_uri: \"{}\"\n    audiences: [\"https://bi-api.company.com\"]\n{extra}",
-        idp.issuer,
-        idp.url("/jwks")
-    )
-}
-
 pub async fn json_of(r: reqwest::Response) -> serde_json::Value {
     r.json().await.unwrap()
 }

@@ -7,42 +7,40 @@
 
 use std::net::SocketAddr;
 
+use serde_json::{json, Value};
+
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 use crate::ingress::{start_envoy, start_nginx};
 
 /// One route with a scope, per-endpoint permissions (an extra scope on `/admin`) and
-/// CORS; the decision listener beside the public and admin ones.
+/// CORS; the decision listener beside the public and admin ones. `upstream_extra` is
+/// merged into the upstream.
+fn gateway_config(idp: &Idp, upstream: &Upstream, upstream_extra: Value) -> GatewayConfig {
+    GatewayConfig::new()
+        .merge("server", json!({"decision_listen": "127.0.0.1:0"}))
+        .issuer(idp, "corp")
+        .upstream_with("bi", &upstream.url(), upstream_extra)
+        .route(json!({
+            "name": "analytics",
+            "path_prefix": "/v2/analytics",
+            "upstream": "bi",
+            "auth": {"scopes": ["analytics.read"]},
+            "permissions": [
+                {"path": "/v2/analytics/data", "methods": ["GET", "POST"]},
+                {"path": "/v2/analytics/admin", "methods": ["GET"],
+                 "scopes": ["analytics.admin"]},
+            ],
+            "cors": {
+                "allow_origins": ["https://cx.company.com"],
+                "allow_methods": ["GET", "POST"],
+                "allow_headers": ["Authorization"],
+            },
+        }))
+}
+
 fn gateway_yaml(idp: &Idp, upstream: &Upstream) -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-  decision_listen: "127.0.0.1:0"
-issuers:
-{}
-upstreams:
-  - name: bi
-    url: "{}"
-routes:
-  - name: analytics
-    path_prefix: /v2/analytics
-    upstream: bi
-    auth:
-      scopes: [analytics.read]
-    permissions:
-      - path: /v2/analytics/data
-        methods: [GET, POST]
-      - path: /v2/analytics/admin
-        methods: [GET]
-        scopes: [analytics.admin]
-    cors:
-      allow_origins: ["https://cx.company.com"]
-      allow_methods: [GET, POST]
-      allow_headers: [Authorization]
-"#,
-        issuer_yaml(idp, "corp", ""),
-        upstream.url()
-    )
+    gateway_config(idp, upstream, json!({})).yaml()
 }
 
 fn decision_addr(gw: &Gw) -> SocketAddr {
@@ -507,21 +505,25 @@ async fn traefik_forward_auth_convention() {
 async fn upstream_credentials_only_when_asked() {
     let idp = spawn_idp().await;
     let upstream = spawn_upstream().await;
-    let with_basic = gateway_yaml(&idp, &upstream).replace(
-        "    url: \"",
-        "    auth: {type: basic, username: svc, password: s3cret}\n    url: \"",
+    let with_basic = gateway_config(
+        &idp,
+        &upstream,
+        json!({"auth": {"type": "basic", "username": "svc", "password": "s3cret"}}),
     );
-    assert!(with_basic.contains("type: basic"));
     let token = idp.token(serde_json::json!({}));
     let c = client();
-    for (extra, expected) in [
-        ("", None),
+    for (decision, expected) in [
+        (None, None),
         (
-            "decision:\n  upstream_credentials: true\n",
+            Some(json!({"upstream_credentials": true})),
             Some("Basic c3ZjOnMzY3JldA=="),
         ),
     ] {
-        let gw = spawn_gateway(&format!("{with_basic}{extra}")).await;
+        let config = match &decision {
+            Some(d) => with_basic.clone().set("decision", d.clone()),
+            None => with_basic.clone(),
+        };
+        let gw = spawn_gateway(&config.yaml()).await;
         let r = c
             .get(format!("http://{}/forward-auth", decision_addr(&gw)))
             .header("x-forwarded-method", "GET")
@@ -536,7 +538,7 @@ async fn upstream_credentials_only_when_asked() {
                 .get("authorization")
                 .map(|v| v.to_str().unwrap()),
             expected,
-            "{extra}"
+            "{decision:?}"
         );
         assert_eq!(r.headers()["x-auth-client-id"], "sap-cx-dashboard");
         gw.stop().await;
@@ -545,8 +547,13 @@ async fn upstream_credentials_only_when_asked() {
     let path = dir.path().join("gateway.yaml");
     std::fs::write(
         &path,
-        format!("{}decision:\n  upstream_credentials: true\n", with_basic)
-            .replace("  decision_listen: \"127.0.0.1:0\"\n", ""),
+        with_basic
+            .set("decision", json!({"upstream_credentials": true}))
+            .set(
+                "server",
+                json!({"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0"}),
+            )
+            .yaml(),
     )
     .unwrap();
     let e = tollgate::Gateway::load(path)

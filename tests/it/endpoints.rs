@@ -17,7 +17,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
 
+use serde_json::{json, Value};
+
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 
 /// A test upstream that can be killed (listener closed, connections cut) and revived on
 /// the same port. Records `(method, path, body length)` of every request. `/health`
@@ -149,15 +152,15 @@ impl Drop for Backend {
     }
 }
 
-fn config(backends: &[&Backend], extra: &str) -> String {
-    let urls: Vec<String> = backends
-        .iter()
-        .map(|b| format!("\"{}\"", b.url()))
-        .collect();
-    format!(
-        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\nupstreams:\n  - name: pool\n    urls: [{}]\n{extra}routes:\n  - name: all\n    path_prefix: /\n    upstream: pool\n    auth: none\n",
-        urls.join(", ")
-    )
+/// Upstream `pool` with one endpoint per backend (more upstream keys in `extra`),
+/// behind one open route on `/`.
+fn config(backends: &[&Backend], extra: Value) -> String {
+    let urls: Vec<String> = backends.iter().map(|b| b.url()).collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    GatewayConfig::new()
+        .upstream_urls("pool", &urls, extra)
+        .open_route("all", "/", "pool")
+        .yaml()
 }
 
 /// The endpoints of upstream `pool` in `/admin/status`, by endpoint label.
@@ -203,7 +206,7 @@ async fn round_robin_spreads_evenly() {
         Backend::start("b").await,
         Backend::start("c").await,
     );
-    let gw = spawn_gateway(&config(&[&a, &b, &c], "")).await;
+    let gw = spawn_gateway(&config(&[&a, &b, &c], json!({}))).await;
     let mut by_backend: HashMap<String, usize> = HashMap::new();
     for _ in 0..30 {
         let (status, body) = get(&gw, "/x").await;
@@ -241,7 +244,10 @@ async fn killed_endpoint_is_ejected_and_comes_back() {
         Backend::start("b").await,
         Backend::start("c").await,
     );
-    let extra = "    passive: {consecutive_failures: 2, eject_for: 2s}\n    retries: {attempts: 3, on: [connect-failure, reset, 503]}\n";
+    let extra = json!({
+        "passive": {"consecutive_failures": 2, "eject_for": "2s"},
+        "retries": {"attempts": 3, "on": ["connect-failure", "reset", 503]},
+    });
     let gw = spawn_gateway(&config(&[&a, &b, &c], extra)).await;
     for _ in 0..6 {
         assert_eq!(get(&gw, "/x").await.0, 200);
@@ -312,7 +318,9 @@ async fn active_health_check_flips_an_endpoint() {
         Backend::start("b").await,
         Backend::start("c").await,
     );
-    let extra = "    health_check: {path: /health, interval: 100ms, timeout: 1s, healthy: 2, unhealthy: 2}\n";
+    let extra = json!({"health_check": {
+        "path": "/health", "interval": "100ms", "timeout": "1s", "healthy": 2, "unhealthy": 2,
+    }});
     let gw = spawn_gateway(&config(&[&a, &b, &c], extra)).await;
     eventually(
         "every endpoint passes its first checks",
@@ -359,8 +367,8 @@ async fn active_health_check_flips_an_endpoint() {
 async fn reload_replaces_health_checks() {
     let a = Backend::start("a").await;
     let extra =
-        |path: &str| format!("    health_check: {{path: {path}, interval: 50ms, timeout: 1s}}\n");
-    let gw = spawn_gateway(&config(&[&a], &extra("/health"))).await;
+        |path: &str| json!({"health_check": {"path": path, "interval": "50ms", "timeout": "1s"}});
+    let gw = spawn_gateway(&config(&[&a], extra("/health"))).await;
     eventually(
         "checks arrive",
         PATIENCE,
@@ -368,7 +376,7 @@ async fn reload_replaces_health_checks() {
         |n| *n >= 3,
     )
     .await;
-    std::fs::write(gw.config_path(), config(&[&a], &extra("/other"))).unwrap();
+    std::fs::write(gw.config_path(), config(&[&a], extra("/other"))).unwrap();
     let r = client()
         .post(gw.admin_url("/admin/reload"))
         .send()
@@ -399,7 +407,10 @@ async fn only_idempotent_bodiless_requests_are_retried() {
         Backend::start("b").await,
         Backend::start("c").await,
     );
-    let extra = "    passive: {consecutive_failures: 0}\n    retries: {attempts: 3, on: [503]}\n";
+    let extra = json!({
+        "passive": {"consecutive_failures": 0},
+        "retries": {"attempts": 3, "on": [503]},
+    });
     let gw = spawn_gateway(&config(&[&a, &b, &c], extra)).await;
     let total = |path: &str| a.hits(path) + b.hits(path) + c.hits(path);
     let (status, _) = get(&gw, "/fail").await;
@@ -457,7 +468,7 @@ async fn least_requests_prefers_idle_endpoints() {
     // b and c answer /hold at once; a holds it.
     b.release();
     c.release();
-    let gw = spawn_gateway(&config(&[&a, &b, &c], "    balance: least-requests\n")).await;
+    let gw = spawn_gateway(&config(&[&a, &b, &c], json!({"balance": "least-requests"}))).await;
     let url = gw.url("/hold");
     let mut held = Vec::new();
     for _ in 0..60 {
@@ -503,6 +514,7 @@ fn load_errors(yaml: &str) -> String {
     }
 }
 
+/// Literal YAML: the cases below check `line:col` in this text.
 fn upstream_yaml(keys: &str) -> String {
     format!(
         "server:\n  listen: \"127.0.0.1:0\"\nupstreams:\n  - name: pool\n{keys}routes:\n  - name: all\n    path_prefix: /\n    upstream: pool\n    auth: none\n"
@@ -584,7 +596,10 @@ fn endpoint_config_errors_are_located() {
 #[tokio::test]
 async fn h2c_endpoints_are_balanced_and_retried() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let extra = "    protocol: h2c\n    retries: {attempts: 2, on: [connect-failure, reset]}\n";
+    let extra = json!({
+        "protocol": "h2c",
+        "retries": {"attempts": 2, "on": ["connect-failure", "reset"]},
+    });
     let gw = spawn_gateway(&config(&[&a, &b], extra)).await;
     let mut by_backend: HashMap<String, usize> = HashMap::new();
     for _ in 0..10 {

@@ -80,6 +80,13 @@ impl GatewayConfig {
         self.push("upstreams", v)
     }
 
+    /// An upstream `name` with several endpoints (`urls`), more keys merged in.
+    pub fn upstream_urls(self, name: &str, urls: &[&str], extra: Value) -> Self {
+        let mut v = json!({"name": name, "urls": urls});
+        merge(&mut v, extra);
+        self.push("upstreams", v)
+    }
+
     /// One route, as written.
     pub fn route(self, v: Value) -> Self {
         self.push("routes", v)
@@ -108,6 +115,22 @@ impl GatewayConfig {
             "token_service",
             json!({"issuer": issuer, "audience": audience, "clients": clients}),
         )
+    }
+
+    /// One more `token_service.clients` entry, as written (for keys the
+    /// `(id, secret, scopes)` triples of [`Self::token_service`] do not carry).
+    pub fn token_service_client(mut self, v: Value) -> Self {
+        let ts = self.0.entry("token_service").or_insert_with(|| json!({}));
+        match ts
+            .as_object_mut()
+            .expect("token_service is a map")
+            .entry("clients")
+            .or_insert_with(|| json!([]))
+        {
+            Value::Array(a) => a.push(v),
+            other => panic!("token_service.clients is not a list: {other}"),
+        }
+        self
     }
 
     /// One `rate_limits` entry, as written.

@@ -3,31 +3,26 @@
 
 use std::time::Duration;
 
-use crate::common::*;
+use serde_json::json;
 
+use crate::common::*;
+use crate::gwconfig::GatewayConfig;
+
+/// Small header and body limits; an open route /api and a body-credentials route
+/// /cpi/token.
 fn yaml(up: &Upstream) -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  limits:
-    max_header_bytes: 4096
-    max_body_bytes: 65536
-upstreams:
-  - name: bi
-    url: "{}"
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: bi
-    auth: none
-  - name: cpi
-    path_prefix: /cpi/token
-    upstream: bi
-    auth: none
-    body_credentials: basic
-"#,
-        up.url()
-    )
+    GatewayConfig::public_only()
+        .merge(
+            "server",
+            json!({"limits": {"max_header_bytes": 4096, "max_body_bytes": 65536}}),
+        )
+        .upstream("bi", &up.url())
+        .open_route("api", "/api", "bi")
+        .route(json!({
+            "name": "cpi", "path_prefix": "/cpi/token", "upstream": "bi", "auth": "none",
+            "body_credentials": "basic",
+        }))
+        .yaml()
 }
 
 /// The status code of the first response, or None when the connection closed silently.

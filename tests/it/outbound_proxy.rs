@@ -9,35 +9,32 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 use crate::connect_proxy::{tls_front, Answer, ConnectProxy};
+use crate::gwconfig::{merge, GatewayConfig, AUDIENCE};
 
-const ROUTE: &str = r#"routes:
-  - name: analytics
-    path_prefix: /v2/analytics
-    upstream: bi
-    auth:
-      scopes: [analytics.read]
-    permissions:
-      - path: /v2/analytics/**
-        methods: [GET]
-  - name: open
-    path_prefix: /open
-    upstream: bi
-    auth: none
-"#;
-
-/// An issuer `name` taking keys from `jwks` (with `extra` lines).
-fn issuer(idp: &Idp, name: &str, jwks: &str, extra: &str) -> String {
-    format!(
-        "  - name: {name}\n    issuer: \"{}\"\n    jwks_uri: \"{jwks}\"\n    audiences: [\"https://bi-api.company.com\"]\n{extra}",
-        idp.issuer
-    )
+/// An issuer `name` taking keys from `jwks` (more keys in `extra`).
+fn issuer(idp: &Idp, name: &str, jwks: &str, extra: Value) -> Value {
+    let mut v = json!({
+        "name": name, "issuer": idp.issuer, "jwks_uri": jwks, "audiences": [AUDIENCE],
+    });
+    merge(&mut v, extra);
+    v
 }
 
-fn config(issuers: &str, up: &Upstream, upstream_extra: &str) -> String {
-    format!(
-        "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\nissuers:\n{issuers}upstreams:\n  - name: bi\n    url: \"{}\"\n{upstream_extra}{ROUTE}",
-        up.url()
-    )
+/// `issuers`, upstream `bi` (more keys in `upstream_extra`), a scoped route
+/// /v2/analytics and an open route /open.
+fn config(issuers: &[Value], up: &Upstream, upstream_extra: Value) -> String {
+    let mut c = GatewayConfig::new();
+    for i in issuers {
+        c = c.issuer_block(i.clone());
+    }
+    c.upstream_with("bi", &up.url(), upstream_extra)
+        .route(json!({
+            "name": "analytics", "path_prefix": "/v2/analytics", "upstream": "bi",
+            "auth": {"scopes": ["analytics.read"]},
+            "permissions": [{"path": "/v2/analytics/**", "methods": ["GET"]}],
+        }))
+        .open_route("open", "/open", "bi")
+        .yaml()
 }
 
 /// Starts tollgate on `yaml` with `env` (plus the fixtures' CA as the trust store, so
@@ -100,7 +97,7 @@ async fn env_https_proxy_tunnels_jwks_and_leaves_forwarded_traffic_direct() {
     let proxy = ConnectProxy::start(None).await;
     let jwks = format!("https://127.0.0.1:{}/jwks", front.port());
     let (bin, _dir) = start(
-        &config(&issuer(&idp, "corp", &jwks, ""), &up, ""),
+        &config(&[issuer(&idp, "corp", &jwks, json!({}))], &up, json!({})),
         &[("HTTPS_PROXY", &proxy.url()), ("http_proxy", &proxy.url())],
     );
     let s = status_after_fetches(&bin).await;
@@ -141,13 +138,17 @@ async fn per_issuer_proxy_carries_discovery_and_jwks() {
     let front = tls_front(idp.addr).await;
     let up = spawn_upstream().await;
     let proxy = ConnectProxy::start(None).await;
-    let issuers = format!(
-        "  - name: corp\n    issuer: \"{}\"\n    discovery: \"https://localhost:{}/.well-known/openid-configuration\"\n    audiences: [\"https://bi-api.company.com\"]\n    proxy: \"{}\"\n",
-        idp.issuer,
-        front.port(),
-        proxy.url()
-    );
-    let (bin, _dir) = start(&config(&issuers, &up, ""), &[]);
+    let issuers = [json!({
+        "name": "corp",
+        "issuer": idp.issuer,
+        "discovery": format!(
+            "https://localhost:{}/.well-known/openid-configuration",
+            front.port()
+        ),
+        "audiences": [AUDIENCE],
+        "proxy": proxy.url(),
+    })];
+    let (bin, _dir) = start(&config(&issuers, &up, json!({})), &[]);
     let s = status_after_fetches(&bin).await;
     assert_eq!(s["issuers"][0]["last_key_fetch"]["ok"], json!(true), "{s}");
     assert_eq!(s["issuers"][0]["proxy"], json!(proxy.url()), "{s}");
@@ -178,25 +179,24 @@ async fn no_proxy_and_direct_bypass_the_environment_proxy() {
             &idp,
             "exempt",
             &format!("https://127.0.0.1:{}/jwks", front_a.port()),
-            "",
+            json!({}),
         ),
         issuer(
             &idp,
             "direct",
             &format!("https://127.0.0.1:{}/jwks", front_b.port()),
-            "    proxy: direct\n",
+            json!({"proxy": "direct"}),
         ),
         issuer(
             &idp,
             "proxied",
             &format!("https://localhost:{}/jwks", front_b.port()),
-            "",
+            json!({}),
         ),
-    ]
-    .concat();
+    ];
     let no_proxy = format!("example.org, 127.0.0.1:{}", front_a.port());
     let (bin, _dir) = start(
-        &config(&issuers, &up, ""),
+        &config(&issuers, &up, json!({})),
         &[("https_proxy", &proxy.url()), ("NO_PROXY", &no_proxy)],
     );
     let s = status_after_fetches(&bin).await;
@@ -230,18 +230,17 @@ async fn proxy_credentials_are_sent_and_never_shown() {
             &idp,
             "env",
             &format!("https://127.0.0.1:{}/jwks", front.port()),
-            "",
+            json!({}),
         ),
         issuer(
             &idp,
             "own",
             &format!("https://localhost:{}/jwks", front.port()),
-            &format!("    proxy: \"{with_creds}\"\n"),
+            json!({ "proxy": with_creds }),
         ),
-    ]
-    .concat();
+    ];
     let (bin, _dir) = start(
-        &config(&issuers, &up, &format!("    proxy: \"{with_creds}\"\n")),
+        &config(&issuers, &up, json!({ "proxy": with_creds })),
         &[("HTTPS_PROXY", &with_creds)],
     );
     let s = status_after_fetches(&bin).await;
@@ -287,8 +286,7 @@ async fn proxy_failures_are_named_in_readiness_and_logs() {
     let wrong_auth = ConnectProxy::start(Some("svc:pw")).await;
     let dead = format!("http://{}", dead_addr());
     let jwks = format!("https://127.0.0.1:{}/jwks", front.port());
-    let proxied =
-        |name: &str, url: &str| issuer(&idp, name, &jwks, &format!("    proxy: \"{url}\"\n"));
+    let proxied = |name: &str, url: &str| issuer(&idp, name, &jwks, json!({ "proxy": url }));
     let wrong = format!("http://svc:nope@{}", wrong_auth.addr);
     let issuers = [
         proxied("down", &dead),
@@ -296,9 +294,8 @@ async fn proxy_failures_are_named_in_readiness_and_logs() {
         proxied("bad-gateway", &bad_gateway.url()),
         proxied("wants-auth", &wants_auth.url()),
         proxied("wrong-auth", &wrong),
-    ]
-    .concat();
-    let (bin, _dir) = start(&config(&issuers, &up, ""), &[]);
+    ];
+    let (bin, _dir) = start(&config(&issuers, &up, json!({})), &[]);
     let (code, ready) = eventually(
         "/readyz lists the five failing issuers",
         PATIENCE,
@@ -377,9 +374,9 @@ async fn upstream_proxy_carries_forwarded_traffic() {
     let jwks = format!("https://127.0.0.1:{}/jwks", front.port());
     let (bin, _dir) = start(
         &config(
-            &issuer(&idp, "corp", &jwks, "    proxy: direct\n"),
+            &[issuer(&idp, "corp", &jwks, json!({"proxy": "direct"}))],
             &up,
-            &format!("    proxy: \"{}\"\n", proxy.url()),
+            json!({"proxy": proxy.url()}),
         ),
         &[],
     );
@@ -407,9 +404,9 @@ async fn upstream_proxy_refusal_is_a_502_without_the_proxy_address() {
     proxy.answer(Answer::Refuse(403));
     let (bin, _dir) = start(
         &config(
-            &issuer(&idp, "corp", &idp.url("/jwks"), ""),
+            &[issuer(&idp, "corp", &idp.url("/jwks"), json!({}))],
             &up,
-            &format!("    proxy: \"{}\"\n", proxy.url()),
+            json!({"proxy": proxy.url()}),
         ),
         &[],
     );
@@ -445,15 +442,22 @@ async fn upstream_token_requests_follow_the_environment_forwarded_traffic_does_n
     let front = tls_front(idp.addr).await;
     let up = spawn_upstream().await;
     let proxy = ConnectProxy::start(None).await;
-    let auth = format!(
-        "    auth:\n      type: oauth2_client_credentials\n      token_url: \"https://localhost:{}/token\"\n      client_id: gw\n      client_secret: gw-s3cret\n",
-        front.port()
-    );
+    let auth = json!({"auth": {
+        "type": "oauth2_client_credentials",
+        "token_url": format!("https://localhost:{}/token", front.port()),
+        "client_id": "gw",
+        "client_secret": "gw-s3cret",
+    }});
     let (bin, _dir) = start(
         &config(
-            &issuer(&idp, "corp", &idp.url("/jwks"), "    proxy: direct\n"),
+            &[issuer(
+                &idp,
+                "corp",
+                &idp.url("/jwks"),
+                json!({"proxy": "direct"}),
+            )],
             &up,
-            &auth,
+            auth,
         ),
         &[("HTTPS_PROXY", &proxy.url()), ("HTTP_PROXY", &proxy.url())],
     );
@@ -488,7 +492,7 @@ async fn https_proxy_url_speaks_tls_to_the_proxy() {
     let proxy_tls = tls_front(proxy.addr).await;
     let jwks = format!("https://127.0.0.1:{}/jwks", front.port());
     let (bin, _dir) = start(
-        &config(&issuer(&idp, "corp", &jwks, ""), &up, ""),
+        &config(&[issuer(&idp, "corp", &jwks, json!({}))], &up, json!({})),
         &[(
             "HTTPS_PROXY",
             &format!("https://localhost:{}", proxy_tls.port()),
@@ -513,7 +517,7 @@ async fn proxy_variables_are_ignored_under_cgi() {
     let proxy = ConnectProxy::start(None).await;
     let jwks = format!("https://127.0.0.1:{}/jwks", front.port());
     let (bin, _dir) = start(
-        &config(&issuer(&idp, "corp", &jwks, ""), &up, ""),
+        &config(&[issuer(&idp, "corp", &jwks, json!({}))], &up, json!({})),
         &[("HTTPS_PROXY", &proxy.url()), ("REQUEST_METHOD", "GET")],
     );
     let s = status_after_fetches(&bin).await;

@@ -2,42 +2,32 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::*;
+use serde_json::{json, Value};
 
-fn basic_yaml(up: &Upstream, extra_server: &str, extra_upstream: &str) -> String {
-    format!(
-        r#"
-server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-{extra_server}
-upstreams:
-  - name: bi
-    url: "{}"
-{extra_upstream}
-  - name: dead
-    url: "http://{dead}"
-    connect_timeout: 500ms
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: bi
-    auth: none
-  - name: dead
-    path_prefix: /dead
-    upstream: dead
-    auth: none
-"#,
-        up.url(),
-        dead = dead_addr(),
-    )
+use crate::common::*;
+use crate::gwconfig::GatewayConfig;
+
+/// Upstream `bi` (route /api) and `dead` (route /dead, nothing listening), both open;
+/// `server` and `bi` are merged into the server section and the `bi` upstream.
+fn basic_yaml(up: &Upstream, server: Value, bi: Value) -> String {
+    GatewayConfig::new()
+        .merge("server", server)
+        .upstream_with("bi", &up.url(), bi)
+        .upstream_with(
+            "dead",
+            &format!("http://{}", dead_addr()),
+            json!({"connect_timeout": "500ms"}),
+        )
+        .open_route("api", "/api", "bi")
+        .open_route("dead", "/dead", "dead")
+        .yaml()
 }
 
 // Behaviour: method, path, query and body reach the upstream; the response comes back.
 #[tokio::test]
 async fn forwards_method_path_query_body() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let gw = spawn_gateway(&basic_yaml(&up, json!({}), json!({}))).await;
     let r = client()
         .put(gw.url("/api/items/7?x=1&y=a%20b"))
         .body("hello")
@@ -60,7 +50,7 @@ async fn forwards_method_path_query_body() {
 #[tokio::test]
 async fn unknown_path_is_404_json() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let gw = spawn_gateway(&basic_yaml(&up, json!({}), json!({}))).await;
     let r = client().get(gw.url("/apix")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["content-type"], "application/json");
@@ -77,7 +67,7 @@ async fn unknown_path_is_404_json() {
 #[tokio::test]
 async fn forwarded_headers_and_request_ids() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let gw = spawn_gateway(&basic_yaml(&up, json!({}), json!({}))).await;
     let r = client()
         .get(gw.url("/api/x"))
         .header("x-request-id", "abc-123.Z:9")
@@ -116,7 +106,7 @@ async fn forwarded_headers_and_request_ids() {
 #[tokio::test]
 async fn hop_by_hop_and_x_auth_are_stripped() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let gw = spawn_gateway(&basic_yaml(&up, json!({}), json!({}))).await;
     let r = client()
         .get(gw.url("/api/x"))
         .header("connection", "keep-alive, x-secret-hop")
@@ -154,7 +144,7 @@ async fn hop_by_hop_and_x_auth_are_stripped() {
 #[tokio::test]
 async fn unreachable_upstream_is_502() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let gw = spawn_gateway(&basic_yaml(&up, json!({}), json!({}))).await;
     let r = client().get(gw.url("/dead/x")).send().await.unwrap();
     assert_eq!(r.status(), 502);
     let b = json_of(r).await;
@@ -167,7 +157,7 @@ async fn unreachable_upstream_is_502() {
 #[tokio::test]
 async fn slow_upstream_is_504() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&basic_yaml(&up, "", "    timeout: 300ms")).await;
+    let gw = spawn_gateway(&basic_yaml(&up, json!({}), json!({"timeout": "300ms"}))).await;
     let t = Instant::now();
     // The upstream would answer after 30 s, request_timeout is 60 s: an answer well
     // before either can only come from the 300 ms `timeout` (a busy machine may add
@@ -191,8 +181,8 @@ async fn request_timeout_is_504() {
     let up = spawn_upstream().await;
     let gw = spawn_gateway(&basic_yaml(
         &up,
-        "  limits:\n    request_timeout: 400ms",
-        "",
+        json!({"limits": {"request_timeout": "400ms"}}),
+        json!({}),
     ))
     .await;
     let r = client().get(gw.url("/api/slow/3000")).send().await.unwrap();
@@ -204,7 +194,7 @@ async fn request_timeout_is_504() {
 #[tokio::test]
 async fn large_body_streams() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let gw = spawn_gateway(&basic_yaml(&up, json!({}), json!({}))).await;
     let body: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     let r = client()
         .post(gw.url("/api/upload"))
@@ -222,7 +212,12 @@ async fn large_body_streams() {
 #[tokio::test]
 async fn body_limit_is_413() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&basic_yaml(&up, "  limits:\n    max_body_bytes: 1000", "")).await;
+    let gw = spawn_gateway(&basic_yaml(
+        &up,
+        json!({"limits": {"max_body_bytes": 1000}}),
+        json!({}),
+    ))
+    .await;
     let r = client()
         .post(gw.url("/api/x"))
         .body(vec![b'a'; 1001])
@@ -259,8 +254,8 @@ async fn header_limit_is_431() {
     let up = spawn_upstream().await;
     let gw = spawn_gateway(&basic_yaml(
         &up,
-        "  limits:\n    max_header_bytes: 2048",
-        "",
+        json!({"limits": {"max_header_bytes": 2048}}),
+        json!({}),
     ))
     .await;
     let r = client()
@@ -291,7 +286,7 @@ async fn header_limit_is_431() {
 #[tokio::test]
 async fn cl_te_smuggling_is_neutralised() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let gw = spawn_gateway(&basic_yaml(&up, json!({}), json!({}))).await;
     let req = b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
     let reply = raw_exchange(gw.addr, req, Duration::from_secs(3)).await;
     let out = reply.text;
@@ -323,8 +318,8 @@ async fn trickled_head_is_cut_off() {
     let up = spawn_upstream().await;
     let gw = spawn_gateway(&basic_yaml(
         &up,
-        "  limits:\n    header_read_timeout: 500ms",
-        "",
+        json!({"limits": {"header_read_timeout": "500ms"}}),
+        json!({}),
     ))
     .await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -359,7 +354,7 @@ async fn trickled_head_is_cut_off() {
 #[tokio::test]
 async fn path_normalisation() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let gw = spawn_gateway(&basic_yaml(&up, json!({}), json!({}))).await;
     let out = raw(
         gw.addr,
         b"GET /other/../api//a/./b%7e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -385,7 +380,7 @@ async fn path_normalisation() {
 #[tokio::test]
 async fn h2c_prior_knowledge() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let gw = spawn_gateway(&basic_yaml(&up, json!({}), json!({}))).await;
     tollgate::tls::install_default_provider();
     let c = reqwest::Client::builder()
         .no_proxy()
@@ -419,20 +414,11 @@ fn tls_client(alpn_h2: bool, identity: bool) -> reqwest::Client {
 
 fn tls_yaml(up: &Upstream, mtls: bool) -> String {
     let f = |n: &str| fixture(n).display().to_string();
-    let ca = if mtls {
-        format!("    client_ca: {}\n", f("ca.pem"))
-    } else {
-        String::new()
-    };
-    basic_yaml(
-        up,
-        &format!(
-            "  tls:\n    cert: {}\n    key: {}\n{ca}",
-            f("server.pem"),
-            f("server-key.pem")
-        ),
-        "",
-    )
+    let mut tls = json!({"cert": f("server.pem"), "key": f("server-key.pem")});
+    if mtls {
+        tls["client_ca"] = json!(f("ca.pem"));
+    }
+    basic_yaml(up, json!({ "tls": tls }), json!({}))
 }
 
 // Behaviour: TLS listener negotiates h2 and http/1.1 by ALPN; X-Forwarded-Proto is https.
@@ -468,12 +454,17 @@ async fn https_upstream_with_custom_ca() {
     let up = spawn_upstream().await;
     // A TLS tollgate in front of the echo upstream plays the https backend.
     let backend = spawn_gateway(&tls_yaml(&up, false)).await;
-    let yaml = format!(
-        "server:\n  listen: \"127.0.0.1:0\"\nupstreams:\n  - name: secure\n    url: \"https://localhost:{}\"\n    ca: {}\n  - name: untrusted\n    url: \"https://localhost:{}\"\nroutes:\n  - name: a\n    path_prefix: /api\n    upstream: secure\n    auth: none\n  - name: b\n    path_prefix: /bad\n    upstream: untrusted\n    auth: none\n",
-        backend.addr.port(),
-        fixture("ca.pem").display(),
-        backend.addr.port()
-    );
+    let backend_url = format!("https://localhost:{}", backend.addr.port());
+    let yaml = GatewayConfig::public_only()
+        .upstream_with(
+            "secure",
+            &backend_url,
+            json!({"ca": fixture("ca.pem").display().to_string()}),
+        )
+        .upstream("untrusted", &backend_url)
+        .open_route("a", "/api", "secure")
+        .open_route("b", "/bad", "untrusted")
+        .yaml();
     let gw = spawn_gateway(&yaml).await;
     let r = client()
         .get(gw.url("/api/through-tls"))
@@ -492,7 +483,7 @@ async fn https_upstream_with_custom_ca() {
 #[tokio::test]
 async fn health_and_readiness() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let gw = spawn_gateway(&basic_yaml(&up, json!({}), json!({}))).await;
     assert_eq!(
         client()
             .get(gw.admin_url("/healthz"))
@@ -549,10 +540,10 @@ async fn health_and_readiness() {
 #[tokio::test]
 async fn upstream_base_path() {
     let up = spawn_upstream().await;
-    let yaml = format!(
-        "server:\n  listen: \"127.0.0.1:0\"\nupstreams:\n  - name: b\n    url: \"{}/base/\"\nroutes:\n  - name: r\n    path_prefix: /\n    upstream: b\n    auth: none\n",
-        up.url()
-    );
+    let yaml = GatewayConfig::public_only()
+        .upstream("b", &format!("{}/base/", up.url()))
+        .open_route("r", "/", "b")
+        .yaml();
     let gw = spawn_gateway(&yaml).await;
     let r = client().get(gw.url("/x/y?q=1")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -636,7 +627,7 @@ async fn upstream_connections_are_reused_across_framings() {
         addr: Some(addr),
         ..Default::default()
     };
-    let gw = spawn_gateway(&basic_yaml(&up, "", "")).await;
+    let gw = spawn_gateway(&basic_yaml(&up, json!({}), json!({}))).await;
     let c = client();
     for round in 0..5 {
         let r = c.get(gw.url("/api/sized")).send().await.unwrap();

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::common::*;
+use crate::gwconfig::{idp_introspection, GatewayConfig, AUDIENCE};
 use crate::redis_server::RedisServer;
 use crate::tls::{der_of, f};
 
@@ -77,46 +78,33 @@ impl DpopKey {
     }
 }
 
-fn yaml(up: &Upstream, issuers: &str, server_extra: &str) -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-{server_extra}issuers:
-{issuers}upstreams:
-  - name: bi
-    url: "{}"
-routes:
-  - name: dpop-api
-    path_prefix: /dpop
-    upstream: bi
-    auth:
-      issuers: [dpop-idp]
-      scopes: [analytics.read]
-  - name: bearer-api
-    path_prefix: /bearer
-    upstream: bi
-    auth:
-      issuers: [bearer-idp]
-      scopes: [analytics.read]
-"#,
-        up.url()
-    )
+/// Routes /dpop (issuer `dpop-idp`) and /bearer (issuer `bearer-idp`), both needing
+/// `analytics.read`, to one upstream; the issuers are the caller's.
+fn config(up: &Upstream) -> GatewayConfig {
+    let route = |name: &str, prefix: &str, issuer: &str| {
+        json!({
+            "name": name, "path_prefix": prefix, "upstream": "bi",
+            "auth": {"issuers": [issuer], "scopes": ["analytics.read"]},
+        })
+    };
+    GatewayConfig::new()
+        .upstream("bi", &up.url())
+        .route(route("dpop-api", "/dpop", "dpop-idp"))
+        .route(route("bearer-api", "/bearer", "bearer-idp"))
 }
 
 async fn setup() -> (Idp, Upstream, Gw) {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let issuers = format!(
-        "{}{}",
-        issuer_yaml(
+    let yaml = config(&up)
+        .issuer_with(
             &idp,
             "dpop-idp",
-            "    sender_constraint: dpop\n    dpop:\n      iat_window: 60s\n"
-        ),
-        issuer_yaml(&idp, "bearer-idp", "")
-    );
-    let gw = spawn_gateway(&yaml(&up, &issuers, "")).await;
+            json!({"sender_constraint": "dpop", "dpop": {"iat_window": "60s"}}),
+        )
+        .issuer(&idp, "bearer-idp")
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     (idp, up, gw)
 }
 
@@ -552,24 +540,18 @@ fn mtls_client(identity: bool) -> reqwest::Client {
 async fn certificate_bound_tokens_over_mtls() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let issuers = format!(
-        "{}{}",
-        issuer_yaml(&idp, "dpop-idp", "    sender_constraint: mtls\n"),
-        issuer_yaml(&idp, "bearer-idp", "")
-    );
-    let tls = |client_ca: bool| {
-        format!(
-            "  tls:\n    cert: {}\n    key: {}\n{}",
-            f("server.pem"),
-            f("server-key.pem"),
-            if client_ca {
-                format!("    client_ca: {}\n", f("ca.pem"))
-            } else {
-                String::new()
-            }
-        )
+    let with_tls = |client_ca: bool| {
+        let mut tls = json!({"cert": f("server.pem"), "key": f("server-key.pem")});
+        if client_ca {
+            tls["client_ca"] = json!(f("ca.pem"));
+        }
+        config(&up)
+            .merge("server", json!({ "tls": tls }))
+            .issuer_with(&idp, "dpop-idp", json!({"sender_constraint": "mtls"}))
+            .issuer(&idp, "bearer-idp")
+            .yaml()
     };
-    let gw = spawn_gateway(&yaml(&up, &issuers, &tls(true))).await;
+    let gw = spawn_gateway(&with_tls(true)).await;
     let url = |p: &str| format!("https://localhost:{}{p}", gw.addr.port());
     let x5t = x5t_of(&f("client.pem"));
     let get = async |token: &str, path: &str| {
@@ -613,7 +595,7 @@ async fn certificate_bound_tokens_over_mtls() {
     gw.stop().await;
 
     // No client certificate at all (TLS without client_ca).
-    let gw = spawn_gateway(&yaml(&up, &issuers, &tls(false))).await;
+    let gw = spawn_gateway(&with_tls(false)).await;
     let r = mtls_client(false)
         .get(format!("https://localhost:{}/dpop/x", gw.addr.port()))
         .bearer_auth(&good)
@@ -633,37 +615,32 @@ async fn certificate_bound_tokens_over_mtls() {
     gw.stop().await;
 }
 
-fn ts_yaml(up: &Upstream, server_extra: &str, ts_constraint: &str) -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-{server_extra}token_service:
-  path: /oauth2/token
-  issuer: "https://gateway.example.com"
-  audience: "https://bi-api.company.com"
-  sender_constraint: {ts_constraint}
-  clients:
-    - id: dash
-      secret: "s3cret"
-      scopes: [analytics.read]
-    - id: mtls-client
-      secret: "s3cret"
-      scopes: [analytics.read]
-      sender_constraint: mtls
-upstreams:
-  - name: bi
-    url: "{}"
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: bi
-    auth:
-      issuers: [local]
-      scopes: [analytics.read]
-"#,
-        up.url()
-    )
+/// The token service (`sender_constraint: ts_constraint`; client `mtls-client` always
+/// mtls) and one route /api that takes its tokens.
+fn ts_config(up: &Upstream, ts_constraint: &str) -> GatewayConfig {
+    GatewayConfig::new()
+        .token_service(
+            "https://gateway.example.com",
+            AUDIENCE,
+            &[("dash", "s3cret", &["analytics.read"])],
+        )
+        .token_service_client(json!({
+            "id": "mtls-client", "secret": "s3cret", "scopes": ["analytics.read"],
+            "sender_constraint": "mtls",
+        }))
+        .merge(
+            "token_service",
+            json!({"path": "/oauth2/token", "sender_constraint": ts_constraint}),
+        )
+        .upstream("bi", &up.url())
+        .route(json!({
+            "name": "api", "path_prefix": "/api", "upstream": "bi",
+            "auth": {"issuers": ["local"], "scopes": ["analytics.read"]},
+        }))
+}
+
+fn ts_yaml(up: &Upstream, ts_constraint: &str) -> String {
+    ts_config(up, ts_constraint).yaml()
 }
 
 fn payload(token: &str) -> Value {
@@ -678,7 +655,7 @@ fn payload(token: &str) -> Value {
 #[tokio::test]
 async fn token_service_issues_dpop_bound_tokens() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&ts_yaml(&up, "", "dpop")).await;
+    let gw = spawn_gateway(&ts_yaml(&up, "dpop")).await;
     let key = DpopKey::new();
     let token_url = gw.url("/oauth2/token");
     let ask = async |proof: Option<&str>| {
@@ -745,11 +722,7 @@ async fn token_service_issues_dpop_bound_tokens() {
 async fn token_endpoint_proofs_are_used_once_across_replicas() {
     let redis = RedisServer::start();
     let up = spawn_upstream().await;
-    let stores = format!(
-        "stores:\n  redis:\n    url: \"{}\"\n    timeout: 2s\n",
-        redis.url()
-    );
-    let yaml = ts_yaml(&up, &stores, "dpop");
+    let yaml = ts_config(&up, "dpop").redis(&redis.url(), "2s").yaml();
     let a = spawn_gateway(&yaml).await;
     let b = spawn_gateway(&yaml).await;
     let key = DpopKey::new();
@@ -801,13 +774,17 @@ async fn token_endpoint_proofs_are_used_once_across_replicas() {
 #[tokio::test]
 async fn token_service_issues_certificate_bound_tokens() {
     let up = spawn_upstream().await;
-    let tls = format!(
-        "  tls:\n    cert: {}\n    key: {}\n    client_ca: {}\n",
-        f("server.pem"),
-        f("server-key.pem"),
-        f("ca.pem")
-    );
-    let gw = spawn_gateway(&ts_yaml(&up, &tls, "none")).await;
+    let yaml = ts_config(&up, "none")
+        .merge(
+            "server",
+            json!({"tls": {
+                "cert": f("server.pem"),
+                "key": f("server-key.pem"),
+                "client_ca": f("ca.pem"),
+            }}),
+        )
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     let url = |p: &str| format!("https://localhost:{}{p}", gw.addr.port());
     let r = mtls_client(true)
         .post(url("/oauth2/token"))
@@ -852,13 +829,17 @@ async fn introspected_tokens_keep_their_binding() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
     std::env::set_var("TOLLGATE_TEST_INTROSPECT_SECRET", INTROSPECT_SECRET);
-    let issuers = format!(
-        "  - name: dpop-idp\n    issuer: \"{}\"\n    sender_constraint: dpop\n    introspection:\n      url: \"{}\"\n      client_id: {INTROSPECT_ID}\n      client_secret: \"${{env:TOLLGATE_TEST_INTROSPECT_SECRET}}\"\n    audiences: [\"https://bi-api.company.com\"]\n{}",
-        idp.issuer,
-        idp.url("/introspect"),
-        issuer_yaml(&idp, "bearer-idp", "")
-    );
-    let gw = spawn_gateway(&yaml(&up, &issuers, "")).await;
+    let yaml = config(&up)
+        .issuer_block(json!({
+            "name": "dpop-idp",
+            "issuer": idp.issuer,
+            "sender_constraint": "dpop",
+            "introspection": idp_introspection(&idp, "${env:TOLLGATE_TEST_INTROSPECT_SECRET}"),
+            "audiences": [AUDIENCE],
+        }))
+        .issuer(&idp, "bearer-idp")
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     let key = DpopKey::new();
     idp.opaque.lock().unwrap().insert(
         "opaque-bound".into(),
@@ -919,44 +900,25 @@ async fn introspected_tokens_keep_their_binding() {
 /// Two replicas sharing `redis`: routes /dpop (on_error deny, the default) and
 /// /dpop-allow (on_error allow).
 fn replicas_yaml(idp: &Idp, up: &Upstream, redis: &RedisServer) -> String {
-    let issuers = format!(
-        "{}{}",
-        issuer_yaml(idp, "dpop-idp", "    sender_constraint: dpop\n"),
-        issuer_yaml(
+    let route = |name: &str, prefix: &str, issuer: &str| {
+        json!({
+            "name": name, "path_prefix": prefix, "upstream": "bi",
+            "auth": {"issuers": [issuer], "scopes": ["analytics.read"]},
+        })
+    };
+    GatewayConfig::new()
+        .redis(&redis.url(), "200ms")
+        .issuer_with(idp, "dpop-idp", json!({"sender_constraint": "dpop"}))
+        .issuer_with(
             idp,
             "dpop-allow",
-            "    sender_constraint: dpop\n    dpop:\n      replay: {store: redis, on_error: allow}\n"
-        ),
-    );
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-stores:
-  redis:
-    url: "{}"
-    timeout: 200ms
-issuers:
-{issuers}upstreams:
-  - name: bi
-    url: "{}"
-routes:
-  - name: dpop-api
-    path_prefix: /dpop
-    upstream: bi
-    auth:
-      issuers: [dpop-idp]
-      scopes: [analytics.read]
-  - name: dpop-allow
-    path_prefix: /lenient
-    upstream: bi
-    auth:
-      issuers: [dpop-allow]
-      scopes: [analytics.read]
-"#,
-        redis.url(),
-        up.url()
-    )
+            json!({"sender_constraint": "dpop",
+                   "dpop": {"replay": {"store": "redis", "on_error": "allow"}}}),
+        )
+        .upstream("bi", &up.url())
+        .route(route("dpop-api", "/dpop", "dpop-idp"))
+        .route(route("dpop-allow", "/lenient", "dpop-allow"))
+        .yaml()
 }
 
 /// Both replicas sit behind one load balancer: the client addresses this host.

@@ -20,7 +20,10 @@ use tokio_tungstenite::tungstenite::handshake::server::{
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 
+use serde_json::{json, Value};
+
 use crate::common::*;
+use crate::gwconfig::GatewayConfig;
 
 /// A WebSocket echo server that records every handshake's headers and counts the
 /// connections that ended.
@@ -75,48 +78,32 @@ async fn spawn_echo() -> Echo {
     echo
 }
 
-fn yaml(idp: &Idp, echo: &Echo, plain: &Upstream, websocket: &str) -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-issuers:
-{}upstreams:
-  - name: live
-    url: "{}"
-  - name: plain
-    url: "{}"
-routes:
-  - name: live
-    path_prefix: /live
-    upstream: live
-    auth:
-      scopes: [analytics.read]
-    permissions:
-      - path: /live/feed
-        methods: [GET]
-      - path: /live/admin
-        methods: [GET]
-        scopes: [live.admin]
-    websocket: {websocket}
-  - name: dashboard
-    path_prefix: /dash
-    upstream: live
-    auth:
-      scopes: [analytics.read]
-    cors:
-      allow_origins: ["https://dashboard.example.com"]
-    websocket: {{}}
-  - name: plain
-    path_prefix: /plain
-    upstream: plain
-    auth:
-      scopes: [analytics.read]
-"#,
-        issuer_yaml(idp, "corp", ""),
-        echo.url(),
-        plain.url()
-    )
+/// Routes /live (WebSocket with `websocket`, per-endpoint permissions) and /dash
+/// (WebSocket, CORS) to upstream `live` at `live_url`, and /plain (no WebSocket) to
+/// `plain_url`; every route needs `analytics.read`.
+fn yaml(idp: &Idp, live_url: &str, plain_url: &str, websocket: Value) -> String {
+    let scoped = json!({"scopes": ["analytics.read"]});
+    GatewayConfig::new()
+        .issuer(idp, "corp")
+        .upstream("live", live_url)
+        .upstream("plain", plain_url)
+        .route(json!({
+            "name": "live", "path_prefix": "/live", "upstream": "live", "auth": scoped,
+            "permissions": [
+                {"path": "/live/feed", "methods": ["GET"]},
+                {"path": "/live/admin", "methods": ["GET"], "scopes": ["live.admin"]},
+            ],
+            "websocket": websocket,
+        }))
+        .route(json!({
+            "name": "dashboard", "path_prefix": "/dash", "upstream": "live", "auth": scoped,
+            "cors": {"allow_origins": ["https://dashboard.example.com"]},
+            "websocket": {},
+        }))
+        .route(json!({
+            "name": "plain", "path_prefix": "/plain", "upstream": "plain", "auth": scoped,
+        }))
+        .yaml()
 }
 
 struct Setup {
@@ -126,11 +113,11 @@ struct Setup {
     gw: Gw,
 }
 
-async fn setup(websocket: &str) -> Setup {
+async fn setup(websocket: Value) -> Setup {
     let idp = spawn_idp().await;
     let echo = spawn_echo().await;
     let plain = spawn_upstream().await;
-    let gw = spawn_gateway(&yaml(&idp, &echo, &plain, websocket)).await;
+    let gw = spawn_gateway(&yaml(&idp, &echo.url(), &plain.url(), websocket)).await;
     Setup {
         idp,
         echo,
@@ -197,7 +184,7 @@ where
 // the upstream's handshake carried the verified identity and the request id.
 #[tokio::test]
 async fn websocket_through_the_gateway_after_the_policy_said_yes() {
-    let s = setup("{}").await;
+    let s = setup(json!({})).await;
     let token = s.idp.token(serde_json::json!({}));
     let (mut ws, resp) =
         tokio_tungstenite::connect_async(ws_request(&s.gw, "/live/feed", Some(&token), &[]))
@@ -260,7 +247,7 @@ async fn websocket_through_the_gateway_after_the_policy_said_yes() {
 // access_denied; the upstream never sees a handshake that was refused.
 #[tokio::test]
 async fn a_refused_handshake_never_reaches_the_upstream() {
-    let s = setup("{}").await;
+    let s = setup(json!({})).await;
     let (status, body) = refused(&s.gw, "/live/feed", None, &[]).await;
     assert_eq!(status, 401);
     assert_eq!(body["error"], "invalid_token");
@@ -289,7 +276,7 @@ async fn a_refused_handshake_never_reaches_the_upstream() {
 // not the host addressed, is refused 403 origin_not_allowed; an allowed origin passes.
 #[tokio::test]
 async fn cross_site_handshakes_are_refused() {
-    let s = setup("{}").await;
+    let s = setup(json!({})).await;
     let token = s.idp.token(serde_json::json!({}));
     let (status, body) = refused(
         &s.gw,
@@ -348,7 +335,7 @@ async fn cross_site_handshakes_are_refused() {
 // steady traffic is closed at max_duration. (Conditions polled with a deadline.)
 #[tokio::test]
 async fn idle_and_total_timeouts_end_tunnels() {
-    let s = setup("{idle_timeout: 1s, max_duration: 1h}").await;
+    let s = setup(json!({"idle_timeout": "1s", "max_duration": "1h"})).await;
     let token = s.idp.token(serde_json::json!({}));
     let (mut ws, _) =
         tokio_tungstenite::connect_async(ws_request(&s.gw, "/live/feed", Some(&token), &[]))
@@ -372,7 +359,7 @@ async fn idle_and_total_timeouts_end_tunnels() {
     .await;
     s.gw.stop().await;
 
-    let s = setup("{idle_timeout: 2s, max_duration: 2s}").await;
+    let s = setup(json!({"idle_timeout": "2s", "max_duration": "2s"})).await;
     let token = s.idp.token(serde_json::json!({}));
     let (mut ws, _) =
         tokio_tungstenite::connect_async(ws_request(&s.gw, "/live/feed", Some(&token), &[]))
@@ -403,7 +390,7 @@ async fn idle_and_total_timeouts_end_tunnels() {
 // it is refused 400 and nothing reaches an upstream.
 #[tokio::test]
 async fn websocket_over_http2_extended_connect() {
-    let s = setup("{}").await;
+    let s = setup(json!({})).await;
     let token = s.idp.token(serde_json::json!({}));
     let io = TokioIo::new(TcpStream::connect(s.gw.addr).await.unwrap());
     let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -464,7 +451,7 @@ async fn websocket_over_http2_extended_connect() {
 // route without `websocket` are forwarded as plain requests with no `Upgrade` header.
 #[tokio::test]
 async fn hostile_upgrades() {
-    let s = setup("{}").await;
+    let s = setup(json!({})).await;
     let token = s.idp.token(serde_json::json!({}));
     let head = |method: &str, path: &str, extra: &str| {
         format!(
@@ -517,12 +504,9 @@ async fn hostile_upgrades() {
 #[tokio::test]
 async fn an_upstream_refusing_the_upgrade_is_answered_as_it_is() {
     let idp = spawn_idp().await;
-    let echo = spawn_echo().await;
     let plain = spawn_upstream().await;
     // The "live" upstream is the plain HTTP upstream here: it never switches protocols.
-    let mut y = yaml(&idp, &echo, &plain, "{}");
-    y = y.replace(&echo.url(), &plain.url());
-    let gw = spawn_gateway(&y).await;
+    let gw = spawn_gateway(&yaml(&idp, &plain.url(), &plain.url(), json!({}))).await;
     let token = idp.token(serde_json::json!({}));
     let err = tokio_tungstenite::connect_async(ws_request(&gw, "/live/feed", Some(&token), &[]))
         .await
@@ -543,12 +527,14 @@ async fn an_upstream_refusing_the_upgrade_is_answered_as_it_is() {
 #[tokio::test]
 async fn websocket_over_several_endpoints() {
     let (a, b) = (spawn_echo().await, spawn_echo().await);
-    let gw = spawn_gateway(&format!(
-        "server:\n  listen: \"127.0.0.1:0\"\nupstreams:\n  - name: live\n    urls: [\"{}\", \"{}\"]\nroutes:\n  - name: live\n    path_prefix: /live\n    upstream: live\n    auth: none\n    websocket: {{}}\n",
-        a.url(),
-        b.url()
-    ))
-    .await;
+    let yaml = GatewayConfig::public_only()
+        .upstream_urls("live", &[&a.url(), &b.url()], json!({}))
+        .route(json!({
+            "name": "live", "path_prefix": "/live", "upstream": "live", "auth": "none",
+            "websocket": {},
+        }))
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
     let mut open = Vec::new();
     for i in 0..4 {
         let (mut ws, resp) =
@@ -589,7 +575,7 @@ fn steps(v: &serde_json::Value) -> String {
 // reason. Nothing reaches an upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_describes_websocket_upgrades() {
-    let s = setup("{idle_timeout: 30s, max_duration: 1h}").await;
+    let s = setup(json!({"idle_timeout": "30s", "max_duration": "1h"})).await;
     let token = s.idp.token(serde_json::json!({}));
     let ask = async |body: serde_json::Value| -> serde_json::Value {
         let r = client()
@@ -728,7 +714,7 @@ async fn explain_describes_websocket_upgrades() {
 // handshake is refused 400 like a declared length.
 #[tokio::test]
 async fn hostile_extended_connects_never_reach_an_upstream() {
-    let s = setup("{}").await;
+    let s = setup(json!({})).await;
     let token = s.idp.token(serde_json::json!({}));
     let io = TokioIo::new(TcpStream::connect(s.gw.addr).await.unwrap());
     let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
