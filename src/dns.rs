@@ -17,9 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use hickory_resolver::config::{
-    NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::TokioResolver;
@@ -49,8 +47,7 @@ impl DnsSettings {
                 cfg.add_name_server(NameServerConfig::new(*s, Protocol::Udp));
                 cfg.add_name_server(NameServerConfig::new(*s, Protocol::Tcp));
             }
-            let mut b =
-                TokioResolver::builder_with_config(cfg, TokioConnectionProvider::default());
+            let mut b = TokioResolver::builder_with_config(cfg, TokioConnectionProvider::default());
             // The operator named the servers: /etc/hosts does not shadow them.
             b.options_mut().use_hosts_file = ResolveHosts::Never;
             b
@@ -164,7 +161,10 @@ pub struct TargetStatus {
 impl Target {
     pub fn new(host: &str, port: u16) -> Target {
         Target {
-            host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
             port,
             inner: Mutex::new(Known {
                 addrs: Vec::new(),

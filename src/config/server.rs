@@ -141,7 +141,11 @@ pub fn compile(s: Option<&ServerModel>, base: &Path, p: &mut Problems) -> Option
         }
     }
     let limits = compile_limits(&s.limits, p);
-    let dns = s.dns.as_ref().map(|d| compile_dns(d, p)).unwrap_or_default();
+    let dns = s
+        .dns
+        .as_ref()
+        .map(|d| compile_dns(d, p))
+        .unwrap_or_default();
     let tls = s.tls.as_ref().and_then(|t| compile_tls(t, base, p));
     Some(Server {
         listen: listen?,

@@ -47,7 +47,12 @@ impl Dnsmasq {
         for _ in 0..10 {
             let port = free_udp_and_tcp_port();
             let log = dir.path().join(format!("dnsmasq-{port}.log"));
-            let mut cmd = std::process::Command::new("dnsmasq");
+            let program = if std::path::Path::new("/usr/sbin/dnsmasq").exists() {
+                "/usr/sbin/dnsmasq"
+            } else {
+                "dnsmasq"
+            };
+            let mut cmd = std::process::Command::new(program);
             cmd.args(["--keep-in-foreground", "--no-resolv", "--no-hosts"])
                 .arg(format!("--addn-hosts={}", hosts.display()))
                 .arg(format!("--port={port}"))
@@ -254,9 +259,7 @@ fn serve(listener: TcpListener, tls: Tls) -> Backend {
                             }
                         }
                         let _ = req.into_body().collect().await;
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
-                            ip.to_string(),
-                        ))))
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(ip.to_string()))))
                     }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -284,7 +287,10 @@ fn config(dns: &Dnsmasq, url: &str, extra: serde_json::Value) -> String {
     let mut up = json!({"dns": {"mode": "per_address", "refresh": "500ms", "min_refresh": "50ms"}});
     crate::gwconfig::merge(&mut up, extra);
     GatewayConfig::new()
-        .merge("server", json!({"dns": {"servers": [dns.server()], "timeout": "1s"}}))
+        .merge(
+            "server",
+            json!({"dns": {"servers": [dns.server()], "timeout": "1s"}}),
+        )
         .upstream_with("svc", url, up)
         .open_route("all", "/", "svc")
         .yaml()
@@ -406,7 +412,11 @@ async fn addresses_are_endpoints_and_follow_dns() {
     let before = b[0].hits("/b");
     let by = spread(&c, &gw, "/b", 10).await;
     assert_eq!(by.get("127.0.0.3"), Some(&10), "{by:?}");
-    assert_eq!(b[0].hits("/b"), before, "the removed address got new requests");
+    assert_eq!(
+        b[0].hits("/b"),
+        before,
+        "the removed address got new requests"
+    );
     b[0].release();
     assert_eq!(
         held.await.unwrap(),
@@ -550,7 +560,10 @@ fn per_address_refusals() {
         "name": "svc", "urls": ["http://a.test:1", "http://b.test:1"],
         "dns": {"mode": "per_address"},
     })));
-    assert!(e.contains("upstreams[0].dns.mode") && e.contains("not several urls"), "{e}");
+    assert!(
+        e.contains("upstreams[0].dns.mode") && e.contains("not several urls"),
+        "{e}"
+    );
     let e = crate::gwconfig::load_error(&base(json!({
         "name": "svc", "url": "http://a.test:1", "proxy": "http://127.0.0.1:3128",
         "dns": {"mode": "per_address"},
@@ -559,7 +572,10 @@ fn per_address_refusals() {
     let e = crate::gwconfig::load_error(&base(json!({
         "name": "svc", "url": "http://a.test:1", "dns": {"refresh": "5s"},
     })));
-    assert!(e.contains("upstreams[0].dns.refresh") && e.contains("per_address"), "{e}");
+    assert!(
+        e.contains("upstreams[0].dns.refresh") && e.contains("per_address"),
+        "{e}"
+    );
     let e = crate::gwconfig::load_error(&base(json!({
         "name": "svc", "url": "http://a.test:1",
         "dns": {"mode": "per_address", "refresh": "1s", "min_refresh": "2s"},
