@@ -30,7 +30,7 @@ pub struct DnsSettings {
     /// `servers`: asked over UDP (TCP for truncated answers); empty: the system's
     /// (`/etc/resolv.conf`, with `/etc/hosts`).
     pub servers: Vec<SocketAddr>,
-    /// `timeout`: one query's time (hickory's default 5 s when `None`).
+    /// `query_timeout`: one query's time (hickory's default 5 s when `None`).
     pub timeout: Option<Duration>,
 }
 

@@ -53,7 +53,7 @@ section! {
         /// "127.0.0.1:5353"] (port 53 unless given); /etc/hosts is not read then.
         "servers" => pub servers: Option<List<String>>,
         /// Time allowed for one query (default 5s).
-        "timeout" => pub timeout: Option<DurationText>,
+        "query_timeout" => pub query_timeout: Option<DurationText>,
     }
 }
 
@@ -187,10 +187,14 @@ fn compile_dns(d: &DnsModel, p: &mut Problems) -> crate::dns::DnsSettings {
     }
     crate::dns::DnsSettings {
         servers,
-        timeout: d
-            .timeout
-            .as_ref()
-            .map(|t| v::duration(p, "server.dns.timeout", Some(t), Duration::from_secs(5))),
+        timeout: d.query_timeout.as_ref().map(|t| {
+            v::duration(
+                p,
+                "server.dns.query_timeout",
+                Some(t),
+                Duration::from_secs(5),
+            )
+        }),
     }
 }
 

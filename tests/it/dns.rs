@@ -289,7 +289,7 @@ fn config(dns: &Dnsmasq, url: &str, extra: serde_json::Value) -> String {
     GatewayConfig::new()
         .merge(
             "server",
-            json!({"dns": {"servers": [dns.server()], "timeout": "1s"}}),
+            json!({"dns": {"servers": [dns.server()], "query_timeout": "1s"}}),
         )
         .upstream_with("svc", url, up)
         .open_route("all", "/", "svc")
