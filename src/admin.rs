@@ -206,6 +206,19 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
             if !failing.is_empty() {
                 body["issuer_errors"] = serde_json::Value::Array(failing);
             }
+            // `dns: per_address` upstreams without addresses, or whose name cannot be
+            // resolved (the last known addresses serve): not a reason to be unready.
+            let mut dns = crate::gateway::dns_problems(&rt);
+            if rt.server.admin_auth.is_some() {
+                for f in &mut dns {
+                    if let Some(o) = f.as_object_mut() {
+                        o.remove("error");
+                    }
+                }
+            }
+            if !dns.is_empty() {
+                body["upstream_dns"] = serde_json::Value::Array(dns);
+            }
             json(status, body)
         }
         (&Method::GET, "/metrics") => {

@@ -16,11 +16,18 @@
 //! The per-endpoint state ([`EndpointState`]) is kept across reloads for endpoints whose
 //! URL did not change (the config registry hands the same one to the new config).
 //! Connections are per endpoint: each has its own [`Pool`] (HTTP/1.1) or [`H2Conn`].
+//!
+//! The endpoint list can change while the config serves (`upstreams[].dns: {mode:
+//! per_address}`, `discovery.rs`): a request works on the list it loaded
+//! ([`Endpoints::list`]); an endpoint that leaves it gets no new request, and the
+//! requests it has in flight finish on it (drained).
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, StatusCode, Uri};
 
@@ -267,15 +274,22 @@ impl Drop for InFlight {
 
 /// One endpoint of an upstream: where to connect and what to send as `Host`.
 pub struct Endpoint {
-    /// `host:port` as written (the `endpoint` label of its metrics).
+    /// `host:port` as written, or `address:port` for an address of a name (the
+    /// `endpoint` label of its metrics).
     pub label: Arc<str>,
     pub scheme: Scheme,
+    /// `host:port`: what TLS names (SNI, certificate) and HTTP/2's `:authority` say.
     pub authority: Authority,
     /// `Host` sent to this endpoint.
     pub host: HeaderValue,
+    /// The address connections go to (`dns: per_address`); `None`: the name's,
+    /// resolved by the system for each new connection.
+    pub addr: Option<IpAddr>,
     pub state: Arc<EndpointState>,
     pool: OnceLock<Arc<Pool>>,
     h2: OnceLock<Arc<H2Conn>>,
+    /// Its active health check (`health.rs`), stopped when it leaves the list.
+    pub check: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Endpoint {
@@ -286,23 +300,59 @@ impl Endpoint {
                 .unwrap_or(HeaderValue::from_static("localhost")),
             scheme,
             authority,
+            addr: None,
             state,
             pool: OnceLock::new(),
             h2: OnceLock::new(),
+            check: Mutex::new(None),
         }
     }
 
+    /// One address of `authority`'s name: connections go to `addr`, TLS and `Host`
+    /// keep the name.
+    pub fn at_address(
+        scheme: Scheme,
+        authority: Authority,
+        addr: IpAddr,
+        state: Arc<EndpointState>,
+    ) -> Endpoint {
+        let port = authority
+            .port_u16()
+            .unwrap_or(if scheme == Scheme::HTTPS { 443 } else { 80 });
+        let mut ep = Endpoint::new(scheme, authority, state);
+        ep.label = std::net::SocketAddr::new(addr, port).to_string().into();
+        ep.addr = Some(addr);
+        ep
+    }
+
     /// This endpoint's HTTP/1.1 pool (shared with any upstream of the same origin, and
-    /// across reloads).
+    /// across reloads; an address's own).
     pub fn pool(&self, client: &HttpClient) -> &Arc<Pool> {
-        self.pool
-            .get_or_init(|| pool_for(client, &self.scheme, &self.authority))
+        self.pool.get_or_init(|| match self.addr {
+            Some(addr) => Arc::new(Pool::new(
+                client.connector.pinned(addr),
+                origin(&self.scheme, &self.authority),
+            )),
+            None => pool_for(client, &self.scheme, &self.authority),
+        })
     }
 
     /// This endpoint's HTTP/2 connection (`protocol: h2 | h2c`).
     pub fn h2(&self, client: &HttpClient) -> &Arc<H2Conn> {
-        self.h2
-            .get_or_init(|| h2_for(client, &self.scheme, &self.authority))
+        self.h2.get_or_init(|| match self.addr {
+            Some(addr) => Arc::new(H2Conn::new(
+                client.h2_connector.pinned(addr),
+                origin(&self.scheme, &self.authority),
+            )),
+            None => h2_for(client, &self.scheme, &self.authority),
+        })
+    }
+
+    /// Stops its active health check.
+    pub fn stop_check(&self) {
+        if let Some(t) = self.check.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.abort();
+        }
     }
 }
 
@@ -345,16 +395,22 @@ pub fn h2_for(client: &HttpClient, scheme: &Scheme, authority: &Authority) -> Ar
 
 /// An upstream's endpoints and how requests are spread over them.
 pub struct Endpoints {
-    pub list: Vec<Arc<Endpoint>>,
+    /// The endpoints now (replaced as a whole when a name's addresses change).
+    members: ArcSwap<Vec<Arc<Endpoint>>>,
     pub balance: Balance,
     pub passive: Passive,
     pub retries: Retries,
     pub health_check: Option<Arc<HealthCheck>>,
     /// Round-robin cursor; for least-requests, the seed of the random draws.
     cursor: AtomicUsize,
-    /// The running health-check tasks (`health.rs`); aborted by [`Endpoints::stop`]
-    /// and when the config that owns them is dropped.
+    /// The running background task (`discovery.rs`'s resolutions); aborted with the
+    /// endpoints' health checks by [`Endpoints::stop`] and when the config that owns
+    /// them is dropped.
     pub tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// The health checks were started (once per config).
+    pub started: AtomicBool,
+    /// [`Endpoints::stop`] ran: nothing more starts.
+    pub stopped: AtomicBool,
 }
 
 impl Drop for Endpoints {
@@ -388,35 +444,52 @@ impl Endpoints {
         // first request to the same endpoint.
         let seed = rand::random::<u32>() as usize;
         Endpoints {
-            list,
+            members: ArcSwap::from_pointee(list),
             balance,
             passive,
             retries,
             health_check: health_check.map(Arc::new),
             cursor: AtomicUsize::new(seed),
             tasks: Mutex::new(Vec::new()),
+            started: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         }
     }
 
-    /// Stops the health checks (a reload replaced this config, or the gateway stops).
+    /// The endpoints now: a request picks from the list it loaded, for all its tries.
+    pub fn list(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.members.load_full()
+    }
+
+    /// Replaces the list; returns the previous one.
+    pub fn replace(&self, list: Vec<Arc<Endpoint>>) -> Arc<Vec<Arc<Endpoint>>> {
+        self.members.swap(Arc::new(list))
+    }
+
+    /// Stops the background work: resolutions and health checks (a reload replaced
+    /// this config, or the gateway stops).
     pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         for t in tasks.drain(..) {
             t.abort();
         }
+        for ep in self.list().iter() {
+            ep.stop_check();
+        }
     }
 
-    /// The endpoint for the next try: a healthy one not in `tried` by the balancing
-    /// policy; when every untried one is unhealthy, any untried one (panic mode); when
-    /// every one was tried, any.
-    pub fn pick(&self, tried: u64) -> usize {
-        let n = self.list.len();
-        if n == 1 {
+    /// The endpoint of `list` (loaded with [`Endpoints::list`]; not empty) for the next
+    /// try: a healthy one not in `tried` by the balancing policy; when every untried
+    /// one is unhealthy, any untried one (panic mode); when every one was tried, any.
+    pub fn pick(&self, list: &[Arc<Endpoint>], tried: u64) -> usize {
+        let n = list.len();
+        if n <= 1 {
             return 0;
         }
         let now = now_ms();
         let untried = |i: usize| tried & bit(i) == 0;
-        let good = |i: usize| untried(i) && self.list[i].state.healthy(now);
+        let good = |i: usize| untried(i) && list[i].state.healthy(now);
         let c = self.cursor.fetch_add(1, Ordering::Relaxed);
         let found = match self.balance {
             Balance::RoundRobin => first_from(n, c % n, good),
@@ -427,7 +500,7 @@ impl Endpoints {
                 let b0 = (a0 + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
                 match (first_from(n, a0, good), first_from(n, b0, good)) {
                     (Some(a), Some(b)) => {
-                        if self.list[b].state.in_flight() < self.list[a].state.in_flight() {
+                        if list[b].state.in_flight() < list[a].state.in_flight() {
                             Some(b)
                         } else {
                             Some(a)
@@ -442,10 +515,10 @@ impl Endpoints {
             .unwrap_or(c % n)
     }
 
-    /// Counts an exchange's outcome for endpoint `i`: `failed` is a connect failure,
-    /// reset, timeout or 5xx answer. Returns true when it ejected the endpoint.
-    pub fn record(&self, i: usize, failed: bool) -> bool {
-        let st = &self.list[i].state;
+    /// Counts an exchange's outcome for endpoint `i` of `list`: `failed` is a connect
+    /// failure, reset, timeout or 5xx answer. Returns true when it ejected the endpoint.
+    pub fn record(&self, list: &[Arc<Endpoint>], i: usize, failed: bool) -> bool {
+        let st = &list[i].state;
         if !failed {
             st.success();
             return false;
@@ -460,14 +533,13 @@ impl Endpoints {
             return false;
         }
         // Never the last healthy endpoint, and not more than the allowed share.
-        let others_healthy = self
-            .list
+        let others_healthy = list
             .iter()
             .enumerate()
             .any(|(j, e)| j != i && e.state.healthy(now));
-        let ejected = self.list.iter().filter(|e| e.state.ejected(now)).count();
+        let ejected = list.iter().filter(|e| e.state.ejected(now)).count();
         let allowed = ejected == 0
-            || (ejected + 1) * 100 <= self.passive.max_ejected_percent as usize * self.list.len();
+            || (ejected + 1) * 100 <= self.passive.max_ejected_percent as usize * list.len();
         if !others_healthy || !allowed {
             return false;
         }
@@ -475,7 +547,7 @@ impl Endpoints {
         st.ejected_until
             .store(now + ms(self.passive.eject_for), Ordering::Relaxed);
         st.ejections.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(endpoint = %self.list[i].label, eject_for = ?self.passive.eject_for,
+        tracing::warn!(endpoint = %list[i].label, eject_for = ?self.passive.eject_for,
             "upstream endpoint ejected after {run} failures in a row");
         true
     }
@@ -504,9 +576,10 @@ mod tests {
     }
 
     fn counts(e: &Endpoints, rounds: usize, tried: u64) -> Vec<usize> {
-        let mut c = vec![0; e.list.len()];
+        let list = e.list();
+        let mut c = vec![0; list.len()];
         for _ in 0..rounds {
-            c[e.pick(tried)] += 1;
+            c[e.pick(&list, tried)] += 1;
         }
         c
     }
@@ -527,18 +600,21 @@ mod tests {
             ..Passive::default()
         };
         let e = endpoints(3, Balance::RoundRobin, passive);
-        assert!(!e.record(1, true));
-        assert!(e.record(1, true), "the second failure in a row ejects");
-        assert!(e.list[1].state.ejected(now_ms()));
-        assert!(e.list[1].state.ejected_until(now_ms()).is_some());
-        assert_eq!(e.list[1].state.ejections(), 1);
+        assert!(!e.record(&e.list(), 1, true));
+        assert!(
+            e.record(&e.list(), 1, true),
+            "the second failure in a row ejects"
+        );
+        assert!(e.list()[1].state.ejected(now_ms()));
+        assert!(e.list()[1].state.ejected_until(now_ms()).is_some());
+        assert_eq!(e.list()[1].state.ejections(), 1);
         assert_eq!(counts(&e, 100, 0)[1], 0);
         // Tried 0 already: 2 (the only healthy untried one).
         for _ in 0..10 {
-            assert_eq!(e.pick(bit(0)), 2);
+            assert_eq!(e.pick(&e.list(), bit(0)), 2);
         }
         // Tried 0 and 2: the ejected one rather than none (panic for the retry).
-        assert_eq!(e.pick(bit(0) | bit(2)), 1);
+        assert_eq!(e.pick(&e.list(), bit(0) | bit(2)), 1);
         // Every endpoint failing its active check: all are used.
         let hc = HealthCheck {
             path: "/h".parse().unwrap(),
@@ -547,7 +623,7 @@ mod tests {
             healthy: 1,
             unhealthy: 1,
         };
-        for ep in &e.list {
+        for ep in e.list().iter() {
             ep.state.check_result(false, &hc);
         }
         assert!(counts(&e, 90, 0).iter().all(|&c| c == 30));
@@ -563,9 +639,12 @@ mod tests {
             max_ejected_percent: 100,
         };
         let e = endpoints(2, Balance::RoundRobin, passive);
-        assert!(e.record(0, true));
-        assert!(!e.record(1, true), "the last healthy endpoint stays");
-        assert!(e.list[1].state.healthy(now_ms()));
+        assert!(e.record(&e.list(), 0, true));
+        assert!(
+            !e.record(&e.list(), 1, true),
+            "the last healthy endpoint stays"
+        );
+        assert!(e.list()[1].state.healthy(now_ms()));
 
         let passive = Passive {
             consecutive_failures: 2,
@@ -573,12 +652,15 @@ mod tests {
             max_ejected_percent: 10,
         };
         let e = endpoints(4, Balance::RoundRobin, passive);
-        e.record(0, true);
-        e.record(0, false);
-        assert!(!e.record(0, true), "a success ended the run");
-        assert!(e.record(0, true));
-        e.record(1, true);
-        assert!(!e.record(1, true), "10% of 4: only one at a time");
+        e.record(&e.list(), 0, true);
+        e.record(&e.list(), 0, false);
+        assert!(!e.record(&e.list(), 0, true), "a success ended the run");
+        assert!(e.record(&e.list(), 0, true));
+        e.record(&e.list(), 1, true);
+        assert!(
+            !e.record(&e.list(), 1, true),
+            "10% of 4: only one at a time"
+        );
     }
 
     // Behaviour: least-requests compares two distinct endpoints, so with one busy
@@ -586,13 +668,13 @@ mod tests {
     #[test]
     fn least_requests_prefers_idle() {
         let e = endpoints(3, Balance::LeastRequests, Passive::default());
-        let _busy = e.list[1].state.start();
+        let _busy = e.list()[1].state.start();
         assert_eq!(counts(&e, 300, 0)[1], 0);
         drop(_busy);
         let c = counts(&e, 3000, 0);
         assert!(c.iter().all(|&n| n > 500), "{c:?}");
         let e = endpoints(2, Balance::LeastRequests, Passive::default());
-        let _busy = e.list[0].state.start();
+        let _busy = e.list()[0].state.start();
         assert_eq!(counts(&e, 100, 0), [0, 100]);
     }
 

@@ -97,6 +97,7 @@ pub fn build_client(
             to_proxy: to_proxy.clone(),
             tls: tls.clone(),
             outbound: outbound.clone(),
+            pin: None,
         },
         timeout: connect_timeout,
     };
@@ -110,6 +111,7 @@ pub fn build_client(
             to_proxy,
             tls: h2_tls,
             outbound,
+            pin: None,
         },
         timeout: connect_timeout,
     };
@@ -123,6 +125,16 @@ pub fn build_client(
         pools: Arc::default(),
         h2_connector,
         h2_conns: Arc::default(),
+    }
+}
+
+impl TimeoutConnector<Dialer> {
+    /// The same connector, dialling `addr` whatever the target's name: TLS still
+    /// sends and verifies the name (`upstreams[].dns: per_address`).
+    pub(crate) fn pinned(&self, addr: std::net::IpAddr) -> Connector {
+        let mut c = self.clone();
+        c.inner.pin = Some(addr);
+        c
     }
 }
 

@@ -161,6 +161,7 @@ impl Gateway {
         }
         for up in &rt.upstreams {
             crate::health::start(up);
+            crate::discovery::start(up, &rt.server.dns);
         }
     }
 
@@ -171,13 +172,22 @@ impl Gateway {
         }
     }
 
-    /// Ready: config loaded, listeners up, every issuer's first key fetch finished.
+    /// Ready: config loaded, listeners up, every issuer's first key fetch finished, and
+    /// every `dns: per_address` upstream's first resolution finished (successfully or
+    /// not: an upstream whose name has no address is shown by /readyz, but does not
+    /// hold the whole gateway back).
     pub fn ready(&self) -> bool {
+        let rt = self.current();
         self.listeners_up.load(Ordering::Acquire)
-            && self.current().issuers.iter().all(|i| match &i.kind {
+            && rt.issuers.iter().all(|i| match &i.kind {
                 IssuerKind::Jwt(s) => s.first_fetch_done(),
                 IssuerKind::Introspection(_) => true,
             })
+            && rt
+                .upstreams
+                .iter()
+                .filter_map(|u| u.dns.as_ref())
+                .all(|d| d.target.first_done())
     }
 
     /// Reloads the config file. The new config is compiled completely before it
@@ -355,11 +365,25 @@ impl Gateway {
             .upstreams
             .iter()
             .filter_map(|u| u.endpoints.as_ref())
-            .flat_map(|e| e.list.iter().map(|ep| Arc::as_ptr(&ep.state)))
+            .flat_map(|e| {
+                e.list()
+                    .iter()
+                    .map(|ep| Arc::as_ptr(&ep.state))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         self.registry
             .endpoint_states
             .retain(|_, s| endpoints.contains(&Arc::as_ptr(s)));
+        // Names no upstream resolves per address any more.
+        let targets: std::collections::HashSet<*const crate::dns::Target> = rt
+            .upstreams
+            .iter()
+            .filter_map(|u| u.dns.as_ref().map(|d| Arc::as_ptr(&d.target)))
+            .collect();
+        self.registry
+            .dns_targets
+            .retain(|_, t| targets.contains(&Arc::as_ptr(t)));
     }
 
     /// `POST /admin/caches/flush`: upstream tokens, introspection results and
@@ -449,13 +473,16 @@ fn endpoint_samples(rt: &Runtime) -> Vec<crate::metrics::EndpointSample> {
         .iter()
         .filter_map(|u| u.endpoints.as_ref().map(|e| (u, e)))
         .flat_map(|(u, e)| {
-            e.list.iter().map(move |ep| crate::metrics::EndpointSample {
-                upstream: u.name.clone(),
-                endpoint: ep.label.clone(),
-                healthy: ep.state.healthy(now),
-                ejections: ep.state.ejections(),
-                in_flight: ep.state.in_flight(),
-            })
+            e.list()
+                .iter()
+                .map(|ep| crate::metrics::EndpointSample {
+                    upstream: u.name.clone(),
+                    endpoint: ep.label.clone(),
+                    healthy: ep.state.healthy(now),
+                    ejections: ep.state.ejections(),
+                    in_flight: ep.state.in_flight(),
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -488,7 +515,7 @@ pub fn upstream_status(rt: &Runtime) -> serde_json::Value {
                 });
             };
             let endpoints: Vec<serde_json::Value> = eps
-                .list
+                .list()
                 .iter()
                 .map(|ep| {
                     let st = &ep.state;
@@ -503,6 +530,8 @@ pub fn upstream_status(rt: &Runtime) -> serde_json::Value {
                     };
                     serde_json::json!({
                         "endpoint": &*ep.label,
+                        // An address of a name (`dns: per_address`): the name.
+                        "dns_name": ep.addr.map(|_| ep.authority.as_str()),
                         "healthy": st.healthy(now),
                         "state": state,
                         "ejected_until": ejected_until.map(rfc3339),
@@ -519,16 +548,62 @@ pub fn upstream_status(rt: &Runtime) -> serde_json::Value {
                     })
                 })
                 .collect();
-            serde_json::json!({
+            let mut out = serde_json::json!({
                 "name": &*u.name,
                 "proxy": proxy,
                 "token_proxy": token_proxy,
                 "balance": eps.balance.as_str(),
                 "endpoints": endpoints,
-            })
+            });
+            if let Some(d) = &u.dns {
+                out["dns"] = dns_status(d);
+            }
+            out
         })
         .collect();
     serde_json::Value::Array(list)
+}
+
+/// A `dns: per_address` upstream's name and how its resolutions go.
+fn dns_status(d: &crate::dns::PerAddress) -> serde_json::Value {
+    let st = d.target.status();
+    serde_json::json!({
+        "mode": "per_address",
+        "name": d.target.shown(),
+        "state": st.state.as_str(),
+        "addresses": st.addresses,
+        "last_error": st.last_error,
+        "last_resolved_at": st.last_resolved_at.map(rfc3339),
+        "resolutions": d.target.resolutions_ok.load(Ordering::Relaxed),
+        "failed_resolutions": d.target.resolutions_failed.load(Ordering::Relaxed),
+        "refresh_ms": d.refresh.as_millis() as u64,
+        "min_refresh_ms": d.min_refresh.as_millis() as u64,
+    })
+}
+
+/// `dns: per_address` upstreams whose name has no address or whose resolution fails
+/// (for `/readyz`).
+pub fn dns_problems(rt: &Runtime) -> Vec<serde_json::Value> {
+    rt.upstreams
+        .iter()
+        .filter_map(|u| u.dns.as_ref().map(|d| (u, d)))
+        .filter_map(|(u, d)| {
+            let st = d.target.status();
+            matches!(
+                st.state,
+                crate::dns::DnsState::NoAddresses | crate::dns::DnsState::Failing
+            )
+            .then(|| {
+                serde_json::json!({
+                    "upstream": &*u.name,
+                    "name": d.target.shown(),
+                    "state": st.state.as_str(),
+                    "addresses": st.addresses,
+                    "error": st.last_error,
+                })
+            })
+        })
+        .collect()
 }
 
 /// Where `tls:` (else `server:`) sits in the file, 1-based, for a located error.

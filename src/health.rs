@@ -6,8 +6,11 @@
 //!
 //! The tasks belong to the config that started them: [`start`] runs when a config
 //! begins to serve, and a reload stops the old config's tasks (`Endpoints::stop`, also
-//! run when the config is dropped), so no task outlives its config.
+//! run when the config is dropped), so no task outlives its config. An endpoint that
+//! joins later (an address of a name, `discovery.rs`) gets its check from
+//! [`start_endpoint`]; one that leaves has its check stopped.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::{header, Request, Uri, Version};
@@ -26,23 +29,32 @@ pub fn start(up: &Upstream) {
     let Some(eps) = &up.endpoints else {
         return;
     };
-    let Some(hc) = &eps.health_check else {
+    if eps.health_check.is_none() || eps.started.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    for ep in eps.list().iter() {
+        start_endpoint(up, ep);
+    }
+}
+
+/// Starts the health check of endpoint `ep` of `up`, unless it has one (or `up` has
+/// none configured).
+pub fn start_endpoint(up: &Upstream, ep: &Arc<Endpoint>) {
+    let Some(hc) = up.endpoints.as_ref().and_then(|e| e.health_check.as_ref()) else {
         return;
     };
-    let mut tasks = eps.tasks.lock().unwrap_or_else(|p| p.into_inner());
-    if !tasks.is_empty() {
+    let mut slot = ep.check.lock().unwrap_or_else(|p| p.into_inner());
+    if slot.is_some() {
         return;
     }
-    for ep in &eps.list {
-        let task = tokio::spawn(run(
-            up.name.clone(),
-            ep.clone(),
-            hc.clone(),
-            up.client.clone(),
-            up.protocol,
-        ));
-        tasks.push(task.abort_handle());
-    }
+    let task = tokio::spawn(run(
+        up.name.clone(),
+        ep.clone(),
+        hc.clone(),
+        up.client.clone(),
+        up.protocol,
+    ));
+    *slot = Some(task.abort_handle());
 }
 
 /// Checks one endpoint every `interval` until aborted.

@@ -20,6 +20,8 @@ pub mod cors;
 pub mod credentials;
 pub mod decision;
 pub mod decisions;
+pub mod discovery;
+pub mod dns;
 pub mod encoding;
 pub mod error;
 pub mod explain;

@@ -386,8 +386,9 @@ impl ProxyError {
 #[error("{0}")]
 pub struct PublicProxyError(pub String);
 
-/// A connection made by a [`Dialer`]: direct (TCP, TLS for https), or a CONNECT
-/// tunnel through a proxy (with TLS to the target inside it for https).
+/// A connection made by a [`Dialer`]: direct (TCP, TLS for https), or a boxed stream: a
+/// CONNECT tunnel through a proxy (with TLS to the target inside it for https), or a
+/// connection to a pinned address (TLS naming the target).
 // The direct variant is what every connection was before proxies (kept inline: the
 // common case costs nothing more); tunnels are rare and boxed.
 #[allow(clippy::large_enum_variant)]
@@ -478,6 +479,9 @@ pub struct Dialer {
     /// TLS to the target inside a tunnel (the same roots and ALPN as `direct`).
     pub(crate) tls: Arc<rustls::ClientConfig>,
     pub(crate) outbound: Outbound,
+    /// Connect to this address, whatever the target's name resolves to (one address
+    /// of a name, `upstreams[].dns: per_address`); always direct.
+    pub(crate) pin: Option<std::net::IpAddr>,
 }
 
 impl tower::Service<Uri> for Dialer {
@@ -490,6 +494,10 @@ impl tower::Service<Uri> for Dialer {
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
+        if let Some(addr) = self.pin {
+            let tls = self.tls.clone();
+            return Box::pin(async move { pinned(addr, &dst, tls).await });
+        }
         match self.outbound.route(&dst) {
             Ok(None) => {
                 let connecting = tower::Service::call(&mut self.direct, dst);
@@ -507,6 +515,39 @@ impl tower::Service<Uri> for Dialer {
             Err(e) => Box::pin(std::future::ready(Err(Box::new(e) as BoxError))),
         }
     }
+}
+
+/// A direct connection to `addr` for `dst`: TCP to `addr` and `dst`'s port, and for
+/// https TLS with `dst`'s host as the server name (SNI, certificate verification).
+async fn pinned(
+    addr: std::net::IpAddr,
+    dst: &Uri,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Conn, BoxError> {
+    let https = dst.scheme() == Some(&Scheme::HTTPS);
+    let port = dst.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tcp = TcpStream::connect((addr, port)).await?;
+    tcp.set_nodelay(true)?;
+    if !https {
+        return Ok(Conn::Tunnel {
+            io: TokioIo::new(Box::new(tcp)),
+            h2: false,
+        });
+    }
+    let host = dst.host().unwrap_or_default();
+    let name = rustls::pki_types::ServerName::try_from(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    )?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    Ok(Conn::Tunnel {
+        io: TokioIo::new(Box::new(stream)),
+        h2,
+    })
 }
 
 /// Longest CONNECT answer head read from a proxy.

@@ -538,10 +538,15 @@ where
     let mut next = Some(Request::from_parts(parts, body));
     let mut tried = 0u64;
     let mut attempt = 1u32;
+    // The endpoints as they are now, for every try (a name's addresses may change).
+    let list = eps.list();
+    if list.is_empty() {
+        return Err(no_endpoint(up, metrics));
+    }
     loop {
-        let i = eps.pick(tried);
+        let i = eps.pick(&list, tried);
         tried |= bit(i);
-        let ep = &eps.list[i];
+        let ep = &list[i];
         let mut req = match (next.take(), &template) {
             (Some(r), _) => r,
             (None, Some((method, uri, version, headers))) => {
@@ -573,7 +578,7 @@ where
             Ok(resp) => {
                 metrics.exchange(&up.name, elapsed, None);
                 let status = resp.status();
-                eps.record(i, status.is_server_error());
+                eps.record(&list, i, status.is_server_error());
                 if retries.on_status(status) && can_retry(false) {
                     tracing::debug!(upstream = %up.name, endpoint = %ep.label,
                         status = status.as_u16(), "retrying on another endpoint");
@@ -594,7 +599,7 @@ where
                     ));
                 }
                 metrics.exchange(&up.name, elapsed, Some(failure_kind(&f)));
-                eps.record(i, true);
+                eps.record(&list, i, true);
                 if retries.on_failure(&f) && can_retry(back.is_some()) {
                     tracing::debug!(upstream = %up.name, endpoint = %ep.label,
                         error = ?f, "retrying on another endpoint");
@@ -607,6 +612,31 @@ where
             }
         }
     }
+}
+
+/// 502 for an upstream without an endpoint (a `dns: per_address` name with no
+/// address, or not resolved yet), counted as a connect failure.
+fn no_endpoint(up: &Upstream, metrics: &UpstreamMetrics) -> GatewayError {
+    metrics.exchange(&up.name, Duration::ZERO, Some(UpstreamErrorKind::Connect));
+    let why = match &up.dns {
+        Some(d) => {
+            let st = d.target.status();
+            match st.last_error {
+                Some(e) => format!("{} has no known address: {e}", d.target.shown()),
+                None => format!("{} has not been resolved yet", d.target.shown()),
+            }
+        }
+        None => "no endpoint".to_owned(),
+    };
+    tracing::warn!(upstream = %up.name, "upstream has no endpoint: {why}");
+    BadGateway::Unreachable {
+        upstream: up.name.clone(),
+        cause: crate::error::Cause::new(std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            why,
+        )),
+    }
+    .into()
 }
 
 fn failure_kind(f: &UpstreamFailure) -> UpstreamErrorKind {

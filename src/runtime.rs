@@ -55,6 +55,8 @@ pub struct Server {
     /// Protection of the admin API (all but /healthz and /readyz): Bearer or Basic.
     pub admin_auth: Option<Arc<crate::admin_auth::AdminAuth>>,
     pub limits: Limits,
+    /// `server.dns`: the resolver of `dns: per_address` upstreams (`discovery.rs`).
+    pub dns: crate::dns::DnsSettings,
 }
 
 /// `decision:`: what the decision service adds to an "allow" (`authorizer.rs`).

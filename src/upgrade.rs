@@ -355,14 +355,27 @@ where
     // Several endpoints: the balancer picks one, and the handshake names it as `Host`.
     let pool = match &up.endpoints {
         Some(eps) => {
-            let ep = &eps.list[eps.pick(0)];
+            let list = eps.list();
+            if list.is_empty() {
+                // A `dns: per_address` name without an address.
+                return Err(upstream_error(
+                    &up,
+                    crate::client::UpstreamFailure::Connect(crate::error::Cause::new(
+                        std::io::Error::new(
+                            std::io::ErrorKind::AddrNotAvailable,
+                            "the upstream has no known address",
+                        ),
+                    )),
+                ));
+            }
+            let ep = &list[eps.pick(&list, 0)];
             parts.headers.insert(header::HOST, ep.host.clone());
-            ep.pool(&up.client)
+            ep.pool(&up.client).clone()
         }
-        None => up.pool(),
+        None => up.pool().clone(),
     };
     let out = Request::from_parts(parts, crate::body::empty());
-    let mut resp = connect_upgradable(pool, out, up.timeout)
+    let mut resp = connect_upgradable(&pool, out, up.timeout)
         .await
         .map_err(|f| upstream_error(&up, f))?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {

@@ -38,6 +38,9 @@ pub struct Upstream {
     /// balanced over. `None` for a plain single `url`, the fast path (then `scheme`,
     /// `authority` and `host` are its endpoint's; otherwise the first endpoint's).
     pub endpoints: Option<Box<Endpoints>>,
+    /// `dns: {mode: per_address}`: the name of `url` resolved in the background, each
+    /// address an endpoint of `endpoints` (`discovery.rs` keeps the list current).
+    pub dns: Option<crate::dns::PerAddress>,
 }
 
 /// `upstreams[].protocol`.

@@ -20,11 +20,11 @@ pub use super::issuers::{DpopModel, DpopReplayModel, IntrospectionModel, IssuerM
 pub use super::login::model::LoginModel;
 pub use super::ratelimit::{FailedAuthLimitModel, RateLimitModel, RedisStoreModel, StoresModel};
 pub use super::routes::{PermissionModel, RouteModel, WebSocketModel};
-pub use super::server::{LimitsModel, ServerModel, SniModel, TlsModel};
+pub use super::server::{DnsModel as ServerDnsModel, LimitsModel, ServerModel, SniModel, TlsModel};
 pub use super::token_service::{ClientModel, TokenServiceModel};
 pub use super::tracing::TracingModel;
 pub use super::upstream_auth::UpstreamAuthModel;
-pub use super::upstream_endpoints::{HealthCheckModel, PassiveModel, RetriesModel};
+pub use super::upstream_endpoints::{DnsModel, HealthCheckModel, PassiveModel, RetriesModel};
 pub use super::upstream_session::CsrfModel;
 pub use super::upstreams::UpstreamModel;
 pub use super::yaml::{DurationText, ListenAddr};
@@ -78,6 +78,7 @@ pub const PLACES: &[(&str, &[&str])] = &[
     ("server.tls", TlsModel::KEYS),
     ("server.tls.sni[]", SniModel::KEYS),
     ("server.limits", LimitsModel::KEYS),
+    ("server.dns", ServerDnsModel::KEYS),
     ("server.admin_auth", AdminAuthModel::KEYS),
     ("issuers[]", IssuerModel::KEYS),
     ("issuers[].introspection", IntrospectionModel::KEYS),
@@ -95,6 +96,7 @@ pub const PLACES: &[(&str, &[&str])] = &[
     ("upstreams[].passive", PassiveModel::KEYS),
     ("upstreams[].health_check", HealthCheckModel::KEYS),
     ("upstreams[].retries", RetriesModel::KEYS),
+    ("upstreams[].dns", DnsModel::KEYS),
     ("routes[]", RouteModel::KEYS),
     ("routes[].auth", AuthBlockModel::KEYS),
     ("routes[].permissions[]", PermissionModel::KEYS),

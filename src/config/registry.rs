@@ -29,6 +29,10 @@ pub struct Registry {
     /// Upstream endpoints' health and counters, by "upstream name|endpoint", kept across
     /// reloads while the endpoint stays in the config.
     pub endpoint_states: dashmap::DashMap<String, Arc<crate::balancer::EndpointState>>,
+    /// Names resolved per address (`upstreams[].dns: per_address`), by "upstream
+    /// name|host:port": their last good addresses and those endpoints' states, kept
+    /// across reloads while the upstream keeps the name.
+    pub dns_targets: dashmap::DashMap<String, Arc<crate::dns::Target>>,
 }
 
 impl Registry {
@@ -42,6 +46,15 @@ impl Registry {
         self.endpoint_states
             .entry(format!("{upstream}|{endpoint}"))
             .or_default()
+            .clone()
+    }
+
+    /// The background-resolved name `host:port` of upstream `upstream`: the one the
+    /// running config has, or a new one.
+    pub fn dns_target(&self, upstream: &str, host: &str, port: u16) -> Arc<crate::dns::Target> {
+        self.dns_targets
+            .entry(format!("{upstream}|{host}:{port}"))
+            .or_insert_with(|| Arc::new(crate::dns::Target::new(host, port)))
             .clone()
     }
 

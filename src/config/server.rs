@@ -40,6 +40,20 @@ section! {
         "limits" => pub limits: LimitsModel,
         /// HTTP methods beyond the standard nine that routes may name (`PURGE`, ...).
         "extension_methods" => pub extension_methods: Option<List<String>>,
+        /// The resolver for upstreams with `dns: {mode: per_address}` (default: the
+        /// system's name servers from /etc/resolv.conf, and /etc/hosts).
+        "dns" => pub dns: Option<DnsModel>,
+    }
+}
+
+section! {
+    /// `server.dns`
+    pub struct DnsModel {
+        /// Name servers asked (UDP, TCP for long answers), e.g. ["10.96.0.10",
+        /// "127.0.0.1:5353"] (port 53 unless given); /etc/hosts is not read then.
+        "servers" => pub servers: Option<List<String>>,
+        /// Time allowed for one query (default 5s).
+        "query_timeout" => pub query_timeout: Option<DurationText>,
     }
 }
 
@@ -127,6 +141,11 @@ pub fn compile(s: Option<&ServerModel>, base: &Path, p: &mut Problems) -> Option
         }
     }
     let limits = compile_limits(&s.limits, p);
+    let dns = s
+        .dns
+        .as_ref()
+        .map(|d| compile_dns(d, p))
+        .unwrap_or_default();
     let tls = s.tls.as_ref().and_then(|t| compile_tls(t, base, p));
     Some(Server {
         listen: listen?,
@@ -137,7 +156,46 @@ pub fn compile(s: Option<&ServerModel>, base: &Path, p: &mut Problems) -> Option
         admin_auth: None,
         redirect_https_port: s.redirect_https_port,
         limits,
+        dns,
     })
+}
+
+fn compile_dns(d: &DnsModel, p: &mut Problems) -> crate::dns::DnsSettings {
+    let mut servers = Vec::new();
+    if d.servers.as_ref().is_some_and(|l| l.is_empty()) {
+        p.add(
+            "server.dns.servers",
+            "list at least one name server, or remove servers to use the system's",
+        );
+    }
+    for (i, s) in d.servers.iter().flat_map(|l| l.iter()) {
+        let at = format!("server.dns.servers[{i}]");
+        let parsed = s.parse::<std::net::SocketAddr>().ok().or_else(|| {
+            s.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Some(a) if a.port() != 0 => servers.push(a),
+            _ => p.add(
+                at,
+                format!("\"{s}\" is not a name server address: an IP address, optionally with a port (10.96.0.10, 127.0.0.1:5353, [fd00::a]:53)"),
+            ),
+        }
+    }
+    crate::dns::DnsSettings {
+        servers,
+        timeout: d.query_timeout.as_ref().map(|t| {
+            v::duration(
+                p,
+                "server.dns.query_timeout",
+                Some(t),
+                Duration::from_secs(5),
+            )
+        }),
+    }
 }
 
 fn compile_limits(l: &LimitsModel, p: &mut Problems) -> Limits {

@@ -522,14 +522,17 @@ fn only_endpoint_keys_leave_the_direct_path() {
     ] {
         let u = compile(keys);
         let eps = u.endpoints.as_ref().unwrap_or_else(|| panic!("{keys}"));
-        assert_eq!(eps.list.len(), 1);
+        assert_eq!(eps.list().len(), 1);
     }
     let two = "    urls: [\"http://127.0.0.1:1\", \"http://127.0.0.1:2/\"]\n";
     let a = compile(two);
     let b = compile(two);
     let (a, b) = (a.endpoints.as_ref().unwrap(), b.endpoints.as_ref().unwrap());
-    assert!(std::sync::Arc::ptr_eq(&a.list[1].state, &b.list[1].state));
-    assert_eq!(&*a.list[1].label, "127.0.0.1:2");
+    assert!(std::sync::Arc::ptr_eq(
+        &a.list()[1].state,
+        &b.list()[1].state
+    ));
+    assert_eq!(&*a.list()[1].label, "127.0.0.1:2");
     // Without a retries block, several endpoints retry once on connect failure.
     assert_eq!(a.retries, crate::balancer::Retries::default());
     assert_eq!(

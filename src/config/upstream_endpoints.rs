@@ -61,6 +61,72 @@ section! {
     }
 }
 
+section! {
+    /// `upstreams[].dns`
+    pub struct DnsModel {
+        /// per_name (default): the URL's name is one endpoint, resolved by the system
+        /// for each new connection. per_address: the name is resolved in the
+        /// background (server.dns) and each address is an endpoint of its own, with its
+        /// own connections, passive ejection and health check (Kubernetes headless
+        /// Services, several A records); TLS and Host keep the name.
+        "mode" => pub mode: Option<String> as choice(&["per_name", "per_address"]),
+        /// per_address: the longest time between two resolutions (default 5s); an
+        /// answer whose TTL runs out sooner is resolved again then.
+        "refresh" => pub refresh: Option<DurationText>,
+        /// per_address: the shortest time between two resolutions (default 1s), also
+        /// the first wait after a failed one (doubled per failure, up to refresh).
+        "min_refresh" => pub min_refresh: Option<DurationText>,
+    }
+}
+
+/// `dns` of an upstream: `Some((refresh, min_refresh))` for `mode: per_address`.
+pub fn dns_mode(m: &DnsModel, path: &str, p: &mut Problems) -> Option<(Duration, Duration)> {
+    let per_address = match m.mode.as_deref() {
+        None | Some("per_name") => false,
+        Some("per_address") => true,
+        Some(other) => {
+            p.add(
+                format!("{path}.mode"),
+                format!("unknown dns mode \"{other}\": per_name or per_address"),
+            );
+            false
+        }
+    };
+    let refresh = v::duration(
+        p,
+        format!("{path}.refresh"),
+        m.refresh.as_ref(),
+        Duration::from_secs(5),
+    );
+    let min_refresh = v::duration(
+        p,
+        format!("{path}.min_refresh"),
+        m.min_refresh.as_ref(),
+        Duration::from_secs(1).min(refresh),
+    );
+    if !per_address {
+        for (key, set) in [
+            ("refresh", m.refresh.is_some()),
+            ("min_refresh", m.min_refresh.is_some()),
+        ] {
+            if set {
+                p.add(
+                    format!("{path}.{key}"),
+                    "applies to mode: per_address (a per_name URL is resolved on each new connection)",
+                );
+            }
+        }
+        return None;
+    }
+    if min_refresh > refresh {
+        p.add(
+            format!("{path}.min_refresh"),
+            format!("{min_refresh:?} is longer than refresh ({refresh:?})"),
+        );
+    }
+    Some((refresh, min_refresh))
+}
+
 /// What the retries section may list, for messages.
 const RETRY_ON: &str =
     "connect-failure, reset, timeout, 5xx, gateway-error or a status code 500-599";
@@ -75,6 +141,8 @@ pub struct EndpointSettings<'a> {
     pub passive: Option<&'a PassiveModel>,
     pub health_check: Option<&'a HealthCheckModel>,
     pub retries: Option<&'a RetriesModel>,
+    /// The endpoints are a name's addresses (`dns: per_address`): as many as it has.
+    pub per_address: bool,
 }
 
 pub fn compile(s: EndpointSettings<'_>, reg: &Registry, p: &mut Problems) -> Endpoints {
@@ -99,7 +167,7 @@ pub fn compile(s: EndpointSettings<'_>, reg: &Registry, p: &mut Problems) -> End
         .and_then(|m| health_check(m, &format!("{path}.health_check"), p));
     let retries = match s.retries {
         Some(m) => retries(m, &format!("{path}.retries"), p),
-        None if s.endpoints.len() > 1 => Retries::default(),
+        None if s.endpoints.len() > 1 || s.per_address => Retries::default(),
         None => Retries::NONE,
     };
     let list = s

@@ -17,7 +17,7 @@ use super::registry::Registry;
 use super::subst::resolve_path;
 use super::upstream_auth::{self, UpstreamAuthModel};
 use super::upstream_endpoints::{
-    self, EndpointSettings, HealthCheckModel, PassiveModel, RetriesModel,
+    self, DnsModel, EndpointSettings, HealthCheckModel, PassiveModel, RetriesModel,
 };
 use super::upstream_session::{self, CsrfModel};
 use super::validate::{self as v, Problems};
@@ -49,6 +49,10 @@ section! {
         /// Retries of idempotent requests on another endpoint (default for `urls`:
         /// attempts 2 on connect-failure; none for a single `url`).
         "retries" => pub retries: Option<RetriesModel>,
+        /// How the URL's name becomes endpoints: `per_name` (default: one endpoint,
+        /// resolved on each new connection) or `per_address` (resolved in the
+        /// background, one endpoint per address: Kubernetes headless Services).
+        "dns" => pub dns: Option<DnsModel>,
         /// Verify an https:// upstream against this CA (PEM file) instead of the system roots.
         "ca" => pub ca: Option<String>,
         /// Time allowed to connect (default 5s); longer -> 502.
@@ -219,6 +223,30 @@ fn compile_one(
             "csrf needs one endpoint (url): an SAP session and its CSRF token live on one server",
         );
     }
+    let per_address = m
+        .dns
+        .as_ref()
+        .and_then(|d| upstream_endpoints::dns_mode(d, &format!("{path}.dns"), p));
+    if per_address.is_some() {
+        if endpoints.len() > 1 {
+            p.add(
+                format!("{path}.dns.mode"),
+                "per_address expands one name into its addresses: give the name as url (not several urls)",
+            );
+        }
+        if !matches!(forwarded, Outbound::Direct) {
+            p.add(
+                format!("{path}.dns.mode"),
+                "per_address connects to each address itself; through an outbound proxy (proxy:) the proxy resolves the name: use mode per_name",
+            );
+        }
+        if m.csrf.is_some() {
+            p.add(
+                format!("{path}.csrf"),
+                "csrf needs one server (an SAP session and its CSRF token live on one): not with dns per_address",
+            );
+        }
+    }
     let base_path = url.path().trim_end_matches('/').to_owned();
     let csrf = m
         .csrf
@@ -255,25 +283,59 @@ fn compile_one(
         || m.balance.is_some()
         || m.passive.is_some()
         || m.health_check.is_some()
-        || m.retries.is_some();
+        || m.retries.is_some()
+        || per_address.is_some();
+    let scheme = if https { Scheme::HTTPS } else { Scheme::HTTP };
+    // A name resolved per address starts with the addresses known from before a
+    // reload (none at the first start); `discovery.rs` keeps them current.
+    let dns = per_address.map(|(refresh, min_refresh)| {
+        let port = url.port_or_known_default().unwrap_or(80);
+        let host = url.host_str().unwrap_or_default();
+        crate::dns::PerAddress {
+            target: reg.dns_target(name, host, port),
+            refresh,
+            min_refresh,
+        }
+    });
     let endpoints = balanced.then(|| {
-        Box::new(upstream_endpoints::compile(
+        let eps = upstream_endpoints::compile(
             EndpointSettings {
                 name,
                 path,
-                endpoints: endpoints.into_iter().map(|(s, a, _)| (s, a)).collect(),
+                endpoints: match &dns {
+                    Some(_) => Vec::new(),
+                    None => endpoints.into_iter().map(|(s, a, _)| (s, a)).collect(),
+                },
                 balance: m.balance.as_deref(),
                 passive: m.passive.as_ref(),
                 health_check: m.health_check.as_ref(),
                 retries: m.retries.as_ref(),
+                per_address: dns.is_some(),
             },
             reg,
             p,
-        ))
+        );
+        if let Some(d) = &dns {
+            eps.replace(
+                d.target
+                    .addresses()
+                    .into_iter()
+                    .map(|(addr, state)| {
+                        Arc::new(crate::balancer::Endpoint::at_address(
+                            scheme.clone(),
+                            authority.clone(),
+                            addr,
+                            state,
+                        ))
+                    })
+                    .collect(),
+            );
+        }
+        Box::new(eps)
     });
     Some(Arc::new(Upstream {
         name: name.into(),
-        scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
+        scheme,
         host: HeaderValue::from_str(authority.as_str())
             .unwrap_or(HeaderValue::from_static("localhost")),
         authority,
@@ -286,6 +348,7 @@ fn compile_one(
         protocol,
         h2: Default::default(),
         endpoints,
+        dns,
     }))
 }
 

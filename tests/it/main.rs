@@ -15,6 +15,7 @@ mod connect_proxy;
 mod cors;
 mod decision_service;
 mod deploy;
+mod dns;
 mod embed;
 mod endpoints;
 mod faults;
