@@ -100,7 +100,7 @@ async fn authorize(
     let rule = match auth {
         AdminAuth::Bearer(rule) => rule,
         AdminAuth::Basic(b) => {
-            return if b.check(req.headers()).await {
+            return if b.check(req.headers(), &gw.metrics).await {
                 Ok(())
             } else {
                 Err(GatewayError::InvalidClient(

@@ -14,6 +14,7 @@ use base64::Engine as _;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
+use crate::metrics::Metrics;
 use crate::policy::AuthRule;
 use crate::secret::{constant_time_eq, Secret};
 
@@ -51,7 +52,7 @@ impl BasicAuth {
     /// Whether the request's `Authorization: Basic` credentials are right. The user
     /// name is compared in constant time and the password always checked, so neither
     /// answers sooner for a wrong user name.
-    pub async fn check(&self, headers: &HeaderMap) -> bool {
+    pub async fn check(&self, headers: &HeaderMap, metrics: &Metrics) -> bool {
         let Some(value) = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -70,6 +71,7 @@ impl BasicAuth {
         let Ok(_permit) = ARGON2_AT_ONCE.acquire().await else {
             return false;
         };
+        metrics.argon2_check("admin_auth");
         let hash = self.password_hash.clone();
         let password = Secret::new(password);
         let password_ok = tokio::task::spawn_blocking(move || {
@@ -129,13 +131,14 @@ mod tests {
     async fn basic_credentials() {
         let hash = crate::token_service::hash_secret("s3cret pass").unwrap();
         let a = BasicAuth::new("ops".into(), Secret::new(hash));
-        assert!(!a.check(&HeaderMap::new()).await);
-        assert!(!a.check(&headers(&basic("ops", "wrong"))).await);
-        assert!(!a.check(&headers(&basic("other", "s3cret pass"))).await);
-        assert!(!a.check(&headers("Bearer abc")).await);
-        assert!(!a.check(&headers("Basic !!!")).await);
-        assert!(a.check(&headers(&basic("ops", "s3cret pass"))).await);
-        assert!(a.check(&headers(&basic("ops", "s3cret pass"))).await);
-        assert!(!a.check(&headers(&basic("ops", "s3cret pass2"))).await);
+        let m = Metrics::new();
+        assert!(!a.check(&HeaderMap::new(), &m).await);
+        assert!(!a.check(&headers(&basic("ops", "wrong")), &m).await);
+        assert!(!a.check(&headers(&basic("other", "s3cret pass")), &m).await);
+        assert!(!a.check(&headers("Bearer abc"), &m).await);
+        assert!(!a.check(&headers("Basic !!!"), &m).await);
+        assert!(a.check(&headers(&basic("ops", "s3cret pass")), &m).await);
+        assert!(a.check(&headers(&basic("ops", "s3cret pass")), &m).await);
+        assert!(!a.check(&headers(&basic("ops", "s3cret pass2")), &m).await);
     }
 }

@@ -65,11 +65,13 @@ pub struct Client {
 /// wait their turn, bounded by `request_timeout` like any request.
 static ARGON2_AT_ONCE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
-/// Checks `secret` against an argon2id PHC string off the request workers.
-async fn verify_hash(hash: Secret, secret: Secret) -> bool {
+/// Checks `secret` against an argon2id PHC string off the request workers (counted in
+/// `tollgate_argon2_checks_total{purpose="token_service"}`).
+async fn verify_hash(hash: Secret, secret: Secret, metrics: &Metrics) -> bool {
     let Ok(_permit) = ARGON2_AT_ONCE.acquire().await else {
         return false;
     };
+    metrics.argon2_check("token_service");
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(hash.expose())
             .map(|p| {
@@ -390,7 +392,7 @@ impl TokenService {
         };
         let ok = match &client.secret {
             ClientSecret::Plain(s) => s.matches(secret),
-            ClientSecret::Hash(h) => verify_hash(h.clone(), Secret::new(secret)).await,
+            ClientSecret::Hash(h) => verify_hash(h.clone(), Secret::new(secret), metrics).await,
         };
         if ok {
             Ok(client)
