@@ -79,6 +79,10 @@ pub const PLACES: &[(&str, &[&str])] = &[
     ("server.tls.sni[]", SniModel::KEYS),
     ("server.limits", LimitsModel::KEYS),
     ("server.admin_auth", AdminAuthModel::KEYS),
+    (
+        "server.admin_auth.failed_auth_limit",
+        FailedAuthLimitModel::KEYS,
+    ),
     ("issuers[]", IssuerModel::KEYS),
     ("issuers[].introspection", IntrospectionModel::KEYS),
     ("issuers[].dpop", DpopModel::KEYS),
