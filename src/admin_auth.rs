@@ -29,8 +29,8 @@ use crate::secret::{constant_time_eq, Secret};
 pub enum AdminAuth {
     /// `{type: bearer, issuers, scopes, clients}` (`type` may be left out).
     Bearer(AuthRule),
-    /// `{type: basic, username, password_hash}`.
-    Basic(BasicAuth),
+    /// `{type: basic, username, password_hash, failed_auth_limit}`.
+    Basic(Box<BasicAuth>),
 }
 
 pub struct BasicAuth {
@@ -61,11 +61,6 @@ impl BasicAuth {
             verified: Mutex::new(None),
             failed,
         }
-    }
-
-    /// `failed_auth_limit`, for `explain`-style descriptions and tests.
-    pub fn failed_auth_limit(&self) -> &FailedAuthLimit {
-        &self.failed
     }
 
     /// Lets the request from `ip` in when its `Authorization: Basic` credentials are

@@ -79,7 +79,9 @@ pub fn compile(m: &AdminAuthModel, refs: &Refs, p: &mut Problems) -> Option<Admi
                 refs.limits,
                 p,
             );
-            Some(AdminAuth::Basic(BasicAuth::new(username?, hash?, failed?)))
+            Some(AdminAuth::Basic(Box::new(BasicAuth::new(
+                username?, hash?, failed?,
+            ))))
         }
         other => {
             let hint = super::validate::suggest(other, &["bearer", "basic"])
