@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use crate::admin_auth::AdminAuth;
 use crate::admin_ui;
 use crate::auth;
 use crate::body::{full, Body};
+use crate::conn::ConnInfo;
 use crate::error::GatewayError;
 use crate::gate::Gate;
 use crate::gateway::Gateway;
@@ -100,13 +102,11 @@ async fn authorize(
     let rule = match auth {
         AdminAuth::Bearer(rule) => rule,
         AdminAuth::Basic(b) => {
-            return if b.check(req.headers()).await {
-                Ok(())
-            } else {
-                Err(GatewayError::InvalidClient(
-                    "admin credentials missing or wrong".into(),
-                ))
-            };
+            let ip = req
+                .extensions()
+                .get::<Arc<ConnInfo>>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.remote.ip());
+            return b.authorize(req.headers(), ip, &gw.metrics).await;
         }
     };
     let rt = gw.current();

@@ -134,6 +134,14 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PurposeLabel {
+    purpose: &'static str,
+}
+
+/// The `purpose` values of `tollgate_argon2_checks_total`, exported from startup.
+pub const ARGON2_PURPOSES: [&str; 2] = ["token_service", "admin_auth"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLimit {
     route: Arc<str>,
     limit: Arc<str>,
@@ -300,6 +308,8 @@ pub struct Metrics {
     csrf_replays: Family<UpstreamLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     client_auth_failures: Family<ReasonLabel, Counter>,
+    admin_auth_failures: Family<ReasonLabel, Counter>,
+    argon2_checks: Family<PurposeLabel, Counter>,
     rate_limited: Family<RouteLimit, Counter>,
     sign_ins: Family<ResultLabel, Counter>,
     session_refreshes: Family<ResultLabel, Counter>,
@@ -440,6 +450,16 @@ impl Metrics {
             "Failed client authentications at the token service, by reason",
             Family::<ReasonLabel, Counter>::default()
         );
+        let admin_auth_failures = reg!(
+            "tollgate_admin_auth_failures",
+            "Refused admin API credentials (server.admin_auth: basic), by reason (bad_credentials, rate_limited)",
+            Family::<ReasonLabel, Counter>::default()
+        );
+        let argon2_checks = reg!(
+            "tollgate_argon2_checks",
+            "argon2 password-hash verifications (each tens of milliseconds of CPU), by purpose (token_service, admin_auth)",
+            Family::<PurposeLabel, Counter>::default()
+        );
         let rate_limited = reg!(
             "tollgate_rate_limited",
             "Requests refused with 429 by a rate limit or quota, by route and limit",
@@ -508,6 +528,12 @@ impl Metrics {
             reloads.get_or_create_owned(&ResultLabel { result });
             session_refreshes.get_or_create_owned(&ResultLabel { result });
         }
+        for purpose in ARGON2_PURPOSES {
+            argon2_checks.get_or_create_owned(&PurposeLabel { purpose });
+        }
+        for reason in ["bad_credentials", "rate_limited"] {
+            admin_auth_failures.get_or_create_owned(&ReasonLabel { reason });
+        }
         for result in SIGN_IN_RESULTS {
             sign_ins.get_or_create_owned(&ResultLabel { result });
         }
@@ -521,6 +547,8 @@ impl Metrics {
             csrf_replays,
             reloads,
             client_auth_failures,
+            admin_auth_failures,
+            argon2_checks,
             rate_limited,
             sign_ins,
             session_refreshes,
@@ -610,6 +638,20 @@ impl Metrics {
     pub fn client_auth_failure(&self, reason: &'static str) {
         self.client_auth_failures
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Admin API credentials refused (`reason`: `bad_credentials` or `rate_limited`).
+    pub fn admin_auth_failure(&self, reason: &'static str) {
+        self.admin_auth_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// One argon2 verification started (`purpose`: one of [`ARGON2_PURPOSES`]).
+    pub fn argon2_check(&self, purpose: &'static str) {
+        self.argon2_checks
+            .get_or_create(&PurposeLabel { purpose })
             .inc();
     }
 

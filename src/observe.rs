@@ -205,9 +205,10 @@ impl Record {
         match route {
             Some(r) => {
                 steps.push(format!(
-                    "route: {} (path_prefix {}, upstream {})",
+                    "route: {} (path_prefix {}{}, upstream {})",
                     r.name,
                     r.path_prefix,
+                    if r.case_sensitive { "" } else { " in any case" },
                     r.upstream.as_ref().map_or("-", |u| &*u.name)
                 ));
                 let rt = self.gw.current();

@@ -170,6 +170,9 @@ pub struct Permissions {
     entries: Vec<Permission>,
     exact: HashMap<String, Vec<usize>>,
     patterns: Vec<usize>,
+    /// The route's `case_sensitive: false`: literal segments and request paths are
+    /// compared in ASCII lower case.
+    any_case: bool,
 }
 
 impl Permissions {
@@ -187,7 +190,30 @@ impl Permissions {
             entries,
             exact,
             patterns,
+            any_case: false,
         }
+    }
+
+    /// These entries matched ignoring ASCII case (a route's `case_sensitive: false`):
+    /// `/Admin/Users` is the entry `/admin/users` for a backend that ignores case.
+    pub fn ignoring_case(mut self) -> Permissions {
+        for e in &mut self.entries {
+            for s in &mut e.segs {
+                if let Seg::Lit(l) = s {
+                    l.make_ascii_lowercase();
+                }
+            }
+        }
+        let entries = std::mem::take(&mut self.entries);
+        Permissions {
+            any_case: true,
+            ..Permissions::new(entries)
+        }
+    }
+
+    /// Whether entries are matched ignoring ASCII case.
+    pub fn ignores_case(&self) -> bool {
+        self.any_case
     }
 
     /// The entry written with this `path` (for `explain`).
@@ -197,6 +223,13 @@ impl Permissions {
 
     /// Entries whose path matches (a trailing `/` on the request is ignored).
     fn matching<'a>(&'a self, path: &str) -> impl Iterator<Item = &'a Permission> + 'a {
+        let lower;
+        let path = if self.any_case {
+            lower = path.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            path
+        };
         let key = if path.len() > 1 {
             path.trim_end_matches('/')
         } else {

@@ -75,6 +75,9 @@ pub struct BodyCredentials {
 pub struct Route {
     pub name: Arc<str>,
     pub path_prefix: String,
+    /// `case_sensitive` (default true): false matches the prefix and the permissions
+    /// ignoring ASCII case.
+    pub case_sensitive: bool,
     pub upstream: Option<Arc<Upstream>>,
     pub auth: RouteAuth,
     pub permissions: Option<Permissions>,

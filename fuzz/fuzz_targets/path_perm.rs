@@ -13,7 +13,12 @@
 //! - whatever tollgate allows is also allowed when a lenient backend reads the path
 //!   (decoding every escape, dropping `;` parameters, ignoring case): no encoding, case,
 //!   parameter or trailing-slash trick reaches a denied endpoint;
-//! - route lookup returns the longest route prefix on a segment boundary.
+//! - route lookup returns the longest route prefix on a segment boundary;
+//! - with `case_sensitive: false` (routes inserted in another spelling, permissions
+//!   `ignoring_case`), lookup and decision do not change with the path's ASCII case,
+//!   lookup is the reference on the lower-cased path, whatever the case-sensitive
+//!   table allows the case-insensitive one allows, and what it allows a lenient
+//!   backend reads as an allowed endpoint too.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -58,20 +63,40 @@ struct Fixture {
     perms: Permissions,
     id: Identity,
     table: RouteTable,
+    /// The same permissions, `case_sensitive: false`.
+    perms_any_case: Permissions,
+    /// [`ROUTES`] spelt in alternating case, inserted `case_sensitive: false`.
+    table_any_case: RouteTable,
+}
+
+/// `s` in alternating ASCII case (`/V2/aNaLyTiCs`).
+fn alternate(s: &str) -> String {
+    s.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i % 2 == 0 {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect()
 }
 
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let entries = RULES
+        let entries: Vec<Permission> = RULES
             .iter()
             .map(|(p, m)| {
                 Permission::new(p, m.map(|m| m.to_vec()), vec!["bi.x".into()]).expect("rule")
             })
             .collect();
         let mut table = RouteTable::default();
+        let mut table_any_case = RouteTable::default();
         for (i, p) in ROUTES.iter().enumerate() {
             assert!(table.insert(&[], p, i));
+            assert!(table_any_case.insert_with_case(&[], &alternate(p), i, false));
         }
         Fixture {
             rule: AuthRule {
@@ -80,7 +105,9 @@ fn fixture() -> &'static Fixture {
                 clients: None,
                 claims: Vec::new(),
             },
+            perms_any_case: Permissions::new(entries.clone()).ignoring_case(),
             perms: Permissions::new(entries),
+            table_any_case,
             id: Identity {
                 issuer: "corp".into(),
                 subject: Some("s".into()),
@@ -124,6 +151,14 @@ fn decode_all(s: &str) -> String {
 fn decision(method: &Method, path: &str) -> Result<(), DenyReason> {
     let f = fixture();
     authorize(&f.rule, Some(&f.perms), method, path, &f.id)
+        .result
+        .map_err(|e| e.deny_reason().expect("a policy denial has a reason"))
+}
+
+/// The decision of the `case_sensitive: false` permissions.
+fn decision_any_case(method: &Method, path: &str) -> Result<(), DenyReason> {
+    let f = fixture();
+    authorize(&f.rule, Some(&f.perms_any_case), method, path, &f.id)
         .result
         .map_err(|e| e.deny_reason().expect("a policy denial has a reason"))
 }
@@ -281,4 +316,22 @@ fuzz_target!(|data: &[u8]| {
         model_route(&n),
         "route lookup for {n:?}"
     );
+    // case_sensitive: false.
+    let f = fixture();
+    let (lower, upper) = (n.to_ascii_lowercase(), n.to_ascii_uppercase());
+    let any = f.table_any_case.lookup("h", &n);
+    assert_eq!(any, model_route(&lower), "case-insensitive route lookup for {n:?}");
+    assert_eq!(f.table_any_case.lookup("h", &upper), any, "{n:?} upper-cased");
+    let da = decision_any_case(method, &n);
+    assert_eq!(decision_any_case(method, &lower), da, "{n:?} lower-cased");
+    assert_eq!(decision_any_case(method, &upper), da, "{n:?} upper-cased");
+    if d.is_ok() {
+        assert!(da.is_ok(), "{method} {n:?}: allowed case-sensitively only");
+    }
+    if da.is_ok() {
+        assert!(
+            model(method, &n, true).is_ok(),
+            "{method} {n:?} allowed ignoring case, but a lenient backend reads a denied endpoint"
+        );
+    }
 });

@@ -191,7 +191,7 @@ pub async fn authenticate(
         }
     }
     caches.verified_lookups.miss();
-    let introspectors: Vec<&Arc<Issuer>> =
+    let mut introspectors: Vec<&Arc<Issuer>> =
         issuers.iter().copied().filter(|i| !i.is_jwt()).collect();
     if jwt::looks_like_jwt(token) {
         let jws = jwt::parse(token).map_err(unauthorized)?;
@@ -245,7 +245,17 @@ pub async fn authenticate(
                 ),
             )));
         }
-        trace.note(|| "no JWT issuer matches iss; trying introspection".into());
+        // A JWT names its issuer: when introspection issuers with that `issuer` are
+        // on the route, only they are asked (another IdP never sees this IdP's
+        // tokens); when none is, every introspection issuer is, as before.
+        if introspectors.iter().any(|i| i.issuer == iss) {
+            introspectors.retain(|i| i.issuer == iss);
+            trace.note(|| {
+                format!("no JWT issuer matches iss; trying introspection at the issuers whose issuer is \"{iss}\"")
+            });
+        } else {
+            trace.note(|| "no JWT issuer matches iss; trying introspection".into());
+        }
     } else {
         trace.note(|| "token: opaque (not a JWT)".into());
         if introspectors.is_empty() {

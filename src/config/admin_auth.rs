@@ -13,6 +13,7 @@
 //! `GET /admin/config` ever shows it.
 
 use super::auth::{self, AuthBlockModel};
+use super::ratelimit::FailedAuthLimitModel;
 use super::refs::Refs;
 use super::validate::{At, Problems};
 use super::yaml::{section, List};
@@ -33,6 +34,9 @@ section! {
         "username" => pub username: Option<String>,
         /// An argon2 hash of the password, made with `tollgate hash-secret`.
         "password_hash" => pub password_hash: Option<Secret>,
+        /// Failed sign-ins allowed per client address before it is refused 429 without
+        /// a password check (default `{limit: 10, per: 5m}`).
+        "failed_auth_limit" => pub failed_auth_limit: Option<FailedAuthLimitModel>,
     }
 }
 
@@ -40,7 +44,7 @@ const AT: &str = "server.admin_auth";
 
 /// The keys each type takes (for "is for `type: ...`" messages).
 const BEARER_KEYS: &[&str] = &["issuers", "scopes", "clients"];
-const BASIC_KEYS: &[&str] = &["username", "password_hash"];
+const BASIC_KEYS: &[&str] = &["username", "password_hash", "failed_auth_limit"];
 
 pub fn compile(m: &AdminAuthModel, refs: &Refs, p: &mut Problems) -> Option<AdminAuth> {
     match m.kind.as_deref().map(str::trim).unwrap_or("bearer") {
@@ -61,10 +65,23 @@ pub fn compile(m: &AdminAuthModel, refs: &Refs, p: &mut Problems) -> Option<Admi
             )))
         }
         "basic" => {
-            other_type_keys(m, BEARER_KEYS, "bearer", "username and password_hash", p);
+            other_type_keys(
+                m,
+                BEARER_KEYS,
+                "bearer",
+                "username, password_hash and failed_auth_limit",
+                p,
+            );
             let username = basic_username(m.username.as_deref(), p);
             let hash = password_hash(m.password_hash.as_ref(), p);
-            Some(AdminAuth::Basic(BasicAuth::new(username?, hash?)))
+            let failed = super::ratelimit::admin_failed_auth_limit(
+                m.failed_auth_limit.as_ref(),
+                refs.limits,
+                p,
+            );
+            Some(AdminAuth::Basic(Box::new(BasicAuth::new(
+                username?, hash?, failed?,
+            ))))
         }
         other => {
             let hint = super::validate::suggest(other, &["bearer", "basic"])
@@ -99,6 +116,7 @@ fn other_type_keys(
             "clients" => m.clients.is_some(),
             "username" => m.username.is_some(),
             "password_hash" => m.password_hash.is_some(),
+            "failed_auth_limit" => m.failed_auth_limit.is_some(),
             _ => false,
         };
         if given {
@@ -232,5 +250,43 @@ mod tests {
         );
         // The misspelling is the one root cause: no second "missing" line for it.
         assert_eq!(found.lines().count(), 1, "{found}");
+    }
+
+    // Behaviour: `failed_auth_limit` is checked like the token service's (located
+    // problems), belongs to `type: basic`, and its name prefix is reserved.
+    #[test]
+    fn failed_auth_limit_is_checked() {
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$Nt6mpn2Hb/a/MmYXfN1GGi5V5u2QqB6mnEcbpQ4vMAY";
+        let ok = server(&format!(
+            "{{type: basic, username: ops, password_hash: \"{hash}\", failed_auth_limit: {{limit: 3, per: 10m}}}}"
+        ));
+        assert!(problems(&ok).is_empty(), "{:?}", problems(&ok));
+        let found = problems(&server(&format!(
+            "{{type: basic, username: ops, password_hash: \"{hash}\", failed_auth_limit: {{limit: 0, per: 2h30s, store: shared}}}}"
+        )))
+        .join("\n");
+        for want in [
+            "server.admin_auth.failed_auth_limit.limit: limit must be between 1 and",
+            "server.admin_auth.failed_auth_limit.store: unknown store \"shared\"",
+        ] {
+            assert!(found.contains(want), "{want} in {found}");
+        }
+        let found = problems(&server("{scopes: [x], failed_auth_limit: {limit: 3}}")).join("\n");
+        assert!(
+            found.contains(
+                "server.admin_auth.failed_auth_limit: failed_auth_limit is for `type: basic`"
+            ),
+            "{found}"
+        );
+        let found =
+            problems(&format!(
+            "{}rate_limits:\n  - name: admin_auth.mine\n    key: ip\n    limit: 1\n    per: 1m\n",
+            server(&format!("{{type: basic, username: ops, password_hash: \"{hash}\"}}"))
+        ))
+            .join("\n");
+        assert!(
+            found.contains("rate_limits[0].name: names starting with \"admin_auth.\" are reserved"),
+            "{found}"
+        );
     }
 }

@@ -80,6 +80,10 @@ pub const PLACES: &[(&str, &[&str])] = &[
     ("server.limits", LimitsModel::KEYS),
     ("server.dns", ServerDnsModel::KEYS),
     ("server.admin_auth", AdminAuthModel::KEYS),
+    (
+        "server.admin_auth.failed_auth_limit",
+        FailedAuthLimitModel::KEYS,
+    ),
     ("issuers[]", IssuerModel::KEYS),
     ("issuers[].introspection", IntrospectionModel::KEYS),
     ("issuers[].dpop", DpopModel::KEYS),

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::validate::{self as v, At, Problems};
 use super::yaml::{schema, section, Cx, DurationText, List, Node, Schema};
+use crate::ratelimit::applied::ADMIN_FAILED_AUTH_IP;
 use crate::ratelimit::{
     FailedAuthLimit, KeySpec, KeySpecError, Limit, LimitError, LimitSpec, Limiter, LocalStore,
     OnError, RedisConfig, RedisConfigError, RedisStore, RouteLimits, StoreKind, Window,
@@ -127,11 +128,12 @@ section! {
 }
 
 section! {
-    /// `token_service.failed_auth_limit:`
+    /// `token_service.failed_auth_limit:` and `server.admin_auth.failed_auth_limit:`
     pub struct FailedAuthLimitModel {
-        /// Failed authentications allowed per client id and per client IP (default 10).
+        /// Failed authentications allowed per client id and per client IP (default 10;
+        /// the admin API counts per client IP only).
         "limit" => pub limit: Option<u64>,
-        /// In any window of this (default 1m).
+        /// In any window of this (default 1m; the admin API's 5m).
         "per" => pub per: Option<DurationText>,
         /// `local` (default: each replica counts alone) | `redis` (every replica together).
         "store" => pub store: Option<String> as choice(&["local", "redis"]),
@@ -269,6 +271,12 @@ pub fn compile(
                     p,
                     "name",
                     "names starting with \"failed_auth_limit.\" are reserved for token_service.failed_auth_limit".into(),
+                );
+            } else if name.starts_with("admin_auth.") {
+                bad(
+                    p,
+                    "name",
+                    "names starting with \"admin_auth.\" are reserved for server.admin_auth.failed_auth_limit".into(),
                 );
             } else if names.contains(name) {
                 bad(p, "name", format!("duplicate rate limit name \"{name}\""));
@@ -497,22 +505,64 @@ pub fn failed_auth_limit(
     c: &Compiled,
     p: &mut Problems,
 ) -> Option<FailedAuthLimit> {
-    const AT: &str = "token_service.failed_auth_limit";
-    let limit = m
-        .and_then(|m| m.limit)
-        .unwrap_or(FailedAuthLimit::DEFAULT_LIMIT);
+    let (limit, per, store, ok) = failure_budget(
+        m,
+        "token_service.failed_auth_limit",
+        (FailedAuthLimit::DEFAULT_LIMIT, FailedAuthLimit::DEFAULT_PER),
+        c,
+        p,
+    );
+    match FailedAuthLimit::new(limit, per, store, c.limiter.clone()) {
+        Ok(f) if ok => Some(f),
+        _ => None,
+    }
+}
+
+/// `server.admin_auth.failed_auth_limit` (10 per 5m when absent): failed Basic
+/// sign-ins, counted per client address.
+pub fn admin_failed_auth_limit(
+    m: Option<&FailedAuthLimitModel>,
+    c: &Compiled,
+    p: &mut Problems,
+) -> Option<FailedAuthLimit> {
+    let (limit, per, store, ok) = failure_budget(
+        m,
+        "server.admin_auth.failed_auth_limit",
+        (
+            FailedAuthLimit::ADMIN_DEFAULT_LIMIT,
+            FailedAuthLimit::ADMIN_DEFAULT_PER,
+        ),
+        c,
+        p,
+    );
+    match FailedAuthLimit::per_address(ADMIN_FAILED_AUTH_IP, limit, per, store, c.limiter.clone()) {
+        Ok(f) if ok => Some(f),
+        _ => None,
+    }
+}
+
+/// A `failed_auth_limit:` block at `at`: (limit, per, store, no problem found), with
+/// `defaults` for what is not written.
+fn failure_budget(
+    m: Option<&FailedAuthLimitModel>,
+    at: &str,
+    (default_limit, default_per): (u64, Duration),
+    c: &Compiled,
+    p: &mut Problems,
+) -> (u64, Duration, StoreKind, bool) {
+    let limit = m.and_then(|m| m.limit).unwrap_or(default_limit);
     let per = v::duration(
         p,
-        format!("{AT}.per"),
+        format!("{at}.per"),
         m.and_then(|m| m.per.as_ref()),
-        FailedAuthLimit::DEFAULT_PER,
+        default_per,
     );
     let store = match m.and_then(|m| m.store.as_deref()) {
         None | Some("local") => StoreKind::Local,
         Some("redis") => {
             if !c.redis_configured {
                 p.add(
-                    format!("{AT}.store"),
+                    format!("{at}.store"),
                     "store: redis needs stores.redis (the Redis URL the replicas share)",
                 );
             }
@@ -520,26 +570,29 @@ pub fn failed_auth_limit(
         }
         Some(o) => {
             p.add(
-                format!("{AT}.store"),
+                format!("{at}.store"),
                 choice("store", o, &["local", "redis"]),
             );
             StoreKind::Local
         }
     };
     let errors = field_errors("x", limit, Some(per));
+    let secs = default_per.as_secs();
+    let default_text = if secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    };
     let written = m
         .and_then(|m| m.per.as_ref())
-        .map_or("1m", |d| d.0.as_str());
+        .map_or(default_text.as_str(), |d| d.0.as_str());
     for e in &errors {
         p.add(
-            format!("{AT}.{}", limit_error_key(e)),
+            format!("{at}.{}", limit_error_key(e)),
             field_message(e, written),
         );
     }
-    match FailedAuthLimit::new(limit, per, store, c.limiter.clone()) {
-        Ok(f) if errors.is_empty() => Some(f),
-        _ => None,
-    }
+    (limit, per, store, errors.is_empty())
 }
 
 #[cfg(test)]

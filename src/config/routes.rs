@@ -23,6 +23,11 @@ section! {
         "name" => pub name: Option<String> as required(),
         /// The path this route serves, on a segment boundary: /api matches /api/x, not /apix.
         "path_prefix" => pub path_prefix: Option<String> as required(),
+        /// `false`: the prefix and the route's permissions match ignoring ASCII case, so
+        /// that every spelling of the path meets this route's gates (Envoy's
+        /// `case_sensitive`). For backends that ignore case (IIS, SAP ICF): without it,
+        /// `/ADMIN/x` is not this route's. Default true.
+        "case_sensitive" => pub case_sensitive: Option<bool>,
         /// Only for these Host names (default any).
         "hosts" => pub hosts: Option<List<String>> as restricting(),
         /// The `upstreams[].name` requests are forwarded to (not used when tollgate is
@@ -100,18 +105,72 @@ pub fn compile(
         let Some((route, hosts)) = compile_one(m, path, refs, p) else {
             continue;
         };
-        if !table.insert(&hosts, &route.path_prefix, routes.len()) {
+        if !table.insert_with_case(
+            &hosts,
+            &route.path_prefix,
+            routes.len(),
+            route.case_sensitive,
+        ) {
             p.add(
                 path.key("path_prefix").to_string(),
                 format!(
-                    "another route already has path_prefix \"{}\" for the same hosts",
-                    m.path_prefix.as_deref().unwrap_or_default()
+                    "another route already has path_prefix \"{}\" for the same hosts{}",
+                    m.path_prefix.as_deref().unwrap_or_default(),
+                    if route.case_sensitive {
+                        ""
+                    } else {
+                        " (compared ignoring case: this route has case_sensitive: false)"
+                    }
                 ),
             );
         }
         routes.push(Arc::new(route));
     }
+    case_warnings(ms, &routes, p);
     (routes, table)
+}
+
+/// A route with `case_sensitive: false` says its upstream ignores case. Another route to
+/// the same upstream that is case-sensitive can then be reached in another spelling
+/// through a shorter route's prefix (`/ADMIN/x` through `/`): warned where both are seen.
+fn case_warnings(ms: &List<RouteModel>, routes: &[Arc<Route>], p: &mut Problems) {
+    let upstream = |r: &Route| r.upstream.as_ref().map(|u| u.name.clone());
+    let ignoring: Vec<&Arc<Route>> = routes.iter().filter(|r| !r.case_sensitive).collect();
+    for (i, m) in ms.iter() {
+        let Some(r) = routes
+            .iter()
+            .find(|r| Some(&*r.name) == m.name.as_deref() && r.case_sensitive)
+        else {
+            continue;
+        };
+        let Some(up) = upstream(r) else { continue };
+        // A shorter route (any case rule) whose prefix covers this one's, to the same
+        // upstream, is where another spelling of this prefix would go.
+        let covered_by = routes.iter().find(|o| {
+            !Arc::ptr_eq(o, r)
+                && upstream(o).as_ref() == Some(&up)
+                && covers(&o.path_prefix, &r.path_prefix)
+        });
+        let Some(covered_by) = covered_by else {
+            continue;
+        };
+        if let Some(witness) = ignoring.iter().find(|o| upstream(o).as_ref() == Some(&up)) {
+            p.warn(
+                format!("routes[{i}].path_prefix"),
+                format!(
+                    "route \"{}\" is case-sensitive, but route \"{}\" says upstream \"{up}\" ignores case (case_sensitive: false): another spelling of \"{}\" would go to it through route \"{}\"; set case_sensitive: false here too",
+                    r.name, witness.name, r.path_prefix, covered_by.name
+                ),
+            );
+        }
+    }
+}
+
+/// Whether prefix `outer` covers `inner` on a segment boundary (and is shorter).
+fn covers(outer: &str, inner: &str) -> bool {
+    let o = outer.trim_end_matches('/');
+    let i = inner.trim_end_matches('/');
+    o.len() < i.len() && i.starts_with(o) && i.as_bytes()[o.len()] == b'/'
 }
 
 fn compile_one(
@@ -121,6 +180,7 @@ fn compile_one(
     p: &mut Problems,
 ) -> Option<(Route, Vec<HostPattern>)> {
     let prefix = prefix(m.path_prefix.as_deref(), path, p)?;
+    let case_sensitive = m.case_sensitive.unwrap_or(true);
     let upstream = upstream(m.upstream.as_deref(), path, refs, p);
     let auth = route_auth(m.auth.as_ref(), path, refs, p);
     let permissions = m.permissions.as_ref().map(|list| {
@@ -131,7 +191,12 @@ fn compile_one(
             );
         }
         let written = m.path_prefix.as_deref().unwrap_or_default();
-        permissions(list, (&prefix, written), path.key("permissions"), refs, p)
+        let perms = permissions(list, (&prefix, written), path.key("permissions"), refs, p);
+        if case_sensitive {
+            perms
+        } else {
+            perms.ignoring_case()
+        }
     });
     let cors = m
         .cors
@@ -167,6 +232,7 @@ fn compile_one(
     let route = Route {
         name: m.name.as_deref().unwrap_or_default().into(),
         path_prefix: prefix,
+        case_sensitive,
         upstream,
         auth,
         permissions,

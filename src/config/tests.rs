@@ -579,3 +579,48 @@ fn proxy_values_are_checked() {
         "{text}"
     );
 }
+
+// Behaviour: a route with `case_sensitive: false` says its upstream ignores case; a
+// case-sensitive route to the same upstream under a shorter route is warned (another
+// spelling of its prefix would go through the shorter one); two prefixes equal but for
+// case, one of them case-insensitive, are an error.
+#[test]
+fn case_insensitive_routes_are_checked() {
+    let route = |name: &str, prefix: &str, extra: &str| {
+        format!(
+            "  - name: {name}\n    path_prefix: {prefix}\n    upstream: u\n    auth: none\n{extra}"
+        )
+    };
+    let any_case = "    case_sensitive: false\n";
+    let yaml = format!(
+        "{SERVER}{UPSTREAM}routes:\n{}{}",
+        route("admin", "/admin", ""),
+        route("public", "/", any_case)
+    );
+    let c = check_text(&yaml, Path::new("."));
+    let (errors, warnings) = lines(&c);
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("routes[0].path_prefix: warning: route \"admin\" is case-sensitive, but route \"public\" says upstream \"u\" ignores case"),
+        "{warnings:#?}"
+    );
+    // Both case-insensitive: nothing to warn.
+    let yaml = format!(
+        "{SERVER}{UPSTREAM}routes:\n{}{}",
+        route("admin", "/admin", any_case),
+        route("public", "/", any_case)
+    );
+    let c = check_text(&yaml, Path::new("."));
+    assert_eq!(lines(&c), (Vec::new(), Vec::new()));
+    let yaml = format!(
+        "{SERVER}{UPSTREAM}routes:\n{}{}",
+        route("a", "/Admin", any_case),
+        route("b", "/admin", "")
+    );
+    let text = problems(&yaml);
+    assert!(
+        text.contains("routes[1].path_prefix: another route already has path_prefix \"/admin\" for the same hosts"),
+        "{text}"
+    );
+}

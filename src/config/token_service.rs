@@ -101,6 +101,17 @@ pub fn compile(
     );
     let (key, new_file) = signing_key(t, base, reg, p);
     let clients = clients(&t.clients, p);
+    // Unknown client ids are checked against a dummy hash made like the first
+    // `secret_hash` of the file (once per compile: one argon2 hash).
+    let unknown_client_hash = t
+        .clients
+        .values()
+        .filter_map(|c| c.id.as_ref())
+        .find_map(|id| match clients.get(id).map(|c| &c.secret) {
+            Some(ClientSecret::Hash(h)) => Some(h),
+            _ => None,
+        })
+        .and_then(crate::token_service::dummy_hash_like);
     let sender_constraint = parse_sender_constraint(
         t.sender_constraint.as_deref(),
         format!("{AT}.sender_constraint"),
@@ -114,6 +125,7 @@ pub fn compile(
         ttl,
         key: key?,
         clients,
+        unknown_client_hash,
         failed_auth: failed_auth?,
         sender_constraint,
         replay: crate::auth::replay::ReplayStore {

@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
+
+use crate::error::{GatewayError, RateLimited};
 
 use super::{
     Decision, KeyInput, KeySpec, Limit, LimitError, LimitSpec, Limiter, OnError, Outcome,
@@ -52,9 +54,13 @@ impl RouteLimits {
 /// `token_service.failed_auth_limit`: failed client authentications, counted per
 /// client id and per client IP. While either is over its budget the token endpoint
 /// answers 429 `rate_limited`, whatever secret is presented, until the window passes.
+///
+/// `server.admin_auth.failed_auth_limit` is the same limit counted per client IP only
+/// ([`FailedAuthLimit::per_address`]): the admin API has one user name, and a limit
+/// per user would let anyone lock the operators out.
 #[derive(Debug)]
 pub struct FailedAuthLimit {
-    per_client: Limit,
+    per_client: Option<Limit>,
     per_ip: Limit,
     limiter: Limiter,
 }
@@ -62,11 +68,17 @@ pub struct FailedAuthLimit {
 /// The limit names that appear in the 429, `RateLimit-Policy` and metrics.
 pub const FAILED_AUTH_CLIENT: &str = "failed_auth_limit.client";
 pub const FAILED_AUTH_IP: &str = "failed_auth_limit.ip";
+/// `server.admin_auth.failed_auth_limit`'s name (counted per client IP).
+pub const ADMIN_FAILED_AUTH_IP: &str = "admin_auth.failed_auth_limit.ip";
 
 impl FailedAuthLimit {
     /// The SPEC default: 10 failures per minute.
     pub const DEFAULT_LIMIT: u64 = 10;
     pub const DEFAULT_PER: Duration = Duration::from_secs(60);
+    /// The admin API's default: 10 failed sign-ins per 5 minutes and address (a person
+    /// mistyping gets several tries; a password guesser gets 120 an hour).
+    pub const ADMIN_DEFAULT_LIMIT: u64 = 10;
+    pub const ADMIN_DEFAULT_PER: Duration = Duration::from_secs(300);
 
     /// `limit` failures per sliding `per`, counted in `store` (a Redis store that cannot
     /// answer falls back to this replica's counters: a failed-auth limit never refuses
@@ -77,20 +89,31 @@ impl FailedAuthLimit {
         store: StoreKind,
         limiter: Limiter,
     ) -> Result<FailedAuthLimit, LimitError> {
-        let make = |name: &str, key: KeySpec| {
-            Limit::new(LimitSpec {
-                name: name.into(),
-                key,
+        Ok(FailedAuthLimit {
+            per_client: Some(failure_limit(
+                FAILED_AUTH_CLIENT,
+                KeySpec::Client,
                 limit,
                 per,
-                window: Window::Sliding,
                 store,
-                on_error: OnError::Allow,
-            })
-        };
+            )?),
+            per_ip: failure_limit(FAILED_AUTH_IP, KeySpec::Ip, limit, per, store)?,
+            limiter,
+        })
+    }
+
+    /// Failures counted per client IP only, under the limit name `name` (its own
+    /// counters: a name is part of every counter's key).
+    pub fn per_address(
+        name: &str,
+        limit: u64,
+        per: Duration,
+        store: StoreKind,
+        limiter: Limiter,
+    ) -> Result<FailedAuthLimit, LimitError> {
         Ok(FailedAuthLimit {
-            per_client: make(FAILED_AUTH_CLIENT, KeySpec::Client)?,
-            per_ip: make(FAILED_AUTH_IP, KeySpec::Ip)?,
+            per_client: None,
+            per_ip: failure_limit(name, KeySpec::Ip, limit, per, store)?,
             limiter,
         })
     }
@@ -104,9 +127,9 @@ impl FailedAuthLimit {
     }
 
     fn limits(&self, client_id: Option<&str>) -> impl Iterator<Item = &Limit> {
-        client_id
-            .is_some()
-            .then_some(&self.per_client)
+        self.per_client
+            .as_ref()
+            .filter(|_| client_id.is_some())
             .into_iter()
             .chain([&self.per_ip])
     }
@@ -139,6 +162,43 @@ impl FailedAuthLimit {
             let _ = self.limiter.decide(l, &key).await;
         }
     }
+}
+
+/// The 429 `rate_limited` for an attempt refused by a failed-auth limit: `what` names
+/// the failures and whose they are ("failed client authentications for client dash").
+pub fn too_many_failures(d: &Decision, what: &str) -> GatewayError {
+    let retry = d.retry_after_secs().unwrap_or(1);
+    GatewayError::RateLimited(Box::new(RateLimited {
+        limit: d.name.clone(),
+        description: format!(
+            "too many {what} (at most {} per {}s); retry in {retry}s",
+            d.limit,
+            d.per.as_secs()
+        ),
+        retry_after: HeaderValue::from(retry),
+        policy: d.policy_header().clone(),
+        state: d.ratelimit_header(),
+    }))
+}
+
+/// A sliding failure limit that lets a client through when its store cannot answer (a
+/// Redis store that cannot answer falls back to this replica's counters).
+fn failure_limit(
+    name: &str,
+    key: KeySpec,
+    limit: u64,
+    per: Duration,
+    store: StoreKind,
+) -> Result<Limit, LimitError> {
+    Limit::new(LimitSpec {
+        name: name.into(),
+        key,
+        limit,
+        per,
+        window: Window::Sliding,
+        store,
+        on_error: OnError::Allow,
+    })
 }
 
 fn input<'a>(headers: &'a HeaderMap, client_id: Option<&'a str>, ip: IpAddr) -> KeyInput<'a> {
@@ -177,5 +237,30 @@ mod tests {
         assert_eq!(d.name.as_ref(), FAILED_AUTH_IP);
         assert!(d.retry_after_secs().unwrap() >= 1);
         assert!(f.check(None, ip2).await.is_none());
+    }
+
+    // The admin limit counts per address only, under its own name and counters: a
+    // client id is ignored, and token-service failures from the same address do not
+    // count toward it.
+    #[tokio::test]
+    async fn a_per_address_limit_has_its_own_counters() {
+        let limiter = Limiter::new(Arc::new(LocalStore::new(1000)), None);
+        let per = Duration::from_secs(60);
+        let token = FailedAuthLimit::new(1, per, StoreKind::Local, limiter.clone()).unwrap();
+        let admin =
+            FailedAuthLimit::per_address(ADMIN_FAILED_AUTH_IP, 2, per, StoreKind::Local, limiter)
+                .unwrap();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        token.failed(None, ip).await;
+        assert!(token.check(None, ip).await.is_some());
+        assert!(admin.check(None, ip).await.is_none());
+        admin.failed(Some("ops"), ip).await;
+        admin.failed(None, ip).await;
+        let d = admin.check(Some("someone-else"), ip).await.unwrap();
+        assert_eq!(d.name.as_ref(), ADMIN_FAILED_AUTH_IP);
+        assert!(admin
+            .check(None, "192.0.2.10".parse().unwrap())
+            .await
+            .is_none());
     }
 }

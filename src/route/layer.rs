@@ -156,9 +156,14 @@ where
             let route = rt.routes[id].clone();
             decision::note(&req, || {
                 format!(
-                    "route: {} (path_prefix {}, upstream {})",
+                    "route: {} (path_prefix {}{}, upstream {})",
                     route.name,
                     route.path_prefix,
+                    if route.case_sensitive {
+                        ""
+                    } else {
+                        " in any case"
+                    },
                     route.upstream.as_ref().map_or("-", |u| &*u.name)
                 )
             });

@@ -202,38 +202,63 @@ pub fn normalize_host(host: &str) -> String {
 /// A compiled route's position in `Runtime::routes`.
 pub type RouteId = usize;
 
-/// Longest `path_prefix` on a segment boundary, one hash lookup per segment.
+/// Longest `path_prefix` on a segment boundary, one hash lookup per segment (two when
+/// the table has routes with `case_sensitive: false`).
 #[derive(Debug, Default)]
 pub struct PrefixTable {
     // Key: prefix without trailing slash ("" for "/").
     map: HashMap<String, RouteId>,
+    /// `case_sensitive: false` routes, by their key in ASCII lower case: a path is
+    /// looked up here in lower case too, at every length, so the longest prefix wins
+    /// whichever way either is spelt.
+    any_case: HashMap<String, RouteId>,
 }
 
 impl PrefixTable {
     /// Returns false when the prefix is already present.
     pub fn insert(&mut self, prefix: &str, id: RouteId) -> bool {
+        self.insert_with_case(prefix, id, true)
+    }
+
+    /// Returns false when the prefix is already present, or (ignoring case on either
+    /// side) a case-insensitive route and another route have the same prefix.
+    pub fn insert_with_case(&mut self, prefix: &str, id: RouteId, case_sensitive: bool) -> bool {
         let key = prefix_key(prefix);
-        if self.map.contains_key(&key) {
+        let lower = key.to_ascii_lowercase();
+        if self.map.contains_key(&key) || self.any_case.contains_key(&lower) {
             return false;
         }
-        self.map.insert(key, id);
+        if case_sensitive {
+            self.map.insert(key, id);
+        } else {
+            if self.map.keys().any(|k| k.eq_ignore_ascii_case(&lower)) {
+                return false;
+            }
+            self.any_case.insert(lower, id);
+        }
         true
     }
 
     pub fn lookup(&self, path: &str) -> Option<RouteId> {
-        if self.map.is_empty() {
+        if self.map.is_empty() && self.any_case.is_empty() {
             return None;
         }
-        let mut candidate = path.strip_suffix('/').unwrap_or(path);
+        let path = path.strip_suffix('/').unwrap_or(path);
+        // Lower-cased once; its prefixes are cut at the same places (ASCII case
+        // mapping keeps every byte where it is).
+        let lower = (!self.any_case.is_empty()).then(|| path.to_ascii_lowercase());
+        let mut end = path.len();
         loop {
-            if let Some(id) = self.map.get(candidate) {
+            if let Some(id) = self.map.get(&path[..end]) {
                 return Some(*id);
             }
-            if candidate.is_empty() {
+            if let Some(id) = lower.as_ref().and_then(|l| self.any_case.get(&l[..end])) {
+                return Some(*id);
+            }
+            if end == 0 {
                 return None;
             }
-            let cut = candidate.rfind('/').unwrap_or(0);
-            candidate = &candidate[..cut];
+            end = path[..end].rfind('/').unwrap_or(0);
         }
     }
 }
@@ -271,8 +296,20 @@ impl HostPattern {
 impl RouteTable {
     /// Returns false when the same host + prefix is already taken.
     pub fn insert(&mut self, hosts: &[HostPattern], prefix: &str, id: RouteId) -> bool {
+        self.insert_with_case(hosts, prefix, id, true)
+    }
+
+    /// Like [`RouteTable::insert`]; `case_sensitive: false` (a route's
+    /// `case_sensitive: false`) matches the prefix ignoring ASCII case.
+    pub fn insert_with_case(
+        &mut self,
+        hosts: &[HostPattern],
+        prefix: &str,
+        id: RouteId,
+        case_sensitive: bool,
+    ) -> bool {
         if hosts.is_empty() {
-            return self.any.insert(prefix, id);
+            return self.any.insert_with_case(prefix, id, case_sensitive);
         }
         let mut ok = true;
         for h in hosts {
@@ -281,7 +318,7 @@ impl RouteTable {
                     .exact
                     .entry(host.clone())
                     .or_default()
-                    .insert(prefix, id),
+                    .insert_with_case(prefix, id, case_sensitive),
                 HostPattern::Wildcard(suffix) => {
                     let pos = self.wildcard.iter().position(|(s, _)| s == suffix);
                     let idx = match pos {
@@ -295,7 +332,9 @@ impl RouteTable {
                                 .unwrap_or(0)
                         }
                     };
-                    self.wildcard[idx].1.insert(prefix, id)
+                    self.wildcard[idx]
+                        .1
+                        .insert_with_case(prefix, id, case_sensitive)
                 }
             };
         }
@@ -471,5 +510,42 @@ mod tests {
         assert_eq!(t.lookup("company.com", "/api/x"), Some(0));
         assert_eq!(t.lookup("evilcompany.com", "/api/x"), Some(0));
         assert_eq!(t.lookup("evilcompany.com", "/nope"), None);
+    }
+
+    // Behaviour: a case-insensitive route takes every spelling of its whole prefix (its
+    // parent's case rule does not matter), and the longest prefix still wins across both kinds; a case-sensitive route is untouched;
+    // two routes whose prefixes differ only in case cannot both be case-insensitive
+    // or meet a case-insensitive one.
+    #[test]
+    fn case_insensitive_prefixes() {
+        let mut t = RouteTable::default();
+        assert!(t.insert_with_case(&[], "/", 0, false));
+        assert!(t.insert_with_case(&[], "/Admin", 1, false));
+        assert!(t.insert(&[], "/api", 2));
+        assert!(t.insert_with_case(&[], "/api/Internal", 3, false));
+        assert!(!t.insert_with_case(&[], "/ADMIN", 9, false));
+        assert!(!t.insert(&[], "/admin", 9));
+        assert!(!t.insert_with_case(&[], "/API", 9, false));
+        for (path, want) in [
+            ("/admin", 1),
+            ("/ADMIN/x", 1),
+            ("/aDmIn/", 1),
+            ("/adminx", 0),
+            ("/api/x", 2),
+            ("/API/x", 0),
+            ("/api/internal/y", 3),
+            ("/api/INTERNAL", 3),
+            ("/API/internal", 3),
+            ("/API/internalx", 0),
+            ("/", 0),
+        ] {
+            assert_eq!(t.lookup("h", path), Some(want), "{path}");
+        }
+        let mut t = RouteTable::default();
+        let host = [HostPattern::parse("a.example")];
+        assert!(t.insert_with_case(&host, "/Admin", 0, false));
+        assert!(t.insert(&[], "/", 1));
+        assert_eq!(t.lookup("a.example", "/ADMIN/1"), Some(0));
+        assert_eq!(t.lookup("b.example", "/ADMIN/1"), Some(1));
     }
 }

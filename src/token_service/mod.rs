@@ -31,9 +31,9 @@ use crate::auth::replay::{self, ReplayCache};
 use crate::auth::sender::{self, SenderConstraint, DEFAULT_IAT_WINDOW};
 use crate::body::{full, Body, BoxError};
 use crate::conn::{ClientCert, ConnInfo};
-use crate::error::{GatewayError, RateLimited};
+use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::ratelimit::applied::FAILED_AUTH_CLIENT;
+use crate::ratelimit::applied::{self, FAILED_AUTH_CLIENT};
 use crate::ratelimit::{Decision, FailedAuthLimit};
 use crate::secret::{constant_time_eq, Secret};
 
@@ -65,11 +65,13 @@ pub struct Client {
 /// wait their turn, bounded by `request_timeout` like any request.
 static ARGON2_AT_ONCE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
-/// Checks `secret` against an argon2id PHC string off the request workers.
-async fn verify_hash(hash: Secret, secret: Secret) -> bool {
+/// Checks `secret` against an argon2id PHC string off the request workers (counted in
+/// `tollgate_argon2_checks_total{purpose="token_service"}`).
+async fn verify_hash(hash: Secret, secret: Secret, metrics: &Metrics) -> bool {
     let Ok(_permit) = ARGON2_AT_ONCE.acquire().await else {
         return false;
     };
+    metrics.argon2_check("token_service");
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(hash.expose())
             .map(|p| {
@@ -90,6 +92,11 @@ pub struct TokenService {
     pub ttl: Duration,
     pub key: Arc<SigningKey>,
     pub clients: HashMap<String, Client>,
+    /// What an unknown client id's secret is checked against: a hash of a random secret
+    /// with the argon2 parameters of the first `secret_hash` client (none without one),
+    /// so that an unknown id costs what a wrong secret costs and response time does not
+    /// tell registered ids apart ([`dummy_hash_like`]).
+    pub unknown_client_hash: Option<Secret>,
     /// `failed_auth_limit`: failed client authentications per client id and per IP.
     pub failed_auth: FailedAuthLimit,
     /// `sender_constraint`: what clients must prove to get a token (unless a client
@@ -108,6 +115,24 @@ struct Binding {
     jkt: Option<String>,
     /// RFC 8705: the client certificate's SHA-256, base64url.
     x5t: Option<String>,
+}
+
+/// An argon2 PHC string of a random secret, made with `like`'s algorithm, version and
+/// parameters (memory, iterations, parallelism, output length): checking a secret
+/// against it costs what checking one against `like` costs. `None` when `like` is not
+/// an argon2 PHC string.
+pub fn dummy_hash_like(like: &Secret) -> Option<Secret> {
+    use argon2::password_hash::rand_core::{OsRng, RngCore};
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let ph = PasswordHash::new(like.expose()).ok()?;
+    let params = argon2::Params::try_from(&ph).ok()?;
+    let salt = SaltString::generate(&mut OsRng);
+    let mut secret = [0u8; 32];
+    OsRng.fill_bytes(&mut secret);
+    argon2::Argon2::default()
+        .hash_password_customized(&secret, Some(ph.algorithm), ph.version, params, &salt)
+        .ok()
+        .map(|h| Secret::new(h.to_string()))
 }
 
 /// An argon2id PHC string for `secret_hash`.
@@ -359,17 +384,7 @@ impl TokenService {
         };
         let retry = d.retry_after_secs().unwrap_or(1);
         tracing::warn!(target: "tollgate::token", client_id = id, limit = %d.name, retry_after = retry, "token request refused: too many failed client authentications");
-        GatewayError::RateLimited(Box::new(RateLimited {
-            limit: d.name.clone(),
-            description: format!(
-                "too many failed client authentications {who} (at most {} per {}s); retry in {retry}s",
-                d.limit,
-                d.per.as_secs()
-            ),
-            retry_after: HeaderValue::from(retry),
-            policy: d.policy_header().clone(),
-            state: d.ratelimit_header(),
-        }))
+        applied::too_many_failures(d, &format!("failed client authentications {who}"))
     }
 
     async fn authenticate(
@@ -384,13 +399,22 @@ impl TokenService {
             GatewayError::InvalidClient("client authentication failed".into())
         };
         let Some(client) = self.clients.get(id) else {
-            // Spend comparable time so that unknown ids cannot be told from bad secrets.
-            let _ = constant_time_eq(secret.as_bytes(), b"tollgate-unknown-client-padding");
+            // Spend what a wrong secret costs, so that response time does not tell
+            // unknown ids from registered ones: an argon2 check against a dummy hash
+            // with the registered hashes' parameters, else a constant-time comparison.
+            match &self.unknown_client_hash {
+                Some(h) => {
+                    let _ = verify_hash(h.clone(), Secret::new(secret), metrics).await;
+                }
+                None => {
+                    let _ = constant_time_eq(secret.as_bytes(), b"tollgate-unknown-client-padding");
+                }
+            }
             return Err(failed("unknown_client"));
         };
         let ok = match &client.secret {
             ClientSecret::Plain(s) => s.matches(secret),
-            ClientSecret::Hash(h) => verify_hash(h.clone(), Secret::new(secret)).await,
+            ClientSecret::Hash(h) => verify_hash(h.clone(), Secret::new(secret), metrics).await,
         };
         if ok {
             Ok(client)

@@ -614,7 +614,10 @@ async fn admin_auth_on_and_off() {
     let gw = spawn_gateway(&with_admin_auth(
         &idp,
         &up,
-        json!({"type": "basic", "username": "ops", "password_hash": hash}),
+        // Two wrong attempts per path below: more than the default failed-attempt limit
+        // (10 per address), which this test is not about (adversarial.rs is).
+        json!({"type": "basic", "username": "ops", "password_hash": hash,
+               "failed_auth_limit": {"limit": 100, "per": "1m"}}),
     ))
     .await;
     for p in ["/healthz", "/readyz"] {

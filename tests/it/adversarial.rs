@@ -2,6 +2,8 @@
 //! hostile client would make them, each one a finding that was fixed. Every test here
 //! failed before its fix (docs/ADVERSARIAL.md lists the attacks, held or not).
 
+use std::sync::atomic::Ordering;
+
 use serde_json::json;
 
 use crate::common::*;
@@ -383,4 +385,420 @@ async fn headers_that_override_what_was_checked_are_not_forwarded() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(up.last().header("x-http-method-override").is_none());
+}
+
+/// A client whose connections come from `ip` (any 127.0.0.0/8 address works on Linux).
+fn client_from(ip: &str) -> reqwest::Client {
+    tollgate::tls::install_default_provider();
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+const ADMIN_PASSWORD: &str = "admin-Pa55word-never-logged";
+
+/// A gateway whose admin API takes Basic credentials (`ops` / [`ADMIN_PASSWORD`]);
+/// `extra`: more keys of the `admin_auth` block.
+async fn basic_admin(extra: &str) -> Gw {
+    let up = spawn_upstream().await;
+    let hash = tollgate::token_service::hash_secret(ADMIN_PASSWORD).unwrap();
+    let yaml = format!(
+        r#"server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+  admin_auth:
+    type: basic
+    username: ops
+    password_hash: "{hash}"
+{extra}upstreams:
+  - name: app
+    url: "{}"
+routes:
+  - name: public
+    path_prefix: /
+    upstream: app
+    auth: none
+"#,
+        up.url()
+    );
+    spawn_gateway(&yaml).await
+}
+
+/// One admin request with Basic credentials (`None`: none at all).
+async fn admin_get(c: &reqwest::Client, gw: &Gw, password: Option<&str>) -> reqwest::Response {
+    let r = c.get(gw.admin_url("/admin/status"));
+    let r = match password {
+        Some(p) => r.basic_auth("ops", Some(p)),
+        None => r,
+    };
+    r.send().await.unwrap()
+}
+
+/// One series of the admin listener's `/metrics`, read with the right password.
+async fn admin_series(c: &reqwest::Client, gw: &Gw, series: &str) -> f64 {
+    let r = c
+        .get(gw.admin_url("/metrics"))
+        .basic_auth("ops", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    series_value(&r.text().await.unwrap(), series).unwrap_or_else(|| panic!("no {series}"))
+}
+
+const ADMIN_ARGON2: &str = "tollgate_argon2_checks_total{purpose=\"admin_auth\"}";
+
+// Finding: Basic `admin_auth` had no failed-attempt limit: from one address an attacker
+// could try passwords for ever (each an argon2 check). Now, by default, after 10 failed
+// attempts within 5 minutes an address is refused 429 rate_limited (with Retry-After
+// and the RateLimit headers) before any argon2 check, even with the right password;
+// other addresses are not affected, and requests without credentials (a browser's
+// first request) do not count.
+#[tokio::test]
+async fn admin_basic_auth_refuses_an_address_after_ten_failures() {
+    let gw = basic_admin("").await;
+    let (a, b) = (client_from("127.0.0.1"), client_from("127.0.0.2"));
+    // b signs in (one argon2 check; the verified value is then remembered).
+    assert_eq!(admin_get(&b, &gw, Some(ADMIN_PASSWORD)).await.status(), 200);
+    let checks = admin_series(&b, &gw, ADMIN_ARGON2).await;
+    // Requests without credentials are challenged, not counted.
+    for _ in 0..3 {
+        let r = admin_get(&a, &gw, None).await;
+        assert_eq!(r.status(), 401);
+        assert!(r.headers().contains_key("www-authenticate"));
+    }
+    for i in 0..10 {
+        let r = admin_get(&a, &gw, Some(&format!("guess-{i}"))).await;
+        assert_eq!(r.status(), 401, "guess {i}");
+    }
+    assert_eq!(admin_series(&b, &gw, ADMIN_ARGON2).await, checks + 10.0);
+    // The eleventh attempt is refused whatever it says, the right password included.
+    let r = admin_get(&a, &gw, Some(ADMIN_PASSWORD)).await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A sliding window counts in buckets of per/20 (15 s here): a failure counts until
+    // the end of its bucket plus `per`.
+    assert!((1..=315).contains(&retry), "{retry}");
+    assert_eq!(
+        r.headers()["ratelimit-policy"],
+        "\"admin_auth.failed_auth_limit.ip\";q=10;w=300"
+    );
+    let body = json_of(r).await;
+    assert_eq!(body["error"], "rate_limited");
+    let desc = body["error_description"].as_str().unwrap();
+    assert!(
+        desc.starts_with("too many failed admin sign-ins from this address (at most 10 per 300s)"),
+        "{desc}"
+    );
+    assert!(!desc.contains(ADMIN_PASSWORD));
+    assert_eq!(admin_get(&a, &gw, Some("guess-11")).await.status(), 429);
+    // Refused before the password is checked: no argon2 check was spent on either.
+    assert_eq!(admin_series(&b, &gw, ADMIN_ARGON2).await, checks + 10.0);
+    // Another address is not affected, and its success does not unlock the first.
+    assert_eq!(admin_get(&b, &gw, Some(ADMIN_PASSWORD)).await.status(), 200);
+    assert_eq!(admin_get(&a, &gw, Some(ADMIN_PASSWORD)).await.status(), 429);
+    assert_eq!(
+        admin_series(
+            &b,
+            &gw,
+            "tollgate_admin_auth_failures_total{reason=\"bad_credentials\"}"
+        )
+        .await,
+        10.0
+    );
+    assert_eq!(
+        admin_series(
+            &b,
+            &gw,
+            "tollgate_admin_auth_failures_total{reason=\"rate_limited\"}"
+        )
+        .await,
+        3.0
+    );
+    assert_eq!(
+        admin_series(
+            &b,
+            &gw,
+            "tollgate_rate_limited_total{route=\"none\",limit=\"admin_auth.failed_auth_limit.ip\"}"
+        )
+        .await,
+        3.0
+    );
+    // The probes stay open for the refused address.
+    let r = a.get(gw.admin_url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    gw.stop().await;
+}
+
+// The admin limit is configured like token_service.failed_auth_limit; once the window
+// has passed, the address may try again.
+#[tokio::test]
+async fn admin_failed_auth_limit_is_configurable_and_ends_with_its_window() {
+    let gw = basic_admin("    failed_auth_limit: {limit: 2, per: 2s}\n").await;
+    let a = client_from("127.0.0.3");
+    for i in 0..2 {
+        assert_eq!(
+            admin_get(&a, &gw, Some(&format!("g{i}"))).await.status(),
+            401
+        );
+    }
+    let r = admin_get(&a, &gw, Some(ADMIN_PASSWORD)).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.headers()["ratelimit-policy"],
+        "\"admin_auth.failed_auth_limit.ip\";q=2;w=2"
+    );
+    eventually(
+        "the right password is accepted again once the window has passed",
+        std::time::Duration::from_secs(20),
+        async || admin_get(&a, &gw, Some(ADMIN_PASSWORD)).await.status(),
+        |s| *s == 200,
+    )
+    .await;
+    gw.stop().await;
+}
+
+// Finding: the token endpoint answered an unknown client_id without an argon2 check and
+// a known one with a wrong secret after one, so response time told registered client
+// ids apart. Now an unknown id is checked against a dummy hash made with the registered
+// clients' argon2 parameters (one argon2 check each, counted like any other), the two
+// answers are the same, and unknown ids count toward failed_auth_limit like wrong secrets.
+#[tokio::test]
+async fn unknown_client_ids_cost_the_same_argon2_check_as_wrong_secrets() {
+    let up = spawn_upstream().await;
+    let hash = tollgate::token_service::hash_secret("dash-secret-1").unwrap();
+    let yaml = format!(
+        r#"server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+token_service:
+  path: /oauth2/token
+  issuer: "https://gw.test"
+  audience: "https://api.test"
+  failed_auth_limit: {{limit: 4, per: 1m}}
+  clients:
+    - id: dash
+      secret_hash: "{hash}"
+      scopes: [a]
+upstreams:
+  - name: app
+    url: "{}"
+routes:
+  - name: public
+    path_prefix: /
+    upstream: app
+    auth: none
+"#,
+        up.url()
+    );
+    let gw = spawn_gateway(&yaml).await;
+    let argon2 = async || {
+        series_value(
+            &admin_metrics(&gw.admin_url("")).await,
+            "tollgate_argon2_checks_total{purpose=\"token_service\"}",
+        )
+        .unwrap()
+    };
+    let a = client_from("127.0.0.4");
+    let token = async |id: &str, secret: &str| {
+        a.post(gw.url("/oauth2/token"))
+            .basic_auth(id, Some(secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap()
+    };
+    let before = argon2().await;
+    let known = token("dash", "wrong").await;
+    assert_eq!(argon2().await, before + 1.0);
+    let unknown = token("nobody", "wrong").await;
+    assert_eq!(
+        argon2().await,
+        before + 2.0,
+        "an unknown client id costs one argon2 check, like a wrong secret"
+    );
+    // The same answer for both.
+    assert_eq!(known.status(), 401);
+    assert_eq!(unknown.status(), 401);
+    assert_eq!(
+        known.headers().get("www-authenticate"),
+        unknown.headers().get("www-authenticate")
+    );
+    let (mut k, mut u) = (json_of(known).await, json_of(unknown).await);
+    k["request_id"].take();
+    u["request_id"].take();
+    assert_eq!(k, u);
+    // Unknown ids count toward failed_auth_limit (per address) like wrong secrets.
+    token("nobody-2", "x").await;
+    token("nobody-3", "x").await;
+    let r = token("dash", "dash-secret-1").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.headers()["ratelimit-policy"],
+        "\"failed_auth_limit.ip\";q=4;w=60"
+    );
+    // And from another address the right secret works.
+    let r = client_from("127.0.0.5")
+        .post(gw.url("/oauth2/token"))
+        .basic_auth("dash", Some("dash-secret-1"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    gw.stop().await;
+}
+
+// Finding (noted by the first pass, now fixed): a case-insensitive backend (IIS, SAP
+// ICF) behind a public `/` route and a protected `/admin` route served `/ADMIN/users`
+// through the public route. A route with `case_sensitive: false` (Envoy's per-route
+// `case_sensitive`) matches its prefix and its permissions ignoring ASCII case, so every
+// spelling meets its gates. Routes without it stay case-sensitive.
+#[tokio::test]
+async fn case_insensitive_routes_catch_every_spelling_of_their_prefix() {
+    let idp = spawn_idp().await;
+    let up = spawn_upstream().await;
+    let yaml = format!(
+        r#"server:
+  listen: "127.0.0.1:0"
+  admin_listen: "127.0.0.1:0"
+issuers:
+{}upstreams:
+  - name: iis
+    url: "{}"
+routes:
+  - name: admin
+    path_prefix: /admin
+    case_sensitive: false
+    upstream: iis
+    auth:
+      scopes: [admin]
+    permissions:
+      - path: /admin/users
+        methods: [GET]
+      - path: /admin/Reports/**
+        methods: [GET]
+  - name: api
+    path_prefix: /api
+    upstream: iis
+    auth:
+      scopes: [admin]
+  - name: public
+    path_prefix: /
+    case_sensitive: false
+    upstream: iis
+    auth: none
+"#,
+        issuer_yaml(&idp, "corp", ""),
+        up.url()
+    );
+    let gw = spawn_gateway(&yaml).await;
+    for path in ["/ADMIN/users", "/Admin/Users", "/aDmIn", "/ADMIN%2Fusers"] {
+        let r = client().get(gw.url(path)).send().await.unwrap();
+        assert!(
+            matches!(r.status().as_u16(), 401 | 400),
+            "{path} must meet the /admin route's gate, got {}",
+            r.status()
+        );
+    }
+    assert_eq!(up.count(), 0, "no spelling of /admin reached the upstream");
+    let token = idp.token(json!({"scope": "admin"}));
+    let get = async |path: &str| {
+        client()
+            .get(gw.url(path))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    // The route's permissions ignore case too: every spelling of a permitted endpoint
+    // is permitted, every spelling of another endpoint is not.
+    assert_eq!(get("/ADMIN/USERS").await, 200);
+    assert_eq!(up.last().uri, "/ADMIN/USERS");
+    assert_eq!(get("/admin/reports/2024/q1").await, 200);
+    assert_eq!(get("/Admin/Settings").await, 403);
+    assert_eq!(get("/ADMIN/users/1").await, 403);
+    // The default stays case-sensitive: /API/x is not the /api route (it is the public
+    // route's, which ignores case).
+    let r = client().get(gw.url("/API/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client().get(gw.url("/api/x")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    gw.stop().await;
+}
+
+// Finding (noted by the first pass, now fixed for JWTs): a JWT whose `iss` no JWT issuer
+// of the route matches was sent to every introspection issuer of the route in turn, so
+// one IdP's tokens reached another IdP's introspection endpoint. A JWT now goes only to
+// the introspection issuers whose `issuer` equals its `iss`, when the route has any. An
+// opaque token names no issuer: it still goes to each in turn (README: keep one
+// introspection issuer per route where the IdPs are not equally trusted).
+#[tokio::test]
+async fn a_jwt_is_introspected_only_by_the_issuer_it_names() {
+    let (own, other) = (spawn_idp().await, spawn_idp().await);
+    let up = spawn_upstream().await;
+    let intro = |idp: &Idp, name: &str| {
+        format!(
+            "  - name: {name}\n    issuer: \"{}\"\n    introspection:\n      url: \"{}\"\n      client_id: {INTROSPECT_ID}\n      client_secret: \"{INTROSPECT_SECRET}\"\n",
+            idp.issuer,
+            idp.url("/introspect")
+        )
+    };
+    let yaml = format!(
+        r#"server:
+  listen: "127.0.0.1:0"
+issuers:
+{}{}upstreams:
+  - name: app
+    url: "{}"
+routes:
+  - name: api
+    path_prefix: /api
+    upstream: app
+    auth:
+      scopes: [api]
+"#,
+        intro(&other, "other"),
+        intro(&own, "own"),
+        up.url()
+    );
+    let gw = spawn_gateway(&yaml).await;
+    let active = |idp: &Idp| json!({"active": true, "iss": idp.issuer, "client_id": "c", "scope": "api", "exp": now() + 300});
+    let jwt = own.token(json!({"scope": "api"}));
+    own.opaque.lock().unwrap().insert(jwt.clone(), active(&own));
+    let r = client()
+        .get(gw.url("/api/x"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(own.introspect_hits.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        other.introspect_hits.load(Ordering::SeqCst),
+        0,
+        "the other IdP never sees this IdP's JWT"
+    );
+    // An opaque token still goes to each introspection issuer in turn.
+    own.opaque
+        .lock()
+        .unwrap()
+        .insert("opaque-own".into(), active(&own));
+    let r = client()
+        .get(gw.url("/api/x"))
+        .bearer_auth("opaque-own")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(other.introspect_hits.load(Ordering::SeqCst), 1);
+    gw.stop().await;
 }
