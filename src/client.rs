@@ -7,13 +7,16 @@
 //!
 //! Forwarded requests go through [`Pool`] on `hyper::client::conn::http1` rather than
 //! hyper-util's general pooled client: one upstream is one origin, so the pool needs no
-//! keyed lookup, no checkout future and no background task per request (history in
-//! bench/ANALYSIS.md).
+//! keyed lookup, no checkout future and no background task per request; and a pooled
+//! connection runs on no task of its own: the request using it drives it, so that a
+//! request and its upstream exchange cost one task's polls, not two tasks' and their
+//! wake-ups (history in bench/ANALYSIS.md). Framing stays hyper's.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -233,77 +236,209 @@ pub async fn fetch(
 /// upstream connections per second (h2 bench: 19.9 -> 13.9 us CPU per request at 1024).
 const POOL_MAX_IDLE: usize = 1024;
 
+/// What the connector hands back: a TCP (+ TLS, or tunnel) stream to the upstream.
+type UpstreamIo = <Connector as tower::Service<Uri>>::Response;
+
 /// Idle HTTP/1.1 connections to one upstream, most recently used last.
+///
+/// A connection runs on no task of its own: the request that uses it drives it (see
+/// [`Link`]), and an idle one is watched only through its socket's waker, which asks the
+/// pool to sweep when the upstream closes it (or sends anything unasked).
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
+    /// Set when an idle connection's socket had an event: the next checkout sweeps
+    /// first (a task spawned by the event sweeps too, so that a closed connection's
+    /// socket does not wait for the next request to be closed).
+    stirred: AtomicBool,
     connector: Connector,
     /// `scheme://authority/`, what the connector dials.
     uri: Uri,
 }
 
 struct Idle {
-    tx: SendRequest<Body>,
+    link: Box<Link>,
     since: Instant,
+}
+
+/// One HTTP/1.1 connection: hyper's request sender and the connection state machine
+/// (hyper's framing, parsing and keep-alive rules), kept together and driven by whoever
+/// holds them: the request's own task while it is in use ([`exchange`], then
+/// [`PooledBody`]), nobody while it is idle in the pool.
+struct Link {
+    tx: SendRequest<Body>,
+    conn: hyper::client::conn::http1::Connection<UpstreamIo, Body>,
+    /// Polls of an idle connection register this waker (see [`Watch`]).
+    waker: Waker,
+    watch: Arc<Watch>,
+}
+
+impl Link {
+    /// Polls the connection with the pool's waker, as it goes idle (or is swept): true
+    /// when it is open and ready for another request.
+    fn park(&mut self) -> Parked {
+        self.watch.idle.store(true, Ordering::Release);
+        let mut cx = Context::from_waker(&self.waker);
+        match self.conn.poll_without_shutdown(&mut cx) {
+            Poll::Ready(r) => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "idle upstream connection ended");
+                }
+                Parked::Closed
+            }
+            Poll::Pending if self.tx.is_ready() => Parked::Ready,
+            Poll::Pending => {
+                self.watch.idle.store(false, Ordering::Release);
+                Parked::Busy
+            }
+        }
+    }
+
+    /// Drives the connection from the caller's task: `Ready` once it is over (closed,
+    /// failed, or switched protocols), after which it must not be polled again.
+    fn drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.conn.poll_without_shutdown(cx).map(|r| {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        })
+    }
+}
+
+enum Parked {
+    /// Idle and open: may go back to the pool.
+    Ready,
+    /// Closed or failed: dropped.
+    Closed,
+    /// Still writing the request body (the upstream answered before reading all of it).
+    Busy,
+}
+
+/// The waker an idle connection's socket holds: an event on it (the upstream closing
+/// the connection, most often) marks the pool for a sweep. Events while the connection
+/// is in use (`idle` false) are its user's business, not the pool's.
+struct Watch {
+    pool: Weak<Pool>,
+    idle: AtomicBool,
+}
+
+impl Wake for Watch {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.idle.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(pool) = self.pool.upgrade() {
+            pool.stir();
+        }
+    }
 }
 
 impl Pool {
     pub fn new(connector: Connector, uri: Uri) -> Pool {
         Pool {
             idle: Mutex::new(Vec::new()),
+            stirred: AtomicBool::new(false),
             connector,
             uri,
         }
     }
 
-    /// The most recently used idle connection that can take a request now. Closed ones
-    /// are dropped; ones still finishing their last exchange are kept for later.
-    fn checkout(&self) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let mut busy = Vec::new();
-        let mut found = None;
-        while let Some(c) = idle.pop() {
-            if c.tx.is_closed() {
-                continue;
-            }
-            if c.tx.is_ready() {
-                found = Some(c.tx);
-                break;
-            }
-            busy.push(c);
-        }
-        idle.extend(busy.into_iter().rev());
-        found
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Returns a connection whose exchange has ended; closes the oldest idle ones past
-    /// the idle timeout or over the cap.
-    fn put(&self, tx: SendRequest<Body>) {
-        if tx.is_closed() {
+    /// The most recently used idle connection. When an idle connection's socket has
+    /// had an event since the last look, the closed ones are dropped first.
+    fn checkout(&self) -> Option<Box<Link>> {
+        let mut idle = self.idle();
+        if self.stirred.load(Ordering::Acquire) && self.stirred.swap(false, Ordering::AcqRel) {
+            sweep(&mut idle);
+        }
+        let c = idle.pop()?;
+        drop(idle);
+        c.link.watch.idle.store(false, Ordering::Release);
+        Some(c.link)
+    }
+
+    /// An idle connection's socket had an event: sweep now on a task of its own (once
+    /// per burst), so that a connection the upstream closed is closed here too.
+    fn stir(self: Arc<Self>) {
+        if self.stirred.swap(true, Ordering::AcqRel) {
             return;
         }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if self.stirred.swap(false, Ordering::AcqRel) {
+                    sweep(&mut self.idle());
+                }
+            });
+        }
+    }
+
+    /// Takes back a connection whose response has been read to its end: into the pool
+    /// when it is open and idle; finished on a task of its own when it is still writing
+    /// the request body (then pooled or dropped); dropped when it is closed. Closes the
+    /// oldest idle ones past the idle timeout or over the cap.
+    fn put(self: Arc<Self>, mut link: Box<Link>) {
+        match link.park() {
+            Parked::Ready => {}
+            Parked::Closed => return,
+            Parked::Busy => {
+                let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                rt.spawn(async move {
+                    let done = std::future::poll_fn(|cx| match link.drive(cx) {
+                        Poll::Ready(()) => Poll::Ready(None),
+                        Poll::Pending if link.tx.is_ready() => Poll::Ready(Some(())),
+                        Poll::Pending => Poll::Pending,
+                    })
+                    .await;
+                    if done.is_some() {
+                        self.put(link);
+                    }
+                });
+                return;
+            }
+        }
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle();
         let stale = idle
             .iter()
             .take_while(|c| now.duration_since(c.since) > POOL_IDLE_TIMEOUT)
             .count();
         let over = (idle.len() + 1).saturating_sub(POOL_MAX_IDLE);
-        idle.drain(..stale.max(over));
-        idle.push(Idle { tx, since: now });
+        let gone: Vec<Idle> = idle.drain(..stale.max(over)).collect();
+        idle.push(Idle { link, since: now });
+        drop(idle);
+        drop(gone);
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, UpstreamFailure> {
+    async fn connect(self: &Arc<Self>) -> Result<Box<Link>, UpstreamFailure> {
         let io = dial(&self.connector, &self.uri).await?;
         let (tx, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| UpstreamFailure::Connect(Cause::new(e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
+        let watch = Arc::new(Watch {
+            pool: Arc::downgrade(self),
+            idle: AtomicBool::new(false),
         });
-        Ok(tx)
+        Ok(Box::new(Link {
+            tx,
+            conn,
+            waker: Waker::from(watch.clone()),
+            watch,
+        }))
     }
+}
+
+/// Drops the idle connections that have closed (or received anything unasked); polls
+/// the others again with their pool waker.
+fn sweep(idle: &mut Vec<Idle>) {
+    idle.retain_mut(|c| matches!(c.link.park(), Parked::Ready));
 }
 
 /// A new connection to `uri`'s origin (TCP, and TLS for https), within the connector's
@@ -375,10 +510,10 @@ pub async fn send_pooled_or_back(
 ) -> Result<Response<PooledBody>, Unsent> {
     let work = async {
         let mut req = req;
-        if let Some(mut tx) = pool.checkout() {
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(pooled_response(pool, tx, resp)),
-                Err(mut e) => match e.take_message() {
+        if let Some(link) = pool.checkout() {
+            match exchange(link, req).await {
+                (Ok(resp), link) => return Ok(pooled_response(pool, link, resp)),
+                (Err(mut e), _) => match e.take_message() {
                     Some(r) => req = r,
                     None => {
                         return Err((UpstreamFailure::Broken(Cause::new(e.into_error())), None))
@@ -386,13 +521,13 @@ pub async fn send_pooled_or_back(
                 },
             }
         }
-        let mut tx = match pool.connect().await {
-            Ok(tx) => tx,
+        let link = match pool.connect().await {
+            Ok(link) => link,
             Err(f) => return Err((f, Some(req))),
         };
-        match tx.try_send_request(req).await {
-            Ok(resp) => Ok(pooled_response(pool, tx, resp)),
-            Err(mut e) => {
+        match exchange(link, req).await {
+            (Ok(resp), link) => Ok(pooled_response(pool, link, resp)),
+            (Err(mut e), _) => {
                 let back = e.take_message();
                 Err((UpstreamFailure::Broken(Cause::new(e.into_error())), back))
             }
@@ -404,35 +539,67 @@ pub async fn send_pooled_or_back(
     }
 }
 
+type Sent = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>;
+
+/// Sends `req` on `link`, driving the connection from this task until the response
+/// head is in; the link comes back unless the connection is over. Dropped (timeout,
+/// client gone), the exchange closes the connection.
+async fn exchange(mut link: Box<Link>, req: Request<Body>) -> (Sent, Option<Box<Link>>) {
+    let mut sent = std::pin::pin!(link.tx.try_send_request(req));
+    let mut open = true;
+    let got = std::future::poll_fn(|cx| {
+        if open && link.drive(cx).is_ready() {
+            open = false;
+        }
+        match sent.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            Poll::Pending if open => Poll::Pending,
+            // Over without an answer: dropping the connection gives the request back
+            // (if it was never written) or the error.
+            Poll::Pending => Poll::Ready(None),
+        }
+    })
+    .await;
+    match got {
+        Some(r) => (r, open.then_some(link)),
+        None => {
+            drop(link);
+            (sent.await, None)
+        }
+    }
+}
+
 fn pooled_response(
     pool: &Arc<Pool>,
-    tx: SendRequest<Body>,
+    link: Option<Box<Link>>,
     resp: Response<Incoming>,
 ) -> Response<PooledBody> {
     resp.map(|inner| {
         let mut body = PooledBody {
             inner,
-            give_back: Some((tx, pool.clone())),
+            link: link.map(|l| (l, pool.clone())),
         };
-        body.give_back_if_done();
+        if body.inner.is_end_stream() {
+            body.give_back();
+        }
         body
     })
 }
 
-/// An upstream response body that gives its connection back to the pool once the
-/// whole body has been read. Dropped early (client gone, error), the connection is
-/// not reused: hyper closes it.
+/// An upstream response body that also drives its connection (the response arrives
+/// through it), and gives the connection back to the pool once the whole body has been
+/// read. Dropped early (client gone), ended by an error, or on a connection that is
+/// closing (`Connection: close`, a protocol switch), the connection is not reused: it
+/// closes with this body.
 pub struct PooledBody {
     inner: Incoming,
-    give_back: Option<(SendRequest<Body>, Arc<Pool>)>,
+    link: Option<(Box<Link>, Arc<Pool>)>,
 }
 
 impl PooledBody {
-    fn give_back_if_done(&mut self) {
-        if self.inner.is_end_stream() {
-            if let Some((tx, pool)) = self.give_back.take() {
-                pool.put(tx);
-            }
+    fn give_back(&mut self) {
+        if let Some((link, pool)) = self.link.take() {
+            pool.put(link);
         }
     }
 }
@@ -445,16 +612,28 @@ impl HttpBody for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = &mut *self;
+        // What the connection has read already is taken first; the connection is
+        // driven only when there is nothing yet.
+        let mut r = Pin::new(&mut this.inner).poll_frame(cx);
+        if r.is_pending() {
+            if let Some((link, _)) = &mut this.link {
+                if link.drive(cx).is_ready() {
+                    // Over: what it read stays readable in `inner`.
+                    this.link = None;
+                }
+                r = Pin::new(&mut this.inner).poll_frame(cx);
+            }
+        }
         match &r {
             // The last frame: a sized body is not polled again after it.
-            Poll::Ready(Some(Ok(_))) => self.give_back_if_done(),
-            Poll::Ready(None) => {
-                if let Some((tx, pool)) = self.give_back.take() {
-                    pool.put(tx);
+            Poll::Ready(Some(Ok(_))) => {
+                if this.inner.is_end_stream() {
+                    this.give_back();
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.give_back = None,
+            Poll::Ready(None) => this.give_back(),
+            Poll::Ready(Some(Err(_))) => this.link = None,
             Poll::Pending => {}
         }
         r

@@ -77,6 +77,14 @@ enum Fault {
     ResetMidRequestBody,
     /// Reads the head, leaves the body unread and never answers.
     IgnoreBody,
+    /// 200 keep-alive, then half-closes (FIN, reading on) and waits for the peer to
+    /// close too; counted in `eofs`.
+    OkThenHalfClose,
+    /// 200 keep-alive with a 16 MiB body, streamed; the connection stays open after it.
+    BigKeepAlive,
+    /// Answers 200 keep-alive as soon as the request head is in, then reads the whole
+    /// request body (counted in `received`) and serves the connection on.
+    AnswerFirst,
 }
 
 impl Fault {
@@ -100,6 +108,9 @@ impl Fault {
             "slow-read-body" => Fault::SlowReadBody,
             "reset-mid-request-body" => Fault::ResetMidRequestBody,
             "ignore-body" => Fault::IgnoreBody,
+            "ok-then-half-close" => Fault::OkThenHalfClose,
+            "big-keep-alive" => Fault::BigKeepAlive,
+            "answer-first" => Fault::AnswerFirst,
             s => Fault::HugeBody(s.strip_prefix("huge-body-")?.parse().ok()?),
         })
     }
@@ -118,6 +129,10 @@ struct FaultServer {
     requests: Arc<AtomicUsize>,
     /// Response body bytes written (shows that a huge answer was cut short).
     sent: Arc<AtomicU64>,
+    /// Request body bytes read after answering (`answer-first`).
+    received: Arc<AtomicU64>,
+    /// Half-closed connections (`ok-then-half-close`) the peer then closed.
+    eofs: Arc<AtomicUsize>,
     jwks: Arc<serde_json::Value>,
 }
 
@@ -141,6 +156,8 @@ impl FaultServer {
             accepted: Arc::default(),
             requests: Arc::default(),
             sent: Arc::default(),
+            received: Arc::default(),
+            eofs: Arc::default(),
             jwks: Arc::new(key.jwks()),
         };
         let s = srv.clone();
@@ -379,6 +396,42 @@ impl FaultServer {
                     tokio::time::sleep(Duration::from_millis(1500)).await;
                     wait_eof(&mut s).await;
                     return;
+                }
+                Fault::OkThenHalfClose => {
+                    if !read_body(&mut s, &mut buf, cl).await {
+                        return;
+                    }
+                    let resp = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(resp.as_bytes()).await.is_err() || s.shutdown().await.is_err() {
+                        return;
+                    }
+                    wait_eof(&mut s).await;
+                    self.eofs.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Fault::BigKeepAlive => {
+                    if !read_body(&mut s, &mut buf, cl).await {
+                        return;
+                    }
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 16 * MIB);
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![b'k'; 64 * 1024];
+                    for _ in 0..(16 * MIB / chunk.len() as u64) {
+                        if s.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Fault::AnswerFirst => {
+                    let resp = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(resp.as_bytes()).await.is_err()
+                        || !read_body(&mut s, &mut buf, cl).await
+                    {
+                        return;
+                    }
+                    self.received.fetch_add(cl as u64, Ordering::SeqCst);
                 }
             }
         }
@@ -944,11 +997,11 @@ async fn upstream_closing_pooled_connections_is_not_a_502() {
     assert!(reused < 5, "no connection reuse: {reused} connections");
 
     // Each next request below comes once the server has closed the pooled connection
-    // and the gateway has seen it close (its connection task has ended: tasks back to
-    // the baseline). Sent in the moment between the two, before the gateway's I/O
-    // driver has seen the FIN, a request still goes out on the dead connection and ends
-    // in a 502 (seen under load, 1 run in 5 with 64 tests at once):
-    // upstream::send_pooled never resends a request written on a reused connection.
+    // and the gateway has seen it close (the pool's sweep has run: tasks back to the
+    // baseline). Sent in the moment between the two, before the gateway's I/O driver
+    // has seen the FIN, a request still goes out on the dead connection and ends in a
+    // 502 (seen under load, 1 run in 5 with 64 tests at once): client::send_pooled
+    // never resends a request written on a reused connection.
     let gateway_saw_the_close = async || {
         eventually(
             "the faulty server closed the connection, and the gateway noticed",
@@ -985,6 +1038,114 @@ async fn upstream_closing_pooled_connections_is_not_a_502() {
         &[&up],
     )
     .await;
+    gw.stop().await;
+}
+
+// Behaviour: a pooled upstream connection is reused for sequential requests, and never
+// after anything that leaves it unusable: a `Connection: close` answer, a response
+// body the client abandons half-way (closed at once), or the upstream closing it while
+// it is idle (closed here too, without waiting for the next request to find it). An
+// upstream that answers before it has read the whole request body still gets all of it,
+// and the connection is reused afterwards.
+#[tokio::test]
+async fn pooled_connections_are_reused_only_when_whole() {
+    let up = FaultServer::spawn(Fault::Ok).await;
+    let gw = spawn_gateway(&upstream_yaml(&up)).await;
+    let accepted = || up.accepted.load(Ordering::SeqCst);
+
+    // Keep-alive: sequential requests share one upstream connection.
+    for i in 0..10 {
+        get_ok(&format!("keep-alive #{i}"), gw.url("/f/ok"), None).await;
+    }
+    assert_eq!(
+        accepted(),
+        1,
+        "sequential requests must share one connection"
+    );
+
+    // `Connection: close`: the connection that said it is never used again (the first
+    // of these answers comes on the pooled connection; after it, none is left).
+    get_ok("close #0", gw.url("/f/ok-close"), None).await;
+    for i in 1..4 {
+        let before = accepted();
+        get_ok(&format!("close #{i}"), gw.url("/f/ok-close"), None).await;
+        assert_eq!(
+            accepted() - before,
+            1,
+            "close #{i}: a closed connection was reused"
+        );
+    }
+
+    // Answered before the request body was read: the body still goes through whole,
+    // and the connection, once it is written, goes back to the pool.
+    let before = accepted();
+    let r = bounded("answer-first", PATIENCE, async {
+        client()
+            .post(gw.url("/f/answer-first"))
+            .body(vec![b'u'; 4 << 20])
+            .send()
+            .await
+            .unwrap()
+    })
+    .await
+    .0;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok");
+    eventually(
+        "the upstream read the whole request body after answering",
+        PATIENCE,
+        async || up.received.load(Ordering::SeqCst),
+        |n| *n == 4 << 20,
+    )
+    .await;
+    // (The gateway wrote the body's last bytes, and pooled the connection in the same
+    // step, before the upstream could read them.)
+    get_ok("after answer-first", gw.url("/f/ok"), None).await;
+    assert_eq!(
+        accepted() - before,
+        1,
+        "the connection that answered first was not reused"
+    );
+
+    // A response body the client abandons: its connection is closed, not reused.
+    let mut r = bounded("big-keep-alive", PATIENCE, async {
+        client()
+            .get(gw.url("/f/big-keep-alive"))
+            .send()
+            .await
+            .unwrap()
+    })
+    .await
+    .0;
+    assert_eq!(r.status(), 200);
+    assert!(r.chunk().await.unwrap().is_some());
+    let before = accepted();
+    drop(r);
+    get_ok("after an abandoned body", gw.url("/f/ok"), None).await;
+    assert_eq!(
+        accepted() - before,
+        1,
+        "the connection of an abandoned body was reused"
+    );
+    eventually(
+        "the abandoned connection is closed",
+        PATIENCE,
+        async || up.open(),
+        |n| *n <= 1,
+    )
+    .await;
+
+    // The upstream half-closes an idle pooled connection: the gateway closes it as
+    // soon as it sees that, not when a next request would find it.
+    get_ok("half-close", gw.url("/f/ok-then-half-close"), None).await;
+    eventually(
+        "the gateway closed the idle connection the upstream half-closed",
+        PATIENCE,
+        async || up.eofs.load(Ordering::SeqCst),
+        |n| *n == 1,
+    )
+    .await;
+    get_ok("after half-close", gw.url("/f/ok"), None).await;
     gw.stop().await;
 }
 
