@@ -16,7 +16,8 @@
 //! Values owned elsewhere (per-issuer key fetches, introspection calls, cache sizes,
 //! readiness) are read at scrape time by [`Scraped`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -220,6 +221,35 @@ impl CacheCounters {
     }
 }
 
+/// A compiled route's handles into `tollgate_requests_total` and
+/// `tollgate_request_duration_seconds`, resolved on the route's first request (a
+/// label lookup hashes the route name under the family's lock; a handle is an atomic
+/// add). Kept on the route, so a reload starts afresh; the handles belong to the
+/// [`Metrics`] that resolved them, and any other one looks its series up as before.
+#[derive(Debug, Default)]
+pub struct RouteSeries(OnceLock<Resolved>);
+
+/// How many statuses of one route keep a handle; a route answering more statuses than
+/// this counts the others through the family's lookup.
+const STATUSES_KEPT: usize = 4;
+
+#[derive(Debug)]
+struct Resolved {
+    owner: u64,
+    duration: Histogram,
+    statuses: [OnceLock<(u16, Counter)>; STATUSES_KEPT],
+}
+
+impl Resolved {
+    /// The counter of `status`: a kept one, or a free slot filled with `make()`.
+    fn counter(&self, status: u16, make: impl Fn() -> Counter) -> Option<&Counter> {
+        self.statuses.iter().find_map(|slot| {
+            let (s, c) = slot.get_or_init(|| (status, make()));
+            (*s == status).then_some(c)
+        })
+    }
+}
+
 /// The `cache` label values of `tollgate_cache_requests_total` and
 /// `tollgate_cache_entries`.
 pub const CACHE_VERIFIED: &str = "verified_tokens";
@@ -299,6 +329,8 @@ impl UpstreamMetrics {
 }
 
 pub struct Metrics {
+    /// Tells this registry's handles from another's ([`RouteSeries`]).
+    id: u64,
     registry: Registry,
     requests: Family<RouteStatus, Counter>,
     durations: Histograms<RouteLabel>,
@@ -537,7 +569,9 @@ impl Metrics {
         for result in SIGN_IN_RESULTS {
             sign_ins.get_or_create_owned(&ResultLabel { result });
         }
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Metrics {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             durations,
@@ -567,18 +601,59 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, route: &Arc<str>, status: u16, elapsed: Duration) {
+    /// One answered request: `tollgate_requests_total{route, status}` and its duration.
+    /// With the route's [`RouteSeries`] the two series are looked up once per route
+    /// (and status) instead of per request; they are still created on first use, so
+    /// the page shows the same series for the same traffic.
+    pub fn request(
+        &self,
+        route: &Arc<str>,
+        series: Option<&RouteSeries>,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let resolved = series.map(|s| {
+            s.0.get_or_init(|| Resolved {
+                owner: self.id,
+                duration: self.durations.get_or_create_owned(&RouteLabel {
+                    route: route.clone(),
+                }),
+                statuses: Default::default(),
+            })
+        });
+        match resolved.filter(|r| r.owner == self.id) {
+            Some(r) => {
+                match r.counter(status, || {
+                    self.requests.get_or_create_owned(&RouteStatus {
+                        route: route.clone(),
+                        status,
+                    })
+                }) {
+                    Some(c) => {
+                        c.inc();
+                    }
+                    None => self.count_request(route, status),
+                };
+                r.duration.observe(elapsed.as_secs_f64());
+            }
+            None => {
+                self.count_request(route, status);
+                self.durations
+                    .get_or_create(&RouteLabel {
+                        route: route.clone(),
+                    })
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
+    }
+
+    fn count_request(&self, route: &Arc<str>, status: u16) {
         self.requests
             .get_or_create(&RouteStatus {
                 route: route.clone(),
                 status,
             })
             .inc();
-        self.durations
-            .get_or_create(&RouteLabel {
-                route: route.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
     }
 
     pub fn denied(&self, route: &Arc<str>, reason: DenyReason) {

@@ -159,7 +159,9 @@ impl Record {
         if let Some(e) = ext.get::<Arc<GatewayError>>() {
             self.remember(e, route, facts, route_name, client, rid, status);
         }
-        self.gw.metrics.request(route_name, status, elapsed);
+        self.gw
+            .metrics
+            .request(route_name, route.map(|r| &r.series), status, elapsed);
         crate::logging::access(&crate::logging::Access {
             request_id: rid,
             route: route_name,

@@ -88,6 +88,12 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             present |= 1 << i;
         }
     }
+    remove_hop_by_hop(h, present);
+}
+
+/// Removes the hop-by-hop headers `present` marks (bit `i`: `HOP_BY_HOP[i]`), and those
+/// `Connection` names.
+fn remove_hop_by_hop(h: &mut HeaderMap, present: u16) {
     if present == 0 {
         return;
     }
@@ -265,8 +271,9 @@ pub struct ForwardContext<'a> {
 /// The request target sent upstream, in origin form (`/base/path?query`): the
 /// upstream is reached by the pool's connection and named by `Host`.
 pub fn upstream_uri(up: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
+    // Exactly the length: `Uri` then takes the buffer over without copying it.
     let mut pq =
-        String::with_capacity(up.base_path.len() + path.len() + 1 + query.map_or(0, str::len));
+        String::with_capacity(up.base_path.len() + path.len() + query.map_or(0, |q| 1 + q.len()));
     pq.push_str(&up.base_path);
     pq.push_str(path);
     if let Some(q) = query {
@@ -294,14 +301,45 @@ pub const OVERRIDING_HEADERS: [&str; 9] = [
     "x-forwarded-prefix",
 ];
 
+/// `OVERRIDING_HEADERS`' index of `name`, by one string match (no hashing).
+fn overriding_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "x-http-method-override" => 0,
+        "x-http-method" => 1,
+        "x-method-override" => 2,
+        "x-original-url" => 3,
+        "x-rewrite-url" => 4,
+        "forwarded" => 5,
+        "x-real-ip" => 6,
+        "x-forwarded-port" => 7,
+        "x-forwarded-prefix" => 8,
+        _ => return None,
+    })
+}
+
 /// Header hygiene for the upstream: hop-by-hop and inbound `X-Auth-*` headers (also spelt
 /// with `_`) removed, so are [`OVERRIDING_HEADERS`],
 /// `X-Forwarded-*`, `Host` and the verified identity added. (`X-Request-Id` is already
 /// the request's own, set by the request-id layer; upstream credentials, when the
 /// upstream has `auth:`, were set by the credentials layer.)
 pub fn prepare_headers(h: &mut HeaderMap, up: &Upstream, cx: &ForwardContext<'_>) {
-    strip_hop_by_hop(h);
-    if h.keys().any(is_identity_header) {
+    // One pass over the names finds what there is to remove, so that a request without
+    // any of these headers (the usual one) pays no lookup per absent name.
+    let (mut hop, mut overriding) = (0u16, 0u16);
+    let (mut identity, mut xff) = (false, false);
+    for k in h.keys() {
+        if let Some(i) = hop_index(k) {
+            hop |= 1 << i;
+        } else if let Some(i) = overriding_index(k) {
+            overriding |= 1 << i;
+        } else if k == X_FORWARDED_FOR {
+            xff = true;
+        } else if is_identity_header(k) {
+            identity = true;
+        }
+    }
+    remove_hop_by_hop(h, hop);
+    if identity {
         let inbound_auth: Vec<HeaderName> = h
             .keys()
             .filter(|k| is_identity_header(k))
@@ -311,19 +349,25 @@ pub fn prepare_headers(h: &mut HeaderMap, up: &Upstream, cx: &ForwardContext<'_>
             h.remove(k);
         }
     }
-    for name in OVERRIDING_HEADERS {
-        h.remove(name);
-    }
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
-            let ip = cx.client_ip.to_str().unwrap_or("");
-            HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+    for (i, name) in OVERRIDING_HEADERS.iter().enumerate() {
+        if overriding & (1 << i) != 0 {
+            h.remove(*name);
         }
-        _ => Some(cx.client_ip.clone()),
-    };
-    h.remove(&X_FORWARDED_FOR);
-    if let Some(v) = xff {
-        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if xff {
+        let joined = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.trim().is_empty() => {
+                let ip = cx.client_ip.to_str().unwrap_or("");
+                HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+            }
+            _ => Some(cx.client_ip.clone()),
+        };
+        h.remove(&X_FORWARDED_FOR);
+        if let Some(v) = joined {
+            h.insert(X_FORWARDED_FOR.clone(), v);
+        }
+    } else {
+        h.insert(X_FORWARDED_FOR.clone(), cx.client_ip.clone());
     }
     h.insert(
         X_FORWARDED_PROTO.clone(),
@@ -702,7 +746,8 @@ where
 {
     type Response = Response<Body>;
     type Error = Rejection;
-    type Future = Step<std::future::Ready<Outcome>>;
+    // Never `Step::Inner`: the proxy answers itself (a refusal, or the boxed exchange).
+    type Future = Step<std::future::Pending<Outcome>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
         Poll::Ready(Ok(()))
@@ -760,6 +805,19 @@ where
 #[cfg(test)]
 mod hop_tests {
     use super::*;
+
+    // Behaviour: the overriding headers' fast name match agrees with the list.
+    #[test]
+    fn overriding_index_matches_the_list() {
+        for (i, n) in OVERRIDING_HEADERS.iter().enumerate() {
+            assert_eq!(
+                overriding_index(&HeaderName::from_static(n)),
+                Some(i),
+                "{n}"
+            );
+        }
+        assert_eq!(overriding_index(&header::HOST), None);
+    }
 
     // Behaviour: the fast name match and the removal list agree, entry for entry, and
     // every hop-by-hop header (any case) plus the ones `Connection` names are removed

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::auth::Issuer;
 use crate::cors::Cors;
+use crate::metrics::RouteSeries;
 use crate::policy::{Permissions, RouteAuth};
 use crate::ratelimit::RouteLimits;
 use crate::route::RouteTable;
@@ -93,6 +94,8 @@ pub struct Route {
     /// `websocket:`: upgrades are forwarded (`None`: an `Upgrade` header is removed like
     /// any hop-by-hop header).
     pub websocket: Option<WebSocket>,
+    /// Its handles into the request metrics, resolved on its first request.
+    pub series: RouteSeries,
 }
 
 /// A route's `websocket:` settings.

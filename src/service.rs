@@ -28,8 +28,10 @@ pin_project! {
     pub enum Step<F> {
         /// The service below is answering.
         Inner { #[pin] fut: F },
-        /// This layer answered (or refused) on its own.
-        Done { out: Option<Outcome> },
+        /// This layer answered (or refused) on its own. Boxed: every layer's future
+        /// holds the one below it, and a response is ~130 bytes that the forwarding
+        /// path (which never answers here) would otherwise carry and copy at each level.
+        Done { out: Option<Box<Outcome>> },
         /// This layer had to wait first (slow path).
         Boxed { fut: BoxOutcome },
     }
@@ -41,7 +43,9 @@ impl<F> Step<F> {
     }
 
     pub fn done(out: Outcome) -> Self {
-        Step::Done { out: Some(out) }
+        Step::Done {
+            out: Some(Box::new(out)),
+        }
     }
 
     pub fn reject(e: impl Into<Rejection>) -> Self {
@@ -59,7 +63,7 @@ impl<F: Future<Output = Outcome>> Future for Step<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         match self.project() {
             StepProj::Inner { fut } => fut.poll(cx),
-            StepProj::Done { out } => Poll::Ready(out.take().expect("polled after completion")),
+            StepProj::Done { out } => Poll::Ready(*out.take().expect("polled after completion")),
             StepProj::Boxed { fut } => fut.as_mut().poll(cx),
         }
     }

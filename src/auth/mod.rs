@@ -12,13 +12,15 @@ pub mod jwt;
 pub mod replay;
 pub mod sender;
 
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 use jsonwebtoken::Algorithm;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use self::introspect::{IntrospectError, Introspection, INACTIVE_TTL};
 use self::jwks::KeyStore;
@@ -65,10 +67,65 @@ pub type IntrospectResult = Result<Arc<Identity>, IntrospectError>;
 
 pub type Fingerprint = [u8; 32];
 
+/// A token verified before, as the verified-token cache keeps it.
+pub struct Verified {
+    /// The token itself: a hit is a cache key match *and* this token, compared whole.
+    token: Box<str>,
+    /// The issuer that verified it.
+    fingerprint: Fingerprint,
+    identity: Arc<Identity>,
+}
+
+/// The verified-token cache's key: a fast keyed hash of the token (foldhash, with keys
+/// drawn from the operating system's random source once per process), rather than a
+/// SHA-256 of the whole token on every request. It only finds the entry: a hit also
+/// compares the whole token ([`same_token`]), so two tokens with one key can never
+/// share an identity (the later one takes the slot over), and only a token that
+/// verified is ever inserted, so a client cannot fill the map with keys of its
+/// choosing.
+pub struct TokenKeys(foldhash::quality::SeedableRandomState);
+
+impl Default for TokenKeys {
+    fn default() -> Self {
+        static SHARED: LazyLock<foldhash::SharedSeed> =
+            LazyLock::new(|| foldhash::SharedSeed::from_u64(rand::random()));
+        TokenKeys(foldhash::quality::SeedableRandomState::with_seed(
+            rand::random(),
+            &SHARED,
+        ))
+    }
+}
+
+impl TokenKeys {
+    pub fn key(&self, token: &str) -> u64 {
+        self.0.hash_one(token.as_bytes())
+    }
+}
+
+/// Whether `presented` is the cached token, in a time that depends on the lengths only
+/// (eight bytes at a time, no early exit).
+fn same_token(cached: &str, presented: &str) -> bool {
+    let (a, b) = (cached.as_bytes(), presented.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let ((wa, ta), (wb, tb)) = (a.as_chunks::<8>(), b.as_chunks::<8>());
+    let mut diff = 0u64;
+    for (x, y) in wa.iter().zip(wb) {
+        diff |= u64::from_ne_bytes(*x) ^ u64::from_ne_bytes(*y);
+    }
+    for (x, y) in ta.iter().zip(tb) {
+        diff |= u64::from(x ^ y);
+    }
+    diff.ct_eq(&0).into()
+}
+
 /// Caches that outlive a request (and a reload); flushed by `POST /admin/caches/flush`.
 pub struct AuthCaches {
-    /// SHA-256 of the token -> (fingerprint of the issuer that verified it, identity).
-    pub verified: FlightCache<[u8; 32], (Fingerprint, Arc<Identity>)>,
+    /// Keyed hash of the token ([`TokenKeys`]) -> the token, the issuer that verified
+    /// it and its identity.
+    pub verified: FlightCache<u64, Arc<Verified>>,
+    pub token_keys: TokenKeys,
     pub introspection: FlightCache<[u8; 32], IntrospectResult>,
     /// DPoP proofs seen recently (`jti`s), against replays. Not flushed with the others:
     /// forgetting them would accept replays again.
@@ -89,6 +146,7 @@ impl AuthCaches {
     pub fn counted(verified: CacheCounters, introspection: CacheCounters) -> Self {
         AuthCaches {
             verified: FlightCache::new(100_000),
+            token_keys: TokenKeys::default(),
             introspection: FlightCache::new(100_000),
             dpop_replay: ReplayCache::default(),
             verified_lookups: verified,
@@ -159,12 +217,13 @@ pub fn cached<'a>(
     if token.len() > jwt::MAX_TOKEN_LEN {
         return None;
     }
-    let token_hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     // Only a hit is counted here: a miss goes on to `authenticate`, which counts it.
-    let (fp, id) = caches.verified.get(&token_hash)?;
-    let id = issuers.any(|i| i.fingerprint == fp).then_some(id)?;
+    let v = caches.verified.get(&caches.token_keys.key(token))?;
+    if !same_token(&v.token, token) || !issuers.any(|i| i.fingerprint == v.fingerprint) {
+        return None;
+    }
     caches.verified_lookups.hit();
-    Some(id)
+    Some(v.identity.clone())
 }
 
 /// Authenticates `token` against the allowed `issuers` (already resolved for the route).
@@ -181,13 +240,18 @@ pub async fn authenticate(
         )));
     }
     // The hot path: a token verified before, by an issuer this route accepts, costs one
-    // hash and one map lookup. Entries expire no later than the token (plus leeway).
-    let token_hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    if let Some((fp, id)) = caches.verified.get(&token_hash) {
-        if let Some(issuer) = issuers.iter().find(|i| i.fingerprint == fp) {
+    // keyed hash, one map lookup and one comparison. Entries expire no later than the
+    // token (plus leeway).
+    let key = caches.token_keys.key(token);
+    if let Some(v) = caches
+        .verified
+        .get(&key)
+        .filter(|v| same_token(&v.token, token))
+    {
+        if let Some(issuer) = issuers.iter().find(|i| i.fingerprint == v.fingerprint) {
             caches.verified_lookups.hit();
             trace.note(|| format!("verified-token cache: hit (issuer {})", issuer.name));
-            return Ok(id);
+            return Ok(v.identity.clone());
         }
     }
     caches.verified_lookups.miss();
@@ -214,9 +278,12 @@ pub async fn authenticate(
             match verify_jwt(issuer, &jws, trace).await {
                 Ok((id, ttl)) => {
                     let id = Arc::new(id);
-                    caches
-                        .verified
-                        .insert(token_hash, (issuer.fingerprint, id.clone()), ttl);
+                    let entry = Verified {
+                        token: token.into(),
+                        fingerprint: issuer.fingerprint,
+                        identity: id.clone(),
+                    };
+                    caches.verified.insert(key, Arc::new(entry), ttl);
                     return Ok(id);
                 }
                 Err(r) => {
@@ -535,4 +602,60 @@ pub fn check_claims(
         ..Identity::default()
     };
     Ok((identity, exp.map(|e| e.saturating_add(leeway))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{gateway, CONFIG};
+
+    // Behaviour: the constant-time comparison tells every one-byte difference (in the
+    // eight-byte words and in the tail) and every length difference.
+    #[test]
+    fn same_token_compares_every_byte() {
+        let t = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl";
+        assert!(same_token(t, t));
+        for i in 0..t.len() {
+            let mut b = t.as_bytes().to_vec();
+            b[i] ^= 1;
+            let other = String::from_utf8(b).unwrap();
+            assert!(!same_token(t, &other), "byte {i}");
+        }
+        assert!(!same_token(t, &t[..t.len() - 1]));
+        assert!(!same_token("", "a"));
+        assert!(same_token("", ""));
+    }
+
+    // Behaviour: a verified-token cache entry found by its key is a hit only for the very
+    // token it was made for: another token under the same key (what a collision of the
+    // keyed hash would look like) is a miss, never that entry's identity.
+    #[test]
+    fn a_hit_needs_the_whole_token_not_only_its_key() {
+        let (gw, _dir) = gateway(CONFIG);
+        let rt = gw.current();
+        let fingerprint = rt.issuer("local").expect("the token service").fingerprint;
+        let caches = AuthCaches::default();
+        let identity = Arc::new(Identity::default());
+        let entry = |token: &str| {
+            Arc::new(Verified {
+                token: token.into(),
+                fingerprint,
+                identity: identity.clone(),
+            })
+        };
+        let (a, b) = ("token.a.sig", "token.b.sig");
+        let ttl = Duration::from_secs(60);
+        caches
+            .verified
+            .insert(caches.token_keys.key(a), entry(b), ttl);
+        assert!(cached(rt.issuers.iter(), &caches, a).is_none());
+        caches
+            .verified
+            .insert(caches.token_keys.key(a), entry(a), ttl);
+        let hit = cached(rt.issuers.iter(), &caches, a).expect("a hit");
+        assert!(Arc::ptr_eq(&hit, &identity));
+        assert!(cached(rt.issuers.iter(), &caches, b).is_none());
+        // An issuer the route does not accept does not hit either.
+        assert!(cached(std::iter::empty(), &caches, a).is_none());
+    }
 }

@@ -242,6 +242,7 @@ fn compile_one(
         rate_limits,
         login,
         websocket,
+        series: Default::default(),
     };
     Some((route, hosts))
 }
