@@ -665,40 +665,26 @@ routes:
 async fn case_insensitive_routes_catch_every_spelling_of_their_prefix() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
-    let yaml = format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-issuers:
-{}upstreams:
-  - name: iis
-    url: "{}"
-routes:
-  - name: admin
-    path_prefix: /admin
-    case_sensitive: false
-    upstream: iis
-    auth:
-      scopes: [admin]
-    permissions:
-      - path: /admin/users
-        methods: [GET]
-      - path: /admin/Reports/**
-        methods: [GET]
-  - name: api
-    path_prefix: /api
-    upstream: iis
-    auth:
-      scopes: [admin]
-  - name: public
-    path_prefix: /
-    case_sensitive: false
-    upstream: iis
-    auth: none
-"#,
-        issuer_yaml(&idp, "corp", ""),
-        up.url()
-    );
+    let yaml = GatewayConfig::new()
+        .issuer(&idp, "corp")
+        .upstream("iis", &up.url())
+        .route(json!({
+            "name": "admin", "path_prefix": "/admin", "case_sensitive": false,
+            "upstream": "iis", "auth": {"scopes": ["admin"]},
+            "permissions": [
+                {"path": "/admin/users", "methods": ["GET"]},
+                {"path": "/admin/Reports/**", "methods": ["GET"]},
+            ],
+        }))
+        .route(json!({
+            "name": "api", "path_prefix": "/api", "upstream": "iis",
+            "auth": {"scopes": ["admin"]},
+        }))
+        .route(json!({
+            "name": "public", "path_prefix": "/", "case_sensitive": false,
+            "upstream": "iis", "auth": "none",
+        }))
+        .yaml();
     let gw = spawn_gateway(&yaml).await;
     for path in ["/ADMIN/users", "/Admin/Users", "/aDmIn", "/ADMIN%2Fusers"] {
         let r = client().get(gw.url(path)).send().await.unwrap();
