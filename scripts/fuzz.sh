@@ -24,7 +24,7 @@
 # kept in fuzz/logs/<target>.log (gitignored).
 set -euo pipefail
 
-ALL_TARGETS=(jwt path_perm config body_credentials basic cors cookie_jar service_key dpop claims cases trace_context request_id session_cookie ratelimit upstream_session upgrade)
+ALL_TARGETS=(jwt path_perm config body_credentials basic cors cookie_jar service_key dpop claims cases trace_context request_id session_cookie ratelimit upstream_session upgrade outbound)
 
 secs="${FUZZ_SECONDS:-60}"
 if [[ $# -gt 0 && "$1" =~ ^[0-9]+$ ]]; then

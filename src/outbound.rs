@@ -98,6 +98,19 @@ pub struct ProxyServer {
     shown: String,
 }
 
+impl ProxyServer {
+    /// The `Proxy-Authorization` value sent to the proxy, if the URL had credentials
+    /// (marked sensitive).
+    pub fn credentials(&self) -> Option<&HeaderValue> {
+        self.auth.as_ref()
+    }
+
+    /// Where the proxy listens: `http://host:port/` or `https://host:port/`.
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+}
+
 impl fmt::Display for ProxyServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.shown)
@@ -551,7 +564,8 @@ async fn pinned(
 }
 
 /// Longest CONNECT answer head read from a proxy.
-const MAX_CONNECT_ANSWER: usize = 16 * 1024;
+/// The longest answer head to CONNECT tollgate reads before giving up.
+pub const MAX_CONNECT_ANSWER: usize = 16 * 1024;
 
 /// Opens a CONNECT tunnel to `dst` through `proxy`, and TLS inside it for https.
 async fn tunnel(
@@ -649,14 +663,19 @@ async fn tunnel(
     })
 }
 
-enum Answer {
+/// Why a proxy's answer to CONNECT could not be read.
+#[derive(Debug)]
+pub enum Answer {
+    /// The connection failed.
     Io(std::io::Error),
+    /// The answer is not an HTTP response head (what was wrong, never its bytes).
     Bad(String),
 }
 
 /// Reads the proxy's answer head to CONNECT, byte by byte so that nothing of the
 /// tunnel's first bytes is consumed, and returns its status.
-async fn read_connect_answer<T: AsyncRead + Unpin>(io: &mut T) -> Result<StatusCode, Answer> {
+/// Public for the `outbound` fuzz target.
+pub async fn read_connect_answer<T: AsyncRead + Unpin>(io: &mut T) -> Result<StatusCode, Answer> {
     let mut buf = Vec::with_capacity(256);
     loop {
         let b = io.read_u8().await.map_err(|e| {
