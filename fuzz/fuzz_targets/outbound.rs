@@ -123,9 +123,8 @@ fn answer_check(bytes: &[u8]) {
     };
     let read = bytes.len() - rest.len();
     // Where the head ends, by the same rule, or none within the limit.
-    let end = (1..=bytes.len().min(MAX_CONNECT_ANSWER + 1)).find(|&n| {
-        bytes[..n].ends_with(b"\r\n\r\n") || bytes[..n].ends_with(b"\n\n")
-    });
+    let end = (1..=bytes.len().min(MAX_CONNECT_ANSWER + 1))
+        .find(|&n| bytes[..n].ends_with(b"\r\n\r\n") || bytes[..n].ends_with(b"\n\n"));
     match end {
         Some(n) => {
             assert_eq!(read, n, "read past (or short of) the end of the head");
@@ -139,14 +138,23 @@ fn answer_check(bytes: &[u8]) {
                 (Ok(status), Some(code)) => assert_eq!(status.as_u16(), code),
                 (Err(Answer::Bad(_)), None) => {}
                 (Err(Answer::Bad(_)), Some(code)) => {
-                    assert!(http::StatusCode::from_u16(code).is_err(), "status {code} refused")
+                    assert!(
+                        http::StatusCode::from_u16(code).is_err(),
+                        "status {code} refused"
+                    )
                 }
                 (other, want) => panic!("{other:?} for a head httparse reads as {want:?}"),
             }
         }
         None => {
-            assert!(matches!(result, Err(Answer::Bad(_))), "{result:?} without a head end");
-            assert!(read <= MAX_CONNECT_ANSWER + 1, "read {read} bytes of an endless head");
+            assert!(
+                matches!(result, Err(Answer::Bad(_))),
+                "{result:?} without a head end"
+            );
+            assert!(
+                read <= MAX_CONNECT_ANSWER + 1,
+                "read {read} bytes of an endless head"
+            );
         }
     }
 }
