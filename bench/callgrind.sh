@@ -29,7 +29,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-UP=18480; TG=18481; ADM=18482; RDS=18483
+# CG_PORT_BASE moves the four ports, so two builds can be counted side by side (same load).
+B="${CG_PORT_BASE:-18480}"
+UP=$B; TG=$((B + 1)); ADM=$((B + 2)); RDS=$((B + 3))
 mkdir -p "$W/nginx"
 cat > "$W/nginx.conf" <<CONF
 daemon off; worker_processes 1; error_log $W/nginx/error.log; pid $W/nginx/pid;

@@ -18,8 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
-use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::proto::xfer::Protocol;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
 
 use crate::balancer::EndpointState;
@@ -42,12 +41,19 @@ impl DnsSettings {
             TokioResolver::builder_tokio()
                 .map_err(|e| format!("the system's resolver settings cannot be read: {e}"))?
         } else {
-            let mut cfg = ResolverConfig::new();
-            for s in &self.servers {
-                cfg.add_name_server(NameServerConfig::new(*s, Protocol::Udp));
-                cfg.add_name_server(NameServerConfig::new(*s, Protocol::Tcp));
-            }
-            let mut b = TokioResolver::builder_with_config(cfg, TokioConnectionProvider::default());
+            let servers = self
+                .servers
+                .iter()
+                .map(|s| {
+                    let mut ns = NameServerConfig::udp_and_tcp(s.ip());
+                    for c in &mut ns.connections {
+                        c.port = s.port();
+                    }
+                    ns
+                })
+                .collect();
+            let cfg = ResolverConfig::from_name_servers(servers);
+            let mut b = TokioResolver::builder_with_config(cfg, TokioRuntimeProvider::default());
             // The operator named the servers: /etc/hosts does not shadow them.
             b.options_mut().use_hosts_file = ResolveHosts::Never;
             b
@@ -58,7 +64,9 @@ impl DnsSettings {
         }
         // One try per server per refresh: the next refresh is the retry.
         opts.attempts = 1;
-        Ok(builder.build())
+        builder
+            .build()
+            .map_err(|e| format!("the resolver cannot be built: {e}"))
     }
 }
 
