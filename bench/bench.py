@@ -285,17 +285,17 @@ def write(name, text):
     return path
 
 
-def nginx2_conf():
-    """The two-core mode's upstream: the same fixed answer, 2 worker processes."""
-    tmp = os.path.join(OUT, "nginx2-tmp")
+def nginx_head(name, workers):
+    """The part of an nginx config every bench nginx shares, up to inside `http {`."""
+    tmp = os.path.join(OUT, f"{name}-tmp")
     os.makedirs(tmp, exist_ok=True)
-    return write("nginx2.conf", f"""
+    return f"""
 daemon off;
 master_process on;
-worker_processes 2;
+worker_processes {workers};
 worker_rlimit_nofile 20000;
-pid {OUT}/nginx2.pid;
-error_log {OUT}/nginx2-error.log warn;
+pid {OUT}/{name}.pid;
+error_log {OUT}/{name}-error.log warn;
 events {{ worker_connections 16000; }}
 http {{
     access_log off;
@@ -307,7 +307,12 @@ http {{
     fastcgi_temp_path {tmp}/fastcgi;
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
-    server {{
+"""
+
+
+def nginx2_conf():
+    """The two-core mode's upstream: the same fixed answer, 2 worker processes."""
+    return write("nginx2.conf", nginx_head("nginx2", 2) + f"""    server {{
         listen 127.0.0.1:{P['up2']} backlog=4096;
         location / {{ return 200 "hello from the upstream\\n"; }}
     }}
@@ -316,27 +321,7 @@ http {{
 
 
 def nginx_conf():
-    tmp = os.path.join(OUT, "nginx-tmp")
-    os.makedirs(tmp, exist_ok=True)
-    return write("nginx.conf", f"""
-daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid {OUT}/nginx.pid;
-error_log {OUT}/nginx-error.log warn;
-events {{ worker_connections 16000; }}
-http {{
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    default_type text/plain;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    upstream sink {{ server 127.0.0.1:{P['sink']}; keepalive 64; }}
+    return write("nginx.conf", nginx_head("nginx", 1) + f"""    upstream sink {{ server 127.0.0.1:{P['sink']}; keepalive 64; }}
     # The upstream (also the "direct" baseline): a fixed small 200 body.
     server {{
         listen 127.0.0.1:{P['up']} backlog=4096;
