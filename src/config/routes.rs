@@ -3,7 +3,7 @@
 //! settings. Compiles to
 //! [`Route`]s and the [`RouteTable`] that matches each request to one of them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::claims::ClaimsModel;
@@ -133,36 +133,68 @@ pub fn compile(
 /// A route with `case_sensitive: false` says its upstream ignores case. Another route to
 /// the same upstream that is case-sensitive can then be reached in another spelling
 /// through a shorter route's prefix (`/ADMIN/x` through `/`): warned where both are seen.
+///
+/// Linear in the number of routes (a 10,000-route file reloads in milliseconds): the
+/// routes are indexed by name and by (upstream, prefix), and only the shorter prefixes
+/// of each case-sensitive route's own are looked up.
 fn case_warnings(ms: &List<RouteModel>, routes: &[Arc<Route>], p: &mut Problems) {
-    let upstream = |r: &Route| r.upstream.as_ref().map(|u| u.name.clone());
-    let ignoring: Vec<&Arc<Route>> = routes.iter().filter(|r| !r.case_sensitive).collect();
+    // The first route per upstream that ignores case: the warning's witness.
+    let mut ignoring: HashMap<&str, &Arc<Route>> = HashMap::new();
+    for r in routes.iter().filter(|r| !r.case_sensitive) {
+        if let Some(u) = &r.upstream {
+            ignoring.entry(&*u.name).or_insert(r);
+        }
+    }
+    if ignoring.is_empty() {
+        return;
+    }
+    let mut by_name: HashMap<&str, &Arc<Route>> = HashMap::with_capacity(routes.len());
+    // (upstream, prefix without its trailing `/`) -> the first route with it.
+    let mut by_prefix: HashMap<(&str, &str), usize> = HashMap::with_capacity(routes.len());
+    for (n, r) in routes.iter().enumerate() {
+        by_name.entry(&*r.name).or_insert(r);
+        if let Some(u) = &r.upstream {
+            by_prefix
+                .entry((&*u.name, r.path_prefix.trim_end_matches('/')))
+                .or_insert(n);
+        }
+    }
     for (i, m) in ms.iter() {
-        let Some(r) = routes
-            .iter()
-            .find(|r| Some(&*r.name) == m.name.as_deref() && r.case_sensitive)
+        let Some(r) = m
+            .name
+            .as_deref()
+            .and_then(|n| by_name.get(n))
+            .filter(|r| r.case_sensitive)
         else {
             continue;
         };
-        let Some(up) = upstream(r) else { continue };
-        // A shorter route (any case rule) whose prefix covers this one's, to the same
-        // upstream, is where another spelling of this prefix would go.
-        let covered_by = routes.iter().find(|o| {
-            !Arc::ptr_eq(o, r)
-                && upstream(o).as_ref() == Some(&up)
-                && covers(&o.path_prefix, &r.path_prefix)
-        });
-        let Some(covered_by) = covered_by else {
+        let Some(up) = r.upstream.as_ref().map(|u| &*u.name) else {
             continue;
         };
-        if let Some(witness) = ignoring.iter().find(|o| upstream(o).as_ref() == Some(&up)) {
-            p.warn(
-                format!("routes[{i}].path_prefix"),
-                format!(
-                    "route \"{}\" is case-sensitive, but route \"{}\" says upstream \"{up}\" ignores case (case_sensitive: false): another spelling of \"{}\" would go to it through route \"{}\"; set case_sensitive: false here too",
-                    r.name, witness.name, r.path_prefix, covered_by.name
-                ),
-            );
-        }
+        let Some(witness) = ignoring.get(up) else {
+            continue;
+        };
+        // A shorter route (any case rule) whose prefix covers this one's, to the same
+        // upstream, is where another spelling of this prefix would go: the first such
+        // route in the file.
+        let inner = r.path_prefix.trim_end_matches('/');
+        let covered_by = inner
+            .bytes()
+            .enumerate()
+            .filter(|&(_, b)| b == b'/')
+            .filter_map(|(j, _)| by_prefix.get(&(up, &inner[..j])).copied())
+            .min();
+        let Some(covered_by) = covered_by.map(|n| &routes[n]) else {
+            continue;
+        };
+        debug_assert!(covers(&covered_by.path_prefix, &r.path_prefix));
+        p.warn(
+            format!("routes[{i}].path_prefix"),
+            format!(
+                "route \"{}\" is case-sensitive, but route \"{}\" says upstream \"{up}\" ignores case (case_sensitive: false): another spelling of \"{}\" would go to it through route \"{}\"; set case_sensitive: false here too",
+                r.name, witness.name, r.path_prefix, covered_by.name
+            ),
+        );
     }
 }
 

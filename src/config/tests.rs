@@ -605,6 +605,32 @@ fn case_insensitive_routes_are_checked() {
         warnings[0].contains("routes[0].path_prefix: warning: route \"admin\" is case-sensitive, but route \"public\" says upstream \"u\" ignores case"),
         "{warnings:#?}"
     );
+    // Every case-sensitive route under a shorter one is warned, naming the first
+    // covering route in the file; a prefix that only shares letters ("/apix") is
+    // covered by "/" alone, not by "/api".
+    let yaml = format!(
+        "{SERVER}{UPSTREAM}routes:\n{}{}{}{}",
+        route("items", "/api/v1/items/", ""),
+        route("api", "/api", ""),
+        route("public", "/", any_case),
+        route("apix", "/apix", "")
+    );
+    let c = check_text(&yaml, Path::new("."));
+    let (errors, warnings) = lines(&c);
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    for (i, name, via) in [
+        (0, "items", "api"),
+        (1, "api", "public"),
+        (3, "apix", "public"),
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.contains(&format!(
+                "routes[{i}].path_prefix: warning: route \"{name}\" is case-sensitive"
+            )) && w.contains(&format!("through route \"{via}\""))),
+            "{name} via {via}: {warnings:#?}"
+        );
+    }
     // Both case-insensitive: nothing to warn.
     let yaml = format!(
         "{SERVER}{UPSTREAM}routes:\n{}{}",
