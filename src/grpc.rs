@@ -142,7 +142,55 @@ where
 
 #[cfg(test)]
 mod tests {
+    use tower::{Layer, ServiceExt};
+
     use super::*;
+    use crate::error::RescueLayer;
+    use crate::route::layer::RouteLayer;
+    use crate::testing::{body_json, gateway, get, Answer, Reached, CONFIG};
+
+    fn grpc(path: &str) -> Request<http_body_util::Empty<bytes::Bytes>> {
+        let mut req = get(path);
+        req.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        req
+    }
+
+    // Behaviour: tollgate's own refusal of a gRPC call becomes a trailers-only gRPC
+    // answer (HTTP 200, grpc-status, grpc-message); the same refusal of a non-gRPC
+    // request stays SPEC's JSON; an answer of the upstream passes untouched even to a
+    // gRPC client.
+    #[tokio::test]
+    async fn only_tollgates_refusals_of_grpc_calls_become_grpc_statuses() {
+        let (gw, _dir) = gateway(CONFIG);
+        let reached = Reached::default();
+        let svc = GrpcStatusLayer.layer(RescueLayer.layer(
+            RouteLayer::new(gw).layer(Answer::status(reached.clone(), StatusCode::UNAUTHORIZED)),
+        ));
+
+        let resp = svc.clone().oneshot(grpc("/no/such/route")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/grpc");
+        assert_eq!(resp.headers()[&GRPC_STATUS], "12");
+        assert!(resp.headers().contains_key(&GRPC_MESSAGE));
+        assert!(resp.headers().get(http::header::CONTENT_LENGTH).is_none());
+
+        let resp = svc.clone().oneshot(get("/no/such/route")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert!(resp.headers().get(&GRPC_STATUS).is_none());
+        assert_eq!(body_json(resp).await["error"], "not_found");
+
+        let resp = svc.oneshot(grpc("/open/svc.Method")).await.unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::UNAUTHORIZED,
+            "the upstream's answer was rewritten"
+        );
+        assert!(resp.headers().get(&GRPC_STATUS).is_none());
+        assert_eq!(reached.count(), 1);
+    }
 
     // Behaviour: only gRPC content types are recognised, in any case, with suffixes.
     #[test]

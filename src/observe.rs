@@ -257,3 +257,103 @@ impl Record {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::error::RescueLayer;
+    use crate::gate::GateLayer;
+    use crate::metrics::Format;
+    use crate::route::layer::RouteLayer;
+    use crate::testing::{gateway, get, Reached, Stub, CONFIG};
+
+    fn with_id(path: &str, id: &'static str) -> Request<http_body_util::Empty<bytes::Bytes>> {
+        let mut req = get(path);
+        req.headers_mut()
+            .insert(X_REQUEST_ID.clone(), HeaderValue::from_static(id));
+        req
+    }
+
+    fn sample<'a>(page: &'a str, prefix: &str) -> Option<&'a str> {
+        page.lines()
+            .find(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap())
+    }
+
+    // Behaviour: every request, forwarded or refused, is counted by route and status;
+    // a refusal is counted by its reason and kept, under its request id, with the
+    // steps that led to it; a forwarded request is not kept.
+    #[tokio::test]
+    async fn requests_are_counted_and_refusals_remembered() {
+        let (gw, _dir) = gateway(CONFIG);
+        let reached = Reached::default();
+        let svc = ObserveLayer::new(gw.clone()).layer(
+            RescueLayer.layer(
+                RouteLayer::new(gw.clone())
+                    .layer(GateLayer::new(gw.auth_caches.clone()).layer(Stub(reached.clone()))),
+            ),
+        );
+
+        let ok = svc
+            .clone()
+            .oneshot(with_id("/open/x", "req-ok-1"))
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200);
+        let nf = svc
+            .clone()
+            .oneshot(with_id("/nowhere", "req-nf-1"))
+            .await
+            .unwrap();
+        assert_eq!(nf.status(), 404);
+        let denied = svc
+            .oneshot(with_id("/v2/analytics/data", "req-401-1"))
+            .await
+            .unwrap();
+        assert_eq!(denied.status(), 401);
+        assert_eq!(reached.count(), 1);
+
+        let page = gw.metrics.render(gw.scrape_extras(), Format::Text);
+        assert_eq!(
+            sample(
+                &page,
+                r#"tollgate_requests_total{route="open",status="200"}"#
+            ),
+            Some("1"),
+            "{page}"
+        );
+        assert_eq!(
+            sample(
+                &page,
+                r#"tollgate_requests_total{route="none",status="404"}"#
+            ),
+            Some("1")
+        );
+        assert_eq!(
+            sample(
+                &page,
+                r#"tollgate_requests_total{route="analytics",status="401"}"#
+            ),
+            Some("1")
+        );
+        assert!(
+            page.lines()
+                .any(|l| l.starts_with("tollgate_auth_denied_total{")
+                    && l.contains(r#"route="analytics""#)
+                    && l.contains(r#"reason="token_missing""#)),
+            "{page}"
+        );
+
+        assert!(
+            gw.decisions.get("req-ok-1").is_none(),
+            "a forwarded request was kept as a refusal"
+        );
+        let nf = gw.decisions.get("req-nf-1").expect("the 404 was not kept");
+        assert_eq!((nf.status, nf.error.as_str()), (404, "not_found"));
+        let d = gw.decisions.get("req-401-1").expect("the 401 was not kept");
+        assert_eq!(d.route, "analytics");
+        assert_eq!(d.reason.as_deref(), Some("token_missing"));
+    }
+}

@@ -114,3 +114,52 @@ pub async fn body_json(resp: Response<Body>) -> serde_json::Value {
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     serde_json::from_slice(&bytes).unwrap()
 }
+
+/// An inner service like [`Stub`] that answers with a response of the test's making.
+#[derive(Clone)]
+pub struct Answer {
+    pub reached: Reached,
+    respond: Arc<dyn Fn() -> Response<Body> + Send + Sync>,
+}
+
+impl Answer {
+    /// Every request is answered with `status` and an empty body.
+    pub fn status(reached: Reached, status: http::StatusCode) -> Self {
+        Answer::with(reached, move || {
+            let mut resp = Response::new(empty());
+            *resp.status_mut() = status;
+            resp
+        })
+    }
+
+    /// Every request is answered with what `respond` makes.
+    pub fn with(
+        reached: Reached,
+        respond: impl Fn() -> Response<Body> + Send + Sync + 'static,
+    ) -> Self {
+        Answer {
+            reached,
+            respond: Arc::new(respond),
+        }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Answer {
+    type Response = Response<Body>;
+    type Error = Rejection;
+    type Future = std::future::Ready<Outcome>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (parts, _) = req.into_parts();
+        self.reached
+            .0
+            .lock()
+            .unwrap()
+            .push(Request::from_parts(parts, ()));
+        std::future::ready(Ok((self.respond)()))
+    }
+}

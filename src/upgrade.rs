@@ -506,3 +506,92 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::route::layer::RouteLayer;
+    use crate::testing::{gateway, get, Reached, Stub};
+
+    const CONFIG: &str = r#"
+server:
+  listen: "127.0.0.1:0"
+upstreams:
+  - name: feed
+    url: "http://127.0.0.1:9"
+routes:
+  - {name: live, path_prefix: /live, upstream: feed, auth: none, websocket: {}}
+  - {name: plain, path_prefix: /plain, upstream: feed, auth: none}
+"#;
+
+    fn upgrade(method: Method, path: &str) -> Request<http_body_util::Empty<Bytes>> {
+        let mut req = get(path);
+        *req.method_mut() = method;
+        let h = req.headers_mut();
+        h.insert(header::HOST, HeaderValue::from_static("gw.example"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("sec-websocket-version", HeaderValue::from_static("13"));
+        h.insert(
+            "sec-websocket-key",
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        req
+    }
+
+    // Behaviour: a handshake that cannot be a WebSocket one (not GET, a declared body,
+    // a foreign Origin) and any CONNECT are refused before anything is sent; a plain
+    // request on a `websocket:` route, and an upgrade request on a route without it,
+    // go on as ordinary requests.
+    #[tokio::test]
+    async fn bad_handshakes_are_refused_and_ordinary_requests_pass() {
+        let (gw, _dir) = gateway(CONFIG);
+        let reached = Reached::default();
+        let svc =
+            RouteLayer::new(gw.clone()).layer(WebSocketLayer::new(gw).layer(Stub(reached.clone())));
+
+        let refusals = [
+            (upgrade(Method::POST, "/live/feed"), 400),
+            (
+                {
+                    let mut r = upgrade(Method::GET, "/live/feed");
+                    r.headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+                    r
+                },
+                400,
+            ),
+            (
+                {
+                    let mut r = upgrade(Method::GET, "/live/feed");
+                    r.headers_mut().insert(
+                        header::ORIGIN,
+                        HeaderValue::from_static("https://evil.example"),
+                    );
+                    r
+                },
+                403,
+            ),
+            (upgrade(Method::CONNECT, "/plain/x"), 400),
+        ];
+        for (i, (req, status)) in refusals.into_iter().enumerate() {
+            let err = svc.clone().oneshot(req).await.expect_err("refused");
+            assert_eq!(err.error.status(), status, "case {i}");
+        }
+        assert_eq!(
+            reached.count(),
+            0,
+            "a refused handshake reached the upstream side"
+        );
+
+        svc.clone().oneshot(get("/live/feed")).await.unwrap();
+        svc.oneshot(upgrade(Method::GET, "/plain/x")).await.unwrap();
+        assert_eq!(reached.count(), 2);
+        assert!(reached.last().headers().contains_key(header::UPGRADE));
+    }
+}

@@ -195,3 +195,140 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use base64::Engine;
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::route::layer::RouteLayer;
+    use crate::testing::{gateway, get, Answer, Reached, Stub};
+
+    const CONFIG: &str = r#"
+server:
+  listen: "127.0.0.1:0"
+upstreams:
+  - name: plain
+    url: "http://127.0.0.1:9"
+  - name: basic
+    url: "http://127.0.0.1:9"
+    auth: {type: basic, username: svc, password: pa55word}
+  - name: oauth
+    url: "http://127.0.0.1:9"
+    auth:
+      type: oauth2_client_credentials
+      token_url: "http://127.0.0.1:9/token"
+      client_id: gw
+      client_secret: gw-secret
+routes:
+  - {name: plain, path_prefix: /plain, upstream: plain, auth: none}
+  - {name: basic, path_prefix: /basic, upstream: basic, auth: none}
+  - {name: oauth, path_prefix: /oauth, upstream: oauth, auth: none}
+"#;
+
+    fn with_bearer(path: &str) -> Request<http_body_util::Empty<bytes::Bytes>> {
+        let mut req = get(path);
+        req.headers_mut().insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer caller-token"),
+        );
+        req
+    }
+
+    fn oauth_source(gw: &Gateway) -> Arc<OAuth2Source> {
+        let snap = gw.current();
+        let up = snap.upstreams.iter().find(|u| &*u.name == "oauth").unwrap();
+        match up.auth.as_ref() {
+            Some(UpstreamAuth::OAuth2(src)) => src.clone(),
+            _ => panic!("the oauth upstream has no client-credentials source"),
+        }
+    }
+
+    // Behaviour: an upstream without `auth` sees the caller's Authorization untouched;
+    // a `type: basic` upstream gets its own Basic credentials instead of the caller's.
+    #[tokio::test]
+    async fn basic_credentials_replace_the_callers_and_none_leave_it() {
+        let (gw, _dir) = gateway(CONFIG);
+        let reached = Reached::default();
+        let svc = RouteLayer::new(gw.clone())
+            .layer(UpstreamAuthLayer::new(gw).layer(Stub(reached.clone())));
+
+        let resp = svc.clone().oneshot(with_bearer("/plain/x")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            reached.last().headers()[AUTHORIZATION],
+            "Bearer caller-token"
+        );
+
+        svc.oneshot(with_bearer("/basic/x")).await.unwrap();
+        let basic = base64::engine::general_purpose::STANDARD.encode("svc:pa55word");
+        assert_eq!(
+            reached.last().headers()[AUTHORIZATION],
+            format!("Basic {basic}").as_str()
+        );
+        assert_eq!(reached.count(), 2);
+    }
+
+    // Behaviour: a cached client-credentials token is added without a fetch; when the
+    // upstream answers 401 with it, the cached token is dropped (the next request
+    // fetches a new one), and a token the cache no longer holds is not touched.
+    #[tokio::test]
+    async fn a_cached_token_is_sent_and_dropped_when_the_upstream_refuses_it() {
+        let (gw, _dir) = gateway(CONFIG);
+        let src = oauth_source(&gw);
+        let token = HeaderValue::from_static("Bearer upstream-token-1");
+        gw.tokens
+            .tokens
+            .insert(src.cache_key, Ok(token.clone()), Duration::from_secs(300));
+
+        let reached = Reached::default();
+        let ok = RouteLayer::new(gw.clone())
+            .layer(UpstreamAuthLayer::new(gw.clone()).layer(Stub(reached.clone())));
+        let resp = ok.oneshot(with_bearer("/oauth/x")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(reached.last().headers()[AUTHORIZATION], token);
+        assert!(
+            matches!(gw.tokens.tokens.get(&src.cache_key), Some(Ok(v)) if v == token),
+            "a token the upstream accepted was dropped"
+        );
+
+        let refused = RouteLayer::new(gw.clone()).layer(
+            UpstreamAuthLayer::new(gw.clone())
+                .layer(Answer::status(reached.clone(), StatusCode::UNAUTHORIZED)),
+        );
+        let resp = refused.oneshot(with_bearer("/oauth/x")).await.unwrap();
+        assert_eq!(resp.status(), 401, "the upstream's answer is passed on");
+        assert_eq!(reached.count(), 2);
+        assert!(
+            gw.tokens.tokens.get(&src.cache_key).is_none(),
+            "the token the upstream refused is still cached"
+        );
+    }
+
+    // Behaviour: a token endpoint that cannot be reached is a 502 naming the upstream,
+    // and the request never reaches the inner service; while the failure is backed
+    // off, the next request is refused at once from the cache.
+    #[tokio::test]
+    async fn an_unreachable_token_endpoint_is_a_502_before_the_upstream() {
+        let (gw, _dir) = gateway(CONFIG);
+        let reached = Reached::default();
+        let svc = RouteLayer::new(gw.clone())
+            .layer(UpstreamAuthLayer::new(gw.clone()).layer(Stub(reached.clone())));
+        for round in 0..2 {
+            let err = svc
+                .clone()
+                .oneshot(with_bearer("/oauth/x"))
+                .await
+                .expect_err("a request went on without upstream credentials");
+            assert_eq!(err.error.status(), 502, "round {round}");
+        }
+        assert_eq!(
+            reached.count(),
+            0,
+            "a request reached the upstream without a token"
+        );
+    }
+}

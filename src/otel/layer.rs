@@ -271,3 +271,74 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::error::RescueLayer;
+    use crate::testing::{gateway, get, Reached, Stub, CONFIG};
+
+    const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    async fn forwarded(headers: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        let (gw, _dir) = gateway(CONFIG);
+        let reached = Reached::default();
+        let svc = TraceLayer::new(gw).layer(RescueLayer.layer(Stub(reached.clone())));
+        let mut req = get("/open/x");
+        for (k, v) in headers {
+            req.headers_mut().append(*k, HeaderValue::from_static(v));
+        }
+        svc.oneshot(req).await.unwrap();
+        reached.last().headers().clone()
+    }
+
+    fn parts(tp: &HeaderValue) -> Vec<String> {
+        tp.to_str().unwrap().split('-').map(str::to_owned).collect()
+    }
+
+    // Behaviour: a valid incoming traceparent is continued (its trace id and sampled
+    // flag, its tracestate untouched) with tollgate's own span id as the new parent.
+    #[tokio::test]
+    async fn a_valid_trace_is_continued_under_a_new_span() {
+        let h = forwarded(&[("traceparent", INCOMING), ("tracestate", "vendor=abc")]).await;
+        let p = parts(&h[&TRACEPARENT]);
+        assert_eq!(p[0], "00");
+        assert_eq!(
+            p[1], "4bf92f3577b34da6a3ce929d0e0e4736",
+            "the trace id changed"
+        );
+        assert_eq!(p[2].len(), 16);
+        assert_ne!(
+            p[2], "00f067aa0ba902b7",
+            "the upstream's parent is not tollgate's span"
+        );
+        assert_eq!(p[3], "01");
+        assert_eq!(h[&TRACESTATE], "vendor=abc");
+    }
+
+    // Behaviour: without a traceparent, or with one that is not valid, a new trace is
+    // started and a tracestate (which belonged to no trace) is dropped.
+    #[tokio::test]
+    async fn a_missing_or_broken_trace_starts_a_new_one() {
+        for given in [
+            &[("tracestate", "vendor=abc")][..],
+            &[
+                (
+                    "traceparent",
+                    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                ),
+                ("tracestate", "vendor=abc"),
+            ][..],
+        ] {
+            let h = forwarded(given).await;
+            let p = parts(&h[&TRACEPARENT]);
+            assert_eq!(p.len(), 4);
+            assert_eq!(p[1].len(), 32);
+            assert_ne!(p[1], "00000000000000000000000000000000");
+            assert!(p[1].bytes().all(|b| b.is_ascii_hexdigit()));
+            assert!(h.get(&TRACESTATE).is_none(), "{given:?}: tracestate kept");
+        }
+    }
+}

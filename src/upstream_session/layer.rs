@@ -342,3 +342,138 @@ impl Exchange {
         Ok(resp)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, StatusCode};
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::body::empty;
+    use crate::route::layer::RouteLayer;
+    use crate::testing::{gateway, get, Answer, Reached, Stub};
+
+    const CONFIG: &str = r#"
+server:
+  listen: "127.0.0.1:0"
+upstreams:
+  - name: plain
+    url: "http://127.0.0.1:9"
+  - name: s4
+    url: "http://127.0.0.1:9/odata"
+    csrf: {fetch_path: /odata/}
+routes:
+  - {name: strip, path_prefix: /strip, upstream: plain, auth: none, strip_cookies: true}
+  - {name: keep, path_prefix: /keep, upstream: plain, auth: none}
+  - {name: s4, path_prefix: /s4, upstream: s4, auth: none}
+"#;
+
+    fn with_cookie(method: Method, path: &str) -> Request<http_body_util::Empty<Bytes>> {
+        let mut req = get(path);
+        *req.method_mut() = method;
+        req.headers_mut()
+            .insert(COOKIE, HeaderValue::from_static("client=1"));
+        req.headers_mut().insert(
+            X_CSRF_TOKEN.clone(),
+            HeaderValue::from_static("clients-own"),
+        );
+        req
+    }
+
+    // Behaviour: `strip_cookies: true` keeps the client's cookies from the upstream;
+    // a route without it forwards them; neither touches anything else.
+    #[tokio::test]
+    async fn strip_cookies_removes_the_clients_cookies_only_where_asked() {
+        let (gw, _dir) = gateway(CONFIG);
+        let reached = Reached::default();
+        let svc = RouteLayer::new(gw.clone())
+            .layer(UpstreamSessionLayer::new(gw).layer(Stub(reached.clone())));
+
+        svc.clone()
+            .oneshot(with_cookie(Method::GET, "/strip/x"))
+            .await
+            .unwrap();
+        let seen = reached.last();
+        assert!(
+            seen.headers().get(COOKIE).is_none(),
+            "strip_cookies forwarded a cookie"
+        );
+        assert_eq!(seen.headers()[&X_CSRF_TOKEN], "clients-own");
+
+        svc.oneshot(with_cookie(Method::GET, "/keep/x"))
+            .await
+            .unwrap();
+        assert_eq!(reached.last().headers()[COOKIE], "client=1");
+    }
+
+    // Behaviour: on a `csrf` upstream the session is tollgate's: the client's cookies
+    // and X-CSRF-Token never reach it; a safe request needs no token; the upstream's
+    // Set-Cookie and X-CSRF-Token go into the session's jar, not to the client, and
+    // the next request carries the session's cookie.
+    #[tokio::test]
+    async fn a_csrf_upstreams_cookies_stay_in_the_gateways_session() {
+        let (gw, _dir) = gateway(CONFIG);
+        let reached = Reached::default();
+        let upstream = Answer::with(reached.clone(), || {
+            let mut resp = Response::new(empty());
+            let h = resp.headers_mut();
+            h.append(
+                SET_COOKIE,
+                HeaderValue::from_static("SAP_SESSIONID=abc; Path=/"),
+            );
+            h.insert(
+                X_CSRF_TOKEN.clone(),
+                HeaderValue::from_static("upstream-token"),
+            );
+            resp
+        });
+        let svc = RouteLayer::new(gw.clone())
+            .layer(UpstreamSessionLayer::new(gw.clone()).layer(upstream));
+
+        let resp = svc
+            .clone()
+            .oneshot(with_cookie(Method::GET, "/s4/Orders"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(
+            resp.headers().get(SET_COOKIE).is_none(),
+            "the upstream's cookie reached the client"
+        );
+        assert!(
+            resp.headers().get(&X_CSRF_TOKEN).is_none(),
+            "the upstream's token reached the client"
+        );
+        let first = reached.last();
+        assert!(
+            first.headers().get(COOKIE).is_none(),
+            "the client's cookie reached a csrf upstream"
+        );
+        assert!(
+            first.headers().get(&X_CSRF_TOKEN).is_none(),
+            "the client's X-CSRF-Token was forwarded"
+        );
+
+        svc.oneshot(with_cookie(Method::GET, "/s4/Orders"))
+            .await
+            .unwrap();
+        assert_eq!(reached.last().headers()[COOKIE], "SAP_SESSIONID=abc");
+        assert_eq!(reached.count(), 2);
+    }
+
+    // Behaviour: a modifying request to a `csrf` upstream first fetches a token; when
+    // that fetch fails the request is refused (502) and never sent without a token.
+    #[tokio::test]
+    async fn a_modifying_request_is_not_sent_without_a_token() {
+        let (gw, _dir) = gateway(CONFIG);
+        let reached = Reached::default();
+        let svc = RouteLayer::new(gw.clone())
+            .layer(UpstreamSessionLayer::new(gw).layer(Stub(reached.clone())));
+        let err = svc
+            .oneshot(with_cookie(Method::POST, "/s4/Orders"))
+            .await
+            .expect_err("a POST went on without a CSRF token");
+        assert_eq!(err.error.status(), 502);
+        assert_eq!(reached.count(), 0);
+    }
+}
