@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::common::*;
 use crate::gwconfig::{client_credentials, idp_introspection, GatewayConfig, AUDIENCE};
-use crate::reload::{route_yaml, status_at};
+use crate::reload::route_yaml;
 
 pub(crate) const SPEC_FAMILIES: [(&str, &str); 5] = [
     ("tollgate_requests_total", "counter"),
@@ -214,7 +214,7 @@ async fn status_and_redacted_config() {
     let yaml = admin_yaml(&up, &idp);
     let gw = spawn_gateway(&yaml).await;
 
-    let st = status_at(&gw.admin_url("")).await;
+    let st = admin_status(&gw).await;
     assert_eq!(st["config_version"], 1, "{st:#}");
     assert_eq!(st["ready"], true, "{st:#}");
     assert_eq!(st["routes"], 4, "{st:#}");
@@ -424,7 +424,7 @@ async fn admin_paths_are_not_public() {
     }
     assert_eq!(a.count(), 0);
     assert_eq!(
-        status_at(&gw.admin_url("")).await["config_version"],
+        admin_status(&gw).await["config_version"],
         1,
         "nothing reloaded"
     );

@@ -402,28 +402,16 @@ const ADMIN_PASSWORD: &str = "admin-Pa55word-never-logged";
 
 /// A gateway whose admin API takes Basic credentials (`ops` / [`ADMIN_PASSWORD`]);
 /// `extra`: more keys of the `admin_auth` block.
-async fn basic_admin(extra: &str) -> Gw {
+async fn basic_admin(extra: serde_json::Value) -> Gw {
     let up = spawn_upstream().await;
     let hash = tollgate::token_service::hash_secret(ADMIN_PASSWORD).unwrap();
-    let yaml = format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-  admin_auth:
-    type: basic
-    username: ops
-    password_hash: "{hash}"
-{extra}upstreams:
-  - name: app
-    url: "{}"
-routes:
-  - name: public
-    path_prefix: /
-    upstream: app
-    auth: none
-"#,
-        up.url()
-    );
+    let mut admin_auth = json!({"type": "basic", "username": "ops", "password_hash": hash});
+    crate::gwconfig::merge(&mut admin_auth, extra);
+    let yaml = GatewayConfig::new()
+        .merge("server", json!({ "admin_auth": admin_auth }))
+        .upstream("app", &up.url())
+        .open_route("public", "/", "app")
+        .yaml();
     spawn_gateway(&yaml).await
 }
 
@@ -459,7 +447,7 @@ const ADMIN_ARGON2: &str = "tollgate_argon2_checks_total{purpose=\"admin_auth\"}
 // first request) do not count.
 #[tokio::test]
 async fn admin_basic_auth_refuses_an_address_after_ten_failures() {
-    let gw = basic_admin("").await;
+    let gw = basic_admin(json!({})).await;
     let (a, b) = (client_from("127.0.0.1"), client_from("127.0.0.2"));
     // b signs in (one argon2 check; the verified value is then remembered).
     assert_eq!(admin_get(&b, &gw, Some(ADMIN_PASSWORD)).await.status(), 200);
@@ -541,7 +529,7 @@ async fn admin_basic_auth_refuses_an_address_after_ten_failures() {
 // has passed, the address may try again.
 #[tokio::test]
 async fn admin_failed_auth_limit_is_configurable_and_ends_with_its_window() {
-    let gw = basic_admin("    failed_auth_limit: {limit: 2, per: 2s}\n").await;
+    let gw = basic_admin(json!({"failed_auth_limit": {"limit": 2, "per": "2s"}})).await;
     let a = client_from("127.0.0.3");
     for i in 0..2 {
         assert_eq!(
@@ -574,30 +562,20 @@ async fn admin_failed_auth_limit_is_configurable_and_ends_with_its_window() {
 async fn unknown_client_ids_cost_the_same_argon2_check_as_wrong_secrets() {
     let up = spawn_upstream().await;
     let hash = tollgate::token_service::hash_secret("dash-secret-1").unwrap();
-    let yaml = format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-  admin_listen: "127.0.0.1:0"
-token_service:
-  path: /oauth2/token
-  issuer: "https://gw.test"
-  audience: "https://api.test"
-  failed_auth_limit: {{limit: 4, per: 1m}}
-  clients:
-    - id: dash
-      secret_hash: "{hash}"
-      scopes: [a]
-upstreams:
-  - name: app
-    url: "{}"
-routes:
-  - name: public
-    path_prefix: /
-    upstream: app
-    auth: none
-"#,
-        up.url()
-    );
+    let yaml = GatewayConfig::new()
+        .set(
+            "token_service",
+            json!({
+                "path": "/oauth2/token",
+                "issuer": "https://gw.test",
+                "audience": "https://api.test",
+                "failed_auth_limit": {"limit": 4, "per": "1m"},
+                "clients": [{"id": "dash", "secret_hash": hash, "scopes": ["a"]}],
+            }),
+        )
+        .upstream("app", &up.url())
+        .open_route("public", "/", "app")
+        .yaml();
     let gw = spawn_gateway(&yaml).await;
     let argon2 = async || {
         series_value(
@@ -732,30 +710,21 @@ async fn a_jwt_is_introspected_only_by_the_issuer_it_names() {
     let (own, other) = (spawn_idp().await, spawn_idp().await);
     let up = spawn_upstream().await;
     let intro = |idp: &Idp, name: &str| {
-        format!(
-            "  - name: {name}\n    issuer: \"{}\"\n    introspection:\n      url: \"{}\"\n      client_id: {INTROSPECT_ID}\n      client_secret: \"{INTROSPECT_SECRET}\"\n",
-            idp.issuer,
-            idp.url("/introspect")
-        )
+        json!({
+            "name": name,
+            "issuer": idp.issuer,
+            "introspection": crate::gwconfig::idp_introspection(idp, INTROSPECT_SECRET),
+        })
     };
-    let yaml = format!(
-        r#"server:
-  listen: "127.0.0.1:0"
-issuers:
-{}{}upstreams:
-  - name: app
-    url: "{}"
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: app
-    auth:
-      scopes: [api]
-"#,
-        intro(&other, "other"),
-        intro(&own, "own"),
-        up.url()
-    );
+    let yaml = GatewayConfig::public_only()
+        .issuer_block(intro(&other, "other"))
+        .issuer_block(intro(&own, "own"))
+        .upstream("app", &up.url())
+        .route(
+            json!({"name": "api", "path_prefix": "/api", "upstream": "app",
+                      "auth": {"scopes": ["api"]}}),
+        )
+        .yaml();
     let gw = spawn_gateway(&yaml).await;
     let active = |idp: &Idp| json!({"active": true, "iss": idp.issuer, "client_id": "c", "scope": "api", "exp": now() + 300});
     let jwt = own.token(json!({"scope": "api"}));

@@ -310,7 +310,8 @@ async fn explain_and_policy_tests_show_claims() {
     assert!(out.stdout.contains("2 passed, 0 failed"), "{}", out.stdout);
 }
 
-// Behaviour: bad claims config is refused with located problems.
+// Behaviour: bad claims config is refused with located problems. (Literal YAML: the
+// line and column numbers are what this tests.)
 #[test]
 fn bad_claims_are_located() {
     let dir = tempfile::tempdir().unwrap();

@@ -955,6 +955,34 @@ pub fn series_value(text: &str, series: &str) -> Option<f64> {
 }
 
 /// The `/metrics` page of an admin listener (`base`: `http://host:port`).
+/// `GET /admin/status` of the admin listener at `base` (200 asserted), as JSON.
+pub async fn admin_status_at(base: &str) -> serde_json::Value {
+    let r = client()
+        .get(format!("{base}/admin/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// `GET /admin/status` of `gw` (200 asserted), as JSON.
+pub async fn admin_status(gw: &Gw) -> serde_json::Value {
+    admin_status_at(&gw.admin_url("")).await
+}
+
+/// Upstream `name`'s entry in `gw`'s `/admin/status`.
+pub async fn upstream_status(gw: &Gw, name: &str) -> serde_json::Value {
+    let status = admin_status(gw).await;
+    status["upstreams"]
+        .as_array()
+        .expect("upstreams in /admin/status")
+        .iter()
+        .find(|u| u["name"] == name)
+        .unwrap_or_else(|| panic!("upstream {name} in /admin/status: {status}"))
+        .clone()
+}
+
 pub async fn admin_metrics(base: &str) -> String {
     let r = client()
         .get(format!("{base}/metrics"))

@@ -297,21 +297,7 @@ fn config(dns: &Dnsmasq, url: &str, extra: serde_json::Value) -> String {
 }
 
 async fn status(gw: &Gw) -> serde_json::Value {
-    let s = json_of(
-        client()
-            .get(gw.admin_url("/admin/status"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    s["upstreams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["name"] == "svc")
-        .expect("upstream svc in /admin/status")
-        .clone()
+    upstream_status(gw, "svc").await
 }
 
 /// The endpoint labels of upstream `svc` in /admin/status, sorted.

@@ -165,21 +165,7 @@ fn config(backends: &[&Backend], extra: Value) -> String {
 
 /// The endpoints of upstream `pool` in `/admin/status`, by endpoint label.
 async fn endpoints(gw: &Gw) -> HashMap<String, serde_json::Value> {
-    let status = json_of(
-        client()
-            .get(gw.admin_url("/admin/status"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let up = status["upstreams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["name"] == "pool")
-        .expect("upstream pool in /admin/status")
-        .clone();
+    let up = upstream_status(gw, "pool").await;
     up["endpoints"]
         .as_array()
         .unwrap()

@@ -42,16 +42,6 @@ pub(crate) async fn reloads_at(admin: &str) -> (f64, f64) {
     )
 }
 
-pub(crate) async fn status_at(admin: &str) -> serde_json::Value {
-    let r = client()
-        .get(format!("{admin}/admin/status"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    json_of(r).await
-}
-
 /// How long a config change (file edit, ConfigMap swap, rotated certificate) may take to
 /// be applied before a test fails. SPEC promises 2 s; a busy machine needs more.
 pub(crate) const RELOAD_DEADLINE: Duration = Duration::from_secs(10);
@@ -87,7 +77,7 @@ pub(crate) async fn wait_for_status(
     eventually(
         "/admin/status matches",
         RELOAD_DEADLINE,
-        async || status_at(admin).await,
+        async || admin_status_at(admin).await,
         |s| pred(s),
     )
     .await
@@ -115,7 +105,7 @@ async fn file_edit_is_applied_live() {
     let b = spawn_upstream().await;
     let gw = spawn_gateway(&route_yaml(&a.url(), "v1", "/api")).await;
     let admin = gw.admin_url("");
-    let st = status_at(&admin).await;
+    let st = admin_status_at(&admin).await;
     assert_eq!(st["config_version"], 1);
     let (ok0, fail0) = reloads_at(&admin).await;
     assert_eq!((ok0, fail0), (0.0, 0.0));
@@ -149,7 +139,7 @@ async fn file_edit_is_applied_live() {
     );
     assert_eq!(a.count(), 1);
 
-    let st = status_at(&admin).await;
+    let st = admin_status_at(&admin).await;
     assert_eq!(st["config_version"], 2, "{st:#}");
     assert_eq!(st["last_reload"]["success"], true, "{st:#}");
     assert_eq!(st["last_reload"]["trigger"], "file", "{st:#}");
@@ -158,7 +148,7 @@ async fn file_edit_is_applied_live() {
     // The watcher must not apply the same content twice.
     tokio::time::sleep(NOTHING_MORE_FOR).await;
     assert_eq!(reloads_at(&admin).await, (ok0 + 1.0, fail0));
-    assert_eq!(status_at(&admin).await["config_version"], 2);
+    assert_eq!(admin_status_at(&admin).await["config_version"], 2);
     let m = admin_metrics(&admin).await;
     assert_eq!(
         series_value(&m, "tollgate_config_version"),
@@ -228,7 +218,7 @@ async fn invalid_edit_is_rejected_then_recovers() {
         200,
     )
     .await;
-    let st = status_at(&admin).await;
+    let st = admin_status_at(&admin).await;
     assert_eq!(st["config_version"], 3, "{st:#}");
     assert_eq!(reloads_at(&admin).await, (2.0, 1.0));
     gw.stop().await;
@@ -286,7 +276,7 @@ async fn configmap_symlink_swap_is_applied() {
             .status(),
         404
     );
-    let st = status_at(&admin).await;
+    let st = admin_status_at(&admin).await;
     assert_eq!(st["config_version"], 2, "{st:#}");
     assert_eq!(st["last_reload"]["success"], true, "{st:#}");
     assert_eq!(reloads_at(&admin).await, (1.0, 0.0));
@@ -304,7 +294,7 @@ async fn configmap_symlink_swap_is_applied() {
         200,
     )
     .await;
-    assert_eq!(status_at(&admin).await["config_version"], 3);
+    assert_eq!(admin_status_at(&admin).await["config_version"], 3);
     running.shutdown().await;
 }
 
@@ -371,7 +361,7 @@ async fn admin_reload_endpoint() {
         let body = json_of(r).await;
         assert_eq!(body["result"], "success", "{body:#}");
         assert_eq!(body["config_version"], want, "{body:#}");
-        let st = status_at(&admin).await;
+        let st = admin_status_at(&admin).await;
         assert_eq!(st["config_version"], want);
         assert_eq!(st["last_reload"]["trigger"], "admin");
     }
@@ -398,7 +388,7 @@ async fn admin_reload_endpoint() {
     assert_eq!(fail, 0.0);
     // Three by hand, plus at most one by the watcher if it saw the change first.
     assert!(ok == 3.0 || ok == 4.0, "{ok}");
-    assert_eq!(status_at(&admin).await["config_version"], ok + 1.0);
+    assert_eq!(admin_status_at(&admin).await["config_version"], ok + 1.0);
 
     // Invalid: wait until the watcher has rejected it, then ask explicitly.
     let bad = route_yaml(&a.url(), "api", "/moved").replace("upstream: bi\n", "upstream: nope\n");
@@ -424,7 +414,7 @@ async fn admin_reload_endpoint() {
         "missing {want:?} in {body:#}"
     );
     assert_eq!(reloads_at(&admin).await, (ok, 2.0));
-    let st = status_at(&admin).await;
+    let st = admin_status_at(&admin).await;
     assert_eq!(st["last_reload"]["trigger"], "admin");
     assert_eq!(st["last_reload"]["success"], false);
     assert_eq!(

@@ -26,15 +26,7 @@ async fn reload(gw: &Gw) -> (u16, serde_json::Value) {
 }
 
 async fn last_reload(gw: &Gw) -> serde_json::Value {
-    let st = json_of(
-        client()
-            .get(gw.admin_url("/admin/status"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    st["last_reload"].clone()
+    admin_status(gw).await["last_reload"].clone()
 }
 
 // Behaviour: a reload reports how long it took, in total and per phase; a rejected
