@@ -67,13 +67,15 @@ TWO_CORE = {"plain2", "jwt2"}
 # these are the defaults it checks (edit here). Ratios are tollgate / peer, same run.
 # The targets of issue 7 (ratios measured side by side in one run).
 TARGETS = {
-    "plain_vs_haproxy": 0.90,       # plain proxy (auth: none) req/s >= 0.9x HAProxy plain
-    "jwt_vs_haproxy": 2.00,         # RS256 + scope, 1000 distinct valid tokens cycling: >= 2.0x HAProxy jwt_verify
+    # Issue 18 raised these from issue 7's (0.9x plain, 2.0x JWT, 1.0x upload, 0.8x h2).
+    "plain_vs_haproxy": 1.00,       # plain proxy (auth: none) req/s >= HAProxy plain
+    "plain_cpu_vs_haproxy": 1.00,   # plain proxy server CPU us/request <= HAProxy's
+    "jwt_vs_haproxy": 2.20,         # RS256 + scope, 1000 distinct valid tokens cycling: >= 2.2x HAProxy jwt_verify
     "jwt_vs_plain": 0.85,           # (extra) auth on a hot token costs <= 15% of plain throughput
     "miss_vs_haproxy": 1.00,        # every token distinct (cache misses): >= 1.0x HAProxy
     "p99_vs_haproxy": 1.00,         # p99 latency at 64 connections no worse than HAProxy's (plain and JWT)
-    "upload_vs_haproxy": 1.00,      # 1 MiB POST streamed to an upstream reading the whole body: >= HAProxy
-    "h2_vs_haproxy": 0.80,          # HTTP/2 (h2load, 64 conns x 10 streams): >= 0.8x HAProxy
+    "upload_vs_haproxy": 1.10,      # 1 MiB POST streamed to an upstream reading the whole body: >= 1.1x HAProxy
+    "h2_vs_haproxy": 1.00,          # HTTP/2 (h2load, 64 conns x 10 streams): >= HAProxy
     "idle_kib_per_conn": 20.0,      # 10,000 idle keep-alive connections: under 20 KiB per connection
     "routes_10k_within": 0.05,      # 10k routes with permissions within 5% of a 10-route config
     "reload_10k_seconds": 0.10,     # a reload of the 10k-route config compiles in under 100 ms

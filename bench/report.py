@@ -67,6 +67,12 @@ def targets(res, T):
     add("plain proxy throughput vs HAProxy", f"≥ {T['plain_vs_haproxy']:.2f}×", f(v, 2) + "×" if v else "–",
         None if v is None else v >= T["plain_vs_haproxy"],
         "CPU/req ratio {}×".format(f(r("plain", "tollgate", "HAProxy", "cpu_us_per_req"), 2)))
+    v = r("plain", "tollgate", "HAProxy", "cpu_us_per_req")
+    add("plain proxy server CPU µs/request vs HAProxy (lower is better)",
+        f"≤ {T.get('plain_cpu_vs_haproxy', 1.0):.2f}×", f(v, 2) + "×" if v else "–",
+        None if v is None else v <= T.get("plain_cpu_vs_haproxy", 1.0),
+        "{} vs {} µs".format(f(get(res, "plain", "tollgate", "cpu_us_per_req"), 1),
+                             f(get(res, "plain", "HAProxy", "cpu_us_per_req"), 1)))
     v = r("jwt", "tollgate", "HAProxy")
     add("RS256 + scope (1000 hot tokens) vs HAProxy jwt_verify", f"≥ {T['jwt_vs_haproxy']:.2f}×",
         f(v, 2) + "×" if v else "–", None if v is None else v >= T["jwt_vs_haproxy"])
