@@ -846,9 +846,13 @@ def main():
     tg_env = {"TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"}
     tg = start("tollgate", [TOLLGATE, "run", "--config", tollgate_conf("tollgate.yaml", P["tg"], P["tg_admin"])],
                env=tg_env)
-    tglog = start("tollgate-log", [TOLLGATE, "run", "--config",
+    # BENCH_BASE=BINARY: another tollgate build (an older commit) takes the `tollgate+log`
+    # slot, with its log off like `tollgate`, so the two builds are measured side by side
+    # against the same HAProxy in one run (bench/README.md "Two builds").
+    base_bin = os.environ.get("BENCH_BASE")
+    tglog = start("tollgate-log", [base_bin or TOLLGATE, "run", "--config",
                                    tollgate_conf("tollgate-log.yaml", P["tglog"], P["tglog_admin"])],
-                  env={"TOKIO_WORKER_THREADS": "1", "RUST_LOG": "info"})
+                  env={"TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn" if base_bin else "info"})
     big = tollgate_conf("tollgate-10k.yaml", P["tg10k"], P["tg10k_admin"], extra_routes=N_ROUTES_BIG - 3)
     t_big = time.perf_counter()
     tg10k = start("tollgate-10k", [TOLLGATE, "run", "--config", big], env=tg_env)
@@ -887,7 +891,12 @@ def main():
                                      "upload": P["hap_plain"]})
     tg_peer = Peer("tollgate", tg, {"plain": P["tg"], "jwt": P["tg"], "h2": P["tg"], "upload": P["tg"]},
                    admin=P["tg_admin"])
-    tglog_peer = Peer("tollgate+log", tglog, {"plain": P["tglog"]}, admin=P["tglog_admin"])
+    if base_bin:
+        tglog_peer = Peer("tollgate base", tglog, {"plain": P["tglog"], "jwt": P["tglog"], "h2": P["tglog"],
+                                                   "upload": P["tglog"]}, admin=P["tglog_admin"])
+    else:
+        tglog_peer = Peer("tollgate+log", tglog, {"plain": P["tglog"]}, admin=P["tglog_admin"])
+    base = [tglog_peer] if base_bin else []
     tg10k_peer = Peer("tollgate 10k", tg10k, {"jwt": P["tg10k"]}, admin=P["tg10k_admin"])
     if two_core:
         nginx2_peer = Peer("nginx direct", NGINX["two"], {"plain": P["up2"]})
@@ -898,7 +907,7 @@ def main():
 
     # ---- 5. every peer must refuse forged / missing tokens before anything is measured ----
     log("checks: forged / tampered / missing / wrong-scope tokens must be refused")
-    for peer in [hap_peer, tg_peer, tg10k_peer] + ([hap2_peer, tg2_peer] if two_core else []):
+    for peer in [hap_peer, tg_peer, tg10k_peer] + base + ([hap2_peer, tg2_peer] if two_core else []):
         check_peer(peer.name, peer.ports["jwt"], "/api/data", tokens, require=True)
     if env_peer:
         if not check_peer("Envoy", P["env_jwt"], "/api/data", tokens, require=False):
@@ -920,15 +929,16 @@ def main():
         return run_wrk(f"http://127.0.0.1:{p.ports['plain']}/plain/x", 64, d)
     workload("plain", "plain proxy (auth: none), HTTP/1.1, 64 connections",
              [nginx_peer, hap_peer] + opt + [tg_peer, tglog_peer], plain, direct=nginx_peer,
-             notes="`tollgate+log` is the same binary with its access log on (RUST_LOG=info, stderr to a file); "
-                   "every other peer logs nothing per request.")
+             notes=(f"`tollgate base` is the build at {base_bin}, log off like `tollgate`." if base_bin else
+                    "`tollgate+log` is the same binary with its access log on (RUST_LOG=info, stderr to a file); "
+                    "every other peer logs nothing per request."))
 
     def jwt_hot(p, d):
         r = run_wrk(f"http://127.0.0.1:{p.ports['jwt']}/api/data", 64, d, lua_tokens, [hot_file, 0])
         r["wrapped"] = 0  # cycling through the 1000 hot tokens is the point here
         return r
     workload("jwt", f"RS256 JWT + scope, {N_HOT} distinct valid tokens cycling, 64 connections",
-             [hap_peer] + opt_jwt + [tg_peer], jwt_hot, direct=nginx_peer,
+             [hap_peer] + opt_jwt + [tg_peer] + base, jwt_hot, direct=nginx_peer,
              notes="HAProxy verifies every request (jwt_verify has no result cache); Envoy caches up to 2000 "
                    "verified tokens (jwt_cache_config); tollgate uses its verified-token cache.")
 
@@ -941,19 +951,19 @@ def main():
         r["wrapped"] = int(r["requests"] > tokens["n_miss"])
         return r
     workload("miss", "RS256 JWT + scope, every token distinct (cache misses), 64 connections",
-             [hap_peer] + opt_jwt + [tg_peer], jwt_miss, direct=nginx_peer,
+             [hap_peer] + opt_jwt + [tg_peer] + base, jwt_miss, direct=nginx_peer,
              notes=f"{tokens['n_miss']} distinct tokens; tollgate's verified-token cache is flushed before "
                    "each run; `wrapped` > 0 would mean a run reused tokens.")
 
     def upload(p, d):
         return run_wrk(f"http://127.0.0.1:{p.ports['upload']}/upload", 16, d, lua_upload)
     workload("upload", "1 MiB POST streamed to an upstream that reads the whole body, 16 connections",
-             [nginx_peer, hap_peer] + opt + [tg_peer], upload, direct=nginx_peer)
+             [nginx_peer, hap_peer] + opt + [tg_peer] + base, upload, direct=nginx_peer)
 
     def h2(p, d):
         return run_h2load(f"http://127.0.0.1:{p.ports['h2']}/plain/x", d)
     workload("h2", "HTTP/2 (h2c prior knowledge) plain proxy, h2load 64 connections x 10 streams",
-             [nginx_peer, hap_peer] + opt + [tg_peer], h2, direct=nginx_peer,
+             [nginx_peer, hap_peer] + opt + [tg_peer] + base, h2, direct=nginx_peer,
              notes="Upstream side is HTTP/1.1 for every proxy.")
 
     # Two-core mode: servers, their upstream and wrk (2 threads) all on both cores.
@@ -990,7 +1000,7 @@ def main():
         log(f"  reload 10k: {[round(t, 3) for t in times]} s; 10 routes: {[round(t, 3) for t in times10]} s")
         save()
 
-    idle_workload([tg_peer, hap_peer] + opt)
+    idle_workload([tg_peer, hap_peer] + opt + base)
 
     if (not ONLY or "perf" in ONLY) and shutil.which("perf"):
         log("perf profiles of tollgate (extra, unmeasured runs)")
@@ -1002,7 +1012,8 @@ def main():
     RESULTS["meta"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     save()
     import report
-    report.write(RESULTS, TARGETS, os.path.join(HERE, "RESULTS.md"), os.path.join(OUT, "micro.txt"))
+    report.write(RESULTS, TARGETS, os.environ.get("BENCH_REPORT") or os.path.join(HERE, "RESULTS.md"),
+                 os.path.join(OUT, "micro.txt"))
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ def write(res, T, path, micro_path):
     if res.get("notes"):
         L.append("**Notes**: " + " ".join(res["notes"]) + "\n")
     L.append("## Targets\n")
-    L.append("The targets of issue 7, as `bench/bench.py` (`TARGETS`) checks them. Ratios are tollgate ÷ "
+    L.append("The targets (issue 7, raised by issue 18), as `bench/bench.py` (`TARGETS`) checks them. Ratios are tollgate ÷ "
              "peer from the same run. The reload target (100 ms) is for compiling the config; the figure "
              "measured is the whole `POST /admin/reload` (read, validate, compile, swap).\n")
     L.append(targets(res, T) + "\n")
