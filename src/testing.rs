@@ -61,11 +61,23 @@ routes:
     auth: none
 "#;
 
+/// A config of `rest` (its `upstreams` and `routes`) behind a public listener on a free
+/// loopback port: the layers' own test configs state only what they are about.
+pub fn config(rest: &str) -> String {
+    format!("server:\n  listen: \"127.0.0.1:0\"\n{rest}")
+}
+
 /// What reached the stub: the request as it arrived, extensions included.
 #[derive(Clone, Default)]
 pub struct Reached(pub Arc<Mutex<Vec<Request<()>>>>);
 
 impl Reached {
+    /// Keeps `req`'s head (its body is dropped).
+    pub fn record<B>(&self, req: Request<B>) {
+        let (parts, _) = req.into_parts();
+        self.0.lock().unwrap().push(Request::from_parts(parts, ()));
+    }
+
     pub fn count(&self) -> usize {
         self.0.lock().unwrap().len()
     }
@@ -96,12 +108,7 @@ impl<B> tower::Service<Request<B>> for Stub {
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let (parts, _) = req.into_parts();
-        self.0
-             .0
-            .lock()
-            .unwrap()
-            .push(Request::from_parts(parts, ()));
+        self.0.record(req);
         std::future::ready(Ok(Response::new(empty())))
     }
 }
@@ -154,12 +161,7 @@ impl<B> tower::Service<Request<B>> for Answer {
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let (parts, _) = req.into_parts();
-        self.reached
-            .0
-            .lock()
-            .unwrap()
-            .push(Request::from_parts(parts, ()));
+        self.reached.record(req);
         std::future::ready(Ok((self.respond)()))
     }
 }

@@ -513,11 +513,9 @@ mod tests {
 
     use super::*;
     use crate::route::layer::RouteLayer;
-    use crate::testing::{gateway, get, Reached, Stub};
+    use crate::testing::{config, gateway, get, Reached, Stub};
 
     const CONFIG: &str = r#"
-server:
-  listen: "127.0.0.1:0"
 upstreams:
   - name: feed
     url: "http://127.0.0.1:9"
@@ -550,7 +548,7 @@ routes:
     // go on as ordinary requests.
     #[tokio::test]
     async fn bad_handshakes_are_refused_and_ordinary_requests_pass() {
-        let (gw, _dir) = gateway(CONFIG);
+        let (gw, _dir) = gateway(&config(CONFIG));
         let reached = Reached::default();
         let svc =
             RouteLayer::new(gw.clone()).layer(WebSocketLayer::new(gw).layer(Stub(reached.clone())));

@@ -205,11 +205,9 @@ mod tests {
 
     use super::*;
     use crate::route::layer::RouteLayer;
-    use crate::testing::{gateway, get, Answer, Reached, Stub};
+    use crate::testing::{config, gateway, get, Answer, Reached, Stub};
 
     const CONFIG: &str = r#"
-server:
-  listen: "127.0.0.1:0"
 upstreams:
   - name: plain
     url: "http://127.0.0.1:9"
@@ -251,7 +249,7 @@ routes:
     // a `type: basic` upstream gets its own Basic credentials instead of the caller's.
     #[tokio::test]
     async fn basic_credentials_replace_the_callers_and_none_leave_it() {
-        let (gw, _dir) = gateway(CONFIG);
+        let (gw, _dir) = gateway(&config(CONFIG));
         let reached = Reached::default();
         let svc = RouteLayer::new(gw.clone())
             .layer(UpstreamAuthLayer::new(gw).layer(Stub(reached.clone())));
@@ -277,7 +275,7 @@ routes:
     // fetches a new one), and a token the cache no longer holds is not touched.
     #[tokio::test]
     async fn a_cached_token_is_sent_and_dropped_when_the_upstream_refuses_it() {
-        let (gw, _dir) = gateway(CONFIG);
+        let (gw, _dir) = gateway(&config(CONFIG));
         let src = oauth_source(&gw);
         let token = HeaderValue::from_static("Bearer upstream-token-1");
         gw.tokens
@@ -313,7 +311,7 @@ routes:
     // off, the next request is refused at once from the cache.
     #[tokio::test]
     async fn an_unreachable_token_endpoint_is_a_502_before_the_upstream() {
-        let (gw, _dir) = gateway(CONFIG);
+        let (gw, _dir) = gateway(&config(CONFIG));
         let reached = Reached::default();
         let svc = RouteLayer::new(gw.clone())
             .layer(UpstreamAuthLayer::new(gw.clone()).layer(Stub(reached.clone())));

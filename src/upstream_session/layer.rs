@@ -351,11 +351,9 @@ mod tests {
     use super::*;
     use crate::body::empty;
     use crate::route::layer::RouteLayer;
-    use crate::testing::{gateway, get, Answer, Reached, Stub};
+    use crate::testing::{config, gateway, get, Answer, Reached, Stub};
 
     const CONFIG: &str = r#"
-server:
-  listen: "127.0.0.1:0"
 upstreams:
   - name: plain
     url: "http://127.0.0.1:9"
@@ -384,7 +382,7 @@ routes:
     // a route without it forwards them; neither touches anything else.
     #[tokio::test]
     async fn strip_cookies_removes_the_clients_cookies_only_where_asked() {
-        let (gw, _dir) = gateway(CONFIG);
+        let (gw, _dir) = gateway(&config(CONFIG));
         let reached = Reached::default();
         let svc = RouteLayer::new(gw.clone())
             .layer(UpstreamSessionLayer::new(gw).layer(Stub(reached.clone())));
@@ -412,7 +410,7 @@ routes:
     // the next request carries the session's cookie.
     #[tokio::test]
     async fn a_csrf_upstreams_cookies_stay_in_the_gateways_session() {
-        let (gw, _dir) = gateway(CONFIG);
+        let (gw, _dir) = gateway(&config(CONFIG));
         let reached = Reached::default();
         let upstream = Answer::with(reached.clone(), || {
             let mut resp = Response::new(empty());
@@ -465,7 +463,7 @@ routes:
     // that fetch fails the request is refused (502) and never sent without a token.
     #[tokio::test]
     async fn a_modifying_request_is_not_sent_without_a_token() {
-        let (gw, _dir) = gateway(CONFIG);
+        let (gw, _dir) = gateway(&config(CONFIG));
         let reached = Reached::default();
         let svc = RouteLayer::new(gw.clone())
             .layer(UpstreamSessionLayer::new(gw).layer(Stub(reached.clone())));
