@@ -17,7 +17,8 @@
 # cargo-fuzz is installed when missing. The fuzz targets need nightly-only rustc flags
 # (sanitizers, coverage passes): with a stable toolchain the script sets
 # RUSTC_BOOTSTRAP=1, which unlocks them on stable. New inputs go to fuzz/corpus/<target>
-# (kept between runs, gitignored) on top of the hand-picked fuzz/seeds/<target>; a crash
+# (kept between runs, gitignored) on top of the hand-picked fuzz/seeds/<target> and the
+# committed minimised corpus fuzz/corpus-min/<target> (read only); a crash
 # is written to fuzz/artifacts/<target>/ and reproduced with
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run <target> fuzz/artifacts/<target>/<file>
 # Exit status: 0 when no target crashed, 1 otherwise. Each target's full libFuzzer log is
@@ -67,6 +68,10 @@ run_one() {
     before=$(find "artifacts/$t" -type f | wc -l)
     local args=(-max_total_time="$secs" -print_final_stats=1 -rss_limit_mb="$rss_mb" -timeout=10)
     [[ -f "dicts/$t.dict" ]] && args+=(-dict="dicts/$t.dict")
+    # The committed, minimised corpus of earlier campaigns (read only: new inputs go to
+    # corpus/$t; scripts/fuzz-cmin.sh refreshes it).
+    local kept=()
+    [[ -d "corpus-min/$t" ]] && kept=("corpus-min/$t")
     echo "== fuzzing $t for ${secs}s" >&2
     start=$(date +%s)
     # The outer timeout only guards against a hang of the tooling itself. `times` (in the
@@ -75,7 +80,7 @@ run_one() {
     local cpu
     cpu=$( (timeout --signal=INT --kill-after=30 $((secs + 300)) \
         nice -n "$nice_level" "$bin_dir/$t" -artifact_prefix="artifacts/$t/" "${args[@]}" \
-        "corpus/$t" "seeds/$t" >"$logs/$t.log" 2>&1 || echo "exit $?" >"$logs/$t.status"; times) | tail -1)
+        "corpus/$t" "seeds/$t" "${kept[@]}" >"$logs/$t.log" 2>&1 || echo "exit $?" >"$logs/$t.status"; times) | tail -1)
     [[ -f "$logs/$t.status" ]] && status=$(grep -o '[0-9]*' "$logs/$t.status") && rm -f "$logs/$t.status"
     took=$(( $(date +%s) - start ))
     # "0m12.345s 0m0.678s" (children's user and system time) -> whole seconds
