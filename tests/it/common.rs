@@ -954,16 +954,16 @@ pub fn series_value(text: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// The `/metrics` page of an admin listener (`base`: `http://host:port`).
+/// `GET base + path` on an admin listener (`base`: `http://host:port`), 200 asserted.
+async fn admin_ok(base: &str, path: &str) -> reqwest::Response {
+    let r = client().get(format!("{base}{path}")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "GET {path}");
+    r
+}
+
 /// `GET /admin/status` of the admin listener at `base` (200 asserted), as JSON.
 pub async fn admin_status_at(base: &str) -> serde_json::Value {
-    let r = client()
-        .get(format!("{base}/admin/status"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    admin_ok(base, "/admin/status").await.json().await.unwrap()
 }
 
 /// `GET /admin/status` of `gw` (200 asserted), as JSON.
@@ -983,12 +983,7 @@ pub async fn upstream_status(gw: &Gw, name: &str) -> serde_json::Value {
         .clone()
 }
 
+/// The `/metrics` page of an admin listener (`base`: `http://host:port`).
 pub async fn admin_metrics(base: &str) -> String {
-    let r = client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
+    admin_ok(base, "/metrics").await.text().await.unwrap()
 }
