@@ -1077,11 +1077,14 @@ async fn login_two_processes_share_one_session() {
     // No log line of either process holds the session cookie or a token.
     let value = session.split_once('=').unwrap().1;
     for (p, says) in [(&a, "signed in"), (&b, "signed out")] {
-        let logs = p.logs.lock().unwrap().join("\n");
-        assert!(
-            logs.contains(says) && logs.contains("carol"),
-            "{says}:\n{logs}"
-        );
+        // The line is read from the process's stderr by another thread: wait for it.
+        let logs = eventually(
+            &format!("a \"{says}\" line naming carol"),
+            Duration::from_secs(20),
+            async || p.logs.lock().unwrap().join("\n"),
+            |logs: &String| logs.contains(says) && logs.contains("carol"),
+        )
+        .await;
         assert!(
             !logs.contains(&value[..40]),
             "a log line holds the session cookie"
