@@ -129,7 +129,9 @@ pub async fn serve<S>(
                 })
             };
             match tls_cfg {
-                Some(cfg) => {
+                // Boxed: a TLS connection's state (the handshake, the TLS stream) is
+                // ~3 KB that a plain connection's task would otherwise carry too.
+                Some(cfg) => Box::pin(async {
                     let handshake = TlsAcceptor::from(cfg).accept(stream);
                     let timeout = gw2.current().server.limits.header_read_timeout;
                     match tokio::time::timeout(timeout, handshake).await {
@@ -156,7 +158,8 @@ pub async fn serve<S>(
                         }
                         Err(_) => tracing::debug!(remote = %remote, "TLS handshake timed out"),
                     }
-                }
+                })
+                .await,
                 None => {
                     let info = Arc::new(ConnInfo::new(remote, false).with_slot(permit.clone()));
                     let conn =

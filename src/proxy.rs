@@ -842,4 +842,27 @@ mod hop_tests {
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-kept", "content-type"]);
     }
+
+    // Cost guard: the exchange's future is boxed on every forwarded request, and a box
+    // is filled by copying the whole future. Dialling and handshakes (a new connection
+    // only) are boxed separately, so that it stays small: 7.6 KB before session 9
+    // (bench/ANALYSIS.md, "Smaller futures").
+    #[tokio::test]
+    async fn the_forwarding_future_stays_small() {
+        use crate::route::layer::Routed;
+        use tower::Service;
+        let (gw, _dir) = crate::testing::gateway(crate::testing::CONFIG);
+        let rt = gw.current();
+        let route = rt.routes.iter().find(|r| &*r.name == "open").cloned();
+        assert!(route.is_some());
+        let mut req = crate::testing::get("/open/x");
+        req.extensions_mut().insert(Routed {
+            snapshot: rt.clone(),
+            path: "/open/x".into(),
+            route,
+        });
+        let fut = Proxy::new(gw.metrics.upstream()).call(req);
+        let size = fut.boxed_size().expect("the exchange is boxed");
+        assert!(size <= 4096, "the forwarding future grew to {size} bytes");
+    }
 }

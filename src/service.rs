@@ -55,6 +55,15 @@ impl<F> Step<F> {
     pub fn boxed(fut: impl Future<Output = Outcome> + Send + 'static) -> Self {
         Step::Boxed { fut: Box::pin(fut) }
     }
+
+    /// The size of the boxed future, for the tests that keep it small.
+    #[cfg(test)]
+    pub fn boxed_size(&self) -> Option<usize> {
+        match self {
+            Step::Boxed { fut } => Some(std::mem::size_of_val(&**fut)),
+            _ => None,
+        }
+    }
 }
 
 impl<F: Future<Output = Outcome>> Future for Step<F> {

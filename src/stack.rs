@@ -154,3 +154,22 @@ pub fn policy<S>(gw: &Arc<Gateway>, inner: S) -> Policy<S> {
         .layer(RateLimitLayer::new(gw.clone()))
         .service(inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+    use http_body_util::Empty;
+
+    // Cost guard: hyper allocates the stack's future for every request (boxed in
+    // `listener`), and each layer's future holds the one below it; the slow paths
+    // (key fetches, body reads, the exchange itself) are boxed so that it stays small.
+    #[tokio::test]
+    async fn the_stack_future_stays_small() {
+        let (gw, _dir) = testing::gateway(testing::CONFIG);
+        let mut svc = public::<Empty<Bytes>>(&gw);
+        let fut = svc.call(testing::get("/open/x"));
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 2048, "the stack's future grew to {size} bytes");
+    }
+}
