@@ -541,16 +541,17 @@ pub async fn send_pooled_or_back(
         }
     });
     let mut deadline = std::pin::pin!(tokio::time::sleep(timeout));
-    std::future::poll_fn(|cx| {
+    let done = std::future::poll_fn(|cx| {
         if let Poll::Ready(r) = work.as_mut().poll(cx) {
-            return Poll::Ready(r);
+            return Poll::Ready(Some(r));
         }
-        deadline
-            .as_mut()
-            .poll(cx)
-            .map(|()| Err((UpstreamFailure::Timeout, None)))
+        deadline.as_mut().poll(cx).map(|()| None)
     })
-    .await
+    .await;
+    match done {
+        Some(r) => r,
+        None => Err((UpstreamFailure::Timeout, None)),
+    }
 }
 
 type Sent = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>;
