@@ -508,11 +508,7 @@ pub async fn send_pooled_or_back(
     req: Request<Body>,
     timeout: Duration,
 ) -> Result<Response<PooledBody>, Unsent> {
-    // The exchange and its deadline are pinned where they are made and polled here,
-    // as `tokio::time::timeout` would poll them: `timeout(t, work)` moves the ~1.1 KB
-    // exchange into its own future and that again into this one's state, two copies
-    // per request (callgrind: bench/ANALYSIS.md, "Smaller futures").
-    let mut work = std::pin::pin!(async {
+    let work = async {
         let mut req = req;
         if let Some(link) = pool.checkout() {
             match exchange(link, req).await {
@@ -539,18 +535,10 @@ pub async fn send_pooled_or_back(
                 Err((UpstreamFailure::Broken(Cause::new(e.into_error())), back))
             }
         }
-    });
-    let mut deadline = std::pin::pin!(tokio::time::sleep(timeout));
-    let done = std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = work.as_mut().poll(cx) {
-            return Poll::Ready(Some(r));
-        }
-        deadline.as_mut().poll(cx).map(|()| None)
-    })
-    .await;
-    match done {
-        Some(r) => r,
-        None => Err((UpstreamFailure::Timeout, None)),
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err((UpstreamFailure::Timeout, None)),
     }
 }
 

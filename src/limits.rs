@@ -61,23 +61,17 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let after = limits(&req).map_or(Limits::default().request_timeout, |l| l.request_timeout);
-        // The inner future is made in place, not moved through `tokio::time::timeout`.
         TimeoutFuture {
-            inner: self.inner.call(req),
-            deadline: tokio::time::sleep(after),
+            inner: tokio::time::timeout(after, self.inner.call(req)),
             after,
         }
     }
 }
 
 pin_project! {
-    /// The inner future, or a 504 once `after` has passed (the inner one is polled
-    /// first, as `tokio::time::Timeout` does).
     pub struct TimeoutFuture<F> {
         #[pin]
-        inner: F,
-        #[pin]
-        deadline: tokio::time::Sleep,
+        inner: tokio::time::Timeout<F>,
         after: std::time::Duration,
     }
 }
@@ -87,11 +81,10 @@ impl<F: Future<Output = Outcome>> Future for TimeoutFuture<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = self.project();
-        if let Poll::Ready(out) = this.inner.poll(cx) {
-            return Poll::Ready(out);
+        match std::task::ready!(this.inner.poll(cx)) {
+            Ok(out) => Poll::Ready(out),
+            Err(_) => Poll::Ready(Err(Timeout::Request { after: *this.after }.into())),
         }
-        std::task::ready!(this.deadline.poll(cx));
-        Poll::Ready(Err(Timeout::Request { after: *this.after }.into()))
     }
 }
 
