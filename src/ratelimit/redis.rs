@@ -1,11 +1,21 @@
 //! The shared store (`store: redis`): counters every replica sees, consulted by the
 //! rate-limit step after authorisation.
 //!
-//! # One atomic operation per decision
-//! A decision is one `EVALSHA` of [`SCRIPT`] (loaded with `SCRIPT LOAD` on first use and
-//! again after a Redis restart, which `redis::Script` does on `NOSCRIPT`). Redis runs a
-//! script without interleaving any other command, so read, decide and count cannot race
-//! between replicas. The script reads the time from Redis (`TIME`), so replicas with
+//! # One atomic operation per decision, decisions in batches
+//! A decision is one run of [`SCRIPT`]'s decision function inside one `EVALSHA` (loaded
+//! with `SCRIPT LOAD` on first use and again after a Redis restart, which `redis::Script`
+//! does on `NOSCRIPT`). Redis runs a script without interleaving any other command, so
+//! read, decide and count cannot race between replicas.
+//!
+//! Decisions are sent in batches: a request's decision goes into the store's queue, and
+//! one task per store sends everything queued as one `EVALSHA` over many keys (at most
+//! [`MAX_BATCH`]) — the requests that became ready in the same turn of the runtime share
+//! one command, one write, one reply and one parse, where each used to pay for its own
+//! (bench/ANALYSIS.md, "Redis decisions in batches"). A batch does not wait for the
+//! previous one: batches are pipelined on the connection, and a lone request goes out at
+//! once (after the other tasks that are ready to run have had their turn). The script
+//! decides the batch's requests one after the other, exactly as separate calls would; a
+//! decision that fails inside the script (a key of the wrong type) fails alone. The script reads the time from Redis (`TIME`), so replicas with
 //! skewed clocks still agree on windows; it runs the arithmetic of the local store (see
 //! the parent module) on a hash per key:
 //! - fixed: fields `w` (window index) and `n` (count), expiring at the end of the window;
@@ -19,15 +29,16 @@
 //!
 //! # Connection
 //! One `redis::aio::ConnectionManager` per store: a single multiplexed connection
-//! (every in-flight decision pipelined on it, no connection per request) that reconnects
+//! (every in-flight batch pipelined on it, no connection per request) that reconnects
 //! by itself when the connection drops. It is created on first use (so building the
 //! store needs neither a runtime nor a reachable Redis) and connects in the background.
 //! `rediss://` uses rustls with the system roots, or `ca_pem` for a private CA, and
 //! `client_cert_pem`/`client_key_pem` for mutual TLS.
 //!
 //! # Failures
-//! - every decision is bounded by `timeout` (waiting for a reconnect included), then
-//!   fails with [`StoreError::Timeout`];
+//! - every decision is bounded by `timeout` (waiting in the queue and for a reconnect
+//!   included), then fails with [`StoreError::Timeout`]; a batch that fails fails each of
+//!   its decisions with the same error;
 //! - after [`OPEN_AFTER`] consecutive failures the store fails fast
 //!   ([`StoreError::FailingFast`]) for [`PROBE_EVERY`], then lets one decision through
 //!   as a probe; the first success closes it again (and is logged);
@@ -44,8 +55,8 @@
 //! whose count starts again, while `noeviction` turns a full Redis into store errors that
 //! `on_error` handles. Persistence is optional: after a restart without it every window
 //! starts afresh, which over-admits at most one window's worth. Redis Cluster is not
-//! supported by this client (each decision touches one key, so the script itself would
-//! run there).
+//! supported by this client (a batch touches many keys, which Cluster only allows
+//! within one hash slot).
 
 use opentelemetry::trace::SpanKind;
 use std::fmt;
@@ -55,6 +66,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{mpsc, oneshot};
 
 use super::decision::{Decision, Source};
 use super::key::RateKey;
@@ -67,27 +79,33 @@ pub const OPEN_AFTER: u32 = 3;
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// At most one warning per this interval per store.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
+/// Most decisions in one `EVALSHA`: Redis runs nothing else while a script runs, and a
+/// decision costs it a few microseconds, so a batch holds other clients up well under a
+/// millisecond.
+pub const MAX_BATCH: usize = 64;
 
-/// The decision script. `KEYS[1]`: the counter. `ARGV`: limit, per (ms), bucket size (ms),
-/// `f`|`s`, `1` to count an admitted request (`0` to only ask). Returns
-/// `{allowed 0|1, counted, reset ms, retry ms}` (see the local store for the arithmetic).
+/// The decision script. `KEYS[i]`: the counter of decision `i`; `ARGV[5i-4 .. 5i]`: its
+/// limit, per (ms), bucket size (ms), `f`|`s`, `1` to count an admitted request (`0` to
+/// only ask). Returns `allowed(0|1) counted reset(ms) retry(ms)` for each decision, one
+/// after the other, as one string of integers separated by single spaces (see the local
+/// store for the arithmetic); a decision the script could not make (its key holds
+/// something else) answers `-1 0 0 0`. One string rather than an array of integers: the
+/// redis crate's reply parser costs about 2k instructions per array element
+/// (bench/ANALYSIS.md, "Redis decisions in batches"), tollgate's split-and-parse a few
+/// dozen per number.
 ///
 /// Written for redis-server's CPU (bench/ANALYSIS.md, "A cheaper script"): an admitted
-/// request costs `TIME`, one read (`HGETALL` / `HMGET`) and one `HINCRBY`; the key's
-/// expiry is set only when a bucket (sliding) or window (fixed) is created, since it is
-/// the end of that bucket's or window's counting either way; nothing is sorted unless
-/// the request is refused. The data layout is the one the previous script (kept in
-/// tests/fixtures/ratelimit-script-v1.lua) reads and writes, so old and new replicas
-/// sharing one Redis during a rolling deploy count into the same keys, exactly.
+/// request costs one read (`HGETALL` / `HMGET`) and one `HINCRBY`, `TIME` once per
+/// batch; the key's expiry is set only when a bucket (sliding) or window (fixed) is
+/// created, since it is the end of that bucket's or window's counting either way; nothing
+/// is sorted unless the request is refused. The data layout is the one the first script
+/// (kept in tests/fixtures/ratelimit-script-v1.lua) reads and writes, so old and new
+/// replicas sharing one Redis during a rolling deploy count into the same keys, exactly.
 pub const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local limit = tonumber(ARGV[1])
-local per = tonumber(ARGV[2])
-local commit = ARGV[5] == '1'
-local key = KEYS[1]
 local fmt = string.format
-if ARGV[4] == 'f' then
+local function fixed(key, limit, per, commit)
   local w = math.floor(now / per)
   local v = redis.call('HMGET', key, 'w', 'n')
   local n = 0
@@ -111,56 +129,74 @@ if ARGV[4] == 'f' then
   end
   local r = reset
   if n == 0 then r = 0 end
-  if allowed then return {1, n, r, 0} end
-  return {0, n, r, reset}
+  if allowed then return 1, n, r, 0 end
+  return 0, n, r, reset
 end
-local g = tonumber(ARGV[3])
-local c = math.floor(now / g)
-local lo = math.floor((now - per) / g)
-local h = redis.call('HGETALL', key)
-local total = 0
-local oldest = nil
-local live = {}
-local counts = {}
-for i = 1, #h, 2 do
-  local b = tonumber(h[i])
-  if b == nil or b < lo then
-    redis.call('HDEL', key, h[i])
+local function sliding(key, limit, per, g, commit)
+  local c = math.floor(now / g)
+  local lo = math.floor((now - per) / g)
+  local h = redis.call('HGETALL', key)
+  local total = 0
+  local oldest = nil
+  local live = {}
+  local counts = {}
+  for i = 1, #h, 2 do
+    local b = tonumber(h[i])
+    if b == nil or b < lo then
+      redis.call('HDEL', key, h[i])
+    else
+      local n = tonumber(h[i + 1]) or 0
+      total = total + n
+      if counts[b] == nil then live[#live + 1] = b end
+      counts[b] = (counts[b] or 0) + n
+      -- a bucket newer than now: the clock went back; count in it, forget nothing
+      if b > c then c = b end
+      if oldest == nil or b < oldest then oldest = b end
+    end
+  end
+  local allowed = total < limit
+  if allowed and commit then
+    total = total + 1
+    -- c is the newest bucket: the key lives as long as it counts, set when it is made
+    if redis.call('HINCRBY', key, fmt('%d', c), 1) == 1 then
+      redis.call('PEXPIRE', key, fmt('%d', (c + 1) * g + per - now))
+    end
+    if oldest == nil then oldest = c end
+  end
+  local reset = 0
+  if oldest ~= nil then reset = (oldest + 1) * g + per - now end
+  if allowed then return 1, total, reset, 0 end
+  -- refused: the oldest buckets that must stop counting for one more to fit
+  table.sort(live)
+  local need = total + 1 - limit
+  local dropped = 0
+  for i = 1, #live do
+    dropped = dropped + counts[live[i]]
+    if dropped >= need then return 0, total, reset, (live[i] + 1) * g + per - now end
+  end
+  return 0, total, reset, reset
+end
+local out = {}
+for i = 1, #KEYS do
+  local a = (i - 1) * 5
+  local limit = tonumber(ARGV[a + 1])
+  local per = tonumber(ARGV[a + 2])
+  local commit = ARGV[a + 5] == '1'
+  local ok, allowed, counted, reset, retry
+  if ARGV[a + 4] == 'f' then
+    ok, allowed, counted, reset, retry = pcall(fixed, KEYS[i], limit, per, commit)
   else
-    local n = tonumber(h[i + 1]) or 0
-    total = total + n
-    if counts[b] == nil then live[#live + 1] = b end
-    counts[b] = (counts[b] or 0) + n
-    -- a bucket newer than now: the clock went back; count in it, forget nothing
-    if b > c then c = b end
-    if oldest == nil or b < oldest then oldest = b end
+    ok, allowed, counted, reset, retry = pcall(sliding, KEYS[i], limit, per, tonumber(ARGV[a + 3]), commit)
   end
+  if not ok then allowed, counted, reset, retry = -1, 0, 0, 0 end
+  out[i] = fmt('%d %d %d %d', allowed, counted, reset, retry)
 end
-local allowed = total < limit
-if allowed and commit then
-  total = total + 1
-  -- c is the newest bucket: the key lives as long as it counts, set when it is made
-  if redis.call('HINCRBY', key, fmt('%d', c), 1) == 1 then
-    redis.call('PEXPIRE', key, fmt('%d', (c + 1) * g + per - now))
-  end
-  if oldest == nil then oldest = c end
-end
-local reset = 0
-if oldest ~= nil then reset = (oldest + 1) * g + per - now end
-if allowed then return {1, total, reset, 0} end
--- refused: the oldest buckets that must stop counting for one more to fit
-table.sort(live)
-local need = total + 1 - limit
-local dropped = 0
-for i = 1, #live do
-  dropped = dropped + counts[live[i]]
-  if dropped >= need then return {0, total, reset, (live[i] + 1) * g + per - now} end
-end
-return {0, total, reset, reset}
+return table.concat(out, ' ')
 "#;
 
-/// Why a store could not decide. Never carries the Redis URL or its password.
-#[derive(Debug, thiserror::Error)]
+/// Why a store could not decide. Never carries the Redis URL or its password. `Clone`:
+/// a batch that fails hands its error to each of its decisions.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("no answer from redis within {0:?}")]
     Timeout(Duration),
@@ -174,20 +210,24 @@ pub enum StoreError {
     Redis(#[source] redis::RedisError),
     #[error("redis answered the rate-limit script with something it never returns")]
     Reply,
+    #[error(
+        "redis could not run the rate-limit script on this counter (does something else write tollgate:rl: keys?)"
+    )]
+    Counter,
     #[error("the limit uses store: redis but no stores.redis is configured")]
     NotConfigured,
 }
 
 impl StoreError {
     /// A short stable word for logs: `timeout`, `failing_fast`, `connection`, `auth`,
-    /// `redis`, `reply`, `not_configured`.
+    /// `redis` (also for a counter the script could not use), `reply`, `not_configured`.
     pub fn kind(&self) -> &'static str {
         match self {
             StoreError::Timeout(_) => "timeout",
             StoreError::FailingFast => "failing_fast",
             StoreError::Connection(_) => "connection",
             StoreError::Auth(_) => "auth",
-            StoreError::Redis(_) => "redis",
+            StoreError::Redis(_) | StoreError::Counter => "redis",
             StoreError::Reply => "reply",
             StoreError::NotConfigured => "not_configured",
         }
@@ -278,12 +318,14 @@ pub enum RedisConfigError {
 /// The Redis store (see the module docs). One per `stores.redis`; share it (`Arc`)
 /// between config generations while its settings stay the same.
 pub struct RedisStore {
-    client: redis::Client,
+    link: Arc<Link>,
     timeout: Duration,
     stale_after: Duration,
-    conn: ArcSwapOption<ConnectionManager>,
-    creating: Mutex<()>,
-    script: redis::Script,
+    /// Where decisions wait for the next batch; the batch task is started on first use
+    /// (and again if its runtime went away).
+    queue: ArcSwapOption<mpsc::UnboundedSender<Job>>,
+    starting: Mutex<()>,
+    script: Arc<redis::Script>,
     started: Instant,
     consecutive: AtomicU32,
     /// Monotonic ms (since `started`) until which the store fails fast; 0 = not failing.
@@ -323,6 +365,149 @@ impl Throttle {
         } else {
             self.unwarned.fetch_add(1, Ordering::Relaxed);
             None
+        }
+    }
+}
+
+/// The connection, shared by the store and its batch task.
+struct Link {
+    client: redis::Client,
+    timeout: Duration,
+    conn: ArcSwapOption<ConnectionManager>,
+    creating: Mutex<()>,
+}
+
+impl Link {
+    /// The connection manager, made on first use (and after a stale one was dropped).
+    fn manager(&self) -> Result<ConnectionManager, StoreError> {
+        if let Some(m) = &*self.conn.load() {
+            return Ok((**m).clone());
+        }
+        let _one = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = &*self.conn.load() {
+            return Ok((**m).clone());
+        }
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_secs(1))))
+            // Each batch has its own timeout; the connection needs none of its own.
+            .set_response_timeout(None)
+            // Few retries inside one reconnect: the next decision after a failed one starts
+            // another, and the fail-fast probe paces them.
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+            .set_pipeline_buffer_size(1024);
+        let m = ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)
+            .map_err(|e| StoreError::from_redis(e, self.timeout))?;
+        // Connect in the background so that the first decisions do not each have to
+        // drive the handshake within their own timeout.
+        let mut warm = m.clone();
+        tokio::spawn(async move {
+            let _ = redis::cmd("PING").query_async::<()>(&mut warm).await;
+        });
+        self.conn.store(Some(Arc::new(m.clone())));
+        Ok(m)
+    }
+}
+
+/// One decision waiting for its batch: the script's arguments, and where its answer goes
+/// (`{allowed, counted, reset, retry}` as the script returns them).
+struct Job {
+    key: String,
+    limit: u64,
+    per_ms: u64,
+    granularity_ms: u64,
+    fixed: bool,
+    commit: bool,
+    reply: oneshot::Sender<Result<[i64; 4], StoreError>>,
+}
+
+/// The batch task of one store: takes what is queued, lets the tasks that are ready to
+/// run queue theirs too (one `yield_now`: a lone decision waits for nothing else), and
+/// sends it all as one `EVALSHA`, without waiting for the previous batch's answer (the
+/// connection pipelines them). Ends when the store is dropped (its sender with it).
+///
+/// The queue is unbounded because what is in it is bounded elsewhere: each decision
+/// belongs to a request that waits for it (at most `timeout`), and requests are bounded
+/// by `server.max_connections` and the HTTP/2 stream limits.
+async fn batches(
+    link: Arc<Link>,
+    script: Arc<redis::Script>,
+    timeout: Duration,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        if jobs.len() < MAX_BATCH {
+            tokio::task::yield_now().await;
+            while jobs.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        // A request that went away (client gone, its own timeout) is not counted.
+        jobs.retain(|j| !j.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        let batch = std::mem::replace(&mut jobs, Vec::with_capacity(MAX_BATCH));
+        tokio::spawn(send_batch(link.clone(), script.clone(), timeout, batch));
+    }
+}
+
+/// The script's answer: exactly `n` integers separated by single spaces (`None` if it is
+/// anything else).
+fn numbers(reply: &[u8], n: usize) -> Option<Vec<i64>> {
+    let mut out = Vec::with_capacity(n);
+    for s in reply.split(|&b| b == b' ') {
+        out.push(std::str::from_utf8(s).ok()?.parse().ok()?);
+    }
+    (out.len() == n).then_some(out)
+}
+
+/// One `EVALSHA` for `jobs`, bounded by `timeout`; each job gets its four numbers, or
+/// the batch's error.
+async fn send_batch(
+    link: Arc<Link>,
+    script: Arc<redis::Script>,
+    timeout: Duration,
+    jobs: Vec<Job>,
+) {
+    let call = async {
+        let mut m = link.manager()?;
+        let mut inv = script.prepare_invoke();
+        for j in &jobs {
+            inv.key(j.key.as_str());
+        }
+        for j in &jobs {
+            inv.arg(j.limit)
+                .arg(j.per_ms)
+                .arg(j.granularity_ms)
+                .arg(if j.fixed { "f" } else { "s" })
+                .arg(if j.commit { "1" } else { "0" });
+        }
+        match inv.invoke_async::<redis::Value>(&mut m).await {
+            Ok(redis::Value::BulkString(b)) => numbers(&b, 4 * jobs.len()).ok_or(StoreError::Reply),
+            Ok(_) => Err(StoreError::Reply),
+            Err(e) => Err(StoreError::from_redis(e, timeout)),
+        }
+    };
+    let result = match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Timeout(timeout)),
+    };
+    match result {
+        Ok(v) => {
+            for (job, c) in jobs.into_iter().zip(v.chunks_exact(4)) {
+                let _ = job.reply.send(Ok([c[0], c[1], c[2], c[3]]));
+            }
+        }
+        Err(e) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(e.clone()));
+            }
         }
     }
 }
@@ -386,12 +571,17 @@ impl RedisStore {
             .stale_after
             .unwrap_or_else(|| (cfg.timeout * 20).max(Duration::from_secs(1)));
         Ok(RedisStore {
-            client,
+            link: Arc::new(Link {
+                client,
+                timeout: cfg.timeout,
+                conn: ArcSwapOption::empty(),
+                creating: Mutex::new(()),
+            }),
             timeout: cfg.timeout,
             stale_after,
-            conn: ArcSwapOption::empty(),
-            creating: Mutex::new(()),
-            script: redis::Script::new(SCRIPT),
+            queue: ArcSwapOption::empty(),
+            starting: Mutex::new(()),
+            script: Arc::new(redis::Script::new(SCRIPT)),
             started: Instant::now(),
             consecutive: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
@@ -436,7 +626,7 @@ impl RedisStore {
     /// One `PING`, bounded by the timeout (for readiness checks and warm-up). Not
     /// counted as a decision.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut m = self.manager()?;
+        let mut m = self.link.manager()?;
         match tokio::time::timeout(self.timeout, redis::cmd("PING").query_async::<()>(&mut m)).await
         {
             Ok(Ok(())) => Ok(()),
@@ -497,7 +687,7 @@ impl RedisStore {
 
     /// One command with the store's timeout (connection waits included).
     async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
-        let mut m = self.manager()?;
+        let mut m = self.link.manager()?;
         match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut m)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) if e.kind() == redis::ErrorKind::UnexpectedReturnType => {
@@ -543,29 +733,25 @@ impl RedisStore {
         key: &RateKey,
         commit: bool,
     ) -> Result<Decision, StoreError> {
-        let mut m = self.manager()?;
-        let mut inv = self.script.prepare_invoke();
-        inv.key(limit.redis_key(key))
-            .arg(limit.limit())
-            .arg(limit.per_ms())
-            .arg(limit.granularity_ms())
-            .arg(match limit.window() {
-                Window::Fixed => "f",
-                Window::Sliding => "s",
-            })
-            .arg(if commit { "1" } else { "0" });
-        let reply =
-            match tokio::time::timeout(self.timeout, inv.invoke_async::<Vec<i64>>(&mut m)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) if e.kind() == redis::ErrorKind::UnexpectedReturnType => {
-                    return Err(StoreError::Reply)
-                }
-                Ok(Err(e)) => return Err(StoreError::from_redis(e, self.timeout)),
-                Err(_) => return Err(StoreError::Timeout(self.timeout)),
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Job {
+            key: limit.redis_key(key),
+            limit: limit.limit(),
+            per_ms: limit.per_ms(),
+            granularity_ms: limit.granularity_ms(),
+            fixed: matches!(limit.window(), Window::Fixed),
+            commit,
+            reply,
+        });
+        let [allowed, counted, reset, retry] =
+            match tokio::time::timeout(self.timeout, answer).await {
+                Ok(Ok(r)) => r?,
+                // The batch was given up at its own timeout (or its runtime is shutting down).
+                Ok(Err(_)) | Err(_) => return Err(StoreError::Timeout(self.timeout)),
             };
-        let [allowed, counted, reset, retry] = reply[..] else {
-            return Err(StoreError::Reply);
-        };
+        if allowed == -1 {
+            return Err(StoreError::Counter);
+        }
         let nonneg = |v: i64| u64::try_from(v).map_err(|_| StoreError::Reply);
         Ok(Decision::from_counts(
             limit,
@@ -577,35 +763,34 @@ impl RedisStore {
         ))
     }
 
-    /// The connection manager, made on first use (and after a stale one was dropped).
-    fn manager(&self) -> Result<ConnectionManager, StoreError> {
-        if let Some(m) = &*self.conn.load() {
-            return Ok((**m).clone());
-        }
-        let _one = self.creating.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = &*self.conn.load() {
-            return Ok((**m).clone());
-        }
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout.max(Duration::from_secs(1))))
-            // Each decision has its own timeout; the connection needs none of its own.
-            .set_response_timeout(None)
-            // Few retries inside one reconnect: the next decision after a failed one starts
-            // another, and the fail-fast probe paces them.
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500))
-            .set_pipeline_buffer_size(1024);
-        let m = ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)
-            .map_err(|e| StoreError::from_redis(e, self.timeout))?;
-        // Connect in the background so that the first decisions do not each have to
-        // drive the handshake within their own timeout.
-        let mut warm = m.clone();
-        tokio::spawn(async move {
-            let _ = redis::cmd("PING").query_async::<()>(&mut warm).await;
-        });
-        self.conn.store(Some(Arc::new(m.clone())));
-        Ok(m)
+    /// Puts a decision in the queue of the next batch, starting the batch task on first
+    /// use (or again when the runtime it ran on has gone).
+    fn enqueue(&self, job: Job) {
+        let job = match &*self.queue.load() {
+            Some(q) => match q.send(job) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let _one = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        let job = match &*self.queue.load() {
+            Some(q) => match q.send(job) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(batches(
+            self.link.clone(),
+            self.script.clone(),
+            self.timeout,
+            rx,
+        ));
+        // Cannot fail: the task holding the receiver was only just spawned.
+        let _ = tx.send(job);
+        self.queue.store(Some(Arc::new(tx)));
     }
 
     fn mono_ms(&self) -> u64 {
@@ -662,7 +847,7 @@ impl RedisStore {
                 .is_ok()
         {
             // Dropping the manager closes its connection; the next decision makes a new one.
-            self.conn.store(None);
+            self.link.conn.store(None);
             tracing::debug!(
                 store = "redis",
                 "replacing a connection with no success for stale_after"
@@ -714,6 +899,32 @@ mod tests {
 
     fn cfg(url: &str) -> RedisConfig {
         RedisConfig::new(Secret::new(url), Duration::from_millis(50))
+    }
+
+    // The batch script's answer is taken only when it is exactly what the script writes:
+    // n integers, single spaces, nothing else (a Lua float or a short answer is a
+    // `Reply` error, never a decision).
+    #[test]
+    fn the_scripts_answer_is_read_exactly() {
+        assert_eq!(
+            numbers(b"1 49 3600000 0 -1 0 0 0", 8),
+            Some(vec![1, 49, 3_600_000, 0, -1, 0, 0, 0])
+        );
+        for (reply, n) in [
+            (&b"1 49 3600000 0"[..], 8),
+            (b"1 49 3600000 0 5", 4),
+            (b"1  49 3600000 0", 3),
+            (b"1 4.9e1 3600000 0", 4),
+            (b"1 49 3600000 0 ", 4),
+            (b"", 1),
+        ] {
+            assert_eq!(
+                numbers(reply, n),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(reply)
+            );
+        }
     }
 
     // Settings that cannot work are refused up front, without echoing the URL.

@@ -106,6 +106,74 @@ fn fixed_per_far_from_boundary(now_ms: u64) -> u64 {
         * 86_400
 }
 
+// Decisions made at the same time go to Redis together: 201 concurrent decisions on
+// distinct counters take a handful of EVALSHAs (a batch holds up to 64), yet each is
+// decided and counted on its own, and a counter that is not the script's (a string where
+// a hash belongs) fails alone while its neighbours in the batch are decided as usual.
+#[tokio::test(flavor = "current_thread")]
+async fn decisions_made_together_share_evalshas_and_fail_alone() {
+    let redis = RedisServer::start();
+    let store = store(&redis.url(), Duration::from_secs(5));
+    let mut conn = redis.conn().await;
+    let l = Arc::new(limit("batched", 3, 3600, Window::Sliding));
+    // Connects and loads the script, so that the burst below is batches only.
+    store.check(&l, &client_key("warm-up")).await.unwrap();
+    let broken = client_key("broken");
+    let _: () = redis::cmd("SET")
+        .arg(l.redis_key(&broken))
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..201)
+        .map(|i| {
+            let (s, l) = (store.clone(), l.clone());
+            let k = if i == 100 {
+                broken
+            } else {
+                client_key(&format!("client-{i}"))
+            };
+            tokio::spawn(async move { s.check(&l, &k).await })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Ok(d) if i != 100 => {
+                assert!(d.allowed, "client-{i}");
+                assert_eq!(d.remaining, 2, "client-{i}");
+            }
+            Err(StoreError::Counter) if i == 100 => {}
+            other => panic!("decision {i}: {other:?}"),
+        }
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let calls: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no EVALSHA in INFO commandstats:\n{stats}"));
+    assert!(calls <= 201 / 16, "{calls} EVALSHAs for 201 decisions");
+    // Each counter holds one request: the next one sees two left.
+    for i in [0, 99, 101, 200] {
+        let d = store
+            .peek(&l, &client_key(&format!("client-{i}")))
+            .await
+            .unwrap();
+        assert_eq!(d.remaining, 2, "client-{i}");
+    }
+    assert_eq!(store.errors(), 1);
+}
+
 // Two stores sharing one Redis are two replicas: 400 concurrent requests split
 // between them get exactly `limit` admissions, each unit of the budget handed out once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
