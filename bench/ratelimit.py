@@ -9,7 +9,7 @@ upstream: no limit, a local limit on one hot key (`key: ip`), a local limit over
 keys (`key: header:X-Api-Key`), and the same two with `store: redis` against a real
 redis-server (on core 1 beside the load generator, `RL_REDIS_CORE` to move it: in
 production Redis is another machine; its CPU is reported apart). wrk (core 1, 64
-connections) sends the same requests to each route, every request carrying an
+connections, `RL_CONNS` to change; `RL_TOLLGATE=BINARY` measures another build) sends the same requests to each route, every request carrying an
 X-Api-Key out of 10,000, with warm-up and interleaved rounds; medians. Limits are far
 above what a run sends, so every request is admitted (a refusal would be a non-2xx and
 is reported). Server CPU per request is tollgate's (and redis-server's, shown apart) from
@@ -34,6 +34,8 @@ PORTS = dict(up=18580, tg=18581, admin=18582, redis=18583)
 KEYS = 10_000
 TARGET_LOCAL = 0.02   # local limit: < 2% throughput cost
 TARGET_REDIS = 0.15   # Redis limit: < 15% throughput cost
+TOLLGATE = os.environ.get("RL_TOLLGATE", B.TOLLGATE)  # another build to measure
+CONNS = int(os.environ.get("RL_CONNS", "64"))  # wrk connections (the issue's measure: 64)
 BEGIN, END = "<!-- ratelimit:begin -->", "<!-- ratelimit:end -->"
 
 LUA_KEYS = r"""
@@ -97,7 +99,7 @@ rate_limits:
 def measure(tg, redis, path, dur, lua):
     pids = tg.pids()
     b, rb = B.cpu_ticks(pids), B.cpu_ticks([redis.pid])
-    r = B.run_wrk(f"http://127.0.0.1:{PORTS['tg']}{path}", 64, dur, lua)
+    r = B.run_wrk(f"http://127.0.0.1:{PORTS['tg']}{path}", CONNS, dur, lua)
     a, ra = B.cpu_ticks(pids), B.cpu_ticks([redis.pid])
     n = max(1, r["requests"])
     r["cpu_us_per_req"] = (a - b) * 1e6 / B.CLK / n
@@ -138,7 +140,7 @@ def section(res):
         "",
         f"`bench/ratelimit.py`, {meta['date']}, tollgate {meta['tollgate']}, {meta['redis']}; "
         f"{meta['rounds']} interleaved rounds of {meta['duration_s']} s (after a warm-up), medians; "
-        f"tollgate (1 worker) and the nginx upstream on core 0, wrk (64 connections) and redis-server on "
+        f"tollgate (1 worker) and the nginx upstream on core 0, wrk ({CONNS} connections) and redis-server on "
         f"core {meta['redis_core']}; load average "
         f"{' '.join(meta['loadavg_start'])} at the start, {' '.join(meta['loadavg_end'])} at the end. "
         f"One tollgate, five routes to the same nginx upstream; every request carries one of {KEYS:,} "
@@ -174,7 +176,7 @@ def main():
     for tool in ("nginx", "wrk", "redis-server", "taskset"):
         if not shutil.which(tool):
             raise SystemExit(f"needs {tool} (apt-get install nginx-light wrk redis-server util-linux)")
-    if not os.access(B.TOLLGATE, os.X_OK):
+    if not os.access(TOLLGATE, os.X_OK):
         raise SystemExit("build first: cargo build --release --bin tollgate")
     os.makedirs(B.OUT, exist_ok=True)
     load0 = open("/proc/loadavg").read().split()[:3]
@@ -187,7 +189,7 @@ def main():
                     core=int(os.environ.get("RL_REDIS_CORE", "1")))
     B.wait_port(PORTS["up"])
     B.wait_port(PORTS["redis"])
-    tg = B.start("rl-tollgate", [B.TOLLGATE, "run", "--config", tollgate_conf()],
+    tg = B.start("rl-tollgate", [TOLLGATE, "run", "--config", tollgate_conf()],
                  env={"TOKIO_WORKER_THREADS": "1", "RUST_LOG": "warn"})
     B.wait_ready(PORTS["admin"])
     peer = B.Peer("tollgate", tg, {})
@@ -196,7 +198,7 @@ def main():
         if st != 200:
             raise SystemExit(f"ABORT: {name} ({path}) answered {st}")
     for name, path, _ in ROUTES:
-        B.run_wrk(f"http://127.0.0.1:{PORTS['tg']}{path}", 64, B.WARM, lua)
+        B.run_wrk(f"http://127.0.0.1:{PORTS['tg']}{path}", CONNS, B.WARM, lua)
     raw = {name: [] for name, _, _ in ROUTES}
     for rnd in range(B.ROUNDS):
         for name, path, _ in ROUTES:
