@@ -182,8 +182,9 @@ fn utf8_len(first: u8) -> usize {
     }
 }
 
-/// Host for routing: port removed, lower case, trailing dot removed.
-pub fn normalize_host(host: &str) -> String {
+/// Host for routing: port removed, lower case, trailing dot removed. Borrows `host` when
+/// it is already in lower case (the usual case: no allocation per request).
+pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     let h = if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
         match rest.find(']') {
@@ -196,7 +197,12 @@ pub fn normalize_host(host: &str) -> String {
             _ => host,
         }
     };
-    h.trim_end_matches('.').to_ascii_lowercase()
+    let h = h.trim_end_matches('.');
+    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(h.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(h)
+    }
 }
 
 /// A compiled route's position in `Runtime::routes`.
@@ -483,6 +489,15 @@ mod tests {
         assert_eq!(normalize_host("api.company.com."), "api.company.com");
         assert_eq!(normalize_host("[::1]:80"), "[::1]");
         assert_eq!(normalize_host("[::1]"), "[::1]");
+        // A host already in lower case is borrowed, not copied, on every request.
+        assert!(matches!(
+            normalize_host("api.company.com:443"),
+            std::borrow::Cow::Borrowed("api.company.com")
+        ));
+        assert!(matches!(
+            normalize_host("Api.company.com"),
+            std::borrow::Cow::Owned(_)
+        ));
     }
 
     // Behaviour: longest prefix on a segment boundary; exact > wildcard > any host.
