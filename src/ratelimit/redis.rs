@@ -422,10 +422,17 @@ struct Job {
     reply: oneshot::Sender<Result<[i64; 4], StoreError>>,
 }
 
-/// The batch task of one store: takes what is queued, lets the tasks that are ready to
-/// run queue theirs too (one `yield_now`: a lone decision waits for nothing else), and
-/// sends it all as one `EVALSHA`, without waiting for the previous batch's answer (the
-/// connection pipelines them). Ends when the store is dropped (its sender with it).
+/// The batch task of one store: takes what is queued and sends it as one `EVALSHA`
+/// (at most [`MAX_BATCH`] decisions), without waiting for the previous batch's answer —
+/// the batches in flight are polled here too, so a batch costs no task of its own and
+/// its answer reaches the requests in one hop. Ends when the store is dropped (its
+/// sender with it), after the batches in flight.
+///
+/// Which decisions make a batch: on a current-thread runtime (`workers: 1`) the task is
+/// woken behind the tasks that are already ready to run, so it finds their decisions
+/// queued; on a multi-thread runtime a woken task may run at once (tokio's LIFO slot),
+/// so it first lets the ready tasks run (one `yield_now`). A lone decision waits for
+/// nothing else either way.
 ///
 /// The queue is unbounded because what is in it is bounded elsewhere: each decision
 /// belongs to a request that waits for it (at most `timeout`), and requests are bounded
@@ -436,25 +443,40 @@ async fn batches(
     timeout: Duration,
     mut queue: mpsc::UnboundedReceiver<Job>,
 ) {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let gather = !matches!(
+        tokio::runtime::Handle::current().runtime_flavor(),
+        tokio::runtime::RuntimeFlavor::CurrentThread
+    );
+    let mut in_flight = FuturesUnordered::new();
     let mut jobs = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        if jobs.len() < MAX_BATCH {
-            tokio::task::yield_now().await;
-            while jobs.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
+    loop {
+        tokio::select! {
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            n = queue.recv_many(&mut jobs, MAX_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                if gather && jobs.len() < MAX_BATCH {
+                    tokio::task::yield_now().await;
+                    while jobs.len() < MAX_BATCH {
+                        match queue.try_recv() {
+                            Ok(job) => jobs.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                // A request that went away (client gone, its own timeout) is not counted.
+                jobs.retain(|j| !j.reply.is_closed());
+                if !jobs.is_empty() {
+                    let batch = std::mem::replace(&mut jobs, Vec::with_capacity(MAX_BATCH));
+                    in_flight.push(send_batch(link.clone(), script.clone(), timeout, batch));
                 }
             }
         }
-        // A request that went away (client gone, its own timeout) is not counted.
-        jobs.retain(|j| !j.reply.is_closed());
-        if jobs.is_empty() {
-            continue;
-        }
-        let batch = std::mem::replace(&mut jobs, Vec::with_capacity(MAX_BATCH));
-        tokio::spawn(send_batch(link.clone(), script.clone(), timeout, batch));
     }
+    while in_flight.next().await.is_some() {}
 }
 
 /// The script's answer: exactly `n` integers separated by single spaces (`None` if it is
