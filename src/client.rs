@@ -508,7 +508,12 @@ pub async fn send_pooled_or_back(
     req: Request<Body>,
     timeout: Duration,
 ) -> Result<Response<PooledBody>, Unsent> {
-    let work = async {
+    // The exchange and its deadline are pinned where they are made and polled here as
+    // `tokio::time::timeout` would poll them (the deadline outside the co-operative
+    // budget when the exchange used it up: `service::poll_deadline`), without
+    // `timeout(t, work)` moving the exchange into its own future and that again into
+    // this one's state — two copies per request (bench/ANALYSIS.md, "Smaller futures").
+    let mut work = std::pin::pin!(async {
         let mut req = req;
         if let Some(link) = pool.checkout() {
             match exchange(link, req).await {
@@ -535,11 +540,17 @@ pub async fn send_pooled_or_back(
                 Err((UpstreamFailure::Broken(Cause::new(e.into_error())), back))
             }
         }
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err((UpstreamFailure::Timeout, None)),
-    }
+    });
+    let mut deadline = std::pin::pin!(tokio::time::sleep(timeout));
+    std::future::poll_fn(|cx| {
+        let had_budget = tokio::task::coop::has_budget_remaining();
+        if let Poll::Ready(r) = work.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        crate::service::poll_deadline(deadline.as_mut(), cx, had_budget)
+            .map(|()| Err((UpstreamFailure::Timeout, None)))
+    })
+    .await
 }
 
 type Sent = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>;
@@ -725,7 +736,8 @@ pub async fn send_h2_or_back(
     req: Request<Body>,
     timeout: Duration,
 ) -> Result<Response<Incoming>, Unsent> {
-    let work = async {
+    // Pinned in place with its deadline, as in `send_pooled_or_back`.
+    let mut work = std::pin::pin!(async {
         let mut tx = match conn.sender().await {
             Ok(tx) => tx,
             Err(f) => return Err((f, Some(req))),
@@ -740,11 +752,17 @@ pub async fn send_h2_or_back(
                 Err((UpstreamFailure::Broken(Cause::new(e.into_error())), back))
             }
         }
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err((UpstreamFailure::Timeout, None)),
-    }
+    });
+    let mut deadline = std::pin::pin!(tokio::time::sleep(timeout));
+    std::future::poll_fn(|cx| {
+        let had_budget = tokio::task::coop::has_budget_remaining();
+        if let Poll::Ready(r) = work.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        crate::service::poll_deadline(deadline.as_mut(), cx, had_budget)
+            .map(|()| Err((UpstreamFailure::Timeout, None)))
+    })
+    .await
 }
 
 /// How a forwarded request failed.

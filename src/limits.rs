@@ -61,17 +61,27 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let after = limits(&req).map_or(Limits::default().request_timeout, |l| l.request_timeout);
+        // The inner future is made in place, not moved into a `tokio::time::Timeout`
+        // (a copy of the whole stack below per request: bench/ANALYSIS.md, "Smaller
+        // futures").
         TimeoutFuture {
-            inner: tokio::time::timeout(after, self.inner.call(req)),
+            inner: self.inner.call(req),
+            deadline: tokio::time::sleep(after),
             after,
         }
     }
 }
 
 pin_project! {
+    /// The inner future, or a 504 once `after` has passed. Polled as
+    /// `tokio::time::Timeout` is: the inner future first, then the deadline — outside the
+    /// task's co-operative budget when the inner future used it up
+    /// ([`crate::service::poll_deadline`]).
     pub struct TimeoutFuture<F> {
         #[pin]
-        inner: tokio::time::Timeout<F>,
+        inner: F,
+        #[pin]
+        deadline: tokio::time::Sleep,
         after: std::time::Duration,
     }
 }
@@ -81,10 +91,12 @@ impl<F: Future<Output = Outcome>> Future for TimeoutFuture<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let this = self.project();
-        match std::task::ready!(this.inner.poll(cx)) {
-            Ok(out) => Poll::Ready(out),
-            Err(_) => Poll::Ready(Err(Timeout::Request { after: *this.after }.into())),
+        let had_budget = tokio::task::coop::has_budget_remaining();
+        if let Poll::Ready(out) = this.inner.poll(cx) {
+            return Poll::Ready(out);
         }
+        std::task::ready!(crate::service::poll_deadline(this.deadline, cx, had_budget));
+        Poll::Ready(Err(Timeout::Request { after: *this.after }.into()))
     }
 }
 
@@ -253,6 +265,58 @@ mod tests {
     use super::*;
     use crate::route::layer::RouteLayer;
     use crate::testing::{gateway, get, Reached, Stub, CONFIG};
+
+    /// A service whose answer never comes although its future is always ready to run:
+    /// every poll spends the task's whole co-operative budget (as a fast upload to an
+    /// upstream that never answers does).
+    #[derive(Clone)]
+    struct Busy;
+
+    impl<B> tower::Service<Request<B>> for Busy {
+        type Response = Response<Body>;
+        type Error = Rejection;
+        type Future = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<B>) -> Self::Future {
+            Box::pin(async {
+                loop {
+                    tokio::task::consume_budget().await;
+                }
+            })
+        }
+    }
+
+    // Behaviour: request_timeout fires even when the work below it is always ready and
+    // uses up the task's co-operative budget on every poll (the deadline is then polled
+    // outside the budget, as tokio::time::Timeout does).
+    #[tokio::test]
+    async fn request_timeout_fires_under_work_that_is_always_ready() {
+        let cfg = CONFIG.replace(
+            "    max_concurrent_requests: 1\n",
+            "    max_concurrent_requests: 1\n    request_timeout: 100ms\n",
+        );
+        let (gw, _dir) = gateway(&cfg);
+        let svc = RouteLayer::new(gw.clone()).layer(RequestTimeoutLayer.layer(Busy));
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            svc.oneshot(get("/open/x")),
+        )
+        .await
+        .expect("request_timeout (100ms) never fired");
+        let e = out.unwrap_err();
+        assert!(
+            matches!(
+                e.error,
+                GatewayError::GatewayTimeout(Timeout::Request { .. })
+            ),
+            "{:?}",
+            e.error
+        );
+    }
 
     // Behaviour: 431 for a head over max_header_bytes, 413 for a declared body over
     // max_body_bytes, 400 for a Content-Length that is not a number.

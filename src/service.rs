@@ -135,6 +135,25 @@ pub fn record<T: Clone + Send + Sync + 'static>(out: Outcome, fact: T) -> Outcom
     }
 }
 
+/// Polls a deadline after its work returned `Pending`, as `tokio::time::Timeout` does:
+/// when that poll of the work used up the task's co-operative budget (`had_budget`: there
+/// was budget left before it), the deadline is polled outside the budget — else work that
+/// is always ready (a fast upload to an upstream that never answers) would find the
+/// deadline `Pending` on every poll and keep it from ever firing. For deadlines kept
+/// beside their work instead of moving the work into a `Timeout` (test:
+/// `limits::tests::request_timeout_fires_under_work_that_is_always_ready`).
+pub fn poll_deadline(
+    deadline: Pin<&mut tokio::time::Sleep>,
+    cx: &mut Context<'_>,
+    had_budget: bool,
+) -> Poll<()> {
+    if had_budget && !tokio::task::coop::has_budget_remaining() {
+        Pin::new(&mut tokio::task::coop::unconstrained(deadline)).poll(cx)
+    } else {
+        deadline.poll(cx)
+    }
+}
+
 /// The service to move into a slow-path future: the one `poll_ready` was called on,
 /// leaving a fresh clone in its place (tower's contract for services that are called
 /// after an await).
