@@ -244,7 +244,13 @@ fuzz_target!(|data: &[u8]| {
                 // Keys YAML reads as numbers are text again in tollgate's reader as the
                 // number prints (`8888888800000000000138` -> `8888888800000000000000`):
                 // noted in the README, not compared.
-                if !parsed.iter().any(|r| r.name.parse::<f64>().is_ok()) {
+                // Numbers by YAML's reading, not Rust's: `1_000` is one too, and so is
+                // `880e302176`, which overflows to infinity (`inf`) (both found).
+                let number = |name: &str| {
+                    name.replace('_', "").parse::<f64>().is_ok()
+                        || serde_saphyr::from_str::<Value>(name).is_ok_and(|v| v.is_number())
+                };
+                if !parsed.iter().any(|r| number(&r.name)) {
                     assert_eq!(sorted(on_route), sorted(parsed), "{block:?}");
                 }
             }
