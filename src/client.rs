@@ -542,15 +542,18 @@ pub async fn send_pooled_or_back(
         }
     });
     let mut deadline = std::pin::pin!(tokio::time::sleep(timeout));
-    std::future::poll_fn(|cx| {
+    let done = std::future::poll_fn(|cx| {
         let had_budget = tokio::task::coop::has_budget_remaining();
         if let Poll::Ready(r) = work.as_mut().poll(cx) {
-            return Poll::Ready(r);
+            return Poll::Ready(Some(r));
         }
-        crate::service::poll_deadline(deadline.as_mut(), cx, had_budget)
-            .map(|()| Err((UpstreamFailure::Timeout, None)))
+        crate::service::poll_deadline(deadline.as_mut(), cx, had_budget).map(|()| None)
     })
-    .await
+    .await;
+    match done {
+        Some(r) => r,
+        None => Err((UpstreamFailure::Timeout, None)),
+    }
 }
 
 type Sent = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>;
@@ -754,15 +757,18 @@ pub async fn send_h2_or_back(
         }
     });
     let mut deadline = std::pin::pin!(tokio::time::sleep(timeout));
-    std::future::poll_fn(|cx| {
+    let done = std::future::poll_fn(|cx| {
         let had_budget = tokio::task::coop::has_budget_remaining();
         if let Poll::Ready(r) = work.as_mut().poll(cx) {
-            return Poll::Ready(r);
+            return Poll::Ready(Some(r));
         }
-        crate::service::poll_deadline(deadline.as_mut(), cx, had_budget)
-            .map(|()| Err((UpstreamFailure::Timeout, None)))
+        crate::service::poll_deadline(deadline.as_mut(), cx, had_budget).map(|()| None)
     })
-    .await
+    .await;
+    match done {
+        Some(r) => r,
+        None => Err((UpstreamFailure::Timeout, None)),
+    }
 }
 
 /// How a forwarded request failed.
