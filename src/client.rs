@@ -541,19 +541,25 @@ pub async fn send_pooled_or_back(
             }
         }
     });
+    match within(timeout, work.as_mut()).await {
+        Some(r) => r,
+        None => Err((UpstreamFailure::Timeout, None)),
+    }
+}
+
+/// `work`'s output, or `None` once `timeout` has passed: `tokio::time::timeout` without
+/// moving the (pinned) work into it, the deadline polled as `Timeout` polls it
+/// ([`crate::service::poll_deadline`]).
+async fn within<T>(timeout: Duration, mut work: Pin<&mut impl Future<Output = T>>) -> Option<T> {
     let mut deadline = std::pin::pin!(tokio::time::sleep(timeout));
-    let done = std::future::poll_fn(|cx| {
+    std::future::poll_fn(|cx| {
         let had_budget = tokio::task::coop::has_budget_remaining();
         if let Poll::Ready(r) = work.as_mut().poll(cx) {
             return Poll::Ready(Some(r));
         }
         crate::service::poll_deadline(deadline.as_mut(), cx, had_budget).map(|()| None)
     })
-    .await;
-    match done {
-        Some(r) => r,
-        None => Err((UpstreamFailure::Timeout, None)),
-    }
+    .await
 }
 
 type Sent = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>;
@@ -756,16 +762,7 @@ pub async fn send_h2_or_back(
             }
         }
     });
-    let mut deadline = std::pin::pin!(tokio::time::sleep(timeout));
-    let done = std::future::poll_fn(|cx| {
-        let had_budget = tokio::task::coop::has_budget_remaining();
-        if let Poll::Ready(r) = work.as_mut().poll(cx) {
-            return Poll::Ready(Some(r));
-        }
-        crate::service::poll_deadline(deadline.as_mut(), cx, had_budget).map(|()| None)
-    })
-    .await;
-    match done {
+    match within(timeout, work.as_mut()).await {
         Some(r) => r,
         None => Err((UpstreamFailure::Timeout, None)),
     }
