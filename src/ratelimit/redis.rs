@@ -788,20 +788,13 @@ impl RedisStore {
     /// Puts a decision in the queue of the next batch, starting the batch task on first
     /// use (or again when the runtime it ran on has gone).
     fn enqueue(&self, job: Job) {
-        let job = match &*self.queue.load() {
-            Some(q) => match q.send(job) {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(job)) => job,
-            },
-            None => job,
+        let Err(job) = self.try_queue(job) else {
+            return;
         };
         let _one = self.starting.lock().unwrap_or_else(|e| e.into_inner());
-        let job = match &*self.queue.load() {
-            Some(q) => match q.send(job) {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(job)) => job,
-            },
-            None => job,
+        // Another caller may have started the task while this one waited for the lock.
+        let Err(job) = self.try_queue(job) else {
+            return;
         };
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(batches(
@@ -813,6 +806,15 @@ impl RedisStore {
         // Cannot fail: the task holding the receiver was only just spawned.
         let _ = tx.send(job);
         self.queue.store(Some(Arc::new(tx)));
+    }
+
+    /// Queues `job` if the batch task is running; hands it back if there is none (yet,
+    /// or any more).
+    fn try_queue(&self, job: Job) -> Result<(), Job> {
+        match &*self.queue.load() {
+            Some(q) => q.send(job).map_err(|mpsc::error::SendError(job)| job),
+            None => Err(job),
+        }
     }
 
     fn mono_ms(&self) -> u64 {
