@@ -22,6 +22,43 @@ fn secret_values_are_not_echoed() {
     assert!(!text.contains("987654321"), "{text}");
 }
 
+// Behaviour: a free-form key (a claim name, a token-request parameter) that YAML reads as
+// a number or a boolean is refused, located, with the way out: it would otherwise be the
+// number as it prints (`1_000` -> `1000`), another name than the file's. Quoted, the same
+// keys are names, spelt exactly as written; `010` (not a number to this reader) is one.
+#[test]
+fn keys_read_as_numbers_are_refused_not_renamed() {
+    let claims = |block: &str| {
+        format!("server:\n  listen: \"127.0.0.1:0\"\nissuers:\n  - name: corp\n    issuer: \"https://idp\"\n    jwks_uri: \"http://127.0.0.1:1/jwks\"\n    audiences: [a]\nupstreams:\n  - name: u\n    url: \"http://127.0.0.1:1\"\n    auth:\n      type: oauth2_client_credentials\n      token_url: \"http://127.0.0.1:1/token\"\n      client_id: c\n      client_secret: s\n      extra_params:\n        {block}: x\nroutes:\n  - name: r\n    path_prefix: /\n    upstream: u\n    auth:\n      issuers: [corp]\n      claims:\n        {block}: [y]\n")
+    };
+    for (key, printed, kind) in [
+        ("1_000", "1000", "a number"),
+        ("0x10", "16", "a number"),
+        ("true", "true", "a boolean"),
+    ] {
+        let text = problems(&claims(key));
+        for place in ["upstreams[0].auth.extra_params", "routes[0].auth.claims"] {
+            let line = text
+                .lines()
+                .find(|l| l.contains(place))
+                .unwrap_or_else(|| panic!("{key}: nothing at {place}: {text}"));
+            assert!(
+                line.contains(&format!("the key {printed} is read as {kind}"))
+                    && line.contains("quotes"),
+                "{key}: {line}"
+            );
+        }
+        let quoted = problems(&claims(&format!("\"{key}\"")));
+        assert_eq!(quoted, "", "{key} quoted");
+    }
+    for key in ["\"1_000\"", "010"] {
+        let config = load_str(&claims(key), "g.yaml", Path::new("."), &Registry::default())
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        let text = format!("{:?}", config.routes[0].auth);
+        assert!(text.contains(key.trim_matches('"')), "{key}: {text}");
+    }
+}
+
 // Behaviour: an issuer leeway over an hour is a validation error (it would keep
 // expired tokens valid; huge values once overflowed the expiry check).
 #[test]

@@ -170,10 +170,25 @@ impl<'de, T: Node> Visitor<'de> for MapVisitor<'_, '_, T> {
         let cx = self.0;
         let mut out = BTreeMap::new();
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            let Key::Text(key) = key else {
-                cx.error("keys must be text");
-                map.next_value::<IgnoredAny>()?;
-                continue;
+            let key = match key {
+                Key::Text(k) => k,
+                // `1_000:`, `0x10:`, `010:`, `true:` are read by YAML as a number or a
+                // boolean and printed back differently from how they are written: a
+                // name made of them (a claim, a token-request parameter) would silently
+                // be another name. Refused, with the way out.
+                Key::Scalar(kind, printed) => {
+                    cx.error(format!(
+                        "the key {printed} is read as {kind}, not as a name: put it in \
+                         quotes exactly as the name is spelt (\"...\": value)"
+                    ));
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                Key::Other(what) => {
+                    cx.error(format!("{what}: keys must be text"));
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
             };
             let key = key.into_owned();
             if out.contains_key(&key) {
@@ -217,6 +232,9 @@ impl<'de, T: Node> Visitor<'de> for MapVisitor<'_, '_, T> {
 /// description of something that is not text.
 enum Key<'de> {
     Text(Cow<'de, str>),
+    /// A plain scalar YAML reads as a number or boolean: what it is, and how serde
+    /// prints it (not necessarily as written: `1_000` is `1000`).
+    Scalar(&'static str, String),
     Other(String),
 }
 
@@ -249,19 +267,19 @@ impl<'de> Visitor<'de> for KeySeed {
     }
 
     fn visit_bool<E: de::Error>(self, b: bool) -> Result<Key<'de>, E> {
-        Ok(Key::Text(Cow::Owned(b.to_string())))
+        Ok(Key::Scalar("a boolean", b.to_string()))
     }
 
     fn visit_u64<E: de::Error>(self, n: u64) -> Result<Key<'de>, E> {
-        Ok(Key::Text(Cow::Owned(n.to_string())))
+        Ok(Key::Scalar("a number", n.to_string()))
     }
 
     fn visit_i64<E: de::Error>(self, n: i64) -> Result<Key<'de>, E> {
-        Ok(Key::Text(Cow::Owned(n.to_string())))
+        Ok(Key::Scalar("a number", n.to_string()))
     }
 
     fn visit_f64<E: de::Error>(self, n: f64) -> Result<Key<'de>, E> {
-        Ok(Key::Text(Cow::Owned(n.to_string())))
+        Ok(Key::Scalar("a number", n.to_string()))
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Key<'de>, E> {
@@ -323,7 +341,9 @@ impl<'de, S: Section> Visitor<'de> for SectionVisitor<'_, '_, S> {
         let mut seen = 0u64;
         while let Some(key) = map.next_key_seed(KeySeed)? {
             let key = match key {
+                // A block's own keys are words: `1000:` is an unknown key like any other.
                 Key::Text(k) => k,
+                Key::Scalar(_, k) => Cow::Owned(k),
                 Key::Other(what) => {
                     cx.error(format!("{what}: keys must be text"));
                     map.next_value::<IgnoredAny>()?;
