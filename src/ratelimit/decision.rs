@@ -93,15 +93,19 @@ impl Decision {
     /// `"name";r=REMAINING;t=SECONDS`: seconds rounded up; for a refusal `t` is the
     /// `Retry-After` wait.
     pub fn ratelimit_header(&self) -> HeaderValue {
-        use std::fmt::Write;
         let t = match self.retry_after_secs() {
             Some(s) => s,
             None => ceil_secs(self.reset),
         };
-        // Once per admitted request on a limited route: one allocation, no copy.
-        let mut v = String::with_capacity(self.name.len() + 32);
+        // Once per admitted request on a limited route: one allocation, no copy, and
+        // the numbers by itoa rather than `core::fmt` (a third of this function's cost).
+        let mut v = String::with_capacity(self.name.len() + 48);
         push_sf_string(&mut v, &self.name);
-        let _ = write!(v, ";r={};t={t}", self.remaining);
+        let mut n = itoa::Buffer::new();
+        v.push_str(";r=");
+        v.push_str(n.format(self.remaining));
+        v.push_str(";t=");
+        v.push_str(n.format(t));
         HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).expect("sf-string of printable ASCII")
     }
 
