@@ -776,7 +776,7 @@ def perf_profile(peer, label, runner):
     if not shutil.which("perf"):
         return None
     data = os.path.join(OUT, f"perf-{label}.data")
-    rec = subprocess.Popen(["taskset", "-c", "1", "perf", "record", "-F", "499", "-g", "-o", data,
+    rec = subprocess.Popen(["taskset", "-c", "1", "perf", "record", "-F", os.environ.get("BENCH_PERF_HZ", "499"), "-g", "-o", data,
                             "-p", str(peer.proc.pid), "--", "sleep", str(DUR - 1)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     record_pid(rec.pid)

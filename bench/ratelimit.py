@@ -217,7 +217,9 @@ def main():
     git = B.subprocess.run(["git", "-C", B.ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                            text=True).stdout.strip()
     res = {"meta": {"date": B.datetime.datetime.now(B.datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                    "tollgate": f"git {git}", "redis": B.version(["redis-server", "--version"]),
+                    # Another build (RL_TOLLGATE) is named by its path: HEAD says nothing of it.
+                    "tollgate": f"git {git}" if TOLLGATE == B.TOLLGATE else f"{TOLLGATE} (RL_TOLLGATE)",
+                    "redis": B.version(["redis-server", "--version"]),
                     "duration_s": B.DUR, "rounds": B.ROUNDS, "loadavg_start": load0,
                     "redis_core": int(os.environ.get("RL_REDIS_CORE", "1")),
                     "loadavg_end": open("/proc/loadavg").read().split()[:3]},

@@ -87,7 +87,7 @@ run_one() {
     local cpu_s
     cpu_s=$(awk '{ t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%d", t }' <<<"$cpu")
     after=$(find "artifacts/$t" -type f | wc -l)
-    local execs rate last cov ft corp crashes last_new plateau
+    local execs rate last cov ft corp crashes last_new plateau cov_at cov_plateau
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$logs/$t.log" | tail -1 | grep -o '[0-9]*$' || true)
     rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$logs/$t.log" | tail -1 | grep -o '[0-9]*$' || true)
     last=$(grep -E '^#[0-9]+' "$logs/$t.log" | tail -1 || true)
@@ -101,13 +101,22 @@ run_one() {
     if [[ -n "$last_new" && -n "$execs" && "$execs" -gt 0 ]]; then
         plateau="$(( last_new * 100 / execs ))%"
     fi
+    # The same for edge coverage alone (`cov`): features (`ft`, what NEW counts) keep
+    # creeping up long after the edges reached have stopped growing.
+    cov_at=$(awk '/^#[0-9]+/ && match($0, /cov: [0-9]+/) {
+        c = substr($0, RSTART + 5, RLENGTH - 5) + 0
+        if (c > m) { m = c; n = substr($1, 2) + 0 } } END { if (n) print n }' "$logs/$t.log")
+    cov_plateau=-
+    if [[ -n "$cov_at" && -n "$execs" && "$execs" -gt 0 ]]; then
+        cov_plateau="$(( cov_at * 100 / execs ))%"
+    fi
     crashes=$((after - before))
     if [[ $status -ne 0 || $crashes -gt 0 ]]; then
         echo "!! $t failed (exit $status); last lines of its log:" >&2
         grep -E 'panicked|SUMMARY|Test unit written|ERROR' "$logs/$t.log" | head -20 >&2 || true
     fi
-    printf '%-17s %6s %6s %12s %8s %6s %7s %6s %8s %8s %s\n' "$t" "$took" "$cpu_s" "${execs:--}" "${rate:--}" \
-        "${cov:--}" "${ft:--}" "${corp:--}" "$plateau" "$crashes" "$status"
+    printf '%-17s %6s %6s %12s %8s %6s %7s %6s %8s %8s %8s %s\n' "$t" "$took" "$cpu_s" "${execs:--}" "${rate:--}" \
+        "${cov:--}" "${ft:--}" "${corp:--}" "$plateau" "$cov_plateau" "$crashes" "$status"
 }
 
 rows_dir=$(mktemp -d)
@@ -125,13 +134,13 @@ wait || true
 
 echo
 echo "== summary (seconds per target: $secs, sanitizer: $sanitizer, $jobs at a time)"
-printf '%-17s %6s %6s %12s %8s %6s %7s %6s %8s %8s %s\n' target secs cpu_s execs exec/s cov ft corpus last_new crashes exit
+printf '%-17s %6s %6s %12s %8s %6s %7s %6s %8s %8s %8s %s\n' target secs cpu_s execs exec/s cov ft corpus last_new cov_last crashes exit
 crashed=0
 for t in "${targets[@]}"; do
     row=$(cat "$rows_dir/$t")
     echo "$row"
-    read -r _ _ _ _ _ _ _ _ _ c e <<<"$row"
+    read -r _ _ _ _ _ _ _ _ _ _ c e <<<"$row"
     if [[ "$c" != 0 || "$e" != 0 ]]; then crashed=1; fi
 done
-echo "(cpu_s: CPU seconds the fuzzer got; last_new: where in the run, by executions, coverage last grew)"
+echo "(cpu_s: CPU seconds the fuzzer got; last_new: where in the run, by executions, coverage (features) last grew; cov_last: where the edge count last grew)"
 exit "$crashed"
