@@ -169,6 +169,7 @@ impl<'de, T: Node> Visitor<'de> for MapVisitor<'_, '_, T> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let cx = self.0;
         let mut out = BTreeMap::new();
+        let mut refused = false;
         while let Some(key) = map.next_key_seed(KeySeed)? {
             let key = match key {
                 Key::Text(k) => k,
@@ -177,6 +178,7 @@ impl<'de, T: Node> Visitor<'de> for MapVisitor<'_, '_, T> {
                 // name made of them (a claim, a token-request parameter) would silently
                 // be another name. Refused, with the way out.
                 Key::Scalar(kind, printed) => {
+                    refused = true;
                     cx.error(format!(
                         "the key {printed} is read as {kind}, not as a name: put it in \
                          quotes exactly as the name is spelt (\"...\": value)"
@@ -185,6 +187,7 @@ impl<'de, T: Node> Visitor<'de> for MapVisitor<'_, '_, T> {
                     continue;
                 }
                 Key::Other(what) => {
+                    refused = true;
                     cx.error(format!("{what}: keys must be text"));
                     map.next_value::<IgnoredAny>()?;
                     continue;
@@ -204,6 +207,11 @@ impl<'de, T: Node> Visitor<'de> for MapVisitor<'_, '_, T> {
             if let Some(value) = value {
                 out.insert(key, value);
             }
+        }
+        // Nothing left but refused keys: the problem is recorded once, not again as
+        // "an empty map" by whatever checks the map.
+        if refused && out.is_empty() {
+            return Ok(None);
         }
         Ok(Some(out))
     }
