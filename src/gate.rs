@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use http::{Method, Request, Response};
 
 use crate::auth::replay::{self, Fresh, Mode};
-use crate::auth::sender::{self, Presented, Scheme, SenderConstraint};
+use crate::auth::sender::{self, Presented, Scheme};
 use crate::auth::{self, AuthCaches, Issuer};
 use crate::body::Body;
 use crate::conn::{ClientCert, ConnInfo};
@@ -108,19 +108,15 @@ impl<'a> Gate<'a> {
         sender::check(rule, &id.claims.0, presented, auth::now_secs(), note)
     }
 
-    /// Whether a Bearer-presented token needs no sender check at all: its issuer (among
-    /// this rule's) has no sender constraint and the token is bound to no key or
-    /// certificate (no `cnf.jkt`, no `cnf.x5t#S256`) — exactly where
-    /// [`sender_check`](Self::sender_check) answers `Ok(None)` without a step to note.
-    pub fn bearer_suffices(&self, id: &Identity) -> bool {
-        let Some(issuer) = self.accepted().find(|i| i.name == id.issuer) else {
-            return true;
-        };
-        if issuer.sender_constraint != SenderConstraint::None {
-            return false;
-        }
-        let bound = sender::cnf(&id.claims.0);
-        bound.jkt.is_none() && bound.x5t.is_none()
+    /// Whether `id`'s token, presented with `scheme`, has no sender constraint to check
+    /// ([`sender::nothing_to_check`], the same test [`sender_check`](Self::sender_check)
+    /// starts with), so that what a check would look at need not be gathered.
+    pub fn nothing_to_check(&self, id: &Identity, scheme: Scheme) -> bool {
+        self.accepted()
+            .find(|i| i.name == id.issuer)
+            .is_none_or(|i| {
+                sender::nothing_to_check(i.sender_constraint, &sender::cnf(&id.claims.0), scheme)
+            })
     }
 
     /// Authorises a verified identity for `method` on the normalised `path`.
@@ -185,10 +181,10 @@ fn sender_check<B>(
     token: &str,
     id: &Identity,
 ) -> Result<Option<Fresh>, GatewayError> {
-    // The common case first: a Bearer token of an issuer without a sender constraint,
-    // bound to nothing. `sender::check` answers that with "nothing to check" before it
-    // looks at anything else the request presented, so that is not gathered.
-    if scheme == Scheme::Bearer && gate.bearer_suffices(id) {
+    // The common case first (a Bearer token of an issuer without a sender constraint,
+    // bound to nothing): answered before the request's DPoP header, URI and connection
+    // are gathered.
+    if gate.nothing_to_check(id, scheme) {
         return Ok(None);
     }
     let conn = req.extensions().get::<Arc<ConnInfo>>();

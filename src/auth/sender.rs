@@ -156,6 +156,16 @@ pub struct Cnf<'a> {
     pub x5t: Option<&'a str>,
 }
 
+/// A bearer token for a bearer issuer: a token bound to nothing, presented as `Bearer`,
+/// of an issuer without a sender constraint has nothing to check (the common case; the
+/// gate asks this before it gathers what [`check`] would look at).
+pub fn nothing_to_check(constraint: SenderConstraint, bound: &Cnf<'_>, scheme: Scheme) -> bool {
+    constraint == SenderConstraint::None
+        && bound.jkt.is_none()
+        && bound.x5t.is_none()
+        && scheme == Scheme::Bearer
+}
+
 pub fn cnf(claims: &Map<String, Value>) -> Cnf<'_> {
     let c = claims.get("cnf").and_then(Value::as_object);
     let member = |name: &str| c.and_then(|c| c.get(name)).and_then(Value::as_str);
@@ -182,12 +192,7 @@ pub fn check(
     note: &mut dyn FnMut(String),
 ) -> Result<Option<Fresh>, GatewayError> {
     let bound = cnf(claims);
-    if rule.constraint == SenderConstraint::None
-        && bound.jkt.is_none()
-        && bound.x5t.is_none()
-        && p.scheme == Scheme::Bearer
-    {
-        // A bearer token for a bearer issuer: nothing to check (the common case).
+    if nothing_to_check(rule.constraint, &bound, p.scheme) {
         return Ok(None);
     }
     note(format!(

@@ -173,8 +173,8 @@ impl<'de, T: Node> Visitor<'de> for MapVisitor<'_, '_, T> {
         while let Some(key) = map.next_key_seed(KeySeed)? {
             let key = match key {
                 Key::Text(k) => k,
-                // `1_000:`, `0x10:`, `010:`, `true:` are read by YAML as a number or a
-                // boolean and printed back differently from how they are written: a
+                // `1_000:`, `0x10:`, `true:` are read by YAML as a number or a boolean
+                // and printed back differently from how they are written: a
                 // name made of them (a claim, a token-request parameter) would silently
                 // be another name. Refused, with the way out.
                 Key::Scalar(kind, printed) => {
