@@ -27,8 +27,9 @@
 // Usage: npm ci --prefix tests/e2e/oidc && node tests/e2e/oidc/provider.mjs \
 //          [--login-access-token-ttl SECONDS] [--redirect-uri URL]... [--post-logout-uri URL]...
 
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { generateKeyPair, randomBytes } from 'node:crypto';
 import http from 'node:http';
+import { promisify } from 'node:util';
 
 import Provider, { errors } from 'oidc-provider';
 
@@ -74,14 +75,20 @@ let loginAccessTokenTtl = 300;
 }
 
 // Fresh signing keys on every start, published at the provider's jwks_uri.
-function signingJwk(type, options, kid, alg) {
-  const { privateKey } = generateKeyPairSync(type, options);
+// Generated asynchronously, never with generateKeyPairSync: under load, Node 20's
+// synchronous RSA key generation deadlocks about once in 60 starts (a garbage collection
+// during the keygen runs ~KeyGenJob, which waits for a mutex its own thread holds; found
+// with gdb on a provider that never printed LISTENING). 500 asynchronous starts on a
+// machine with both cores busy never hung.
+const generateKeyPairAsync = promisify(generateKeyPair);
+async function signingJwk(type, options, kid, alg) {
+  const { privateKey } = await generateKeyPairAsync(type, options);
   return { ...privateKey.export({ format: 'jwk' }), kid, alg, use: 'sig' };
 }
 const jwks = {
   keys: [
-    signingJwk('rsa', { modulusLength: 2048 }, 'e2e-rsa', 'RS256'),
-    signingJwk('ec', { namedCurve: 'P-256' }, 'e2e-ec', 'ES256'),
+    await signingJwk('rsa', { modulusLength: 2048 }, 'e2e-rsa', 'RS256'),
+    await signingJwk('ec', { namedCurve: 'P-256' }, 'e2e-ec', 'ES256'),
   ],
 };
 
