@@ -140,6 +140,21 @@ struct Args {
     /// against a limit of 20.
     #[arg(long, default_value_t = 5.0)]
     rl_rate: f64,
+    /// Signed-in browser clients (0: none). Each signs in at the driver's OpenID
+    /// provider (authorization code + PKCE through tollgate's `login`), calls a
+    /// `login: true` route with its sealed session cookie at `--session-rate`, spread over
+    /// every replica under one shared Host (as behind a Kubernetes Service), sends a
+    /// tampered cookie now and then, and after `--session-calls` calls logs out and signs
+    /// in again.
+    #[arg(long, default_value_t = 4)]
+    sessions: usize,
+    /// Calls per second of each signed-in client.
+    #[arg(long, default_value_t = 2.0)]
+    session_rate: f64,
+    /// Calls per session before it logs out (at 2/s, 60 calls take 30 s: every session
+    /// refreshes its 70-second access token once).
+    #[arg(long, default_value_t = 60)]
+    session_calls: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -214,6 +229,11 @@ enum K {
     /// The Redis restarter's probes (a fresh client key each, never over a limit).
     RlProbeAllow,
     RlProbeDeny,
+    /// Browser sign-in clients (`--sessions`): sent by their own tasks.
+    SessionSignIn,
+    SessionApi,
+    SessionTampered,
+    SessionLogout,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -307,6 +327,13 @@ static CLASSES: &[Class] = &[
     class!(RlDeny,          "rl_deny_over_limit", 0, &[200, 429], None, true, Other),
     class!(RlProbeAllow,    "redis_probe_on_error_allow", 0, &[200], None, true, Other),
     class!(RlProbeDeny,     "redis_probe_on_error_deny", 0, &[200, 503], None, true, Other),
+    // Weight 0: sent by the sign-in clients (`--sessions`, `session_client`). A sign-in is
+    // the navigation, the provider's answer and the callback (counted once, by the
+    // callback's status); the calls carry the sealed session cookie.
+    class!(SessionSignIn,   "session_sign_in",    0, &[302], None, false, Other),
+    class!(SessionApi,      "session_api",        0, &[200], None, true, Valid),
+    class!(SessionTampered, "session_tampered_cookie", 0, &[401], T, false, Denied),
+    class!(SessionLogout,   "session_logout",     0, &[302], None, false, Other),
 ];
 
 /// The rate-limited routes (`--redis`): route path, limit name, window, on_error.
@@ -362,7 +389,7 @@ fn weights(overrides: &[String]) -> Result<Vec<u32>, String> {
             .map_err(|_| format!("--weight {o}: N must be a whole number"))?;
         if CLASSES[i].weight == 0 && w[i] != 0 {
             return Err(format!(
-                "--weight {o}: {name} is sent by its own clients (--redis, --rl-clients, --rl-rate)"
+                "--weight {o}: {name} is sent by its own clients (--redis, --rl-clients, --rl-rate, --sessions)"
             ));
         }
     }
@@ -578,6 +605,11 @@ struct Observed {
     token_hits: AtomicU64,
     /// Upstream tokens the identity provider issued: number -> expiry (unix seconds).
     issued: Mutex<HashMap<u64, i64>>,
+    /// The sign-in provider (`--sessions`): codes exchanged, refreshes, refusals.
+    sso_sign_ins: AtomicU64,
+    sso_refreshes: AtomicU64,
+    sso_refused: AtomicU64,
+    sso_refused_log: Mutex<Vec<String>>,
 }
 
 fn note(count: &AtomicU64, log: &Mutex<Vec<String>>, msg: String) {
@@ -718,6 +750,9 @@ fn judge(
         }
         return None;
     }
+    if path == "/dash" || path.starts_with("/dash/") {
+        return judge_session(ext_iss, method, path, h, name);
+    }
     if path.starts_with("/open/") || path.starts_with("/faults/slow/") {
         return None;
     }
@@ -734,6 +769,69 @@ fn judge(
     Some(format!(
         "{method} {path}: a path no class sends to the upstream ({name})"
     ))
+}
+
+/// A call of a signed-in person (`--sessions`): it must arrive as that person, with an
+/// access token the sign-in provider issued to them that has not expired, and without
+/// tollgate's own cookies.
+fn judge_session(
+    ext_iss: &str,
+    method: &Method,
+    path: &str,
+    h: &HeaderMap,
+    name: &str,
+) -> Option<String> {
+    let user = header(h, "x-soak-user");
+    if user.is_empty() {
+        return Some(format!(
+            "{method} {path}: a session call without its person ({name})"
+        ));
+    }
+    let subject = header(h, "x-auth-subject");
+    if subject != user {
+        return Some(format!(
+            "{method} {path}: {user}'s call arrived as subject {subject:?} ({name})"
+        ));
+    }
+    let cookies: Vec<&str> = h
+        .get_all("cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap_or(""))
+        .collect();
+    if cookies.iter().any(|v| v.contains("tollgate_")) {
+        return Some(format!(
+            "{method} {path}: tollgate's session cookies reached the upstream ({name})"
+        ));
+    }
+    if !cookies.iter().any(|v| v.contains("dash_pref=dark")) {
+        return Some(format!(
+            "{method} {path}: the person's own cookie did not reach the upstream ({name})"
+        ));
+    }
+    let auth = header(h, "authorization");
+    let Some(claims) = auth.strip_prefix("Bearer ").and_then(jwt_claims) else {
+        return Some(format!(
+            "{method} {path}: no access token passed on ({name})"
+        ));
+    };
+    let sso_iss = format!("{ext_iss}/sso");
+    if claims["iss"].as_str() != Some(sso_iss.as_str())
+        || claims["sub"].as_str() != Some(user)
+        || claims["aud"].as_str() != Some(AUD)
+    {
+        return Some(format!(
+            "{method} {path}: {user}'s call carried another token (iss {}, sub {}) ({name})",
+            claims["iss"], claims["sub"]
+        ));
+    }
+    let exp = claims["exp"].as_i64().unwrap_or(0);
+    if exp + EXT_LEEWAY + 2 < now() {
+        return Some(format!(
+            "{method} {path}: a session's access token expired {}s ago was used ({name})",
+            now() - exp
+        ));
+    }
+    None
 }
 
 async fn upstream(ext_iss: Arc<str>, obs: Arc<Observed>, req: Request<Incoming>) -> Resp {
@@ -768,10 +866,253 @@ async fn upstream(ext_iss: Arc<str>, obs: Arc<Observed>, req: Request<Incoming>)
     json_resp(200, serde_json::json!({"ok": true, "class": name}))
 }
 
-async fn idp(jwks: Arc<serde_json::Value>, obs: Arc<Observed>, req: Request<Incoming>) -> Resp {
+/// The sign-in client tollgate is registered as at the driver's provider (`--sessions`).
+const SSO_CLIENT: &str = "soak-web";
+const SSO_SECRET: &str = "web-secret";
+/// The sign-in access tokens' lifetime: tollgate refreshes a session's token when less
+/// than a minute is left, so a session refreshes after about 10 s of use.
+const SSO_ACCESS_TTL: i64 = 70;
+
+/// The driver's OpenID provider for browser sign-in (`--sessions`), at `{ext_iss}/sso`:
+/// discovery, an authorization endpoint that signs in the person the client names in
+/// `x-soak-user` (standing in for the provider's login page, as oidc-provider's
+/// devInteractions accept any name), and a token endpoint for `authorization_code` (the
+/// client's secret, the redirect URI and the PKCE S256 verifier checked; a code works
+/// once, for a minute) and `refresh_token`. Every refusal is counted and reported.
+struct Sso {
+    iss: String,
+    key: SigningKey,
+    codes: Mutex<HashMap<String, CodeGrant>>,
+    /// Refresh token -> subject.
+    refresh: Mutex<HashMap<String, String>>,
+}
+
+struct CodeGrant {
+    sub: String,
+    nonce: String,
+    challenge: String,
+    redirect_uri: String,
+    issued: Instant,
+}
+
+impl Sso {
+    fn new(ext_iss: &str) -> Result<Sso, String> {
+        Ok(Sso {
+            iss: format!("{ext_iss}/sso"),
+            key: SigningKey::generate_es256()?,
+            codes: Mutex::default(),
+            refresh: Mutex::default(),
+        })
+    }
+
+    fn refuse(obs: &Observed, status: u16, error: &str, why: String) -> Resp {
+        note(&obs.sso_refused, &obs.sso_refused_log, why);
+        json_resp(status, serde_json::json!({"error": error}))
+    }
+
+    fn tokens(&self, sub: &str, id_token_nonce: Option<&str>, refresh: &str) -> Resp {
+        let n = now();
+        let access = serde_json::json!({
+            "iss": self.iss, "aud": AUD, "sub": sub, "client_id": SSO_CLIENT,
+            "scope": "api.read", "iat": n, "exp": n + SSO_ACCESS_TTL,
+            "jti": format!("{:032x}", rand::random::<u128>()),
+        });
+        let mut body = serde_json::json!({
+            "access_token": self.key.sign("JWT", &access).expect("signing"),
+            "token_type": "Bearer",
+            "expires_in": SSO_ACCESS_TTL,
+            "refresh_token": refresh,
+            "scope": "openid api.read",
+        });
+        if let Some(nonce) = id_token_nonce {
+            let id = serde_json::json!({
+                "iss": self.iss, "aud": SSO_CLIENT, "sub": sub, "nonce": nonce,
+                "iat": n, "exp": n + 300,
+            });
+            body["id_token"] = self.key.sign("JWT", &id).expect("signing").into();
+        }
+        json_resp(200, body)
+    }
+
+    fn serve(
+        &self,
+        obs: &Observed,
+        path: &str,
+        query: &str,
+        auth: &str,
+        user: &str,
+        body: &[u8],
+    ) -> Resp {
+        let pairs = |b: &[u8]| -> HashMap<String, String> {
+            form_urlencoded::parse(b).into_owned().collect()
+        };
+        match path {
+            "/sso/.well-known/openid-configuration" => json_resp(
+                200,
+                serde_json::json!({
+                    "issuer": self.iss,
+                    "authorization_endpoint": format!("{}/authorize", self.iss),
+                    "token_endpoint": format!("{}/token", self.iss),
+                    "jwks_uri": format!("{}/jwks", self.iss),
+                    "response_types_supported": ["code"],
+                    "subject_types_supported": ["public"],
+                    "id_token_signing_alg_values_supported": ["ES256"],
+                    "code_challenge_methods_supported": ["S256"],
+                }),
+            ),
+            "/sso/jwks" => json_resp(200, self.key.jwks()),
+            "/sso/authorize" => {
+                let q = pairs(query.as_bytes());
+                let get = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+                if get("response_type") != "code"
+                    || get("client_id") != SSO_CLIENT
+                    || get("code_challenge_method") != "S256"
+                    || get("code_challenge").is_empty()
+                    || get("state").is_empty()
+                    || get("nonce").is_empty()
+                    || !get("redirect_uri").ends_with("/oauth2/callback")
+                    || user.is_empty()
+                {
+                    return Sso::refuse(
+                        obs,
+                        400,
+                        "invalid_request",
+                        format!("authorize: an incomplete request ({query})"),
+                    );
+                }
+                let code = format!("{:032x}", rand::random::<u128>());
+                let mut location = url::Url::parse(get("redirect_uri")).expect("checked URL");
+                location
+                    .query_pairs_mut()
+                    .append_pair("code", &code)
+                    .append_pair("state", get("state"));
+                self.codes.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    code,
+                    CodeGrant {
+                        sub: user.to_owned(),
+                        nonce: get("nonce").to_owned(),
+                        challenge: get("code_challenge").to_owned(),
+                        redirect_uri: get("redirect_uri").to_owned(),
+                        issued: Instant::now(),
+                    },
+                );
+                Response::builder()
+                    .status(302)
+                    .header("location", location.as_str())
+                    .body(Full::new(Bytes::new()))
+                    .expect("response")
+            }
+            "/sso/token" => {
+                let want = format!(
+                    "Basic {}",
+                    STANDARD.encode(format!("{SSO_CLIENT}:{SSO_SECRET}"))
+                );
+                if auth != want {
+                    return Sso::refuse(obs, 401, "invalid_client", "token: wrong client".into());
+                }
+                let f = pairs(body);
+                let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+                match get("grant_type") {
+                    "authorization_code" => {
+                        let grant = self
+                            .codes
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(get("code"));
+                        let Some(g) = grant else {
+                            return Sso::refuse(
+                                obs,
+                                400,
+                                "invalid_grant",
+                                "token: unknown or reused code".into(),
+                            );
+                        };
+                        use sha2::Digest as _;
+                        let verifier =
+                            URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(get("code_verifier")));
+                        if verifier != g.challenge {
+                            return Sso::refuse(
+                                obs,
+                                400,
+                                "invalid_grant",
+                                "token: PKCE verifier does not match".into(),
+                            );
+                        }
+                        if get("redirect_uri") != g.redirect_uri {
+                            return Sso::refuse(
+                                obs,
+                                400,
+                                "invalid_grant",
+                                "token: another redirect_uri".into(),
+                            );
+                        }
+                        if g.issued.elapsed() > Duration::from_secs(60) {
+                            return Sso::refuse(
+                                obs,
+                                400,
+                                "invalid_grant",
+                                "token: code older than 60 s".into(),
+                            );
+                        }
+                        obs.sso_sign_ins.fetch_add(1, Ordering::Relaxed);
+                        let rt = format!("rt-{:032x}", rand::random::<u128>());
+                        self.refresh
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(rt.clone(), g.sub.clone());
+                        self.tokens(&g.sub, Some(&g.nonce), &rt)
+                    }
+                    "refresh_token" => {
+                        let rt = get("refresh_token");
+                        let sub = self
+                            .refresh
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(rt)
+                            .cloned();
+                        let Some(sub) = sub else {
+                            return Sso::refuse(
+                                obs,
+                                400,
+                                "invalid_grant",
+                                "token: unknown refresh token".into(),
+                            );
+                        };
+                        obs.sso_refreshes.fetch_add(1, Ordering::Relaxed);
+                        self.tokens(&sub, None, rt)
+                    }
+                    g => Sso::refuse(
+                        obs,
+                        400,
+                        "unsupported_grant_type",
+                        format!("token: grant {g:?}"),
+                    ),
+                }
+            }
+            _ => json_resp(404, serde_json::json!({"error": "not_found"})),
+        }
+    }
+}
+
+async fn idp(
+    jwks: Arc<serde_json::Value>,
+    obs: Arc<Observed>,
+    sso: Arc<Sso>,
+    req: Request<Incoming>,
+) -> Resp {
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
     let auth = header(req.headers(), "authorization").to_owned();
-    let _ = req.into_body().collect().await;
+    let user = header(req.headers(), "x-soak-user").to_owned();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if path.starts_with("/sso/") {
+        return sso.serve(&obs, &path, &query, &auth, &user, &body);
+    }
     match path.as_str() {
         "/jwks" => {
             obs.jwks_hits.fetch_add(1, Ordering::Relaxed);
@@ -813,6 +1154,9 @@ struct Setup {
     hashed_secret: String,
     /// `--redis`: the port of the driver's redis-server (the rate-limited routes).
     redis_port: Option<u16>,
+    /// `--sessions`: browser sign-in at the driver's provider (`{ext_iss}/sso`), with
+    /// this cookie secret (the same for every replica: they read one file).
+    cookie_secret: Option<String>,
 }
 
 /// Two variants that differ in harmless ways (token TTL, CORS max_age, an upstream
@@ -860,7 +1204,7 @@ issuers:
     audiences: ["{AUD}"]
     algorithms: [ES256]
     jwks_refresh: 30s
-
+{sso_issuer}
 upstreams:
   - name: plain
     url: "{up}"
@@ -927,10 +1271,23 @@ routes:
         iss = s.ext_iss,
         up = s.upstream,
         dead = s.dead_port,
+        sso_issuer = if s.cookie_secret.is_some() {
+            format!(
+                "  - name: sso\n    issuer: \"{iss}/sso\"\n    discovery: \"{iss}/sso/.well-known/openid-configuration\"\n    audiences: [\"{AUD}\"]\n    algorithms: [ES256]\n",
+                iss = s.ext_iss
+            )
+        } else {
+            String::new()
+        },
     );
     if variant {
         y.push_str(
             "  - name: reload-marker\n    path_prefix: /reload-marker\n    upstream: plain\n    auth: none\n",
+        );
+    }
+    if s.cookie_secret.is_some() {
+        y.push_str(
+            "  - name: dash\n    path_prefix: /dash\n    upstream: plain\n    auth:\n      login: true\n      issuers: [sso]\n      scopes: [api.read]\n",
         );
     }
     if let Some(port) = s.redis_port {
@@ -957,6 +1314,13 @@ routes:
                 if r.deny { "deny" } else { "allow" }
             );
         }
+    }
+    if let Some(secret) = &s.cookie_secret {
+        // Plain HTTP on loopback: cookie_secure must be off (warned at every load).
+        let _ = write!(
+            y,
+            "\nlogin:\n  issuer: sso\n  client_id: {SSO_CLIENT}\n  client_secret: {SSO_SECRET}\n  scopes: [openid, api.read]\n  cookie_secret: \"{secret}\"\n  cookie_secure: false\n"
+        );
     }
     y
 }
@@ -994,6 +1358,8 @@ fn explained(target: &str, line: &str) -> bool {
         // The driver's Redis restarts (`--redis`); store errors outside them are
         // counted from tollgate_store_errors_total and reported.
         || line.contains("rate-limit store unavailable")
+        // `--sessions` signs in over plain HTTP on loopback: warned at every load.
+        || line.contains("login.cookie_secure")
 }
 
 fn spawn_tollgate(bin: &Path, config: &Path) -> Result<(Child, Arc<Mutex<LogStats>>), String> {
@@ -1474,10 +1840,17 @@ fn spec(ctx: &Ctx, k: K, rng: &mut StdRng) -> Spec {
             abort_after: Some(Duration::from_millis(80)),
             ..s(Method::GET, "/faults/slow/400", vec![])
         },
-        // Sent by their own tasks (`rl_client`, `rl_probe`); `weights` keeps them at 0.
-        K::RlFixed | K::RlSliding | K::RlDeny | K::RlProbeAllow | K::RlProbeDeny => {
-            s(Method::GET, "/nowhere/x", vec![])
-        }
+        // Sent by their own tasks (`rl_client`, `rl_probe`, `session_client`); `weights`
+        // keeps them at 0.
+        K::RlFixed
+        | K::RlSliding
+        | K::RlDeny
+        | K::RlProbeAllow
+        | K::RlProbeDeny
+        | K::SessionSignIn
+        | K::SessionApi
+        | K::SessionTampered
+        | K::SessionLogout => s(Method::GET, "/nowhere/x", vec![]),
     }
 }
 
@@ -1977,6 +2350,369 @@ async fn rl_client(
         });
     }
     (recs, lat)
+}
+
+// ---------------------------------------------------------------------------------------
+// Browser sign-in (`--sessions`): people signing in and calling with their session cookie
+// ---------------------------------------------------------------------------------------
+
+/// The Host every signed-in client sends, whichever replica it reaches (one Service name
+/// in front of all of them): the redirect URI tollgate derives from it is the same on
+/// each, and a session sealed by one replica must open on the others.
+const SESSION_HOST: &str = "dash.soak.test";
+
+/// A browser's cookies for tollgate's host: name -> (value, path).
+#[derive(Default)]
+struct Jar(BTreeMap<String, (String, String)>);
+
+impl Jar {
+    /// Takes in the `Set-Cookie`s of an answer (a removal is an empty value, a
+    /// `Max-Age` of 0 or less, or an `Expires` in 1970).
+    fn absorb(&mut self, h: &HeaderMap) {
+        for v in h.get_all("set-cookie") {
+            let Ok(v) = v.to_str() else { continue };
+            let mut attrs = v.split(';');
+            let Some((name, value)) = attrs.next().and_then(|nv| nv.split_once('=')) else {
+                continue;
+            };
+            let (name, value) = (name.trim(), value.trim());
+            let mut path = "/".to_owned();
+            let mut gone = value.is_empty();
+            for a in attrs {
+                let (k, val) = a.split_once('=').unwrap_or((a, ""));
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "path" => path = val.trim().to_owned(),
+                    "max-age" => gone |= val.trim().parse::<i64>().is_ok_and(|n| n <= 0),
+                    "expires" => gone |= val.contains("1970"),
+                    _ => {}
+                }
+            }
+            if gone {
+                self.0.remove(name);
+            } else {
+                self.0.insert(name.to_owned(), (value.to_owned(), path));
+            }
+        }
+    }
+
+    /// The `Cookie` header a browser sends to `path`.
+    fn header(&self, path: &str) -> String {
+        let v: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(_, (_, p))| path.starts_with(p.as_str()))
+            .map(|(n, (v, _))| format!("{n}={v}"))
+            .collect();
+        v.join("; ")
+    }
+
+    fn has_session(&self) -> bool {
+        self.0.keys().any(|n| n.starts_with("tollgate_session"))
+    }
+}
+
+/// The same cookies with one character of the session cookie's sealed value changed.
+fn tamper(cookie: &str) -> String {
+    cookie
+        .split("; ")
+        .map(|c| match c.split_once('=') {
+            Some((n, v)) if n.starts_with("tollgate_session") && v.len() > 8 => {
+                let mut b = v.as_bytes().to_vec();
+                let i = b.len() / 2;
+                b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+                format!("{n}={}", String::from_utf8_lossy(&b))
+            }
+            _ => c.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What one step of a sign-in client got.
+enum Got {
+    /// The answer the class is judged by.
+    Answer(u16, HeaderMap, Bytes),
+    /// An earlier step of the flow answered wrong: its status and what was wrong.
+    Flow(u16, String),
+    Transport(String),
+}
+
+async fn fetch(rb: reqwest::RequestBuilder) -> Got {
+    let res = async {
+        let resp = rb.send().await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await?;
+        Ok::<_, reqwest::Error>((status, headers, body))
+    }
+    .await;
+    match res {
+        Ok((s, h, b)) => Got::Answer(s, h, b),
+        Err(e) => Got::Transport(transport_kind(&e)),
+    }
+}
+
+fn location(h: &HeaderMap) -> &str {
+    header(h, "location")
+}
+
+/// One sign-in, as a browser does it: the navigation on replica `first` (302 to the
+/// provider, a state cookie), the provider (302 back with a code), the callback on
+/// replica `second` (302 to the page, the session cookie). Judged by the callback.
+async fn sign_in(
+    ctx: &Ctx,
+    client: &reqwest::Client,
+    jar: &mut Jar,
+    user: &str,
+    first: usize,
+    second: usize,
+) -> Got {
+    let class = CLASSES[k_index(K::SessionSignIn)].name;
+    let page = "/dash/home?tab=sales";
+    let nav = fetch(
+        client
+            .get(format!("{}{page}", ctx.reps[first].base))
+            .header("host", SESSION_HOST)
+            .header("accept", "text/html,application/xhtml+xml")
+            .header("cookie", jar.header(page))
+            .header("x-soak-class", class),
+    )
+    .await;
+    let Got::Answer(status, h, _) = nav else {
+        return nav;
+    };
+    let authorize = format!("{}/sso/authorize?", ctx.minter.iss);
+    if status != 302 || !location(&h).starts_with(&authorize) {
+        return Got::Flow(
+            status,
+            format!("navigation: {status}, Location {:?}", location(&h)),
+        );
+    }
+    jar.absorb(&h);
+    let at_idp = fetch(client.get(location(&h)).header("x-soak-user", user)).await;
+    let Got::Answer(status, h, _) = at_idp else {
+        return at_idp;
+    };
+    let back = format!("http://{SESSION_HOST}/oauth2/callback?");
+    let Some(query) = location(&h).strip_prefix(&back) else {
+        return Got::Flow(
+            status,
+            format!("provider: {status}, Location {:?}", location(&h)),
+        );
+    };
+    let callback = format!("/oauth2/callback?{query}");
+    let cb = fetch(
+        client
+            .get(format!("{}{callback}", ctx.reps[second].base))
+            .header("host", SESSION_HOST)
+            .header("accept", "text/html")
+            .header("cookie", jar.header(&callback))
+            .header("x-soak-class", class),
+    )
+    .await;
+    let Got::Answer(status, h, body) = cb else {
+        return cb;
+    };
+    jar.absorb(&h);
+    if status == 302 && (location(&h) != page || !jar.has_session()) {
+        return Got::Flow(
+            status,
+            format!(
+                "callback: Location {:?}, session cookie {}",
+                location(&h),
+                if jar.has_session() { "set" } else { "missing" }
+            ),
+        );
+    }
+    Got::Answer(status, h, body)
+}
+
+/// Books one step of a sign-in client as the workers book a request; true when it went
+/// as expected.
+fn tally(
+    ctx: &Ctx,
+    out: &mut WorkerOut,
+    k: K,
+    rep: usize,
+    what: &str,
+    started: Instant,
+    got: Got,
+) -> bool {
+    let ci = k_index(k);
+    let c = &CLASSES[ci];
+    ctx.live.sent.fetch_add(1, Ordering::Relaxed);
+    let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+    let (outcome, problem) = match got {
+        Got::Transport(e) => {
+            ctx.live.transport.fetch_add(1, Ordering::Relaxed);
+            (Outcome::Transport(e.clone()), Some(e))
+        }
+        Got::Flow(status, p) => {
+            if status >= 500 {
+                ctx.live.unexpected_5xx.fetch_add(1, Ordering::Relaxed);
+            }
+            (Outcome::Status(status), Some(p))
+        }
+        Got::Answer(status, headers, body) => {
+            let t_ms = ctx.t0.elapsed().as_millis().min(u32::MAX as u128) as u32;
+            out.lat.push((t_ms, ci as u8, us));
+            if status >= 500 {
+                ctx.live.unexpected_5xx.fetch_add(1, Ordering::Relaxed);
+            }
+            let problem = if !c.expect.contains(&status) {
+                Some(format!(
+                    "status {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(160)])
+                ))
+            } else {
+                check(c, &headers, &body).err()
+            };
+            (Outcome::Status(status), problem)
+        }
+    };
+    let ok = problem.is_none();
+    if let Some(p) = problem {
+        *out.problems.entry(ci).or_default() += 1;
+        ctx.live.unexpected.fetch_add(1, Ordering::Relaxed);
+        let mut l = ctx.unexpected_log.lock().unwrap_or_else(|e| e.into_inner());
+        if l.len() < 30 {
+            l.push(format!(
+                "t={:.1}s replica {rep} {} {what}: {p}",
+                ctx.t0.elapsed().as_secs_f64(),
+                c.name
+            ));
+        }
+    }
+    *out.outcomes.entry((ci, outcome)).or_default() += 1;
+    ok
+}
+
+/// One person at a browser (`--sessions`): signs in, makes `calls` calls with the session
+/// cookie (every 15th with the cookie tampered with), logs out, and starts again; each
+/// request goes to the next replica, all under [`SESSION_HOST`]. The person keeps a
+/// cookie of their own (`dash_pref`), which must reach the upstream while tollgate's
+/// never do (judged there).
+async fn session_client(ctx: Arc<Ctx>, no: usize, rate: f64, calls: usize) -> WorkerOut {
+    let client = builder()
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let user = format!("person-{no}");
+    let n = ctx.reps.len();
+    let mut turn = no;
+    let mut next_rep = || {
+        turn += 1;
+        turn % n
+    };
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut out = WorkerOut::default();
+    let _ = ctx
+        .until_stopped(tokio::time::sleep(period.mul_f64(rand::random::<f64>())))
+        .await;
+    let mut iv = tokio::time::interval(period);
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    'sessions: loop {
+        let mut jar = Jar::default();
+        jar.0
+            .insert("dash_pref".into(), ("dark".into(), "/".into()));
+        if ctx.until_stopped(iv.tick()).await.is_none() {
+            break;
+        }
+        {
+            let _g = ctx.gate.read().await;
+            if ctx.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let (first, second) = (next_rep(), next_rep());
+            let started = Instant::now();
+            let got = sign_in(&ctx, &client, &mut jar, &user, first, second).await;
+            let what = format!("sign-in (navigation on replica {first}, callback on {second})");
+            if !tally(
+                &ctx,
+                &mut out,
+                K::SessionSignIn,
+                second,
+                &what,
+                started,
+                got,
+            ) {
+                continue;
+            }
+        }
+        for j in 0..calls {
+            if ctx.until_stopped(iv.tick()).await.is_none() {
+                break 'sessions;
+            }
+            let _g = ctx.gate.read().await;
+            if ctx.stop.load(Ordering::Relaxed) {
+                break 'sessions;
+            }
+            let rep = next_rep();
+            let tampered = j % 15 == 7;
+            let k = if tampered {
+                K::SessionTampered
+            } else {
+                K::SessionApi
+            };
+            let path = format!("/dash/items/{j}");
+            let cookie = if tampered {
+                tamper(&jar.header(&path))
+            } else {
+                jar.header(&path)
+            };
+            let started = Instant::now();
+            let got = fetch(
+                client
+                    .get(format!("{}{path}", ctx.reps[rep].base))
+                    .header("host", SESSION_HOST)
+                    .header("accept", "application/json")
+                    .header("cookie", cookie)
+                    .header("x-soak-user", &user)
+                    .header("x-soak-class", CLASSES[k_index(k)].name),
+            )
+            .await;
+            if let (Got::Answer(_, h, _), false) = (&got, tampered) {
+                jar.absorb(h);
+            }
+            tally(&ctx, &mut out, k, rep, &format!("GET {path}"), started, got);
+        }
+        if ctx.until_stopped(iv.tick()).await.is_none() {
+            break;
+        }
+        let _g = ctx.gate.read().await;
+        if ctx.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let rep = next_rep();
+        let started = Instant::now();
+        let mut got = fetch(
+            client
+                .get(format!("{}/oauth2/logout", ctx.reps[rep].base))
+                .header("host", SESSION_HOST)
+                .header("accept", "text/html")
+                .header("cookie", jar.header("/oauth2/logout"))
+                .header("x-soak-class", CLASSES[k_index(K::SessionLogout)].name),
+        )
+        .await;
+        if let Got::Answer(status, h, _) = &got {
+            jar.absorb(h);
+            if *status == 302 && jar.has_session() {
+                got = Got::Flow(302, "logout left the session cookie in place".into());
+            }
+        }
+        tally(
+            &ctx,
+            &mut out,
+            K::SessionLogout,
+            rep,
+            "GET /oauth2/logout",
+            started,
+            got,
+        );
+    }
+    out
 }
 
 /// The store errors of every replica (`tollgate_store_errors_total{store="redis"}`).
@@ -2798,7 +3534,11 @@ async fn run(args: Args) -> Result<u8, String> {
     };
     let jwks = Arc::new(minter.key.jwks());
     let o = obs.clone();
-    tokio::spawn(serve(idp_l, move |req| idp(jwks.clone(), o.clone(), req)));
+    let sso = Arc::new(Sso::new(&ext_iss)?);
+    let sso_idp = sso.clone();
+    tokio::spawn(serve(idp_l, move |req| {
+        idp(jwks.clone(), o.clone(), sso_idp.clone(), req)
+    }));
     let o = obs.clone();
     let iss: Arc<str> = ext_iss.clone().into();
     tokio::spawn(serve(up_l, move |req| {
@@ -2832,6 +3572,8 @@ async fn run(args: Args) -> Result<u8, String> {
         redis_port: redis
             .as_ref()
             .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).port),
+        cookie_secret: (args.sessions > 0)
+            .then(|| URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())),
     });
     write_config(&setup, false).map_err(|e| format!("writing the config: {e}"))?;
     let config_path = dir.join("gateway.yaml");
@@ -3156,6 +3898,20 @@ async fn drive(
                 args.redis_down,
             )));
         }
+    }
+    for no in 0..args.sessions {
+        handles.push(tokio::spawn(session_client(
+            ctx.clone(),
+            no,
+            args.session_rate,
+            args.session_calls,
+        )));
+    }
+    for rep in 0..n {
+        // A connection to every replica per signed-in client; towards the backends one
+        // per client and tollgate's to the provider (code exchanges, refreshes).
+        client_bound[rep] += args.sessions as u64;
+        upstream_bound[rep] += args.sessions as u64 + u64::from(args.sessions > 0);
     }
     let rotate_errors = Arc::new(AtomicU64::new(0));
     tokio::spawn(rotator(ctx.clone(), rotate_errors.clone()));
@@ -3710,6 +4466,46 @@ fn report(
         ),
         ok: r.status_failed == 0,
     });
+    if args.sessions > 0 {
+        let count = |k: K| {
+            let ci = k_index(k);
+            let total: u64 = d
+                .outcomes
+                .iter()
+                .filter(|((c, _), _)| *c == ci)
+                .map(|(_, v)| v)
+                .sum();
+            let bad = d.problems.get(&ci).copied().unwrap_or(0);
+            (total - bad.min(total), total, bad)
+        };
+        let (si_ok, si, si_bad) = count(K::SessionSignIn);
+        let (api_ok, api, api_bad) = count(K::SessionApi);
+        let (t_ok, t, t_bad) = count(K::SessionTampered);
+        let (lo_ok, lo, lo_bad) = count(K::SessionLogout);
+        let exchanged = d.obs.sso_sign_ins.load(Ordering::Relaxed);
+        let refreshes = d.obs.sso_refreshes.load(Ordering::Relaxed);
+        let refused = d.obs.sso_refused.load(Ordering::Relaxed);
+        let refused_log = d
+            .obs
+            .sso_refused_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("; ");
+        crit.push(Criterion {
+            name: "browser sign-in sessions (`--sessions`)".into(),
+            target: "every sign-in completes (navigation on one replica, callback on another); every session call reaches the upstream as its person, with an unexpired token and without tollgate's cookies (judged there); tampered cookies 401; access tokens refreshed; logout drops the cookie; the provider refuses nothing".into(),
+            measured: format!(
+                "{} clients: {si_ok}/{si} sign-ins ({exchanged} codes exchanged at the provider), {api_ok}/{api} calls 200, {t_ok}/{t} tampered cookies 401 `invalid_token`, {lo_ok}/{lo} logouts; {refreshes} refreshes at the provider; {refused} provider refusals{}",
+                args.sessions,
+                if refused_log.is_empty() { String::new() } else { format!(" ({refused_log})") }
+            ),
+            ok: si_bad + api_bad + t_bad + lo_bad == 0
+                && si_ok > 0
+                && api_ok > 0
+                && refused == 0
+                && (refreshes > 0 || d.elapsed < 90.0),
+        });
+    }
     crit.push(Criterion {
         name: "tollgate stayed up".into(),
         target: "until stopped".into(),
@@ -3732,6 +4528,14 @@ fn report(
         .map(|c| format!("{c:.0}%"))
         .collect::<Vec<_>>()
         .join(" / ");
+    let sessions_note = if args.sessions > 0 {
+        format!(
+            "- Browser sign-in: {} people at browsers (`--sessions`), {:.1} calls/s each. Each signs in through tollgate's `login` (authorization code + PKCE S256) at the driver's OpenID provider (discovery, an authorization endpoint that signs in the person the client names, a token endpoint checking the client secret, redirect URI and PKCE verifier; access tokens live {SSO_ACCESS_TTL} s, so tollgate refreshes them), with the navigation on one replica and the callback on the next, all under one Host (`{SESSION_HOST}`, as behind a Service); then {} calls of a `login: true` route with the sealed session cookie, each on the next replica (every 15th with the cookie tampered with), then logout, and again. The person's own cookie must reach the upstream, tollgate's never.",
+            args.sessions, args.session_rate, args.session_calls
+        )
+    } else {
+        "- Not covered: browser sign-in sessions (`--sessions 0`).".to_owned()
+    };
     // Per-class table.
     let mut per_class: Vec<(usize, u64, BTreeMap<String, u64>)> = Vec::new();
     for (ci, c) in CLASSES.iter().enumerate() {
@@ -3851,7 +4655,7 @@ fn report(
     );
     let _ = writeln!(
         md,
-        "- tollgate used {cpu} of one core on average between the checkpoints (per replica); the driver runs on the same machine; load average (1 min) {} at the start, {} at the end, mean {load_mean:.2} and max {load_max:.2} over the run.{}\n- Reloads every {} alternating a real config change written to the file and `POST /admin/reload` (to every replica); RSS, fds and `/metrics` sampled every {}; start and end figures are taken with traffic paused for 2 s.\n- Not covered: browser sign-in sessions. The soak's identity provider is an in-process JWKS + client_credentials endpoint; a sign-in flow needs an authorization endpoint with a login (the npm oidc-provider of tests/e2e/oidc and a browser), which the driver does not run, so no sign-in traffic is sent rather than a faked one.\n",
+        "- tollgate used {cpu} of one core on average between the checkpoints (per replica); the driver runs on the same machine; load average (1 min) {} at the start, {} at the end, mean {load_mean:.2} and max {load_max:.2} over the run.{}\n- Reloads every {} alternating a real config change written to the file and `POST /admin/reload` (to every replica); RSS, fds and `/metrics` sampled every {}; start and end figures are taken with traffic paused for 2 s.\n{sessions_note}\n",
         d.load_start,
         d.load_end,
         if args.note.is_empty() { String::new() } else { format!(" {}", args.note) },
