@@ -934,6 +934,66 @@ impl Sso {
         json_resp(200, body)
     }
 
+    /// The token endpoint: the answer, or a refusal (status, `error`, why, for the report).
+    fn token(
+        &self,
+        obs: &Observed,
+        auth: &str,
+        body: &[u8],
+    ) -> Result<Resp, (u16, &'static str, String)> {
+        let want = format!(
+            "Basic {}",
+            STANDARD.encode(format!("{SSO_CLIENT}:{SSO_SECRET}"))
+        );
+        if auth != want {
+            return Err((401, "invalid_client", "token: wrong client".into()));
+        }
+        let bad = |why: &str| (400, "invalid_grant", format!("token: {why}"));
+        let f: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
+        let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+        match get("grant_type") {
+            "authorization_code" => {
+                let grant = self
+                    .codes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(get("code"));
+                let g = grant.ok_or_else(|| bad("unknown or reused code"))?;
+                use sha2::Digest as _;
+                let verifier = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(get("code_verifier")));
+                if verifier != g.challenge {
+                    return Err(bad("PKCE verifier does not match"));
+                }
+                if get("redirect_uri") != g.redirect_uri {
+                    return Err(bad("another redirect_uri"));
+                }
+                if g.issued.elapsed() > Duration::from_secs(60) {
+                    return Err(bad("code older than 60 s"));
+                }
+                obs.sso_sign_ins.fetch_add(1, Ordering::Relaxed);
+                let rt = format!("rt-{:032x}", rand::random::<u128>());
+                self.refresh
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(rt.clone(), g.sub.clone());
+                Ok(self.tokens(&g.sub, Some(&g.nonce), &rt))
+            }
+            "refresh_token" => {
+                let rt = get("refresh_token");
+                let sub = self
+                    .refresh
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(rt)
+                    .cloned()
+                    .ok_or_else(|| bad("unknown refresh token"))?;
+                obs.sso_refreshes.fetch_add(1, Ordering::Relaxed);
+                Ok(self.tokens(&sub, None, rt))
+            }
+            g => Err((400, "unsupported_grant_type", format!("token: grant {g:?}"))),
+        }
+    }
+
     fn serve(
         &self,
         obs: &Observed,
@@ -1002,93 +1062,10 @@ impl Sso {
                     .body(Full::new(Bytes::new()))
                     .expect("response")
             }
-            "/sso/token" => {
-                let want = format!(
-                    "Basic {}",
-                    STANDARD.encode(format!("{SSO_CLIENT}:{SSO_SECRET}"))
-                );
-                if auth != want {
-                    return Sso::refuse(obs, 401, "invalid_client", "token: wrong client".into());
-                }
-                let f = pairs(body);
-                let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
-                match get("grant_type") {
-                    "authorization_code" => {
-                        let grant = self
-                            .codes
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(get("code"));
-                        let Some(g) = grant else {
-                            return Sso::refuse(
-                                obs,
-                                400,
-                                "invalid_grant",
-                                "token: unknown or reused code".into(),
-                            );
-                        };
-                        use sha2::Digest as _;
-                        let verifier =
-                            URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(get("code_verifier")));
-                        if verifier != g.challenge {
-                            return Sso::refuse(
-                                obs,
-                                400,
-                                "invalid_grant",
-                                "token: PKCE verifier does not match".into(),
-                            );
-                        }
-                        if get("redirect_uri") != g.redirect_uri {
-                            return Sso::refuse(
-                                obs,
-                                400,
-                                "invalid_grant",
-                                "token: another redirect_uri".into(),
-                            );
-                        }
-                        if g.issued.elapsed() > Duration::from_secs(60) {
-                            return Sso::refuse(
-                                obs,
-                                400,
-                                "invalid_grant",
-                                "token: code older than 60 s".into(),
-                            );
-                        }
-                        obs.sso_sign_ins.fetch_add(1, Ordering::Relaxed);
-                        let rt = format!("rt-{:032x}", rand::random::<u128>());
-                        self.refresh
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(rt.clone(), g.sub.clone());
-                        self.tokens(&g.sub, Some(&g.nonce), &rt)
-                    }
-                    "refresh_token" => {
-                        let rt = get("refresh_token");
-                        let sub = self
-                            .refresh
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get(rt)
-                            .cloned();
-                        let Some(sub) = sub else {
-                            return Sso::refuse(
-                                obs,
-                                400,
-                                "invalid_grant",
-                                "token: unknown refresh token".into(),
-                            );
-                        };
-                        obs.sso_refreshes.fetch_add(1, Ordering::Relaxed);
-                        self.tokens(&sub, None, rt)
-                    }
-                    g => Sso::refuse(
-                        obs,
-                        400,
-                        "unsupported_grant_type",
-                        format!("token: grant {g:?}"),
-                    ),
-                }
-            }
+            "/sso/token" => match self.token(obs, auth, body) {
+                Ok(resp) => resp,
+                Err((status, error, why)) => Sso::refuse(obs, status, error, why),
+            },
             _ => json_resp(404, serde_json::json!({"error": "not_found"})),
         }
     }
@@ -1980,43 +1957,70 @@ async fn worker(ctx: Arc<Ctx>, conn: Conn, rep: usize, period: Duration, seed: u
                 (Outcome::Transport(k.clone()), Some(k))
             }
             Some(Ok((status, headers, body))) => {
-                let t_ms = ctx.t0.elapsed().as_millis().min(u32::MAX as u128) as u32;
-                out.lat.push((t_ms, ci as u8, us));
-                let problem = if !c.expect.contains(&status) {
-                    Some(format!(
-                        "status {status}: {}",
-                        String::from_utf8_lossy(&body[..body.len().min(160)])
-                    ))
-                } else {
-                    check(c, &headers, &body).err()
-                };
-                if status >= 500 {
-                    if c.kind == Kind::Fault && c.expect.contains(&status) {
-                        ctx.live.fault_5xx.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        ctx.live.unexpected_5xx.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                (Outcome::Status(status), problem)
+                answered(&ctx, &mut out, ci, us, status, &headers, &body)
             }
         };
-        if let Some(p) = problem {
-            *out.problems.entry(ci).or_default() += 1;
-            ctx.live.unexpected.fetch_add(1, Ordering::Relaxed);
-            let mut l = ctx.unexpected_log.lock().unwrap_or_else(|e| e.into_inner());
-            if l.len() < 30 {
-                l.push(format!(
-                    "t={:.1}s replica {rep} {} {} {}: {p}",
-                    ctx.t0.elapsed().as_secs_f64(),
-                    c.name,
-                    sp.method,
-                    sp.path
-                ));
-            }
-        }
-        *out.outcomes.entry((ci, outcome)).or_default() += 1;
+        let what = format!("{} {}", sp.method, sp.path);
+        book(&ctx, &mut out, ci, rep, &what, outcome, problem);
     }
     out
+}
+
+/// An answer of class `ci`: its latency, whether it is one the class expects (status,
+/// then [`check`]), and the 5xx counts.
+fn answered(
+    ctx: &Ctx,
+    out: &mut WorkerOut,
+    ci: usize,
+    us: u32,
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (Outcome, Option<String>) {
+    let c = &CLASSES[ci];
+    let t_ms = ctx.t0.elapsed().as_millis().min(u32::MAX as u128) as u32;
+    out.lat.push((t_ms, ci as u8, us));
+    let problem = if !c.expect.contains(&status) {
+        Some(format!(
+            "status {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(160)])
+        ))
+    } else {
+        check(c, headers, body).err()
+    };
+    if status >= 500 {
+        if c.kind == Kind::Fault && c.expect.contains(&status) {
+            ctx.live.fault_5xx.fetch_add(1, Ordering::Relaxed);
+        } else {
+            ctx.live.unexpected_5xx.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    (Outcome::Status(status), problem)
+}
+
+/// Counts an outcome of class `ci`, and a problem as unexpected (the first 30 logged).
+fn book(
+    ctx: &Ctx,
+    out: &mut WorkerOut,
+    ci: usize,
+    rep: usize,
+    what: &str,
+    outcome: Outcome,
+    problem: Option<String>,
+) {
+    if let Some(p) = problem {
+        *out.problems.entry(ci).or_default() += 1;
+        ctx.live.unexpected.fetch_add(1, Ordering::Relaxed);
+        let mut l = ctx.unexpected_log.lock().unwrap_or_else(|e| e.into_inner());
+        if l.len() < 30 {
+            l.push(format!(
+                "t={:.1}s replica {rep} {} {what}: {p}",
+                ctx.t0.elapsed().as_secs_f64(),
+                CLASSES[ci].name
+            ));
+        }
+    }
+    *out.outcomes.entry((ci, outcome)).or_default() += 1;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2539,7 +2543,6 @@ fn tally(
     got: Got,
 ) -> bool {
     let ci = k_index(k);
-    let c = &CLASSES[ci];
     ctx.live.sent.fetch_add(1, Ordering::Relaxed);
     let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
     let (outcome, problem) = match got {
@@ -2553,37 +2556,10 @@ fn tally(
             }
             (Outcome::Status(status), Some(p))
         }
-        Got::Answer(status, headers, body) => {
-            let t_ms = ctx.t0.elapsed().as_millis().min(u32::MAX as u128) as u32;
-            out.lat.push((t_ms, ci as u8, us));
-            if status >= 500 {
-                ctx.live.unexpected_5xx.fetch_add(1, Ordering::Relaxed);
-            }
-            let problem = if !c.expect.contains(&status) {
-                Some(format!(
-                    "status {status}: {}",
-                    String::from_utf8_lossy(&body[..body.len().min(160)])
-                ))
-            } else {
-                check(c, &headers, &body).err()
-            };
-            (Outcome::Status(status), problem)
-        }
+        Got::Answer(status, headers, body) => answered(ctx, out, ci, us, status, &headers, &body),
     };
     let ok = problem.is_none();
-    if let Some(p) = problem {
-        *out.problems.entry(ci).or_default() += 1;
-        ctx.live.unexpected.fetch_add(1, Ordering::Relaxed);
-        let mut l = ctx.unexpected_log.lock().unwrap_or_else(|e| e.into_inner());
-        if l.len() < 30 {
-            l.push(format!(
-                "t={:.1}s replica {rep} {} {what}: {p}",
-                ctx.t0.elapsed().as_secs_f64(),
-                c.name
-            ));
-        }
-    }
-    *out.outcomes.entry((ci, outcome)).or_default() += 1;
+    book(ctx, out, ci, rep, what, outcome, problem);
     ok
 }
 
