@@ -1037,7 +1037,7 @@ impl Sso {
                         obs,
                         400,
                         "invalid_request",
-                        format!("authorize: an incomplete request ({query})"),
+                        "authorize: an incomplete request (parameters not shown: state, nonce and challenge are a sign-in's secrets)".into(),
                     );
                 }
                 let code = format!("{:032x}", rand::random::<u128>());
