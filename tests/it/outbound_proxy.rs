@@ -296,14 +296,16 @@ async fn proxy_failures_are_named_in_readiness_and_logs() {
         proxied("wrong-auth", &wrong),
     ];
     let (bin, _dir) = start(&config(&issuers, &up, json!({})), &[]);
+    // Readiness keeps SPEC's meaning (first fetches finished); the errors say why. An
+    // issuer records its failure a moment before it marks its first fetch finished, so
+    // the five errors can show while /readyz still says 503: wait for both.
     let (code, ready) = eventually(
-        "/readyz lists the five failing issuers",
+        "/readyz ready (200) and listing the five failing issuers",
         PATIENCE,
         async || admin_json(&bin, "/readyz").await,
-        |(_, r)| r["issuer_errors"].as_array().is_some_and(|a| a.len() == 5),
+        |(c, r)| *c == 200 && r["issuer_errors"].as_array().is_some_and(|a| a.len() == 5),
     )
     .await;
-    // Readiness keeps SPEC's meaning (first fetches finished); the errors say why.
     assert_eq!(code, 200, "{ready}");
     let error_of = |name: &str| {
         ready["issuer_errors"]
