@@ -1003,9 +1003,6 @@ impl Sso {
         user: &str,
         body: &[u8],
     ) -> Resp {
-        let pairs = |b: &[u8]| -> HashMap<String, String> {
-            form_urlencoded::parse(b).into_owned().collect()
-        };
         match path {
             "/sso/.well-known/openid-configuration" => json_resp(
                 200,
@@ -1022,7 +1019,9 @@ impl Sso {
             ),
             "/sso/jwks" => json_resp(200, self.key.jwks()),
             "/sso/authorize" => {
-                let q = pairs(query.as_bytes());
+                let q: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+                    .into_owned()
+                    .collect();
                 let get = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
                 if get("response_type") != "code"
                     || get("client_id") != SSO_CLIENT
