@@ -54,6 +54,7 @@ fn key_derivation(c: &mut Criterion) {
         headers: &headers,
         client_id: Some("bi-integration-client"),
         subject: None,
+        ip_key: None,
     };
     let header = KeySpec::Header(HeaderName::from_static("x-api-key"));
     let mut g = c.benchmark_group("ratelimit_key");

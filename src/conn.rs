@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::HeaderValue;
 use tokio::sync::OwnedSemaphorePermit;
@@ -20,6 +20,9 @@ pub struct ConnInfo {
     pub slot: Option<Arc<OwnedSemaphorePermit>>,
     /// The client certificate the TLS handshake presented (`server.tls.client_ca`).
     pub client_cert: ClientCert,
+    /// The rate limiter's digest of `remote`'s IP (`key: ip`), computed by the first
+    /// request of the connection that needs it (see `ratelimit::KeyInput::ip_key`).
+    pub ip_key: OnceLock<[u8; 16]>,
 }
 
 /// The client's TLS certificate, as far as sender-constrained tokens look at it.
@@ -43,6 +46,7 @@ impl ConnInfo {
             ip,
             slot: None,
             client_cert: ClientCert::None,
+            ip_key: OnceLock::new(),
         }
     }
 

@@ -296,6 +296,7 @@ fn check_text(text: &[u8]) {
         headers: &h,
         client_id: None,
         subject: None,
+        ip_key: None,
     };
     let k = spec.key(&input);
     let first = values

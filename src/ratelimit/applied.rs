@@ -207,6 +207,7 @@ fn input<'a>(headers: &'a HeaderMap, client_id: Option<&'a str>, ip: IpAddr) -> 
         headers,
         client_id,
         subject: None,
+        ip_key: None,
     }
 }
 

@@ -127,6 +127,22 @@ impl Decision {
     }
 }
 
+/// The `RateLimit-Policy` and `RateLimit` values a response of a limited route carries.
+#[derive(Clone, Debug)]
+pub struct RateHeaders {
+    pub policy: HeaderValue,
+    pub state: HeaderValue,
+}
+
+impl From<&Decision> for RateHeaders {
+    fn from(d: &Decision) -> RateHeaders {
+        RateHeaders {
+            policy: d.policy.clone(),
+            state: d.ratelimit_header(),
+        }
+    }
+}
+
 /// The decision whose headers a response carries when several limits apply: the one
 /// closest to exhaustion (see SPEC). `None` for no decisions.
 pub fn closest_to_exhaustion<'a, I>(decisions: I) -> Option<&'a Decision>

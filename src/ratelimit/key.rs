@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
@@ -25,6 +26,10 @@ pub struct KeyInput<'a> {
     pub client_id: Option<&'a str>,
     /// The token subject, when the token has one.
     pub subject: Option<&'a str>,
+    /// Where the connection keeps the digest of `client_ip` once computed (the
+    /// listener's [`ConnInfo::ip_key`](crate::conn::ConnInfo::ip_key)): a `key: ip` limit
+    /// then hashes once per connection, not once per request. `None`: hash every time.
+    pub ip_key: Option<&'a OnceLock<[u8; 16]>>,
 }
 
 /// A digest identifying what a request is counted under (see the module docs).
@@ -89,10 +94,16 @@ impl KeySpec {
         match self {
             KeySpec::Client => RateKey::from_parts("client", non_empty(input.client_id)),
             KeySpec::Subject => RateKey::from_parts("subject", non_empty(input.subject)),
-            KeySpec::Ip => match input.client_ip.to_canonical() {
-                IpAddr::V4(a) => RateKey::from_parts("ip", Some(&a.octets())),
-                IpAddr::V6(a) => RateKey::from_parts("ip", Some(&a.octets())),
-            },
+            KeySpec::Ip => {
+                let digest = || match input.client_ip.to_canonical() {
+                    IpAddr::V4(a) => RateKey::from_parts("ip", Some(&a.octets())),
+                    IpAddr::V6(a) => RateKey::from_parts("ip", Some(&a.octets())),
+                };
+                match input.ip_key {
+                    Some(cell) => RateKey(*cell.get_or_init(|| digest().0)),
+                    None => digest(),
+                }
+            }
             KeySpec::Header(name) => {
                 let value = input
                     .headers
@@ -116,6 +127,7 @@ mod tests {
             headers,
             client_id: Some("bi-tool"),
             subject: None,
+            ip_key: None,
         }
     }
 
@@ -156,6 +168,27 @@ mod tests {
         assert_eq!(v4, KeySpec::Ip.key(&input(&h, "::ffff:192.0.2.7")));
         assert_ne!(v4, KeySpec::Ip.key(&input(&h, "192.0.2.8")));
         assert_ne!(v4, KeySpec::Ip.key(&input(&h, "2001:db8::7")));
+    }
+
+    // A connection's cached digest is the digest: computed by the first request that
+    // asks, then reused (and only `key: ip` uses it).
+    #[test]
+    fn ip_digest_is_kept_per_connection() {
+        let h = HeaderMap::new();
+        let cell = OnceLock::new();
+        let cached = KeyInput {
+            ip_key: Some(&cell),
+            ..input(&h, "192.0.2.7")
+        };
+        assert_eq!(
+            KeySpec::Client.key(&cached),
+            KeySpec::Client.key(&input(&h, "192.0.2.7"))
+        );
+        assert!(cell.get().is_none());
+        let k = KeySpec::Ip.key(&cached);
+        assert_eq!(k, KeySpec::Ip.key(&input(&h, "192.0.2.7")));
+        assert_eq!(cell.get(), Some(k.as_bytes()));
+        assert_eq!(KeySpec::Ip.key(&cached), k);
     }
 
     // A digest neither contains nor prints the value it was made from.

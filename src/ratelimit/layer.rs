@@ -29,7 +29,9 @@ use std::task::{Context, Poll};
 use http::header::HeaderValue;
 use http::{Request, Response};
 
-use super::{Decision, KeyInput, Limit, Limiter, Outcome, Unavailable, Verdict};
+use super::{
+    Decision, KeyInput, Limit, Limiter, LocalVerdict, Outcome, RateHeaders, Unavailable, Verdict,
+};
 use crate::body::Body;
 use crate::conn::ConnInfo;
 use crate::decision::{self, Trace};
@@ -71,23 +73,28 @@ pub struct RateLimit<S> {
 
 /// On the way out of an admitted request: the `RateLimit-Policy` / `RateLimit` headers
 /// of the decision closest to exhaustion.
-pub struct RateLimitHeaders(Option<Decision>);
+pub struct RateLimitHeaders(Option<RateHeaders>);
+
+impl RateLimitHeaders {
+    fn of(d: Option<Decision>) -> RateLimitHeaders {
+        RateLimitHeaders(d.as_ref().map(RateHeaders::from))
+    }
+}
 
 impl OnOutcome for RateLimitHeaders {
     fn on_outcome(self, out: StepOutcome) -> StepOutcome {
-        let Some(d) = self.0 else {
+        let Some(RateHeaders { policy, state }) = self.0 else {
             return out;
         };
-        let state = d.ratelimit_header();
         match out {
             Ok(mut resp) => {
                 let h = resp.headers_mut();
-                h.insert(&RATELIMIT_POLICY, d.policy.clone());
+                h.insert(&RATELIMIT_POLICY, policy);
                 h.insert(&RATELIMIT, state);
                 Ok(resp)
             }
             Err(rej) => Err(rej.with_headers(|h| {
-                h.insert(&RATELIMIT_POLICY, d.policy.clone());
+                h.insert(&RATELIMIT_POLICY, policy);
                 h.insert(&RATELIMIT, state);
             })),
         }
@@ -98,13 +105,13 @@ impl OnOutcome for RateLimitHeaders {
 fn key_input<B>(req: &Request<B>) -> KeyInput<'_> {
     let ext = req.extensions();
     let id = ext.get::<Arc<Identity>>();
+    let conn = ext.get::<Arc<ConnInfo>>();
     KeyInput {
-        client_ip: ext
-            .get::<Arc<ConnInfo>>()
-            .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |c| c.remote.ip()),
+        client_ip: conn.map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |c| c.remote.ip()),
         headers: req.headers(),
         client_id: id.and_then(|i| i.client_id.as_deref()),
         subject: id.and_then(|i| i.subject.as_deref()),
+        ip_key: conn.map(|c| &c.ip_key),
     }
 }
 
@@ -165,27 +172,32 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let route = match route_of(&req) {
-            Some(r) if r.rate_limits.is_some() => r.clone(),
-            _ => return Then::new(Step::inner(self.inner.call(req)), RateLimitHeaders(None)),
-        };
-        let Some(rl) = &route.rate_limits else {
-            unreachable!("checked above")
+        let with_limits = route_of(&req).and_then(|r| Some((r, r.rate_limits.as_ref()?)));
+        let Some((route, rl)) = with_limits else {
+            return Then::new(Step::inner(self.inner.call(req)), RateLimitHeaders(None));
         };
         if let Some(trace) = decision::of(&req) {
+            let route = route.clone();
             return explain(take_ready(&mut self.inner), route, trace, req);
         }
         if rl.local_only() {
+            // Decided while the route is borrowed from the request: nothing of it is
+            // kept but the two header values.
             let verdict = rl
                 .limiter()
                 .decide_all_local(rl.limits(), &key_input(&req))
                 .expect("every limit is local");
-            return match self.settle(&route, verdict) {
-                Ok(d) => Then::new(Step::inner(self.inner.call(req)), RateLimitHeaders(d)),
-                Err(e) => Then::new(Step::reject(e), RateLimitHeaders(None)),
+            let headers = match verdict {
+                LocalVerdict::Allowed(h) => h,
+                LocalVerdict::Limited(d) => {
+                    self.gw.metrics.rate_limited(&route.name, &d.name);
+                    return Then::new(Step::reject(limited(&d)), RateLimitHeaders(None));
+                }
             };
+            return Then::new(Step::inner(self.inner.call(req)), RateLimitHeaders(headers));
         }
         // A limit counts in Redis: wait for it.
+        let route = route.clone();
         let mut inner = take_ready(&mut self.inner);
         let this = RateLimit {
             inner: (),
@@ -201,7 +213,7 @@ where
                     rl.limiter().decide_all(rl.limits(), &input).await
                 };
                 match this.settle(&route, verdict) {
-                    Ok(d) => RateLimitHeaders(d).on_outcome(inner.call(req).await),
+                    Ok(d) => RateLimitHeaders::of(d).on_outcome(inner.call(req).await),
                     Err(e) => Err(e.into()),
                 }
             }),
@@ -238,7 +250,7 @@ where
                 Verdict::Limited(d) => return Err(limited(&d).into()),
                 Verdict::Unavailable(u) => return Err(unavailable(&u).into()),
             };
-            RateLimitHeaders(d).on_outcome(inner.call(req).await)
+            RateLimitHeaders::of(d).on_outcome(inner.call(req).await)
         }),
         RateLimitHeaders(None),
     )

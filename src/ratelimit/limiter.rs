@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::header::HeaderValue;
 
-use super::decision::{Decision, Source};
+use super::decision::{Decision, RateHeaders, Source};
 use super::key::{KeyInput, RateKey};
 use super::local::LocalStore;
 use super::redis::{RedisStore, StoreError};
@@ -61,6 +61,16 @@ pub enum Verdict {
     Limited(Decision),
     /// A limit's store failed with `on_error: deny`: 503 with `Retry-After`.
     Unavailable(Unavailable),
+}
+
+/// [`Limiter::decide_all_local`]'s answer.
+#[derive(Debug)]
+pub enum LocalVerdict {
+    /// Every limit admitted the request: the headers of the one closest to exhaustion
+    /// (`None` when no limit applies).
+    Allowed(Option<RateHeaders>),
+    /// A limit refused: 429 naming `Decision::name`.
+    Limited(Decision),
 }
 
 impl Limiter {
@@ -128,7 +138,12 @@ impl Limiter {
     /// is `store: local` (the local store never waits: one short critical section per
     /// limit). `None`, with nothing counted, when a limit uses another store: ask
     /// [`Limiter::decide_all`] then.
-    pub fn decide_all_local<'l, I>(&self, limits: I, input: &KeyInput<'_>) -> Option<Verdict>
+    ///
+    /// This is the hot path of a limited route, so an admitted request gets only what
+    /// its response needs: the headers of the limit closest to exhaustion, built from
+    /// that limit once (no [`Decision`] per limit, no copy of a name or policy that is
+    /// not sent).
+    pub fn decide_all_local<'l, I>(&self, limits: I, input: &KeyInput<'_>) -> Option<LocalVerdict>
     where
         I: IntoIterator<Item = &'l Limit>,
         I::IntoIter: Clone,
@@ -137,20 +152,34 @@ impl Limiter {
         if !limits.clone().all(|l| l.store() == StoreKind::Local) {
             return None;
         }
-        let mut closest: Option<Decision> = None;
+        let now = now_ms();
+        // (limit, remaining, reset): fewest remaining first, then the longest reset,
+        // as `Decision::is_closer_than` orders admitted decisions.
+        let mut closest: Option<(&Limit, u64, u64)> = None;
         for limit in limits {
             let key = limit.key().key(input);
-            let d = self
-                .local
-                .check_at(limit, &key, now_ms(), true, Source::Local);
-            if !d.allowed {
-                return Some(Verdict::Limited(d));
+            let raw = self.local.decide_at(limit, &key, now, true);
+            if !raw.allowed {
+                return Some(LocalVerdict::Limited(Decision::from_counts(
+                    limit,
+                    false,
+                    raw.counted,
+                    raw.reset_ms,
+                    raw.retry_ms,
+                    Source::Local,
+                )));
             }
-            if closest.as_ref().is_none_or(|c| d.is_closer_than(c)) {
-                closest = Some(d);
+            let remaining = limit.limit().saturating_sub(raw.counted);
+            let closer = |(_, r, t): (&Limit, u64, u64)| {
+                remaining < r || (remaining == r && raw.reset_ms > t)
+            };
+            if closest.is_none_or(closer) {
+                closest = Some((limit, remaining, raw.reset_ms));
             }
         }
-        Some(Verdict::Allowed(closest))
+        Some(LocalVerdict::Allowed(closest.map(
+            |(l, remaining, reset)| l.rate_headers(remaining, reset),
+        )))
     }
 
     async fn raw(
@@ -235,6 +264,7 @@ mod tests {
             headers: &headers,
             client_id: None,
             subject: None,
+            ip_key: None,
         };
         for left in [1, 0] {
             match l.decide_all([&wide, &narrow, &after], &input).await {
@@ -275,25 +305,62 @@ mod tests {
             headers: &headers,
             client_id: None,
             subject: None,
+            ip_key: None,
         };
         assert!(l.decide_all_local([&wide, &shared], &input).is_none());
         let key = KeySpec::Ip.key(&input);
         assert_eq!(l.peek(&wide, &key).await.unwrap().remaining, 100);
+        // The tightest limit's headers; `t` is when its one request stops counting: an
+        // hour plus at most one 3-minute bucket, rounded up.
+        let t = |h: &RateHeaders, prefix: &str| -> u64 {
+            let s = h.state.to_str().unwrap();
+            s.strip_prefix(prefix).unwrap().parse().unwrap()
+        };
         match l.decide_all_local([&wide, &narrow], &input) {
-            Some(Verdict::Allowed(Some(d))) => {
-                assert_eq!(&*d.name, "narrow");
-                assert_eq!(d.remaining, 0);
+            Some(LocalVerdict::Allowed(Some(h))) => {
+                assert_eq!(h.policy, "\"narrow\";q=1;w=3600");
+                assert!((3601..=3780).contains(&t(&h, "\"narrow\";r=0;t=")), "{h:?}");
             }
             v => panic!("{v:?}"),
         }
         match l.decide_all_local([&wide, &narrow], &input) {
-            Some(Verdict::Limited(d)) => assert_eq!(&*d.name, "narrow"),
+            Some(LocalVerdict::Limited(d)) => assert_eq!(&*d.name, "narrow"),
             v => panic!("{v:?}"),
         }
         assert_eq!(l.peek(&wide, &key).await.unwrap().remaining, 98);
+        // Alone, a limit is its own closest.
+        match l.decide_all_local([&wide], &input) {
+            Some(LocalVerdict::Allowed(Some(h))) => {
+                assert_eq!(h.policy, "\"wide\";q=100;w=3600");
+                assert!((3601..=3780).contains(&t(&h, "\"wide\";r=97;t=")), "{h:?}");
+            }
+            v => panic!("{v:?}"),
+        }
+        // The same number left: the longer wait wins, whichever comes first.
+        let minute = Limit::new(LimitSpec {
+            name: "minute".into(),
+            key: KeySpec::Ip,
+            limit: 5,
+            per: Duration::from_secs(60),
+            window: Window::Fixed,
+            store: StoreKind::Local,
+            on_error: OnError::Allow,
+        })
+        .unwrap();
+        let hour = limit("hour", 5, StoreKind::Local, OnError::Allow);
+        for (order, left) in [([&minute, &hour], 4), ([&hour, &minute], 3)] {
+            match l.decide_all_local(order, &input) {
+                Some(LocalVerdict::Allowed(Some(h))) => {
+                    assert_eq!(h.policy, "\"hour\";q=5;w=3600");
+                    let prefix = format!("\"hour\";r={left};t=");
+                    assert!((3601..=3780).contains(&t(&h, &prefix)), "{h:?}");
+                }
+                v => panic!("{v:?}"),
+            }
+        }
         assert!(matches!(
             l.decide_all_local(std::iter::empty(), &input),
-            Some(Verdict::Allowed(None))
+            Some(LocalVerdict::Allowed(None))
         ));
     }
 

@@ -8,7 +8,7 @@
 //! one critical section, concurrent callers can never both take the last unit.
 //!
 //! # Memory
-//! An entry is 136 bytes plus the hash map's spare room, whatever the key's value was
+//! An entry is 144 bytes plus the hash map's spare room, whatever the key's value was
 //! (the key is a digest). Two mechanisms bound the total:
 //! - **Expiry**: an entry records when its last counted request stops counting; entries
 //!   past that are dropped by a sweep that each shard runs at most once per second of
@@ -59,8 +59,13 @@ enum State {
         count: u64,
     },
     /// Bucket `b` lives in slot `b % RING`; valid slots are `newest - RING + 1 ..= newest`.
+    /// `held` is the sum of all `counts` and bit `s` of `live` says whether slot `s` is
+    /// not empty, both kept as buckets are counted and cleared, so a decision neither sums
+    /// nor scans the 21 buckets.
     Sliding {
         newest: u64,
+        held: u32,
+        live: u32,
         counts: [u32; RING],
     },
 }
@@ -82,6 +87,8 @@ impl State {
             },
             Window::Sliding => State::Sliding {
                 newest: now / limit.granularity_ms(),
+                held: 0,
+                live: 0,
                 counts: [0; RING],
             },
         }
@@ -112,24 +119,45 @@ impl State {
                 };
                 (raw, if *count == 0 { now } else { end })
             }
-            State::Sliding { newest, counts } => {
+            State::Sliding {
+                newest,
+                held,
+                live,
+                counts,
+            } => {
                 let g = limit.granularity_ms();
                 let per = limit.per_ms();
+                // Empties slot `s`, keeping `held` and `live` in step.
+                let clear = |s: usize, held: &mut u32, live: &mut u32, counts: &mut [u32; RING]| {
+                    *held -= counts[s];
+                    counts[s] = 0;
+                    *live &= !(1 << s);
+                };
                 // A clock that went back counts in the newest bucket (never forgets counts).
                 let c = (now / g).max(*newest);
                 if c > *newest {
                     if c - *newest >= RING as u64 {
                         *counts = [0; RING];
+                        *held = 0;
+                        *live = 0;
                     } else {
                         for b in *newest + 1..=c {
-                            counts[(b % RING as u64) as usize] = 0;
+                            clear((b % RING as u64) as usize, held, live, counts);
                         }
                     }
                     *newest = c;
                 }
                 // Bucket b counts while (b + 1)·g + per > now, i.e. b >= floor((now - per) / g).
                 let lo = now.saturating_sub(per) / g;
-                let first = lo.max(c + 1 - (RING as u64).min(c + 1));
+                let oldest = c + 1 - (RING as u64).min(c + 1);
+                let first = lo.max(oldest);
+                // The ring holds buckets oldest..=c; those before `first` no longer count
+                // (`per` is at most 20 buckets, so at most one of them) and are emptied
+                // now: time never goes back for an entry (`LocalStore::decide_at`), so
+                // they never count again. Then `held` is the requests still counting.
+                for b in oldest..first {
+                    clear((b % RING as u64) as usize, held, live, counts);
+                }
                 // Buckets first..=c are the n slots from `start` on, wrapping: one
                 // division here instead of one per bucket and pass (a 64-bit division
                 // costs tens of cycles; this ran ~60 of them per request).
@@ -144,18 +172,35 @@ impl State {
                     }
                 };
                 let bucket = |i: usize| first + i as u64;
-                let total: u64 = (0..n).map(|i| u64::from(counts[slot(i)])).sum();
+                let total = u64::from(*held);
                 let allowed = total < limit.limit();
                 let mut counted = total;
                 if allowed && commit {
+                    // `held` < `limit` <= u32::MAX: neither it nor a bucket can overflow.
                     let newest = slot(n - 1);
-                    counts[newest] = counts[newest].saturating_add(1);
+                    counts[newest] += 1;
+                    *held += 1;
+                    *live |= 1 << newest;
                     counted += 1;
                 }
+                debug_assert_eq!(
+                    u64::from(*held),
+                    counts.iter().map(|&n| u64::from(n)).sum::<u64>()
+                );
+                debug_assert!((0..RING).all(|s| (counts[s] > 0) == (*live & (1 << s) != 0)));
                 let stops = |b: u64| (b + 1) * g + per;
+                // The non-empty buckets as bits 0..n from `first` on: the oldest and the
+                // newest of them without walking the ring (a hot key's window is mostly
+                // empty buckets at its old end).
+                let ordered = ((*live >> start) | (*live << (RING - start))) & ((1 << n) - 1);
+                let (reset, expires) = if ordered == 0 {
+                    (0, now)
+                } else {
+                    let oldest_live = ordered.trailing_zeros() as usize;
+                    let newest_live = 31 - ordered.leading_zeros() as usize;
+                    (stops(bucket(oldest_live)) - now, stops(bucket(newest_live)))
+                };
                 let live = || (0..n).filter(|&i| counts[slot(i)] > 0);
-                let reset = live().next().map_or(0, |i| stops(bucket(i)) - now);
-                let expires = live().next_back().map_or(now, |i| stops(bucket(i)));
                 let retry = if allowed {
                     0
                 } else {
@@ -286,6 +331,21 @@ impl LocalStore {
         commit: bool,
         source: Source,
     ) -> Decision {
+        let raw = self.decide_at(limit, key, now_ms, commit);
+        Decision::from_counts(
+            limit,
+            raw.allowed,
+            raw.counted,
+            raw.reset_ms,
+            raw.retry_ms,
+            source,
+        )
+    }
+
+    /// [`LocalStore::check_at`]'s numbers, before they become a [`Decision`]: what the
+    /// admitted requests of a local-only route need (their headers come straight from
+    /// the limit, without a `Decision`'s copies of its name and policy).
+    pub(crate) fn decide_at(&self, limit: &Limit, key: &RateKey, now_ms: u64, commit: bool) -> Raw {
         let mk = MapKey {
             limit: limit.fingerprint(),
             key: *key,
@@ -327,14 +387,7 @@ impl LocalStore {
             }
         };
         drop(shard);
-        Decision::from_counts(
-            limit,
-            raw.allowed,
-            raw.counted,
-            raw.reset_ms,
-            raw.retry_ms,
-            source,
-        )
+        raw
     }
 
     fn make_room(&self, shard: &mut Shard, now_ms: u64) {

@@ -90,9 +90,9 @@ use http::header::{HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 
 pub use applied::{FailedAuthLimit, RouteLimits};
-pub use decision::{closest_to_exhaustion, Decision, Source};
+pub use decision::{closest_to_exhaustion, Decision, RateHeaders, Source};
 pub use key::{KeyInput, RateKey};
-pub use limiter::{Limiter, Outcome, Unavailable, Verdict};
+pub use limiter::{Limiter, LocalVerdict, Outcome, Unavailable, Verdict};
 pub use local::LocalStore;
 pub use redis::{RedisConfig, RedisConfigError, RedisStore, StoreError};
 
@@ -245,6 +245,8 @@ pub struct Limit {
     fingerprint: u64,
     redis_prefix: Box<str>,
     policy: HeaderValue,
+    /// `"name";r=`, the start of every `RateLimit` value of this limit.
+    state_prefix: Box<[u8]>,
 }
 
 impl Limit {
@@ -288,6 +290,7 @@ impl Limit {
         // The name's charset is a subset of what an sf-string and a header value allow.
         let policy = HeaderValue::from_str(&format!("\"{name}\";q={limit};w={}", per.as_secs()))
             .expect("validated name");
+        let state_prefix = format!("\"{name}\";r=").into_bytes().into();
         Ok(Limit {
             name: name.into(),
             key,
@@ -301,6 +304,7 @@ impl Limit {
             fingerprint,
             redis_prefix,
             policy,
+            state_prefix,
         })
     }
 
@@ -328,6 +332,27 @@ impl Limit {
     /// `"name";q=LIMIT;w=PER_SECONDS`, the `RateLimit-Policy` value of this limit.
     pub fn policy_header(&self) -> &HeaderValue {
         &self.policy
+    }
+    /// The headers of a response this limit admitted with `remaining` requests left and
+    /// `reset_ms` until more quota comes (see [`Decision::ratelimit_header`]).
+    pub(crate) fn rate_headers(&self, remaining: u64, reset_ms: u64) -> RateHeaders {
+        // Once per admitted request: the value is written from the precomputed prefix
+        // into one buffer of the exact length, which `Bytes` takes over without a copy
+        // or a second allocation (a `Vec` with spare room costs `Bytes` another one).
+        let mut r = itoa::Buffer::new();
+        let r = r.format(remaining).as_bytes();
+        let mut t = itoa::Buffer::new();
+        let t = t.format(reset_ms.div_ceil(1000)).as_bytes();
+        let mut v = Vec::with_capacity(self.state_prefix.len() + r.len() + 3 + t.len());
+        v.extend_from_slice(&self.state_prefix);
+        v.extend_from_slice(r);
+        v.extend_from_slice(b";t=");
+        v.extend_from_slice(t);
+        RateHeaders {
+            policy: self.policy.clone(),
+            state: HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
+                .expect("validated name and digits"),
+        }
     }
     /// The Redis key counting `key` under this limit:
     /// `tollgate:rl:{name}:{s|f}{per seconds}:{digest hex}` (at most 64 + 56 bytes).
@@ -414,6 +439,21 @@ mod tests {
         assert!(rk.starts_with("tollgate:rl:per-client:s60:"), "{rk}");
         assert_eq!(rk.len(), "tollgate:rl:per-client:s60:".len() + 32);
         assert_eq!(l.granularity_ms(), 3000);
+    }
+
+    // The admitted fast path's headers read exactly as a decision's would.
+    #[test]
+    fn fast_path_headers_match_the_decision() {
+        let l = Limit::new(spec("per-client", 100, Duration::from_secs(60))).unwrap();
+        for (counted, reset_ms) in [(1, 60_000), (58, 12_001), (100, 1), (0, 0), (99, 999)] {
+            let d = Decision::from_counts(&l, true, counted, reset_ms, 0, Source::Local);
+            let want = RateHeaders::from(&d);
+            let got = l.rate_headers(d.remaining, reset_ms);
+            assert_eq!((&got.policy, &got.state), (&want.policy, &want.state));
+        }
+        let h = l.rate_headers(42, 12_001);
+        assert_eq!(h.state, "\"per-client\";r=42;t=13");
+        assert_eq!(h.policy, "\"per-client\";q=100;w=60");
     }
 
     // Everything that cannot work is refused with a message naming the field.

@@ -65,6 +65,7 @@ fn client_key(id: &str) -> RateKey {
         headers: &headers,
         client_id: Some(id),
         subject: None,
+        ip_key: None,
     })
 }
 
@@ -408,6 +409,7 @@ async fn keys_expire_and_hold_no_token() {
             headers: &headers,
             client_id: None,
             subject: None,
+            ip_key: None,
         })
     };
     for t in &tokens {
