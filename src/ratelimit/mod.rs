@@ -336,22 +336,13 @@ impl Limit {
     /// The headers of a response this limit admitted with `remaining` requests left and
     /// `reset_ms` until more quota comes (see [`Decision::ratelimit_header`]).
     pub(crate) fn rate_headers(&self, remaining: u64, reset_ms: u64) -> RateHeaders {
-        // Once per admitted request: the value is written from the precomputed prefix
-        // into one buffer of the exact length, which `Bytes` takes over without a copy
-        // or a second allocation (a `Vec` with spare room costs `Bytes` another one).
-        let mut r = itoa::Buffer::new();
-        let r = r.format(remaining).as_bytes();
-        let mut t = itoa::Buffer::new();
-        let t = t.format(reset_ms.div_ceil(1000)).as_bytes();
-        let mut v = Vec::with_capacity(self.state_prefix.len() + r.len() + 3 + t.len());
-        v.extend_from_slice(&self.state_prefix);
-        v.extend_from_slice(r);
-        v.extend_from_slice(b";t=");
-        v.extend_from_slice(t);
         RateHeaders {
             policy: self.policy.clone(),
-            state: HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
-                .expect("validated name and digits"),
+            state: decision::ratelimit_value(
+                &self.state_prefix,
+                remaining,
+                reset_ms.div_ceil(1000),
+            ),
         }
     }
     /// The Redis key counting `key` under this limit:
