@@ -24,7 +24,7 @@ use crate::decision;
 use crate::error::{DenyReason, GatewayError, Rejection};
 use crate::identity::Identity;
 use crate::policy::{self, AuthRule, GateFacts, Permissions, RouteAuth};
-use crate::route::layer::{routed, Routed};
+use crate::route::layer::{routed, NormalPath, Routed};
 use crate::runtime::Route;
 use crate::service::{record, take_ready, OnOutcome, Outcome, Step, Then};
 
@@ -461,8 +461,10 @@ where
                     }
                     .on_outcome(Err(e.into()));
                 }
-                let path =
-                    routed(&req).map_or_else(|| req.uri().path().to_owned(), |r| r.path.clone());
+                // Cloned, not borrowed (the request moves on below): for a path that
+                // normalising left alone this shares the request's, without a copy.
+                let path = routed(&req)
+                    .map_or_else(|| NormalPath::from(req.uri().path()), |r| r.path.clone());
                 let d = gate.authorize(req.method(), &path, id);
                 note_decision(&req, &gate, &d);
                 let out = match d.result {

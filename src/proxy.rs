@@ -761,9 +761,15 @@ where
             return Step::reject(GatewayError::NotFound);
         };
         let max_body = r.snapshot.server.limits.max_body_bytes;
-        let uri = match upstream_uri(&upstream, &r.path, req.uri().query()) {
-            Ok(uri) => uri,
-            Err(e) => return Step::reject(e),
+        // The usual case, an upstream without a base path and a path that normalising
+        // left as it was: the request's own path and query, shared, not copied.
+        let same = upstream.base_path.is_empty() && r.path == req.uri().path();
+        let uri = match req.uri().path_and_query() {
+            Some(pq) if same => Uri::from(pq.clone()),
+            _ => match upstream_uri(&upstream, &r.path, req.uri().query()) {
+                Ok(uri) => uri,
+                Err(e) => return Step::reject(e),
+            },
         };
         let conn = req.extensions().get::<Arc<ConnInfo>>().cloned();
         let identity = req.extensions().get::<Arc<Identity>>().cloned();

@@ -316,7 +316,7 @@ where
             "this connection cannot be upgraded".into(),
         ));
     };
-    let path = routed(&req).map(|r| r.path.clone()).unwrap_or_default();
+    let path = routed(&req).map(|r| r.path.to_string()).unwrap_or_default();
     let uri = upstream_uri(&up, &path, req.uri().query())?;
     let conn = req.extensions().get::<Arc<ConnInfo>>().cloned();
     let identity = req.extensions().get::<Arc<Identity>>().cloned();

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use http::header::{self, HeaderValue};
 use http::Request;
 
-use super::{normalize_host, normalize_path, without_parameters};
+use super::{normalize_host, normalized, without_parameters, BadPath};
 use crate::decision;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
@@ -23,9 +23,93 @@ pub struct Routed {
     /// The runtime model this request is served by, read once when it is routed.
     pub snapshot: Arc<Runtime>,
     /// The normalised path: what permissions match and the upstream receives.
-    pub path: String,
+    pub path: NormalPath,
     /// The matched route; none for the token service's own paths.
     pub route: Option<Arc<Route>>,
+}
+
+/// A normalised request path ([`Routed::path`]; reads as a `&str`). When normalising
+/// changed nothing, as for nearly every request, it is the request's own path, shared
+/// with its URI rather than copied (one allocation per request fewer).
+#[derive(Clone)]
+pub struct NormalPath(PathRepr);
+
+#[derive(Clone)]
+enum PathRepr {
+    /// The request URI's path (`PathAndQuery::path`), already normal.
+    Request(http::uri::PathAndQuery),
+    Rebuilt(Box<str>),
+}
+
+impl NormalPath {
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            PathRepr::Request(pq) => pq.path(),
+            PathRepr::Rebuilt(p) => p,
+        }
+    }
+
+    /// The normalised form of `uri`'s path (see [`normalize_path`]).
+    pub fn of(uri: &http::Uri) -> Result<NormalPath, BadPath> {
+        Ok(NormalPath(match normalized(uri.path())? {
+            None => match uri.path_and_query() {
+                Some(pq) => PathRepr::Request(pq.clone()),
+                None => PathRepr::Rebuilt(uri.path().into()),
+            },
+            Some(p) => PathRepr::Rebuilt(p.into()),
+        }))
+    }
+}
+
+impl From<String> for NormalPath {
+    /// A path the caller has normalised.
+    fn from(p: String) -> NormalPath {
+        NormalPath(PathRepr::Rebuilt(p.into()))
+    }
+}
+
+impl From<&str> for NormalPath {
+    /// A path the caller has normalised.
+    fn from(p: &str) -> NormalPath {
+        NormalPath(PathRepr::Rebuilt(p.into()))
+    }
+}
+
+impl std::ops::Deref for NormalPath {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for NormalPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for NormalPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<str> for NormalPath {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for NormalPath {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for NormalPath {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
 }
 
 /// The request's [`Routed`] fact, once it has been routed.
@@ -129,7 +213,7 @@ where
             Err(e) => return refuse(e),
         };
         let rt = self.gw.current();
-        let path = match normalize_path(req.uri().path()) {
+        let path = match NormalPath::of(req.uri()) {
             Ok(p) => p,
             Err(e) => {
                 decision::note(&req, || format!("path: refused ({})", e.0));
@@ -184,6 +268,24 @@ mod tests {
 
     use super::*;
     use crate::testing::{gateway, get, Reached, Stub, CONFIG};
+
+    // A path normalising leaves alone is the request's own (shared with its URI); one it
+    // changes is rebuilt; a refused one is refused; either way it reads as the text.
+    #[test]
+    fn normal_paths_share_the_request_uri() {
+        let uri: http::Uri = "/v2/data?x=1".parse().unwrap();
+        let p = NormalPath::of(&uri).unwrap();
+        assert!(matches!(p.0, PathRepr::Request(_)));
+        assert_eq!(p, "/v2/data");
+        assert_eq!(format!("{p} {p:?}"), "/v2/data \"/v2/data\"");
+        let uri: http::Uri = "/v2//./data/%7Euser?x=1".parse().unwrap();
+        let p = NormalPath::of(&uri).unwrap();
+        assert!(matches!(p.0, PathRepr::Rebuilt(_)));
+        assert_eq!(p, "/v2/data/~user");
+        assert_eq!(p.len(), "/v2/data/~user".len());
+        let uri: http::Uri = "/a/%2e%2e/b".parse().unwrap();
+        assert!(NormalPath::of(&uri).is_err());
+    }
 
     async fn route(
         gw: &Arc<Gateway>,

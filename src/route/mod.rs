@@ -39,15 +39,20 @@ fn is_unreserved(b: u8) -> bool {
 ///   disagree on those, so nobody gets them;
 /// - a trailing `/` is kept (it is the backend's business), a literal `\` -> 400.
 pub fn normalize_path(raw: &str) -> Result<String, BadPath> {
+    Ok(normalized(raw)?.unwrap_or_else(|| raw.to_owned()))
+}
+
+/// [`normalize_path`] without the copy: `Ok(None)` when `raw` is already normal.
+pub fn normalized(raw: &str) -> Result<Option<String>, BadPath> {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(BadPath("path must start with /"));
     }
     if is_normal(raw) {
-        // Nothing below would change it: one copy instead of a string per segment.
-        return Ok(raw.to_owned());
+        // Nothing below would change it.
+        return Ok(None);
     }
-    rebuild(raw)
+    rebuild(raw).map(Some)
 }
 
 /// [`normalize_path`] segment by segment (for a path that starts with `/`).

@@ -73,7 +73,7 @@ where
         });
         let gw = self.gw.clone();
         Step::boxed(async move {
-            let path = routed(&req).map(|r| r.path.clone()).unwrap_or_default();
+            let path = routed(&req).map(|r| r.path.to_string()).unwrap_or_default();
             ts.handle(req, &path, &gw.metrics, &gw.auth_caches.dpop_replay)
                 .await
                 .map_err(Into::into)
