@@ -189,6 +189,8 @@ async fn decision_ring_is_bounded() {
     let idp = spawn_idp().await;
     let up = spawn_upstream().await;
     let gw = spawn_gateway(&gateway_yaml(&idp, &up)).await;
+    // Its own rustls provider: run alone, no other test has installed one.
+    tollgate::tls::install_default_provider();
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let started = Instant::now();
     for i in 0..1005 {

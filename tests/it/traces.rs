@@ -683,6 +683,8 @@ async fn collector_down_never_fails_requests_and_drops_are_counted() {
     )
     .await;
     let admin = gw.admin_url("");
+    // Its own rustls provider: run alone, no other test has installed one.
+    tollgate::tls::install_default_provider();
     let c = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
