@@ -270,7 +270,15 @@ pub struct ForwardContext<'a> {
 
 /// The request target sent upstream, in origin form (`/base/path?query`): the
 /// upstream is reached by the pool's connection and named by `Host`.
-pub fn upstream_uri(up: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
+pub fn upstream_uri(up: &Upstream, path: &str, request: &Uri) -> Result<Uri, GatewayError> {
+    // The usual case, an upstream without a base path and a path that normalising left
+    // as it was: the request's own path and query, shared, not copied.
+    if let Some(pq) = request.path_and_query() {
+        if up.base_path.is_empty() && path == request.path() {
+            return Ok(Uri::from(pq.clone()));
+        }
+    }
+    let query = request.query();
     // Exactly the length: `Uri` then takes the buffer over without copying it.
     let mut pq =
         String::with_capacity(up.base_path.len() + path.len() + query.map_or(0, |q| 1 + q.len()));
@@ -761,15 +769,9 @@ where
             return Step::reject(GatewayError::NotFound);
         };
         let max_body = r.snapshot.server.limits.max_body_bytes;
-        // The usual case, an upstream without a base path and a path that normalising
-        // left as it was: the request's own path and query, shared, not copied.
-        let same = upstream.base_path.is_empty() && r.path == req.uri().path();
-        let uri = match req.uri().path_and_query() {
-            Some(pq) if same => Uri::from(pq.clone()),
-            _ => match upstream_uri(&upstream, &r.path, req.uri().query()) {
-                Ok(uri) => uri,
-                Err(e) => return Step::reject(e),
-            },
+        let uri = match upstream_uri(&upstream, &r.path, req.uri()) {
+            Ok(uri) => uri,
+            Err(e) => return Step::reject(e),
         };
         let conn = req.extensions().get::<Arc<ConnInfo>>().cloned();
         let identity = req.extensions().get::<Arc<Identity>>().cloned();

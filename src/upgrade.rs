@@ -317,7 +317,7 @@ where
         ));
     };
     let path = routed(&req).map(|r| r.path.to_string()).unwrap_or_default();
-    let uri = upstream_uri(&up, &path, req.uri().query())?;
+    let uri = upstream_uri(&up, &path, req.uri())?;
     let conn = req.extensions().get::<Arc<ConnInfo>>().cloned();
     let identity = req.extensions().get::<Arc<Identity>>().cloned();
     let unknown = HeaderValue::from_static("unknown");

@@ -145,12 +145,15 @@ impl<S> RateLimit<S> {
     fn settle(&self, route: &Route, verdict: Verdict) -> Result<Option<Decision>, GatewayError> {
         match verdict {
             Verdict::Allowed(d) => Ok(d),
-            Verdict::Limited(d) => {
-                self.gw.metrics.rate_limited(&route.name, &d.name);
-                Err(limited(&d))
-            }
+            Verdict::Limited(d) => Err(self.refuse(route, &d)),
             Verdict::Unavailable(u) => Err(unavailable(&u)),
         }
+    }
+
+    /// The 429 for `d`, counted in the metrics.
+    fn refuse(&self, route: &Route, d: &Decision) -> GatewayError {
+        self.gw.metrics.rate_limited(&route.name, &d.name);
+        limited(d)
     }
 }
 
@@ -190,8 +193,7 @@ where
             let headers = match verdict {
                 LocalVerdict::Allowed(h) => h,
                 LocalVerdict::Limited(d) => {
-                    self.gw.metrics.rate_limited(&route.name, &d.name);
-                    return Then::new(Step::reject(limited(&d)), RateLimitHeaders(None));
+                    return Then::new(Step::reject(self.refuse(route, &d)), RateLimitHeaders(None));
                 }
             };
             return Then::new(Step::inner(self.inner.call(req)), RateLimitHeaders(headers));
