@@ -13,7 +13,12 @@ use clap::{CommandFactory, Parser, Subcommand};
 /// profile (bench/ANALYSIS.md), and mimalloc returns freed memory to the OS. Built
 /// with `no_thp`: mimalloc otherwise asks for transparent huge pages, which kept
 /// sparse 2 MiB pages resident and cost ~8 KiB of RSS per idle keep-alive connection
-/// (30 vs 22 KiB, `bench/` idle workload).
+/// (30 vs 22 KiB, `bench/` idle workload). Built as mimalloc 2 (`v2`): the `mimalloc`
+/// crate asks for every allocation through `mi_malloc_aligned`, and mimalloc 3 sends
+/// each one over 1 KiB whose size is not a power of two down its over-allocating
+/// aligned path (~70 instructions more each, ~10 per proxied request) where mimalloc
+/// 2 knows that an alignment of 16 or less is always met; ~800 instructions per
+/// request fewer, idle connections the same (bench/ANALYSIS.md, "Session 14").
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tollgate::logging::{self, LogFormat};
