@@ -213,16 +213,23 @@ pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
 /// A compiled route's position in `Runtime::routes`.
 pub type RouteId = usize;
 
+/// The route tables' maps. Looked up once or more per request (once per path segment
+/// until a prefix matches) with the request's own path and host: hashed with foldhash
+/// under a per-process random seed rather than std's SipHash (~340 of the plain path's
+/// instructions, bench/ANALYSIS.md "Session 14"). Only the config inserts keys, so the
+/// hash-flooding defence SipHash buys matters less here than where clients add keys.
+type Table<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// Longest `path_prefix` on a segment boundary, one hash lookup per segment (two when
 /// the table has routes with `case_sensitive: false`).
 #[derive(Debug, Default)]
 pub struct PrefixTable {
     // Key: prefix without trailing slash ("" for "/").
-    map: HashMap<String, RouteId>,
+    map: Table<RouteId>,
     /// `case_sensitive: false` routes, by their key in ASCII lower case: a path is
     /// looked up here in lower case too, at every length, so the longest prefix wins
     /// whichever way either is spelt.
-    any_case: HashMap<String, RouteId>,
+    any_case: Table<RouteId>,
 }
 
 impl PrefixTable {
@@ -282,7 +289,7 @@ pub fn prefix_key(prefix: &str) -> String {
 /// routes without `hosts`.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    exact: HashMap<String, PrefixTable>,
+    exact: Table<PrefixTable>,
     /// (suffix including the leading dot, table), longest suffix first.
     wildcard: Vec<(String, PrefixTable)>,
     any: PrefixTable,
