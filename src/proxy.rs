@@ -491,7 +491,7 @@ where
         Err(UpstreamFailure::Connect(_)) => Some(UpstreamErrorKind::Connect),
         Err(UpstreamFailure::Broken(_)) => Some(UpstreamErrorKind::Reset),
     };
-    metrics.exchange(&up.name, start.elapsed(), kind);
+    metrics.exchange(&up.name, &up.series, start.elapsed(), kind);
     match sent {
         Ok(resp) => Ok(resp),
         Err(f) if f.caused_by::<BodyTooLarge>() => Err(GatewayError::PayloadTooLarge(max_body)),
@@ -640,7 +640,7 @@ where
             |back: bool| attempt < retries.attempts && may_retry && (back || template.is_some());
         match sent {
             Ok(resp) => {
-                metrics.exchange(&up.name, elapsed, None);
+                metrics.exchange(&up.name, &up.series, elapsed, None);
                 let status = resp.status();
                 eps.record(&list, i, status.is_server_error());
                 if retries.on_status(status) && can_retry(false) {
@@ -662,7 +662,7 @@ where
                             .into(),
                     ));
                 }
-                metrics.exchange(&up.name, elapsed, Some(failure_kind(&f)));
+                metrics.exchange(&up.name, &up.series, elapsed, Some(failure_kind(&f)));
                 eps.record(&list, i, true);
                 if retries.on_failure(&f) && can_retry(back.is_some()) {
                     tracing::debug!(upstream = %up.name, endpoint = %ep.label,
@@ -681,7 +681,7 @@ where
 /// 502 for an upstream without an endpoint (a `dns: per_address` name with no
 /// address, or not resolved yet), counted as a connect failure.
 fn no_endpoint(up: &Upstream, metrics: &UpstreamMetrics) -> GatewayError {
-    metrics.exchange(&up.name, Duration::ZERO, Some(UpstreamErrorKind::Connect));
+    metrics.exchange(&up.name, &up.series, Duration::ZERO, Some(UpstreamErrorKind::Connect));
     let why = match &up.dns {
         Some(d) => {
             let st = d.target.status();

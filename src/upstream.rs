@@ -41,6 +41,8 @@ pub struct Upstream {
     /// `dns: {mode: per_address}`: the name of `url` resolved in the background, each
     /// address an endpoint of `endpoints` (`discovery.rs` keeps the list current).
     pub dns: Option<crate::dns::PerAddress>,
+    /// Its series of the exchange-duration histogram, looked up on first use.
+    pub series: crate::metrics::UpstreamSeries,
 }
 
 /// `upstreams[].protocol`.

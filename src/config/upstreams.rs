@@ -349,6 +349,7 @@ fn compile_one(
         h2: Default::default(),
         endpoints,
         dns,
+        series: Default::default(),
     }))
 }
 
