@@ -207,8 +207,9 @@ fn quoted(o: &mut String, s: &str, json: bool) {
 /// byte: the five quoted values of an access line cost ~500 instructions checked byte
 /// by byte (bench/ANALYSIS.md "Session 14").
 fn is_plain(s: &str) -> bool {
-    s.bytes()
-        .fold(true, |ok, b| ok & (b >= 0x20) & (b < 0x7f) & (b != b'"') & (b != b'\\'))
+    s.bytes().fold(true, |ok, b| {
+        ok & (b >= 0x20) & (b < 0x7f) & (b != b'"') & (b != b'\\')
+    })
 }
 
 fn push_u64(o: &mut String, n: u64) {

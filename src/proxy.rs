@@ -681,7 +681,12 @@ where
 /// 502 for an upstream without an endpoint (a `dns: per_address` name with no
 /// address, or not resolved yet), counted as a connect failure.
 fn no_endpoint(up: &Upstream, metrics: &UpstreamMetrics) -> GatewayError {
-    metrics.exchange(&up.name, &up.series, Duration::ZERO, Some(UpstreamErrorKind::Connect));
+    metrics.exchange(
+        &up.name,
+        &up.series,
+        Duration::ZERO,
+        Some(UpstreamErrorKind::Connect),
+    );
     let why = match &up.dns {
         Some(d) => {
             let st = d.target.status();
