@@ -208,7 +208,7 @@ fn quoted(o: &mut String, s: &str, json: bool) {
 /// by byte (bench/ANALYSIS.md "Session 14").
 fn is_plain(s: &str) -> bool {
     s.bytes().fold(true, |ok, b| {
-        ok & (b >= 0x20) & (b < 0x7f) & (b != b'"') & (b != b'\\')
+        ok & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\')
     })
 }
 
