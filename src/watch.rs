@@ -81,27 +81,19 @@ pub fn spawn(gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
                     // Let a burst of events (editor save, ConfigMap swap) settle.
                     tokio::time::sleep(SETTLE).await;
                     while rx.try_recv().is_ok() {}
-                    // Something in the folder changed, often not the config: a log
-                    // written beside it sends an event per line. The stamps tell; this
-                    // read and hashed the config and every file it names each time
-                    // (every 150 ms under traffic, ~3 ms of SHA-256 per time for a
-                    // 10,000-route file).
-                    let now = stamp(&path, &gw.current().files);
-                    let unchanged = last_stamp.as_ref() == Some(&now);
-                    last_stamp = Some(now);
-                    if unchanged && hashed_at.elapsed() < REHASH_EVERY {
-                        continue;
-                    }
                 }
-                _ = tick.tick() => {
-                    let now = stamp(&path, &gw.current().files);
-                    let unchanged = last_stamp.as_ref() == Some(&now);
-                    last_stamp = Some(now);
-                    if unchanged && hashed_at.elapsed() < REHASH_EVERY {
-                        continue;
-                    }
-                }
+                _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
+            }
+            // An event or the poll: the stamps say whether anything of ours moved. An
+            // event is often not about the config (a log written beside it sends one per
+            // line); hashing the config and every file it names on each cost a read and
+            // a SHA-256 every 150 ms under traffic (~3 ms for a 10,000-route file).
+            let now = stamp(&path, &gw.current().files);
+            let unchanged = last_stamp.as_ref() == Some(&now);
+            last_stamp = Some(now);
+            if unchanged && hashed_at.elapsed() < REHASH_EVERY {
+                continue;
             }
             hashed_at = tokio::time::Instant::now();
             // The config text and every file it refers to (certificates rotated by
