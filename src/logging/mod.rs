@@ -1,17 +1,21 @@
 //! Logging setup: `RUST_LOG` filtering (default `info`), text or JSON lines on stderr.
 //!
-//! Lines are handed to a writer thread (`tracing-appender`), so the request path never
-//! waits on the stderr write itself; the queue is lossless (it applies back-pressure
-//! rather than dropping access or denial lines when it fills up). It writes lines in
-//! batches: whatever is queued is written with one `write(2)`, then flushed.
+//! Lines are handed to a writer thread ([`writer`]), so the request path never waits on
+//! the stderr write itself; the queue is lossless (it applies back-pressure rather than
+//! dropping access or denial lines when it fills up). It writes lines in batches:
+//! whatever gathered in a couple of milliseconds goes out with one `write(2)`.
+
+pub mod writer;
 
 use std::fmt::Write as _;
-use std::io::{IsTerminal, Write as _};
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+
+use writer::Lines;
+pub use writer::LogGuard;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -20,17 +24,9 @@ pub enum LogFormat {
 }
 
 /// Installs the subscriber. Keep the guard until the process ends: dropping it flushes.
-pub fn init(format: LogFormat) -> WorkerGuard {
+pub fn init(format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(64 * 1024)
-        // The writer thread drains every queued line, then flushes: one write(2) per
-        // batch instead of one per line.
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    let (writer, guard) = writer::spawn(std::io::stderr());
     let _ = ACCESS_SINK.set((writer.clone(), format));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -47,7 +43,7 @@ pub fn init(format: LogFormat) -> WorkerGuard {
 
 /// Where access lines go when `init` ran (the `tollgate` binary): the same
 /// non-blocking writer the subscriber uses, and the format.
-static ACCESS_SINK: OnceLock<(NonBlocking, LogFormat)> = OnceLock::new();
+static ACCESS_SINK: OnceLock<(Lines, LogFormat)> = OnceLock::new();
 
 /// One access-log record (SPEC: request id, route, method, path, status, duration).
 pub struct Access<'a> {
@@ -94,8 +90,8 @@ pub fn access(a: &Access<'_>) {
         return;
     };
     // The line is formatted into a buffer the thread keeps (the writer copies it into
-    // its queue anyway): one allocation per request fewer, and no regrowth for long
-    // paths after the first.
+    // its queue anyway): no allocation per request, and no regrowth for long paths
+    // after the first.
     thread_local! {
         static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
@@ -111,7 +107,7 @@ pub fn access(a: &Access<'_>) {
             LogFormat::Text => access_text(line, a, SystemTime::now()),
             LogFormat::Json => access_json(line, a, SystemTime::now()),
         }
-        let _ = writer.clone().write_all(line.as_bytes());
+        writer.write_line(line.as_bytes());
         // A line far longer than usual (a huge path) does not pin its memory.
         if line.capacity() > 16 * 1024 {
             *line = String::new();
