@@ -362,6 +362,13 @@ where
             unreachable!("a Bearer route, matched above")
         };
         decision::note(&req, || describe_rule(&gate));
+        if sender::several_credentials(req.headers()) {
+            decision::note(&req, || "token: more than one Authorization header".into());
+            return Then::new(
+                Step::reject(sender::several_credentials_refused()),
+                nothing(),
+            );
+        }
         let Some((scheme, token)) = sender::presented_token(req.headers()) else {
             decision::note(&req, || "token: none".into());
             return Then::new(Step::reject(token_missing()), nothing());

@@ -85,6 +85,22 @@ pub enum Scheme {
     Dpop,
 }
 
+/// Whether the request carries more than one `Authorization` header. `Authorization` is
+/// not a list (RFC 9110 §11.6.2) and a client uses one method to present a token
+/// (RFC 6750 §2): with two, the upstream might read the one tollgate never checked.
+pub fn several_credentials(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+}
+
+/// 400 `invalid_request` for [`several_credentials`].
+pub fn several_credentials_refused() -> GatewayError {
+    GatewayError::BadRequest("more than one Authorization header; send exactly one".into())
+}
+
 /// The token of `Authorization: Bearer ...` or `Authorization: DPoP ...` (scheme
 /// case-insensitive), with its scheme.
 pub fn presented_token(headers: &HeaderMap) -> Option<(Scheme, &str)> {

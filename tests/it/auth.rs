@@ -165,6 +165,51 @@ async fn missing_token_challenge() {
     gw.stop().await;
 }
 
+// Behaviour: a request with two Authorization headers is refused with 400
+// invalid_request, whichever of them holds the valid token — the upstream never sees a
+// second credential tollgate did not check.
+#[tokio::test]
+async fn two_authorization_headers_are_refused() {
+    let (idp, up, gw) = setup(json!({})).await;
+    let good = idp.token(json!({"scope": "analytics.read"}));
+    for (first, second) in [
+        (format!("Bearer {good}"), "Bearer forged".to_owned()),
+        ("Bearer forged".to_owned(), format!("Bearer {good}")),
+        (format!("Bearer {good}"), "Basic dXNlcjpwYXNz".to_owned()),
+    ] {
+        let r = client()
+            .get(gw.url("/v2/analytics/metadata"))
+            .header("authorization", first)
+            .header("authorization", second)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(r.headers().contains_key("x-request-id"));
+        let b = json_of(r).await;
+        assert_eq!(b["error"], "invalid_request");
+        assert!(
+            b["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("more than one Authorization header"),
+            "{b}"
+        );
+    }
+    assert_eq!(up.count(), 0);
+    // One header with the same token still passes.
+    let r = call(
+        &gw,
+        reqwest::Method::GET,
+        "/v2/analytics/metadata",
+        Some(&good),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().headers["authorization"].len(), 1);
+    gw.stop().await;
+}
+
 fn idp_token_for_scheme(_gw: &Gw, idp: &Idp) -> String {
     idp.token(json!({}))
 }
