@@ -203,7 +203,11 @@ fn compile_one(
     refs: &Refs,
     p: &mut Problems,
 ) -> Option<(Route, Vec<HostPattern>)> {
-    let prefix = prefix(m.path_prefix.as_deref(), path, p)?;
+    // A missing or invalid prefix is reported, and the rest of the route is still
+    // checked (as if it were `/`), so that one run of `validate` shows every problem.
+    let checked = prefix(m.path_prefix.as_deref(), path, p);
+    let usable = checked.is_some();
+    let prefix = checked.unwrap_or_else(|| "/".to_owned());
     let case_sensitive = m.case_sensitive.unwrap_or(true);
     let upstream = upstream(m.upstream.as_deref(), path, refs, p);
     let auth = route_auth(m.auth.as_ref(), path, refs, p);
@@ -268,7 +272,7 @@ fn compile_one(
         websocket,
         series: Default::default(),
     };
-    Some((route, hosts))
+    usable.then_some((route, hosts))
 }
 
 /// The normalised prefix (`None` when there is none to match on).

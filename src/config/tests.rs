@@ -518,6 +518,27 @@ fn ported_sections_collect_every_problem() {
     assert!(!text.contains("unknown rate limit"), "{text}");
 }
 
+// Behaviour: a route whose path_prefix is missing or invalid still has the rest of
+// its problems reported in the same run (issuer, method, permission path).
+#[test]
+fn a_bad_prefix_does_not_hide_the_routes_other_problems() {
+    for prefix in ["    path_prefix: api\n", ""] {
+        let yaml = format!(
+            "{SERVER}{UPSTREAM}routes:\n  - name: r\n{prefix}    upstream: u\n    auth:\n      issuers: [nope]\n    permissions:\n      - path: /api/x\n        methods: [GET, PSOT]\n      - path: /api/**/x\n        methods: [GET]\n"
+        );
+        let text = problems(&yaml);
+        for want in [
+            "routes[0].auth.issuers[0]: unknown issuer \"nope\"",
+            "routes[0].permissions[0].methods[1]: unknown HTTP method \"PSOT\"",
+            "routes[0].permissions[1].path: ",
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
+        }
+        assert!(text.contains("path_prefix"), "{text}");
+        assert!(!text.contains("outside the route's path_prefix"), "{text}");
+    }
+}
+
 // Behaviour: the decision listener trusts what the ingress says about a request, so it
 // may not share an address with the public (or admin, or redirect) listener.
 #[test]
