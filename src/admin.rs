@@ -121,6 +121,15 @@ async fn authorize(
         .result
 }
 
+/// The methods an admin endpoint takes (its 405's `Allow`).
+fn allowed_methods(path: &str) -> &'static str {
+    match path {
+        "/healthz" | "/readyz" => "GET, HEAD",
+        "/admin/reload" | "/admin/caches/flush" | "/admin/explain" => "POST",
+        _ => "GET",
+    }
+}
+
 pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let rid = req.headers().get(&X_REQUEST_ID).cloned();
@@ -297,10 +306,10 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
             | "/admin/events"
             | "/admin/decisions"
             | "/admin/explain",
-        ) => error(GatewayError::MethodNotAllowed(format!(
-            "{} is not allowed on {path}",
-            req.method()
-        ))),
+        ) => error(GatewayError::MethodNotAllowed {
+            description: format!("{} is not allowed on {path}", req.method()),
+            allow: allowed_methods(path),
+        }),
         _ => error(GatewayError::NoAdminEndpoint),
     }
 }

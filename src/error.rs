@@ -202,8 +202,12 @@ pub enum GatewayError {
         code: &'static str,
         description: String,
     },
-    #[error("{0}")]
-    MethodNotAllowed(String),
+    /// 405 `method_not_allowed`, with `Allow` listing the methods the resource takes.
+    #[error("{description}")]
+    MethodNotAllowed {
+        description: String,
+        allow: &'static str,
+    },
     /// The admin listener has no such endpoint.
     #[error("no such admin endpoint")]
     NoAdminEndpoint,
@@ -308,7 +312,7 @@ impl GatewayError {
             GatewayError::ServiceUnavailable(_)
             | GatewayError::Overloaded(_)
             | GatewayError::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::NoAdminEndpoint => StatusCode::NOT_FOUND,
             GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::StoreUnavailable { .. } | GatewayError::ReplayStoreUnavailable { .. } => {
@@ -336,7 +340,7 @@ impl GatewayError {
             | GatewayError::ReplayStoreUnavailable { .. } => "service_unavailable",
             GatewayError::InvalidClient(_) => "invalid_client",
             GatewayError::OAuth { code, .. } => code,
-            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::RateLimited(_) => "rate_limited",
         }
     }
@@ -453,6 +457,10 @@ impl GatewayError {
             }
             GatewayError::StoreUnavailable { retry_after, .. } => {
                 h.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            // RFC 9110 §15.5.6: a 405 says which methods the resource takes.
+            GatewayError::MethodNotAllowed { allow, .. } => {
+                h.insert(http::header::ALLOW, HeaderValue::from_static(allow));
             }
             _ => {}
         }

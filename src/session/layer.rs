@@ -513,15 +513,18 @@ impl<S> Sessions<S> {
             ));
         }
         if !allowed {
-            let e = GatewayError::MethodNotAllowed(format!(
-                "{} answers {}",
-                if callback {
-                    "the sign-in callback"
-                } else {
-                    "logout"
-                },
-                if callback { "GET" } else { "GET and POST" }
-            ));
+            let e = GatewayError::MethodNotAllowed {
+                description: format!(
+                    "{} answers {}",
+                    if callback {
+                        "the sign-in callback"
+                    } else {
+                        "logout"
+                    },
+                    if callback { "GET" } else { "GET and POST" }
+                ),
+                allow: if callback { "GET" } else { "GET, POST" },
+            };
             return Then::new(Step::reject(e), SetCookies::default());
         }
         let gw = self.gw.clone();

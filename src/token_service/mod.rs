@@ -172,6 +172,9 @@ pub fn parse_params(
         let v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
             .map_err(|_| GatewayError::BadRequest("request body is not a JSON object".into()))?;
         v.into_iter()
+            // `null` is a parameter not given (`"scope": null` asks for every
+            // registered scope, as an absent scope does).
+            .filter(|(_, v)| !v.is_null())
             .map(|(k, v)| match v {
                 serde_json::Value::String(s) => Ok((k, s)),
                 serde_json::Value::Number(n) => Ok((k, n.to_string())),
@@ -258,10 +261,10 @@ impl TokenService {
             return Ok(json_response(StatusCode::OK, self.metadata()));
         }
         if req.method() != Method::POST {
-            return Err(GatewayError::MethodNotAllowed(format!(
-                "the token endpoint takes POST, not {}",
-                req.method()
-            )));
+            return Err(GatewayError::MethodNotAllowed {
+                description: format!("the token endpoint takes POST, not {}", req.method()),
+                allow: "POST",
+            });
         }
         let conn = req.extensions().get::<Arc<ConnInfo>>().cloned();
         let ip = conn
@@ -292,6 +295,9 @@ impl TokenService {
                     "parameter {k} is given more than once"
                 )));
             }
+        }
+        if sender::several_credentials(&parts.headers) {
+            return Err(sender::several_credentials_refused());
         }
         let basic = match parts.headers.get(AUTHORIZATION).map(parse_basic) {
             Some(Ok(b)) => b,

@@ -398,6 +398,21 @@ async fn flush_caches_drops_tokens_keeps_jwks() {
         .await
         .unwrap();
     assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST", "a 405 says which methods");
+    for (method, path, allow) in [
+        (reqwest::Method::GET, "/admin/reload", "POST"),
+        (reqwest::Method::POST, "/admin/status", "GET"),
+        (reqwest::Method::DELETE, "/healthz", "GET, HEAD"),
+    ] {
+        let r = client()
+            .request(method, gw.admin_url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{path}");
+        assert_eq!(r.headers()["allow"], allow, "{path}");
+        assert_eq!(json_of(r).await["error"], "method_not_allowed");
+    }
     gw.stop().await;
 }
 

@@ -170,6 +170,18 @@ async fn body_json_query_and_hashed_clients() {
         .unwrap();
     assert_eq!(j.status(), 200);
     assert_eq!(json_of(j).await["scope"], "analytics.read");
+    // JSON `null` is a parameter not given: every registered scope.
+    let n = client()
+        .post(gw.url("/oauth2/token"))
+        .json(&json!({"grant_type": "client_credentials", "client_id": "sap-cx-dashboard", "client_secret": SECRET, "scope": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(n.status(), 200);
+    assert_eq!(
+        json_of(n).await["scope"],
+        "analytics.read dashboard.access bi.integration.external"
+    );
     let q = client()
         .post(gw.url("/oauth2/token?grant_type=client_credentials"))
         .header("authorization", basic("sap-cx-dashboard", SECRET))
@@ -253,6 +265,23 @@ async fn token_endpoint_errors() {
         .unwrap();
     let (s, e, _, _) = err(r).await;
     assert_eq!((s, e.as_str()), (401, "invalid_client"));
+    // Two Authorization headers: which client is asking is ambiguous.
+    let r = client()
+        .post(gw.url("/oauth2/token"))
+        .header("authorization", basic("sap-cx-dashboard", SECRET))
+        .header("authorization", basic("hashed", "hashed-secret"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    let (s, e, d, _) = err(r).await;
+    assert_eq!((s, e.as_str()), (400, "invalid_request"));
+    assert!(d.contains("more than one Authorization header"), "{d}");
+    // Any method but POST: 405 saying which one it takes.
+    let r = client().get(gw.url("/oauth2/token")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    assert_eq!(json_of(r).await["error"], "method_not_allowed");
     gw.stop().await;
 }
 
