@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod observe;
 pub mod otel;
 pub mod outbound;
+pub mod parse_errors;
 pub mod policy;
 pub mod policy_test;
 pub mod proxy;

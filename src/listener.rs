@@ -26,6 +26,7 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 
 pub use crate::conn::ConnInfo;
+use crate::parse_errors::JsonParseErrors;
 
 /// The HTTP settings every listener shares.
 pub fn http_builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
@@ -35,9 +36,12 @@ pub fn http_builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true)
-        // Heads a little over the limit still parse, so that the gateway can answer
-        // SPEC's JSON 431; far larger ones are cut off by hyper itself.
-        .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024))
+        // Heads well over the limit still parse, so that the gateway answers SPEC's
+        // JSON 431 (with the request id and CORS headers) rather than hyper its bare
+        // one; only heads over four times the limit (at least 64 KiB) are cut off by
+        // hyper itself. Memory stays bounded: the read buffer grows only as bytes
+        // arrive, `header_read_timeout` bounds how long, and `max_connections` how many.
+        .max_buf_size((limits.max_header_bytes * 4).max(64 * 1024))
         .max_headers(512);
     b.http2()
         .timer(TokioTimer::new())
@@ -149,8 +153,8 @@ pub async fn serve<S>(
                                     .with_client_cert(leaf)
                                     .with_slot(permit.clone()),
                             );
-                            let conn = builder
-                                .serve_connection_with_upgrades(TokioIo::new(s), service(info));
+                            let io = TokioIo::new(JsonParseErrors::new(s, remote));
+                            let conn = builder.serve_connection_with_upgrades(io, service(info));
                             let _ = watcher.watch(conn.into_owned()).await;
                         }
                         Ok(Err(e)) => {
@@ -162,8 +166,9 @@ pub async fn serve<S>(
                 .await,
                 None => {
                     let info = Arc::new(ConnInfo::new(remote, false).with_slot(permit.clone()));
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service(info));
+                    // hyper's own answers to unparsable heads get SPEC's JSON body.
+                    let io = TokioIo::new(JsonParseErrors::new(stream, remote));
+                    let conn = builder.serve_connection_with_upgrades(io, service(info));
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
             }
@@ -315,15 +320,19 @@ fn redirect<B>(port: Option<u16>, req: &Request<B>) -> Response<Body> {
         Some(p) => format!(":{p}"),
     };
     let location = format!("https://{host}{port}{pq}");
+    // Every response carries the request id (SPEC), the redirect too.
+    let rid = crate::request_id::of(req);
     match http::HeaderValue::from_str(&location) {
         Ok(v) if !host.is_empty() => {
             let mut resp = Response::new(crate::body::empty());
             *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
             resp.headers_mut().insert(http::header::LOCATION, v);
+            resp.headers_mut()
+                .insert(crate::request_id::X_REQUEST_ID.clone(), rid);
             resp
         }
         _ => GatewayError::BadRequest("no usable Host header to redirect to".into())
-            .to_response(crate::request_id::of(req).to_str().unwrap_or("")),
+            .to_response(rid.to_str().unwrap_or("")),
     }
 }
 

@@ -168,16 +168,23 @@ async fn redirect_listener_answers_308() {
         .await
         .unwrap();
     assert_eq!(r.status(), 308);
+    assert_eq!(
+        r.headers()["x-request-id"].len(),
+        32,
+        "every response carries a request id"
+    );
     let loc = r.headers()["location"].to_str().unwrap().to_owned();
     assert_eq!(loc, "https://api.company.com/api/items?x=1&y=2");
     assert_eq!(up.count(), 0, "the redirect listener never proxies");
     let r = no_follow
         .post(format!("http://{redirect}/other"))
         .header("host", "api.company.com")
+        .header("x-request-id", "lb-42")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["x-request-id"], "lb-42", "a sane id is kept");
     assert!(r.headers()["location"]
         .to_str()
         .unwrap()

@@ -1,0 +1,260 @@
+//! SPEC's JSON errors for requests the HTTP layer itself refuses.
+//!
+//! hyper answers a request head it cannot parse (400), one larger than its read buffer
+//! (431) or a URI too long (414) on its own, before any service sees a request: a bare
+//! status line with `content-length: 0`, no JSON body and no request id. SPEC wants
+//! every error as JSON with a request id, and hyper has no hook for those answers, so
+//! the connection's I/O is wrapped: a response head that starts `HTTP/1.1 4` and carries
+//! no `x-request-id` can only be hyper's own (every response of the stack carries one),
+//! and is replaced by the same status with SPEC's body. hyper closes the connection
+//! after such an answer; the replacement is written out before it does. Every other
+//! write passes through untouched (the check is a prefix compare per write, and a
+//! header scan only for 4xx heads).
+
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::error::GatewayError;
+
+/// A connection's stream whose hyper-made 4xx answers are rewritten (module docs).
+pub struct JsonParseErrors<T> {
+    inner: T,
+    remote: SocketAddr,
+    /// The replacement being written, and how much of it is out.
+    pending: Option<(Vec<u8>, usize)>,
+}
+
+impl<T> JsonParseErrors<T> {
+    pub fn new(inner: T, remote: SocketAddr) -> Self {
+        JsonParseErrors {
+            inner,
+            remote,
+            pending: None,
+        }
+    }
+}
+
+/// The replacement for a write of `head` alone if it is one of hyper's own error
+/// answers: a 4xx head and nothing else (no body), `content-length: 0`, no request id.
+fn replacement(head: &[u8], remote: SocketAddr) -> Option<Vec<u8>> {
+    if !head.starts_with(b"HTTP/1.1 4") || head.len() < 12 {
+        return None;
+    }
+    let end = find(head, b"\r\n\r\n")?;
+    if end + 4 != head.len() {
+        return None;
+    }
+    let head = &head[..end + 2];
+    if find_ignore_case(head, b"\r\nx-request-id:").is_some()
+        || find_ignore_case(head, b"\r\ncontent-length: 0\r\n").is_none()
+    {
+        return None;
+    }
+    let status = &head[9..12];
+    let error = match status {
+        b"400" => GatewayError::BadRequest("malformed HTTP request".into()),
+        b"431" | b"414" => GatewayError::HeaderTooLarge,
+        _ => return None,
+    };
+    let status_line = &head[..find(head, b"\r\n")?];
+    let date = find_ignore_case(head, b"\r\ndate:").and_then(|i| {
+        let line = &head[i + 2..];
+        find(line, b"\r\n").map(|e| &line[..e])
+    });
+    let rid = crate::request_id::generate();
+    let body = error.body_json(rid.to_str().unwrap_or(""), None);
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(status_line);
+    out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\nx-request-id: ");
+    out.extend_from_slice(rid.as_bytes());
+    out.extend_from_slice(b"\r\ncontent-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    if let Some(d) = date {
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(d);
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body.as_bytes());
+    let code = std::str::from_utf8(status).ok()?.parse().ok()?;
+    let remote = remote.ip().to_canonical().to_string();
+    crate::logging::access(&crate::logging::Access {
+        request_id: rid.to_str().unwrap_or(""),
+        route: "-",
+        method: "-",
+        path: "-",
+        status: code,
+        duration: std::time::Duration::ZERO,
+        upstream: "-",
+        client: "-",
+        remote: &remote,
+        trace_id: "-",
+    });
+    Some(out)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn find_ignore_case(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle))
+}
+
+impl<T: AsyncWrite + Unpin> JsonParseErrors<T> {
+    /// Writes out what is left of a replacement; `Ready` once nothing is.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some((out, at)) = &mut self.pending {
+            if *at == out.len() {
+                self.pending = None;
+                break;
+            }
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &out[*at..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            *at += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes a write of `first` alone (`len` bytes in all) as hyper's own error answer
+    /// if it is one: `Some(len)` then, as if all of it had been written.
+    fn intercept(&mut self, first: &[u8], len: usize) -> Option<usize> {
+        if first.len() != len {
+            return None;
+        }
+        let out = replacement(first, self.remote)?;
+        self.pending = Some((out, 0));
+        Some(len)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for JsonParseErrors<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for JsonParseErrors<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        ready!(self.drain(cx))?;
+        if let Some(n) = self.intercept(buf, buf.len()) {
+            return Poll::Ready(Ok(n));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        ready!(self.drain(cx))?;
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            let len = bufs.iter().map(|b| b.len()).sum();
+            if let Some(n) = self.intercept(first, len) {
+                return Poll::Ready(Ok(n));
+            }
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.drain(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.drain(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote() -> SocketAddr {
+        "192.0.2.1:5000".parse().unwrap()
+    }
+
+    // Behaviour: hyper's bare answers become SPEC's JSON with a request id; the stack's
+    // own answers (they carry x-request-id) and non-4xx heads pass untouched.
+    #[test]
+    fn only_hypers_own_answers_are_replaced() {
+        let bare = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Mon, 07 Dec 2026 17:00:00 GMT\r\n\r\n";
+        let out = String::from_utf8(replacement(bare, remote()).unwrap()).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+        assert!(head.contains("\r\ncontent-type: application/json\r\n"));
+        assert!(head.contains("\r\nconnection: close\r\n"));
+        assert!(head.contains("\r\ndate: Mon, 07 Dec 2026 17:00:00 GMT"));
+        assert!(head.contains(&format!("\r\ncontent-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"], "invalid_request");
+        let rid = v["request_id"].as_str().unwrap();
+        assert!(head.contains(&format!("\r\nx-request-id: {rid}\r\n")));
+
+        let big = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        let out = String::from_utf8(replacement(big, remote()).unwrap()).unwrap();
+        assert!(out.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(
+            out.contains("\"error\":\"request_header_too_large\""),
+            "{out}"
+        );
+
+        for keep in [
+            &b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nx-request-id: abc\r\ncontent-length: 2\r\n\r\n"[..],
+            b"HTTP/1.1 404 Not Found\r\nX-Request-Id: abc\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-len",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\nand a body",
+            b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"{\"error\":\"x\"}",
+        ] {
+            assert!(replacement(keep, remote()).is_none(), "{}", String::from_utf8_lossy(keep));
+        }
+    }
+
+    // Behaviour: the replacement goes out whole even through a stream that takes a few
+    // bytes per write, before flush and shutdown complete.
+    #[tokio::test]
+    async fn the_replacement_is_written_whole_before_shutdown() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, server) = tokio::io::duplex(7);
+        let mut w = JsonParseErrors::new(server, remote());
+        let reader = tokio::spawn(async move {
+            let mut c = client;
+            let mut all = Vec::new();
+            c.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        let bare = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(w.write(bare).await.unwrap(), bare.len());
+        w.flush().await.unwrap();
+        w.shutdown().await.unwrap();
+        drop(w);
+        let got = String::from_utf8(reader.await.unwrap()).unwrap();
+        assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
+        assert!(got.ends_with('}'), "{got}");
+        assert!(got.contains("\"error\":\"invalid_request\""));
+    }
+}
