@@ -12,7 +12,7 @@ use http::Request;
 
 use super::{normalize_host, normalized, without_parameters, BadPath};
 use crate::decision;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Rejection};
 use crate::gateway::Gateway;
 use crate::runtime::{Route, Runtime};
 use crate::service::{record, OnOutcome, Outcome, Step, Then};
@@ -217,7 +217,24 @@ where
             Ok(p) => p,
             Err(e) => {
                 decision::note(&req, || format!("path: refused ({})", e.0));
-                return refuse(GatewayError::BadRequest(format!("invalid path: {}", e.0)));
+                let refusal =
+                    Rejection::from(GatewayError::BadRequest(format!("invalid path: {}", e.0)));
+                // SPEC: every response to an allowed origin, errors included, carries
+                // the CORS headers. The route the path was written for (its prefix,
+                // read as written) says which; it decides nothing else.
+                let raw = without_parameters(req.uri().path());
+                let cors = rt
+                    .table
+                    .lookup(host.as_deref().unwrap_or_default(), &raw)
+                    .and_then(|id| rt.routes[id].cors.as_ref());
+                let refusal = match cors {
+                    Some(c) => {
+                        let grant = c.check(&req);
+                        refusal.with_headers(|h| c.apply(h, grant.as_ref()))
+                    }
+                    None => refusal,
+                };
+                return Then::new(Step::reject(refusal), RecordRoute(None));
             }
         };
         if path != req.uri().path() {

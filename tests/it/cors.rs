@@ -439,11 +439,11 @@ async fn cors_validation_errors() {
     assert!(tollgate::Gateway::load(path).is_ok());
 }
 
-// Behaviour: limit errors found before routing — 413 for a declared Content-Length over
-// `max_body_bytes`, 431 for a head over `max_header_bytes` — on a path whose route has
-// `cors` still carry the CORS headers for an allowed origin (SPEC: every response to an
-// allowed origin, errors included), so the page can read why it failed.
-// Fails today: src/stack.rs answers both before the route (and so its `cors`) is known.
+// Behaviour: errors found before or while routing — 413 for a declared Content-Length
+// over `max_body_bytes`, 431 for a head over `max_header_bytes`, 400 for a path refused
+// by normalisation — on a path whose route has `cors` still carry the CORS headers for an
+// allowed origin (SPEC: every response to an allowed origin, errors included), so the
+// page can read why it failed; a disallowed origin gets none.
 #[tokio::test]
 async fn cors_headers_on_limit_errors() {
     let idp = spawn_idp().await;
@@ -478,6 +478,23 @@ async fn cors_headers_on_limit_errors() {
         .unwrap();
     assert_eq!(r.status(), 413);
     assert_cors_granted(&r, CX, "413");
+
+    let r = client()
+        .get(gw.url("/api/x%2fy"))
+        .header("origin", CX)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_cors_granted(&r, CX, "400");
+    let r = client()
+        .get(gw.url("/api/x%2fy"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
     assert_eq!(up.count(), 0);
     gw.stop().await;
 }
