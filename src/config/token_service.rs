@@ -31,8 +31,9 @@ section! {
         "issuer" => pub issuer: Option<String> as required(),
         /// The `aud` of the tokens it signs.
         "audience" => pub audience: Option<String> as required(),
-        /// The EC P-256 signing key (PEM file), shared by every replica; without it a key
-        /// is made at start.
+        /// The signing key (PEM file: EC P-256, recommended, or P-384, RSA of 2048+ bits,
+        /// or Ed25519; PKCS#8, or PKCS#1 / SEC1), shared by every replica; without it a
+        /// key is made at start.
         "signing_key" => pub signing_key: Option<String>,
         /// Create `signing_key` when the file does not exist yet (`tollgate run` only).
         "create_signing_key" => pub create_signing_key: bool,

@@ -143,25 +143,16 @@ impl SigningKey {
         Ok(pem("PRIVATE KEY", pkcs8.as_ref()))
     }
 
-    /// PKCS#8 (`PRIVATE KEY`: EC P-256/P-384, RSA, Ed25519) or PKCS#1 (`RSA PRIVATE KEY`).
+    /// PKCS#8 (`PRIVATE KEY`: EC P-256/P-384, RSA, Ed25519), PKCS#1 (`RSA PRIVATE KEY`)
+    /// or SEC1 (`EC PRIVATE KEY`, what `openssl ecparam -genkey` writes).
     pub fn from_pem(data: &[u8]) -> Result<SigningKey, String> {
         let key = PrivateKeyDer::from_pem_slice(data)
             .map_err(|e| crate::tls::pem_problem(e, "private key"))?;
         match key {
             PrivateKeyDer::Pkcs8(der) => {
                 let der = der.secret_pkcs8_der();
-                for (alg, curve, lc_alg) in [
-                    (Algorithm::ES256, "P-256", &lc::ECDSA_P256_SHA256_FIXED_SIGNING),
-                    (Algorithm::ES384, "P-384", &lc::ECDSA_P384_SHA384_FIXED_SIGNING),
-                ] {
-                    if let Ok(kp) = lc::EcdsaKeyPair::from_pkcs8(lc_alg, der) {
-                        let point = kp.public_key().as_ref();
-                        let n = (point.len() - 1) / 2;
-                        let (x, y) = (b64(&point[1..1 + n]), b64(&point[1 + n..]));
-                        let kid = thumbprint(&[("crv", curve), ("kty", "EC"), ("x", &x), ("y", &y)]);
-                        let jwk = serde_json::json!({"kty": "EC", "crv": curve, "x": x, "y": y, "kid": kid, "alg": format!("{alg:?}"), "use": "sig"});
-                        return Ok(SigningKey { alg, kid, pair: Pair::Ec(kp), jwk });
-                    }
+                if let Some(k) = Self::ec(|alg| lc::EcdsaKeyPair::from_pkcs8(alg, der).ok()) {
+                    return Ok(k);
                 }
                 match lc::RsaKeyPair::from_pkcs8(der) {
                     Ok(kp) => return Self::rsa(kp),
@@ -172,7 +163,12 @@ impl SigningKey {
                     let x = b64(kp.public_key().as_ref());
                     let kid = thumbprint(&[("crv", "Ed25519"), ("kty", "OKP"), ("x", &x)]);
                     let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"});
-                    return Ok(SigningKey { alg: Algorithm::EdDSA, kid, pair: Pair::Ed25519(kp), jwk });
+                    return Ok(SigningKey {
+                        alg: Algorithm::EdDSA,
+                        kid,
+                        pair: Pair::Ed25519(kp),
+                        jwk,
+                    });
                 }
                 Err("unsupported key: use EC P-256 (recommended), EC P-384, RSA (2048+ bits) or Ed25519".into())
             }
@@ -181,11 +177,34 @@ impl SigningKey {
                 Err(e) if e.description_() == "TooSmall" => Err(RSA_TOO_SMALL.into()),
                 Err(e) => Err(format!("invalid RSA key: {e}")),
             },
-            PrivateKeyDer::Sec1(_) => Err(
-                "SEC1 \"EC PRIVATE KEY\" files are not supported; convert with: openssl pkcs8 -topk8 -nocrypt -in key.pem -out key-pkcs8.pem".into(),
-            ),
+            PrivateKeyDer::Sec1(der) => {
+                let der = der.secret_sec1_der();
+                Self::ec(|alg| lc::EcdsaKeyPair::from_private_key_der(alg, der).ok()).ok_or_else(
+                    || "unsupported EC key: use P-256 (recommended) or P-384".to_owned(),
+                )
+            }
             _ => Err("unsupported private key format".into()),
         }
+    }
+
+    /// The EC key `parse` reads for P-256 or P-384 (in that order), if either does.
+    fn ec(
+        parse: impl Fn(&'static lc::EcdsaSigningAlgorithm) -> Option<lc::EcdsaKeyPair>,
+    ) -> Option<SigningKey> {
+        [
+            (Algorithm::ES256, "P-256", &lc::ECDSA_P256_SHA256_FIXED_SIGNING),
+            (Algorithm::ES384, "P-384", &lc::ECDSA_P384_SHA384_FIXED_SIGNING),
+        ]
+        .into_iter()
+        .find_map(|(alg, curve, lc_alg)| {
+            let kp = parse(lc_alg)?;
+            let point = kp.public_key().as_ref();
+            let n = (point.len() - 1) / 2;
+            let (x, y) = (b64(&point[1..1 + n]), b64(&point[1 + n..]));
+            let kid = thumbprint(&[("crv", curve), ("kty", "EC"), ("x", &x), ("y", &y)]);
+            let jwk = serde_json::json!({"kty": "EC", "crv": curve, "x": x, "y": y, "kid": kid, "alg": format!("{alg:?}"), "use": "sig"});
+            Some(SigningKey { alg, kid, pair: Pair::Ec(kp), jwk })
+        })
     }
 
     fn rsa(kp: lc::RsaKeyPair) -> Result<SigningKey, String> {
@@ -259,6 +278,8 @@ mod tests {
             "rsa-a.pem",
             "rsa-pkcs1.pem",
             "ed25519.pem",
+            "ec256-sec1.pem",
+            "ec384-sec1.pem",
         ] {
             let data = std::fs::read(format!("{dir}{f}")).unwrap();
             let k = SigningKey::from_pem(&data).unwrap_or_else(|e| panic!("{f}: {e}"));
@@ -321,10 +342,26 @@ mod tests {
             b"-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
         )
         .unwrap_err();
-        assert!(
-            e.starts_with("SEC1 \"EC PRIVATE KEY\" files are not supported"),
-            "{e}"
-        );
+        assert!(e.starts_with("unsupported EC key"), "{e}");
+    }
+
+    // Behaviour: a SEC1 `EC PRIVATE KEY` file is the same key as its PKCS#8 form (same
+    // algorithm and kid), as `openssl ecparam -genkey` writes it.
+    #[test]
+    fn sec1_and_pkcs8_ec_keys_are_the_same_key() {
+        for (pkcs8, sec1, alg) in [
+            ("ec256.pem", "ec256-sec1.pem", Algorithm::ES256),
+            ("ec384.pem", "ec384-sec1.pem", Algorithm::ES384),
+        ] {
+            let read = |f: &str| {
+                let p = format!("{}/tests/fixtures/{f}", env!("CARGO_MANIFEST_DIR"));
+                SigningKey::from_pem(&std::fs::read(p).unwrap()).unwrap()
+            };
+            let (a, b) = (read(pkcs8), read(sec1));
+            assert_eq!((a.alg, b.alg), (alg, alg));
+            assert_eq!(a.kid, b.kid, "{sec1}");
+            assert_eq!(a.jwk, b.jwk, "{sec1}");
+        }
     }
 
     // Behaviour: RSA keys under 2048 bits are refused with that reason, in PKCS#8 and
