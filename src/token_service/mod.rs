@@ -254,6 +254,13 @@ impl TokenService {
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
+        let document = path == JWKS_PATH || path.starts_with(METADATA_PATH);
+        if document && !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return Err(GatewayError::MethodNotAllowed {
+                description: format!("{path} is read with GET, not {}", req.method()),
+                allow: "GET, HEAD",
+            });
+        }
         if path == JWKS_PATH {
             return Ok(json_response(StatusCode::OK, self.key.jwks()));
         }

@@ -282,6 +282,16 @@ async fn token_endpoint_errors() {
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "POST");
     assert_eq!(json_of(r).await["error"], "method_not_allowed");
+    // The key set and the metadata are read, not written.
+    for p in [
+        "/.well-known/jwks.json",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let r = client().post(gw.url(p)).send().await.unwrap();
+        assert_eq!(r.status(), 405, "{p}");
+        assert_eq!(r.headers()["allow"], "GET, HEAD", "{p}");
+        assert_eq!(client().get(gw.url(p)).send().await.unwrap().status(), 200);
+    }
     gw.stop().await;
 }
 
