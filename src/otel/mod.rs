@@ -372,8 +372,8 @@ struct ChildSpan {
 }
 
 /// Opens a child span of the current request's span. `name` is a fixed operation name
-/// (`jwks.fetch`, `introspection`, `upstream_token.fetch`, `ratelimit.redis`,
-/// `upstream`).
+/// (`jwks.fetch`, `introspection`, `upstream_token.fetch`, `login.token`,
+/// `ratelimit.redis`, `upstream`).
 pub fn child(name: &'static str, kind: SpanKind) -> Child {
     let Ok(active) = CURRENT.try_with(Arc::clone) else {
         return Child(None);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::Request;
+use opentelemetry::trace::SpanKind;
 
 use super::{Login, SignIn};
 use crate::auth::{self, jwt, IssuerKind};
@@ -204,7 +205,32 @@ pub fn clean(s: &str) -> String {
         .collect()
 }
 
+/// A call of the identity provider's token endpoint, as a child span `login.token` of
+/// the request's (tracing exports it): the endpoint, the grant and whether it worked —
+/// never the code, the verifier, the refresh token or the tokens obtained.
 async fn token_request(
+    login: &Login,
+    ep: &Endpoints,
+    form: &[(&str, &str)],
+) -> Result<Tokens, FlowError> {
+    let mut span = crate::otel::child("login.token", SpanKind::Client);
+    if span.recording() {
+        let grant = form
+            .iter()
+            .find(|(k, _)| *k == "grant_type")
+            .map_or("", |(_, v)| *v);
+        let url = ep.token.split(['?', '#']).next().unwrap_or("");
+        span.attr("oauth.grant_type", grant.to_owned())
+            .attr("url.full", url.to_owned());
+    }
+    let r = call_token_endpoint(login, ep, form).await;
+    if let Err(e) = &r {
+        span.fail(e.to_string());
+    }
+    r
+}
+
+async fn call_token_endpoint(
     login: &Login,
     ep: &Endpoints,
     form: &[(&str, &str)],

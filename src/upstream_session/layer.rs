@@ -27,7 +27,6 @@ use crate::decision;
 use crate::error::Rejection;
 use crate::gateway::Gateway;
 use crate::identity::Identity;
-use crate::request_id::X_REQUEST_ID;
 use crate::route::layer::{route_of, routed};
 use crate::service::{take_ready, OnOutcome, Outcome, Step, Then};
 use crate::upstream::{Csrf, Upstream};
@@ -220,11 +219,10 @@ where
             url,
             authorization,
         };
-        let request_id = req.headers().get(&X_REQUEST_ID).cloned();
         let (parts, body) = req.into_parts();
         let (first, recording) = replay::record(body, keep);
         Then::new(
-            Step::boxed(exchange.run(inner, parts, first, recording, request_id)),
+            Step::boxed(exchange.run(inner, parts, first, recording)),
             Absorb(None),
         )
     }
@@ -241,13 +239,14 @@ struct Exchange {
 }
 
 impl Exchange {
-    async fn token(&self, request_id: Option<&HeaderValue>) -> Result<Token, Outcome> {
+    /// The session's token; a fetch carries the request's id and trace context (`head`).
+    async fn token(&self, head: &http::HeaderMap) -> Result<Token, Outcome> {
         self.session
             .token(
                 &self.up,
                 &self.csrf,
                 self.authorization.as_ref(),
-                request_id,
+                head,
                 &self.gw.metrics,
             )
             .await
@@ -286,12 +285,11 @@ impl Exchange {
         parts: http::request::Parts,
         first: ReplayBody<B>,
         recording: replay::Recording<B>,
-        request_id: Option<HeaderValue>,
     ) -> Outcome
     where
         S: tower::Service<Request<SessionBody<B>>, Response = Response<Body>, Error = Rejection>,
     {
-        let token = match self.token(request_id.as_ref()).await {
+        let token = match self.token(&parts.headers).await {
             Ok(t) => t,
             Err(out) => {
                 recording.release();
@@ -325,7 +323,7 @@ impl Exchange {
             return Ok(resp);
         };
         drain(resp.into_body(), self.up.timeout).await;
-        let token = match self.token(request_id.as_ref()).await {
+        let token = match self.token(&parts.headers).await {
             Ok(t) => t,
             Err(out) => return out,
         };

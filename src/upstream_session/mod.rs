@@ -24,6 +24,7 @@ use dashmap::DashMap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
+use opentelemetry::trace::SpanKind;
 use sha2::{Digest, Sha256};
 
 use crate::body::{empty, full, Body};
@@ -32,6 +33,7 @@ use crate::error::{BadGateway, GatewayError, Timeout};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::request_id::X_REQUEST_ID;
+use crate::trace_context::TRACEPARENT;
 use crate::upstream::{Csrf, Upstream};
 use jar::{Jar, Stored};
 
@@ -303,7 +305,7 @@ impl Session {
         up: &Upstream,
         csrf: &Csrf,
         authorization: Option<&HeaderValue>,
-        request_id: Option<&HeaderValue>,
+        head: &HeaderMap,
         metrics: &Metrics,
     ) -> Result<Token, FetchFailure> {
         if let Some(t) = self.current() {
@@ -313,7 +315,21 @@ impl Session {
         if let Some(t) = self.current() {
             return Ok(t);
         }
-        let r = self.fetch(up, csrf, authorization, request_id).await;
+        // A child span of the request's (tracing exports it): the upstream, the fetch
+        // path and the answer's status — never the token or a cookie.
+        let mut span = crate::otel::child("upstream.csrf_fetch", SpanKind::Client);
+        if span.recording() {
+            span.attr("tollgate.upstream", up.name.to_string())
+                .attr("url.path", csrf.fetch_path.path().to_owned());
+        }
+        let r = self.fetch(up, csrf, authorization, head).await;
+        if let Err(e) = &r {
+            span.fail(match e {
+                FetchFailure::Refused(resp) => format!("HTTP {}", resp.status().as_u16()),
+                FetchFailure::Failed(e) => e.to_string(),
+            });
+        }
+        drop(span);
         metrics.csrf_fetch(&up.name, r.is_ok());
         let (token, bound) = r?;
         let mut st = self.state();
@@ -329,13 +345,14 @@ impl Session {
     }
 
     /// `GET {fetch_path}` with `X-CSRF-Token: Fetch`, the credentials and the session's
-    /// cookies; keeps the cookies it sets.
+    /// cookies, and the request's id and `traceparent` (from `head`); keeps the cookies
+    /// it sets.
     async fn fetch(
         &self,
         up: &Upstream,
         csrf: &Csrf,
         authorization: Option<&HeaderValue>,
-        request_id: Option<&HeaderValue>,
+        head: &HeaderMap,
     ) -> Result<(Option<HeaderValue>, Vec<String>), FetchFailure> {
         let url = target_url(&csrf.origin, csrf.fetch_path.path());
         let mut req = Request::get(Uri::from(csrf.fetch_path.clone()))
@@ -350,8 +367,10 @@ impl Session {
         if let Some(c) = self.cookie_header(&url) {
             h.insert(header::COOKIE, c);
         }
-        if let Some(id) = request_id {
-            h.insert(X_REQUEST_ID.clone(), id.clone());
+        for name in [&X_REQUEST_ID, &TRACEPARENT] {
+            if let Some(v) = head.get(name) {
+                h.insert(name.clone(), v.clone());
+            }
         }
         let resp = send_pooled(up.pool(), req, up.timeout)
             .await

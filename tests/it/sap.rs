@@ -42,6 +42,7 @@ pub struct SapSeen {
     pub status: u16,
     /// The SAP session the request was served in (when it had a valid one).
     pub session: Option<String>,
+    pub traceparent: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -136,6 +137,7 @@ pub async fn spawn_sap() -> FakeSap {
                 body: body.clone(),
                 status: 0,
                 session: None,
+                traceparent: header("traceparent"),
             };
             let record = |mut seen: SapSeen, resp: Response<Full<Bytes>>| {
                 seen.status = resp.status().as_u16();

@@ -610,6 +610,108 @@ async fn spans_reach_a_real_otlp_receiver_with_correct_parents() {
     assert!(exported >= 9.0);
 }
 
+// Behaviour: the X-CSRF-Token fetch of a `csrf` upstream is a child span of the
+// request's (`upstream.csrf_fetch`, with the upstream and the fetch path), and the fetch
+// carries the request's trace context, as the request itself does.
+#[tokio::test]
+async fn the_csrf_fetch_is_a_child_span() {
+    let receiver = Receiver::start();
+    let sap = crate::sap::spawn_sap().await;
+    let yaml = GatewayConfig::new()
+        .set(
+            "tracing",
+            json!({"otlp_endpoint": receiver.base, "service_name": "tollgate-it", "sample_ratio": 1.0}),
+        )
+        .upstream_with(
+            "s4",
+            &format!("{}/sap/opu/odata/sap/API_X", sap.url()),
+            json!({"csrf": {"fetch_path": "/"}, "auth": {"type": "basic", "username": "GW_USER", "password": "s3cret"}}),
+        )
+        .open_route("odata", "/odata", "s4")
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
+    let trace = "55555555555555555555555555555555";
+    let r = client()
+        .post(gw.url("/odata/A_Items"))
+        .header("content-type", "application/json")
+        .header("traceparent", traceparent(trace, CLIENT_SPAN, "01"))
+        .body(r#"{"Item":"1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let spans = receiver
+        .trace(trace, |s| {
+            !named(s, "upstream.csrf_fetch").is_empty() && !named(s, "upstream").is_empty()
+        })
+        .await;
+    let srv = server(&spans);
+    let fetch = named(&spans, "upstream.csrf_fetch")[0];
+    assert_eq!(fetch["parent_span_id"], srv["span_id"]);
+    assert_eq!(fetch["kind"], "SPAN_KIND_CLIENT");
+    assert_eq!(attrs(fetch)["tollgate.upstream"], "s4");
+    assert!(attrs(fetch)["url.path"].as_str().unwrap().ends_with('/'));
+    let seen = sap.seen();
+    assert_eq!(seen[0].csrf.as_deref(), Some("Fetch"), "{seen:#?}");
+    let (t, parent, _) = fields(seen[0].traceparent.as_deref().expect("traceparent"));
+    assert_eq!(t, trace);
+    assert_eq!(parent, srv["span_id"].as_str().unwrap());
+    gw.stop().await;
+}
+
+// Behaviour: the sign-in callback's code exchange at the identity provider (a real
+// OpenID provider) is a child span `login.token` of the callback's span, with the grant
+// and the token endpoint and nothing of the code or the tokens.
+#[tokio::test]
+async fn the_sign_in_code_exchange_is_a_child_span() {
+    use crate::login::{at_idp, login_config, start_sign_in, AtIdp, Client, COOKIE_SECRET};
+    let receiver = Receiver::start();
+    let op = crate::oidc_e2e::OidcProvider::spawn_with(&[]);
+    let up = spawn_upstream().await;
+    let yaml = login_config(&op, &up, Client::Web, COOKIE_SECRET)
+        .set(
+            "tracing",
+            json!({"otlp_endpoint": receiver.base, "service_name": "tollgate-it", "sample_ratio": 1.0}),
+        )
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
+    let started = start_sign_in(&gw, "/dash/home").await;
+    let callback = at_idp(&started.auth_url, AtIdp::SignIn("alice")).await;
+    let code = url::Url::parse(&callback)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .expect("a code");
+    let trace = "66666666666666666666666666666666";
+    let r = crate::login::http()
+        .get(&callback)
+        .header("cookie", started.state.pair())
+        .header("accept", "text/html")
+        .header("traceparent", traceparent(trace, CLIENT_SPAN, "01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302, "{:?}", r.headers());
+    let spans = receiver
+        .trace(trace, |s| {
+            !named(s, "login.token").is_empty() && s.iter().any(|x| x["kind"] == "SPAN_KIND_SERVER")
+        })
+        .await;
+    let srv = server(&spans);
+    let exchange = named(&spans, "login.token")[0];
+    assert_eq!(exchange["parent_span_id"], srv["span_id"]);
+    assert_eq!(exchange["kind"], "SPAN_KIND_CLIENT");
+    assert_eq!(attrs(exchange)["oauth.grant_type"], "authorization_code");
+    assert!(attrs(exchange)["url.full"]
+        .as_str()
+        .unwrap()
+        .starts_with(&op.issuer));
+    let raw = receiver.raw().await;
+    assert!(!raw.contains(&code), "the code was exported");
+    gw.stop().await;
+}
+
 // Behaviour: sample_ratio 0 leaves new traces unsampled (flag 00, nothing exported)
 // while a caller's sampled trace is still recorded; and a changed `tracing:` block takes
 // effect on reload (a new endpoint, a new service name).
