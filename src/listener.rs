@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,8 +126,16 @@ pub async fn serve<S>(
             // Boxed: hyper keeps a slot for the request future on every connection,
             // idle ones included, so an unboxed future would cost its full size
             // per idle keep-alive connection.
+            // Set once hyper has handed a request to the stack: from then on nothing
+            // the connection writes is one of hyper's own error answers to an
+            // unparsable first head (`JsonParseErrors`).
+            let served = Arc::new(AtomicBool::new(false));
+            let seen = served.clone();
             let service = move |info: Arc<ConnInfo>| {
                 service_fn(move |mut req: Request<Incoming>| {
+                    if !seen.load(Ordering::Relaxed) {
+                        seen.store(true, Ordering::Relaxed);
+                    }
                     req.extensions_mut().insert(info.clone());
                     crate::upgrade::from_extended_connect(&mut req);
                     Box::pin(call_ready(&svc, req))
@@ -153,7 +162,7 @@ pub async fn serve<S>(
                                     .with_client_cert(leaf)
                                     .with_slot(permit.clone()),
                             );
-                            let io = TokioIo::new(JsonParseErrors::new(s, remote));
+                            let io = TokioIo::new(JsonParseErrors::new(s, remote, served));
                             let conn = builder.serve_connection_with_upgrades(io, service(info));
                             let _ = watcher.watch(conn.into_owned()).await;
                         }
@@ -166,8 +175,8 @@ pub async fn serve<S>(
                 .await,
                 None => {
                     let info = Arc::new(ConnInfo::new(remote, false).with_slot(permit.clone()));
-                    // hyper's own answers to unparsable heads get SPEC's JSON body.
-                    let io = TokioIo::new(JsonParseErrors::new(stream, remote));
+                    // hyper's own answer to an unparsable head gets SPEC's JSON body.
+                    let io = TokioIo::new(JsonParseErrors::new(stream, remote, served));
                     let conn = builder.serve_connection_with_upgrades(io, service(info));
                     let _ = watcher.watch(conn.into_owned()).await;
                 }

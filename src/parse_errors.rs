@@ -4,16 +4,26 @@
 //! (431) or a URI too long (414) on its own, before any service sees a request: a bare
 //! status line with `content-length: 0`, no JSON body and no request id. SPEC wants
 //! every error as JSON with a request id, and hyper has no hook for those answers, so
-//! the connection's I/O is wrapped: a response head that starts `HTTP/1.1 4` and carries
-//! no `x-request-id` can only be hyper's own (every response of the stack carries one),
-//! and is replaced by the same status with SPEC's body. hyper closes the connection
-//! after such an answer; the replacement is written out before it does. Every other
-//! write passes through untouched (the check is a prefix compare per write, and a
-//! header scan only for 4xx heads).
+//! the connection's I/O is wrapped and that answer replaced by the same status with
+//! SPEC's body; hyper closes the connection after it, and the replacement is written
+//! out before it does.
+//!
+//! Only while **no request has reached the stack on this connection** (the listener's
+//! `served` flag) is a write looked at at all: until then the only thing hyper can
+//! write is such an answer. Afterwards every byte passes untouched — a response body or
+//! a WebSocket tunnel that happens to contain `HTTP/1.1 400 ...` must never be
+//! rewritten (that would desynchronise the client's framing). So a malformed request
+//! that follows others on a keep-alive connection still gets hyper's bare answer.
+//! Within that window a write is replaced only if it is a 4xx head alone (no body),
+//! `content-length: 0` and no `x-request-id`; the replacement's status line is made
+//! from the status code, and nothing of the matched bytes is copied but a well-formed
+//! `date` line.
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -24,15 +34,22 @@ use crate::error::GatewayError;
 pub struct JsonParseErrors<T> {
     inner: T,
     remote: SocketAddr,
+    /// Set (by the listener) once a request has reached the stack.
+    served: Arc<AtomicBool>,
+    /// `served` seen set: nothing is looked at any more.
+    done: bool,
     /// The replacement being written, and how much of it is out.
     pending: Option<(Vec<u8>, usize)>,
 }
 
 impl<T> JsonParseErrors<T> {
-    pub fn new(inner: T, remote: SocketAddr) -> Self {
+    /// `served` is set by the connection's service when hyper hands it a request.
+    pub fn new(inner: T, remote: SocketAddr, served: Arc<AtomicBool>) -> Self {
         JsonParseErrors {
             inner,
             remote,
+            served,
+            done: false,
             pending: None,
         }
     }
@@ -54,16 +71,34 @@ fn replacement(head: &[u8], remote: SocketAddr) -> Option<Vec<u8>> {
     {
         return None;
     }
-    let status = &head[9..12];
-    let error = match status {
-        b"400" => GatewayError::BadRequest("malformed HTTP request".into()),
-        b"431" | b"414" => GatewayError::HeaderTooLarge,
+    let (code, status_line, error): (u16, &[u8], _) = match &head[9..12] {
+        b"400" => (
+            400,
+            &b"HTTP/1.1 400 Bad Request"[..],
+            GatewayError::BadRequest("malformed HTTP request".into()),
+        ),
+        b"431" => (
+            431,
+            &b"HTTP/1.1 431 Request Header Fields Too Large"[..],
+            GatewayError::HeaderTooLarge,
+        ),
+        // The request line is part of the head SPEC's 431 is about.
+        b"414" => (
+            414,
+            &b"HTTP/1.1 414 URI Too Long"[..],
+            GatewayError::HeaderTooLarge,
+        ),
         _ => return None,
     };
-    let status_line = &head[..find(head, b"\r\n")?];
-    let date = find_ignore_case(head, b"\r\ndate:").and_then(|i| {
+    // hyper's `date: Mon, 07 Dec 2026 17:00:00 GMT`, kept only if it is one.
+    let date = find_ignore_case(head, b"\r\ndate: ").and_then(|i| {
         let line = &head[i + 2..];
-        find(line, b"\r\n").map(|e| &line[..e])
+        let line = &line[..find(line, b"\r\n")?];
+        let ok = line.len() == 35
+            && line[6..]
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b' ' || b == b',' || b == b':');
+        ok.then_some(line)
     });
     let rid = crate::request_id::generate();
     let body = error.body_json(rid.to_str().unwrap_or(""), None);
@@ -79,7 +114,6 @@ fn replacement(head: &[u8], remote: SocketAddr) -> Option<Vec<u8>> {
     }
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body.as_bytes());
-    let code = std::str::from_utf8(status).ok()?.parse().ok()?;
     let remote = remote.ip().to_canonical().to_string();
     crate::logging::access(&crate::logging::Access {
         request_id: rid.to_str().unwrap_or(""),
@@ -123,8 +157,16 @@ impl<T: AsyncWrite + Unpin> JsonParseErrors<T> {
     }
 
     /// Takes a write of `first` alone (`len` bytes in all) as hyper's own error answer
-    /// if it is one: `Some(len)` then, as if all of it had been written.
+    /// if it is one and no request has reached the stack yet: `Some(len)` then, as if
+    /// all of it had been written.
     fn intercept(&mut self, first: &[u8], len: usize) -> Option<usize> {
+        if self.done {
+            return None;
+        }
+        if self.served.load(Ordering::Relaxed) {
+            self.done = true;
+            return None;
+        }
         if first.len() != len {
             return None;
         }
@@ -240,7 +282,7 @@ mod tests {
     async fn the_replacement_is_written_whole_before_shutdown() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (client, server) = tokio::io::duplex(7);
-        let mut w = JsonParseErrors::new(server, remote());
+        let mut w = JsonParseErrors::new(server, remote(), Arc::default());
         let reader = tokio::spawn(async move {
             let mut c = client;
             let mut all = Vec::new();
@@ -256,5 +298,35 @@ mod tests {
         assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
         assert!(got.ends_with('}'), "{got}");
         assert!(got.contains("\"error\":\"invalid_request\""));
+    }
+
+    // Behaviour: once a request has reached the stack, nothing is rewritten — not even
+    // a body chunk or tunnel bytes that read exactly like hyper's bare answer.
+    #[tokio::test]
+    async fn nothing_is_rewritten_once_a_request_was_served() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, server) = tokio::io::duplex(4096);
+        let served = Arc::new(AtomicBool::new(false));
+        let mut w = JsonParseErrors::new(server, remote(), served.clone());
+        served.store(true, Ordering::Relaxed);
+        let look_alike = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        w.write_all(look_alike).await.unwrap();
+        w.write_all(look_alike).await.unwrap();
+        w.shutdown().await.unwrap();
+        drop(w);
+        let mut c = client;
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, [&look_alike[..], &look_alike[..]].concat());
+    }
+
+    // Behaviour: the replacement's status line comes from the code, and a `date` line
+    // is kept only when it is a date.
+    #[test]
+    fn nothing_but_a_date_is_copied() {
+        let odd = b"HTTP/1.1 400 Bad\nInjected\r\ncontent-length: 0\r\ndate: x\ny\r\n\r\n";
+        let out = String::from_utf8(replacement(odd, remote()).unwrap()).unwrap();
+        assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+        assert!(!out.contains("Injected") && !out.contains("date:"), "{out}");
     }
 }

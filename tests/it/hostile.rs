@@ -220,6 +220,47 @@ async fn unparsable_requests_get_json_errors() {
     gw.stop().await;
 }
 
+// Behaviour: a response body that reads exactly like hyper's bare error answer (content
+// an upstream serves) reaches the client byte for byte, and the keep-alive connection
+// stays in step: the next response on it is the next request's own.
+#[tokio::test]
+async fn a_body_that_looks_like_an_error_answer_is_passed_on_untouched() {
+    const LOOK_ALIKE: &str = "HTTP/1.1 400 X\r\ncontent-length: 0\r\n\r\n";
+    let addr = serve(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let body = if req.uri().path().ends_with("/tricky") {
+            LOOK_ALIKE
+        } else {
+            "plain"
+        };
+        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)))
+    })
+    .await;
+    let yaml = GatewayConfig::public_only()
+        .upstream("bi", &format!("http://{addr}"))
+        .open_route("api", "/api", "bi")
+        .yaml();
+    let gw = spawn_gateway(&yaml).await;
+    let c = client();
+    for _ in 0..3 {
+        let r = c.get(gw.url("/api/tricky")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), LOOK_ALIKE);
+        let r = c.get(gw.url("/api/next")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "plain");
+    }
+    // The same over one raw connection, two requests in a row.
+    let reply = raw_exchange(
+        gw.addr,
+        b"GET /api/tricky HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(reply.text.ends_with(LOOK_ALIKE), "{}", reply.text);
+    assert!(reply.text.starts_with("HTTP/1.1 200 "), "{}", reply.text);
+    gw.stop().await;
+}
+
 // Behaviour: oversized and many headers, long tokens and long paths get 4xx, not a crash.
 #[tokio::test]
 async fn oversized_inputs() {
