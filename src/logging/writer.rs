@@ -57,11 +57,17 @@ pub struct Lines {
 }
 
 /// Keep it until the process ends: dropping it writes what is queued and stops the
-/// thread.
+/// thread — waiting at most [`SHUTDOWN_WAIT`] for it, so that a stderr nobody reads
+/// cannot keep the process from exiting.
 pub struct LogGuard {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected when the thread has ended.
+    ended: std::sync::mpsc::Receiver<()>,
 }
+
+/// How long dropping the [`LogGuard`] waits for queued lines to be written.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
 /// A queue drained into `out` by a thread of its own.
 pub fn spawn<W: Write + Send + 'static>(out: W) -> (Lines, LogGuard) {
@@ -75,9 +81,13 @@ pub fn spawn<W: Write + Send + 'static>(out: W) -> (Lines, LogGuard) {
         thread: OnceLock::new(),
     });
     let s = shared.clone();
+    let (alive, ended) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("tollgate-log".into())
-        .spawn(move || drain(&s, out))
+        .spawn(move || {
+            let _alive = alive;
+            drain(&s, out);
+        })
         .expect("the log writer thread starts");
     let _ = shared.thread.set(thread.thread().clone());
     (
@@ -87,6 +97,7 @@ pub fn spawn<W: Write + Send + 'static>(out: W) -> (Lines, LogGuard) {
         LogGuard {
             shared,
             thread: Some(thread),
+            ended,
         },
     )
 }
@@ -176,7 +187,12 @@ impl Drop for LogGuard {
         self.shared.room.notify_all();
         if let Some(t) = self.thread.take() {
             t.thread().unpark();
-            let _ = t.join();
+            // Joined once it has ended; left behind if stderr blocks it past the wait.
+            if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+                self.ended.recv_timeout(SHUTDOWN_WAIT)
+            {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -299,5 +315,23 @@ mod tests {
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
             .all(|l| l == line.as_slice()));
+    }
+
+    // Behaviour: a stderr that blocks for good does not keep the guard's drop (the
+    // process's exit) waiting much longer than SHUTDOWN_WAIT.
+    #[test]
+    fn a_blocked_stderr_does_not_hold_up_the_exit() {
+        let stuck = Sink::default();
+        let stalled = stuck.stall.lock().unwrap();
+        let (lines, guard) = spawn(stuck.clone());
+        lines.write_line(b"never written\n");
+        wait_for("the thread to take the line into its write", || {
+            lines.shared.lock().buf.is_empty()
+        });
+        let t = std::time::Instant::now();
+        drop(guard);
+        assert!(t.elapsed() < SHUTDOWN_WAIT * 5, "{:?}", t.elapsed());
+        assert!(t.elapsed() >= SHUTDOWN_WAIT, "{:?}", t.elapsed());
+        drop(stalled);
     }
 }
