@@ -99,5 +99,10 @@ if [ "$offline" != 1 ]; then
 fi
 
 install_bundle
+# `--offline` also keeps cargo's own metadata offline, and that reads the manifest of
+# every package in Cargo.lock, other platforms' included (anstyle-wincon, ...), which a
+# build on this machine never downloaded: fetch them all first (crates.io is reachable
+# whenever the build itself was).
+cargo fetch --locked >&2
 # --offline is a global flag: before `check`.
 cargo deny --offline check --show-stats -D warnings
