@@ -320,14 +320,18 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn run(config: PathBuf, format: LogFormat) -> ExitCode {
-    let _log_guard = logging::init(format);
+    // Dropped (the queued log lines written) before a start-up error is printed, so
+    // that the error comes after the warnings that led to it.
+    let log_guard = logging::init(format);
     let gw = match Gateway::load(config) {
         Ok(g) => g,
         Err(e) if e.unreadable => {
+            drop(log_guard);
             eprintln!("tollgate: {}", unreadable(&e));
             return ExitCode::from(1);
         }
         Err(e) => {
+            drop(log_guard);
             eprintln!(
                 "tollgate: refusing to start, the config has {} problem(s):",
                 e.problems.len()
@@ -345,6 +349,7 @@ fn run(config: PathBuf, format: LogFormat) -> ExitCode {
         let running = match tollgate::start(gw.clone()).await {
             Ok(r) => r,
             Err(e) => {
+                drop(log_guard);
                 eprintln!("tollgate: {e}");
                 return ExitCode::from(1);
             }
@@ -353,6 +358,7 @@ fn run(config: PathBuf, format: LogFormat) -> ExitCode {
         tracing::info!("shutting down: no new connections, waiting for requests in flight");
         running.shutdown().await;
         tracing::info!("stopped");
+        drop(log_guard);
         ExitCode::SUCCESS
     })
 }

@@ -864,7 +864,8 @@ fn no_config_file_is_one_clear_line() {
     assert!(!missing.exists());
 }
 
-// Behaviour: when the listen address is taken, run says which address.
+// Behaviour: when the listen address is taken, run says which address — after the
+// config's warnings logged before it, not before them.
 #[test]
 fn run_names_the_address_it_cannot_listen_on() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -874,6 +875,11 @@ fn run_names_the_address_it_cannot_listen_on() {
         &dir,
         &valid("http://127.0.0.1:9000")
             .set("server", json!({"listen": addr.to_string()}))
+            // A token service without signing_key: a warning when the file is loaded.
+            .set(
+                "token_service",
+                json!({"issuer": "https://gw.example.com", "audience": "gw"}),
+            )
             .yaml(),
     );
     let (status, stderr) = exit_of(
@@ -888,6 +894,9 @@ fn run_names_the_address_it_cannot_listen_on() {
         stderr.contains(&format!("tollgate: cannot listen on {addr}: ")),
         "{stderr}"
     );
+    let warned = stderr.find("signing_key is not set").expect(&stderr);
+    let failed = stderr.find("tollgate: cannot listen").unwrap();
+    assert!(warned < failed, "{stderr}");
     drop(taken);
 }
 
