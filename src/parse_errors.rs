@@ -57,7 +57,7 @@ impl<T> JsonParseErrors<T> {
 
 /// The replacement for a write of `head` alone if it is one of hyper's own error
 /// answers: a 4xx head and nothing else (no body), `content-length: 0`, no request id.
-fn replacement(head: &[u8], remote: SocketAddr) -> Option<Vec<u8>> {
+fn replacement(head: &[u8]) -> Option<Replacement> {
     if !head.starts_with(b"HTTP/1.1 4") || head.len() < 12 {
         return None;
     }
@@ -114,20 +114,18 @@ fn replacement(head: &[u8], remote: SocketAddr) -> Option<Vec<u8>> {
     }
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body.as_bytes());
-    let remote = remote.ip().to_canonical().to_string();
-    crate::logging::access(&crate::logging::Access {
-        request_id: rid.to_str().unwrap_or(""),
-        route: "-",
-        method: "-",
-        path: "-",
+    Some(Replacement {
+        bytes: out,
         status: code,
-        duration: std::time::Duration::ZERO,
-        upstream: "-",
-        client: "-",
-        remote: &remote,
-        trace_id: "-",
-    });
-    Some(out)
+        request_id: rid,
+    })
+}
+
+/// SPEC's answer in place of hyper's: the bytes to write, and what the access line says.
+struct Replacement {
+    bytes: Vec<u8>,
+    status: u16,
+    request_id: http::HeaderValue,
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -170,8 +168,21 @@ impl<T: AsyncWrite + Unpin> JsonParseErrors<T> {
         if first.len() != len {
             return None;
         }
-        let out = replacement(first, self.remote)?;
-        self.pending = Some((out, 0));
+        let r = replacement(first)?;
+        let remote = self.remote.ip().to_canonical().to_string();
+        crate::logging::access(&crate::logging::Access {
+            request_id: r.request_id.to_str().unwrap_or(""),
+            route: "-",
+            method: "-",
+            path: "-",
+            status: r.status,
+            duration: std::time::Duration::ZERO,
+            upstream: "-",
+            client: "-",
+            remote: &remote,
+            trace_id: "-",
+        });
+        self.pending = Some((r.bytes, 0));
         Some(len)
     }
 }
@@ -242,7 +253,7 @@ mod tests {
     #[test]
     fn only_hypers_own_answers_are_replaced() {
         let bare = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Mon, 07 Dec 2026 17:00:00 GMT\r\n\r\n";
-        let out = String::from_utf8(replacement(bare, remote()).unwrap()).unwrap();
+        let out = String::from_utf8(replacement(bare).unwrap().bytes).unwrap();
         let (head, body) = out.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
         assert!(head.contains("\r\ncontent-type: application/json\r\n"));
@@ -255,7 +266,7 @@ mod tests {
         assert!(head.contains(&format!("\r\nx-request-id: {rid}\r\n")));
 
         let big = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
-        let out = String::from_utf8(replacement(big, remote()).unwrap()).unwrap();
+        let out = String::from_utf8(replacement(big).unwrap().bytes).unwrap();
         assert!(out.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
         assert!(
             out.contains("\"error\":\"request_header_too_large\""),
@@ -272,7 +283,7 @@ mod tests {
             b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n",
             b"{\"error\":\"x\"}",
         ] {
-            assert!(replacement(keep, remote()).is_none(), "{}", String::from_utf8_lossy(keep));
+            assert!(replacement(keep).is_none(), "{}", String::from_utf8_lossy(keep));
         }
     }
 
@@ -325,7 +336,7 @@ mod tests {
     #[test]
     fn nothing_but_a_date_is_copied() {
         let odd = b"HTTP/1.1 400 Bad\nInjected\r\ncontent-length: 0\r\ndate: x\ny\r\n\r\n";
-        let out = String::from_utf8(replacement(odd, remote()).unwrap()).unwrap();
+        let out = String::from_utf8(replacement(odd).unwrap().bytes).unwrap();
         assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
         assert!(!out.contains("Injected") && !out.contains("date:"), "{out}");
     }
