@@ -22,6 +22,7 @@ pub mod decision;
 pub mod decisions;
 pub mod discovery;
 pub mod dns;
+pub mod drain;
 pub mod encoding;
 pub mod error;
 pub mod explain;

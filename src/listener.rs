@@ -16,13 +16,13 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::body::Body;
+use crate::drain::Drain;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 
@@ -70,7 +70,7 @@ pub async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::new();
     let max_conn = gw.current().server.limits.max_connections;
     let permits = Arc::new(Semaphore::new(max_conn));
     let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
@@ -110,7 +110,7 @@ pub async fn serve<S>(
         // (header size, header read timeout) apply to new connections.
         let builder = http_builder(&gw);
         let svc = svc.clone();
-        let watcher = graceful.watcher();
+        let member = drain.conn();
         tokio::spawn(async move {
             gw2.metrics.open_connections.inc();
             gw2.metrics.connections_total.inc();
@@ -164,7 +164,7 @@ pub async fn serve<S>(
                             );
                             let io = TokioIo::new(JsonParseErrors::new(s, remote, served));
                             let conn = builder.serve_connection_with_upgrades(io, service(info));
-                            let _ = watcher.watch(conn.into_owned()).await;
+                            let _ = member.watch(conn.into_owned()).await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(remote = %remote, error = %e, "TLS handshake failed")
@@ -178,7 +178,7 @@ pub async fn serve<S>(
                     // hyper's own answer to an unparsable head gets SPEC's JSON body.
                     let io = TokioIo::new(JsonParseErrors::new(stream, remote, served));
                     let conn = builder.serve_connection_with_upgrades(io, service(info));
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    let _ = member.watch(conn.into_owned()).await;
                 }
             }
             gw2.metrics.open_connections.dec();
@@ -187,10 +187,7 @@ pub async fn serve<S>(
     }
     drop(listener);
     let grace = gw.current().server.limits.request_timeout;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, drain.shutdown()).await.is_err() {
         tracing::warn!("some connections were still busy after {grace:?}; closing them");
     }
 }

@@ -153,6 +153,55 @@ async fn sigterm_drains_in_flight_requests() {
     );
 }
 
+// Behaviour: SIGTERM closes idle keep-alive connections at once instead of waiting
+// for their clients: with a drain time (`request_timeout`) and an idle timeout
+// (`header_read_timeout`) far beyond the test's patience, tollgate still closes the
+// idle connection and exits 0 promptly.
+#[tokio::test]
+async fn sigterm_closes_idle_keep_alive_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = spawn_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = valid(&up.url()).merge(
+        "server",
+        json!({"limits": {"request_timeout": "10m", "header_read_timeout": "10m"}}),
+    );
+    let p = write(&dir, &config.yaml());
+    let mut bin = spawn_binary(&p, &["run"]);
+    let mut idle = tokio::net::TcpStream::connect(&bin.public).await.unwrap();
+    idle.write_all(b"GET /api/idle HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(PATIENCE, idle.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed before answering");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    bin.process.signal("TERM");
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // the rest of the body
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection is closed on SIGTERM");
+    let status = bin.process.exited_within(PATIENCE).await;
+    assert!(status.success(), "{status:?}");
+}
+
 // Behaviour: hash-secret reads one line and prints an argon2id PHC string that verifies.
 #[test]
 fn hash_secret_prints_argon2id() {
