@@ -19,6 +19,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 
 use crate::body::Body;
+use crate::conn::ConnInfo;
 use crate::error::{GatewayError, Rejection, Timeout};
 use crate::gateway::Gateway;
 use crate::route::layer::routed;
@@ -193,6 +194,12 @@ where
 
 /// 431 for heads over `max_header_bytes`, 413 for a declared body over
 /// `max_body_bytes` (a streamed body is counted as it flows, in `proxy`).
+///
+/// The head is measured where it arrives ([`mark_oversized_head`], called by the
+/// listener before any layer runs): by the time a request gets here, the layers above
+/// have added headers of tollgate's own (`X-Request-Id`, `traceparent`), which are not
+/// the client's and must not count against its limit. A request that did not come
+/// through a listener (no [`ConnInfo`]: tests, embedding) is measured here as it is.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SizeLimitLayer;
 
@@ -231,7 +238,15 @@ where
 }
 
 pub fn check_sizes<B>(req: &Request<B>, limits: &Limits) -> Result<(), GatewayError> {
-    if head_size(req) > limits.max_header_bytes {
+    let ext = req.extensions();
+    // A request from a listener (it carries the connection's facts) was measured
+    // there; any other is measured now.
+    let too_large = if ext.get::<Arc<ConnInfo>>().is_some() {
+        ext.get::<HeadTooLarge>().is_some()
+    } else {
+        head_size(req) > limits.max_header_bytes
+    };
+    if too_large {
         return Err(GatewayError::HeaderTooLarge);
     }
     if let Some(cl) = req.headers().get(header::CONTENT_LENGTH) {
@@ -246,11 +261,28 @@ pub fn check_sizes<B>(req: &Request<B>, limits: &Limits) -> Result<(), GatewayEr
     Ok(())
 }
 
-fn head_size<B>(req: &Request<B>) -> usize {
+/// Set by the listener on a request whose head, as the client sent it, is over the
+/// `max_header_bytes` serving when it arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadTooLarge;
+
+/// Measures a request's head as it arrived, before any layer adds to it, and marks it
+/// when it is over `max_header_bytes` (an extension only on that rare path).
+pub fn mark_oversized_head<B>(req: &mut Request<B>, max_header_bytes: usize) {
+    if head_size(req) > max_header_bytes {
+        req.extensions_mut().insert(HeadTooLarge);
+    }
+}
+
+/// The bytes of an HTTP/1.1 head carrying this request: the request line, each header
+/// line, and the blank line that ends the head.
+pub fn head_size<B>(req: &Request<B>) -> usize {
     let uri = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    // "GET /path HTTP/1.1\r\n" and the final "\r\n".
     req.method().as_str().len()
         + uri
         + 12
+        + 2
         + req
             .headers()
             .iter()

@@ -46,7 +46,11 @@ pub fn http_builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
         .max_headers(512);
     b.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32 * 2)
+        // As for HTTP/1 above: header lists well over the limit still reach tollgate's
+        // JSON 431 (HTTP/2 counts 32 bytes more per header than the head's text).
+        .max_header_list_size(
+            ((limits.max_header_bytes * 4).max(64 * 1024)).min(u32::MAX as usize) as u32,
+        )
         .max_concurrent_streams(256)
         // RFC 8441: WebSocket over HTTP/2 (extended CONNECT), for `websocket:` routes.
         .enable_connect_protocol()
@@ -131,11 +135,16 @@ pub async fn serve<S>(
             // unparsable first head (`JsonParseErrors`).
             let served = Arc::new(AtomicBool::new(false));
             let seen = served.clone();
+            let gw_req = gw2.clone();
             let service = move |info: Arc<ConnInfo>| {
                 service_fn(move |mut req: Request<Incoming>| {
                     if !seen.load(Ordering::Relaxed) {
                         seen.store(true, Ordering::Relaxed);
                     }
+                    // Measured before any layer adds a header of its own, against the
+                    // limit serving now.
+                    let max_head = gw_req.runtime.load().server.limits.max_header_bytes;
+                    crate::limits::mark_oversized_head(&mut req, max_head);
                     req.extensions_mut().insert(info.clone());
                     crate::upgrade::from_extended_connect(&mut req);
                     Box::pin(call_ready(&svc, req))

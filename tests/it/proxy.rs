@@ -248,6 +248,67 @@ async fn body_limit_is_413() {
     gw.stop().await;
 }
 
+// Behaviour: max_header_bytes counts the head as the client sent it, up to and
+// including the blank line: a head of exactly the limit is forwarded, one byte more is
+// 431 — the X-Request-Id and traceparent tollgate adds do not count against it.
+#[tokio::test]
+async fn header_limit_counts_the_clients_head_exactly() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(
+        &up,
+        json!({"limits": {"max_header_bytes": 4096}}),
+        json!({}),
+    ))
+    .await;
+    let head = |total: usize| {
+        let start = "GET /api/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Pad: ";
+        let pad = total - start.len() - "\r\n\r\n".len();
+        format!("{start}{}\r\n\r\n", "a".repeat(pad)).into_bytes()
+    };
+    let at_limit = head(4096);
+    assert_eq!(at_limit.len(), 4096);
+    let r = raw(gw.addr, &at_limit, Duration::from_millis(100)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(up.count(), 1);
+    let over = head(4097);
+    let r = raw(gw.addr, &over, Duration::from_millis(100)).await;
+    assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+    assert!(r.contains("request_header_too_large"), "{r}");
+    assert_eq!(up.count(), 1);
+    gw.stop().await;
+}
+
+// Behaviour: over HTTP/2 (h2c) too, a header list far over max_header_bytes gets SPEC's
+// JSON 431 with the request id, not the HTTP/2 layer's bare one.
+#[tokio::test]
+async fn header_limit_is_431_json_over_http2() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(
+        &up,
+        json!({"limits": {"max_header_bytes": 4096}}),
+        json!({}),
+    ))
+    .await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2
+        .get(gw.url("/api/x"))
+        .header("x-big", "a".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 431);
+    assert!(r.headers().contains_key("x-request-id"));
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(json_of(r).await["error"], "request_header_too_large");
+    assert_eq!(up.count(), 0);
+    gw.stop().await;
+}
+
 // Behaviour: a request head over max_header_bytes -> 431 JSON.
 #[tokio::test]
 async fn header_limit_is_431() {
