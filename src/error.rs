@@ -478,8 +478,9 @@ impl GatewayError {
 }
 
 impl GatewayError {
-    /// The whole HTTP/1.1 response as bytes, for answering on a raw connection before
-    /// any HTTP machinery runs (the connection-limit refusal).
+    /// The whole HTTP/1.1 response as bytes, with `X-Request-Id`, for answering on a
+    /// raw connection before any HTTP machinery runs (the connection-limit refusal).
+    /// `request_id` must be a sane id ([`crate::request_id::is_sane`]).
     pub fn to_http1_bytes(&self, request_id: &str) -> Vec<u8> {
         let resp = self.to_response(request_id);
         let body = self.body_json(request_id, None);
@@ -495,6 +496,7 @@ impl GatewayError {
             out.extend_from_slice(v.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        out.extend_from_slice(format!("x-request-id: {request_id}\r\n").as_bytes());
         out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
         out.extend_from_slice(body.as_bytes());
         out

@@ -277,8 +277,12 @@ async fn refuse(mut stream: tokio::net::TcpStream, limit: usize) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let brief = Duration::from_millis(200);
     let mut buf = [0u8; 4096];
-    let _ = tokio::time::timeout(brief, stream.read(&mut buf)).await;
-    let rid = crate::request_id::generate();
+    let n = match tokio::time::timeout(brief, stream.read(&mut buf)).await {
+        Ok(Ok(n)) => n,
+        _ => 0,
+    };
+    // The client's own request id when it sent a sane one, as on every other answer.
+    let rid = client_request_id(&buf[..n]).unwrap_or_else(crate::request_id::generate);
     let answer = GatewayError::TooManyConnections(limit).to_http1_bytes(rid.to_str().unwrap_or(""));
     let _ = tokio::time::timeout(brief, async {
         stream.write_all(&answer).await?;
@@ -289,6 +293,24 @@ async fn refuse(mut stream: tokio::net::TcpStream, limit: usize) {
         while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
     })
     .await;
+}
+
+/// The sane `X-Request-Id` of the HTTP/1 request head at the start of `bytes`, if the
+/// head is there whole (and names one id).
+fn client_request_id(bytes: &[u8]) -> Option<http::HeaderValue> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(bytes).ok()?.is_complete().then_some(())?;
+    let mut ids = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("x-request-id"));
+    let id = ids.next()?;
+    if ids.next().is_some() {
+        return None;
+    }
+    let v = http::HeaderValue::from_bytes(id.value).ok()?;
+    crate::request_id::is_sane(&v).then_some(v)
 }
 
 /// The public listener.
@@ -370,6 +392,25 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Behaviour: the connection-limit refusal keeps a client's sane request id, and
+    // only that: not an insane one, not one of two, not one from a head cut short.
+    #[test]
+    fn refusal_request_id() {
+        let id = |b: &[u8]| client_request_id(b).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            id(b"GET / HTTP/1.1\r\nHost: a\r\nx-REQUEST-id: ab-1\r\n\r\n").as_deref(),
+            Some("ab-1")
+        );
+        assert_eq!(id(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), None);
+        assert_eq!(id(b"GET / HTTP/1.1\r\nX-Request-Id: a b\r\n\r\n"), None);
+        assert_eq!(
+            id(b"GET / HTTP/1.1\r\nX-Request-Id: a\r\nX-Request-Id: b\r\n\r\n"),
+            None
+        );
+        assert_eq!(id(b"GET / HTTP/1.1\r\nX-Request-Id: ab-1\r\n"), None);
+        assert_eq!(id(b"\x16\x03\x01 not http"), None);
+    }
 
     // Behaviour: SPEC's redirect is https://{host}{path}; a port only when configured.
     #[test]

@@ -180,6 +180,25 @@ async fn connections_over_max_connections_get_503_and_close() {
     );
     assert!(answer.contains("connections open"), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("retry-after: 1"));
+    // The answer carries a request id, in the header and the body alike; the client's
+    // own when it sent a sane one.
+    let id = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no x-request-id: {answer}"));
+    assert!(
+        answer.contains(&format!("\"request_id\":\"{id}\"")),
+        "{answer}"
+    );
+    let answer = raw(
+        gw.addr,
+        b"GET /x HTTP/1.1\r\nhost: a\r\nX-Request-Id: abc-123\r\n\r\n",
+        PATIENCE,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\r\nx-request-id: abc-123\r\n"), "{answer}");
+    assert!(answer.contains("\"request_id\":\"abc-123\""), "{answer}");
 
     drop(open.pop());
     // The freed slot is taken by the next connection (after the gateway notices the close).
