@@ -145,6 +145,12 @@ pub async fn serve<S>(
                     // limit serving now.
                     let max_head = gw_req.runtime.load().server.limits.max_header_bytes;
                     crate::limits::mark_oversized_head(&mut req, max_head);
+                    if req.version() == http::Version::HTTP_11
+                        && !req.headers().contains_key(http::header::HOST)
+                    {
+                        req.extensions_mut()
+                            .insert(crate::route::layer::HostMissing);
+                    }
                     req.extensions_mut().insert(info.clone());
                     crate::upgrade::from_extended_connect(&mut req);
                     Box::pin(call_ready(&svc, req))

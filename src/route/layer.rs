@@ -162,6 +162,10 @@ impl OnOutcome for RecordRoute {
     }
 }
 
+/// Set by the listener on an HTTP/1.1 request that came without a `Host` header.
+#[derive(Debug, Clone, Copy)]
+pub struct HostMissing;
+
 /// Framing tricks hyper lets through that a proxy must refuse (request smuggling); else
 /// the one `Host` header, if any (read here once for routing).
 fn smuggling_guard<B>(req: &Request<B>) -> Result<Option<&HeaderValue>, GatewayError> {
@@ -209,6 +213,13 @@ where
         // The Host header, else the authority of an absolute URI (`request_host`).
         let host = match smuggling_guard(&req) {
             Ok(Some(h)) => h.to_str().ok().map(normalize_host),
+            // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400, whatever its
+            // target (the listener marks it; HTTP/1.0 and HTTP/2 need no Host).
+            Ok(None) if req.extensions().get::<HostMissing>().is_some() => {
+                return refuse(GatewayError::BadRequest(
+                    "HTTP/1.1 request without a Host header".into(),
+                ))
+            }
             Ok(None) => req.uri().authority().map(|a| normalize_host(a.as_str())),
             Err(e) => return refuse(e),
         };

@@ -309,6 +309,36 @@ async fn header_limit_is_431_json_over_http2() {
     gw.stop().await;
 }
 
+// Behaviour: an HTTP/1.1 request without Host is refused 400 `invalid_request` (RFC 9112
+// §3.2), also in absolute form; HTTP/1.0 needs no Host and is forwarded.
+#[tokio::test]
+async fn http11_without_host_is_400() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(&up, json!({}), json!({}))).await;
+    let quiet = Duration::from_millis(100);
+    for head in [
+        "GET /api/x HTTP/1.1\r\nConnection: close\r\n\r\n".to_owned(),
+        format!(
+            "GET http://{}/api/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+            gw.addr
+        ),
+    ] {
+        let r = raw(gw.addr, head.as_bytes(), quiet).await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{head:?}: {r}");
+        assert!(r.contains("\"error\":\"invalid_request\""), "{r}");
+        assert!(r.contains("without a Host header"), "{r}");
+        assert!(r.to_ascii_lowercase().contains("\r\nx-request-id: "), "{r}");
+    }
+    assert_eq!(up.count(), 0);
+    let r = raw(gw.addr, b"GET /api/x HTTP/1.0\r\n\r\n", quiet).await;
+    assert!(
+        r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"),
+        "{r}"
+    );
+    assert_eq!(up.count(), 1);
+    gw.stop().await;
+}
+
 // Behaviour: a request head over max_header_bytes -> 431 JSON.
 #[tokio::test]
 async fn header_limit_is_431() {
