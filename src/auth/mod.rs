@@ -586,7 +586,12 @@ pub fn check_claims(
     let client_id = issuer
         .client_claims
         .iter()
-        .find_map(|c| jwt::claim(claims, c).and_then(|v| v.as_str()))
+        // An empty string names no client: the next claim is read.
+        .find_map(|c| {
+            jwt::claim(claims, c)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+        })
         .map(str::to_owned);
     let subject = claims
         .get("sub")

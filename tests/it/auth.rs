@@ -606,6 +606,13 @@ async fn client_allow_list_with_azp() {
     assert!(desc.contains("\"intruder\""), "{desc}");
     let (s, _, _, _) = refusal(st(idp.token(json!({"client_id": null}))).await).await;
     assert_eq!(s, 403);
+    // An empty client_id names no client: azp is read instead.
+    assert_eq!(
+        st(idp.token(json!({"client_id": "", "azp": "sap-cx-dashboard"})))
+            .await
+            .status(),
+        200
+    );
     assert!(denied(&metrics(&gw).await, "client_not_allowed"));
     gw.stop().await;
 }
