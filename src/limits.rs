@@ -195,8 +195,8 @@ where
 /// 431 for heads over `max_header_bytes`, 413 for a declared body over
 /// `max_body_bytes` (a streamed body is counted as it flows, in `proxy`).
 ///
-/// The head is measured where it arrives ([`mark_oversized_head`], called by the
-/// listener before any layer runs): by the time a request gets here, the layers above
+/// The head is measured where it arrives ([`measure_head`], called by the listener
+/// before any layer runs): by the time a request gets here, the layers above
 /// have added headers of tollgate's own (`X-Request-Id`, `traceparent`), which are not
 /// the client's and must not count against its limit. A request that did not come
 /// through a listener (no [`ConnInfo`]: tests, embedding) is measured here as it is.
@@ -266,28 +266,29 @@ pub fn check_sizes<B>(req: &Request<B>, limits: &Limits) -> Result<(), GatewayEr
 #[derive(Debug, Clone, Copy)]
 pub struct HeadTooLarge;
 
-/// Measures a request's head as it arrived, before any layer adds to it, and marks it
-/// when it is over `max_header_bytes` (an extension only on that rare path).
-pub fn mark_oversized_head<B>(req: &mut Request<B>, max_header_bytes: usize) {
-    if head_size(req) > max_header_bytes {
-        req.extensions_mut().insert(HeadTooLarge);
-    }
+/// A request head as measured: its bytes in HTTP/1.1 form (the request line, each
+/// header line and the blank line that ends the head), and whether it names a `Host`.
+#[derive(Debug, Clone, Copy)]
+pub struct Head {
+    pub bytes: usize,
+    pub host: bool,
 }
 
-/// The bytes of an HTTP/1.1 head carrying this request: the request line, each header
-/// line, and the blank line that ends the head.
-pub fn head_size<B>(req: &Request<B>) -> usize {
+/// Measures a request's head in one pass over its headers.
+pub fn measure_head<B>(req: &Request<B>) -> Head {
     let uri = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
     // "GET /path HTTP/1.1\r\n" and the final "\r\n".
-    req.method().as_str().len()
-        + uri
-        + 12
-        + 2
-        + req
-            .headers()
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum::<usize>()
+    let mut bytes = req.method().as_str().len() + uri + 12 + 2;
+    let mut host = false;
+    for (k, v) in req.headers() {
+        host |= k == header::HOST;
+        bytes += k.as_str().len() + v.len() + 4;
+    }
+    Head { bytes, host }
+}
+
+fn head_size<B>(req: &Request<B>) -> usize {
+    measure_head(req).bytes
 }
 
 #[cfg(test)]

@@ -95,6 +95,18 @@ pub async fn serve<S>(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        // The slot was taken before the connection came; a connection that closed in
+        // the meantime may have freed one to serve it with.
+        let slot = match slot {
+            Slot::Refuse(r) => match permits.clone().try_acquire_owned() {
+                Ok(p) => {
+                    drop(r);
+                    Slot::Serve(p)
+                }
+                Err(_) => Slot::Refuse(r),
+            },
+            serve => serve,
+        };
         let permit = match slot {
             Slot::Serve(p) => p,
             Slot::Refuse(r) => {
@@ -142,12 +154,12 @@ pub async fn serve<S>(
                         seen.store(true, Ordering::Relaxed);
                     }
                     // Measured before any layer adds a header of its own, against the
-                    // limit serving now.
-                    let max_head = gw_req.runtime.load().server.limits.max_header_bytes;
-                    crate::limits::mark_oversized_head(&mut req, max_head);
-                    if req.version() == http::Version::HTTP_11
-                        && !req.headers().contains_key(http::header::HOST)
-                    {
+                    // limit serving now; marked only when refused further down.
+                    let head = crate::limits::measure_head(&req);
+                    if head.bytes > gw_req.runtime.load().server.limits.max_header_bytes {
+                        req.extensions_mut().insert(crate::limits::HeadTooLarge);
+                    }
+                    if !head.host && req.version() == http::Version::HTTP_11 {
                         req.extensions_mut()
                             .insert(crate::route::layer::HostMissing);
                     }
@@ -196,8 +208,10 @@ pub async fn serve<S>(
                     let _ = member.watch(conn.into_owned()).await;
                 }
             }
-            gw2.metrics.open_connections.dec();
+            // The slot first: once the gauge says a connection is gone, its slot is
+            // free for the next one.
             drop(permit);
+            gw2.metrics.open_connections.dec();
         });
     }
     drop(listener);

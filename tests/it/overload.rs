@@ -222,6 +222,36 @@ async fn connections_over_max_connections_get_503_and_close() {
     gw.stop().await;
 }
 
+// Behaviour: max_connections counts the connections open, not the ones accepted: with a
+// limit of 1, connections one after another are all served (the slot of a connection
+// that has closed serves the next one, also when the next was already waited for).
+#[tokio::test]
+async fn max_connections_serves_connections_one_after_another() {
+    let (up, _gate, _) = holding_upstream().await;
+    let gw = spawn_gateway(&config(&up, json!({"max_connections": 1}))).await;
+    let open = || gw.gateway().metrics.open_connections.get();
+    for i in 0..6 {
+        let answer = raw(
+            gw.addr,
+            b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "connection {i}: {answer}"
+        );
+        eventually(
+            "the connection is gone",
+            PATIENCE,
+            async || open(),
+            |n| *n == 0,
+        )
+        .await;
+    }
+    gw.stop().await;
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()
