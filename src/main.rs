@@ -436,8 +436,9 @@ fn validate(config: &std::path::Path, format: ValidateFormat) -> ExitCode {
     if let ValidateFormat::Json = format {
         return validate_json(&checked);
     }
+    // Warnings go to stderr, located like errors: stdout is the one-line summary.
     for line in checked.warning_lines() {
-        println!("{line}");
+        eprintln!("{line}");
     }
     let warnings = match checked.warnings.len() {
         0 => String::new(),
@@ -450,8 +451,13 @@ fn validate(config: &std::path::Path, format: ValidateFormat) -> ExitCode {
             } else {
                 "http"
             };
+            let login = rt
+                .login
+                .as_ref()
+                .map(|l| format!(", browser sign-in with issuer {}", l.issuer_name()))
+                .unwrap_or_default();
             println!(
-                "{}: OK — {} route(s), {} upstream(s), {} issuer(s), token service {}, listen {tls}://{}{warnings}",
+                "{}: OK — {} route(s), {} upstream(s), {} issuer(s), token service {}{login}, listen {tls}://{}{warnings}",
                 config.display(),
                 rt.routes.len(),
                 rt.upstreams.len(),
@@ -459,17 +465,6 @@ fn validate(config: &std::path::Path, format: ValidateFormat) -> ExitCode {
                 if rt.token_service.is_some() { "on" } else { "off" },
                 rt.server.listen
             );
-            if let Some(l) = &rt.login {
-                println!(
-                    "browser sign-in with issuer {}{}",
-                    l.issuer_name(),
-                    if l.cookie_secure {
-                        ""
-                    } else {
-                        " — warning: login.cookie_secure is false (session cookies over plain HTTP: local development only)"
-                    }
-                );
-            }
             ExitCode::SUCCESS
         }
         Err(e) if e.unreadable => {

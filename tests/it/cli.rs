@@ -828,17 +828,19 @@ fn validate_warnings_and_json() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    // stdout: the one-line summary; stderr: the warnings, located.
     let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines.len(), 1, "{stdout}");
     assert!(
-        lines[0].starts_with(&format!(
+        stderr.lines().next().unwrap_or("").starts_with(&format!(
             "{f}:7:26 issuers[0].skip_audience_check: warning: tokens this issuer made for any other API"
         )),
-        "{stdout}"
+        "{stderr}"
     );
     assert!(
-        lines[1].contains(": OK — 1 route(s)") && lines[1].ends_with("(1 warning(s))"),
+        lines[0].contains(": OK — 1 route(s)") && lines[0].ends_with("(1 warning(s))"),
         "{stdout}"
     );
 
@@ -973,10 +975,10 @@ async fn only_run_creates_the_signing_key() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
-        stdout.contains("token_service.signing_key: warning: "),
-        "{stdout}"
+        stderr.contains("token_service.signing_key: warning: "),
+        "{stderr}"
     );
     let after: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()

@@ -1145,17 +1145,27 @@ routes:
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, text) = validate(yaml("  cookie_secure: false\n"));
+    // stdout: the one-line summary, naming the sign-in; stderr: the warning, located.
+    let (code, text, warnings) = validate(yaml("  cookie_secure: false\n"));
     assert_eq!(code, Some(0), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains("OK"), "{text}");
     assert!(
-        text.contains("browser sign-in with issuer corp — warning: login.cookie_secure is false"),
+        text.contains(", browser sign-in with issuer corp,"),
         "{text}"
     );
-    let (code, text) = validate(yaml(""));
+    assert!(text.ends_with("(1 warning(s))\n"), "{text}");
+    assert!(
+        warnings.contains("login.cookie_secure: warning: "),
+        "{warnings}"
+    );
+    let (code, text, warnings) = validate(yaml(""));
     assert_eq!(code, Some(0), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains("browser sign-in with issuer corp"), "{text}");
     assert!(!text.contains("warning"), "{text}");
+    assert!(warnings.is_empty(), "{warnings}");
 }
