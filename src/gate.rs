@@ -522,7 +522,13 @@ fn note_decision<B>(req: &Request<B>, gate: &Gate<'_>, d: &Decision) {
     let Some(trace) = decision::of(req) else {
         return;
     };
-    let mut lines = decision_lines(gate, d.identity.as_deref(), d.permission.as_deref());
+    let refusal = d.result.as_ref().err().and_then(|e| e.deny_reason());
+    let mut lines = decision_lines(
+        gate,
+        d.identity.as_deref(),
+        d.permission.as_deref(),
+        refusal,
+    );
     // The claims gates with the values (explain and test traces only; refusals, their
     // records and logs name the claim alone): the route's after the scopes granted, the
     // permission's after the permission line.
@@ -555,6 +561,7 @@ pub fn decision_lines(
     gate: &Gate<'_>,
     identity: Option<&Identity>,
     permission: Option<&str>,
+    refusal: Option<DenyReason>,
 ) -> Vec<String> {
     let mut out = Vec::with_capacity(3);
     if let Some(id) = identity {
@@ -578,6 +585,11 @@ pub fn decision_lines(
                 .unwrap_or_else(|| "*".into()),
             p.scopes.join(" ")
         ),
+        // Refused by the route's own gates (client, scopes, claims) or before them: the
+        // permissions were not looked at.
+        (Some(_), None) if refusal.is_some_and(|r| r != DenyReason::EndpointNotAllowed) => {
+            "permission: not checked (refused before the endpoint permissions)".into()
+        }
         (Some(_), None) => "permission: no entry matches this path".into(),
     });
     out

@@ -1102,5 +1102,29 @@ async fn explain_allow_and_deny() {
         .unwrap();
     assert_eq!(method.status.code(), Some(1));
     assert!(method.stdout.contains("method_not_allowed"));
+    // Refused by the route's own scopes: the permissions were never looked at, which
+    // the trace says instead of claiming that no entry matches.
+    let route_scope = run(
+        idp.token(json!({"scope": "other"})),
+        "GET",
+        "/v2/analytics/metadata",
+    )
+    .await
+    .unwrap();
+    let text = route_scope.stdout.clone();
+    assert_eq!(route_scope.status.code(), Some(1), "{text}");
+    assert!(text.contains("scope_missing"), "{text}");
+    assert!(text.contains("permission: not checked"), "{text}");
+    assert!(!text.contains("no entry matches"), "{text}");
+    let no_entry = run(idp.token(json!({})), "GET", "/v2/analytics/nothing-here")
+        .await
+        .unwrap();
+    let text = no_entry.stdout.clone();
+    assert_eq!(no_entry.status.code(), Some(1), "{text}");
+    assert!(text.contains("endpoint_not_allowed"), "{text}");
+    assert!(
+        text.contains("permission: no entry matches this path"),
+        "{text}"
+    );
     assert_eq!(up.count(), 0, "explain sends no request upstream");
 }
