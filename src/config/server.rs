@@ -279,6 +279,18 @@ pub fn extension_methods(s: Option<&ServerModel>, p: &mut Problems) -> Vec<Strin
 
 fn compile_tls(t: &TlsModel, base: &Path, p: &mut Problems) -> Option<Arc<rustls::ServerConfig>> {
     let default = certified(t.cert.as_deref(), t.key.as_deref(), "server.tls", base, p);
+    // Checked on its own, so that its problem is reported at its key, whatever else is
+    // wrong with the TLS settings.
+    let client_verifier = match &t.client_ca {
+        Some(c) => match tls::client_verifier(&resolve_path(base, c)) {
+            Ok(v) => Some(Some(v)),
+            Err(e) => {
+                p.add("server.tls.client_ca", e);
+                None
+            }
+        },
+        None => Some(None),
+    };
     let mut exact = HashMap::new();
     let mut wildcard = Vec::new();
     for (i, sni) in t.sni.iter() {
@@ -304,8 +316,7 @@ fn compile_tls(t: &TlsModel, base: &Path, p: &mut Problems) -> Option<Arc<rustls
         exact,
         wildcard,
     };
-    let ca = t.client_ca.as_ref().map(|c| resolve_path(base, c));
-    tls::server_config(resolver, ca.as_deref())
+    tls::server_config(resolver, client_verifier?)
         .map_err(|e| p.add("server.tls", e))
         .ok()
 }

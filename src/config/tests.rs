@@ -408,6 +408,44 @@ fn tls_certificates_are_checked() {
     );
 }
 
+// Behaviour: a `client_ca` that cannot be used is reported at its own key, also when the
+// certificate and key have a problem of their own.
+#[test]
+fn tls_client_ca_is_checked_at_its_key() {
+    let with_ca = |key: &str, ca: &str| {
+        with_route(
+            &format!(
+                "  tls:\n    cert: \"{}\"\n    key: \"{}\"\n    client_ca: \"{ca}\"\n",
+                fixture("server.pem"),
+                fixture(key)
+            ),
+            "",
+        )
+    };
+    assert_eq!(problems(&with_ca("server-key.pem", &fixture("ca.pem"))), "");
+    let text = problems(&with_ca("server-key.pem", "/nonexistent/ca.pem"));
+    assert!(
+        text.starts_with("g.yaml:6:16 server.tls.client_ca: "),
+        "{text}"
+    );
+    assert!(text.contains("/nonexistent/ca.pem"), "{text}");
+    let text = problems(&with_ca("sni-key.pem", &fixture("server-key.pem")));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("g.yaml:5:10 server.tls.key: ")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("g.yaml:6:16 server.tls.client_ca: ")),
+        "{text}"
+    );
+}
+
 // Behaviour: validating a config that asks for a signing key to be created writes
 // nothing; the key is generated in memory and the file is left to `tollgate run`.
 #[test]
