@@ -140,6 +140,32 @@ pub fn compile(s: Option<&ServerModel>, base: &Path, p: &mut Problems) -> Option
             }
         }
     }
+    // Two listeners on one address: `run` could never start (the second bind fails).
+    // Port 0 takes a free port each time, so it never collides.
+    let listeners = [
+        ("listen", listen),
+        ("admin_listen", admin_listen),
+        ("redirect_listen", redirect_listen),
+    ];
+    for (i, (key, a)) in listeners.iter().enumerate() {
+        let Some(a) = a.filter(|a| a.port() != 0) else {
+            continue;
+        };
+        let clash = listeners[..i].iter().find(|(_, b)| {
+            b.is_some_and(|b| {
+                b.port() == a.port()
+                    && (b.ip() == a.ip() || b.ip().is_unspecified() || a.ip().is_unspecified())
+            })
+        });
+        if let Some((other, _)) = clash {
+            p.add(
+                format!("server.{key}"),
+                format!(
+                    "{a} is also server.{other}'s address: every listener needs an address of its own"
+                ),
+            );
+        }
+    }
     let limits = compile_limits(&s.limits, p);
     let dns = s
         .dns

@@ -594,6 +594,26 @@ fn decision_listen_needs_its_own_address() {
     assert!(problems(&yaml).contains("server.decision_listen"));
 }
 
+// Behaviour: the public, admin and redirect listeners need addresses of their own (the
+// second bind would fail at start); an unspecified address (0.0.0.0) clashes with any
+// on its port, port 0 with none.
+#[test]
+fn listeners_need_addresses_of_their_own() {
+    let yaml = |admin: &str, redirect: &str| {
+        format!("server:\n  listen: \"127.0.0.1:8080\"\n  admin_listen: \"{admin}\"\n  redirect_listen: \"{redirect}\"\nupstreams:\n  - name: u\n    url: \"http://127.0.0.1:1\"\n")
+    };
+    assert_eq!(problems(&yaml("127.0.0.1:9901", "127.0.0.1:8081")), "");
+    assert_eq!(problems(&yaml("127.0.0.2:8080", "127.0.0.1:8081")), "");
+    let text = problems(&yaml("127.0.0.1:8080", "0.0.0.0:8080"));
+    assert_eq!(
+        text,
+        "g.yaml:3:17 server.admin_listen: 127.0.0.1:8080 is also server.listen's address: every listener needs an address of its own\n\
+         g.yaml:4:20 server.redirect_listen: 0.0.0.0:8080 is also server.listen's address: every listener needs an address of its own"
+    );
+    let zero = "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\nupstreams:\n  - name: u\n    url: \"http://127.0.0.1:1\"\n";
+    assert_eq!(problems(zero), "");
+}
+
 // Behaviour: a plain single `url` keeps the direct forwarding path (no endpoints, no
 // balancer); `urls`, or any of retries / passive / health_check / balance on a single
 // url, goes through the balancer; a reload of the same endpoints keeps their state.
