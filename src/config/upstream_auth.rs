@@ -40,7 +40,7 @@ section! {
         /// The token request's body (default form).
         "request_format" => pub request_format: Option<String> as choice(&["form", "json"]),
         /// More parameters for the token request.
-        "extra_params" => pub extra_params: Option<BTreeMap<String, String>>,
+        "extra_params" => pub extra_params: Option<BTreeMap<String, Secret>>,
         "username" => pub username: Option<String>,
         "password" => pub password: Option<Secret>,
         /// A Cloud Foundry service key instead of token_url / client_id / client_secret.

@@ -100,7 +100,8 @@ pub struct OAuth2Source {
     pub audience: Option<String>,
     pub client_auth: ClientAuth,
     pub format: RequestFormat,
-    pub extra_params: BTreeMap<String, String>,
+    /// Values kept as secrets: a parameter may be a credential (`client_assertion`).
+    pub extra_params: BTreeMap<String, Secret>,
     pub grant: Grant,
     pub client: HttpClient,
     pub timeout: Duration,
@@ -115,7 +116,7 @@ impl OAuth2Source {
         client: &str,
         scope: Option<&str>,
         audience: Option<&str>,
-        extra: &BTreeMap<String, String>,
+        extra: &BTreeMap<String, Secret>,
     ) -> [u8; 32] {
         let mut h = Sha256::new();
         for part in [
@@ -131,7 +132,7 @@ impl OAuth2Source {
         for (k, v) in extra {
             h.update(k.as_bytes());
             h.update([0]);
-            h.update(v.as_bytes());
+            h.update(v.expose().as_bytes());
             h.update([0]);
         }
         h.finalize().into()
@@ -362,7 +363,7 @@ async fn fetch_token_inner(
         fields.push(("audience", a));
     }
     for (k, v) in &src.extra_params {
-        fields.push((k, v));
+        fields.push((k, v.expose()));
     }
     if src.client_auth == ClientAuth::Body {
         fields.push(("client_id", &src.client_id));

@@ -18,6 +18,7 @@ pub(crate) const SPEC_FAMILIES: [(&str, &str); 5] = [
 const BASIC_PASSWORD: &str = "basic-Pa55word-never-shown";
 const CLIENT_SECRET: &str = "token-service-client-s3cret";
 const UPSTREAM_CLIENT_SECRET: &str = "upstream-cc-s3cret";
+const EXTRA_PARAM_SECRET: &str = "extra-param-assertion-never-shown";
 
 /// Every kind of secret the admin API must redact: an introspection secret, a token
 /// service client's secret, a basic password (`basic_password`), an upstream client
@@ -45,7 +46,13 @@ fn admin_config(up: &Upstream, idp: &Idp, basic_password: &str) -> GatewayConfig
         .upstream_with(
             "cc-up",
             &up.url(),
-            json!({"auth": client_credentials(idp, "gw", UPSTREAM_CLIENT_SECRET)}),
+            json!({"auth": client_credentials(idp, "gw", UPSTREAM_CLIENT_SECRET)
+                .as_object()
+                .unwrap()
+                .clone()
+                .into_iter()
+                .chain([("extra_params".to_owned(), json!({"client_assertion": EXTRA_PARAM_SECRET}))])
+                .collect::<serde_json::Map<_, _>>()}),
         )
         .open_route("api", "/api", "bi")
         .route(json!({
@@ -248,6 +255,7 @@ async fn status_and_redacted_config() {
         BASIC_PASSWORD,
         CLIENT_SECRET,
         UPSTREAM_CLIENT_SECRET,
+        EXTRA_PARAM_SECRET,
     ] {
         assert!(!text.contains(secret), "{secret} leaked: {text}");
     }
@@ -265,6 +273,11 @@ async fn status_and_redacted_config() {
     );
     assert_eq!(
         c["token_service"]["clients"][0]["secret"], "[redacted]",
+        "{c:#}"
+    );
+    // A token request's extra parameter may be a credential (client_assertion).
+    assert_eq!(
+        c["upstreams"][2]["auth"]["extra_params"]["client_assertion"], "[redacted]",
         "{c:#}"
     );
     // Everything else is there, as configured.
