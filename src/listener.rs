@@ -189,7 +189,9 @@ pub async fn serve<S>(
                                     .with_client_cert(leaf)
                                     .with_slot(permit.clone()),
                             );
-                            let io = TokioIo::new(JsonParseErrors::new(s, remote, served));
+                            let io = TokioIo::new(
+                                JsonParseErrors::new(s, remote, served).counted_in(gw2.clone()),
+                            );
                             let conn = builder.serve_connection_with_upgrades(io, service(info));
                             let _ = member.watch(conn.into_owned()).await;
                         }
@@ -203,7 +205,9 @@ pub async fn serve<S>(
                 None => {
                     let info = Arc::new(ConnInfo::new(remote, false).with_slot(permit.clone()));
                     // hyper's own answer to an unparsable head gets SPEC's JSON body.
-                    let io = TokioIo::new(JsonParseErrors::new(stream, remote, served));
+                    let io = TokioIo::new(
+                        JsonParseErrors::new(stream, remote, served).counted_in(gw2.clone()),
+                    );
                     let conn = builder.serve_connection_with_upgrades(io, service(info));
                     let _ = member.watch(conn.into_owned()).await;
                 }

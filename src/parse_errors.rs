@@ -40,6 +40,8 @@ pub struct JsonParseErrors<T> {
     done: bool,
     /// The replacement being written, and how much of it is out.
     pending: Option<(Vec<u8>, usize)>,
+    /// Where a replaced answer is counted (`tollgate_requests_total{route="none"}`).
+    metrics: Option<Arc<crate::gateway::Gateway>>,
 }
 
 impl<T> JsonParseErrors<T> {
@@ -51,7 +53,14 @@ impl<T> JsonParseErrors<T> {
             served,
             done: false,
             pending: None,
+            metrics: None,
         }
+    }
+
+    /// Counts each replaced answer in `gw`'s request metrics, as any other answer is.
+    pub fn counted_in(mut self, gw: Arc<crate::gateway::Gateway>) -> Self {
+        self.metrics = Some(gw);
+        self
     }
 }
 
@@ -182,6 +191,12 @@ impl<T: AsyncWrite + Unpin> JsonParseErrors<T> {
             remote: &remote,
             trace_id: "-",
         });
+        if let Some(gw) = &self.metrics {
+            static NO_ROUTE: std::sync::LazyLock<Arc<str>> =
+                std::sync::LazyLock::new(|| Arc::from("none"));
+            gw.metrics
+                .request(&NO_ROUTE, None, r.status, std::time::Duration::ZERO);
+        }
         self.pending = Some((r.bytes, 0));
         Some(len)
     }

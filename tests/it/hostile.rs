@@ -220,6 +220,31 @@ async fn unparsable_requests_get_json_errors() {
     gw.stop().await;
 }
 
+// Behaviour: an answer to a request the HTTP layer could not parse is counted like any
+// other, under route "none" in tollgate_requests_total.
+#[tokio::test]
+async fn unparsable_requests_are_counted() {
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(
+        &GatewayConfig::new()
+            .upstream("bi", &up.url())
+            .open_route("api", "/api", "bi")
+            .yaml(),
+    )
+    .await;
+    for _ in 0..2 {
+        let out = raw(gw.addr, b"GARBAGE\r\n\r\n", Duration::from_secs(1)).await;
+        assert_eq!(status_of(&out), Some(400), "{out}");
+    }
+    metric_eventually(
+        &gw.admin_url(""),
+        "tollgate_requests_total{route=\"none\",status=\"400\"}",
+        |v| v == 2.0,
+    )
+    .await;
+    gw.stop().await;
+}
+
 // Behaviour: a response body that reads exactly like hyper's bare error answer (content
 // an upstream serves) reaches the client byte for byte, and the keep-alive connection
 // stays in step: the next response on it is the next request's own.
