@@ -318,6 +318,7 @@ async fn header_ip_and_subject_keys() {
         .rate_limit(limit("per-ip", "ip", 3, "1h"))
         .rate_limit(limit("per-user", "subject", 1, "1h"))
         .route(limited("partner", json!("none"), &["per-key"]))
+        .route(limited("partner2", json!("none"), &["per-key"]))
         .route(limited("public", json!("none"), &["per-ip"]))
         .route(limited("me", json!({"issuers": ["corp"]}), &["per-user"]))
         .yaml();
@@ -335,6 +336,13 @@ async fn header_ip_and_subject_keys() {
         [200, 200]
     );
     assert_eq!(status(Some("a")).await, 429);
+    // One named limit is one budget on every route that lists it.
+    let r = c
+        .get(gw.url("/partner2/x"))
+        .header("x-api-key", "a")
+        .send()
+        .await;
+    assert_eq!(r.unwrap().status(), 429);
     assert_eq!(status(Some("b")).await, 200);
     // No header, an empty one and a blank one are the same (shared) key.
     assert_eq!([status(None).await, status(Some("")).await], [200, 200]);
