@@ -6,8 +6,8 @@
 //! bindings of other services: Destination, Connectivity, ...) or `oauth` block (SAP
 //! Cloud Integration's runtime keys), or from its `credentials` block (a whole binding
 //! as found in `VCAP_SERVICES`): `clientid`, `clientsecret`, and the token endpoint
-//! `tokenurl`, or `url` + `/oauth/token`. Errors name the missing field and never
-//! show a value.
+//! `uaa.url` + `/oauth/token` when there is a `uaa` block, else `tokenurl`, else `url` +
+//! `/oauth/token`. Errors name the missing field and never show a value.
 
 use crate::secret::Secret;
 
@@ -32,6 +32,14 @@ pub fn parse(text: &str) -> Result<ServiceKey, String> {
     if let Some(c) = obj.get("credentials").and_then(|c| c.as_object()) {
         obj = c;
     }
+    // SPEC: the token endpoint is `{uaa.url or url}/oauth/token` — the `uaa` block's
+    // `url` first, wherever the client credentials are.
+    let uaa_url = obj
+        .get("uaa")
+        .and_then(|b| b.get("url"))
+        .and_then(|u| u.as_str())
+        .filter(|u| !u.trim().is_empty())
+        .map(str::to_owned);
     // XSUAA credentials of a bound service, or Cloud Integration's `oauth` block.
     for block in ["uaa", "oauth"] {
         if let Some(b) = obj.get(block).and_then(|b| b.as_object()) {
@@ -61,9 +69,10 @@ pub fn parse(text: &str) -> Result<ServiceKey, String> {
         }
         Err(e) => return Err(e),
     };
-    let token_url = match field("tokenurl") {
-        Ok(u) => u.to_owned(),
-        Err(_) => format!("{}/oauth/token", field("url")?.trim_end_matches('/')),
+    let token_url = match (uaa_url, field("tokenurl")) {
+        (Some(u), _) => format!("{}/oauth/token", u.trim_end_matches('/')),
+        (None, Ok(u)) => u.to_owned(),
+        (None, Err(_)) => format!("{}/oauth/token", field("url")?.trim_end_matches('/')),
     };
     Ok(ServiceKey {
         token_url,
@@ -98,6 +107,13 @@ mod tests {
             k.token_url,
             "https://sub.authentication.eu10.hana.ondemand.com/oauth/token"
         );
+        // The `uaa` block's url names the token endpoint also when the credentials
+        // are the key's own (SPEC: `{uaa.url or url}/oauth/token`), in a binding too.
+        let k = parse(r#"{"clientid":"sb-4","clientsecret":"s4","url":"https://svc","uaa":{"url":"https://uaa.example/"}}"#).unwrap();
+        assert_eq!(k.token_url, "https://uaa.example/oauth/token");
+        assert_eq!(k.client_id, "sb-4");
+        let k = parse(r#"{"credentials":{"clientid":"c","clientsecret":"s","url":"https://ignored.example","uaa":{"url":"https://uaa.example"}}}"#).unwrap();
+        assert_eq!(k.token_url, "https://uaa.example/oauth/token");
         let k = parse(r#"{"label":"xsuaa","credentials":{"clientid":"c","clientsecret":"s","url":"https://uaa"}}"#).unwrap();
         assert_eq!(k.token_url, "https://uaa/oauth/token");
         let k = parse(r#"{"oauth":{"clientid":"sb-cpi","clientsecret":"s","url":"https://tenant.it-cpi001-rt.cfapps.eu10.hana.ondemand.com","tokenurl":"https://tenant.authentication.eu10.hana.ondemand.com/oauth/token"}}"#).unwrap();
