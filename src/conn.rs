@@ -23,6 +23,11 @@ pub struct ConnInfo {
     /// The rate limiter's digest of `remote`'s IP (`key: ip`), computed by the first
     /// request of the connection that needs it (see `ratelimit::KeyInput::ip_key`).
     pub ip_key: OnceLock<[u8; 16]>,
+    /// Set on a listener's connections: the listener measures each request's head as
+    /// it arrives and marks the ones over `max_header_bytes` (`limits::HeadTooLarge`).
+    /// A request built elsewhere (explain, a decision request's original) is measured
+    /// by the size limit itself.
+    pub heads_measured: bool,
 }
 
 /// The client's TLS certificate, as far as sender-constrained tokens look at it.
@@ -47,7 +52,14 @@ impl ConnInfo {
             slot: None,
             client_cert: ClientCert::None,
             ip_key: OnceLock::new(),
+            heads_measured: false,
         }
+    }
+
+    /// For a listener's connection, whose requests' heads the listener measures.
+    pub fn measuring_heads(mut self) -> Self {
+        self.heads_measured = true;
+        self
     }
 
     pub fn with_slot(mut self, slot: Arc<OwnedSemaphorePermit>) -> Self {

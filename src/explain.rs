@@ -369,3 +369,30 @@ fn build_request(
 fn deny_line(e: &GatewayError) -> String {
     e.explain_line()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{gateway, CONFIG};
+
+    // Behaviour: explain predicts the 431 the server would answer to a head over
+    // max_header_bytes (2048 here), and forwards one within it.
+    #[tokio::test]
+    async fn explain_predicts_the_head_size_refusal() {
+        let (gw, _dir) = gateway(CONFIG);
+        let big = [(
+            HeaderName::from_static("x-big"),
+            HeaderValue::from_str(&"a".repeat(3000)).unwrap(),
+        )];
+        let probe = |headers| Probe {
+            url_path: "/open/x",
+            headers,
+            ..Probe::default()
+        };
+        let refused = decide(&gw, &probe(&big)).await;
+        assert_eq!(refused.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert!(!refused.allowed);
+        let small = decide(&gw, &probe(&[])).await;
+        assert!(small.allowed, "{:?}", small.lines);
+    }
+}

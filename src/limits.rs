@@ -199,7 +199,8 @@ where
 /// before any layer runs): by the time a request gets here, the layers above
 /// have added headers of tollgate's own (`X-Request-Id`, `traceparent`), which are not
 /// the client's and must not count against its limit. A request that did not come
-/// through a listener (no [`ConnInfo`]: tests, embedding) is measured here as it is.
+/// through a listener ([`ConnInfo::heads_measured`] unset: explain, a decision
+/// request's original, tests) is measured here as it is.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SizeLimitLayer;
 
@@ -239,9 +240,9 @@ where
 
 pub fn check_sizes<B>(req: &Request<B>, limits: &Limits) -> Result<(), GatewayError> {
     let ext = req.extensions();
-    // A request from a listener (it carries the connection's facts) was measured
-    // there; any other is measured now.
-    let too_large = if ext.get::<Arc<ConnInfo>>().is_some() {
+    // A request as a listener received it was measured there; any other (explain, a
+    // decision request's original) is measured now.
+    let too_large = if ext.get::<Arc<ConnInfo>>().is_some_and(|c| c.heads_measured) {
         ext.get::<HeadTooLarge>().is_some()
     } else {
         head_size(req) > limits.max_header_bytes
@@ -276,9 +277,15 @@ pub struct Head {
 
 /// Measures a request's head in one pass over its headers.
 pub fn measure_head<B>(req: &Request<B>) -> Head {
-    let uri = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let uri = req.uri();
+    // The target as written: an absolute-form target's scheme and authority (HTTP/2's
+    // :scheme and :authority) count too.
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| {
+            uri.scheme_str().map_or(0, |s| s.len() + 3) + a.as_str().len()
+        });
     // "GET /path HTTP/1.1\r\n" and the final "\r\n".
-    let mut bytes = req.method().as_str().len() + uri + 12 + 2;
+    let mut bytes = req.method().as_str().len() + target + 12 + 2;
     let mut host = false;
     for (k, v) in req.headers() {
         host |= k == header::HOST;

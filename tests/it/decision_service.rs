@@ -493,6 +493,16 @@ async fn traefik_forward_auth_convention() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403, "normalised to /v2/analytics/admin");
+    // A request head over max_header_bytes (16384 by default) is refused as the public
+    // listener would refuse it: 431.
+    let r = ask("GET", "/v2/analytics/data")
+        .bearer_auth(&token)
+        .header("x-big", "a".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    assert_eq!(json_of(r).await["error"], "request_header_too_large");
     assert_eq!(upstream.count(), 0, "the decision service forwards nothing");
     gw.stop().await;
 }
