@@ -120,49 +120,41 @@ pub fn compile(s: Option<&ServerModel>, base: &Path, p: &mut Problems) -> Option
     let redirect_listen = addr(p, "redirect_listen", &s.redirect_listen);
     let admin_listen = addr(p, "admin_listen", &s.admin_listen);
     let decision_listen = addr(p, "decision_listen", &s.decision_listen);
-    // The decision listener trusts what the ingress says about the request (method,
-    // path, host, client address): it must not be the public listener, and it is not
-    // the admin listener (whose paths it would shadow, and which an ingress need not
-    // reach).
-    if let Some(d) = decision_listen.filter(|d| d.port() != 0) {
-        for (key, other) in [
-            ("listen", listen),
-            ("admin_listen", admin_listen),
-            ("redirect_listen", redirect_listen),
-        ] {
-            if other == Some(d) {
-                p.add(
-                    "server.decision_listen",
-                    format!(
-                        "{d} is also server.{key}: the decision service needs a listener of its own, reachable by the ingress only"
-                    ),
-                );
-            }
-        }
-    }
     // Two listeners on one address: `run` could never start (the second bind fails).
-    // Port 0 takes a free port each time, so it never collides.
+    // An unspecified address (0.0.0.0, [::]) takes its port on every address of its
+    // family ([::] on IPv4 too, as Linux binds it dual-stack); port 0 takes a free port
+    // each time, so it never collides.
     let listeners = [
         ("listen", listen),
         ("admin_listen", admin_listen),
         ("redirect_listen", redirect_listen),
+        ("decision_listen", decision_listen),
     ];
+    let clash = |a: std::net::SocketAddr, b: std::net::SocketAddr| {
+        let covers = |wide: std::net::SocketAddr, other: std::net::SocketAddr| {
+            wide.ip().is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
+        };
+        a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+    };
     for (i, (key, a)) in listeners.iter().enumerate() {
         let Some(a) = a.filter(|a| a.port() != 0) else {
             continue;
         };
-        let clash = listeners[..i].iter().find(|(_, b)| {
-            b.is_some_and(|b| {
-                b.port() == a.port()
-                    && (b.ip() == a.ip() || b.ip().is_unspecified() || a.ip().is_unspecified())
-            })
-        });
-        if let Some((other, _)) = clash {
+        let earlier = listeners[..i]
+            .iter()
+            .find(|(_, b)| b.is_some_and(|b| clash(a, b)));
+        if let Some((other, _)) = earlier {
+            // The decision listener trusts what the ingress says about the request
+            // (method, path, host, client address): it must never be reachable as
+            // another listener.
+            let why = if *key == "decision_listen" {
+                "the decision service needs a listener of its own, reachable by the ingress only"
+            } else {
+                "every listener needs an address of its own"
+            };
             p.add(
                 format!("server.{key}"),
-                format!(
-                    "{a} is also server.{other}'s address: every listener needs an address of its own"
-                ),
+                format!("{a} is also server.{other}'s address: {why}"),
             );
         }
     }

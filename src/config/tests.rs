@@ -612,6 +612,19 @@ fn listeners_need_addresses_of_their_own() {
     );
     let zero = "server:\n  listen: \"127.0.0.1:0\"\n  admin_listen: \"127.0.0.1:0\"\nupstreams:\n  - name: u\n    url: \"http://127.0.0.1:1\"\n";
     assert_eq!(problems(zero), "");
+    // An IPv4 wildcard leaves IPv6 addresses free; an IPv6 one takes IPv4 too.
+    assert_eq!(problems(&yaml("0.0.0.0:9901", "[::1]:9901")), "");
+    let text = problems(&yaml("[::]:9901", "127.0.0.1:9901"));
+    assert!(
+        text.contains(
+            "server.redirect_listen: 127.0.0.1:9901 is also server.admin_listen's address"
+        ),
+        "{text}"
+    );
+    // The decision listener is checked against the others alike.
+    let decision = "server:\n  listen: \"127.0.0.1:8080\"\n  admin_listen: \"127.0.0.1:9000\"\n  decision_listen: \"0.0.0.0:9000\"\nupstreams:\n  - name: u\n    url: \"http://127.0.0.1:1\"\n";
+    let text = problems(decision);
+    assert!(text.contains("server.decision_listen: 0.0.0.0:9000 is also server.admin_listen's address: the decision service needs a listener of its own"), "{text}");
 }
 
 // Behaviour: a plain single `url` keeps the direct forwarding path (no endpoints, no
