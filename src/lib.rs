@@ -132,6 +132,7 @@ pub async fn start(gw: Arc<Gateway>) -> std::io::Result<Running> {
             gw.clone(),
             l,
             false,
+            listener::Serving::Other,
             rx.clone(),
             admin::service(gw.clone()),
         )));
@@ -148,6 +149,7 @@ pub async fn start(gw: Arc<Gateway>) -> std::io::Result<Running> {
             gw.clone(),
             l,
             false,
+            listener::Serving::Requests,
             rx.clone(),
             authorizer::service(&gw),
         )));

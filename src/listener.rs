@@ -58,12 +58,32 @@ pub fn http_builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// What a listener serves, as far as accepting its connections differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serving {
+    /// Requests to route (the public listener) or to decide on (the decision
+    /// listener): answers to unparsable requests count in `tollgate_requests_total`
+    /// like every other answer there.
+    Requests,
+    /// The admin API, the redirect listener: not counted.
+    Other,
+}
+
+/// A connection's parse-error replacement, counted where `serving` says so.
+fn counted<T>(io: JsonParseErrors<T>, serving: Serving, gw: &Arc<Gateway>) -> JsonParseErrors<T> {
+    match serving {
+        Serving::Requests => io.counted_in(gw.clone()),
+        Serving::Other => io,
+    }
+}
+
 /// Accepts on `listener` until `shutdown` flips, serving each connection with `svc`
 /// (a clone per request, with the connection's [`ConnInfo`] in its extensions).
 pub async fn serve<S>(
     gw: Arc<Gateway>,
     listener: TcpListener,
     tls: bool,
+    serving: Serving,
     mut shutdown: watch::Receiver<bool>,
     svc: S,
 ) where
@@ -187,11 +207,14 @@ pub async fn serve<S>(
                             let info = Arc::new(
                                 ConnInfo::new(remote, true)
                                     .with_client_cert(leaf)
-                                    .with_slot(permit.clone()),
+                                    .with_slot(permit.clone())
+                                    .measuring_heads(),
                             );
-                            let io = TokioIo::new(
-                                JsonParseErrors::new(s, remote, served).counted_in(gw2.clone()),
-                            );
+                            let io = TokioIo::new(counted(
+                                JsonParseErrors::new(s, remote, served),
+                                serving,
+                                &gw2,
+                            ));
                             let conn = builder.serve_connection_with_upgrades(io, service(info));
                             let _ = member.watch(conn.into_owned()).await;
                         }
@@ -203,17 +226,23 @@ pub async fn serve<S>(
                 })
                 .await,
                 None => {
-                    let info = Arc::new(ConnInfo::new(remote, false).with_slot(permit.clone()));
-                    // hyper's own answer to an unparsable head gets SPEC's JSON body.
-                    let io = TokioIo::new(
-                        JsonParseErrors::new(stream, remote, served).counted_in(gw2.clone()),
+                    let info = Arc::new(
+                        ConnInfo::new(remote, false)
+                            .with_slot(permit.clone())
+                            .measuring_heads(),
                     );
+                    // hyper's own answer to an unparsable head gets SPEC's JSON body.
+                    let io = TokioIo::new(counted(
+                        JsonParseErrors::new(stream, remote, served),
+                        serving,
+                        &gw2,
+                    ));
                     let conn = builder.serve_connection_with_upgrades(io, service(info));
                     let _ = member.watch(conn.into_owned()).await;
                 }
             }
             // The slot first: once the gauge says a connection is gone, its slot is
-            // free for the next one.
+            // free for the next one (unless a WebSocket tunnel still holds it).
             drop(permit);
             gw2.metrics.open_connections.dec();
         });
@@ -221,7 +250,9 @@ pub async fn serve<S>(
     drop(listener);
     let grace = gw.current().server.limits.request_timeout;
     if tokio::time::timeout(grace, drain.shutdown()).await.is_err() {
-        tracing::warn!("some connections were still busy after {grace:?}; closing them");
+        tracing::warn!(
+            "some connections were still busy after {grace:?}; they end as tollgate exits"
+        );
     }
 }
 
@@ -301,10 +332,17 @@ async fn refuse(mut stream: tokio::net::TcpStream, limit: usize) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let brief = Duration::from_millis(200);
     let mut buf = [0u8; 4096];
-    let n = match tokio::time::timeout(brief, stream.read(&mut buf)).await {
-        Ok(Ok(n)) => n,
-        _ => 0,
-    };
+    // The head as far as it arrives within `brief` (it may come in several reads).
+    let mut n = 0;
+    let _ = tokio::time::timeout(brief, async {
+        while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf[n..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+    })
+    .await;
     // The client's own request id when it sent a sane one, as on every other answer.
     let rid = client_request_id(&buf[..n]).unwrap_or_else(crate::request_id::generate);
     let answer = GatewayError::TooManyConnections(limit).to_http1_bytes(rid.to_str().unwrap_or(""));
@@ -345,7 +383,7 @@ pub async fn serve_public(
 ) {
     let tls = gw.current().server.tls.is_some();
     let svc = crate::stack::public(&gw);
-    serve(gw, listener, tls, shutdown, svc).await
+    serve(gw, listener, tls, Serving::Requests, shutdown, svc).await
 }
 
 /// `redirect_listen`: answers 308 to `https://{host}{path}` — the port the clients use
@@ -361,7 +399,7 @@ pub async fn serve_redirect(
         let port = g.current().server.redirect_https_port;
         std::future::ready(Ok::<_, Infallible>(redirect(port, &req)))
     });
-    serve(gw, listener, false, shutdown, svc).await
+    serve(gw, listener, false, Serving::Other, shutdown, svc).await
 }
 
 fn redirect<B>(port: Option<u16>, req: &Request<B>) -> Response<Body> {

@@ -124,7 +124,9 @@ where
     }
 }
 
-static NO_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("none"));
+/// The route label of an answer no route took.
+pub(crate) static NO_ROUTE: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from("none"));
 
 impl Record {
     fn finish(self, resp: &Response<Body>) {

@@ -192,10 +192,12 @@ impl<T: AsyncWrite + Unpin> JsonParseErrors<T> {
             trace_id: "-",
         });
         if let Some(gw) = &self.metrics {
-            static NO_ROUTE: std::sync::LazyLock<Arc<str>> =
-                std::sync::LazyLock::new(|| Arc::from("none"));
-            gw.metrics
-                .request(&NO_ROUTE, None, r.status, std::time::Duration::ZERO);
+            gw.metrics.request(
+                &crate::observe::NO_ROUTE,
+                None,
+                r.status,
+                std::time::Duration::ZERO,
+            );
         }
         self.pending = Some((r.bytes, 0));
         Some(len)

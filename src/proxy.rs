@@ -498,7 +498,10 @@ where
     metrics.exchange(&up.name, &up.series, start.elapsed(), kind);
     match sent {
         Ok(mut resp) => {
-            resp.extensions_mut().extend(facts);
+            // The upstream response's own entries (an upgrade, a reason phrase) win
+            // over the request's of the same type.
+            let own = std::mem::replace(resp.extensions_mut(), facts);
+            resp.extensions_mut().extend(own);
             Ok(resp)
         }
         Err(f) if f.caused_by::<BodyTooLarge>() => Err(GatewayError::PayloadTooLarge(max_body)),
