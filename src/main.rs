@@ -271,13 +271,19 @@ fn main() -> ExitCode {
                 websocket,
                 client_cert: client_cert.as_deref(),
             };
-            explain(&cli.config, &probe)
+            explain(&cli.config, &probe, cli.log_format)
         }
         Command::Test {
             cases,
             format,
             junit,
-        } => policy_test(&cli.config, &cases, format, junit.as_deref()),
+        } => policy_test(
+            &cli.config,
+            &cases,
+            format,
+            junit.as_deref(),
+            cli.log_format,
+        ),
         Command::HashSecret => hash_secret(),
         Command::Healthcheck {
             url,
@@ -514,8 +520,12 @@ fn validate_json(checked: &tollgate::config::Checked) -> ExitCode {
     }
 }
 
-fn explain(config: &std::path::Path, probe: &tollgate::explain::Probe<'_>) -> ExitCode {
-    let _log_guard = logging::init(LogFormat::Text);
+fn explain(
+    config: &std::path::Path,
+    probe: &tollgate::explain::Probe<'_>,
+    log_format: LogFormat,
+) -> ExitCode {
+    let _log_guard = logging::init(log_format);
     let res = runtime().block_on(tollgate::explain::explain_probe(config, probe));
     match res {
         Ok(x) => {
@@ -543,9 +553,10 @@ fn policy_test(
     cases: &Path,
     format: TestFormat,
     junit_file: Option<&Path>,
+    log_format: LogFormat,
 ) -> ExitCode {
     use tollgate::policy_test::{report, run};
-    let _log_guard = logging::init(LogFormat::Text);
+    let _log_guard = logging::init(log_format);
     let file = cases.display().to_string();
     let text = match std::fs::read_to_string(cases) {
         Ok(t) => t,

@@ -39,7 +39,7 @@ section! {
         "leeway" => pub leeway: Option<DurationText>,
         /// Claims that carry the token's scopes (default `scope`, `scp`).
         "scope_claims" => pub scope_claims: Option<List<String>>,
-        /// Claims that carry the client id (default `client_id`, `azp`, `cid`).
+        /// Claims that carry the client id, first present wins (default `client_id`, `azp`).
         "client_claims" => pub client_claims: Option<List<String>>,
         /// Accept tokens whatever their `aud` (a warning: prefer `audiences`).
         "skip_audience_check" => pub skip_audience_check: bool,
