@@ -5,11 +5,11 @@
 //!
 //! tollgate's own rather than hyper-util's `GracefulShutdown`, which does the same with
 //! a `tokio::sync::watch` receiver whose `changed()` future it polls on every poll of
-//! every connection: a lock of the channel's waiter list and a co-operative budget tick
-//! each time, ~650 instructions per proxied request (callgrind, bench/ANALYSIS.md
-//! "Session 16"). Here a connection's poll costs one atomic load and an `AtomicWaker`
-//! registration, which does not clone the waker when the task's is unchanged; the shared
-//! list is touched once when a connection opens and once when it ends.
+//! every connection (a lock of the channel's waiter list and a co-operative budget tick
+//! each time; measured in bench/ANALYSIS.md, "Session 16"). Here a connection's poll
+//! costs one atomic load and an `AtomicWaker` registration, which does not clone the
+//! waker when the task's is unchanged; the shared list is touched once when a
+//! connection opens and once when it ends.
 
 use std::collections::HashMap;
 use std::future::Future;

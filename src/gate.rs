@@ -522,12 +522,11 @@ fn note_decision<B>(req: &Request<B>, gate: &Gate<'_>, d: &Decision) {
     let Some(trace) = decision::of(req) else {
         return;
     };
-    let refusal = d.result.as_ref().err().and_then(|e| e.deny_reason());
     let mut lines = decision_lines(
         gate,
         d.identity.as_deref(),
         d.permission.as_deref(),
-        refusal,
+        d.result.as_ref().err(),
     );
     // The claims gates with the values (explain and test traces only; refusals, their
     // records and logs name the claim alone): the route's after the scopes granted, the
@@ -561,7 +560,7 @@ pub fn decision_lines(
     gate: &Gate<'_>,
     identity: Option<&Identity>,
     permission: Option<&str>,
-    refusal: Option<DenyReason>,
+    refused: Option<&GatewayError>,
 ) -> Vec<String> {
     let mut out = Vec::with_capacity(3);
     if let Some(id) = identity {
@@ -587,7 +586,9 @@ pub fn decision_lines(
         ),
         // Refused by the route's own gates (client, scopes, claims) or before them: the
         // permissions were not looked at.
-        (Some(_), None) if refusal.is_some_and(|r| r != DenyReason::EndpointNotAllowed) => {
+        (Some(_), None)
+            if refused.is_some_and(|e| e.deny_reason() != Some(DenyReason::EndpointNotAllowed)) =>
+        {
             "permission: not checked (refused before the endpoint permissions)".into()
         }
         (Some(_), None) => "permission: no entry matches this path".into(),

@@ -225,7 +225,7 @@ impl Record {
                                 &g,
                                 identity,
                                 facts.and_then(|f| f.permission.as_deref()),
-                                e.deny_reason(),
+                                Some(e),
                             ));
                         }
                     }

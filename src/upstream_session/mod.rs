@@ -33,7 +33,7 @@ use crate::error::{BadGateway, GatewayError, Timeout};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::request_id::X_REQUEST_ID;
-use crate::trace_context::TRACEPARENT;
+use crate::trace_context::{TRACEPARENT, TRACESTATE};
 use crate::upstream::{Csrf, Upstream};
 use jar::{Jar, Stored};
 
@@ -345,7 +345,7 @@ impl Session {
     }
 
     /// `GET {fetch_path}` with `X-CSRF-Token: Fetch`, the credentials and the session's
-    /// cookies, and the request's id and `traceparent` (from `head`); keeps the cookies
+    /// cookies, and the request's id, `traceparent` and `tracestate` (from `head`); keeps the cookies
     /// it sets.
     async fn fetch(
         &self,
@@ -367,7 +367,7 @@ impl Session {
         if let Some(c) = self.cookie_header(&url) {
             h.insert(header::COOKIE, c);
         }
-        for name in [&X_REQUEST_ID, &TRACEPARENT] {
+        for name in [&X_REQUEST_ID, &TRACEPARENT, &TRACESTATE] {
             if let Some(v) = head.get(name) {
                 h.insert(name.clone(), v.clone());
             }

@@ -43,6 +43,7 @@ pub struct SapSeen {
     /// The SAP session the request was served in (when it had a valid one).
     pub session: Option<String>,
     pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -138,6 +139,7 @@ pub async fn spawn_sap() -> FakeSap {
                 status: 0,
                 session: None,
                 traceparent: header("traceparent"),
+                tracestate: header("tracestate"),
             };
             let record = |mut seen: SapSeen, resp: Response<Full<Bytes>>| {
                 seen.status = resp.status().as_u16();

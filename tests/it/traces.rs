@@ -635,6 +635,7 @@ async fn the_csrf_fetch_is_a_child_span() {
         .post(gw.url("/odata/A_Items"))
         .header("content-type", "application/json")
         .header("traceparent", traceparent(trace, CLIENT_SPAN, "01"))
+        .header("tracestate", "vendor=opaque-1")
         .body(r#"{"Item":"1"}"#)
         .send()
         .await
@@ -656,6 +657,8 @@ async fn the_csrf_fetch_is_a_child_span() {
     let (t, parent, _) = fields(seen[0].traceparent.as_deref().expect("traceparent"));
     assert_eq!(t, trace);
     assert_eq!(parent, srv["span_id"].as_str().unwrap());
+    // The vendors' trace state travels with it, as on the forwarded request.
+    assert_eq!(seen[0].tracestate.as_deref(), Some("vendor=opaque-1"));
     gw.stop().await;
 }
 
