@@ -23,6 +23,16 @@ fn basic_yaml(up: &Upstream, server: Value, bi: Value) -> String {
         .yaml()
 }
 
+/// The gateway of [`basic_yaml`] with `max_header_bytes` set.
+async fn with_header_limit(up: &Upstream, max_header_bytes: usize) -> Gw {
+    spawn_gateway(&basic_yaml(
+        up,
+        json!({"limits": {"max_header_bytes": max_header_bytes}}),
+        json!({}),
+    ))
+    .await
+}
+
 // Behaviour: method, path, query and body reach the upstream; the response comes back.
 #[tokio::test]
 async fn forwards_method_path_query_body() {
@@ -254,12 +264,7 @@ async fn body_limit_is_413() {
 #[tokio::test]
 async fn header_limit_counts_the_clients_head_exactly() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&basic_yaml(
-        &up,
-        json!({"limits": {"max_header_bytes": 4096}}),
-        json!({}),
-    ))
-    .await;
+    let gw = with_header_limit(&up, 4096).await;
     let head = |total: usize| {
         let start = "GET /api/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Pad: ";
         let pad = total - start.len() - "\r\n\r\n".len();
@@ -283,12 +288,7 @@ async fn header_limit_counts_the_clients_head_exactly() {
 #[tokio::test]
 async fn header_limit_is_431_json_over_http2() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&basic_yaml(
-        &up,
-        json!({"limits": {"max_header_bytes": 4096}}),
-        json!({}),
-    ))
-    .await;
+    let gw = with_header_limit(&up, 4096).await;
     let h2 = reqwest::Client::builder()
         .no_proxy()
         .http2_prior_knowledge()
@@ -343,12 +343,7 @@ async fn http11_without_host_is_400() {
 #[tokio::test]
 async fn header_limit_is_431() {
     let up = spawn_upstream().await;
-    let gw = spawn_gateway(&basic_yaml(
-        &up,
-        json!({"limits": {"max_header_bytes": 2048}}),
-        json!({}),
-    ))
-    .await;
+    let gw = with_header_limit(&up, 2048).await;
     let r = client()
         .get(gw.url("/api/x"))
         .header("x-big", "a".repeat(3000))
