@@ -110,9 +110,13 @@ impl ResolvesServerCert for SniResolver {
             if let Some(k) = self.exact.get(&name) {
                 return Some(k.clone());
             }
+            // `*.` covers one label, as the certificate's own wildcard does (RFC 6125
+            // §6.4.3): `a.b.partner.example` gets the default certificate.
             for (suffix, k) in &self.wildcard {
-                if name.len() > suffix.len() && name.ends_with(suffix.as_str()) {
-                    return Some(k.clone());
+                if let Some(label) = name.strip_suffix(suffix.as_str()) {
+                    if !label.is_empty() && !label.contains('.') {
+                        return Some(k.clone());
+                    }
                 }
             }
         }

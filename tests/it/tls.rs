@@ -75,7 +75,7 @@ pub(crate) fn tls_yaml(up: &Upstream, cert: &str, key: &str) -> String {
 }
 
 // Behaviour: `server.tls.sni` serves the certificate chosen by the client's SNI
-// (exact and `*.` wildcard), the default one otherwise.
+// (exact and `*.` wildcard of one label), the default one otherwise.
 #[tokio::test]
 async fn sni_picks_the_certificate() {
     let up = spawn_upstream().await;
@@ -119,6 +119,11 @@ async fn sni_picks_the_certificate() {
     );
     assert_eq!(
         served_cert(gw.addr, "xpartner.company.com").await,
+        der_of(&fixture("server.pem"))
+    );
+    // A wildcard covers one label, as the certificate's would.
+    assert_eq!(
+        served_cert(gw.addr, "a.eu.partner.company.com").await,
         der_of(&fixture("server.pem"))
     );
     gw.stop().await;
