@@ -245,7 +245,7 @@ pub fn check_sizes<B>(req: &Request<B>, limits: &Limits) -> Result<(), GatewayEr
     let too_large = if ext.get::<Arc<ConnInfo>>().is_some_and(|c| c.heads_measured) {
         ext.get::<HeadTooLarge>().is_some()
     } else {
-        head_size(req) > limits.max_header_bytes
+        measure_head(req).bytes > limits.max_header_bytes
     };
     if too_large {
         return Err(GatewayError::HeaderTooLarge);
@@ -292,10 +292,6 @@ pub fn measure_head<B>(req: &Request<B>) -> Head {
         bytes += k.as_str().len() + v.len() + 4;
     }
     Head { bytes, host }
-}
-
-fn head_size<B>(req: &Request<B>) -> usize {
-    measure_head(req).bytes
 }
 
 #[cfg(test)]

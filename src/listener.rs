@@ -69,14 +69,6 @@ pub enum Serving {
     Other,
 }
 
-/// A connection's parse-error replacement, counted where `serving` says so.
-fn counted<T>(io: JsonParseErrors<T>, serving: Serving, gw: &Arc<Gateway>) -> JsonParseErrors<T> {
-    match serving {
-        Serving::Requests => io.counted_in(gw.clone()),
-        Serving::Other => io,
-    }
-}
-
 /// Accepts on `listener` until `shutdown` flips, serving each connection with `svc`
 /// (a clone per request, with the connection's [`ConnInfo`] in its extensions).
 pub async fn serve<S>(
@@ -168,15 +160,20 @@ pub async fn serve<S>(
             let served = Arc::new(AtomicBool::new(false));
             let seen = served.clone();
             let gw_req = gw2.clone();
+            // Where answers to unparsable requests are counted (see `Serving`).
+            let counter = (serving == Serving::Requests).then(|| gw2.clone());
             let service = move |info: Arc<ConnInfo>| {
                 service_fn(move |mut req: Request<Incoming>| {
                     if !seen.load(Ordering::Relaxed) {
                         seen.store(true, Ordering::Relaxed);
                     }
                     // Measured before any layer adds a header of its own, against the
-                    // limit serving now; marked only when refused further down.
+                    // limit serving now (looked up only for a head over the smallest
+                    // limit a config may set); marked only when refused further down.
                     let head = crate::limits::measure_head(&req);
-                    if head.bytes > gw_req.runtime.load().server.limits.max_header_bytes {
+                    if head.bytes > crate::runtime::MIN_MAX_HEADER_BYTES
+                        && head.bytes > gw_req.runtime.load().server.limits.max_header_bytes
+                    {
                         req.extensions_mut().insert(crate::limits::HeadTooLarge);
                     }
                     if !head.host && req.version() == http::Version::HTTP_11 {
@@ -210,11 +207,9 @@ pub async fn serve<S>(
                                     .with_slot(permit.clone())
                                     .measuring_heads(),
                             );
-                            let io = TokioIo::new(counted(
-                                JsonParseErrors::new(s, remote, served),
-                                serving,
-                                &gw2,
-                            ));
+                            let io = TokioIo::new(
+                                JsonParseErrors::new(s, remote, served).counted_in(counter),
+                            );
                             let conn = builder.serve_connection_with_upgrades(io, service(info));
                             let _ = member.watch(conn.into_owned()).await;
                         }
@@ -232,11 +227,9 @@ pub async fn serve<S>(
                             .measuring_heads(),
                     );
                     // hyper's own answer to an unparsable head gets SPEC's JSON body.
-                    let io = TokioIo::new(counted(
-                        JsonParseErrors::new(stream, remote, served),
-                        serving,
-                        &gw2,
-                    ));
+                    let io = TokioIo::new(
+                        JsonParseErrors::new(stream, remote, served).counted_in(counter),
+                    );
                     let conn = builder.serve_connection_with_upgrades(io, service(info));
                     let _ = member.watch(conn.into_owned()).await;
                 }

@@ -41,7 +41,7 @@ pub struct JsonParseErrors<T> {
     /// The replacement being written, and how much of it is out.
     pending: Option<(Vec<u8>, usize)>,
     /// Where a replaced answer is counted (`tollgate_requests_total{route="none"}`).
-    metrics: Option<Arc<crate::gateway::Gateway>>,
+    counted_in: Option<Arc<crate::gateway::Gateway>>,
 }
 
 impl<T> JsonParseErrors<T> {
@@ -53,13 +53,14 @@ impl<T> JsonParseErrors<T> {
             served,
             done: false,
             pending: None,
-            metrics: None,
+            counted_in: None,
         }
     }
 
-    /// Counts each replaced answer in `gw`'s request metrics, as any other answer is.
-    pub fn counted_in(mut self, gw: Arc<crate::gateway::Gateway>) -> Self {
-        self.metrics = Some(gw);
+    /// Counts each replaced answer in `gw`'s request metrics (when given), as any other
+    /// answer is.
+    pub fn counted_in(mut self, gw: Option<Arc<crate::gateway::Gateway>>) -> Self {
+        self.counted_in = gw;
         self
     }
 }
@@ -191,7 +192,7 @@ impl<T: AsyncWrite + Unpin> JsonParseErrors<T> {
             remote: &remote,
             trace_id: "-",
         });
-        if let Some(gw) = &self.metrics {
+        if let Some(gw) = &self.counted_in {
             gw.metrics.request(
                 &crate::observe::NO_ROUTE,
                 None,

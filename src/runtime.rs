@@ -20,6 +20,10 @@ use crate::token_service::keys::NewKeyFile;
 use crate::token_service::TokenService;
 use crate::upstream::Upstream;
 
+/// The smallest `max_header_bytes` a config may set: a head within it is within every
+/// limit, so the listener need not look the limit up for it.
+pub const MIN_MAX_HEADER_BYTES: usize = 1024;
+
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_header_bytes: usize,

@@ -232,7 +232,7 @@ fn compile_limits(l: &LimitsModel, p: &mut Problems) -> Limits {
             p,
             "max_header_bytes",
             l.max_header_bytes,
-            1024,
+            crate::runtime::MIN_MAX_HEADER_BYTES as u64,
             d.max_header_bytes,
         ),
         max_body_bytes: l.max_body_bytes.unwrap_or(d.max_body_bytes),
