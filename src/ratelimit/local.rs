@@ -8,13 +8,13 @@
 //! one critical section, concurrent callers can never both take the last unit.
 //!
 //! # Memory
-//! An entry is 144 bytes plus the hash map's spare room, whatever the key's value was
+//! An entry is 232 bytes plus the hash map's spare room, whatever the key's value was
 //! (the key is a digest). Two mechanisms bound the total:
 //! - **Expiry**: an entry records when its last counted request stops counting; entries
 //!   past that are dropped by a sweep that each shard runs at most once per second of
 //!   traffic it sees (amortised, no background task), and by [`LocalStore::sweep`],
 //!   which a caller may run on a timer.
-//! - **Cap** (`max_keys`, default [`DEFAULT_MAX_KEYS`], ~18 MB when full): a shard that
+//! - **Cap** (`max_keys`, default [`DEFAULT_MAX_KEYS`], ~27 MB when full): a shard that
 //!   is full when a new key arrives first drops its expired entries; if it is still full it
 //!   evicts the least recently seen eighth of its entries (nginx `limit_req_zone` and
 //!   HAProxy stick tables do the same). An evicted key that comes back starts a fresh
@@ -66,8 +66,18 @@ enum State {
         newest: u64,
         held: u32,
         live: u32,
-        counts: [u32; RING],
+        slots: [Slot; RING],
     },
+}
+
+/// One sliding bucket: its count and when the latest request counted in it arrived, in
+/// ms from the bucket's start (below `g`, which fits 32 bits for any `per` up to
+/// [`super::MAX_PER`]); the bucket stops counting `per` after that request. Side by
+/// side, so a decision reads one cache line for both.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    count: u32,
+    last: u32,
 }
 
 /// A store's raw answer, before it becomes a [`Decision`].
@@ -89,7 +99,7 @@ impl State {
                 newest: now / limit.granularity_ms(),
                 held: 0,
                 live: 0,
-                counts: [0; RING],
+                slots: [Slot::default(); RING],
             },
         }
     }
@@ -123,40 +133,51 @@ impl State {
                 newest,
                 held,
                 live,
-                counts,
+                slots,
             } => {
                 let g = limit.granularity_ms();
                 let per = limit.per_ms();
                 // Empties slot `s`, keeping `held` and `live` in step.
-                let clear = |s: usize, held: &mut u32, live: &mut u32, counts: &mut [u32; RING]| {
-                    *held -= counts[s];
-                    counts[s] = 0;
+                let clear = |s: usize, held: &mut u32, live: &mut u32, slots: &mut [Slot; RING]| {
+                    *held -= slots[s].count;
+                    slots[s].count = 0;
                     *live &= !(1 << s);
                 };
                 // A clock that went back counts in the newest bucket (never forgets counts).
                 let c = (now / g).max(*newest);
                 if c > *newest {
                     if c - *newest >= RING as u64 {
-                        *counts = [0; RING];
+                        *slots = [Slot::default(); RING];
                         *held = 0;
                         *live = 0;
                     } else {
                         for b in *newest + 1..=c {
-                            clear((b % RING as u64) as usize, held, live, counts);
+                            clear((b % RING as u64) as usize, held, live, slots);
                         }
                     }
                     *newest = c;
                 }
-                // Bucket b counts while (b + 1)·g + per > now, i.e. b >= floor((now - per) / g).
+                // Bucket b counts while its latest request does: b·g + last + per > now.
+                // Every bucket from lo + 1 on does (its start is past now - per); every
+                // one before lo has stopped (its end is not); bucket lo itself is decided
+                // by its latest request's time.
                 let lo = now.saturating_sub(per) / g;
                 let oldest = c + 1 - (RING as u64).min(c + 1);
-                let first = lo.max(oldest);
+                let mut first = lo.max(oldest);
                 // The ring holds buckets oldest..=c; those before `first` no longer count
                 // (`per` is at most 20 buckets, so at most one of them) and are emptied
                 // now: time never goes back for an entry (`LocalStore::decide_at`), so
                 // they never count again. Then `held` is the requests still counting.
                 for b in oldest..first {
-                    clear((b % RING as u64) as usize, held, live, counts);
+                    clear((b % RING as u64) as usize, held, live, slots);
+                }
+                // `lo` < `c` (a bucket is never longer than `per`), so a bucket is left.
+                if first == lo {
+                    let s = (lo % RING as u64) as usize;
+                    if *live & (1 << s) != 0 && lo * g + u64::from(slots[s].last) + per <= now {
+                        clear(s, held, live, slots);
+                        first += 1;
+                    }
                 }
                 // Buckets first..=c are the n slots from `start` on, wrapping: one
                 // division here instead of one per bucket and pass (a 64-bit division
@@ -171,24 +192,32 @@ impl State {
                         s
                     }
                 };
-                let bucket = |i: usize| first + i as u64;
                 let total = u64::from(*held);
                 let allowed = total < limit.limit();
                 let mut counted = total;
                 if allowed && commit {
                     // `held` < `limit` <= u32::MAX: neither it nor a bucket can overflow.
-                    let newest = slot(n - 1);
-                    counts[newest] += 1;
+                    // A clock that went back counts as the start of the newest bucket.
+                    let newest = &mut slots[slot(n - 1)];
+                    let at = now.saturating_sub(c * g) as u32;
+                    newest.last = if newest.count == 0 {
+                        at
+                    } else {
+                        newest.last.max(at)
+                    };
+                    newest.count += 1;
+                    *live |= 1 << slot(n - 1);
                     *held += 1;
-                    *live |= 1 << newest;
                     counted += 1;
                 }
                 debug_assert_eq!(
                     u64::from(*held),
-                    counts.iter().map(|&n| u64::from(n)).sum::<u64>()
+                    slots.iter().map(|s| u64::from(s.count)).sum::<u64>()
                 );
-                debug_assert!((0..RING).all(|s| (counts[s] > 0) == (*live & (1 << s) != 0)));
-                let stops = |b: u64| (b + 1) * g + per;
+                debug_assert!((0..RING).all(|s| (slots[s].count > 0) == (*live & (1 << s) != 0)));
+                // When the i-th bucket from `first` stops counting.
+                let stops =
+                    |i: usize| (first + i as u64) * g + u64::from(slots[slot(i)].last) + per;
                 // The non-empty buckets as bits 0..n from `first` on: the oldest and the
                 // newest of them without walking the ring (a hot key's window is mostly
                 // empty buckets at its old end).
@@ -198,9 +227,9 @@ impl State {
                 } else {
                     let oldest_live = ordered.trailing_zeros() as usize;
                     let newest_live = 31 - ordered.leading_zeros() as usize;
-                    (stops(bucket(oldest_live)) - now, stops(bucket(newest_live)))
+                    (stops(oldest_live) - now, stops(newest_live))
                 };
-                let live = || (0..n).filter(|&i| counts[slot(i)] > 0);
+                let live = || (0..n).filter(|&i| slots[slot(i)].count > 0);
                 let retry = if allowed {
                     0
                 } else {
@@ -209,10 +238,10 @@ impl State {
                     let mut dropped = 0;
                     live()
                         .find(|&i| {
-                            dropped += u64::from(counts[slot(i)]);
+                            dropped += u64::from(slots[slot(i)].count);
                             dropped >= need
                         })
-                        .map_or(reset, |i| stops(bucket(i)) - now)
+                        .map_or(reset, |i| stops(i) - now)
                 };
                 let raw = Raw {
                     allowed,
@@ -496,28 +525,46 @@ mod tests {
     }
 
     // Sliding: never more than `limit` in any interval of `per`, capacity returns when
-    // the oldest bucket stops counting, and the reported waits are exact.
+    // the oldest bucket's latest request stops counting, and the reported waits are
+    // exact and never longer than `per`.
     #[test]
     fn sliding_window_never_exceeds_limit_in_any_interval() {
         let s = LocalStore::new(1000);
         let l = limit(10, 60, Window::Sliding); // buckets of 3 s
         let k = key("a");
-        // 10 requests at the very end of a bucket...
+        // 10 requests at the start of a bucket...
         for i in 0..10 {
-            assert!(at(&s, &l, &k, T0 + 2_990 + i).allowed);
+            let d = at(&s, &l, &k, T0 + i);
+            assert!(d.allowed);
+            // `t`: the bucket stops counting `per` after its latest request, just now.
+            assert_eq!(d.reset, Duration::from_secs(60));
         }
-        // ...keep counting until (bucket end) + per = T0 + 63 000.
+        // ...keep counting until the latest of them + per = T0 + 60 009.
         let d = at(&s, &l, &k, T0 + 30_000);
         assert!(!d.allowed);
-        assert_eq!(d.retry_after, Duration::from_millis(33_000));
+        assert_eq!(d.retry_after, Duration::from_millis(30_009));
         assert_eq!(d.remaining, 0);
-        assert!(!at(&s, &l, &k, T0 + 62_999).allowed);
-        let d = at(&s, &l, &k, T0 + 63_000);
+        assert!(!at(&s, &l, &k, T0 + 60_008).allowed);
+        let d = at(&s, &l, &k, T0 + 60_009);
         assert!(
             d.allowed,
             "capacity is back once the bucket stopped counting"
         );
         assert_eq!(d.remaining, 9);
+        // A bucket's latest request holds it: requests at both ends of one bucket count
+        // until the later one's `per` has passed, never less.
+        let k = key("b");
+        let start = T0 + 120_000; // a bucket boundary
+        assert!(at(&s, &l, &k, start).allowed);
+        for i in 0..9 {
+            assert!(at(&s, &l, &k, start + 2_990 + i).allowed);
+        }
+        let d = at(&s, &l, &k, start + 2_999);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Duration::from_millis(60_000 - 1));
+        assert_eq!(d.retry_after_secs(), Some(60), "never more than per");
+        assert!(!at(&s, &l, &k, start + 62_997).allowed);
+        assert!(at(&s, &l, &k, start + 62_998).allowed);
     }
 
     // A brute-force check of the SPEC sentence: random arrivals, and every admitted
@@ -546,6 +593,7 @@ mod tests {
                 } else {
                     // The promised wait is exact: refused a millisecond before, admitted at it.
                     let retry = d.retry_after.as_millis() as u64;
+                    assert!(retry <= per && d.reset.as_millis() as u64 <= per);
                     if retry > 1 {
                         assert!(!at(&s, &l, &k, now + retry - 1).allowed);
                     }
@@ -577,9 +625,10 @@ mod tests {
         for i in 0..5 {
             assert!(!at(&s, &l, &k, T0 + 10 + i).allowed);
         }
-        // Both admitted requests sit in the first bucket: back after bucket end + per.
-        assert!(at(&s, &l, &k, T0 + 63_000).allowed);
-        assert!(at(&s, &l, &k, T0 + 63_001).allowed);
+        // Both admitted requests sit in the first bucket: back `per` after the later one.
+        assert!(!at(&s, &l, &k, T0 + 60_000).allowed);
+        assert!(at(&s, &l, &k, T0 + 60_001).allowed);
+        assert!(at(&s, &l, &k, T0 + 60_001).allowed);
     }
 
     // Limits and keys are counted apart.
@@ -620,9 +669,9 @@ mod tests {
         }
         assert_eq!(s.len(), 1000);
         assert_eq!(s.sweep(T0 + 1_999), 0, "nothing expired yet");
-        // Sliding entries count until T0 + 100 (bucket end) + 2000; fixed ones until T0 + 2000.
-        assert_eq!(s.sweep(T0 + 2_000), 500);
-        assert_eq!(s.sweep(T0 + 2_100), 500);
+        // Sliding entries count until their latest request + per, fixed ones until the
+        // window's end: both T0 + 2000 here.
+        assert_eq!(s.sweep(T0 + 2_000), 1000);
         assert!(s.is_empty());
         // The amortised sweep does it too, as traffic passes.
         for i in 0..500 {
@@ -669,6 +718,12 @@ mod tests {
         let f = limit(1, 60, Window::Fixed);
         assert!(at(&s, &f, &k, T0 + 61_000).allowed);
         assert!(!at(&s, &f, &k, T0 + 1_000).allowed);
+    }
+
+    // The memory the module docs promise per key.
+    #[test]
+    fn an_entry_is_the_documented_size() {
+        assert!(std::mem::size_of::<(MapKey, Entry)>() <= 232);
     }
 
     // Many threads taking the last units at once: exactly `limit` get through.

@@ -27,14 +27,16 @@
 //!   of the window. Use it for quotas.
 //! - `window: sliding` — a bucketed sliding log: the window is cut into
 //!   [`SLIDING_BUCKETS`] buckets of `g = ceil(per / 20)` ms aligned to the epoch, each
-//!   holding the number of admitted requests that arrived in it. A request arriving in
-//!   bucket `b` keeps counting until `(b + 1)·g + per`, i.e. for `per` plus at most one
-//!   bucket. A request is admitted when the requests still counting, plus itself, are at
+//!   holding the number of admitted requests that arrived in it and the arrival time of
+//!   the latest of them. A bucket's requests keep counting until `per` after that latest
+//!   arrival: each request for `per`, plus at most the rest of its bucket (less than
+//!   `g`). A request is admitted when the requests still counting, plus itself, are at
 //!   most `limit`. This is exact in the direction that matters: **in any interval of
 //!   length `per`, at most `limit` requests are admitted** (every request admitted in
 //!   the interval is still counting when the last one of them is decided). The price
-//!   is that capacity comes back up to `g` (5% of `per`) later than an exact log would
-//!   return it. Unlike a token bucket or GCRA (which admit a burst of `limit` and then
+//!   is that capacity can come back up to `g` (5% of `per`) later than an exact log
+//!   would return it, for the earlier requests of a bucket; `Retry-After` and `t` are
+//!   never more than `per`. Unlike a token bucket or GCRA (which admit a burst of `limit` and then
 //!   keep refilling, so up to ~2×`limit` in one `per`) or the two-bucket weighted
 //!   estimate (which assumes even traffic in the previous window and can admit up to
 //!   ~2×`limit` when it was not), the SPEC's sentence "at most `limit` requests in any

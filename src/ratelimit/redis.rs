@@ -19,9 +19,9 @@
 //! skewed clocks still agree on windows; it runs the arithmetic of the local store (see
 //! the parent module) on a hash per key:
 //! - fixed: fields `w` (window index) and `n` (count), expiring at the end of the window;
-//! - sliding: one field per bucket index holding its count; buckets that no longer count
-//!   are deleted as the key is touched, and the key expires when its newest bucket stops
-//!   counting.
+//! - sliding: one field per bucket index holding its count and one `t<bucket index>`
+//!   holding its latest request's time (ms); buckets that no longer count are deleted as
+//!   the key is touched, and the key expires once its newest bucket has stopped counting.
 //!
 //! Keys: `tollgate:rl:{limit}:{s|f}{per seconds}:{32 hex digits of the key digest}`,
 //! e.g. `tollgate:rl:per-client:s60:9f86d081884c7d659a2feaa0c55ad015` — never a token,
@@ -95,12 +95,15 @@ pub const MAX_BATCH: usize = 64;
 /// dozen per number.
 ///
 /// Written for redis-server's CPU (bench/ANALYSIS.md, "A cheaper script"): an admitted
-/// request costs one read (`HGETALL` / `HMGET`) and one `HINCRBY`, `TIME` once per
-/// batch; the key's expiry is set only when a bucket (sliding) or window (fixed) is
-/// created, since it is the end of that bucket's or window's counting either way; nothing
-/// is sorted unless the request is refused. The data layout is the one the first script
-/// (kept in tests/fixtures/ratelimit-script-v1.lua) reads and writes, so old and new
-/// replicas sharing one Redis during a rolling deploy count into the same keys, exactly.
+/// request costs one read (`HGETALL` / `HMGET`) and one write (`HSET` / `HINCRBY`),
+/// `TIME` once per batch; the key's expiry is set only when a bucket (sliding) or window
+/// (fixed) is created, since the end of that bucket's or window's counting bounds it
+/// either way; nothing is sorted unless the request is refused. The data layout is the
+/// one the first script (kept in tests/fixtures/ratelimit-script-v1.lua) reads and
+/// writes, plus a `t<bucket>` field per sliding bucket with its latest request's time,
+/// so old and new replicas sharing one Redis during a rolling deploy count into the same
+/// keys, exactly: an old replica deletes the time fields (it drops every field that is
+/// not a number), and a bucket without one counts until its end + `per`, as before.
 pub const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -132,6 +135,13 @@ local function fixed(key, limit, per, commit)
   if allowed then return 1, n, r, 0 end
   return 0, n, r, reset
 end
+-- A sliding bucket counts until per after its latest request (its 't<b>' field); one
+-- without a time (written by an older replica) until its end + per.
+local function stops(times, b, g, per)
+  local t = tonumber(times[fmt('t%d', b)])
+  if t == nil then t = (b + 1) * g end
+  return t + per
+end
 local function sliding(key, limit, per, g, commit)
   local c = math.floor(now / g)
   local lo = math.floor((now - per) / g)
@@ -140,10 +150,15 @@ local function sliding(key, limit, per, g, commit)
   local oldest = nil
   local live = {}
   local counts = {}
+  -- 't<b>' fields (when bucket b's latest request arrived), read only where needed
+  local times = {}
   for i = 1, #h, 2 do
-    local b = tonumber(h[i])
-    if b == nil or b < lo then
-      redis.call('HDEL', key, h[i])
+    local f = h[i]
+    local b = tonumber(f)
+    if b == nil then
+      times[f] = h[i + 1]
+    elseif b < lo then
+      redis.call('HDEL', key, f, 't' .. f)
     else
       local n = tonumber(h[i + 1]) or 0
       total = total + n
@@ -154,25 +169,52 @@ local function sliding(key, limit, per, g, commit)
       if oldest == nil or b < oldest then oldest = b end
     end
   end
+  -- Only bucket lo can have stopped counting.
+  if oldest == lo and stops(times, lo, g, per) <= now then
+    total = total - counts[lo]
+    counts[lo] = nil
+    redis.call('HDEL', key, fmt('%d', lo), fmt('t%d', lo))
+    local rest = {}
+    oldest = nil
+    for i = 1, #live do
+      local b = live[i]
+      if b ~= lo then
+        rest[#rest + 1] = b
+        if oldest == nil or b < oldest then oldest = b end
+      end
+    end
+    live = rest
+  end
   local allowed = total < limit
   if allowed and commit then
     total = total + 1
-    -- c is the newest bucket: the key lives as long as it counts, set when it is made
-    if redis.call('HINCRBY', key, fmt('%d', c), 1) == 1 then
+    local n = counts[c]
+    -- a clock that went back counts at the newest bucket's start
+    local at = math.max(now, c * g)
+    local tc = fmt('t%d', c)
+    local prev = n ~= nil and tonumber(times[tc])
+    if prev and prev > at then at = prev end
+    times[tc] = at
+    redis.call('HSET', key, fmt('%d', c), fmt('%d', (n or 0) + 1), tc, fmt('%d', at))
+    if n == nil then
+      -- c is the newest bucket: the key lives as long as it counts, set when it is made
       redis.call('PEXPIRE', key, fmt('%d', (c + 1) * g + per - now))
+      live[#live + 1] = c
+      if oldest == nil then oldest = c end
     end
-    if oldest == nil then oldest = c end
+    counts[c] = (n or 0) + 1
   end
   local reset = 0
-  if oldest ~= nil then reset = (oldest + 1) * g + per - now end
+  if oldest ~= nil then reset = stops(times, oldest, g, per) - now end
   if allowed then return 1, total, reset, 0 end
   -- refused: the oldest buckets that must stop counting for one more to fit
   table.sort(live)
   local need = total + 1 - limit
   local dropped = 0
   for i = 1, #live do
-    dropped = dropped + counts[live[i]]
-    if dropped >= need then return 0, total, reset, (live[i] + 1) * g + per - now end
+    local b = live[i]
+    dropped = dropped + counts[b]
+    if dropped >= need then return 0, total, reset, stops(times, b, g, per) - now end
   end
   return 0, total, reset, reset
 end

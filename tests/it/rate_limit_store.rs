@@ -318,7 +318,8 @@ async fn fixed_windows_are_aligned_to_the_epoch_on_the_redis_clock() {
 }
 
 // Sliding windows in Redis: capacity comes back exactly when the bucket holding the
-// admitted requests stops counting (bucket end + per), never before.
+// admitted requests stops counting (`per` after the latest of them), never before, and
+// the wait is never more than `per`.
 #[tokio::test]
 async fn sliding_window_capacity_returns_when_the_bucket_stops_counting() {
     let redis = RedisServer::start();
@@ -343,28 +344,33 @@ async fn sliding_window_capacity_returns_when_the_bucket_stops_counting() {
             ok.iter().map(|d| d.remaining).collect::<Vec<_>>(),
             [2, 1, 0]
         );
-        let stops = (t0 / 200 + 1) * 200 + 4000;
+        // The latest of the three arrived between t0 and t1: the bucket stops counting
+        // `per` after it.
+        let (earliest, latest) = (t0 + 4000, t1 + 4000);
         let refused = st.check(&l, &k).await.unwrap();
         let t2 = server_ms(&mut conn).await;
         assert!(!refused.allowed);
         let wait = refused.retry_after.as_millis() as u64;
         assert!(
-            (stops - t2..=stops - t0).contains(&wait),
-            "{wait}: stops at {stops}, t0 {t0}"
+            (earliest - t2..=latest - t1).contains(&wait),
+            "{wait}: stops between {earliest} and {latest}, asked at {t1}..{t2}"
         );
+        assert!(refused.reset <= Duration::from_secs(4) && wait <= 4000);
+        assert_eq!(refused.retry_after_secs(), Some(4));
         assert_eq!(refused.remaining, 0);
-        // Ask (without counting) until admitted: refused strictly before `stops`.
+        // Ask (without counting) until admitted: refused strictly before the latest
+        // request's time + per, admitted from then on.
         loop {
             assert!(Instant::now() < deadline);
             let before = server_ms(&mut conn).await;
             let d = st.peek(&l, &k).await.unwrap();
             let after = server_ms(&mut conn).await;
             if d.allowed {
-                assert!(after >= stops, "admitted at {after}, before {stops}");
+                assert!(after >= earliest, "admitted at {after}, before {earliest}");
                 assert_eq!(d.remaining, 3, "a peek counts nothing");
                 break;
             }
-            assert!(before < stops, "refused at {before}, after {stops}");
+            assert!(before < latest, "refused at {before}, after {latest}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         return;
@@ -704,12 +710,18 @@ async fn killed_redis_falls_back_to_the_local_limiter_and_recovers() {
                 // The decision is the new server's count (a probe that timed out on this
                 // side may have been counted there too).
                 let mut conn = redis.conn().await;
-                let buckets: Vec<u64> = redis::cmd("HVALS")
+                let fields: Vec<(String, u64)> = redis::cmd("HGETALL")
                     .arg(l.redis_key(&k))
                     .query_async(&mut conn)
                     .await
                     .unwrap();
-                assert_eq!(d.remaining, 5 - buckets.iter().sum::<u64>());
+                // Bucket counts, not the `t<bucket>` times beside them.
+                let counted: u64 = fields
+                    .iter()
+                    .filter(|(f, _)| f.parse::<u64>().is_ok())
+                    .map(|(_, n)| n)
+                    .sum();
+                assert_eq!(d.remaining, 5 - counted);
                 break;
             }
         }
