@@ -91,7 +91,7 @@ impl Introspection {
                 self.url.split(['?', '#']).next().unwrap_or("").to_owned(),
             );
         }
-        let r = self.call_inner(token).await;
+        let r = self.call_inner(token, span.traceparent()).await;
         match &r {
             Ok(_) => {
                 span.attr("tollgate.token_active", true);
@@ -107,15 +107,20 @@ impl Introspection {
     async fn call_inner(
         &self,
         token: &str,
+        traceparent: Option<http::HeaderValue>,
     ) -> Result<serde_json::Map<String, serde_json::Value>, IntrospectError> {
         let body = form_urlencoded::Serializer::new(String::new())
             .append_pair("token", token)
             .append_pair("token_type_hint", "access_token")
             .finish();
-        let req = Request::post(&self.url)
+        let mut req = Request::post(&self.url)
             .header(AUTHORIZATION, self.authorization.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(ACCEPT, "application/json")
+            .header(ACCEPT, "application/json");
+        if let Some(tp) = traceparent {
+            req = req.header(&crate::trace_context::TRACEPARENT, tp);
+        }
+        let req = req
             .body(full(body))
             .map_err(|e| IntrospectError::Unavailable(e.to_string()))?;
         let (status, _, bytes) = fetch(&self.client, req, self.timeout, MAX_INTROSPECTION_BYTES)

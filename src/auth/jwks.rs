@@ -432,19 +432,24 @@ impl KeyStore {
                     url.split(['?', '#']).next().unwrap_or("").to_owned(),
                 );
         }
-        let r = self.get_json_inner(url).await;
+        let r = self.get_json_inner(url, span.traceparent()).await;
         if let Err(e) = &r {
             span.fail(e.clone());
         }
         r
     }
 
-    async fn get_json_inner(&self, url: &str) -> Result<serde_json::Value, String> {
+    async fn get_json_inner(
+        &self,
+        url: &str,
+        traceparent: Option<http::HeaderValue>,
+    ) -> Result<serde_json::Value, String> {
         let client = self.client.as_ref().ok_or("no HTTP client")?;
-        let req = Request::get(url)
-            .header(http::header::ACCEPT, "application/json")
-            .body(empty())
-            .map_err(|e| e.to_string())?;
+        let mut req = Request::get(url).header(http::header::ACCEPT, "application/json");
+        if let Some(tp) = traceparent {
+            req = req.header(&crate::trace_context::TRACEPARENT, tp);
+        }
+        let req = req.body(empty()).map_err(|e| e.to_string())?;
         let (status, _, body) = fetch(client, req, self.fetch_timeout, MAX_JWKS_BYTES)
             .await
             .map_err(|e| e.to_string())?;

@@ -318,7 +318,7 @@ async fn fetch_token(
                     .to_owned(),
             );
     }
-    let r = fetch_token_inner(src, subject).await;
+    let r = fetch_token_inner(src, subject, span.traceparent()).await;
     if let Err(e) = &r {
         span.fail(e.to_string());
     }
@@ -328,6 +328,7 @@ async fn fetch_token(
 async fn fetch_token_inner(
     src: &OAuth2Source,
     subject: Option<&str>,
+    traceparent: Option<HeaderValue>,
 ) -> Result<(HeaderValue, Duration), TokenError> {
     let mut fields: Vec<(&str, &str)> = Vec::with_capacity(8);
     match (&src.grant, subject) {
@@ -396,6 +397,9 @@ async fn fetch_token_inner(
             AUTHORIZATION,
             basic_header(&src.client_id, src.client_secret.expose()),
         );
+    }
+    if let Some(tp) = traceparent {
+        req = req.header(&crate::trace_context::TRACEPARENT, tp);
     }
     let req = req
         .body(full(body))

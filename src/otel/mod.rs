@@ -404,6 +404,20 @@ impl Child {
         self
     }
 
+    /// The `traceparent` that names this span as the parent of the call it times, for
+    /// that call's request: the server called (an identity provider's JWKS, token or
+    /// introspection endpoint) continues the request's trace under it. `None` when not
+    /// recorded.
+    pub fn traceparent(&self) -> Option<http::HeaderValue> {
+        self.0.as_ref().map(|s| {
+            crate::trace_context::header(
+                &s.active.trace_id,
+                &s.span_id,
+                crate::trace_context::SAMPLED,
+            )
+        })
+    }
+
     /// Marks the operation failed, with a short description (no secrets).
     pub fn fail(&mut self, description: impl Into<Cow<'static, str>>) {
         if let Some(s) = &mut self.0 {

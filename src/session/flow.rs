@@ -223,7 +223,7 @@ async fn token_request(
         span.attr("oauth.grant_type", grant.to_owned())
             .attr("url.full", url.to_owned());
     }
-    let r = call_token_endpoint(login, ep, form).await;
+    let r = call_token_endpoint(login, ep, form, span.traceparent()).await;
     if let Err(e) = &r {
         span.fail(e.to_string());
     }
@@ -234,6 +234,7 @@ async fn call_token_endpoint(
     login: &Login,
     ep: &Endpoints,
     form: &[(&str, &str)],
+    traceparent: Option<http::HeaderValue>,
 ) -> Result<Tokens, FlowError> {
     let IssuerKind::Jwt(store) = &login.id_tokens.kind else {
         return Err(FlowError::Invalid(
@@ -265,6 +266,9 @@ async fn call_token_endpoint(
             AUTHORIZATION,
             crate::credentials::basic_header(&login.client_id, secret.expose()),
         );
+    }
+    if let Some(tp) = traceparent {
+        req = req.header(&crate::trace_context::TRACEPARENT, tp);
     }
     let req = req
         .body(full(body))

@@ -229,6 +229,8 @@ pub struct Idp {
     pub token_expires_in: Arc<AtomicU64>,
     /// Token requests as received: (authorization header, content-type, body).
     pub token_requests: Arc<Mutex<Vec<TokenRequest>>>,
+    /// (path, traceparent) of every request that carried a `traceparent`.
+    pub traceparents: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 pub const INTROSPECT_ID: &str = "gateway";
@@ -283,6 +285,8 @@ pub async fn spawn_idp() -> Idp {
     let token_expires_in = Arc::new(AtomicU64::new(3600));
     let token_requests: Arc<Mutex<Vec<_>>> = Arc::default();
     let issuer_cell: Arc<Mutex<String>> = Arc::default();
+    let traceparents: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let tps = traceparents.clone();
     let (k, jh, jf, ih, op, th, tf, te, tr, ic) = (
         keys.clone(),
         jwks_hits.clone(),
@@ -308,8 +312,13 @@ pub async fn spawn_idp() -> Idp {
             tr.clone(),
             ic.clone(),
         );
+        let tps = tps.clone();
         async move {
             let path = req.uri().path().to_owned();
+            if let Some(tp) = req.headers().get("traceparent") {
+                let tp = tp.to_str().unwrap().to_owned();
+                tps.lock().unwrap().push((path.clone(), tp));
+            }
             let auth = req
                 .headers()
                 .get("authorization")
@@ -407,6 +416,7 @@ pub async fn spawn_idp() -> Idp {
         token_fail,
         token_expires_in,
         token_requests,
+        traceparents,
     }
 }
 

@@ -502,6 +502,16 @@ async fn spans_reach_a_real_otlp_receiver_with_correct_parents() {
         attrs(named(&spans, "jwks.fetch")[0])["tollgate.issuer"],
         "corp"
     );
+    // The key set endpoint continues the trace under the fetch's span.
+    let jwks_spans: Vec<String> = named(&spans, "jwks.fetch")
+        .iter()
+        .map(|s| s["span_id"].as_str().unwrap().to_owned())
+        .collect();
+    let received = idp_parent(&idp, "/jwks", trace1);
+    assert!(
+        !received.is_empty() && received.iter().all(|p| jwks_spans.contains(p)),
+        "{received:?} vs {jwks_spans:?}"
+    );
 
     // 2. A denial: decision and reason on the server span, no upstream call.
     let trace2 = "22222222222222222222222222222222";
@@ -549,6 +559,10 @@ async fn spans_reach_a_real_otlp_receiver_with_correct_parents() {
     let intro = named(&spans, "introspection")[0];
     assert_eq!(intro["parent_span_id"], srv["span_id"]);
     assert_eq!(attrs(intro)["tollgate.token_active"], true);
+    assert_eq!(
+        idp_parent(&idp, "/introspect", trace3),
+        [intro["span_id"].as_str().unwrap()]
+    );
 
     // 4. An upstream with client credentials: the token fetch during the request. A new
     //    trace (no traceparent): the server span is a root.
@@ -571,6 +585,10 @@ async fn spans_reach_a_real_otlp_receiver_with_correct_parents() {
     assert_eq!(srv["span_id"], forwarded_parent);
     let fetch = named(&spans, "upstream_token.fetch")[0];
     assert_eq!(fetch["parent_span_id"], srv["span_id"]);
+    assert_eq!(
+        idp_parent(&idp, "/token", &trace4),
+        [fetch["span_id"].as_str().unwrap()]
+    );
     assert_eq!(attrs(fetch)["tollgate.upstream"], "cc-up");
     assert_eq!(attrs(srv)["tollgate.route"], "cc");
 
@@ -608,6 +626,20 @@ async fn spans_reach_a_real_otlp_receiver_with_correct_parents() {
     )
     .await;
     assert!(exported >= 9.0);
+}
+
+/// The `traceparent` the identity provider received on `path` in trace `trace`: its
+/// parent id (the span that timed the call).
+fn idp_parent(idp: &Idp, path: &str, trace: &str) -> Vec<String> {
+    idp.traceparents
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| p == path)
+        .map(|(_, tp)| fields(tp))
+        .filter(|(t, _, flags)| t == trace && flags == "01")
+        .map(|(_, parent, _)| parent)
+        .collect()
 }
 
 // Behaviour: the X-CSRF-Token fetch of a `csrf` upstream is a child span of the
