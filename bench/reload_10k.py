@@ -9,6 +9,9 @@ binary on it (pinned to core 0 when taskset exists), and runs S series of N
 other users of the machine falls on all of them alike. Prints, per binary, the median
 of the phases tollgate reports itself (`GET /admin/status` -> last_reload.timings) and
 of the wall time of the reload request. Also times `tollgate validate` on the file.
+With `--edit`, every reload first rewrites the file with one more route changed (a scope
+added to one of its permissions), as an admin editing the file would; without it the file is reloaded as
+it is.
 
 Loopback only; every process started here is stopped by PID in a finally block.
 """
@@ -39,6 +42,7 @@ def main():
     ap.add_argument("binaries", nargs="+")
     ap.add_argument("--reloads", type=int, default=5)
     ap.add_argument("--series", type=int, default=3)
+    ap.add_argument("--edit", action="store_true", help="change one route before each reload")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="tollgate-reload-")
     procs = []
@@ -47,11 +51,14 @@ def main():
     validate = {}
     try:
         ports = {}
+        cfgs = {}
+        edits = {}
         for i, b in enumerate(a.binaries):
             port, admin = PUBLIC_BASE + i, ADMIN_BASE + i
             cfg = os.path.join(work, f"gateway-{i}.yaml")
             with open(cfg, "w") as f:
                 f.write(config_text(port, admin))
+            cfgs[b], edits[b] = cfg, 0
             t = time.perf_counter()
             subprocess.run([b, "validate", "--config", cfg], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -68,6 +75,15 @@ def main():
         for _ in range(a.series):
             for b in a.binaries:
                 for _ in range(a.reloads):
+                    if a.edit:
+                        k = edits[b]
+                        edits[b] += 1
+                        with open(cfgs[b]) as f:
+                            text = f.read()
+                        old = f"scopes: [svc{k}.write]\n"
+                        assert old in text, old
+                        with open(cfgs[b], "w") as f:
+                            f.write(text.replace(old, f"scopes: [svc{k}.write, svc{k}.edited]\n", 1))
                     t = time.perf_counter()
                     status, body = B.req(ports[b], "POST", "/admin/reload", timeout=120)
                     wall = time.perf_counter() - t
@@ -91,7 +107,7 @@ def main():
     for b in a.binaries:
         r = results[b]
         med = {k: statistics.median(v) for k, v in r.items()}
-        print(f"{b}: {len(r['wall'])} reloads; median wall {med['wall']:.1f} ms "
+        print(f"{b}: {len(r['wall'])} reloads{' (one route edited before each)' if a.edit else ''}; median wall {med['wall']:.1f} ms "
               f"(min {min(r['wall']):.1f}); phases: read {med['read_ms']:.1f}, "
               f"parse {med['parse_ms']:.1f}, compile {med['compile_ms']:.1f}, "
               f"total {med['total_ms']:.1f} ms; validate {validate[b] * 1000:.0f} ms")

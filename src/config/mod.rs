@@ -19,6 +19,7 @@ pub mod compile;
 mod cors;
 mod decision;
 mod issuers;
+mod items;
 pub mod login;
 pub mod model;
 pub mod ratelimit;
@@ -287,10 +288,21 @@ fn check_str(
         result: Err(ConfigError::at(file, line, column, "", message)),
         warnings: Vec::new(),
     };
-    let model = match yaml::read::<ConfigModel>(text, &mut cx) {
-        Ok(Some(m)) => m,
-        Ok(None) => return refused("config file is empty".into(), 1, 1),
-        Err(stop) => return refused(stop.message, stop.line, stop.column),
+    let by_items = items::read(text, &base_dir);
+    #[cfg(debug_assertions)]
+    if let Some(read) = &by_items {
+        items::check_same(text, &base_dir, read);
+    }
+    let model = match by_items {
+        Some(read) => {
+            cx.files = read.files;
+            read.model
+        }
+        None => match yaml::read::<ConfigModel>(text, &mut cx) {
+            Ok(Some(m)) => m,
+            Ok(None) => return refused("config file is empty".into(), 1, 1),
+            Err(stop) => return refused(stop.message, stop.line, stop.column),
+        },
     };
     timings.parse = started.elapsed();
     let started = Instant::now();

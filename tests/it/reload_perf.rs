@@ -117,3 +117,52 @@ async fn env_references_still_resolve_in_a_large_file() {
     assert_eq!(r.status(), 200);
     gw.stop().await;
 }
+
+// Behaviour: a reload that changes one route of 2,000 (and one `${env:..}` route whose
+// variable changed while its text did not) serves the new routes at once, and the
+// routes left as they were keep serving; each route is read again only when its text
+// changed, but what is served is always the file as it is now.
+#[tokio::test]
+async fn a_reload_serves_the_edited_route_and_keeps_the_others() {
+    let up = spawn_upstream().await;
+    std::env::set_var("TOLLGATE_IT_EDIT_HOST", "old.example.com");
+    let text = many_routes(&up.url(), 2_000, "").replace(
+        "hosts: [\"api7.example.com\"]",
+        "hosts: [\"${env:TOLLGATE_IT_EDIT_HOST}\"]",
+    );
+    let gw = spawn_gateway(&text).await;
+    let get = |path: &'static str, host: &'static str| {
+        let url = gw.url(path);
+        async move {
+            client()
+                .get(url)
+                .header("host", host)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(get("/svc1500/x", "api1500.example.com").await, 200);
+    assert_eq!(get("/svc1500/x", "edited.example.com").await, 404);
+    assert_eq!(get("/svc7/x", "old.example.com").await, 200);
+
+    std::env::set_var("TOLLGATE_IT_EDIT_HOST", "new.example.com");
+    std::fs::write(
+        gw.config_path(),
+        text.replace(
+            "hosts: [\"api1500.example.com\"]",
+            "hosts: [\"edited.example.com\"]",
+        ),
+    )
+    .unwrap();
+    let (status, body) = reload(&gw).await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(get("/svc1500/x", "edited.example.com").await, 200);
+    assert_eq!(get("/svc1500/x", "api1500.example.com").await, 404);
+    assert_eq!(get("/svc7/x", "new.example.com").await, 200);
+    assert_eq!(get("/svc7/x", "old.example.com").await, 404);
+    assert_eq!(get("/svc1999/x", "api1999.example.com").await, 200);
+    gw.stop().await;
+}

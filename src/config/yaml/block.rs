@@ -52,6 +52,11 @@ impl<T> List<T> {
     pub fn has_holes(&self) -> bool {
         self.0.iter().any(Option::is_none)
     }
+
+    /// The elements that could be read, by value.
+    pub fn into_values(self) -> impl Iterator<Item = T> {
+        self.0.into_iter().flatten()
+    }
 }
 
 impl<T: Clone> List<T> {

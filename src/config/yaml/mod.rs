@@ -20,6 +20,7 @@
 //! "did you mean" hints.
 
 mod block;
+pub mod cut;
 mod scalar;
 pub mod schema;
 
@@ -72,6 +73,11 @@ impl<'a> Cx<'a> {
             problems: Problems::default(),
             files: Vec::new(),
         }
+    }
+
+    /// The folder `${file:..}` paths are relative to.
+    pub fn base(&self) -> &'a Path {
+        self.base
     }
 
     /// The key path of the node being read (`routes[2].permissions[0].methods`).
