@@ -7,7 +7,8 @@
 //! a document, each route not seen before is read by the route reader (all of them in
 //! one document per thread, two threads when there are many), and each route seen before
 //! is taken from what the last load read from exactly the same text. A route whose text
-//! holds `${` is read every time (what it names may have changed).
+//! holds a `$` or a backslash is read every time (it may name a variable or a file,
+//! `${env:..}` or an escaped `\x24{env:..}`, whose value may have changed).
 //!
 //! Whenever this cannot stand in for the one-document read exactly, it steps aside
 //! (returns `None`) and the caller reads the whole text as before: when the text cannot
@@ -92,10 +93,11 @@ pub fn read(text: &str, base: &Path) -> Option<Read> {
     for (i, route) in unread.into_iter().zip(fresh.0) {
         routes[i] = Some(route);
     }
-    // Remember what was read, unless it named something that may change.
+    // Remember what was read, unless it may have named something that can change
+    // (`${env:..}`, `${file:..}`, also when spelt with an escape such as `\x24{`).
     let mut now = HashMap::with_capacity(texts.len());
     for (t, r) in texts.into_iter().zip(&routes) {
-        if let Some(r) = r.as_ref().filter(|_| !t.contains("${")) {
+        if let Some(r) = r.as_ref().filter(|_| !may_substitute(&t)) {
             now.insert(t.into_boxed_str(), r.clone());
         }
     }
@@ -127,6 +129,12 @@ fn read_routes<'t>(
     Some((list.into_values().collect(), cx.files))
 }
 
+/// Whether a route's text may hold a `${...}` reference: a `$`, or a backslash (a
+/// double-quoted escape can spell `$` or `{`). Such a route is read on every load.
+fn may_substitute(text: &str) -> bool {
+    text.contains(['$', '\\'])
+}
+
 fn has_problems(cx: &Cx) -> bool {
     !cx.problems.errors.is_empty() || !cx.problems.warnings.is_empty()
 }
@@ -138,12 +146,20 @@ pub fn check_same(text: &str, base: &Path, by_items: &Read) {
     let whole = yaml::read::<ConfigModel>(text, &mut cx);
     let whole = match whole {
         Ok(Some(m)) if !has_problems(&cx) => m,
-        _ => panic!("read by items, but the whole text reads with problems:\n{text}"),
+        // Never the text itself: it may hold secrets. The models print them redacted.
+        _ => panic!(
+            "read by items, but the whole text reads with problems: {:?}",
+            cx.problems
+                .errors
+                .iter()
+                .map(|p| &p.path)
+                .collect::<Vec<_>>()
+        ),
     };
     assert_eq!(
         format!("{:?}", whole),
         format!("{:?}", by_items.model),
-        "the model read by items differs from the one-document read of:\n{text}"
+        "the model read by items differs from the one-document read"
     );
     let (mut a, mut b) = (cx.files, by_items.files.clone());
     a.sort();
@@ -209,6 +225,28 @@ mod tests {
             "{:?}",
             r3.path_prefix
         );
+    }
+
+    // Behaviour: a reference spelt with an escape (`\x24{env:..}`, `\u0024{file:..}`)
+    // is resolved on every load like a plain one: the variable's new value and the
+    // file named are there on the second read too (found by review: such routes were
+    // remembered and served the old value).
+    #[test]
+    fn escaped_references_are_read_again_on_every_load() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("n.txt"), "from-file").unwrap();
+        let text = "routes:\n  - name: \"\\x24{env:TOLLGATE_ITEMS_TEST_3}\"\n    path_prefix: /a\n  - name: \"\\u0024{file:n.txt}\"\n    path_prefix: /b\n";
+        for value in ["one", "two"] {
+            std::env::set_var("TOLLGATE_ITEMS_TEST_3", value);
+            let r = read(text, dir.path()).expect("read by items");
+            check_same(text, dir.path(), &r);
+            let names: Vec<_> = r.model.routes.values().map(|x| x.name.clone()).collect();
+            assert_eq!(
+                names,
+                [Some(value.to_owned()), Some("from-file".to_owned())]
+            );
+            assert_eq!(r.files, [dir.path().join("n.txt")]);
+        }
     }
 
     // Behaviour: a route with a problem hands the whole text to the one-document read
