@@ -121,18 +121,35 @@ struct Binding {
 /// parameters (memory, iterations, parallelism, output length): checking a secret
 /// against it costs what checking one against `like` costs. `None` when `like` is not
 /// an argon2 PHC string.
+///
+/// Made once per process for each set of parameters (an argon2 hash is tens of ms of
+/// CPU, and every config load asks for one): a reload that keeps the parameters keeps
+/// the dummy. It hashes 32 random bytes nobody knows, so reusing it reveals nothing.
 pub fn dummy_hash_like(like: &Secret) -> Option<Secret> {
     use argon2::password_hash::rand_core::{OsRng, RngCore};
     use argon2::password_hash::{PasswordHasher, SaltString};
+    use std::sync::Mutex;
+    static MADE: Mutex<Vec<(String, Secret)>> = Mutex::new(Vec::new());
     let ph = PasswordHash::new(like.expose()).ok()?;
     let params = argon2::Params::try_from(&ph).ok()?;
+    let kind = format!("{}${:?}${}", ph.algorithm, ph.version, ph.params);
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, dummy)) = made.iter().find(|(k, _)| *k == kind) {
+        return Some(dummy.clone());
+    }
     let salt = SaltString::generate(&mut OsRng);
     let mut secret = [0u8; 32];
     OsRng.fill_bytes(&mut secret);
-    argon2::Argon2::default()
+    let dummy = argon2::Argon2::default()
         .hash_password_customized(&secret, Some(ph.algorithm), ph.version, params, &salt)
         .ok()
-        .map(|h| Secret::new(h.to_string()))
+        .map(|h| Secret::new(h.to_string()))?;
+    // A handful of parameter sets at most in any real deployment; bounded anyway.
+    if made.len() >= 16 {
+        made.remove(0);
+    }
+    made.push((kind, dummy.clone()));
+    Some(dummy)
 }
 
 /// An argon2id PHC string for `secret_hash`.
@@ -640,6 +657,45 @@ mod tests {
 
     fn parsed(v: &HeaderValue) -> Option<(String, String)> {
         parse_basic(v).ok().flatten()
+    }
+
+    // Behaviour: the dummy hash unknown client ids are checked against has the
+    // parameters of the hash it is made like (so it costs the same to check), is made
+    // once per set of parameters (a reload does not pay another argon2 hash), and no
+    // secret checks against it.
+    #[test]
+    fn dummy_hashes_are_made_once_per_parameter_set() {
+        use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+        let like = |m_cost: u32| {
+            let params = argon2::Params::new(m_cost, 1, 1, None).unwrap();
+            let h =
+                argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+                    .hash_password(b"secret", &SaltString::generate(&mut OsRng))
+                    .unwrap()
+                    .to_string();
+            Secret::new(h)
+        };
+        let (a, a2, b) = (like(1024), like(1024), like(2048));
+        let da = dummy_hash_like(&a).unwrap();
+        assert_eq!(
+            dummy_hash_like(&a2).unwrap().expose(),
+            da.expose(),
+            "made once"
+        );
+        let db = dummy_hash_like(&b).unwrap();
+        assert_ne!(db.expose(), da.expose());
+        for (dummy, original) in [(&da, &a), (&db, &b)] {
+            let d = PasswordHash::new(dummy.expose()).unwrap();
+            let o = PasswordHash::new(original.expose()).unwrap();
+            assert_eq!(
+                (d.algorithm, d.version, d.params.to_string()),
+                (o.algorithm, o.version, o.params.to_string())
+            );
+            assert!(argon2::Argon2::default()
+                .verify_password(b"secret", &d)
+                .is_err());
+        }
+        assert!(dummy_hash_like(&Secret::new("plain")).is_none());
     }
 
     // Behaviour: id and secret are each form-decoded (RFC 6749 §2.3.1): what
