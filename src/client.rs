@@ -34,6 +34,7 @@ use tower::ServiceExt;
 use crate::body::{Body, BoxError};
 use crate::error::Cause;
 use crate::outbound::{Dialer, Outbound};
+use crate::service::request_deadline;
 
 pub(crate) type Connector = TimeoutConnector<Dialer>;
 type Pools = std::collections::HashMap<(Scheme, Authority), Arc<Pool>>;
@@ -483,15 +484,15 @@ pub async fn connect_upgradable(
 }
 
 /// Sends `req` (origin-form URI, `Host` set) to `pool`'s upstream and waits for the
-/// response head at most `timeout`. A pooled connection that turns out closed before
+/// response head as `wait` says. A pooled connection that turns out closed before
 /// the request was written is replaced by a new one, once; a request that was written
 /// is never resent.
 pub async fn send_pooled(
     pool: &Arc<Pool>,
     req: Request<Body>,
-    timeout: Duration,
+    wait: Wait,
 ) -> Result<Response<PooledBody>, UpstreamFailure> {
-    send_pooled_or_back(pool, req, timeout)
+    send_pooled_or_back(pool, req, wait)
         .await
         .map_err(|(failure, _)| failure)
 }
@@ -506,7 +507,7 @@ pub type Unsent = (UpstreamFailure, Option<Request<Body>>);
 pub async fn send_pooled_or_back(
     pool: &Arc<Pool>,
     req: Request<Body>,
-    timeout: Duration,
+    wait: Wait,
 ) -> Result<Response<PooledBody>, Unsent> {
     // The exchange and its deadline are pinned where they are made and polled here as
     // `tokio::time::timeout` would poll them (the deadline outside the co-operative
@@ -541,23 +542,73 @@ pub async fn send_pooled_or_back(
             }
         }
     });
-    match within(timeout, work.as_mut()).await {
+    match within(wait, work.as_mut()).await {
         Some(r) => r,
         None => Err((UpstreamFailure::Timeout, None)),
     }
 }
 
-/// `work`'s output, or `None` once `timeout` has passed: `tokio::time::timeout` without
-/// moving the (pinned) work into it, the deadline polled as `Timeout` polls it
+/// How long an exchange waits for the upstream's response head.
+#[derive(Debug, Clone, Copy)]
+pub struct Wait {
+    timeout: Duration,
+    forwarded: bool,
+}
+
+impl Wait {
+    /// The upstream's `timeout` alone: health checks and tollgate's own fetches.
+    pub fn upstream(timeout: Duration) -> Wait {
+        Wait {
+            timeout,
+            forwarded: false,
+        }
+    }
+
+    /// A client's request forwarded by the proxy: the upstream's `timeout`, or the
+    /// request's `request_timeout` when that ends first. The one timer then stands for
+    /// both ([`crate::service::request_deadline`]); when it is the request's deadline
+    /// that passes, the exchange keeps waiting and the request timer answers (504 with
+    /// the request's reason, no upstream timeout counted), as when it had its own timer.
+    pub fn forwarded(timeout: Duration) -> Wait {
+        Wait {
+            timeout,
+            forwarded: true,
+        }
+    }
+}
+
+/// `work`'s output, or `None` once `wait`'s timeout has passed: `tokio::time::timeout`
+/// without moving the (pinned) work into it, the deadline polled as `Timeout` polls it
 /// ([`crate::service::poll_deadline`]).
-async fn within<T>(timeout: Duration, mut work: Pin<&mut impl Future<Output = T>>) -> Option<T> {
-    let mut deadline = std::pin::pin!(tokio::time::sleep(timeout));
+pub(crate) async fn within<T>(
+    wait: Wait,
+    mut work: Pin<&mut impl Future<Output = T>>,
+) -> Option<T> {
+    let own = tokio::time::Instant::now() + wait.timeout;
+    let request = if wait.forwarded {
+        request_deadline::current()
+    } else {
+        None
+    };
+    // The request's deadline, when it comes first, is the one this timer waits for.
+    let request_first = request.filter(|r| *r < own);
+    let mut deadline = std::pin::pin!(tokio::time::sleep_until(request_first.unwrap_or(own)));
     std::future::poll_fn(|cx| {
         let had_budget = tokio::task::coop::has_budget_remaining();
         if let Poll::Ready(r) = work.as_mut().poll(cx) {
             return Poll::Ready(Some(r));
         }
-        crate::service::poll_deadline(deadline.as_mut(), cx, had_budget).map(|()| None)
+        match crate::service::poll_deadline(deadline.as_mut(), cx, had_budget) {
+            Poll::Pending => {
+                if request.is_some() {
+                    request_deadline::cover();
+                }
+                Poll::Pending
+            }
+            // Not covered on this poll: the request timer makes its own, already due.
+            Poll::Ready(()) if request_first.is_some() => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(None),
+        }
     })
     .await
 }
@@ -727,13 +778,13 @@ impl H2Conn {
 }
 
 /// Sends `req` (absolute URI, HTTP/2) as a stream on the upstream's HTTP/2 connection
-/// and waits for the response head at most `timeout`.
+/// and waits for the response head as `wait` says.
 pub async fn send_h2(
     conn: &H2Conn,
     req: Request<Body>,
-    timeout: Duration,
+    wait: Wait,
 ) -> Result<Response<Incoming>, UpstreamFailure> {
-    send_h2_or_back(conn, req, timeout)
+    send_h2_or_back(conn, req, wait)
         .await
         .map_err(|(failure, _)| failure)
 }
@@ -743,7 +794,7 @@ pub async fn send_h2(
 pub async fn send_h2_or_back(
     conn: &H2Conn,
     req: Request<Body>,
-    timeout: Duration,
+    wait: Wait,
 ) -> Result<Response<Incoming>, Unsent> {
     // Pinned in place with its deadline, as in `send_pooled_or_back`.
     let mut work = std::pin::pin!(async {
@@ -762,7 +813,7 @@ pub async fn send_h2_or_back(
             }
         }
     });
-    match within(timeout, work.as_mut()).await {
+    match within(wait, work.as_mut()).await {
         Some(r) => r,
         None => Err((UpstreamFailure::Timeout, None)),
     }

@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 
 use crate::balancer::{Endpoint, HealthCheck};
 use crate::body::empty;
-use crate::client::{send_h2, send_pooled, HttpClient};
+use crate::client::{send_h2, send_pooled, HttpClient, Wait};
 use crate::upstream::{Protocol, Upstream};
 
 /// Largest health answer read (to give the connection back); a longer one is cut off.
@@ -99,7 +99,7 @@ async fn check(
                     .body(empty())
                     .map_err(|e| e.to_string())?;
                 req.headers_mut().insert(header::HOST, ep.host.clone());
-                let resp = send_pooled(ep.pool(client), req, hc.timeout)
+                let resp = send_pooled(ep.pool(client), req, Wait::upstream(hc.timeout))
                     .await
                     .map_err(|e| format!("{e:?}"))?;
                 let status = resp.status();
@@ -117,7 +117,7 @@ async fn check(
                     .version(Version::HTTP_2)
                     .body(empty())
                     .map_err(|e| e.to_string())?;
-                let resp = send_h2(ep.h2(client), req, hc.timeout)
+                let resp = send_h2(ep.h2(client), req, Wait::upstream(hc.timeout))
                     .await
                     .map_err(|e| format!("{e:?}"))?;
                 let status = resp.status();

@@ -24,7 +24,7 @@ use crate::error::{GatewayError, Rejection, Timeout};
 use crate::gateway::Gateway;
 use crate::route::layer::routed;
 use crate::runtime::Limits;
-use crate::service::{OnOutcome, Outcome, Step, Then};
+use crate::service::{request_deadline, OnOutcome, Outcome, Step, Then};
 
 fn limits<B>(req: &Request<B>) -> Option<&Limits> {
     routed(req).map(|r| &r.snapshot.server.limits)
@@ -64,10 +64,11 @@ where
         let after = limits(&req).map_or(Limits::default().request_timeout, |l| l.request_timeout);
         // The inner future is made in place, not moved into a `tokio::time::Timeout`
         // (a copy of the whole stack below per request: bench/ANALYSIS.md, "Smaller
-        // futures").
+        // futures"); the timer is made only when nothing below covers the deadline.
         TimeoutFuture {
+            at: tokio::time::Instant::now() + after,
             inner: self.inner.call(req),
-            deadline: tokio::time::sleep(after),
+            deadline: None,
             after,
         }
     }
@@ -77,12 +78,16 @@ pin_project! {
     /// The inner future, or a 504 once `after` has passed. Polled as
     /// `tokio::time::Timeout` is: the inner future first, then the deadline — outside the
     /// task's co-operative budget when the inner future used it up
-    /// ([`crate::service::poll_deadline`]).
+    /// ([`crate::service::poll_deadline`]). The inner future is polled inside the
+    /// request's deadline scope ([`crate::service::request_deadline`]): on a poll where
+    /// the upstream's timer below stood for the deadline, the request's own timer is not
+    /// needed, and a forwarded request whose upstream answers never makes it.
     pub struct TimeoutFuture<F> {
+        at: tokio::time::Instant,
         #[pin]
         inner: F,
         #[pin]
-        deadline: tokio::time::Sleep,
+        deadline: Option<tokio::time::Sleep>,
         after: std::time::Duration,
     }
 }
@@ -91,12 +96,21 @@ impl<F: Future<Output = Outcome>> Future for TimeoutFuture<F> {
     type Output = Outcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let this = self.project();
+        let mut this = self.project();
         let had_budget = tokio::task::coop::has_budget_remaining();
-        if let Poll::Ready(out) = this.inner.poll(cx) {
+        let inner = this.inner;
+        let (polled, covered) = request_deadline::scope(*this.at, || inner.poll(cx));
+        if let Poll::Ready(out) = polled {
             return Poll::Ready(out);
         }
-        std::task::ready!(crate::service::poll_deadline(this.deadline, cx, had_budget));
+        if covered {
+            return Poll::Pending;
+        }
+        if this.deadline.is_none() {
+            this.deadline.set(Some(tokio::time::sleep_until(*this.at)));
+        }
+        let deadline = this.deadline.as_pin_mut().expect("set just above");
+        std::task::ready!(crate::service::poll_deadline(deadline, cx, had_budget));
         Poll::Ready(Err(Timeout::Request { after: *this.after }.into()))
     }
 }
@@ -351,6 +365,113 @@ mod tests {
             ),
             "{:?}",
             e.error
+        );
+    }
+
+    /// A forwarded exchange with an upstream that never answers, waiting as the proxy
+    /// does (`client::Wait::forwarded`, upstream `timeout` of `upstream`).
+    #[derive(Clone)]
+    struct Silent {
+        upstream: std::time::Duration,
+    }
+
+    impl<B> tower::Service<Request<B>> for Silent {
+        type Response = Response<Body>;
+        type Error = Rejection;
+        type Future = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<B>) -> Self::Future {
+            let upstream = self.upstream;
+            Box::pin(async move {
+                let never = std::pin::pin!(std::future::pending::<()>());
+                match crate::client::within(crate::client::Wait::forwarded(upstream), never).await {
+                    Some(()) => unreachable!("the upstream never answers"),
+                    None => Err(Timeout::Upstream {
+                        upstream: "up".into(),
+                        after: upstream,
+                    }
+                    .into()),
+                }
+            })
+        }
+    }
+
+    fn with_request_timeout(t: &str) -> Arc<Gateway> {
+        let cfg = CONFIG.replace(
+            "    max_concurrent_requests: 1\n",
+            &format!("    max_concurrent_requests: 1\n    request_timeout: {t}\n"),
+        );
+        let (gw, dir) = gateway(&cfg);
+        std::mem::forget(dir);
+        gw
+    }
+
+    // Behaviour: while a forwarded request waits for its upstream, the upstream's timer
+    // stands for request_timeout, and the 504 still comes from the right clock: the
+    // request's (request_timeout 300 ms < timeout 20 s) or the upstream's (timeout
+    // 300 ms < request_timeout 20 s), each at its time (not before; bounded well below
+    // the other clock, so a busy machine cannot fail it).
+    #[tokio::test]
+    async fn one_timer_serves_request_timeout_and_the_upstream_timeout() {
+        use std::time::Duration;
+        for (request, upstream, request_fires) in [("300ms", 20_000, true), ("20s", 300, false)] {
+            let gw = with_request_timeout(request);
+            let svc = RouteLayer::new(gw.clone()).layer(RequestTimeoutLayer.layer(Silent {
+                upstream: Duration::from_millis(upstream),
+            }));
+            let start = tokio::time::Instant::now();
+            let e = svc.oneshot(get("/open/x")).await.unwrap_err();
+            let took = start.elapsed();
+            assert!(
+                took >= Duration::from_millis(300) && took < Duration::from_secs(15),
+                "{request}/{upstream}ms: answered after {took:?}"
+            );
+            if request_fires {
+                assert!(
+                    matches!(
+                        e.error,
+                        GatewayError::GatewayTimeout(Timeout::Request { .. })
+                    ),
+                    "{:?}",
+                    e.error
+                );
+            } else {
+                assert!(
+                    matches!(
+                        e.error,
+                        GatewayError::GatewayTimeout(Timeout::Upstream { .. })
+                    ),
+                    "{:?}",
+                    e.error
+                );
+            }
+        }
+    }
+
+    // The request timer is made only on a poll nothing below covered.
+    #[tokio::test]
+    async fn the_request_timer_is_made_only_when_nothing_below_covers_it() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut covered = RequestTimeoutLayer.layer(Silent {
+            upstream: std::time::Duration::from_secs(10),
+        });
+        let mut fut = std::pin::pin!(covered.call(Request::new(())));
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert!(
+            fut.as_ref().get_ref().deadline.is_none(),
+            "covered, yet the request timer was made"
+        );
+
+        let mut bare = RequestTimeoutLayer.layer(Busy);
+        let mut fut = std::pin::pin!(bare.call(Request::new(())));
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert!(
+            fut.as_ref().get_ref().deadline.is_some(),
+            "nothing covered, and no request timer"
         );
     }
 

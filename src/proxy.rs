@@ -35,7 +35,7 @@ use pin_project_lite::pin_project;
 use crate::balancer::{bit, Endpoint, Endpoints, InFlight};
 use crate::body::{Body, BoxError};
 use crate::client::{
-    send_h2, send_h2_or_back, send_pooled, send_pooled_or_back, Unsent, UpstreamFailure,
+    send_h2, send_h2_or_back, send_pooled, send_pooled_or_back, Unsent, UpstreamFailure, Wait,
 };
 use crate::conn::ConnInfo;
 use crate::error::{BadGateway, GatewayError, Rejection, Timeout};
@@ -462,9 +462,13 @@ where
             parts.uri = uri;
             parts.version = Version::HTTP_11;
             let body = LimitedBody::new(body, max_body).boxed_unsync();
-            send_pooled(up.pool(), Request::from_parts(parts, body), up.timeout)
-                .await
-                .map(|resp| from_upstream(up, resp))
+            send_pooled(
+                up.pool(),
+                Request::from_parts(parts, body),
+                Wait::forwarded(up.timeout),
+            )
+            .await
+            .map(|resp| from_upstream(up, resp))
         }
         Protocol::H2 | Protocol::H2c => {
             // HTTP/2 names the upstream by :scheme and :authority, not `Host`.
@@ -482,9 +486,13 @@ where
                     .insert(header::TE, HeaderValue::from_static("trailers"));
             }
             let body = LimitedBody::new(body, max_body).boxed_unsync();
-            send_h2(up.h2(), Request::from_parts(parts, body), up.timeout)
-                .await
-                .map(|resp| from_upstream(up, resp))
+            send_h2(
+                up.h2(),
+                Request::from_parts(parts, body),
+                Wait::forwarded(up.timeout),
+            )
+            .await
+            .map(|resp| from_upstream(up, resp))
         }
     };
     let kind = match &sent {
@@ -637,11 +645,11 @@ where
         let in_flight = ep.state.start();
         let start = Instant::now();
         let sent: Result<Response<Body>, Unsent> = if h2 {
-            send_h2_or_back(ep.h2(&up.client), req, up.timeout)
+            send_h2_or_back(ep.h2(&up.client), req, Wait::forwarded(up.timeout))
                 .await
                 .map(|r| from_upstream(up, r.map(|inner| Counted { inner, in_flight })))
         } else {
-            send_pooled_or_back(ep.pool(&up.client), req, up.timeout)
+            send_pooled_or_back(ep.pool(&up.client), req, Wait::forwarded(up.timeout))
                 .await
                 .map(|r| from_upstream(up, r.map(|inner| Counted { inner, in_flight })))
         };

@@ -154,6 +154,62 @@ pub fn poll_deadline(
     }
 }
 
+/// The request's end-to-end deadline (`request_timeout`), lent to the timer that waits
+/// for the upstream below it, so that a forwarded request arms one timer instead of two.
+///
+/// A tokio timer costs ~1,000 instructions per request (made, registered in the wheel,
+/// taken out again: `bench/ANALYSIS.md`, "One timer per forwarded request"). While a
+/// forwarded request waits for its upstream, the upstream's timer can stand for the
+/// request's: it is set to whichever deadline comes first ([`current`](crate::service::request_deadline::current)) and says
+/// so ([`cover`](crate::service::request_deadline::cover)) each time it goes to sleep. The request's own timer
+/// ([`crate::limits::RequestTimeout`]) is made and polled only on a poll that nothing
+/// below covered (a key fetch, a body read, a connection being made): whatever the
+/// request waits for, something wakes it by its deadline.
+///
+/// The scope lives in a thread-local for exactly the length of one poll of the work
+/// below the request timer (a task is polled on one thread, and nothing else runs on
+/// that thread meanwhile); only the proxy's own exchange takes part (`client::Wait`),
+/// never a fetch that other requests share.
+pub mod request_deadline {
+    use std::cell::Cell;
+    use tokio::time::Instant;
+
+    thread_local! {
+        static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+        static COVERED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Runs `poll` (one poll of the work below the request timer) with `deadline` as the
+    /// request's deadline; returns its result and whether a timer below covered the
+    /// deadline during it.
+    pub fn scope<T>(deadline: Instant, poll: impl FnOnce() -> T) -> (T, bool) {
+        /// Puts the outer scope back, also when `poll` panics.
+        struct Restore(Option<Instant>, bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                DEADLINE.set(self.0);
+                COVERED.set(self.1);
+            }
+        }
+        let restore = Restore(DEADLINE.replace(Some(deadline)), COVERED.replace(false));
+        let out = poll();
+        let covered = COVERED.get();
+        drop(restore);
+        (out, covered)
+    }
+
+    /// The deadline of the request being polled, inside a [`scope`].
+    pub fn current() -> Option<Instant> {
+        DEADLINE.get()
+    }
+
+    /// Says that a timer at or before [`current`] was just polled and is pending (so it
+    /// wakes the task by the request's deadline).
+    pub fn cover() {
+        COVERED.set(true);
+    }
+}
+
 /// The service to move into a slow-path future: the one `poll_ready` was called on,
 /// leaving a fresh clone in its place (tower's contract for services that are called
 /// after an await).

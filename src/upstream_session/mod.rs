@@ -28,7 +28,7 @@ use opentelemetry::trace::SpanKind;
 use sha2::{Digest, Sha256};
 
 use crate::body::{empty, full, Body};
-use crate::client::{send_pooled, UpstreamFailure};
+use crate::client::{send_pooled, UpstreamFailure, Wait};
 use crate::error::{BadGateway, GatewayError, Timeout};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
@@ -372,7 +372,7 @@ impl Session {
                 h.insert(name.clone(), v.clone());
             }
         }
-        let resp = send_pooled(up.pool(), req, up.timeout)
+        let resp = send_pooled(up.pool(), req, Wait::upstream(up.timeout))
             .await
             .map_err(|f| FetchFailure::Failed(upstream_failure(up, f)))?;
         let (mut parts, body) = resp.into_parts();
