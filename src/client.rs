@@ -578,27 +578,28 @@ impl Wait {
 }
 
 /// `work`'s output, or `None` once `wait`'s timeout has passed: `tokio::time::timeout`
-/// without moving the (pinned) work into it, the deadline polled as `Timeout` polls it
-/// ([`crate::service::poll_deadline`]).
+/// without moving the (pinned) work into it.
 pub(crate) async fn within<T>(
     wait: Wait,
     mut work: Pin<&mut impl Future<Output = T>>,
 ) -> Option<T> {
-    let own = tokio::time::Instant::now() + wait.timeout;
+    let own = std::time::Instant::now() + wait.timeout;
     let request = if wait.forwarded {
         request_deadline::current()
     } else {
         None
     };
     // The request's deadline, when it comes first, is the one this timer waits for.
+    // tollgate's own deadline (`timer`), not tokio's: this one runs on every request. It
+    // is polled after the work whatever the work did to the task's co-operative budget
+    // (it takes no part in it), as `tokio::time::Timeout` polls its deadline.
     let request_first = request.filter(|r| *r < own);
-    let mut deadline = std::pin::pin!(tokio::time::sleep_until(request_first.unwrap_or(own)));
+    let mut deadline = crate::timer::Sleep::until(request_first.unwrap_or(own));
     std::future::poll_fn(|cx| {
-        let had_budget = tokio::task::coop::has_budget_remaining();
         if let Poll::Ready(r) = work.as_mut().poll(cx) {
             return Poll::Ready(Some(r));
         }
-        match crate::service::poll_deadline(deadline.as_mut(), cx, had_budget) {
+        match Pin::new(&mut deadline).poll(cx) {
             Poll::Pending => {
                 if request.is_some() {
                     request_deadline::cover();

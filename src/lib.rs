@@ -56,6 +56,7 @@ pub mod session;
 pub mod stack;
 #[cfg(test)]
 mod testing;
+pub mod timer;
 pub mod tls;
 pub mod token_service;
 pub mod trace_context;

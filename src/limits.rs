@@ -66,7 +66,7 @@ where
         // (a copy of the whole stack below per request: bench/ANALYSIS.md, "Smaller
         // futures"); the timer is made only when nothing below covers the deadline.
         TimeoutFuture {
-            at: tokio::time::Instant::now() + after,
+            at: std::time::Instant::now() + after,
             inner: self.inner.call(req),
             deadline: None,
             after,
@@ -83,7 +83,7 @@ pin_project! {
     /// the upstream's timer below stood for the deadline, the request's own timer is not
     /// needed, and a forwarded request whose upstream answers never makes it.
     pub struct TimeoutFuture<F> {
-        at: tokio::time::Instant,
+        at: std::time::Instant,
         #[pin]
         inner: F,
         #[pin]
@@ -107,7 +107,8 @@ impl<F: Future<Output = Outcome>> Future for TimeoutFuture<F> {
             return Poll::Pending;
         }
         if this.deadline.is_none() {
-            this.deadline.set(Some(tokio::time::sleep_until(*this.at)));
+            this.deadline
+                .set(Some(tokio::time::sleep_until((*this.at).into())));
         }
         let deadline = this.deadline.as_pin_mut().expect("set just above");
         std::task::ready!(crate::service::poll_deadline(deadline, cx, had_budget));

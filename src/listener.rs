@@ -34,7 +34,9 @@ pub fn http_builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
     let limits = gw.current().server.limits.clone();
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
-        .timer(TokioTimer::new())
+        // header_read_timeout runs once per request head: on tollgate's own deadlines,
+        // a fraction of a tokio timer's cost (`timer`).
+        .timer(crate::timer::HyperTimer)
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true)
         // Heads well over the limit still parse, so that the gateway answers SPEC's

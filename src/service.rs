@@ -172,7 +172,7 @@ pub fn poll_deadline(
 /// never a fetch that other requests share.
 pub mod request_deadline {
     use std::cell::Cell;
-    use tokio::time::Instant;
+    use std::time::Instant;
 
     thread_local! {
         static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };

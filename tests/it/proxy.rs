@@ -447,6 +447,50 @@ async fn trickled_head_is_cut_off() {
     gw.stop().await;
 }
 
+// Behaviour: header_read_timeout also bounds the wait for the next head on a kept-alive
+// connection: answered once, then silent, the connection is closed after the timeout
+// (not before it, and not never), and a second request on a fresh connection is served.
+#[tokio::test]
+async fn silent_keep_alive_connection_is_closed_after_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = spawn_upstream().await;
+    let gw = spawn_gateway(&basic_yaml(
+        &up,
+        json!({"limits": {"header_read_timeout": "500ms"}}),
+        json!({}),
+    ))
+    .await;
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut first = None;
+        let mut buf = [0u8; 4096];
+        let closed = tokio::time::timeout(PATIENCE, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return Instant::now(),
+                    Ok(n) => {
+                        first.get_or_insert_with(Instant::now);
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                }
+            }
+        })
+        .await
+        .expect("the silent kept-alive connection was never closed");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(!text.contains("connection: close"), "{text}");
+        let idle = closed - first.expect("answered");
+        assert!(idle >= Duration::from_millis(400), "closed after {idle:?}");
+    }
+    assert_eq!(up.count(), 2);
+    gw.stop().await;
+}
+
 // Behaviour: paths are normalised before routing and forwarded normalised; tricks -> 400.
 #[tokio::test]
 async fn path_normalisation() {
