@@ -509,11 +509,10 @@ pub async fn send_pooled_or_back(
     req: Request<Body>,
     wait: Wait,
 ) -> Result<Response<PooledBody>, Unsent> {
-    // The exchange and its deadline are pinned where they are made and polled here as
-    // `tokio::time::timeout` would poll them (the deadline outside the co-operative
-    // budget when the exchange used it up: `service::poll_deadline`), without
-    // `timeout(t, work)` moving the exchange into its own future and that again into
-    // this one's state — two copies per request (bench/ANALYSIS.md, "Smaller futures").
+    // The exchange is pinned where it is made and polled beside its deadline
+    // (`within`), without `timeout(t, work)` moving the exchange into its own future
+    // and that again into this one's state — two copies per request
+    // (bench/ANALYSIS.md, "Smaller futures").
     let mut work = std::pin::pin!(async {
         let mut req = req;
         if let Some(link) = pool.checkout() {

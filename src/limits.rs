@@ -401,14 +401,12 @@ mod tests {
         }
     }
 
-    fn with_request_timeout(t: &str) -> Arc<Gateway> {
+    fn with_request_timeout(t: &str) -> (Arc<Gateway>, tempfile::TempDir) {
         let cfg = CONFIG.replace(
             "    max_concurrent_requests: 1\n",
             &format!("    max_concurrent_requests: 1\n    request_timeout: {t}\n"),
         );
-        let (gw, dir) = gateway(&cfg);
-        std::mem::forget(dir);
-        gw
+        gateway(&cfg)
     }
 
     // Behaviour: while a forwarded request waits for its upstream, the upstream's timer
@@ -420,7 +418,7 @@ mod tests {
     async fn one_timer_serves_request_timeout_and_the_upstream_timeout() {
         use std::time::Duration;
         for (request, upstream, request_fires) in [("300ms", 20_000, true), ("20s", 300, false)] {
-            let gw = with_request_timeout(request);
+            let (gw, _dir) = with_request_timeout(request);
             let svc = RouteLayer::new(gw.clone()).layer(RequestTimeoutLayer.layer(Silent {
                 upstream: Duration::from_millis(upstream),
             }));
