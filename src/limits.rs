@@ -317,28 +317,62 @@ mod tests {
     use crate::route::layer::RouteLayer;
     use crate::testing::{gateway, get, Reached, Stub, CONFIG};
 
-    /// A service whose answer never comes although its future is always ready to run:
-    /// every poll spends the task's whole co-operative budget (as a fast upload to an
-    /// upstream that never answers does).
+    /// A service answering every request with the future its function makes (given
+    /// the duration beside it).
     #[derive(Clone)]
-    struct Busy;
+    struct Answers(
+        fn(std::time::Duration) -> crate::service::BoxOutcome,
+        std::time::Duration,
+    );
 
-    impl<B> tower::Service<Request<B>> for Busy {
+    impl<B> tower::Service<Request<B>> for Answers {
         type Response = Response<Body>;
         type Error = Rejection;
-        type Future = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+        type Future = crate::service::BoxOutcome;
 
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
             Poll::Ready(Ok(()))
         }
 
         fn call(&mut self, _: Request<B>) -> Self::Future {
+            (self.0)(self.1)
+        }
+    }
+
+    /// An answer that never comes although its future is always ready to run: every
+    /// poll spends the task's whole co-operative budget (as a fast upload to an upstream
+    /// that never answers does).
+    const BUSY: Answers = Answers(
+        |_| {
             Box::pin(async {
                 loop {
                     tokio::task::consume_budget().await;
                 }
             })
-        }
+        },
+        std::time::Duration::ZERO,
+    );
+
+    /// A forwarded exchange with an upstream that never answers, waiting as the proxy
+    /// does (`client::Wait::forwarded`) for at most the upstream `timeout` given.
+    fn silent(upstream: std::time::Duration) -> Answers {
+        Answers(
+            |upstream| {
+                Box::pin(async move {
+                    let never = std::pin::pin!(std::future::pending::<()>());
+                    let wait = crate::client::Wait::forwarded(upstream);
+                    match crate::client::within(wait, never).await {
+                        Some(()) => unreachable!("the upstream never answers"),
+                        None => Err(Timeout::Upstream {
+                            upstream: "up".into(),
+                            after: upstream,
+                        }
+                        .into()),
+                    }
+                })
+            },
+            upstream,
+        )
     }
 
     // Behaviour: request_timeout fires even when the work below it is always ready and
@@ -351,7 +385,7 @@ mod tests {
             "    max_concurrent_requests: 1\n    request_timeout: 100ms\n",
         );
         let (gw, _dir) = gateway(&cfg);
-        let svc = RouteLayer::new(gw.clone()).layer(RequestTimeoutLayer.layer(Busy));
+        let svc = RouteLayer::new(gw.clone()).layer(RequestTimeoutLayer.layer(BUSY));
         let out = tokio::time::timeout(
             std::time::Duration::from_secs(20),
             svc.oneshot(get("/open/x")),
@@ -367,38 +401,6 @@ mod tests {
             "{:?}",
             e.error
         );
-    }
-
-    /// A forwarded exchange with an upstream that never answers, waiting as the proxy
-    /// does (`client::Wait::forwarded`, upstream `timeout` of `upstream`).
-    #[derive(Clone)]
-    struct Silent {
-        upstream: std::time::Duration,
-    }
-
-    impl<B> tower::Service<Request<B>> for Silent {
-        type Response = Response<Body>;
-        type Error = Rejection;
-        type Future = Pin<Box<dyn Future<Output = Outcome> + Send>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _: Request<B>) -> Self::Future {
-            let upstream = self.upstream;
-            Box::pin(async move {
-                let never = std::pin::pin!(std::future::pending::<()>());
-                match crate::client::within(crate::client::Wait::forwarded(upstream), never).await {
-                    Some(()) => unreachable!("the upstream never answers"),
-                    None => Err(Timeout::Upstream {
-                        upstream: "up".into(),
-                        after: upstream,
-                    }
-                    .into()),
-                }
-            })
-        }
     }
 
     fn with_request_timeout(t: &str) -> (Arc<Gateway>, tempfile::TempDir) {
@@ -419,9 +421,8 @@ mod tests {
         use std::time::Duration;
         for (request, upstream, request_fires) in [("300ms", 20_000, true), ("20s", 300, false)] {
             let (gw, _dir) = with_request_timeout(request);
-            let svc = RouteLayer::new(gw.clone()).layer(RequestTimeoutLayer.layer(Silent {
-                upstream: Duration::from_millis(upstream),
-            }));
+            let svc = RouteLayer::new(gw.clone())
+                .layer(RequestTimeoutLayer.layer(silent(Duration::from_millis(upstream))));
             let start = tokio::time::Instant::now();
             let e = svc.oneshot(get("/open/x")).await.unwrap_err();
             let took = start.elapsed();
@@ -455,9 +456,7 @@ mod tests {
     #[tokio::test]
     async fn the_request_timer_is_made_only_when_nothing_below_covers_it() {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut covered = RequestTimeoutLayer.layer(Silent {
-            upstream: std::time::Duration::from_secs(10),
-        });
+        let mut covered = RequestTimeoutLayer.layer(silent(std::time::Duration::from_secs(10)));
         let mut fut = std::pin::pin!(covered.call(Request::new(())));
         assert!(fut.as_mut().poll(&mut cx).is_pending());
         assert!(
@@ -465,7 +464,7 @@ mod tests {
             "covered, yet the request timer was made"
         );
 
-        let mut bare = RequestTimeoutLayer.layer(Busy);
+        let mut bare = RequestTimeoutLayer.layer(BUSY);
         let mut fut = std::pin::pin!(bare.call(Request::new(())));
         assert!(fut.as_mut().poll(&mut cx).is_pending());
         assert!(
